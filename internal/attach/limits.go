@@ -1,0 +1,155 @@
+package attach
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// BlkioRoot is the root of the cgroup v1 blkio hierarchy, where SetLimits
+// writes its rules.
+//
+// cgroup v1 blkio throttling is flat, not hierarchical: a rule in a cgroup
+// limits only I/O issued by tasks that are members of exactly that cgroup. A
+// root rule therefore throttles root-cgroup tasks (and writeback from kernel
+// threads) but not tasks in child cgroups such as Kubernetes pods, which
+// need the rule written into their own cgroup with SetLimitsIn.
+const BlkioRoot = "/sys/fs/cgroup/blkio"
+
+// Limits are EBS-style performance limits for one device. Zero means
+// unlimited. Throughput is in bytes per second.
+type Limits struct {
+	ReadIOPS, WriteIOPS, ReadBPS, WriteBPS int64
+}
+
+// throttleFiles pairs each limit with its blkio file; the order is the order
+// rules are written.
+func (l *Limits) throttleFiles() []struct {
+	name  string
+	value *int64
+} {
+	return []struct {
+		name  string
+		value *int64
+	}{
+		{"blkio.throttle.read_iops_device", &l.ReadIOPS},
+		{"blkio.throttle.write_iops_device", &l.WriteIOPS},
+		{"blkio.throttle.read_bps_device", &l.ReadBPS},
+		{"blkio.throttle.write_bps_device", &l.WriteBPS},
+	}
+}
+
+// SetLimits throttles I/O to device from tasks in the root blkio cgroup.
+// Limits replace the previous ones; a zero field removes that rule.
+func SetLimits(device string, l Limits) error {
+	return SetLimitsIn(BlkioRoot, device, l)
+}
+
+// GetLimits returns the root blkio cgroup's limits for device.
+func GetLimits(device string) (Limits, error) {
+	return GetLimitsIn(BlkioRoot, device)
+}
+
+// ClearLimits removes every root blkio rule for device.
+func ClearLimits(device string) error {
+	return SetLimits(device, Limits{})
+}
+
+// SetLimitsIn throttles I/O to device from tasks in the cgroup v1 blkio
+// directory cgroup. Use it for the cgroup of the workload that does the I/O,
+// since v1 rules do not reach child cgroups.
+func SetLimitsIn(cgroup, device string, l Limits) error {
+	majmin, err := deviceNumber(device)
+	if err != nil {
+		return fmt.Errorf("set limits: %w", err)
+	}
+	for _, f := range l.throttleFiles() {
+		if *f.value < 0 {
+			return fmt.Errorf("set limits on %s: %s is negative (%d)", device, f.name, *f.value)
+		}
+	}
+	for _, f := range l.throttleFiles() {
+		// Writing 0 deletes the rule; it is accepted even when none exists.
+		file := filepath.Join(cgroup, f.name)
+		if err := writeRule(file, majmin+" "+strconv.FormatInt(*f.value, 10)); err != nil {
+			return fmt.Errorf("set limits on %s (%s): %w", device, majmin, err)
+		}
+	}
+	return nil
+}
+
+// GetLimitsIn returns the limits for device in the cgroup v1 blkio directory
+// cgroup.
+func GetLimitsIn(cgroup, device string) (Limits, error) {
+	majmin, err := deviceNumber(device)
+	if err != nil {
+		return Limits{}, fmt.Errorf("get limits: %w", err)
+	}
+	var l Limits
+	for _, f := range l.throttleFiles() {
+		file := filepath.Join(cgroup, f.name)
+		v, err := readRule(file, majmin)
+		if err != nil {
+			return Limits{}, fmt.Errorf("get limits of %s (%s): %w", device, majmin, err)
+		}
+		*f.value = v
+	}
+	return l, nil
+}
+
+func writeRule(file, rule string) error {
+	// One write per rule: cgroupfs parses each write separately.
+	f, err := os.OpenFile(file, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(rule); err != nil {
+		f.Close()
+		return fmt.Errorf("write %q to %s: %w", rule, file, err)
+	}
+	return f.Close()
+}
+
+func readRule(file, majmin string) (int64, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		dev, value, ok := strings.Cut(strings.TrimSpace(s.Text()), " ")
+		if !ok || dev != majmin {
+			continue
+		}
+		v, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse %s line %q: %w", file, s.Text(), err)
+		}
+		return v, nil
+	}
+	if err := s.Err(); err != nil {
+		return 0, fmt.Errorf("read %s: %w", file, err)
+	}
+	return 0, nil
+}
+
+// deviceNumber returns "MAJ:MIN" of a block device node.
+func deviceNumber(device string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(device, &st); err != nil {
+		return "", fmt.Errorf("stat %s: %w", device, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", fmt.Errorf("%s: %w", device, errNotBlock)
+	}
+	return fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)), nil
+}
+
+var errNotBlock = errors.New("not a block device")

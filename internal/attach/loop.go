@@ -1,0 +1,382 @@
+// Package attach is the node side of the data path: it turns a volume image
+// into a block device (a loop device, with direct I/O so data is not cached
+// twice) and enforces EBS-style performance limits on that device with blkio
+// throttling.
+//
+// Everything is done with ioctls and sysfs rather than by running losetup,
+// so errors are precise and callers can be concurrent: the kernel, not a
+// parsed listing, decides which loop device is free.
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrBusy means a loop device could not be detached because something still
+// holds it (a mount, or a process with it open).
+var ErrBusy = errors.New("loop device in use")
+
+// Variables rather than constants so tests can point them elsewhere.
+var (
+	sysBlock    = "/sys/block"
+	devDir      = "/dev"
+	loopControl = "/dev/loop-control"
+)
+
+// configureAttempts bounds the LOOP_CTL_GET_FREE/LOOP_CONFIGURE race: each
+// lost race means another caller bound a device, so running out requires that
+// many concurrent binders.
+const configureAttempts = 128
+
+// detachWait is how long Detach waits for the kernel to release a device after
+// LOOP_CLR_FD before deciding another opener is keeping it.
+const detachWait = 2 * time.Second
+
+// Attach attaches backingFile to a free loop device with direct I/O on and
+// returns the device path (/dev/loopN). If the file system of backingFile
+// refuses direct I/O the device is configured buffered instead.
+//
+// Attach is idempotent: if backingFile is already attached, its device is
+// returned. Concurrent callers, in this process or others using Attach, are
+// serialized per file with a flock on the backing file, so the same file
+// never ends up on two devices.
+func Attach(ctx context.Context, backingFile string) (string, error) {
+	path, err := resolve(backingFile)
+	if err != nil {
+		return "", fmt.Errorf("attach %s: %w", backingFile, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return "", fmt.Errorf("attach: open backing file: %w", err)
+	}
+	defer f.Close()
+	unlock, err := lockFile(ctx, f)
+	if err != nil {
+		return "", fmt.Errorf("attach %s: %w", path, err)
+	}
+	defer unlock()
+
+	if dev, found, err := Find(path); err != nil {
+		return "", fmt.Errorf("attach %s: %w", path, err)
+	} else if found {
+		return dev, nil
+	}
+
+	ctl, err := os.OpenFile(loopControl, os.O_RDWR, 0)
+	if err != nil {
+		return "", fmt.Errorf("attach %s: %w", path, err)
+	}
+	defer ctl.Close()
+	for attempt := 0; attempt < configureAttempts; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return "", fmt.Errorf("attach %s: %w", path, err)
+		}
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return "", fmt.Errorf("attach %s: LOOP_CTL_GET_FREE on %s: %w", path, loopControl, err)
+		}
+		dev, err := configure(n, f, path)
+		if errors.Is(err, unix.EBUSY) {
+			// Another caller bound loopN between GET_FREE and CONFIGURE.
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("attach %s: %w", path, err)
+		}
+		// The blkio rules of a loop device outlive its binding; a rule left
+		// by the device's previous user must not throttle this volume. On
+		// hosts without cgroup v1 blkio there is nothing to clear.
+		_ = ClearLimits(dev)
+		return dev, nil
+	}
+	return "", fmt.Errorf("attach %s: no free loop device after %d attempts (every LOOP_CONFIGURE lost a race)", path, configureAttempts)
+}
+
+// configure binds loop device n to backing with LOOP_CONFIGURE, which sets
+// file, flags and size in one step so no one sees a half-configured device.
+func configure(n int, backing *os.File, path string) (string, error) {
+	dev, err := ensureNode(n)
+	if err != nil {
+		return "", err
+	}
+	lf, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return "", fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer lf.Close()
+
+	cfg := unix.LoopConfig{Fd: uint32(backing.Fd())}
+	// The name is informational (losetup shows it); sysfs has the real path.
+	copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], path)
+	cfg.Info.Flags = unix.LO_FLAGS_DIRECT_IO
+	err = unix.IoctlLoopConfigure(int(lf.Fd()), &cfg)
+	if errors.Is(err, unix.EINVAL) {
+		// Kernels that validate direct I/O up front reject it here when the
+		// backing file system or its alignment cannot do it.
+		cfg.Info.Flags &^= unix.LO_FLAGS_DIRECT_IO
+		err = unix.IoctlLoopConfigure(int(lf.Fd()), &cfg)
+	}
+	if err != nil {
+		return "", fmt.Errorf("LOOP_CONFIGURE %s with %s: %w", dev, path, err)
+	}
+	return dev, nil
+}
+
+// Find returns the loop device backed by backingFile, if any. A device whose
+// backing file has since been deleted is not a match: it holds old data, not
+// the file now at that path.
+func Find(backingFile string) (device string, found bool, err error) {
+	path, err := resolve(backingFile)
+	if err != nil {
+		return "", false, fmt.Errorf("find loop device of %s: %w", backingFile, err)
+	}
+	loops, err := boundLoops()
+	if err != nil {
+		return "", false, fmt.Errorf("find loop device of %s: %w", path, err)
+	}
+	for _, l := range loops {
+		if l.backing == path && !l.deleted {
+			dev, err := ensureNode(l.n)
+			if err != nil {
+				return "", false, fmt.Errorf("find loop device of %s: %w", path, err)
+			}
+			return dev, true, nil
+		}
+	}
+	return "", false, nil
+}
+
+// Detach detaches every loop device backed by backingFile, including devices
+// whose backing file was deleted after attaching. A file that is not attached
+// (or does not exist) is not an error.
+//
+// A device that is mounted or held open is not detached: Detach returns an
+// error wrapping ErrBusy instead of letting the kernel silently defer the
+// detach to the last close.
+func Detach(ctx context.Context, backingFile string) error {
+	path, err := resolve(backingFile)
+	if err != nil {
+		return fmt.Errorf("detach %s: %w", backingFile, err)
+	}
+	loops, err := boundLoops()
+	if err != nil {
+		return fmt.Errorf("detach %s: %w", path, err)
+	}
+	var errs []error
+	for _, l := range loops {
+		if l.backing != path {
+			continue
+		}
+		if err := detachDevice(ctx, l.n, path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func detachDevice(ctx context.Context, n int, path string) error {
+	dev, err := ensureNode(n)
+	if err != nil {
+		return fmt.Errorf("detach %s: %w", path, err)
+	}
+	// O_EXCL fails while a file system has the device claimed, which is the
+	// case we must refuse rather than turn into a deferred detach.
+	lf, err := os.OpenFile(dev, os.O_RDWR|unix.O_EXCL, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("detach %s from %s: %w (mounted or claimed exclusively)", dev, path, ErrBusy)
+	}
+	if err != nil {
+		return fmt.Errorf("detach %s from %s: %w", dev, path, err)
+	}
+	_ = ClearLimits(dev)
+	err = unix.IoctlSetInt(int(lf.Fd()), unix.LOOP_CLR_FD, 0)
+	lf.Close()
+	if errors.Is(err, unix.ENXIO) {
+		return nil // already unbound by someone else
+	}
+	if err != nil {
+		return fmt.Errorf("detach %s from %s: LOOP_CLR_FD: %w", dev, path, err)
+	}
+	// The kernel unbinds on the last close; if another opener remains it
+	// has only set autoclear.
+	deadline := time.Now().Add(detachWait)
+	for {
+		bound, err := isBound(n)
+		if err != nil {
+			return fmt.Errorf("detach %s from %s: %w", dev, path, err)
+		}
+		if !bound {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("detach %s from %s: %w (held open; it will detach on last close)", dev, path, ErrBusy)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("detach %s from %s: %w", dev, path, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Refresh makes device pick up a grown backing file (LOOP_SET_CAPACITY) and
+// returns the device's new size in bytes.
+func Refresh(device string) (int64, error) {
+	lf, err := os.OpenFile(device, os.O_RDWR, 0)
+	if err != nil {
+		return 0, fmt.Errorf("refresh: %w", err)
+	}
+	defer lf.Close()
+	if err := unix.IoctlSetInt(int(lf.Fd()), unix.LOOP_SET_CAPACITY, 0); err != nil {
+		return 0, fmt.Errorf("refresh %s: LOOP_SET_CAPACITY: %w", device, err)
+	}
+	majmin, err := deviceNumber(device)
+	if err != nil {
+		return 0, fmt.Errorf("refresh: %w", err)
+	}
+	sizeFile := filepath.Join("/sys/dev/block", majmin, "size")
+	b, err := os.ReadFile(sizeFile)
+	if err != nil {
+		return 0, fmt.Errorf("refresh %s: %w", device, err)
+	}
+	sectors, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("refresh %s: parse %s: %w", device, sizeFile, err)
+	}
+	// sysfs counts 512-byte sectors whatever the logical block size.
+	return sectors * 512, nil
+}
+
+type boundLoop struct {
+	n       int
+	backing string
+	deleted bool
+}
+
+// boundLoops lists loop devices that have a backing file, lowest number first.
+func boundLoops() ([]boundLoop, error) {
+	entries, err := os.ReadDir(sysBlock)
+	if err != nil {
+		return nil, err
+	}
+	var loops []boundLoop
+	for _, e := range entries {
+		n, ok := loopNumber(e.Name())
+		if !ok {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(sysBlock, e.Name(), "loop", "backing_file"))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // unbound; the loop directory only exists while bound
+		}
+		if err != nil {
+			return nil, err
+		}
+		backing := strings.TrimSuffix(string(b), "\n")
+		l := boundLoop{n: n, backing: backing}
+		if s, ok := strings.CutSuffix(backing, " (deleted)"); ok {
+			l.backing, l.deleted = s, true
+		}
+		loops = append(loops, l)
+	}
+	sort.Slice(loops, func(i, j int) bool { return loops[i].n < loops[j].n })
+	return loops, nil
+}
+
+func isBound(n int) (bool, error) {
+	_, err := os.Stat(filepath.Join(sysBlock, "loop"+strconv.Itoa(n), "loop", "backing_file"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func loopNumber(name string) (int, bool) {
+	s, ok := strings.CutPrefix(name, "loop")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(s)
+	return n, err == nil && n >= 0
+}
+
+// ensureNode returns /dev/loopN, creating the node when there is no udev to do
+// it (the kernel creates loop devices beyond loop7 on demand, sysfs only).
+func ensureNode(n int) (string, error) {
+	dev := filepath.Join(devDir, "loop"+strconv.Itoa(n))
+	var st unix.Stat_t
+	if err := unix.Stat(dev, &st); err == nil {
+		if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			return "", fmt.Errorf("%s exists but is not a block device", dev)
+		}
+		return dev, nil
+	} else if !errors.Is(err, unix.ENOENT) {
+		return "", fmt.Errorf("stat %s: %w", dev, err)
+	}
+	devFile := filepath.Join(sysBlock, "loop"+strconv.Itoa(n), "dev")
+	b, err := os.ReadFile(devFile)
+	if err != nil {
+		return "", fmt.Errorf("create %s: %w", dev, err)
+	}
+	var major, minor uint32
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &major, &minor); err != nil {
+		return "", fmt.Errorf("create %s: parse %s %q: %w", dev, devFile, b, err)
+	}
+	err = unix.Mknod(dev, unix.S_IFBLK|0o660, int(unix.Mkdev(major, minor)))
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return "", fmt.Errorf("mknod %s (%d:%d): %w", dev, major, minor, err)
+	}
+	return dev, nil
+}
+
+// resolve gives the absolute, symlink-free path the kernel reports in
+// backing_file. For a missing file only the directory is resolved, so a
+// device whose backing file was deleted can still be found and detached.
+func resolve(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		return r, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Dir(abs))
+	if err != nil {
+		return abs, nil
+	}
+	return filepath.Join(dir, filepath.Base(abs)), nil
+}
+
+// lockFile takes an exclusive flock on f, giving up when ctx is done. flock
+// locks belong to the open file, so two goroutines of one process with their
+// own opens exclude each other as well as other processes.
+func lockFile(ctx context.Context, f *os.File) (unlock func(), err error) {
+	fd := int(f.Fd())
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { _ = unix.Flock(fd, unix.LOCK_UN) }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("lock %s: %w", f.Name(), ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}

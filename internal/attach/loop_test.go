@@ -1,0 +1,341 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: attaches real loop devices")
+	}
+}
+
+// newImage creates a sparse backing file and registers a Detach for it, so
+// the device is released even if the test fails between Attach and its own
+// cleanup. t.TempDir is created first so its removal runs after the Detach.
+func newImage(t testing.TB, name string, size int64) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Detach(context.Background(), path); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return path
+}
+
+func mustAttach(t testing.TB, path string) string {
+	t.Helper()
+	dev, err := Attach(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dev
+}
+
+func TestAttach_SameFileTwice_ReturnsSameDevice(t *testing.T) {
+	requireRoot(t)
+	img := newImage(t, "vol.img", 64<<20)
+	first := mustAttach(t, img)
+	second := mustAttach(t, img)
+	if first != second {
+		t.Fatalf("second Attach returned %s, want %s", second, first)
+	}
+	if n := countBound(t, img); n != 1 {
+		t.Fatalf("%s is on %d loop devices, want 1", img, n)
+	}
+}
+
+func TestAttach_ThroughSymlink_ReturnsSameDevice(t *testing.T) {
+	requireRoot(t)
+	img := newImage(t, "vol.img", 64<<20)
+	link := filepath.Join(t.TempDir(), "link.img")
+	if err := os.Symlink(img, link); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := mustAttach(t, img), mustAttach(t, link); a != b {
+		t.Fatalf("Attach via symlink returned %s, want %s", b, a)
+	}
+}
+
+func TestAttach_ManyFilesConcurrently_DistinctDevices(t *testing.T) {
+	requireRoot(t)
+	// More than the 8 devices the kernel preallocates, so some are created
+	// on demand and, without udev, need Attach to make their /dev nodes.
+	const n = 12
+	imgs := make([]string, n)
+	for i := range imgs {
+		imgs[i] = newImage(t, fmt.Sprintf("vol-%d.img", i), 32<<20)
+	}
+	devs := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range imgs {
+		wg.Go(func() { devs[i], errs[i] = Attach(context.Background(), imgs[i]) })
+	}
+	wg.Wait()
+	seen := map[string]string{}
+	for i, dev := range devs {
+		if errs[i] != nil {
+			t.Fatalf("Attach %s: %v", imgs[i], errs[i])
+		}
+		if other, dup := seen[dev]; dup {
+			t.Fatalf("%s and %s both got %s", other, imgs[i], dev)
+		}
+		seen[dev] = imgs[i]
+		if got, found, err := Find(imgs[i]); err != nil || !found || got != dev {
+			t.Fatalf("Find(%s) = %s, %v, %v; want %s", imgs[i], got, found, err, dev)
+		}
+	}
+}
+
+func TestAttach_SameFileConcurrently_OneDevice(t *testing.T) {
+	requireRoot(t)
+	img := newImage(t, "vol.img", 32<<20)
+	const n = 8
+	devs := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { devs[i], errs[i] = Attach(context.Background(), img) })
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if devs[i] != devs[0] {
+			t.Fatalf("concurrent Attach returned %s and %s", devs[0], devs[i])
+		}
+	}
+	if c := countBound(t, img); c != 1 {
+		t.Fatalf("%s is on %d loop devices, want 1", img, c)
+	}
+}
+
+func TestAttach_DirectIOOnLocalFileSystem(t *testing.T) {
+	requireRoot(t)
+	img := newImage(t, "vol.img", 64<<20)
+	dev := mustAttach(t, img)
+	b, err := os.ReadFile(filepath.Join(sysBlock, filepath.Base(dev), "loop", "dio"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(string(b)) != "1" {
+		t.Fatalf("%s backed by %s: dio = %q, want 1", dev, img, b)
+	}
+}
+
+func TestAttach_MissingFile_ErrorNamesFile(t *testing.T) {
+	requireRoot(t)
+	missing := filepath.Join(t.TempDir(), "missing.img")
+	_, err := Attach(context.Background(), missing)
+	if err == nil || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("Attach(%s) error = %v, want one naming the file", missing, err)
+	}
+}
+
+func TestAttach_CanceledWhileAnotherHoldsTheFile_ReturnsContextError(t *testing.T) {
+	requireRoot(t)
+	img := newImage(t, "vol.img", 32<<20)
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := Attach(ctx, img); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Attach while locked = %v, want deadline exceeded", err)
+	}
+}
+
+func TestFind(t *testing.T) {
+	requireRoot(t)
+	attached := newImage(t, "attached.img", 32<<20)
+	dev := mustAttach(t, attached)
+	unattached := newImage(t, "unattached.img", 32<<20)
+	tests := []struct {
+		name      string
+		file      string
+		wantFound bool
+	}{
+		{"AttachedFile_Found", attached, true},
+		{"UnattachedFile_NotFound", unattached, false},
+		{"MissingFile_NotFound", filepath.Join(t.TempDir(), "missing.img"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, found, err := Find(tt.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if found != tt.wantFound {
+				t.Fatalf("Find(%s) found = %v, want %v", tt.file, found, tt.wantFound)
+			}
+			if found && got != dev {
+				t.Fatalf("Find(%s) = %s, want %s", tt.file, got, dev)
+			}
+		})
+	}
+}
+
+func TestFind_BackingFileReplaced_NotFound(t *testing.T) {
+	requireRoot(t)
+	img := newImage(t, "vol.img", 32<<20)
+	mustAttach(t, img)
+	// A new file at the same path is a different volume; the old device
+	// still serves the deleted one.
+	if err := os.Remove(img); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if dev, found, err := Find(img); err != nil || found {
+		t.Fatalf("Find after replace = %s, %v, %v; want not found", dev, found, err)
+	}
+}
+
+func TestDetach(t *testing.T) {
+	requireRoot(t)
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, img string)
+	}{
+		{"Attached_Detaches", func(t *testing.T, img string) { mustAttach(t, img) }},
+		{"Unattached_Succeeds", func(t *testing.T, img string) {}},
+		{"MissingFile_Succeeds", func(t *testing.T, img string) {
+			if err := os.Remove(img); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"DeletedAfterAttach_Detaches", func(t *testing.T, img string) {
+			mustAttach(t, img)
+			if err := os.Remove(img); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			img := newImage(t, "vol.img", 32<<20)
+			tt.setup(t, img)
+			for i := range 2 { // the second call checks idempotency
+				if err := Detach(context.Background(), img); err != nil {
+					t.Fatalf("Detach #%d: %v", i+1, err)
+				}
+			}
+			if n := countBound(t, img); n != 0 {
+				t.Fatalf("%s still on %d loop devices", img, n)
+			}
+		})
+	}
+}
+
+func TestDetach_Mounted_ErrBusyAndStaysAttached(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("needs mkfs.ext4 to make a mountable device")
+	}
+	img := newImage(t, "vol.img", 64<<20)
+	dev := mustAttach(t, img)
+	if out, err := exec.Command("mkfs.ext4", "-q", dev).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 %s: %v: %s", dev, err, out)
+	}
+	mnt := t.TempDir()
+	if err := unix.Mount(dev, mnt, "ext4", 0, ""); err != nil {
+		t.Fatalf("mount %s: %v", dev, err)
+	}
+	// Registered after newImage's Detach, so it runs before it.
+	t.Cleanup(func() {
+		if err := unix.Unmount(mnt, 0); err != nil {
+			t.Errorf("cleanup: unmount %s: %v", mnt, err)
+		}
+	})
+	err := Detach(context.Background(), img)
+	if !errors.Is(err, ErrBusy) {
+		t.Fatalf("Detach of mounted %s = %v, want ErrBusy", dev, err)
+	}
+	if got, found, _ := Find(img); !found || got != dev {
+		t.Fatalf("after refused Detach, Find = %s, %v; want %s", got, found, dev)
+	}
+}
+
+func TestRefresh_AfterGrow_ReportsNewSize(t *testing.T) {
+	requireRoot(t)
+	tests := []struct {
+		name     string
+		from, to int64
+	}{
+		{"Grown", 64 << 20, 192 << 20},
+		{"Unchanged", 64 << 20, 64 << 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			img := newImage(t, "vol.img", tt.from)
+			dev := mustAttach(t, img)
+			if err := os.Truncate(img, tt.to); err != nil {
+				t.Fatal(err)
+			}
+			got, err := Refresh(dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.to {
+				t.Fatalf("Refresh(%s) = %d, want %d", dev, got, tt.to)
+			}
+		})
+	}
+}
+
+func TestRefresh_NotALoopDevice_Error(t *testing.T) {
+	requireRoot(t)
+	f := filepath.Join(t.TempDir(), "plain")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Refresh(f); err == nil || !strings.Contains(err.Error(), f) {
+		t.Fatalf("Refresh(%s) = %v, want an error naming it", f, err)
+	}
+}
+
+func countBound(t testing.TB, img string) int {
+	t.Helper()
+	path, err := resolve(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loops, err := boundLoops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range loops {
+		if l.backing == path {
+			n++
+		}
+	}
+	return n
+}

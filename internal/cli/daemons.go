@@ -1,0 +1,247 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/agent"
+	"github.com/stowage-io/stowage/internal/csi"
+	"github.com/stowage-io/stowage/internal/server"
+	"github.com/stowage-io/stowage/internal/store/boltstore"
+)
+
+// poolSpec is one --pool flag: name=N,dir=D,zone=Z,node=H[,size=S].
+type poolSpec struct {
+	name, dir, zone, node string
+	// size, when set, makes dir an xfs file system with reflinks on a
+	// loop-mounted image file of that size (created once, reused after).
+	size int64
+}
+
+func parsePoolSpec(s, defaultZone, defaultNode, dataDir string) (poolSpec, error) {
+	p := poolSpec{zone: defaultZone, node: defaultNode}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok {
+			return p, usageErrorf("--pool %q: %q is not key=value (keys: name, dir, zone, node, size)", s, kv)
+		}
+		switch k {
+		case "name":
+			p.name = v
+		case "dir":
+			p.dir = v
+		case "zone":
+			p.zone = v
+		case "node":
+			p.node = v
+		case "size":
+			n, err := parseSize(v)
+			if err != nil {
+				return p, usageErrorf("--pool %q: size: %v", s, err)
+			}
+			p.size = n
+		default:
+			return p, usageErrorf("--pool %q: unknown key %q (keys: name, dir, zone, node, size)", s, k)
+		}
+	}
+	if p.name == "" {
+		p.name = p.zone + "-" + p.node
+	}
+	if p.dir == "" {
+		p.dir = filepath.Join(dataDir, "pools", p.name)
+	}
+	return p, nil
+}
+
+// parseSize reads 100G, 512M, 1T or plain bytes.
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	num := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(s), "B"), "I")
+	switch {
+	case strings.HasSuffix(num, "K"):
+		mult, num = 1<<10, strings.TrimSuffix(num, "K")
+	case strings.HasSuffix(num, "M"):
+		mult, num = 1<<20, strings.TrimSuffix(num, "M")
+	case strings.HasSuffix(num, "G"):
+		mult, num = 1<<30, strings.TrimSuffix(num, "G")
+	case strings.HasSuffix(num, "T"):
+		mult, num = 1<<40, strings.TrimSuffix(num, "T")
+	}
+	var n int64
+	if _, err := fmt.Sscan(num, &n); err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size like 100G", s)
+	}
+	return n * mult, nil
+}
+
+func signalContext(parent context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+}
+
+func newServerCmd() *cobra.Command {
+	var dataDir, listen, zone, node string
+	var pools []string
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the Stowage API server with its storage pools (agent in-process)",
+		Example: `  stowage server --data-dir /var/lib/stowage --pool name=pool-a,zone=zone-a,size=100G
+  stowage server --listen unix:///run/stowage/api.sock --pool dir=/srv/pool,zone=zone-a`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if node == "" {
+				h, err := os.Hostname()
+				if err != nil {
+					return fmt.Errorf("no --node given and the hostname is unknown: %w", err)
+				}
+				node = h
+			}
+			if len(pools) == 0 {
+				pools = []string{"name=default"}
+			}
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			return runServer(ctx, dataDir, listen, zone, node, pools)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dataDir, "data-dir", "/var/lib/stowage", "where the metadata file and default pools live")
+	f.StringVar(&listen, "listen", DefaultEndpoint, "API address: host:port or unix:///path")
+	f.StringVar(&zone, "zone", "zone-a", "zone of pools that do not name one")
+	f.StringVar(&node, "node", "", "node of pools that do not name one (default: hostname)")
+	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
+	return cmd
+}
+
+func runServer(ctx context.Context, dataDir, listen, zone, node string, specs []string) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	slog.SetDefault(log)
+	st, err := boltstore.Open(filepath.Join(dataDir, "metadata.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	pools := map[string]server.Pool{}
+	for _, s := range specs {
+		spec, err := parsePoolSpec(s, zone, node, dataDir)
+		if err != nil {
+			return err
+		}
+		if _, dup := pools[spec.name]; dup {
+			return usageErrorf("pool %q is given twice", spec.name)
+		}
+		if spec.size > 0 {
+			if err := agent.MountImageFS(ctx, spec.dir, spec.dir+".img", spec.size); err != nil {
+				return fmt.Errorf("pool %s: %w", spec.name, err)
+			}
+		}
+		p, err := agent.Open(agent.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node})
+		if err != nil {
+			return fmt.Errorf("pool %s: %w", spec.name, err)
+		}
+		log.Info("storage pool ready", "pool", spec.name, "dir", spec.dir, "zone", spec.zone, "node", spec.node, "cloneMode", p.CloneMode())
+		pools[spec.name] = p
+	}
+	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := srv.Reconcile(ctx); err != nil {
+		return err
+	}
+	if err := srv.RegisterPoolNodes(ctx); err != nil {
+		return err
+	}
+	lis, err := csi.Listen(listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", listen, err)
+	}
+	g := grpc.NewServer()
+	srv.Register(g)
+	go func() {
+		<-ctx.Done()
+		g.GracefulStop()
+	}()
+	log.Info("Stowage API serving", "listen", listen, "dataDir", dataDir, "pools", len(pools))
+	if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	log.Info("Stowage API stopped")
+	return nil
+}
+
+func newCSICmd() *cobra.Command {
+	var endpoint, api, nodeID, zone, stateDir string
+	var maxVolumes int64
+	var limitsInterval time.Duration
+	cmd := &cobra.Command{Use: "csi", Short: "Run the block CSI driver (" + csi.DriverName + ")"}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&endpoint, "endpoint", "unix:///csi/csi.sock", "CSI socket: unix:///path or tcp://host:port")
+	pf.StringVar(&api, "api", DefaultEndpoint, "Stowage API address")
+	pf.StringVar(&nodeID, "node-id", "", "this node's id (node plugin; default: hostname)")
+	pf.StringVar(&zone, "zone", "zone-a", "this node's zone (node plugin)")
+	pf.StringVar(&stateDir, "state-dir", "/var/lib/stowage/csi-node", "node plugin state (one file per staged volume)")
+	pf.Int64Var(&maxVolumes, "max-volumes", 64, "most volumes attached to this node at once, reported to the scheduler")
+	pf.DurationVar(&limitsInterval, "limits-interval", 10*time.Second, "how often the node re-applies IOPS/throughput limits of its volumes")
+
+	run := func(cmd *cobra.Command, withController, withNode bool) error {
+		ctx, cancel := signalContext(cmd.Context())
+		defer cancel()
+		conn, err := dial(api)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		var ctrl *csi.ControllerService
+		var node *csi.NodeService
+		if withController {
+			ctrl = csi.NewControllerService(pb.NewVolumeServiceClient(conn), pb.NewSnapshotServiceClient(conn), pb.NewPoolServiceClient(conn))
+		}
+		if withNode {
+			if nodeID == "" {
+				if nodeID, err = os.Hostname(); err != nil {
+					return fmt.Errorf("no --node-id and no hostname: %w", err)
+				}
+			}
+			node, err = csi.NewNodeService(csi.NodeConfig{NodeID: nodeID, Zone: zone, MaxVolumes: maxVolumes, StateDir: stateDir, LimitsInterval: limitsInterval},
+				pb.NewVolumeServiceClient(conn), pb.NewNodeServiceClient(conn))
+			if err != nil {
+				return err
+			}
+			if err := node.Register(ctx); err != nil {
+				return err
+			}
+			go node.RunLimits(ctx)
+		}
+		return csi.NewDriver(ctrl, node).Serve(ctx, endpoint)
+	}
+	cmd.AddCommand(
+		&cobra.Command{Use: "controller", Short: "Run the CSI controller service", Args: cobra.NoArgs,
+			RunE: func(c *cobra.Command, _ []string) error { return run(c, true, false) }},
+		&cobra.Command{Use: "node", Short: "Run the CSI node plugin", Args: cobra.NoArgs,
+			RunE: func(c *cobra.Command, _ []string) error { return run(c, false, true) }},
+		&cobra.Command{Use: "all", Short: "Run controller and node in one process (single-machine setups)", Args: cobra.NoArgs,
+			RunE: func(c *cobra.Command, _ []string) error { return run(c, true, true) }},
+	)
+	return cmd
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{Use: "version", Short: "Print the version", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), "stowage", csi.Version)
+			return nil
+		}}
+}

@@ -1,0 +1,90 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"sigs.k8s.io/yaml"
+)
+
+// printer writes API objects as a human table, JSON or YAML.
+type printer struct {
+	format string
+	out    io.Writer
+}
+
+func (p printer) validate() error {
+	switch p.format {
+	case "table", "json", "yaml":
+		return nil
+	}
+	return usageErrorf("output format %q is not one of table, json, yaml", p.format)
+}
+
+// structured writes msg as JSON or YAML and reports whether it did.
+func (p printer) structured(msg proto.Message) (bool, error) {
+	if p.format == "table" {
+		return false, nil
+	}
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: false}.Marshal(msg)
+	if err != nil {
+		return true, err
+	}
+	if p.format == "yaml" {
+		if b, err = yaml.JSONToYAML(b); err != nil {
+			return true, err
+		}
+	}
+	_, err = fmt.Fprintln(p.out, strings.TrimRight(string(b), "\n"))
+	return true, err
+}
+
+func (p printer) table(header []string, rows [][]string) error {
+	w := tabwriter.NewWriter(p.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(w, strings.Join(r, "\t"))
+	}
+	return w.Flush()
+}
+
+func formatTags(tags map[string]string) string {
+	if len(tags) == 0 {
+		return "-"
+	}
+	ks := make([]string, 0, len(tags))
+	for k := range tags {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	parts := make([]string, len(ks))
+	for i, k := range ks {
+		parts[i] = k + "=" + tags[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func humanBytes(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := int64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}

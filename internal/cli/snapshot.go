@@ -1,0 +1,184 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/spf13/cobra"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+)
+
+func newSnapshotCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "snapshot", Aliases: []string{"snapshots", "snap"}, Short: "Create and manage volume snapshots"}
+	cmd.AddCommand(snapshotCreateCmd(g), snapshotDescribeCmd(g), snapshotListCmd(g), snapshotDeleteCmd(g))
+	return cmd
+}
+
+func printSnapshots(p printer, ss ...*pb.Snapshot) error {
+	if len(ss) == 1 {
+		if done, err := p.structured(ss[0]); done {
+			return err
+		}
+	} else if done, err := p.structured(&pb.ListSnapshotsResponse{Snapshots: ss}); done {
+		return err
+	}
+	rows := make([][]string, 0, len(ss))
+	for _, s := range ss {
+		rows = append(rows, []string{s.Id, orDash(s.Name), s.VolumeId, s.State, strconv.FormatInt(s.SizeGib, 10), s.Zone,
+			s.CreateTime.AsTime().Format("2006-01-02T15:04:05Z"), formatTags(s.Tags)})
+	}
+	return p.table([]string{"ID", "NAME", "VOLUME", "STATE", "SIZE(GiB)", "ZONE", "CREATED", "TAGS"}, rows)
+}
+
+func snapshotCreateCmd(g *globals) *cobra.Command {
+	var req pb.CreateSnapshotRequest
+	var tags []string
+	cmd := &cobra.Command{
+		Use: "create VOLUME_ID", Short: "Snapshot a volume, attached or not (idempotent by --name)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := parseTags(tags)
+			if err != nil {
+				return err
+			}
+			req.Tags, req.VolumeId = t, args[0]
+			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
+				s, err := c.snapshots.CreateSnapshot(ctx, &req)
+				if err != nil {
+					return err
+				}
+				return printSnapshots(p, s)
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Name, "name", "", "idempotency name")
+	f.StringVar(&req.Description, "description", "", "free text")
+	f.StringArrayVar(&tags, "tag", nil, "tag key=value (repeatable)")
+	return cmd
+}
+
+func snapshotDescribeCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "describe SNAPSHOT_ID...", Short: "Show snapshots", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
+				var ss []*pb.Snapshot
+				for _, id := range args {
+					s, err := c.snapshots.DescribeSnapshot(ctx, &pb.DescribeSnapshotRequest{SnapshotId: id})
+					if err != nil {
+						return err
+					}
+					ss = append(ss, s)
+				}
+				if p.format == "table" && len(ss) == 1 {
+					p.format = "yaml"
+				}
+				return printSnapshots(p, ss...)
+			})
+		},
+	}
+}
+
+func snapshotListCmd(g *globals) *cobra.Command {
+	var req pb.ListSnapshotsRequest
+	cmd := &cobra.Command{
+		Use: "list", Aliases: []string{"ls"}, Short: "List snapshots (all pages)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
+				var all []*pb.Snapshot
+				for {
+					resp, err := c.snapshots.ListSnapshots(ctx, &req)
+					if err != nil {
+						return err
+					}
+					all = append(all, resp.Snapshots...)
+					if resp.NextPageToken == "" {
+						break
+					}
+					req.PageToken = resp.NextPageToken
+				}
+				if done, err := p.structured(&pb.ListSnapshotsResponse{Snapshots: all}); done {
+					return err
+				}
+				return printSnapshots(p, all...)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&req.VolumeId, "volume", "", "only snapshots of this volume")
+	return cmd
+}
+
+func snapshotDeleteCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "delete SNAPSHOT_ID...", Short: "Delete snapshots (a missing snapshot is not an error)", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
+				for _, id := range args {
+					resp, err := c.snapshots.DeleteSnapshot(ctx, &pb.DeleteSnapshotRequest{SnapshotId: id})
+					if err != nil {
+						return err
+					}
+					if resp.Deleted {
+						fmt.Fprintf(p.out, "deleted %s\n", id)
+					} else {
+						fmt.Fprintf(p.out, "%s does not exist; nothing to delete\n", id)
+					}
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func newPoolCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "pool", Aliases: []string{"pools"}, Short: "Show storage pools"}
+	list := &cobra.Command{
+		Use: "list", Aliases: []string{"ls"}, Short: "List pools with capacity and clone mode", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
+				resp, err := c.pools.ListPools(ctx, &pb.ListPoolsRequest{})
+				if err != nil {
+					return err
+				}
+				if done, err := p.structured(resp); done {
+					return err
+				}
+				var rows [][]string
+				for _, pl := range resp.Pools {
+					rows = append(rows, []string{pl.Name, pl.Zone, pl.Node, pl.CloneMode, humanBytes(pl.TotalBytes), humanBytes(pl.FreeBytes),
+						humanBytes(pl.ProvisionedBytes), fmt.Sprint(pl.VolumeCount), fmt.Sprint(pl.SnapshotCount), pl.Dir})
+				}
+				return p.table([]string{"NAME", "ZONE", "NODE", "CLONE-MODE", "SIZE", "FREE", "PROVISIONED", "VOLUMES", "SNAPSHOTS", "DIR"}, rows)
+			})
+		},
+	}
+	cmd.AddCommand(list)
+	return cmd
+}
+
+func newNodeCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "node", Aliases: []string{"nodes"}, Short: "Show nodes known to the server"}
+	list := &cobra.Command{
+		Use: "list", Aliases: []string{"ls"}, Short: "List registered nodes", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
+				resp, err := c.nodes.ListNodes(ctx, &pb.ListNodesRequest{})
+				if err != nil {
+					return err
+				}
+				if done, err := p.structured(resp); done {
+					return err
+				}
+				var rows [][]string
+				for _, n := range resp.Nodes {
+					rows = append(rows, []string{n.Id, n.Zone, fmt.Sprint(n.AttachedVolumes), fmt.Sprint(n.MaxVolumes)})
+				}
+				return p.table([]string{"NODE", "ZONE", "ATTACHED", "MAX"}, rows)
+			})
+		},
+	}
+	cmd.AddCommand(list)
+	return cmd
+}

@@ -1,0 +1,548 @@
+package csi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/internal/faults"
+	"github.com/stowage-io/stowage/internal/keylock"
+)
+
+// NodeConfig is what a node plugin is built from.
+type NodeConfig struct {
+	NodeID     string
+	Zone       string
+	MaxVolumes int64
+	// StateDir keeps one small file per staged volume, so that unstage and
+	// the limits loop find the loop device even after a restart.
+	StateDir string
+	// LimitsInterval is how often the performance limits of attached volumes
+	// are re-read from the API and applied (ModifyVolume of a live volume).
+	LimitsInterval time.Duration
+}
+
+// NodeService is the CSI node plugin of the block driver.
+type NodeService struct {
+	csi.UnimplementedNodeServer
+	cfg     NodeConfig
+	volumes pb.VolumeServiceClient
+	nodes   pb.NodeServiceClient
+	mounter *mount.SafeFormatAndMount
+	locks   *keylock.Set
+}
+
+// NewNodeService returns a node plugin for cfg.NodeID.
+func NewNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient) (*NodeService, error) {
+	if cfg.NodeID == "" {
+		return nil, errors.New("node plugin: node id is required")
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("node plugin: state directory is required")
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("node plugin: create state directory: %w", err)
+	}
+	if cfg.LimitsInterval == 0 {
+		cfg.LimitsInterval = 10 * time.Second
+	}
+	return &NodeService{
+		cfg: cfg, volumes: volumes, nodes: nodes,
+		mounter: mount.NewSafeFormatAndMount(mount.New(""), utilexec.New()),
+		locks:   keylock.New(2 * time.Second),
+	}, nil
+}
+
+// Register tells the Stowage server that this node exists, retrying until
+// the server answers or ctx ends.
+func (n *NodeService) Register(ctx context.Context) error {
+	for {
+		_, err := n.nodes.RegisterNode(ctx, &pb.RegisterNodeRequest{Id: n.cfg.NodeID, Zone: n.cfg.Zone, MaxVolumes: int32(n.cfg.MaxVolumes)})
+		if err == nil {
+			klog.InfoS("node registered with the Stowage server", "node", n.cfg.NodeID, "zone", n.cfg.Zone)
+			return nil
+		}
+		klog.ErrorS(err, "cannot register node with the Stowage server; retrying", "node", n.cfg.NodeID)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// RunLimits keeps the data-path limits of staged volumes equal to what the
+// API says (a ModifyVolume changes them on a live volume) until ctx ends.
+func (n *NodeService) RunLimits(ctx context.Context) {
+	t := time.NewTicker(n.cfg.LimitsInterval)
+	defer t.Stop()
+	for {
+		n.applyAllLimits(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *NodeService) applyAllLimits(ctx context.Context) {
+	entries, err := os.ReadDir(n.cfg.StateDir)
+	if err != nil {
+		klog.ErrorS(err, "read node state directory", "dir", n.cfg.StateDir)
+		return
+	}
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			continue
+		}
+		st, err := n.readState(id)
+		if err != nil || st == nil || st.Device == "" {
+			continue
+		}
+		v, err := n.volumes.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: id})
+		if err != nil {
+			continue
+		}
+		if err := attach.SetLimits(st.Device, limitsOf(v)); err != nil {
+			klog.ErrorS(err, "apply volume limits", "volumeID", id, "device", st.Device)
+		}
+	}
+}
+
+// limitsOf turns EBS-style IOPS and throughput into block-layer throttles.
+// EBS counts reads and writes together; the kernel throttles each
+// direction separately, so each direction may use the volume's full budget.
+func limitsOf(v *pb.Volume) attach.Limits {
+	bps := v.ThroughputMibps << 20
+	return attach.Limits{ReadIOPS: v.Iops, WriteIOPS: v.Iops, ReadBPS: bps, WriteBPS: bps}
+}
+
+// stagedVolume is what the node remembers about a staged volume.
+type stagedVolume struct {
+	VolumeID    string `json:"volumeId"`
+	ImagePath   string `json:"imagePath"`
+	Device      string `json:"device,omitempty"`
+	StagingPath string `json:"stagingPath"`
+	Block       bool   `json:"block,omitempty"`
+}
+
+func (n *NodeService) statePath(volumeID string) string {
+	return filepath.Join(n.cfg.StateDir, filepath.Base(volumeID)+".json")
+}
+
+func (n *NodeService) readState(volumeID string) (*stagedVolume, error) {
+	b, err := os.ReadFile(n.statePath(volumeID))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var st stagedVolume
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("node state of volume %s is corrupt: %w", volumeID, err)
+	}
+	return &st, nil
+}
+
+func (n *NodeService) writeState(st *stagedVolume) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := n.statePath(st.VolumeID) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, n.statePath(st.VolumeID))
+}
+
+func (n *NodeService) lock(ctx context.Context, volumeID string) (func(), error) {
+	unlock, err := n.locks.Lock(ctx, volumeID)
+	if err != nil {
+		return nil, status.Errorf(codes.Aborted, "another operation on volume %s is in progress on node %s; retry later", volumeID, n.cfg.NodeID)
+	}
+	return unlock, nil
+}
+
+func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" || staging == "" {
+		return nil, status.Error(codes.InvalidArgument, "NodeStageVolume: volume id and staging target path are required")
+	}
+	if req.GetVolumeCapability() == nil {
+		return nil, status.Error(codes.InvalidArgument, "NodeStageVolume: volume capability is required")
+	}
+	if err := validateCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "NodeStageVolume %s: %v", id, err)
+	}
+	unlock, err := n.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	// The node works only on volumes the API says are attached to it: the
+	// image path comes from the attachment record, never from the caller.
+	v, err := n.volumes.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: id})
+	if err != nil {
+		return nil, apiError(err, "NodeStageVolume %s", id)
+	}
+	var att *pb.Attachment
+	for _, a := range v.Attachments {
+		if a.NodeId == n.cfg.NodeID {
+			att = a
+		}
+	}
+	if att == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not attached to node %s (attached to: %s); ControllerPublishVolume must attach it first",
+			id, n.cfg.NodeID, attachedNodes(v))
+	}
+	if fi, err := os.Stat(staging); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "NodeStageVolume %s: staging path %s: %v", id, staging, err)
+	} else if !fi.IsDir() {
+		return nil, status.Errorf(codes.InvalidArgument, "NodeStageVolume %s: staging path %s is not a directory", id, staging)
+	}
+
+	isBlock := req.GetVolumeCapability().GetBlock() != nil
+	st := &stagedVolume{VolumeID: id, ImagePath: att.ImagePath, StagingPath: staging, Block: isBlock}
+	// Write the state before attaching: if we crash right after the attach,
+	// a retry or an unstage still knows which image to detach.
+	if err := n.writeState(st); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: save node state: %v", id, err)
+	}
+	device, err := attach.Attach(ctx, att.ImagePath)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: attach image %s as a loop device: %v", id, att.ImagePath, err)
+	}
+	st.Device = device
+	if err := n.writeState(st); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: save node state: %v", id, err)
+	}
+	faults.Point("node-stage:attached")
+	if err := attach.SetLimits(device, limitsOf(v)); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: apply IOPS/throughput limits to %s: %v", id, device, err)
+	}
+	if isBlock {
+		klog.InfoS("NodeStageVolume: raw block volume attached", "volumeID", id, "device", device)
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+
+	mnt := req.GetVolumeCapability().GetMount()
+	fsType := strings.ToLower(mnt.GetFsType())
+	if fsType == "" {
+		fsType = req.GetVolumeContext()[contextFSType]
+	}
+	if fsType == "" {
+		fsType = defaultFSType
+	}
+	notMnt, err := n.mounter.IsLikelyNotMountPoint(staging)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: check mount point %s: %v", id, staging, err)
+	}
+	if !notMnt {
+		dev, _, err := mount.GetDeviceNameFromMount(n.mounter, staging)
+		if err == nil && dev == device {
+			return &csi.NodeStageVolumeResponse{}, nil
+		}
+		return nil, status.Errorf(codes.AlreadyExists, "NodeStageVolume %s: staging path %s already has %s mounted, not %s", id, staging, dev, device)
+	}
+	opts := mountOptions(fsType, mnt.GetMountFlags(), false)
+	if err := n.mounter.FormatAndMountSensitiveWithFormatOptions(device, staging, fsType, opts, nil, formatOptions(fsType, req.GetVolumeContext())); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: format and mount %s (%s) at %s: %v", id, device, fsType, staging, err)
+	}
+	klog.InfoS("NodeStageVolume: staged", "volumeID", id, "device", device, "fsType", fsType, "stagingPath", staging)
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// mountOptions adds what a cloned or restored xfs needs: its UUID equals the
+// source's, and xfs refuses to mount a duplicate UUID without nouuid.
+func mountOptions(fsType string, flags []string, readOnly bool) []string {
+	opts := slices.Clone(flags)
+	if fsType == "xfs" && !slices.Contains(opts, "nouuid") {
+		opts = append(opts, "nouuid")
+	}
+	if readOnly {
+		opts = append(opts, "ro")
+	}
+	return opts
+}
+
+func attachedNodes(v *pb.Volume) string {
+	var ns []string
+	for _, a := range v.Attachments {
+		ns = append(ns, a.NodeId)
+	}
+	if len(ns) == 0 {
+		return "no node"
+	}
+	return strings.Join(ns, ", ")
+}
+
+func (n *NodeService) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" || staging == "" {
+		return nil, status.Error(codes.InvalidArgument, "NodeUnstageVolume: volume id and staging target path are required")
+	}
+	unlock, err := n.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := mount.CleanupMountPoint(staging, n.mounter, true); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeUnstageVolume %s: unmount %s: %v", id, staging, err)
+	}
+	st, err := n.readState(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeUnstageVolume %s: %v", id, err)
+	}
+	if st != nil {
+		if st.Device != "" {
+			if err := attach.ClearLimits(st.Device); err != nil {
+				klog.ErrorS(err, "clear volume limits", "volumeID", id, "device", st.Device)
+			}
+		}
+		if err := attach.Detach(ctx, st.ImagePath); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodeUnstageVolume %s: detach loop device of %s: %v", id, st.ImagePath, err)
+		}
+		if err := os.Remove(n.statePath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, status.Errorf(codes.Internal, "NodeUnstageVolume %s: remove node state: %v", id, err)
+		}
+	}
+	klog.InfoS("NodeUnstageVolume: unstaged", "volumeID", id, "stagingPath", staging)
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+func (n *NodeService) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	id, target, staging := req.GetVolumeId(), req.GetTargetPath(), req.GetStagingTargetPath()
+	if id == "" || target == "" {
+		return nil, status.Error(codes.InvalidArgument, "NodePublishVolume: volume id and target path are required")
+	}
+	if staging == "" {
+		return nil, status.Error(codes.InvalidArgument, "NodePublishVolume: staging target path is required (the volume must be staged first)")
+	}
+	if req.GetVolumeCapability() == nil {
+		return nil, status.Error(codes.InvalidArgument, "NodePublishVolume: volume capability is required")
+	}
+	if err := validateCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "NodePublishVolume %s: %v", id, err)
+	}
+	unlock, err := n.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	st, err := n.readState(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: %v", id, err)
+	}
+	if st == nil || st.Device == "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "NodePublishVolume %s: the volume is not staged on node %s; NodeStageVolume must run first", id, n.cfg.NodeID)
+	}
+
+	readOnly := req.GetReadonly() || req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	source, fsType := staging, ""
+	if req.GetVolumeCapability().GetBlock() != nil {
+		source = st.Device
+		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: create %s: %v", id, filepath.Dir(target), err)
+		}
+		f, err := os.OpenFile(target, os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: create block target file %s: %v", id, target, err)
+		}
+		f.Close()
+	} else {
+		fsType = strings.ToLower(req.GetVolumeCapability().GetMount().GetFsType())
+		if err := os.MkdirAll(target, 0o750); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: create target %s: %v", id, target, err)
+		}
+	}
+	notMnt, err := n.mounter.IsLikelyNotMountPoint(target)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: check mount point %s: %v", id, target, err)
+	}
+	if !notMnt {
+		return &csi.NodePublishVolumeResponse{}, nil
+	}
+	opts := []string{"bind"}
+	if readOnly {
+		opts = append(opts, "ro")
+	}
+	if mnt := req.GetVolumeCapability().GetMount(); mnt != nil {
+		opts = append(opts, mnt.GetMountFlags()...)
+	}
+	if err := n.mounter.Mount(source, target, fsType, opts); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: bind mount %s at %s: %v", id, source, target, err)
+	}
+	klog.InfoS("NodePublishVolume: published", "volumeID", id, "target", target, "readOnly", readOnly)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+func (n *NodeService) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if id == "" || target == "" {
+		return nil, status.Error(codes.InvalidArgument, "NodeUnpublishVolume: volume id and target path are required")
+	}
+	unlock, err := n.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := mount.CleanupMountPoint(target, n.mounter, true); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeUnpublishVolume %s: unmount %s: %v", id, target, err)
+	}
+	klog.InfoS("NodeUnpublishVolume: unpublished", "volumeID", id, "target", target)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+func (n *NodeService) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	id, path := req.GetVolumeId(), req.GetVolumePath()
+	if id == "" || path == "" {
+		return nil, status.Error(codes.InvalidArgument, "NodeExpandVolume: volume id and volume path are required")
+	}
+	unlock, err := n.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	st, err := n.readState(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: %v", id, err)
+	}
+	if st == nil || st.Device == "" {
+		return nil, status.Errorf(codes.NotFound, "NodeExpandVolume %s: the volume is not staged on node %s", id, n.cfg.NodeID)
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, status.Errorf(codes.NotFound, "NodeExpandVolume %s: volume path %s: %v", id, path, err)
+	}
+	size, err := attach.Refresh(st.Device)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: make %s see the new size: %v", id, st.Device, err)
+	}
+	isBlock := st.Block || req.GetVolumeCapability().GetBlock() != nil
+	if !isBlock {
+		mountPath := st.StagingPath
+		if mountPath == "" {
+			mountPath = path
+		}
+		if _, err := mount.NewResizeFs(utilexec.New()).Resize(st.Device, mountPath); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: grow the file system on %s: %v", id, st.Device, err)
+		}
+	}
+	klog.InfoS("NodeExpandVolume: expanded", "volumeID", id, "device", st.Device, "bytes", size, "block", isBlock)
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
+}
+
+func (n *NodeService) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	id, path := req.GetVolumeId(), req.GetVolumePath()
+	if id == "" || path == "" {
+		return nil, status.Error(codes.InvalidArgument, "NodeGetVolumeStats: volume id and volume path are required")
+	}
+	fi, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, status.Errorf(codes.NotFound, "NodeGetVolumeStats %s: volume path %s does not exist", id, path)
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeGetVolumeStats %s: %v", id, err)
+	}
+	st, err := n.readState(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeGetVolumeStats %s: %v", id, err)
+	}
+	if st == nil {
+		return nil, status.Errorf(codes.NotFound, "NodeGetVolumeStats %s: the volume is not staged on node %s", id, n.cfg.NodeID)
+	}
+	cond := n.condition(st, path, fi.IsDir())
+	if !fi.IsDir() {
+		size, err := deviceSize(path)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "NodeGetVolumeStats %s: size of block device %s: %v", id, path, err)
+		}
+		return &csi.NodeGetVolumeStatsResponse{
+			Usage:           []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}},
+			VolumeCondition: cond,
+		}, nil
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(path, &sfs); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeGetVolumeStats %s: statfs %s: %v", id, path, err)
+	}
+	bs := int64(sfs.Bsize)
+	return &csi.NodeGetVolumeStatsResponse{
+		Usage: []*csi.VolumeUsage{
+			{Unit: csi.VolumeUsage_BYTES, Total: int64(sfs.Blocks) * bs, Available: int64(sfs.Bavail) * bs, Used: int64(sfs.Blocks-sfs.Bfree) * bs},
+			{Unit: csi.VolumeUsage_INODES, Total: int64(sfs.Files), Available: int64(sfs.Ffree), Used: int64(sfs.Files - sfs.Ffree)},
+		},
+		VolumeCondition: cond,
+	}, nil
+}
+
+// condition reports an abnormal volume when its loop device is gone or its
+// file system is no longer mounted where the pod expects it.
+func (n *NodeService) condition(st *stagedVolume, path string, isDir bool) *csi.VolumeCondition {
+	if _, found, err := attach.Find(st.ImagePath); err != nil || !found {
+		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("the loop device of volume %s (%s) is gone", st.VolumeID, st.ImagePath)}
+	}
+	if isDir {
+		if notMnt, err := n.mounter.IsLikelyNotMountPoint(path); err != nil || notMnt {
+			return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("volume %s is not mounted at %s", st.VolumeID, path)}
+		}
+	}
+	return &csi.VolumeCondition{Message: "healthy"}
+}
+
+func deviceSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	size, err := f.Seek(0, 2)
+	if err != nil {
+		return 0, err
+	}
+	return size, nil
+}
+
+func (n *NodeService) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	resp := &csi.NodeGetCapabilitiesResponse{}
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_VOLUME_CONDITION,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		resp.Capabilities = append(resp.Capabilities, &csi.NodeServiceCapability{
+			Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}},
+		})
+	}
+	return resp, nil
+}
+
+func (n *NodeService) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             n.cfg.NodeID,
+		MaxVolumesPerNode:  n.cfg.MaxVolumes,
+		AccessibleTopology: &csi.Topology{Segments: map[string]string{TopologyZoneKey: n.cfg.Zone, TopologyNodeKey: n.cfg.NodeID}},
+	}, nil
+}

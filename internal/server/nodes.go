@@ -1,0 +1,140 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/store"
+)
+
+// RegisterNode records a node that may attach volumes; it is idempotent and
+// updates the zone and limit of a known node.
+func (s *Server) RegisterNode(ctx context.Context, req *pb.RegisterNodeRequest) (*pb.Node, error) {
+	if req.Id == "" {
+		return nil, status.Error(codes.InvalidArgument, "node id is required")
+	}
+	if req.MaxVolumes < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "max volumes %d is negative", req.MaxVolumes)
+	}
+	n := &nodeRecord{ID: req.Id, Zone: req.Zone, MaxVolumes: req.MaxVolumes, Registered: time.Now().UTC()}
+	if err := s.store.Update(ctx, func(tx store.Tx) error { return store.PutJSON(tx, bucketNodes, n.ID, n) }); err != nil {
+		return nil, internal(err, "register node %s", n.ID)
+	}
+	s.log.Info("node registered", "node", n.ID, "zone", n.Zone, "maxVolumes", n.MaxVolumes)
+	return n.toProto(0), nil
+}
+
+func (n *nodeRecord) toProto(attached int) *pb.Node {
+	return &pb.Node{Id: n.ID, Zone: n.Zone, MaxVolumes: n.MaxVolumes, RegisterTime: timestamppb.New(n.Registered), AttachedVolumes: int32(attached)}
+}
+
+func (s *Server) ListNodes(ctx context.Context, _ *pb.ListNodesRequest) (*pb.ListNodesResponse, error) {
+	resp := &pb.ListNodesResponse{}
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		return tx.Scan(bucketNodes, "", "", func(_ string, value []byte) error {
+			var n nodeRecord
+			if err := json.Unmarshal(value, &n); err != nil {
+				return err
+			}
+			resp.Nodes = append(resp.Nodes, n.toProto(0))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, internal(err, "list nodes")
+	}
+	for _, n := range resp.Nodes {
+		c, err := s.countAttached(ctx, n.Id)
+		if err != nil {
+			return nil, err
+		}
+		n.AttachedVolumes = int32(c)
+	}
+	return resp, nil
+}
+
+func (s *Server) getNode(ctx context.Context, id string) (*nodeRecord, error) {
+	var n nodeRecord
+	err := s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketNodes, id, &n) })
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "node %s is not registered with the Stowage server (is the Stowage node plugin running there?)", id)
+	}
+	if err != nil {
+		return nil, internal(err, "read node %s", id)
+	}
+	return &n, nil
+}
+
+// ListPools reports every pool with its capacity and how much of it volumes
+// have been promised (thin provisioning).
+func (s *Server) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.ListPoolsResponse, error) {
+	provisioned := map[string]int64{}
+	volumes := map[string]int32{}
+	snapshots := map[string]int32{}
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		if err := tx.Scan(bucketVolumes, "", "", func(_ string, value []byte) error {
+			var v volumeRecord
+			if err := json.Unmarshal(value, &v); err != nil {
+				return err
+			}
+			provisioned[v.Pool] += v.SizeGiB << 30
+			volumes[v.Pool]++
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Scan(bucketSnapshots, "", "", func(_ string, value []byte) error {
+			var sn snapshotRecord
+			if err := json.Unmarshal(value, &sn); err != nil {
+				return err
+			}
+			snapshots[sn.Pool]++
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, internal(err, "list pools")
+	}
+	resp := &pb.ListPoolsResponse{}
+	for _, name := range s.poolNames {
+		p := s.pools[name]
+		if (req.Zone != "" && p.Zone() != req.Zone) || (req.Node != "" && p.Node() != req.Node) {
+			continue
+		}
+		c, err := p.Capacity()
+		if err != nil {
+			return nil, internal(err, "capacity of pool %s", name)
+		}
+		resp.Pools = append(resp.Pools, &pb.Pool{
+			Name: name, Zone: p.Zone(), Node: p.Node(), Dir: p.Dir(), CloneMode: string(p.CloneMode()),
+			TotalBytes: c.TotalBytes, FreeBytes: c.FreeBytes, UsedBytes: c.UsedBytes,
+			ProvisionedBytes: provisioned[name], VolumeCount: volumes[name], SnapshotCount: snapshots[name],
+		})
+	}
+	return resp, nil
+}
+
+// RegisterPoolNodes registers the node of every pool that is not known yet,
+// so that the CLI can attach volumes on a machine without a node plugin.
+func (s *Server) RegisterPoolNodes(ctx context.Context) error {
+	for _, name := range s.poolNames {
+		p := s.pools[name]
+		if _, err := s.getNode(ctx, p.Node()); status.Code(err) != codes.NotFound {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := s.RegisterNode(ctx, &pb.RegisterNodeRequest{Id: p.Node(), Zone: p.Zone()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,159 @@
+package server
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+)
+
+// Buckets of the metadata store.
+const (
+	bucketVolumes       = "volumes"
+	bucketVolumeNames   = "volume-names"
+	bucketSnapshots     = "snapshots"
+	bucketSnapshotNames = "snapshot-names"
+	bucketNodes         = "nodes"
+)
+
+// Volume states, as EBS names them.
+const (
+	StateCreating  = "creating"
+	StateAvailable = "available"
+	StateInUse     = "in-use"
+	StateDeleting  = "deleting"
+	StateError     = "error"
+)
+
+// Snapshot states.
+const (
+	SnapshotPending   = "pending"
+	SnapshotCompleted = "completed"
+	SnapshotDeleting  = "deleting"
+)
+
+// volumeRecord is a volume as the store keeps it.
+type volumeRecord struct {
+	ID             string             `json:"id"`
+	Name           string             `json:"name,omitempty"`
+	RequestKey     string             `json:"requestKey,omitempty"`
+	Pool           string             `json:"pool"`
+	Zone           string             `json:"zone"`
+	Node           string             `json:"node"`
+	SizeGiB        int64              `json:"sizeGiB"`
+	Type           string             `json:"type"`
+	IOPS           int64              `json:"iops"`
+	Throughput     int64              `json:"throughputMiBps"`
+	State          string             `json:"state"`
+	StateReason    string             `json:"stateReason,omitempty"`
+	Tags           map[string]string  `json:"tags,omitempty"`
+	SnapshotID     string             `json:"snapshotId,omitempty"`
+	SourceVolumeID string             `json:"sourceVolumeId,omitempty"`
+	MultiAttach    bool               `json:"multiAttach,omitempty"`
+	Attachments    []attachmentRecord `json:"attachments,omitempty"`
+	Created        time.Time          `json:"created"`
+}
+
+type attachmentRecord struct {
+	NodeID   string    `json:"nodeId"`
+	ReadOnly bool      `json:"readOnly,omitempty"`
+	Attached time.Time `json:"attached"`
+}
+
+type snapshotRecord struct {
+	ID          string            `json:"id"`
+	Name        string            `json:"name,omitempty"`
+	VolumeID    string            `json:"volumeId"`
+	Pool        string            `json:"pool"`
+	Zone        string            `json:"zone"`
+	SizeGiB     int64             `json:"sizeGiB"`
+	SizeBytes   int64             `json:"sizeBytes"`
+	State       string            `json:"state"`
+	Tags        map[string]string `json:"tags,omitempty"`
+	Description string            `json:"description,omitempty"`
+	Created     time.Time         `json:"created"`
+}
+
+type nodeRecord struct {
+	ID         string    `json:"id"`
+	Zone       string    `json:"zone"`
+	MaxVolumes int32     `json:"maxVolumes,omitempty"`
+	Registered time.Time `json:"registered"`
+}
+
+// newID returns an EBS-shaped id: prefix, dash, 17 hex digits.
+func newID(prefix string) string {
+	b := make([]byte, 9)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err))
+	}
+	return prefix + "-" + hex.EncodeToString(b)[:17]
+}
+
+func (v *volumeRecord) toProto(p Pool) *pb.Volume {
+	out := &pb.Volume{
+		Id: v.ID, Name: v.Name, Zone: v.Zone, SizeGib: v.SizeGiB, Type: v.Type,
+		Iops: v.IOPS, ThroughputMibps: v.Throughput, State: v.State, StateReason: v.StateReason,
+		Tags: v.Tags, SnapshotId: v.SnapshotID, SourceVolumeId: v.SourceVolumeID,
+		CreateTime: timestamppb.New(v.Created), Pool: v.Pool, Node: v.Node, MultiAttach: v.MultiAttach,
+	}
+	for _, a := range v.Attachments {
+		out.Attachments = append(out.Attachments, v.attachmentProto(a, p))
+	}
+	return out
+}
+
+func (v *volumeRecord) attachmentProto(a attachmentRecord, p Pool) *pb.Attachment {
+	att := &pb.Attachment{
+		VolumeId: v.ID, NodeId: a.NodeID, State: "attached",
+		AttachTime: timestamppb.New(a.Attached), ReadOnly: a.ReadOnly,
+	}
+	if p != nil {
+		att.ImagePath = p.ImagePath(v.ID)
+	}
+	return att
+}
+
+func (v *volumeRecord) attachment(node string) (attachmentRecord, bool) {
+	for _, a := range v.Attachments {
+		if a.NodeID == node {
+			return a, true
+		}
+	}
+	return attachmentRecord{}, false
+}
+
+func (v *volumeRecord) attachedNodes() []string {
+	var ns []string
+	for _, a := range v.Attachments {
+		ns = append(ns, a.NodeID)
+	}
+	return ns
+}
+
+func (s *snapshotRecord) toProto() *pb.Snapshot {
+	return &pb.Snapshot{
+		Id: s.ID, Name: s.Name, VolumeId: s.VolumeID, SizeGib: s.SizeGiB, SizeBytes: s.SizeBytes,
+		State: s.State, CreateTime: timestamppb.New(s.Created), Tags: s.Tags,
+		Description: s.Description, Zone: s.Zone, Pool: s.Pool,
+	}
+}
+
+// requestKey is what two CreateVolume calls with one name must agree on to
+// be the same request (idempotency); anything else is ALREADY_EXISTS.
+func requestKey(r *pb.CreateVolumeRequest) string {
+	tags := make([]string, 0, len(r.Tags))
+	for k, v := range r.Tags {
+		tags = append(tags, k+"="+v)
+	}
+	sort.Strings(tags)
+	return fmt.Sprintf("size=%d type=%s iops=%d iopsPerGB=%d auto=%t tp=%d zone=%s node=%s snap=%s src=%s enc=%t kms=%s multi=%t",
+		r.SizeGib, strings.ToLower(r.Type), r.Iops, r.IopsPerGb, r.AllowAutoIopsPerGbIncrease, r.ThroughputMibps,
+		r.Zone, r.Node, r.SnapshotId, r.SourceVolumeId, r.Encrypted, r.KmsKeyId, r.MultiAttach)
+}

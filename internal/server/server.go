@@ -1,0 +1,171 @@
+// Package server implements the Stowage API: it validates requests, checks
+// who may do what, and orchestrates the metadata store and the storage pools.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/agent"
+	"github.com/stowage-io/stowage/internal/block"
+	"github.com/stowage-io/stowage/internal/keylock"
+	"github.com/stowage-io/stowage/internal/store"
+)
+
+// Pool is a storage pool as the server uses it: *agent.Pool in-process, a
+// remote agent later.
+type Pool interface {
+	Zone() string
+	Node() string
+	Dir() string
+	CloneMode() agent.CloneMode
+	ImagePath(volumeID string) string
+	CreateImage(ctx context.Context, volumeID string, size int64) error
+	CreateImageFromSnapshot(ctx context.Context, volumeID, snapshotID string, size int64) error
+	CloneImage(ctx context.Context, volumeID, sourceVolumeID string, size int64) error
+	ResizeImage(ctx context.Context, volumeID string, size int64) error
+	DeleteImage(ctx context.Context, volumeID string) error
+	SnapshotImage(ctx context.Context, volumeID, snapshotID string) error
+	DeleteSnapshot(ctx context.Context, snapshotID string) error
+	ImageSize(volumeID string) (int64, error)
+	SnapshotSize(snapshotID string) (int64, error)
+	ListImages() ([]string, error)
+	ListSnapshots() ([]string, error)
+	Capacity() (agent.Capacity, error)
+}
+
+// Config is what a Server is built from.
+type Config struct {
+	Store store.Store
+	// Pools by name.
+	Pools map[string]Pool
+	// LockWait is how long an operation waits for another one on the same
+	// object before it fails with ABORTED. Default 5 s.
+	LockWait time.Duration
+	Logger   *slog.Logger
+}
+
+// Server serves the Stowage API.
+type Server struct {
+	pb.UnimplementedVolumeServiceServer
+	pb.UnimplementedSnapshotServiceServer
+	pb.UnimplementedPoolServiceServer
+	pb.UnimplementedNodeServiceServer
+
+	store     store.Store
+	pools     map[string]Pool
+	poolNames []string
+	locks     *keylock.Set
+	log       *slog.Logger
+}
+
+// New returns a Server; call Reconcile before serving.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("server: no metadata store")
+	}
+	if len(cfg.Pools) == 0 {
+		return nil, errors.New("server: no storage pool configured (give at least one --pool)")
+	}
+	if cfg.LockWait == 0 {
+		cfg.LockWait = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger}
+	for name := range cfg.Pools {
+		s.poolNames = append(s.poolNames, name)
+	}
+	sort.Strings(s.poolNames)
+	return s, nil
+}
+
+// Register adds every Stowage service to g.
+func (s *Server) Register(g *grpc.Server) {
+	pb.RegisterVolumeServiceServer(g, s)
+	pb.RegisterSnapshotServiceServer(g, s)
+	pb.RegisterPoolServiceServer(g, s)
+	pb.RegisterNodeServiceServer(g, s)
+}
+
+// lock takes the per-object locks or returns ABORTED naming the object.
+func (s *Server) lock(ctx context.Context, what string, keys ...string) (func(), error) {
+	unlock, err := s.locks.Lock(ctx, keys...)
+	if errors.Is(err, keylock.ErrBusy) {
+		return nil, status.Errorf(codes.Aborted, "another operation on %s is in progress; retry later", what)
+	}
+	if err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	return unlock, nil
+}
+
+// internal turns an unexpected backend error into INTERNAL with context,
+// keeping gRPC statuses that are already set.
+func internal(err error, format string, args ...any) error {
+	if _, ok := status.FromError(err); ok && status.Code(err) != codes.Unknown {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return status.FromContextError(err).Err()
+	}
+	return status.Errorf(codes.Internal, "%s: %v", fmt.Sprintf(format, args...), err)
+}
+
+// invalid maps a model validation error to INVALID_ARGUMENT.
+func invalid(err error) error {
+	if errors.Is(err, block.ErrInvalid) {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return internal(err, "validate")
+}
+
+func (s *Server) getVolume(ctx context.Context, id string) (*volumeRecord, error) {
+	var v volumeRecord
+	err := s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketVolumes, id, &v) })
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "volume %s does not exist", id)
+	}
+	if err != nil {
+		return nil, internal(err, "read volume %s", id)
+	}
+	return &v, nil
+}
+
+func (s *Server) putVolume(ctx context.Context, v *volumeRecord) error {
+	err := s.store.Update(ctx, func(tx store.Tx) error { return store.PutJSON(tx, bucketVolumes, v.ID, v) })
+	if err != nil {
+		return internal(err, "save volume %s", v.ID)
+	}
+	return nil
+}
+
+func (s *Server) getSnapshot(ctx context.Context, id string) (*snapshotRecord, error) {
+	var sn snapshotRecord
+	err := s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketSnapshots, id, &sn) })
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "snapshot %s does not exist", id)
+	}
+	if err != nil {
+		return nil, internal(err, "read snapshot %s", id)
+	}
+	return &sn, nil
+}
+
+func (s *Server) pool(name string) (Pool, error) {
+	p, ok := s.pools[name]
+	if !ok {
+		return nil, status.Errorf(codes.FailedPrecondition, "storage pool %q is not configured on this server (was it removed from --pool?)", name)
+	}
+	return p, nil
+}

@@ -1,0 +1,625 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/block"
+	"github.com/stowage-io/stowage/internal/faults"
+	"github.com/stowage-io/stowage/internal/store"
+)
+
+const maxNameLen = 128
+
+// CreateVolume makes a sparse image in a pool of the requested zone, from
+// nothing, from a snapshot, or as a clone of another volume.
+func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) (*pb.Volume, error) {
+	if len(req.Name) > maxNameLen {
+		return nil, status.Errorf(codes.InvalidArgument, "volume name is %d characters long; at most %d are allowed", len(req.Name), maxNameLen)
+	}
+	if req.SnapshotId != "" && req.SourceVolumeId != "" {
+		return nil, status.Error(codes.InvalidArgument, "give a snapshot id or a source volume id, not both")
+	}
+	if req.Encrypted || req.KmsKeyId != "" {
+		return nil, status.Error(codes.InvalidArgument,
+			"encrypted volumes need the Stowage KMS, which this server does not have yet: remove encrypted/kmsKeyId from the request or StorageClass")
+	}
+	perf, err := block.Resolve(block.Request{
+		Type: req.Type, SizeGiB: req.SizeGib, IOPS: req.Iops, IOPSPerGB: req.IopsPerGb,
+		AllowAutoIOPSPerGBIncrease: req.AllowAutoIopsPerGbIncrease, ThroughputMiBps: req.ThroughputMibps,
+	})
+	if err != nil {
+		return nil, invalid(err)
+	}
+
+	if req.Name != "" {
+		unlock, err := s.lock(ctx, "volume name "+req.Name, "volume-name/"+req.Name)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+		if existing, err := s.volumeByName(ctx, req.Name); err != nil {
+			return nil, err
+		} else if existing != nil {
+			if existing.RequestKey != requestKey(req) {
+				return nil, status.Errorf(codes.AlreadyExists,
+					"volume name %q is already used by %s, created with other parameters (%s)", req.Name, existing.ID, existing.RequestKey)
+			}
+			return existing.toProto(s.pools[existing.Pool]), nil
+		}
+	}
+
+	poolName, source, err := s.placeVolume(ctx, req, perf.SizeGiB)
+	if err != nil {
+		return nil, err
+	}
+	p := s.pools[poolName]
+	v := &volumeRecord{
+		ID: newID("vol"), Name: req.Name, RequestKey: requestKey(req), Pool: poolName, Zone: p.Zone(), Node: p.Node(),
+		SizeGiB: perf.SizeGiB, Type: string(perf.Type), IOPS: perf.IOPS, Throughput: perf.ThroughputMiBps,
+		State: StateCreating, Tags: req.Tags, SnapshotID: req.SnapshotId, SourceVolumeID: req.SourceVolumeId,
+		MultiAttach: req.MultiAttach, Created: time.Now().UTC(),
+	}
+	// The record goes in first, in state creating: a crash before the image
+	// exists leaves a record that Reconcile rolls back, never an image that
+	// nobody knows about.
+	err = s.store.Update(ctx, func(tx store.Tx) error {
+		if v.Name != "" {
+			if err := tx.Put(bucketVolumeNames, v.Name, []byte(v.ID)); err != nil {
+				return err
+			}
+		}
+		return store.PutJSON(tx, bucketVolumes, v.ID, v)
+	})
+	if err != nil {
+		return nil, internal(err, "record volume %s", v.ID)
+	}
+	faults.Point("create-volume:recorded")
+
+	size := perf.SizeGiB * block.GiB
+	switch {
+	case req.SnapshotId != "":
+		err = p.CreateImageFromSnapshot(ctx, v.ID, source, size)
+	case req.SourceVolumeId != "":
+		err = p.CloneImage(ctx, v.ID, source, size)
+	default:
+		err = p.CreateImage(ctx, v.ID, size)
+	}
+	if err != nil {
+		s.rollbackCreate(v)
+		return nil, internal(err, "create image for volume %s in pool %s", v.ID, poolName)
+	}
+	faults.Point("create-volume:image-created")
+
+	v.State = StateAvailable
+	if err := s.putVolume(ctx, v); err != nil {
+		s.rollbackCreate(v)
+		return nil, err
+	}
+	s.log.Info("volume created", "volume", v.ID, "name", v.Name, "pool", poolName, "zone", v.Zone,
+		"sizeGiB", v.SizeGiB, "type", v.Type, "iops", v.IOPS, "throughputMiBps", v.Throughput,
+		"snapshot", v.SnapshotID, "sourceVolume", v.SourceVolumeID)
+	return v.toProto(p), nil
+}
+
+// rollbackCreate undoes a failed create; it runs on a fresh context because
+// the request's may be what failed.
+func (s *Server) rollbackCreate(v *volumeRecord) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if p, ok := s.pools[v.Pool]; ok {
+		if err := p.DeleteImage(ctx, v.ID); err != nil {
+			s.log.Error("rollback: delete image failed; the next start removes it", "volume", v.ID, "err", err)
+			return
+		}
+	}
+	if err := s.forgetVolume(ctx, v); err != nil {
+		s.log.Error("rollback: delete record failed; the next start removes it", "volume", v.ID, "err", err)
+	}
+}
+
+func (s *Server) forgetVolume(ctx context.Context, v *volumeRecord) error {
+	return s.store.Update(ctx, func(tx store.Tx) error {
+		if v.Name != "" {
+			id, err := tx.Get(bucketVolumeNames, v.Name)
+			if err == nil && string(id) == v.ID {
+				if err := tx.Delete(bucketVolumeNames, v.Name); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.Delete(bucketVolumes, v.ID)
+	})
+}
+
+func (s *Server) volumeByName(ctx context.Context, name string) (*volumeRecord, error) {
+	var v *volumeRecord
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		id, err := tx.Get(bucketVolumeNames, name)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var rec volumeRecord
+		if err := store.GetJSON(tx, bucketVolumes, string(id), &rec); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			return err
+		}
+		v = &rec
+		return nil
+	})
+	if err != nil {
+		return nil, internal(err, "look up volume name %q", name)
+	}
+	return v, nil
+}
+
+// placeVolume picks the pool for a new volume and resolves its source.
+// Restores and clones stay in the pool of their source: that is what makes
+// them O(1) reflinks.
+func (s *Server) placeVolume(ctx context.Context, req *pb.CreateVolumeRequest, sizeGiB int64) (pool, source string, err error) {
+	switch {
+	case req.SnapshotId != "":
+		sn, err := s.getSnapshot(ctx, req.SnapshotId)
+		if err != nil {
+			return "", "", err
+		}
+		if sn.State != SnapshotCompleted {
+			return "", "", status.Errorf(codes.FailedPrecondition, "snapshot %s is %s, not completed", sn.ID, sn.State)
+		}
+		if sizeGiB < sn.SizeGiB {
+			return "", "", status.Errorf(codes.InvalidArgument, "volume size %d GiB is smaller than snapshot %s (%d GiB)", sizeGiB, sn.ID, sn.SizeGiB)
+		}
+		return sn.Pool, sn.ID, s.checkSourcePool(req, sn.Pool, "snapshot "+sn.ID)
+	case req.SourceVolumeId != "":
+		src, err := s.getVolume(ctx, req.SourceVolumeId)
+		if err != nil {
+			return "", "", err
+		}
+		if src.State != StateAvailable && src.State != StateInUse {
+			return "", "", status.Errorf(codes.FailedPrecondition, "source volume %s is %s", src.ID, src.State)
+		}
+		if sizeGiB < src.SizeGiB {
+			return "", "", status.Errorf(codes.InvalidArgument, "volume size %d GiB is smaller than source volume %s (%d GiB)", sizeGiB, src.ID, src.SizeGiB)
+		}
+		return src.Pool, src.ID, s.checkSourcePool(req, src.Pool, "volume "+src.ID)
+	}
+	candidates := s.candidatePools(req)
+	if len(candidates) == 0 {
+		return "", "", s.noPoolError(req)
+	}
+	return candidates[0], "", nil
+}
+
+func (s *Server) checkSourcePool(req *pb.CreateVolumeRequest, pool, what string) error {
+	p, err := s.pool(pool)
+	if err != nil {
+		return err
+	}
+	if !s.allowed(req, p) {
+		return status.Errorf(codes.ResourceExhausted,
+			"%s is stored in zone %s on node %s, outside the requested placement; restore or clone it there (cross-zone copies need the network data path)",
+			what, p.Zone(), p.Node())
+	}
+	return nil
+}
+
+// allowed reports whether pool p satisfies the zone/node/requisite constraints of req.
+func (s *Server) allowed(req *pb.CreateVolumeRequest, p Pool) bool {
+	if req.Zone != "" && p.Zone() != req.Zone {
+		return false
+	}
+	if req.Node != "" && p.Node() != req.Node {
+		return false
+	}
+	if len(req.Requisite) == 0 {
+		return true
+	}
+	for _, pl := range req.Requisite {
+		if placementMatches(pl, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func placementMatches(pl *pb.Placement, p Pool) bool {
+	return (pl.Zone == "" || pl.Zone == p.Zone()) && (pl.Node == "" || pl.Node == p.Node())
+}
+
+// candidatePools lists the allowed pools, preferred ones first, then by free
+// space.
+func (s *Server) candidatePools(req *pb.CreateVolumeRequest) []string {
+	type cand struct {
+		name string
+		rank int
+		free int64
+	}
+	var cs []cand
+	for _, name := range s.poolNames {
+		p := s.pools[name]
+		if !s.allowed(req, p) {
+			continue
+		}
+		rank := len(req.Preferred)
+		for i, pl := range req.Preferred {
+			if placementMatches(pl, p) {
+				rank = i
+				break
+			}
+		}
+		var free int64
+		if c, err := p.Capacity(); err == nil {
+			free = c.FreeBytes
+		}
+		cs = append(cs, cand{name, rank, free})
+	}
+	sort.SliceStable(cs, func(i, j int) bool {
+		if cs[i].rank != cs[j].rank {
+			return cs[i].rank < cs[j].rank
+		}
+		return cs[i].free > cs[j].free
+	})
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.name
+	}
+	return out
+}
+
+func (s *Server) noPoolError(req *pb.CreateVolumeRequest) error {
+	var have []string
+	for _, name := range s.poolNames {
+		p := s.pools[name]
+		have = append(have, fmt.Sprintf("%s (zone %s, node %s)", name, p.Zone(), p.Node()))
+	}
+	want := []string{}
+	if req.Zone != "" {
+		want = append(want, "zone "+req.Zone)
+	}
+	if req.Node != "" {
+		want = append(want, "node "+req.Node)
+	}
+	for _, pl := range req.Requisite {
+		want = append(want, fmt.Sprintf("one of zone %q/node %q", pl.Zone, pl.Node))
+	}
+	code := codes.ResourceExhausted
+	if req.Zone != "" && len(req.Requisite) == 0 {
+		code = codes.InvalidArgument
+	}
+	return status.Errorf(code, "no storage pool matches %s; pools: %s", strings.Join(want, ", "), strings.Join(have, "; "))
+}
+
+func (s *Server) DescribeVolume(ctx context.Context, req *pb.DescribeVolumeRequest) (*pb.Volume, error) {
+	if req.VolumeId == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	v, err := s.getVolume(ctx, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	return v.toProto(s.pools[v.Pool]), nil
+}
+
+const defaultPageSize = 100
+
+func (s *Server) ListVolumes(ctx context.Context, req *pb.ListVolumesRequest) (*pb.ListVolumesResponse, error) {
+	if req.PageSize < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "page size %d is negative", req.PageSize)
+	}
+	limit := int(req.PageSize)
+	if limit == 0 {
+		limit = defaultPageSize
+	}
+	if req.PageToken != "" {
+		if _, err := s.getVolume(ctx, req.PageToken); status.Code(err) == codes.NotFound {
+			// A token is the id of the last volume of the previous page; if that
+			// volume is gone the page still continues after it, which Scan does.
+		} else if err != nil {
+			return nil, err
+		}
+		if !strings.HasPrefix(req.PageToken, "vol-") {
+			return nil, status.Errorf(codes.Aborted, "page token %q is not one this server issued", req.PageToken)
+		}
+	}
+	ids := map[string]bool{}
+	for _, id := range req.VolumeIds {
+		ids[id] = true
+	}
+	resp := &pb.ListVolumesResponse{}
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		return tx.Scan(bucketVolumes, "", req.PageToken, func(key string, value []byte) error {
+			var v volumeRecord
+			if err := json.Unmarshal(value, &v); err != nil {
+				return fmt.Errorf("volume %s: %w", key, err)
+			}
+			if !volumeMatches(&v, req, ids) {
+				return nil
+			}
+			if len(resp.Volumes) == limit {
+				resp.NextPageToken = resp.Volumes[len(resp.Volumes)-1].Id
+				return store.ErrStopScan
+			}
+			resp.Volumes = append(resp.Volumes, v.toProto(s.pools[v.Pool]))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, internal(err, "list volumes")
+	}
+	return resp, nil
+}
+
+func volumeMatches(v *volumeRecord, req *pb.ListVolumesRequest, ids map[string]bool) bool {
+	if len(ids) > 0 && !ids[v.ID] {
+		return false
+	}
+	if req.Zone != "" && v.Zone != req.Zone {
+		return false
+	}
+	if req.State != "" && v.State != req.State {
+		return false
+	}
+	if req.Node != "" {
+		if _, ok := v.attachment(req.Node); !ok {
+			return false
+		}
+	}
+	for k, want := range req.Tags {
+		if got, ok := v.Tags[k]; !ok || (want != "" && got != want) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) DeleteVolume(ctx context.Context, req *pb.DeleteVolumeRequest) (*pb.DeleteVolumeResponse, error) {
+	if req.VolumeId == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	unlock, err := s.lock(ctx, "volume "+req.VolumeId, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := s.getVolume(ctx, req.VolumeId)
+	if status.Code(err) == codes.NotFound {
+		return &pb.DeleteVolumeResponse{Deleted: false}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(v.Attachments) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is attached to node %s; detach it first",
+			v.ID, strings.Join(v.attachedNodes(), ", "))
+	}
+	if err := s.deleteVolume(ctx, v); err != nil {
+		return nil, err
+	}
+	s.log.Info("volume deleted", "volume", v.ID, "name", v.Name, "pool", v.Pool)
+	return &pb.DeleteVolumeResponse{Deleted: true}, nil
+}
+
+// deleteVolume marks the record deleting, removes the image, then the
+// record; Reconcile finishes the job if a crash interrupts it.
+func (s *Server) deleteVolume(ctx context.Context, v *volumeRecord) error {
+	v.State = StateDeleting
+	if err := s.putVolume(ctx, v); err != nil {
+		return err
+	}
+	faults.Point("delete-volume:marked")
+	if p, ok := s.pools[v.Pool]; ok {
+		if err := p.DeleteImage(ctx, v.ID); err != nil {
+			return internal(err, "delete image of volume %s", v.ID)
+		}
+	}
+	if err := s.forgetVolume(ctx, v); err != nil {
+		return internal(err, "delete record of volume %s", v.ID)
+	}
+	return nil
+}
+
+func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) (*pb.Attachment, error) {
+	if req.VolumeId == "" || req.NodeId == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id and node id are required")
+	}
+	unlock, err := s.lock(ctx, "volume "+req.VolumeId, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := s.getVolume(ctx, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	node, err := s.getNode(ctx, req.NodeId)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.pool(v.Pool)
+	if err != nil {
+		return nil, err
+	}
+	if a, ok := v.attachment(node.ID); ok {
+		if a.ReadOnly != req.ReadOnly {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already attached to node %s with read-only=%t", v.ID, node.ID, a.ReadOnly)
+		}
+		return v.attachmentProto(a, p), nil
+	}
+	if v.State != StateAvailable && v.State != StateInUse {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be attached", v.ID, v.State)
+	}
+	if len(v.Attachments) > 0 && !v.MultiAttach {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"volume %s is already attached to node %s (a block volume is attached to one node at a time); detach it there first",
+			v.ID, strings.Join(v.attachedNodes(), ", "))
+	}
+	if p.Node() != node.ID {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"volume %s is stored on node %s and can only be attached there (this release has no network data path yet), not on node %s",
+			v.ID, p.Node(), node.ID)
+	}
+	if node.MaxVolumes > 0 {
+		n, err := s.countAttached(ctx, node.ID)
+		if err != nil {
+			return nil, err
+		}
+		if n >= int(node.MaxVolumes) {
+			return nil, status.Errorf(codes.ResourceExhausted, "node %s already has %d volumes attached, its limit", node.ID, n)
+		}
+	}
+	a := attachmentRecord{NodeID: node.ID, ReadOnly: req.ReadOnly, Attached: time.Now().UTC()}
+	v.Attachments = append(v.Attachments, a)
+	v.State = StateInUse
+	if err := s.putVolume(ctx, v); err != nil {
+		return nil, err
+	}
+	s.log.Info("volume attached", "volume", v.ID, "node", node.ID, "readOnly", req.ReadOnly)
+	return v.attachmentProto(a, p), nil
+}
+
+func (s *Server) DetachVolume(ctx context.Context, req *pb.DetachVolumeRequest) (*pb.DetachVolumeResponse, error) {
+	if req.VolumeId == "" || req.NodeId == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id and node id are required")
+	}
+	unlock, err := s.lock(ctx, "volume "+req.VolumeId, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := s.getVolume(ctx, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := v.attachment(req.NodeId); !ok {
+		return &pb.DetachVolumeResponse{Detached: false}, nil
+	}
+	kept := v.Attachments[:0]
+	for _, a := range v.Attachments {
+		if a.NodeID != req.NodeId {
+			kept = append(kept, a)
+		}
+	}
+	v.Attachments = kept
+	if len(kept) == 0 && v.State == StateInUse {
+		v.State = StateAvailable
+	}
+	if err := s.putVolume(ctx, v); err != nil {
+		return nil, err
+	}
+	s.log.Info("volume detached", "volume", v.ID, "node", req.NodeId)
+	return &pb.DetachVolumeResponse{Detached: true}, nil
+}
+
+func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) (*pb.Volume, error) {
+	if req.VolumeId == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	unlock, err := s.lock(ctx, "volume "+req.VolumeId, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := s.getVolume(ctx, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	if req.SizeGib == v.SizeGiB {
+		return v.toProto(s.pools[v.Pool]), nil
+	}
+	if req.SizeGib < v.SizeGiB {
+		return nil, status.Errorf(codes.InvalidArgument, "volume %s is %d GiB; it can grow but not shrink to %d GiB", v.ID, v.SizeGiB, req.SizeGib)
+	}
+	perf, err := block.Resize(v.perf(), req.SizeGib)
+	if err != nil {
+		return nil, invalid(err)
+	}
+	p, err := s.pool(v.Pool)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.ResizeImage(ctx, v.ID, perf.SizeGiB*block.GiB); err != nil {
+		return nil, internal(err, "grow image of volume %s", v.ID)
+	}
+	old := v.SizeGiB
+	v.setPerf(perf)
+	if err := s.putVolume(ctx, v); err != nil {
+		return nil, err
+	}
+	s.log.Info("volume resized", "volume", v.ID, "fromGiB", old, "toGiB", v.SizeGiB, "iops", v.IOPS)
+	return v.toProto(p), nil
+}
+
+func (s *Server) ModifyVolume(ctx context.Context, req *pb.ModifyVolumeRequest) (*pb.Volume, error) {
+	if req.VolumeId == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id is required")
+	}
+	unlock, err := s.lock(ctx, "volume "+req.VolumeId, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := s.getVolume(ctx, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	perf, err := block.Modify(v.perf(), req.Type, req.Iops, req.ThroughputMibps)
+	if err != nil {
+		return nil, invalid(err)
+	}
+	old := v.perf()
+	v.setPerf(perf)
+	if len(req.AddTags) > 0 && v.Tags == nil {
+		v.Tags = map[string]string{}
+	}
+	for k, val := range req.AddTags {
+		v.Tags[k] = val
+	}
+	if err := s.putVolume(ctx, v); err != nil {
+		return nil, err
+	}
+	s.log.Info("volume modified", "volume", v.ID, "fromType", old.Type, "toType", v.Type,
+		"fromIOPS", old.IOPS, "toIOPS", v.IOPS, "fromThroughput", old.ThroughputMiBps, "toThroughput", v.Throughput)
+	return v.toProto(s.pools[v.Pool]), nil
+}
+
+func (v *volumeRecord) perf() block.Performance {
+	return block.Performance{Type: block.Type(v.Type), SizeGiB: v.SizeGiB, IOPS: v.IOPS, ThroughputMiBps: v.Throughput}
+}
+
+func (v *volumeRecord) setPerf(p block.Performance) {
+	v.Type, v.SizeGiB, v.IOPS, v.Throughput = string(p.Type), p.SizeGiB, p.IOPS, p.ThroughputMiBps
+}
+
+func (s *Server) countAttached(ctx context.Context, node string) (int, error) {
+	n := 0
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		return tx.Scan(bucketVolumes, "", "", func(_ string, value []byte) error {
+			var v volumeRecord
+			if err := json.Unmarshal(value, &v); err != nil {
+				return err
+			}
+			if _, ok := v.attachment(node); ok {
+				n++
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, internal(err, "count attachments of node %s", node)
+	}
+	return n, nil
+}
