@@ -161,9 +161,11 @@ func Find(backingFile string) (device string, found bool, err error) {
 // whose backing file was deleted after attaching. A file that is not attached
 // (or does not exist) is not an error.
 //
-// A device that is mounted or held open is not detached: Detach returns an
-// error wrapping ErrBusy instead of letting the kernel silently defer the
-// detach to the last close.
+// A mounted device is refused with an error wrapping ErrBusy and stays
+// attached, rather than being silently left for the kernel to detach at
+// unmount. A device merely held open by a process cannot be refused that
+// way: the kernel detaches it at that process's last close, and Detach
+// reports ErrBusy meanwhile.
 func Detach(ctx context.Context, backingFile string) error {
 	path, err := resolve(backingFile)
 	if err != nil {

@@ -131,16 +131,49 @@ func TestAttach_SameFileConcurrently_OneDevice(t *testing.T) {
 	}
 }
 
-func TestAttach_DirectIOOnLocalFileSystem(t *testing.T) {
+func TestAttach_DirectIO(t *testing.T) {
 	requireRoot(t)
-	img := newImage(t, "vol.img", 64<<20)
-	dev := mustAttach(t, img)
-	b, err := os.ReadFile(filepath.Join(sysBlock, filepath.Base(dev), "loop", "dio"))
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name    string
+		dir     func(t *testing.T) string
+		wantDIO string
+	}{
+		{"LocalFileSystem_On", func(t *testing.T) string { return t.TempDir() }, "1"},
+		// ramfs has no O_DIRECT: the device must still attach, buffered.
+		{"RamfsRefuses_Buffered", func(t *testing.T) string {
+			dir := t.TempDir()
+			if err := unix.Mount("ramfs", dir, "ramfs", 0, ""); err != nil {
+				t.Skipf("cannot mount ramfs: %v", err)
+			}
+			t.Cleanup(func() {
+				if err := unix.Unmount(dir, 0); err != nil {
+					t.Errorf("cleanup: unmount %s: %v", dir, err)
+				}
+			})
+			return dir
+		}, "0"},
 	}
-	if strings.TrimSpace(string(b)) != "1" {
-		t.Fatalf("%s backed by %s: dio = %q, want 1", dev, img, b)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			img := filepath.Join(tt.dir(t), "vol.img")
+			if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// After the mount's cleanup is registered, so it runs first.
+			t.Cleanup(func() {
+				if err := Detach(context.Background(), img); err != nil {
+					t.Errorf("cleanup: %v", err)
+				}
+			})
+			dev := mustAttach(t, img)
+			b, err := os.ReadFile(filepath.Join(sysBlock, filepath.Base(dev), "loop", "dio"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.TrimSpace(string(b)); got != tt.wantDIO {
+				t.Fatalf("%s backed by %s: dio = %s, want %s", dev, img, got, tt.wantDIO)
+			}
+		})
 	}
 }
 

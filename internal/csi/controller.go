@@ -47,6 +47,7 @@ var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
 	csi.ControllerServiceCapability_RPC_GET_VOLUME,
 	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.ControllerServiceCapability_RPC_MODIFY_VOLUME,
+	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
 }
 
 func (c *ControllerService) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
@@ -71,6 +72,26 @@ func (c *ControllerService) CreateVolume(ctx context.Context, req *csi.CreateVol
 		return nil, status.Errorf(codes.InvalidArgument, "CreateVolume %s: %v", req.GetName(), err)
 	}
 	apiReq := &p.req
+	// A VolumeAttributesClass named at creation overrides the StorageClass
+	// for the parameters it sets, as with the EBS driver.
+	if len(req.GetMutableParameters()) > 0 {
+		m, err := parseMutableParams(req.GetMutableParameters())
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "CreateVolume %s: VolumeAttributesClass: %v", req.GetName(), err)
+		}
+		if m.Type != "" {
+			apiReq.Type = m.Type
+		}
+		if m.Iops != 0 {
+			apiReq.Iops, apiReq.IopsPerGb = m.Iops, 0
+		}
+		if m.ThroughputMibps != 0 {
+			apiReq.ThroughputMibps = m.ThroughputMibps
+		}
+		for k, v := range m.AddTags {
+			apiReq.Tags[k] = v
+		}
+	}
 	apiReq.Name = req.GetName()
 	apiReq.Tags[tagCSIVolumeName] = req.GetName()
 	apiReq.SizeGib, err = sizeGiB(req.GetCapacityRange(), apiReq.Type)
@@ -343,6 +364,17 @@ func (c *ControllerService) DeleteSnapshot(ctx context.Context, req *csi.DeleteS
 	}
 	klog.InfoS("DeleteSnapshot", "snapshotID", req.GetSnapshotId())
 	return &csi.DeleteSnapshotResponse{}, nil
+}
+
+func (c *ControllerService) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if req.GetSnapshotId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "GetSnapshot: snapshot id is required")
+	}
+	sn, err := c.snapshots.DescribeSnapshot(ctx, &pb.DescribeSnapshotRequest{SnapshotId: req.GetSnapshotId()})
+	if err != nil {
+		return nil, apiError(err, "GetSnapshot %s", req.GetSnapshotId())
+	}
+	return &csi.GetSnapshotResponse{Snapshot: csiSnapshot(sn)}, nil
 }
 
 func (c *ControllerService) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {

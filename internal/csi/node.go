@@ -142,6 +142,9 @@ type stagedVolume struct {
 	Device      string `json:"device,omitempty"`
 	StagingPath string `json:"stagingPath"`
 	Block       bool   `json:"block,omitempty"`
+	// Targets are the paths the volume is published at, with whether that
+	// publish asked for a single writer (ReadWriteOncePod).
+	Targets map[string]bool `json:"targets,omitempty"`
 }
 
 func (n *NodeService) statePath(volumeID string) string {
@@ -358,6 +361,13 @@ func (n *NodeService) NodePublishVolume(ctx context.Context, req *csi.NodePublis
 		return nil, status.Errorf(codes.FailedPrecondition, "NodePublishVolume %s: the volume is not staged on node %s; NodeStageVolume must run first", id, n.cfg.NodeID)
 	}
 
+	singleWriter := req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
+	for other, otherSingle := range st.Targets {
+		if other != target && (singleWriter || otherSingle) {
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"NodePublishVolume %s: the volume is already published at %s and one of the two asks for a single writer (ReadWriteOncePod)", id, other)
+		}
+	}
 	readOnly := req.GetReadonly() || req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 	source, fsType := staging, ""
 	if req.GetVolumeCapability().GetBlock() != nil {
@@ -393,6 +403,13 @@ func (n *NodeService) NodePublishVolume(ctx context.Context, req *csi.NodePublis
 	if err := n.mounter.Mount(source, target, fsType, opts); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: bind mount %s at %s: %v", id, source, target, err)
 	}
+	if st.Targets == nil {
+		st.Targets = map[string]bool{}
+	}
+	st.Targets[target] = singleWriter
+	if err := n.writeState(st); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: save node state: %v", id, err)
+	}
 	klog.InfoS("NodePublishVolume: published", "volumeID", id, "target", target, "readOnly", readOnly)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
@@ -409,6 +426,12 @@ func (n *NodeService) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpu
 	defer unlock()
 	if err := mount.CleanupMountPoint(target, n.mounter, true); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeUnpublishVolume %s: unmount %s: %v", id, target, err)
+	}
+	if st, err := n.readState(id); err == nil && st != nil && st.Targets != nil {
+		delete(st.Targets, target)
+		if err := n.writeState(st); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodeUnpublishVolume %s: save node state: %v", id, err)
+		}
 	}
 	klog.InfoS("NodeUnpublishVolume: unpublished", "volumeID", id, "target", target)
 	return &csi.NodeUnpublishVolumeResponse{}, nil

@@ -1,0 +1,197 @@
+// Package stack starts a real Stowage stack inside a test: the API server
+// with a bbolt store and an xfs (reflink) pool on a loop device, and the
+// block CSI driver (controller and node) on a unix socket. Everything it
+// starts is stopped, unmounted and detached in t.Cleanup, even on failure.
+package stack
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/agent"
+	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/internal/csi"
+	"github.com/stowage-io/stowage/internal/server"
+	"github.com/stowage-io/stowage/internal/store/boltstore"
+	"github.com/stowage-io/stowage/internal/testutil/loopfs"
+)
+
+// Options tune the stack; zero values give a 32 GiB sparse xfs pool in zone
+// "zone-a" on node "node-a".
+type Options struct {
+	PoolFS     string // xfs (default), ext4, btrfs
+	PoolSize   int64
+	Zone, Node string
+	MaxVolumes int64
+	// NoDriver skips the CSI driver (API-only tests).
+	NoDriver bool
+}
+
+// Stack is a running Stowage for one test.
+type Stack struct {
+	Dir         string // the test's scratch directory
+	PoolDir     string
+	APIEndpoint string // unix:///…
+	CSIEndpoint string // unix:///…
+	StateDir    string
+	Node, Zone  string
+	Server      *server.Server
+	Conn        *grpc.ClientConn
+	Volumes     pb.VolumeServiceClient
+	Snapshots   pb.SnapshotServiceClient
+}
+
+// Start brings a stack up or fails the test. It needs root.
+func Start(t testing.TB, o Options) *Stack {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root for loop devices and mounts")
+	}
+	if o.PoolFS == "" {
+		o.PoolFS = "xfs"
+	}
+	if o.PoolSize == 0 {
+		o.PoolSize = 32 << 30
+	}
+	if o.Zone == "" {
+		o.Zone = "zone-a"
+	}
+	if o.Node == "" {
+		o.Node = "node-a"
+	}
+	if o.MaxVolumes == 0 {
+		o.MaxVolumes = 32
+	}
+	// Unix socket paths are limited to 108 bytes: keep them short.
+	dir, err := os.MkdirTemp("", "stw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	poolDir := loopfs.New(t, o.PoolFS, o.PoolSize)
+	// Registered after loopfs.New, so it runs before the pool is unmounted.
+	t.Cleanup(func() { CleanupUnder(t, dir, poolDir) })
+
+	s := &Stack{Dir: dir, PoolDir: poolDir, Node: o.Node, Zone: o.Zone,
+		APIEndpoint: "unix://" + filepath.Join(dir, "api.sock"), CSIEndpoint: "unix://" + filepath.Join(dir, "csi.sock"),
+		StateDir: filepath.Join(dir, "node-state")}
+	st, err := boltstore.Open(filepath.Join(dir, "meta", "metadata.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	pool, err := agent.Open(agent.Config{Dir: poolDir, Zone: o.Zone, Node: o.Node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	s.Server, err = server.New(server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := s.Server.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lis, err := csi.Listen(s.APIEndpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	s.Server.Register(g)
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+
+	s.Conn, err = grpc.NewClient(s.APIEndpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Conn.Close() })
+	s.Volumes, s.Snapshots = pb.NewVolumeServiceClient(s.Conn), pb.NewSnapshotServiceClient(s.Conn)
+	if o.NoDriver {
+		return s
+	}
+
+	ctrl := csi.NewControllerService(s.Volumes, s.Snapshots, pb.NewPoolServiceClient(s.Conn))
+	node, err := csi.NewNodeService(csi.NodeConfig{NodeID: o.Node, Zone: o.Zone, MaxVolumes: o.MaxVolumes, StateDir: s.StateDir, LimitsInterval: time.Second},
+		s.Volumes, pb.NewNodeServiceClient(s.Conn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	if err := node.Register(rctx); err != nil {
+		t.Fatal(err)
+	}
+	go node.RunLimits(ctx)
+	d := csi.NewDriver(ctrl, node)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := d.Serve(ctx, s.CSIEndpoint); err != nil {
+			t.Errorf("CSI driver: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	waitForSocket(t, strings.TrimPrefix(s.CSIEndpoint, "unix://"))
+	return s
+}
+
+func waitForSocket(t testing.TB, path string) {
+	for i := 0; i < 200; i++ {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("socket %s did not appear", path)
+}
+
+// CleanupUnder unmounts everything mounted below dir and detaches every
+// loop device whose backing file is below poolDir, so a failed test leaves
+// no kernel state behind.
+func CleanupUnder(t testing.TB, dir, poolDir string) {
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		t.Errorf("cleanup: read mounts: %v", err)
+	}
+	// Deepest first.
+	for i := len(mounts) - 1; i >= 0; i-- {
+		if err := unix.Unmount(mounts[i].Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			t.Errorf("cleanup: unmount %s: %v", mounts[i].Mountpoint, err)
+		}
+	}
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		backing := strings.TrimSpace(string(b))
+		if strings.HasPrefix(backing, poolDir+"/") {
+			if err := attach.Detach(context.Background(), backing); err != nil {
+				t.Errorf("cleanup: detach %s: %v", backing, err)
+			}
+		}
+	}
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,43 @@
+// Package sanity runs the upstream CSI conformance tests (csi-sanity) against
+// the real block driver, the real Stowage server, real loop devices and real
+// mounts.
+package sanity
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+
+	"github.com/stowage-io/stowage/internal/testutil/stack"
+)
+
+func TestCSISanity(t *testing.T) {
+	s := stack.Start(t, stack.Options{})
+	cfg := sanity.NewTestConfig()
+	cfg.Address = s.CSIEndpoint
+	cfg.TargetPath = filepath.Join(s.Dir, "target")
+	cfg.StagingPath = filepath.Join(s.Dir, "staging")
+	cfg.TestVolumeSize = 1 << 30
+	cfg.TestVolumeExpandSize = 2 << 30
+	cfg.IdempotentCount = 2
+	cfg.TestNodeVolumeAttachLimit = true
+	cfg.TestVolumeParameters = map[string]string{"type": "gp3"}
+	cfg.TestVolumeMutableParameters = map[string]string{"throughput": "200"}
+	cfg.CheckPath = func(path string) (sanity.PathKind, error) {
+		fi, err := os.Stat(path)
+		switch {
+		case os.IsNotExist(err):
+			return sanity.PathIsNotFound, nil
+		case err != nil:
+			return sanity.PathIsOther, err
+		case fi.IsDir():
+			return sanity.PathIsDir, nil
+		case fi.Mode().IsRegular():
+			return sanity.PathIsFile, nil
+		}
+		return sanity.PathIsOther, nil
+	}
+	sanity.Test(t, cfg)
+}
