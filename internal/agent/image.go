@@ -82,7 +82,7 @@ func (p *Pool) cloneVolume(ctx context.Context, volumeID string, size int64, src
 // makeVolume is the shared create path: lock the id, accept an identical
 // existing image, otherwise fill a temp file and publish it.
 func (p *Pool) makeVolume(ctx context.Context, volumeID string, size int64, source string, fill func(*os.File) error) error {
-	unlock, err := p.locks.lock(ctx, "volume/"+volumeID)
+	unlock, err := p.locks.Lock(ctx, "volume/"+volumeID)
 	if err != nil {
 		return fmt.Errorf("create volume image %s: %w", volumeID, err)
 	}
@@ -120,7 +120,7 @@ func (p *Pool) ResizeImage(ctx context.Context, volumeID string, size int64) err
 	}
 	// Serialized so two grows cannot interleave their check and truncate
 	// into a shrink.
-	unlock, err := p.locks.lock(ctx, "volume/"+volumeID)
+	unlock, err := p.locks.Lock(ctx, "volume/"+volumeID)
 	if err != nil {
 		return fmt.Errorf("resize volume image %s: %w", volumeID, err)
 	}
@@ -159,7 +159,7 @@ func (p *Pool) DeleteImage(ctx context.Context, volumeID string) error {
 	if err := validateID(volumeID); err != nil {
 		return fmt.Errorf("delete volume image: %w", err)
 	}
-	unlock, err := p.locks.lock(ctx, "volume/"+volumeID)
+	unlock, err := p.locks.Lock(ctx, "volume/"+volumeID)
 	if err != nil {
 		return fmt.Errorf("delete volume image %s: %w", volumeID, err)
 	}
@@ -185,7 +185,7 @@ func (p *Pool) SnapshotImage(ctx context.Context, volumeID, snapshotID string) e
 	if err := validateID(snapshotID); err != nil {
 		return fmt.Errorf("snapshot volume image %s: %w", volumeID, err)
 	}
-	unlock, err := p.locks.lock(ctx, "snapshot/"+snapshotID)
+	unlock, err := p.locks.Lock(ctx, "snapshot/"+snapshotID)
 	if err != nil {
 		return fmt.Errorf("snapshot %s of volume %s: %w", snapshotID, volumeID, err)
 	}
@@ -231,7 +231,7 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, snapshotID string) error {
 	if err := validateID(snapshotID); err != nil {
 		return fmt.Errorf("delete snapshot: %w", err)
 	}
-	unlock, err := p.locks.lock(ctx, "snapshot/"+snapshotID)
+	unlock, err := p.locks.Lock(ctx, "snapshot/"+snapshotID)
 	if err != nil {
 		return fmt.Errorf("delete snapshot %s: %w", snapshotID, err)
 	}

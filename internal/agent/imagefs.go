@@ -19,11 +19,15 @@ import (
 // sparse image file of size bytes on a loop device, so that a pool gets O(1)
 // snapshots on any host file system. It is idempotent: an image that exists
 // is reused with its data, and a mountDir that is already mounted is left
-// as it is.
-func MountImageFS(ctx context.Context, mountDir, imagePath string, size int64) error {
+// as it is. It reports whether it mounted the file system itself.
+func MountImageFS(ctx context.Context, mountDir, imagePath string, size int64) (bool, error) {
 	if mounted, err := mountinfo.Mounted(mountDir); err == nil && mounted {
-		return nil
+		return false, nil
 	}
+	return true, mountImageFS(ctx, mountDir, imagePath, size)
+}
+
+func mountImageFS(ctx context.Context, mountDir, imagePath string, size int64) error {
 	if err := os.MkdirAll(mountDir, 0o700); err != nil {
 		return fmt.Errorf("create pool mount point %s: %w", mountDir, err)
 	}

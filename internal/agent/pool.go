@@ -11,16 +11,16 @@
 package agent
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stowage-io/stowage/internal/keylock"
 )
 
 var (
@@ -67,7 +67,7 @@ type Capacity struct {
 type Pool struct {
 	cfg   Config
 	mode  CloneMode
-	locks keyedLock
+	locks *keylock.Set
 }
 
 const (
@@ -88,7 +88,7 @@ func Open(cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("open pool %s: %w", cfg.Dir, err)
 	}
 	cfg.Dir = dir
-	p := &Pool{cfg: cfg}
+	p := &Pool{cfg: cfg, locks: keylock.New(0)}
 	for _, d := range []string{volumesDir, snapshotsDir, tmpDir} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {
 			return nil, fmt.Errorf("open pool: %w", err)
@@ -269,44 +269,3 @@ func validateSize(size int64) error {
 	return nil
 }
 
-// keyedLock serializes operations per key while letting a waiter give up
-// when its context ends.
-type keyedLock struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	held chan struct{}
-	refs int
-}
-
-func (k *keyedLock) lock(ctx context.Context, key string) (unlock func(), err error) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyedEntry{}
-	}
-	e := k.m[key]
-	if e == nil {
-		e = &keyedEntry{held: make(chan struct{}, 1)}
-		k.m[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-
-	select {
-	case e.held <- struct{}{}:
-		return func() { <-e.held; k.release(key, e) }, nil
-	case <-ctx.Done():
-		k.release(key, e)
-		return nil, ctx.Err()
-	}
-}
-
-func (k *keyedLock) release(key string, e *keyedEntry) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if e.refs--; e.refs == 0 {
-		delete(k.m, key)
-	}
-}

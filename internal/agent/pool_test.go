@@ -174,28 +174,6 @@ func TestCapacity_TracksWrittenData(t *testing.T) {
 	}
 }
 
-func TestKeyedLock_CanceledWaiter_GivesUpAndReleases(t *testing.T) {
-	var k keyedLock
-	unlock, err := k.lock(context.Background(), "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := k.lock(ctx, "a"); !errors.Is(err, context.Canceled) {
-		t.Fatalf("lock of a held key with a canceled context = %v", err)
-	}
-	unlock()
-	unlock2, err := k.lock(context.Background(), "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	unlock2()
-	if len(k.m) != 0 {
-		t.Fatalf("keyedLock keeps %d entries after all unlocks", len(k.m))
-	}
-}
-
 func TestConcurrentCreateImage_SameID_OneImage(t *testing.T) {
 	p := newPool(t, "xfs")
 	const n = 8

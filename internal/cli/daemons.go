@@ -134,6 +134,18 @@ func runServer(ctx context.Context, dataDir, listen, zone, node string, specs []
 	defer st.Close()
 
 	pools := map[string]server.Pool{}
+	var mounted []poolSpec
+	// Pools whose file system this server mounted are unmounted when it
+	// stops, so that a stopped server leaves no mount behind.
+	defer func() {
+		for _, spec := range mounted {
+			uctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			if err := agent.UnmountImageFS(uctx, spec.dir, spec.dir+".img"); err != nil {
+				log.Error("could not unmount pool file system (are volumes still attached?)", "pool", spec.name, "dir", spec.dir, "err", err)
+			}
+			cancel()
+		}
+	}()
 	for _, s := range specs {
 		spec, err := parsePoolSpec(s, zone, node, dataDir)
 		if err != nil {
@@ -143,8 +155,12 @@ func runServer(ctx context.Context, dataDir, listen, zone, node string, specs []
 			return usageErrorf("pool %q is given twice", spec.name)
 		}
 		if spec.size > 0 {
-			if err := agent.MountImageFS(ctx, spec.dir, spec.dir+".img", spec.size); err != nil {
+			wasMounted, err := agent.MountImageFS(ctx, spec.dir, spec.dir+".img", spec.size)
+			if err != nil {
 				return fmt.Errorf("pool %s: %w", spec.name, err)
+			}
+			if wasMounted {
+				mounted = append(mounted, spec)
 			}
 		}
 		p, err := agent.Open(agent.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node})

@@ -36,6 +36,8 @@ type NodeConfig struct {
 	// LimitsInterval is how often the performance limits of attached volumes
 	// are re-read from the API and applied (ModifyVolume of a live volume).
 	LimitsInterval time.Duration
+	// BlkioRoot is the cgroup v1 blkio mount (default /sys/fs/cgroup/blkio).
+	BlkioRoot string
 }
 
 // NodeService is the CSI node plugin of the block driver.
@@ -121,7 +123,7 @@ func (n *NodeService) applyAllLimits(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		if err := attach.SetLimits(st.Device, limitsOf(v)); err != nil {
+		if err := n.applyLimits(st, limitsOf(v)); err != nil {
 			klog.ErrorS(err, "apply volume limits", "volumeID", id, "device", st.Device)
 		}
 	}
@@ -241,7 +243,7 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: save node state: %v", id, err)
 	}
 	faults.Point("node-stage:attached")
-	if err := attach.SetLimits(device, limitsOf(v)); err != nil {
+	if err := n.applyLimits(st, limitsOf(v)); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: apply IOPS/throughput limits to %s: %v", id, device, err)
 	}
 	if isBlock {
@@ -409,6 +411,13 @@ func (n *NodeService) NodePublishVolume(ctx context.Context, req *csi.NodePublis
 	st.Targets[target] = singleWriter
 	if err := n.writeState(st); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: save node state: %v", id, err)
+	}
+	// The pod's cgroup exists by now (the kubelet publishes after creating
+	// the pod sandbox), so its I/O limits can be set right away.
+	if v, err := n.volumes.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: id}); err == nil {
+		if err := n.applyLimits(st, limitsOf(v)); err != nil {
+			klog.ErrorS(err, "apply volume limits", "volumeID", id, "device", st.Device)
+		}
 	}
 	klog.InfoS("NodePublishVolume: published", "volumeID", id, "target", target, "readOnly", readOnly)
 	return &csi.NodePublishVolumeResponse{}, nil

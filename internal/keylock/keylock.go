@@ -20,7 +20,8 @@ type Set struct {
 }
 
 // New returns a Set whose Lock waits at most wait for a busy key before
-// giving up with ErrBusy (CSI callers then retry on codes.Aborted).
+// giving up with ErrBusy (CSI callers then retry on codes.Aborted). With
+// wait <= 0, Lock waits until the key is free or its context ends.
 func New(wait time.Duration) *Set {
 	return &Set{wait: wait, keys: map[string]chan struct{}{}}
 }
@@ -34,10 +35,14 @@ func (s *Set) Lock(ctx context.Context, keys ...string) (func(), error) {
 			s.unlock(held[i])
 		}
 	}
-	timer := time.NewTimer(s.wait)
-	defer timer.Stop()
+	var timeout <-chan time.Time
+	if s.wait > 0 {
+		timer := time.NewTimer(s.wait)
+		defer timer.Stop()
+		timeout = timer.C
+	}
 	for _, k := range keys {
-		if err := s.lock(ctx, timer.C, k); err != nil {
+		if err := s.lock(ctx, timeout, k); err != nil {
 			release()
 			return nil, err
 		}

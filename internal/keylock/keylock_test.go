@@ -77,3 +77,25 @@ func TestLock_ManyGoroutines_MutualExclusion(t *testing.T) {
 		t.Fatalf("%d holders at once, want 1", max)
 	}
 }
+
+func TestLock_NoWaitLimit_CanceledWaiterGivesUpAndKeyStaysUsable(t *testing.T) {
+	s := New(0)
+	unlock, err := s.Lock(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Lock(ctx, "a"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Lock of a held key with a canceled context = %v, want context.Canceled", err)
+	}
+	unlock()
+	unlock2, err := s.Lock(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock2()
+	if len(s.keys) != 0 {
+		t.Fatalf("set keeps %d keys after all unlocks", len(s.keys))
+	}
+}
