@@ -199,7 +199,7 @@ func runServer(ctx context.Context, dataDir, listen, zone, node string, specs []
 }
 
 func newCSICmd() *cobra.Command {
-	var endpoint, api, nodeID, zone, stateDir string
+	var endpoint, api, nodeID, zone, stateDir, registrationDir string
 	var maxVolumes int64
 	var limitsInterval time.Duration
 	cmd := &cobra.Command{Use: "csi", Short: "Run the block CSI driver (" + csi.DriverName + ")"}
@@ -210,6 +210,7 @@ func newCSICmd() *cobra.Command {
 	pf.StringVar(&zone, "zone", "zone-a", "this node's zone (node plugin)")
 	pf.StringVar(&stateDir, "state-dir", "/var/lib/stowage/csi-node", "node plugin state (one file per staged volume)")
 	pf.Int64Var(&maxVolumes, "max-volumes", 64, "most volumes attached to this node at once, reported to the scheduler")
+	pf.StringVar(&registrationDir, "kubelet-registration-dir", "", "the kubelet's plugins_registry directory: when set, the node plugin registers itself with the kubelet there (no node-driver-registrar needed)")
 	pf.DurationVar(&limitsInterval, "limits-interval", 10*time.Second, "how often the node re-applies IOPS/throughput limits of its volumes")
 
 	run := func(cmd *cobra.Command, withController, withNode bool) error {
@@ -240,6 +241,11 @@ func newCSICmd() *cobra.Command {
 				return err
 			}
 			go node.RunLimits(ctx)
+			if registrationDir != "" {
+				if _, _, err := csi.ServeRegistration(ctx, registrationDir, endpoint); err != nil {
+					return err
+				}
+			}
 		}
 		return csi.NewDriver(ctrl, node).Serve(ctx, endpoint)
 	}
