@@ -18,6 +18,7 @@ import (
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/csi"
+	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
 )
@@ -170,7 +171,11 @@ func runServer(ctx context.Context, dataDir, listen, zone, node string, specs []
 		log.Info("storage pool ready", "pool", spec.name, "dir", spec.dir, "zone", spec.zone, "node", spec.node, "cloneMode", p.CloneMode())
 		pools[spec.name] = p
 	}
-	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log})
+	keys, err := kms.Open(st, filepath.Join(dataDir, "kms", "master.key"))
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys})
 	if err != nil {
 		return err
 	}

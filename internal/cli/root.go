@@ -74,7 +74,7 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
 	root.AddCommand(
-		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g),
+		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g),
 		newServerCmd(), newCSICmd(), newVersionCmd(),
 	)
 	return root
@@ -140,6 +140,7 @@ type client struct {
 	snapshots pb.SnapshotServiceClient
 	pools     pb.PoolServiceClient
 	nodes     pb.NodeServiceClient
+	keys      pb.KeyServiceClient
 }
 
 func newClient(endpoint string) (*client, error) {
@@ -148,7 +149,7 @@ func newClient(endpoint string) (*client, error) {
 		return nil, err
 	}
 	return &client{conn: conn, volumes: pb.NewVolumeServiceClient(conn), snapshots: pb.NewSnapshotServiceClient(conn),
-		pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn)}, nil
+		pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn), keys: pb.NewKeyServiceClient(conn)}, nil
 }
 
 // run opens a client, applies the timeout and calls fn.

@@ -64,6 +64,8 @@ func volumeCreateCmd(g *globals) *cobra.Command {
 	f.StringArrayVar(&tags, "tag", nil, "tag key=value (repeatable)")
 	f.StringVar(&req.SnapshotId, "snapshot", "", "restore from this snapshot")
 	f.StringVar(&req.SourceVolumeId, "source-volume", "", "clone this volume")
+	f.BoolVar(&req.Encrypted, "encrypted", false, "encrypt at rest with a data key wrapped by the KMS key (default key unless --kms-key-id)")
+	f.StringVar(&req.KmsKeyId, "kms-key-id", "", "KMS key id or alias/<name> for an encrypted volume")
 	return cmd
 }
 

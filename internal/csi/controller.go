@@ -92,6 +92,11 @@ func (c *ControllerService) CreateVolume(ctx context.Context, req *csi.CreateVol
 			apiReq.Tags[k] = v
 		}
 	}
+	if apiReq.Encrypted || apiReq.KmsKeyId != "" {
+		if err := encryptable(req.GetVolumeCapabilities(), p.context[contextFSType]); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "CreateVolume %s: %v", req.GetName(), err)
+		}
+	}
 	apiReq.Name = req.GetName()
 	apiReq.Tags[tagCSIVolumeName] = req.GetName()
 	apiReq.SizeGib, err = sizeGiB(req.GetCapacityRange(), apiReq.Type)
@@ -150,7 +155,8 @@ func sizeGiB(r *csi.CapacityRange, volumeType string) (int64, error) {
 		return size, nil
 	}
 	size := block.BytesToGiB(required)
-	if limit > 0 && size*block.GiB > limit {
+	// size > limit/GiB is size*GiB > limit without the overflow.
+	if limit > 0 && size > limit/block.GiB {
 		return 0, status.Errorf(codes.OutOfRange, "volumes are sized in whole GiB: %d bytes rounds up to %d GiB, above the limit of %d bytes", required, size, limit)
 	}
 	return size, nil
@@ -443,4 +449,22 @@ func (c *ControllerService) ControllerModifyVolume(ctx context.Context, req *csi
 	}
 	klog.InfoS("ControllerModifyVolume: modified", "volumeID", v.Id, "type", v.Type, "iops", v.Iops, "throughputMiBps", v.ThroughputMibps)
 	return &csi.ControllerModifyVolumeResponse{}, nil
+}
+
+// encryptable refuses what Stowage's file-level encryption (ext4 fscrypt)
+// cannot carry: raw block volumes and other file systems.
+func encryptable(caps []*csi.VolumeCapability, paramFS string) error {
+	for _, c := range caps {
+		if c.GetBlock() != nil {
+			return fmt.Errorf("encrypted volumes cannot be raw block (volumeMode: Block): Stowage encrypts with ext4 file-system encryption, as its nodes have no device-mapper for dm-crypt")
+		}
+		fs := strings.ToLower(c.GetMount().GetFsType())
+		if fs == "" {
+			fs = paramFS
+		}
+		if fs != "" && fs != "ext4" {
+			return fmt.Errorf("encrypted volumes must use ext4 (csi.storage.k8s.io/fstype: ext4), not %s: Stowage encrypts with ext4 file-system encryption", fs)
+		}
+	}
+	return nil
 }

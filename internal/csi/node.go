@@ -22,6 +22,7 @@ import (
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/attach"
 	"github.com/stowage-io/stowage/internal/faults"
+	"github.com/stowage-io/stowage/internal/fscrypt"
 	"github.com/stowage-io/stowage/internal/keylock"
 )
 
@@ -144,6 +145,9 @@ type stagedVolume struct {
 	Device      string `json:"device,omitempty"`
 	StagingPath string `json:"stagingPath"`
 	Block       bool   `json:"block,omitempty"`
+	// DataDir is the encrypted directory of an encrypted volume, the one
+	// pods see; empty for unencrypted volumes (pods see the file system root).
+	DataDir string `json:"dataDir,omitempty"`
 	// Targets are the paths the volume is published at, with whether that
 	// publish asked for a single writer (ReadWriteOncePod).
 	Targets map[string]bool `json:"targets,omitempty"`
@@ -228,6 +232,9 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 	}
 
 	isBlock := req.GetVolumeCapability().GetBlock() != nil
+	if v.Encrypted && isBlock {
+		return nil, status.Errorf(codes.FailedPrecondition, "NodeStageVolume %s: the volume is encrypted, and Stowage encrypts at the file-system level (ext4 fscrypt; this node has no device-mapper for dm-crypt), so it cannot be used as a raw block device", id)
+	}
 	st := &stagedVolume{VolumeID: id, ImagePath: att.ImagePath, StagingPath: staging, Block: isBlock}
 	// Write the state before attaching: if we crash right after the attach,
 	// a retry or an unstage still knows which image to detach.
@@ -259,23 +266,65 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 	if fsType == "" {
 		fsType = defaultFSType
 	}
+	if v.Encrypted && fsType != "ext4" {
+		return nil, status.Errorf(codes.FailedPrecondition, "NodeStageVolume %s: the volume is encrypted, which Stowage does with ext4 encryption; file system %s cannot carry it", id, fsType)
+	}
 	notMnt, err := n.mounter.IsLikelyNotMountPoint(staging)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: check mount point %s: %v", id, staging, err)
 	}
 	if !notMnt {
 		dev, _, err := mount.GetDeviceNameFromMount(n.mounter, staging)
-		if err == nil && dev == device {
-			return &csi.NodeStageVolumeResponse{}, nil
+		if err != nil || dev != device {
+			return nil, status.Errorf(codes.AlreadyExists, "NodeStageVolume %s: staging path %s already has %s mounted, not %s", id, staging, dev, device)
 		}
-		return nil, status.Errorf(codes.AlreadyExists, "NodeStageVolume %s: staging path %s already has %s mounted, not %s", id, staging, dev, device)
+	} else {
+		opts := mountOptions(fsType, mnt.GetMountFlags(), false)
+		fopts := formatOptions(fsType, req.GetVolumeContext())
+		if v.Encrypted {
+			fopts = append(fopts, "-O", "encrypt")
+		}
+		if err := n.mounter.FormatAndMountSensitiveWithFormatOptions(device, staging, fsType, opts, nil, fopts); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: format and mount %s (%s) at %s: %v", id, device, fsType, staging, err)
+		}
 	}
-	opts := mountOptions(fsType, mnt.GetMountFlags(), false)
-	if err := n.mounter.FormatAndMountSensitiveWithFormatOptions(device, staging, fsType, opts, nil, formatOptions(fsType, req.GetVolumeContext())); err != nil {
-		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: format and mount %s (%s) at %s: %v", id, device, fsType, staging, err)
+	if v.Encrypted {
+		dir, err := n.unlock(ctx, id, staging)
+		if err != nil {
+			return nil, err
+		}
+		st.DataDir = dir
+		if err := n.writeState(st); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: save node state: %v", id, err)
+		}
 	}
 	klog.InfoS("NodeStageVolume: staged", "volumeID", id, "device", device, "fsType", fsType, "stagingPath", staging)
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// encryptedDirName is the directory of an encrypted volume's file system
+// that holds the pod's files; the root cannot carry an encryption policy.
+const encryptedDirName = "data"
+
+// unlock gives the staged file system the volume's data key, which the
+// server releases only to the node the volume is attached to, and makes
+// sure the pod's directory is encrypted with it.
+func (n *NodeService) unlock(ctx context.Context, id, staging string) (string, error) {
+	k, err := n.volumes.GetVolumeDataKey(ctx, &pb.GetVolumeDataKeyRequest{VolumeId: id, NodeId: n.cfg.NodeID})
+	if err != nil {
+		return "", apiError(err, "NodeStageVolume %s: get the volume's data key", id)
+	}
+	defer clear(k.Key)
+	keyID, err := fscrypt.AddKey(staging, k.Key)
+	if err != nil {
+		return "", status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
+	}
+	dir := filepath.Join(staging, encryptedDirName)
+	if err := fscrypt.EnsureDir(dir, keyID); err != nil {
+		return "", status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
+	}
+	klog.InfoS("NodeStageVolume: encrypted volume unlocked", "volumeID", id, "kmsKey", k.KmsKeyId, "dir", dir)
+	return dir, nil
 }
 
 // mountOptions adds what a cloned or restored xfs needs: its UUID equals the
@@ -383,6 +432,9 @@ func (n *NodeService) NodePublishVolume(ctx context.Context, req *csi.NodePublis
 		}
 		f.Close()
 	} else {
+		if st.DataDir != "" {
+			source = st.DataDir
+		}
 		fsType = strings.ToLower(req.GetVolumeCapability().GetMount().GetFsType())
 		if err := os.MkdirAll(target, 0o750); err != nil {
 			return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: create target %s: %v", id, target, err)

@@ -56,6 +56,7 @@ type volumeRecord struct {
 	SnapshotID     string             `json:"snapshotId,omitempty"`
 	SourceVolumeID string             `json:"sourceVolumeId,omitempty"`
 	MultiAttach    bool               `json:"multiAttach,omitempty"`
+	Encryption
 	Attachments    []attachmentRecord `json:"attachments,omitempty"`
 	Created        time.Time          `json:"created"`
 }
@@ -77,7 +78,18 @@ type snapshotRecord struct {
 	State       string            `json:"state"`
 	Tags        map[string]string `json:"tags,omitempty"`
 	Description string            `json:"description,omitempty"`
-	Created     time.Time         `json:"created"`
+	Encryption
+	Created time.Time `json:"created"`
+}
+
+// Encryption is how a volume (and its snapshots, restores and clones, which
+// share its data key) is encrypted at rest.
+type Encryption struct {
+	Encrypted bool   `json:"encrypted,omitempty"`
+	KMSKeyID  string `json:"kmsKeyId,omitempty"`
+	// DataKey is the volume's data key wrapped by the KMS key; the plaintext
+	// is never stored.
+	DataKey []byte `json:"dataKey,omitempty"`
 }
 
 type nodeRecord struct {
@@ -102,6 +114,7 @@ func (v *volumeRecord) toProto(p Pool) *pb.Volume {
 		Iops: v.IOPS, ThroughputMibps: v.Throughput, State: v.State, StateReason: v.StateReason,
 		Tags: v.Tags, SnapshotId: v.SnapshotID, SourceVolumeId: v.SourceVolumeID,
 		CreateTime: timestamppb.New(v.Created), Pool: v.Pool, Node: v.Node, MultiAttach: v.MultiAttach,
+		Encrypted: v.Encrypted, KmsKeyId: v.KMSKeyID,
 	}
 	for _, a := range v.Attachments {
 		out.Attachments = append(out.Attachments, v.attachmentProto(a, p))
@@ -141,7 +154,7 @@ func (s *snapshotRecord) toProto() *pb.Snapshot {
 	return &pb.Snapshot{
 		Id: s.ID, Name: s.Name, VolumeId: s.VolumeID, SizeGib: s.SizeGiB, SizeBytes: s.SizeBytes,
 		State: s.State, CreateTime: timestamppb.New(s.Created), Tags: s.Tags,
-		Description: s.Description, Zone: s.Zone, Pool: s.Pool,
+		Description: s.Description, Zone: s.Zone, Pool: s.Pool, Encrypted: s.Encrypted, KmsKeyId: s.KMSKeyID,
 	}
 }
 
@@ -153,7 +166,7 @@ func requestKey(r *pb.CreateVolumeRequest) string {
 		tags = append(tags, k+"="+v)
 	}
 	sort.Strings(tags)
-	return fmt.Sprintf("size=%d type=%s iops=%d iopsPerGB=%d auto=%t tp=%d zone=%s node=%s snap=%s src=%s enc=%t kms=%s multi=%t",
+	return fmt.Sprintf("size=%d type=%s iops=%d iopsPerGB=%d auto=%t tp=%d zone=%s node=%s snap=%s src=%s enc=%t kms=%s multi=%t tags=%q",
 		r.SizeGib, strings.ToLower(r.Type), r.Iops, r.IopsPerGb, r.AllowAutoIopsPerGbIncrease, r.ThroughputMibps,
-		r.Zone, r.Node, r.SnapshotId, r.SourceVolumeId, r.Encrypted, r.KmsKeyId, r.MultiAttach)
+		r.Zone, r.Node, r.SnapshotId, r.SourceVolumeId, r.Encrypted, r.KmsKeyId, r.MultiAttach, tags)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/block"
 	"github.com/stowage-io/stowage/internal/keylock"
+	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/store"
 )
 
@@ -52,6 +53,9 @@ type Config struct {
 	// object before it fails with ABORTED. Default 5 s.
 	LockWait time.Duration
 	Logger   *slog.Logger
+	// KMS wraps the data keys of encrypted volumes; without it encrypted
+	// volumes are refused.
+	KMS *kms.Service
 }
 
 // Server serves the Stowage API.
@@ -60,12 +64,14 @@ type Server struct {
 	pb.UnimplementedSnapshotServiceServer
 	pb.UnimplementedPoolServiceServer
 	pb.UnimplementedNodeServiceServer
+	pb.UnimplementedKeyServiceServer
 
 	store     store.Store
 	pools     map[string]Pool
 	poolNames []string
 	locks     *keylock.Set
 	log       *slog.Logger
+	kms       *kms.Service
 }
 
 // New returns a Server; call Reconcile before serving.
@@ -82,7 +88,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger}
+	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS}
 	for name := range cfg.Pools {
 		s.poolNames = append(s.poolNames, name)
 	}
@@ -96,6 +102,7 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterSnapshotServiceServer(g, s)
 	pb.RegisterPoolServiceServer(g, s)
 	pb.RegisterNodeServiceServer(g, s)
+	pb.RegisterKeyServiceServer(g, s)
 }
 
 // lock takes the per-object locks or returns ABORTED naming the object.

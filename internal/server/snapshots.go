@@ -60,10 +60,18 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *pb.CreateSnapshotReque
 	if err != nil {
 		return nil, err
 	}
+	id := newID("snap")
+	// Locked until the create ends, so that a delete of the pending snapshot
+	// cannot be undone by this create writing its record back.
+	unlockID, err := s.lock(ctx, "snapshot "+id, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockID()
 	sn := &snapshotRecord{
-		ID: newID("snap"), Name: req.Name, VolumeID: v.ID, Pool: v.Pool, Zone: v.Zone,
+		ID: id, Name: req.Name, VolumeID: v.ID, Pool: v.Pool, Zone: v.Zone,
 		SizeGiB: v.SizeGiB, SizeBytes: v.SizeGiB * block.GiB, State: SnapshotPending,
-		Tags: req.Tags, Description: req.Description, Created: time.Now().UTC(),
+		Tags: req.Tags, Description: req.Description, Encryption: v.Encryption, Created: time.Now().UTC(),
 	}
 	err = s.store.Update(ctx, func(tx store.Tx) error {
 		if sn.Name != "" {

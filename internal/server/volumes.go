@@ -29,9 +29,9 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	if req.SnapshotId != "" && req.SourceVolumeId != "" {
 		return nil, status.Error(codes.InvalidArgument, "give a snapshot id or a source volume id, not both")
 	}
-	if req.Encrypted || req.KmsKeyId != "" {
-		return nil, status.Error(codes.InvalidArgument,
-			"encrypted volumes need the Stowage KMS, which this server does not have yet: remove encrypted/kmsKeyId from the request or StorageClass")
+	if (req.Encrypted || req.KmsKeyId != "") && s.kms == nil {
+		return nil, status.Error(codes.FailedPrecondition,
+			"this server runs without a KMS, so it cannot make encrypted volumes: remove encrypted/kmsKeyId from the request or StorageClass")
 	}
 	perf, err := block.Resolve(block.Request{
 		Type: req.Type, SizeGiB: req.SizeGib, IOPS: req.Iops, IOPSPerGB: req.IopsPerGb,
@@ -62,12 +62,25 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	if err != nil {
 		return nil, err
 	}
+	enc, err := s.volumeEncryption(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	p := s.pools[poolName]
+	id := newID("vol")
+	// The new id is locked until the create ends: once recorded, the volume
+	// can be listed, and a delete or resize that got in before the image is
+	// made would be undone when this create writes its record back.
+	unlockID, err := s.lock(ctx, "volume "+id, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockID()
 	v := &volumeRecord{
-		ID: newID("vol"), Name: req.Name, RequestKey: requestKey(req), Pool: poolName, Zone: p.Zone(), Node: p.Node(),
+		ID: id, Name: req.Name, RequestKey: requestKey(req), Pool: poolName, Zone: p.Zone(), Node: p.Node(),
 		SizeGiB: perf.SizeGiB, Type: string(perf.Type), IOPS: perf.IOPS, Throughput: perf.ThroughputMiBps,
 		State: StateCreating, Tags: req.Tags, SnapshotID: req.SnapshotId, SourceVolumeID: req.SourceVolumeId,
-		MultiAttach: req.MultiAttach, Created: time.Now().UTC(),
+		MultiAttach: req.MultiAttach, Encryption: enc, Created: time.Now().UTC(),
 	}
 	// The record goes in first, in state creating: a crash before the image
 	// exists leaves a record that Reconcile rolls back, never an image that

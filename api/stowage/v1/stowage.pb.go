@@ -27,6 +27,371 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type Key struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Aliases       []string               `protobuf:"bytes,2,rep,name=aliases,proto3" json:"aliases,omitempty"`
+	Description   string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	State         string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"` // Enabled, Disabled
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Key) Reset() {
+	*x = Key{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Key) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Key) ProtoMessage() {}
+
+func (x *Key) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Key.ProtoReflect.Descriptor instead.
+func (*Key) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Key) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Key) GetAliases() []string {
+	if x != nil {
+		return x.Aliases
+	}
+	return nil
+}
+
+func (x *Key) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Key) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Key) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+type CreateKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Description   string                 `protobuf:"bytes,1,opt,name=description,proto3" json:"description,omitempty"`
+	Aliases       []string               `protobuf:"bytes,2,rep,name=aliases,proto3" json:"aliases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateKeyRequest) Reset() {
+	*x = CreateKeyRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateKeyRequest) ProtoMessage() {}
+
+func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateKeyRequest.ProtoReflect.Descriptor instead.
+func (*CreateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CreateKeyRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *CreateKeyRequest) GetAliases() []string {
+	if x != nil {
+		return x.Aliases
+	}
+	return nil
+}
+
+type DescribeKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A key id, an alias (alias/name) or an ARN ending in key/<id> or alias/<name>.
+	KeyId         string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DescribeKeyRequest) Reset() {
+	*x = DescribeKeyRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DescribeKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DescribeKeyRequest) ProtoMessage() {}
+
+func (x *DescribeKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DescribeKeyRequest.ProtoReflect.Descriptor instead.
+func (*DescribeKeyRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DescribeKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+type ListKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListKeysRequest) Reset() {
+	*x = ListKeysRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListKeysRequest) ProtoMessage() {}
+
+func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
+func (*ListKeysRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{3}
+}
+
+type ListKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*Key                 `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListKeysResponse) Reset() {
+	*x = ListKeysResponse{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListKeysResponse) ProtoMessage() {}
+
+func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
+func (*ListKeysResponse) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListKeysResponse) GetKeys() []*Key {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type GetVolumeDataKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	NodeId        string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVolumeDataKeyRequest) Reset() {
+	*x = GetVolumeDataKeyRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVolumeDataKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVolumeDataKeyRequest) ProtoMessage() {}
+
+func (x *GetVolumeDataKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVolumeDataKeyRequest.ProtoReflect.Descriptor instead.
+func (*GetVolumeDataKeyRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetVolumeDataKeyRequest) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *GetVolumeDataKeyRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type VolumeDataKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	KmsKeyId      string                 `protobuf:"bytes,3,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeDataKey) Reset() {
+	*x = VolumeDataKey{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeDataKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeDataKey) ProtoMessage() {}
+
+func (x *VolumeDataKey) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeDataKey.ProtoReflect.Descriptor instead.
+func (*VolumeDataKey) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *VolumeDataKey) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *VolumeDataKey) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *VolumeDataKey) GetKmsKeyId() string {
+	if x != nil {
+		return x.KmsKeyId
+	}
+	return ""
+}
+
 type Volume struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`     // vol-0123456789abcdef0
@@ -58,7 +423,7 @@ type Volume struct {
 
 func (x *Volume) Reset() {
 	*x = Volume{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[0]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -70,7 +435,7 @@ func (x *Volume) String() string {
 func (*Volume) ProtoMessage() {}
 
 func (x *Volume) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[0]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -83,7 +448,7 @@ func (x *Volume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Volume.ProtoReflect.Descriptor instead.
 func (*Volume) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{0}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Volume) GetId() string {
@@ -235,7 +600,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[1]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +612,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[1]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +625,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{1}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Attachment) GetVolumeId() string {
@@ -335,7 +700,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[2]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +712,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[2]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +725,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{2}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateVolumeRequest) GetName() string {
@@ -492,7 +857,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[3]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +869,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[3]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,7 +882,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{3}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Placement) GetZone() string {
@@ -543,7 +908,7 @@ type DescribeVolumeRequest struct {
 
 func (x *DescribeVolumeRequest) Reset() {
 	*x = DescribeVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[4]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -555,7 +920,7 @@ func (x *DescribeVolumeRequest) String() string {
 func (*DescribeVolumeRequest) ProtoMessage() {}
 
 func (x *DescribeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[4]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -568,7 +933,7 @@ func (x *DescribeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{4}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DescribeVolumeRequest) GetVolumeId() string {
@@ -593,7 +958,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[5]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +970,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[5]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +983,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{5}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListVolumesRequest) GetZone() string {
@@ -680,7 +1045,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[6]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +1057,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[6]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +1070,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{6}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -731,7 +1096,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[7]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +1108,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[7]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +1121,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{7}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteVolumeRequest) GetVolumeId() string {
@@ -775,7 +1140,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[8]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +1152,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[8]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +1165,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{8}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteVolumeResponse) GetDeleted() bool {
@@ -821,7 +1186,7 @@ type AttachVolumeRequest struct {
 
 func (x *AttachVolumeRequest) Reset() {
 	*x = AttachVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[9]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +1198,7 @@ func (x *AttachVolumeRequest) String() string {
 func (*AttachVolumeRequest) ProtoMessage() {}
 
 func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[9]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +1211,7 @@ func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*AttachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{9}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AttachVolumeRequest) GetVolumeId() string {
@@ -880,7 +1245,7 @@ type DetachVolumeRequest struct {
 
 func (x *DetachVolumeRequest) Reset() {
 	*x = DetachVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[10]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1257,7 @@ func (x *DetachVolumeRequest) String() string {
 func (*DetachVolumeRequest) ProtoMessage() {}
 
 func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[10]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1270,7 @@ func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DetachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{10}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DetachVolumeRequest) GetVolumeId() string {
@@ -931,7 +1296,7 @@ type DetachVolumeResponse struct {
 
 func (x *DetachVolumeResponse) Reset() {
 	*x = DetachVolumeResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[11]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1308,7 @@ func (x *DetachVolumeResponse) String() string {
 func (*DetachVolumeResponse) ProtoMessage() {}
 
 func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[11]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1321,7 @@ func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DetachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{11}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DetachVolumeResponse) GetDetached() bool {
@@ -976,7 +1341,7 @@ type ResizeVolumeRequest struct {
 
 func (x *ResizeVolumeRequest) Reset() {
 	*x = ResizeVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[12]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1353,7 @@ func (x *ResizeVolumeRequest) String() string {
 func (*ResizeVolumeRequest) ProtoMessage() {}
 
 func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[12]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1366,7 @@ func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{12}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResizeVolumeRequest) GetVolumeId() string {
@@ -1031,7 +1396,7 @@ type ModifyVolumeRequest struct {
 
 func (x *ModifyVolumeRequest) Reset() {
 	*x = ModifyVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[13]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1408,7 @@ func (x *ModifyVolumeRequest) String() string {
 func (*ModifyVolumeRequest) ProtoMessage() {}
 
 func (x *ModifyVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[13]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1421,7 @@ func (x *ModifyVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModifyVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ModifyVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{13}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ModifyVolumeRequest) GetVolumeId() string {
@@ -1107,13 +1472,15 @@ type Snapshot struct {
 	Zone          string                 `protobuf:"bytes,9,opt,name=zone,proto3" json:"zone,omitempty"`
 	Pool          string                 `protobuf:"bytes,10,opt,name=pool,proto3" json:"pool,omitempty"`
 	SizeBytes     int64                  `protobuf:"varint,11,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Encrypted     bool                   `protobuf:"varint,12,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
+	KmsKeyId      string                 `protobuf:"bytes,13,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[14]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1492,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[14]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1505,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{14}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Snapshot) GetId() string {
@@ -1218,6 +1585,20 @@ func (x *Snapshot) GetSizeBytes() int64 {
 	return 0
 }
 
+func (x *Snapshot) GetEncrypted() bool {
+	if x != nil {
+		return x.Encrypted
+	}
+	return false
+}
+
+func (x *Snapshot) GetKmsKeyId() string {
+	if x != nil {
+		return x.KmsKeyId
+	}
+	return ""
+}
+
 type CreateSnapshotRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1230,7 +1611,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[15]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1623,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[15]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1636,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{15}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateSnapshotRequest) GetName() string {
@@ -1295,7 +1676,7 @@ type DescribeSnapshotRequest struct {
 
 func (x *DescribeSnapshotRequest) Reset() {
 	*x = DescribeSnapshotRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[16]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1688,7 @@ func (x *DescribeSnapshotRequest) String() string {
 func (*DescribeSnapshotRequest) ProtoMessage() {}
 
 func (x *DescribeSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[16]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1701,7 @@ func (x *DescribeSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DescribeSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{16}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DescribeSnapshotRequest) GetSnapshotId() string {
@@ -1342,7 +1723,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[17]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1735,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[17]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1748,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{17}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListSnapshotsRequest) GetVolumeId() string {
@@ -1408,7 +1789,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[18]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1801,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[18]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1814,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{18}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -1459,7 +1840,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[19]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1852,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[19]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1865,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{19}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteSnapshotRequest) GetSnapshotId() string {
@@ -1503,7 +1884,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1515,7 +1896,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1528,7 +1909,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{20}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteSnapshotResponse) GetDeleted() bool {
@@ -1558,7 +1939,7 @@ type Pool struct {
 
 func (x *Pool) Reset() {
 	*x = Pool{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +1951,7 @@ func (x *Pool) String() string {
 func (*Pool) ProtoMessage() {}
 
 func (x *Pool) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +1964,7 @@ func (x *Pool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pool.ProtoReflect.Descriptor instead.
 func (*Pool) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{21}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Pool) GetName() string {
@@ -1673,7 +2054,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +2066,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +2079,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{22}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListPoolsRequest) GetZone() string {
@@ -1724,7 +2105,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +2117,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +2130,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{23}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListPoolsResponse) GetPools() []*Pool {
@@ -1773,7 +2154,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +2166,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +2179,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{24}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Node) GetId() string {
@@ -1847,7 +2228,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +2240,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +2253,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{25}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RegisterNodeRequest) GetId() string {
@@ -1904,7 +2285,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +2297,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2310,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{26}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{33}
 }
 
 type ListNodesResponse struct {
@@ -1941,7 +2322,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1953,7 +2334,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1966,7 +2347,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{27}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1981,7 +2362,30 @@ var File_stowage_v1_stowage_proto protoreflect.FileDescriptor
 const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\n" +
 	"\x18stowage/v1/stowage.proto\x12\n" +
-	"stowage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x05\n" +
+	"stowage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n" +
+	"\x03Key\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaliases\x18\x02 \x03(\tR\aaliases\x12 \n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"N\n" +
+	"\x10CreateKeyRequest\x12 \n" +
+	"\vdescription\x18\x01 \x01(\tR\vdescription\x12\x18\n" +
+	"\aaliases\x18\x02 \x03(\tR\aaliases\"+\n" +
+	"\x12DescribeKeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x11\n" +
+	"\x0fListKeysRequest\"7\n" +
+	"\x10ListKeysResponse\x12#\n" +
+	"\x04keys\x18\x01 \x03(\v2\x0f.stowage.v1.KeyR\x04keys\"O\n" +
+	"\x17GetVolumeDataKeyRequest\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\\\n" +
+	"\rVolumeDataKey\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x1c\n" +
+	"\n" +
+	"kms_key_id\x18\x03 \x01(\tR\bkmsKeyId\"\x9b\x05\n" +
 	"\x06Volume\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -2088,7 +2492,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\badd_tags\x18\x05 \x03(\v2,.stowage.v1.ModifyVolumeRequest.AddTagsEntryR\aaddTags\x1a:\n" +
 	"\fAddTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8f\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x03\n" +
 	"\bSnapshot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
@@ -2103,7 +2507,10 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x04pool\x18\n" +
 	" \x01(\tR\x04pool\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\v \x01(\x03R\tsizeBytes\x1a7\n" +
+	"size_bytes\x18\v \x01(\x03R\tsizeBytes\x12\x1c\n" +
+	"\tencrypted\x18\f \x01(\bR\tencrypted\x12\x1c\n" +
+	"\n" +
+	"kms_key_id\x18\r \x01(\tR\bkmsKeyId\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe4\x01\n" +
@@ -2168,7 +2575,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"maxVolumes\"\x12\n" +
 	"\x10ListNodesRequest\";\n" +
 	"\x11ListNodesResponse\x12&\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x10.stowage.v1.NodeR\x05nodes2\xe6\x04\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x10.stowage.v1.NodeR\x05nodes2\xba\x05\n" +
 	"\rVolumeService\x12C\n" +
 	"\fCreateVolume\x12\x1f.stowage.v1.CreateVolumeRequest\x1a\x12.stowage.v1.Volume\x12G\n" +
 	"\x0eDescribeVolume\x12!.stowage.v1.DescribeVolumeRequest\x1a\x12.stowage.v1.Volume\x12N\n" +
@@ -2177,7 +2584,13 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\fAttachVolume\x12\x1f.stowage.v1.AttachVolumeRequest\x1a\x16.stowage.v1.Attachment\x12Q\n" +
 	"\fDetachVolume\x12\x1f.stowage.v1.DetachVolumeRequest\x1a .stowage.v1.DetachVolumeResponse\x12C\n" +
 	"\fResizeVolume\x12\x1f.stowage.v1.ResizeVolumeRequest\x1a\x12.stowage.v1.Volume\x12C\n" +
-	"\fModifyVolume\x12\x1f.stowage.v1.ModifyVolumeRequest\x1a\x12.stowage.v1.Volume2\xda\x02\n" +
+	"\fModifyVolume\x12\x1f.stowage.v1.ModifyVolumeRequest\x1a\x12.stowage.v1.Volume\x12R\n" +
+	"\x10GetVolumeDataKey\x12#.stowage.v1.GetVolumeDataKeyRequest\x1a\x19.stowage.v1.VolumeDataKey2\xcf\x01\n" +
+	"\n" +
+	"KeyService\x12:\n" +
+	"\tCreateKey\x12\x1c.stowage.v1.CreateKeyRequest\x1a\x0f.stowage.v1.Key\x12>\n" +
+	"\vDescribeKey\x12\x1e.stowage.v1.DescribeKeyRequest\x1a\x0f.stowage.v1.Key\x12E\n" +
+	"\bListKeys\x12\x1b.stowage.v1.ListKeysRequest\x1a\x1c.stowage.v1.ListKeysResponse2\xda\x02\n" +
 	"\x0fSnapshotService\x12I\n" +
 	"\x0eCreateSnapshot\x12!.stowage.v1.CreateSnapshotRequest\x1a\x14.stowage.v1.Snapshot\x12M\n" +
 	"\x10DescribeSnapshot\x12#.stowage.v1.DescribeSnapshotRequest\x1a\x14.stowage.v1.Snapshot\x12T\n" +
@@ -2201,97 +2614,114 @@ func file_stowage_v1_stowage_proto_rawDescGZIP() []byte {
 	return file_stowage_v1_stowage_proto_rawDescData
 }
 
-var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_stowage_v1_stowage_proto_goTypes = []any{
-	(*Volume)(nil),                  // 0: stowage.v1.Volume
-	(*Attachment)(nil),              // 1: stowage.v1.Attachment
-	(*CreateVolumeRequest)(nil),     // 2: stowage.v1.CreateVolumeRequest
-	(*Placement)(nil),               // 3: stowage.v1.Placement
-	(*DescribeVolumeRequest)(nil),   // 4: stowage.v1.DescribeVolumeRequest
-	(*ListVolumesRequest)(nil),      // 5: stowage.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),     // 6: stowage.v1.ListVolumesResponse
-	(*DeleteVolumeRequest)(nil),     // 7: stowage.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 8: stowage.v1.DeleteVolumeResponse
-	(*AttachVolumeRequest)(nil),     // 9: stowage.v1.AttachVolumeRequest
-	(*DetachVolumeRequest)(nil),     // 10: stowage.v1.DetachVolumeRequest
-	(*DetachVolumeResponse)(nil),    // 11: stowage.v1.DetachVolumeResponse
-	(*ResizeVolumeRequest)(nil),     // 12: stowage.v1.ResizeVolumeRequest
-	(*ModifyVolumeRequest)(nil),     // 13: stowage.v1.ModifyVolumeRequest
-	(*Snapshot)(nil),                // 14: stowage.v1.Snapshot
-	(*CreateSnapshotRequest)(nil),   // 15: stowage.v1.CreateSnapshotRequest
-	(*DescribeSnapshotRequest)(nil), // 16: stowage.v1.DescribeSnapshotRequest
-	(*ListSnapshotsRequest)(nil),    // 17: stowage.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),   // 18: stowage.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),   // 19: stowage.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),  // 20: stowage.v1.DeleteSnapshotResponse
-	(*Pool)(nil),                    // 21: stowage.v1.Pool
-	(*ListPoolsRequest)(nil),        // 22: stowage.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 23: stowage.v1.ListPoolsResponse
-	(*Node)(nil),                    // 24: stowage.v1.Node
-	(*RegisterNodeRequest)(nil),     // 25: stowage.v1.RegisterNodeRequest
-	(*ListNodesRequest)(nil),        // 26: stowage.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 27: stowage.v1.ListNodesResponse
-	nil,                             // 28: stowage.v1.Volume.TagsEntry
-	nil,                             // 29: stowage.v1.CreateVolumeRequest.TagsEntry
-	nil,                             // 30: stowage.v1.ListVolumesRequest.TagsEntry
-	nil,                             // 31: stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	nil,                             // 32: stowage.v1.Snapshot.TagsEntry
-	nil,                             // 33: stowage.v1.CreateSnapshotRequest.TagsEntry
-	(*timestamppb.Timestamp)(nil),   // 34: google.protobuf.Timestamp
+	(*Key)(nil),                     // 0: stowage.v1.Key
+	(*CreateKeyRequest)(nil),        // 1: stowage.v1.CreateKeyRequest
+	(*DescribeKeyRequest)(nil),      // 2: stowage.v1.DescribeKeyRequest
+	(*ListKeysRequest)(nil),         // 3: stowage.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),        // 4: stowage.v1.ListKeysResponse
+	(*GetVolumeDataKeyRequest)(nil), // 5: stowage.v1.GetVolumeDataKeyRequest
+	(*VolumeDataKey)(nil),           // 6: stowage.v1.VolumeDataKey
+	(*Volume)(nil),                  // 7: stowage.v1.Volume
+	(*Attachment)(nil),              // 8: stowage.v1.Attachment
+	(*CreateVolumeRequest)(nil),     // 9: stowage.v1.CreateVolumeRequest
+	(*Placement)(nil),               // 10: stowage.v1.Placement
+	(*DescribeVolumeRequest)(nil),   // 11: stowage.v1.DescribeVolumeRequest
+	(*ListVolumesRequest)(nil),      // 12: stowage.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),     // 13: stowage.v1.ListVolumesResponse
+	(*DeleteVolumeRequest)(nil),     // 14: stowage.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 15: stowage.v1.DeleteVolumeResponse
+	(*AttachVolumeRequest)(nil),     // 16: stowage.v1.AttachVolumeRequest
+	(*DetachVolumeRequest)(nil),     // 17: stowage.v1.DetachVolumeRequest
+	(*DetachVolumeResponse)(nil),    // 18: stowage.v1.DetachVolumeResponse
+	(*ResizeVolumeRequest)(nil),     // 19: stowage.v1.ResizeVolumeRequest
+	(*ModifyVolumeRequest)(nil),     // 20: stowage.v1.ModifyVolumeRequest
+	(*Snapshot)(nil),                // 21: stowage.v1.Snapshot
+	(*CreateSnapshotRequest)(nil),   // 22: stowage.v1.CreateSnapshotRequest
+	(*DescribeSnapshotRequest)(nil), // 23: stowage.v1.DescribeSnapshotRequest
+	(*ListSnapshotsRequest)(nil),    // 24: stowage.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),   // 25: stowage.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),   // 26: stowage.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),  // 27: stowage.v1.DeleteSnapshotResponse
+	(*Pool)(nil),                    // 28: stowage.v1.Pool
+	(*ListPoolsRequest)(nil),        // 29: stowage.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 30: stowage.v1.ListPoolsResponse
+	(*Node)(nil),                    // 31: stowage.v1.Node
+	(*RegisterNodeRequest)(nil),     // 32: stowage.v1.RegisterNodeRequest
+	(*ListNodesRequest)(nil),        // 33: stowage.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 34: stowage.v1.ListNodesResponse
+	nil,                             // 35: stowage.v1.Volume.TagsEntry
+	nil,                             // 36: stowage.v1.CreateVolumeRequest.TagsEntry
+	nil,                             // 37: stowage.v1.ListVolumesRequest.TagsEntry
+	nil,                             // 38: stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	nil,                             // 39: stowage.v1.Snapshot.TagsEntry
+	nil,                             // 40: stowage.v1.CreateSnapshotRequest.TagsEntry
+	(*timestamppb.Timestamp)(nil),   // 41: google.protobuf.Timestamp
 }
 var file_stowage_v1_stowage_proto_depIdxs = []int32{
-	28, // 0: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
-	1,  // 1: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
-	34, // 2: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
-	34, // 3: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
-	29, // 4: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
-	3,  // 5: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
-	3,  // 6: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
-	30, // 7: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
-	0,  // 8: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
-	31, // 9: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	34, // 10: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
-	32, // 11: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
-	33, // 12: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
-	14, // 13: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
-	21, // 14: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
-	34, // 15: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
-	24, // 16: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
-	2,  // 17: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
-	4,  // 18: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
-	5,  // 19: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
-	7,  // 20: stowage.v1.VolumeService.DeleteVolume:input_type -> stowage.v1.DeleteVolumeRequest
-	9,  // 21: stowage.v1.VolumeService.AttachVolume:input_type -> stowage.v1.AttachVolumeRequest
-	10, // 22: stowage.v1.VolumeService.DetachVolume:input_type -> stowage.v1.DetachVolumeRequest
-	12, // 23: stowage.v1.VolumeService.ResizeVolume:input_type -> stowage.v1.ResizeVolumeRequest
-	13, // 24: stowage.v1.VolumeService.ModifyVolume:input_type -> stowage.v1.ModifyVolumeRequest
-	15, // 25: stowage.v1.SnapshotService.CreateSnapshot:input_type -> stowage.v1.CreateSnapshotRequest
-	16, // 26: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
-	17, // 27: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
-	19, // 28: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
-	22, // 29: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
-	25, // 30: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
-	26, // 31: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
-	0,  // 32: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
-	0,  // 33: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
-	6,  // 34: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
-	8,  // 35: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
-	1,  // 36: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
-	11, // 37: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
-	0,  // 38: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
-	0,  // 39: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
-	14, // 40: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
-	14, // 41: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
-	18, // 42: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
-	20, // 43: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
-	23, // 44: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
-	24, // 45: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
-	27, // 46: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
-	32, // [32:47] is the sub-list for method output_type
-	17, // [17:32] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	41, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	0,  // 1: stowage.v1.ListKeysResponse.keys:type_name -> stowage.v1.Key
+	35, // 2: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
+	8,  // 3: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
+	41, // 4: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
+	41, // 5: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
+	36, // 6: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
+	10, // 7: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
+	10, // 8: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
+	37, // 9: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
+	7,  // 10: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
+	38, // 11: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	41, // 12: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	39, // 13: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
+	40, // 14: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
+	21, // 15: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
+	28, // 16: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
+	41, // 17: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
+	31, // 18: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
+	9,  // 19: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
+	11, // 20: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
+	12, // 21: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
+	14, // 22: stowage.v1.VolumeService.DeleteVolume:input_type -> stowage.v1.DeleteVolumeRequest
+	16, // 23: stowage.v1.VolumeService.AttachVolume:input_type -> stowage.v1.AttachVolumeRequest
+	17, // 24: stowage.v1.VolumeService.DetachVolume:input_type -> stowage.v1.DetachVolumeRequest
+	19, // 25: stowage.v1.VolumeService.ResizeVolume:input_type -> stowage.v1.ResizeVolumeRequest
+	20, // 26: stowage.v1.VolumeService.ModifyVolume:input_type -> stowage.v1.ModifyVolumeRequest
+	5,  // 27: stowage.v1.VolumeService.GetVolumeDataKey:input_type -> stowage.v1.GetVolumeDataKeyRequest
+	1,  // 28: stowage.v1.KeyService.CreateKey:input_type -> stowage.v1.CreateKeyRequest
+	2,  // 29: stowage.v1.KeyService.DescribeKey:input_type -> stowage.v1.DescribeKeyRequest
+	3,  // 30: stowage.v1.KeyService.ListKeys:input_type -> stowage.v1.ListKeysRequest
+	22, // 31: stowage.v1.SnapshotService.CreateSnapshot:input_type -> stowage.v1.CreateSnapshotRequest
+	23, // 32: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
+	24, // 33: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
+	26, // 34: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
+	29, // 35: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
+	32, // 36: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
+	33, // 37: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
+	7,  // 38: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
+	7,  // 39: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
+	13, // 40: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
+	15, // 41: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
+	8,  // 42: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
+	18, // 43: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
+	7,  // 44: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
+	7,  // 45: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
+	6,  // 46: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
+	0,  // 47: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
+	0,  // 48: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
+	4,  // 49: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
+	21, // 50: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
+	21, // 51: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
+	25, // 52: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
+	27, // 53: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
+	30, // 54: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
+	31, // 55: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
+	34, // 56: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
+	38, // [38:57] is the sub-list for method output_type
+	19, // [19:38] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_stowage_v1_stowage_proto_init() }
@@ -2305,9 +2735,9 @@ func file_stowage_v1_stowage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stowage_v1_stowage_proto_rawDesc), len(file_stowage_v1_stowage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   41,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_stowage_v1_stowage_proto_goTypes,
 		DependencyIndexes: file_stowage_v1_stowage_proto_depIdxs,

@@ -24,14 +24,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	VolumeService_CreateVolume_FullMethodName   = "/stowage.v1.VolumeService/CreateVolume"
-	VolumeService_DescribeVolume_FullMethodName = "/stowage.v1.VolumeService/DescribeVolume"
-	VolumeService_ListVolumes_FullMethodName    = "/stowage.v1.VolumeService/ListVolumes"
-	VolumeService_DeleteVolume_FullMethodName   = "/stowage.v1.VolumeService/DeleteVolume"
-	VolumeService_AttachVolume_FullMethodName   = "/stowage.v1.VolumeService/AttachVolume"
-	VolumeService_DetachVolume_FullMethodName   = "/stowage.v1.VolumeService/DetachVolume"
-	VolumeService_ResizeVolume_FullMethodName   = "/stowage.v1.VolumeService/ResizeVolume"
-	VolumeService_ModifyVolume_FullMethodName   = "/stowage.v1.VolumeService/ModifyVolume"
+	VolumeService_CreateVolume_FullMethodName     = "/stowage.v1.VolumeService/CreateVolume"
+	VolumeService_DescribeVolume_FullMethodName   = "/stowage.v1.VolumeService/DescribeVolume"
+	VolumeService_ListVolumes_FullMethodName      = "/stowage.v1.VolumeService/ListVolumes"
+	VolumeService_DeleteVolume_FullMethodName     = "/stowage.v1.VolumeService/DeleteVolume"
+	VolumeService_AttachVolume_FullMethodName     = "/stowage.v1.VolumeService/AttachVolume"
+	VolumeService_DetachVolume_FullMethodName     = "/stowage.v1.VolumeService/DetachVolume"
+	VolumeService_ResizeVolume_FullMethodName     = "/stowage.v1.VolumeService/ResizeVolume"
+	VolumeService_ModifyVolume_FullMethodName     = "/stowage.v1.VolumeService/ModifyVolume"
+	VolumeService_GetVolumeDataKey_FullMethodName = "/stowage.v1.VolumeService/GetVolumeDataKey"
 )
 
 // VolumeServiceClient is the client API for VolumeService service.
@@ -56,6 +57,9 @@ type VolumeServiceClient interface {
 	// ModifyVolume changes type, IOPS and throughput of a live volume, like
 	// EBS Elastic Volumes.
 	ModifyVolume(ctx context.Context, in *ModifyVolumeRequest, opts ...grpc.CallOption) (*Volume, error)
+	// GetVolumeDataKey returns the plaintext data key of an encrypted volume
+	// to the node it is attached to, so that node can unlock its files.
+	GetVolumeDataKey(ctx context.Context, in *GetVolumeDataKeyRequest, opts ...grpc.CallOption) (*VolumeDataKey, error)
 }
 
 type volumeServiceClient struct {
@@ -146,6 +150,16 @@ func (c *volumeServiceClient) ModifyVolume(ctx context.Context, in *ModifyVolume
 	return out, nil
 }
 
+func (c *volumeServiceClient) GetVolumeDataKey(ctx context.Context, in *GetVolumeDataKeyRequest, opts ...grpc.CallOption) (*VolumeDataKey, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VolumeDataKey)
+	err := c.cc.Invoke(ctx, VolumeService_GetVolumeDataKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VolumeServiceServer is the server API for VolumeService service.
 // All implementations must embed UnimplementedVolumeServiceServer
 // for forward compatibility.
@@ -168,6 +182,9 @@ type VolumeServiceServer interface {
 	// ModifyVolume changes type, IOPS and throughput of a live volume, like
 	// EBS Elastic Volumes.
 	ModifyVolume(context.Context, *ModifyVolumeRequest) (*Volume, error)
+	// GetVolumeDataKey returns the plaintext data key of an encrypted volume
+	// to the node it is attached to, so that node can unlock its files.
+	GetVolumeDataKey(context.Context, *GetVolumeDataKeyRequest) (*VolumeDataKey, error)
 	mustEmbedUnimplementedVolumeServiceServer()
 }
 
@@ -201,6 +218,9 @@ func (UnimplementedVolumeServiceServer) ResizeVolume(context.Context, *ResizeVol
 }
 func (UnimplementedVolumeServiceServer) ModifyVolume(context.Context, *ModifyVolumeRequest) (*Volume, error) {
 	return nil, status.Error(codes.Unimplemented, "method ModifyVolume not implemented")
+}
+func (UnimplementedVolumeServiceServer) GetVolumeDataKey(context.Context, *GetVolumeDataKeyRequest) (*VolumeDataKey, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVolumeDataKey not implemented")
 }
 func (UnimplementedVolumeServiceServer) mustEmbedUnimplementedVolumeServiceServer() {}
 func (UnimplementedVolumeServiceServer) testEmbeddedByValue()                       {}
@@ -367,6 +387,24 @@ func _VolumeService_ModifyVolume_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VolumeService_GetVolumeDataKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVolumeDataKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).GetVolumeDataKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_GetVolumeDataKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).GetVolumeDataKey(ctx, req.(*GetVolumeDataKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // VolumeService_ServiceDesc is the grpc.ServiceDesc for VolumeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -405,6 +443,194 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ModifyVolume",
 			Handler:    _VolumeService_ModifyVolume_Handler,
+		},
+		{
+			MethodName: "GetVolumeDataKey",
+			Handler:    _VolumeService_GetVolumeDataKey_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "stowage/v1/stowage.proto",
+}
+
+const (
+	KeyService_CreateKey_FullMethodName   = "/stowage.v1.KeyService/CreateKey"
+	KeyService_DescribeKey_FullMethodName = "/stowage.v1.KeyService/DescribeKey"
+	KeyService_ListKeys_FullMethodName    = "/stowage.v1.KeyService/ListKeys"
+)
+
+// KeyServiceClient is the client API for KeyService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// KeyService manages KMS keys. Encrypted volumes get a data key wrapped by
+// one of them (the default key, alias/stowage/ebs, unless told otherwise).
+type KeyServiceClient interface {
+	CreateKey(ctx context.Context, in *CreateKeyRequest, opts ...grpc.CallOption) (*Key, error)
+	DescribeKey(ctx context.Context, in *DescribeKeyRequest, opts ...grpc.CallOption) (*Key, error)
+	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
+}
+
+type keyServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewKeyServiceClient(cc grpc.ClientConnInterface) KeyServiceClient {
+	return &keyServiceClient{cc}
+}
+
+func (c *keyServiceClient) CreateKey(ctx context.Context, in *CreateKeyRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_CreateKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) DescribeKey(ctx context.Context, in *DescribeKeyRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_DescribeKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListKeysResponse)
+	err := c.cc.Invoke(ctx, KeyService_ListKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// KeyServiceServer is the server API for KeyService service.
+// All implementations must embed UnimplementedKeyServiceServer
+// for forward compatibility.
+//
+// KeyService manages KMS keys. Encrypted volumes get a data key wrapped by
+// one of them (the default key, alias/stowage/ebs, unless told otherwise).
+type KeyServiceServer interface {
+	CreateKey(context.Context, *CreateKeyRequest) (*Key, error)
+	DescribeKey(context.Context, *DescribeKeyRequest) (*Key, error)
+	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
+	mustEmbedUnimplementedKeyServiceServer()
+}
+
+// UnimplementedKeyServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedKeyServiceServer struct{}
+
+func (UnimplementedKeyServiceServer) CreateKey(context.Context, *CreateKeyRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateKey not implemented")
+}
+func (UnimplementedKeyServiceServer) DescribeKey(context.Context, *DescribeKeyRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method DescribeKey not implemented")
+}
+func (UnimplementedKeyServiceServer) ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListKeys not implemented")
+}
+func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
+func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
+
+// UnsafeKeyServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to KeyServiceServer will
+// result in compilation errors.
+type UnsafeKeyServiceServer interface {
+	mustEmbedUnimplementedKeyServiceServer()
+}
+
+func RegisterKeyServiceServer(s grpc.ServiceRegistrar, srv KeyServiceServer) {
+	// If the following call panics, it indicates UnimplementedKeyServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&KeyService_ServiceDesc, srv)
+}
+
+func _KeyService_CreateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).CreateKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_CreateKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).CreateKey(ctx, req.(*CreateKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_DescribeKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DescribeKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).DescribeKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_DescribeKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).DescribeKey(ctx, req.(*DescribeKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_ListKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).ListKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_ListKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).ListKeys(ctx, req.(*ListKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var KeyService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "stowage.v1.KeyService",
+	HandlerType: (*KeyServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateKey",
+			Handler:    _KeyService_CreateKey_Handler,
+		},
+		{
+			MethodName: "DescribeKey",
+			Handler:    _KeyService_DescribeKey_Handler,
+		},
+		{
+			MethodName: "ListKeys",
+			Handler:    _KeyService_ListKeys_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -23,6 +23,7 @@ import (
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/attach"
 	"github.com/stowage-io/stowage/internal/csi"
+	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
 	"github.com/stowage-io/stowage/internal/testutil/loopfs"
@@ -97,7 +98,11 @@ func Start(t testing.TB, o Options) *Stack {
 		t.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	s.Server, err = server.New(server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, Logger: logger})
+	keys, err := kms.Open(st, filepath.Join(dir, "meta", "master.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Server, err = server.New(server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, Logger: logger, KMS: keys})
 	if err != nil {
 		t.Fatal(err)
 	}
