@@ -1,7 +1,9 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
+	"errors"
 	"encoding/hex"
 	"fmt"
 	"sort"
@@ -11,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/store"
 )
 
 // Buckets of the metadata store.
@@ -169,4 +172,48 @@ func requestKey(r *pb.CreateVolumeRequest) string {
 	return fmt.Sprintf("size=%d type=%s iops=%d iopsPerGB=%d auto=%t tp=%d zone=%s node=%s snap=%s src=%s enc=%t kms=%s multi=%t tags=%q",
 		r.SizeGib, strings.ToLower(r.Type), r.Iops, r.IopsPerGb, r.AllowAutoIopsPerGbIncrease, r.ThroughputMibps,
 		r.Zone, r.Node, r.SnapshotId, r.SourceVolumeId, r.Encrypted, r.KmsKeyId, r.MultiAttach, tags)
+}
+
+// forget deletes record id and its name-index entry, if that entry still
+// points at id (a newer object may have taken the name).
+func forget(tx store.Tx, bucket, nameBucket, id, name string) error {
+	if name != "" {
+		cur, err := tx.Get(nameBucket, name)
+		if err == nil && string(cur) == id {
+			if err := tx.Delete(nameBucket, name); err != nil {
+				return err
+			}
+		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+	}
+	return tx.Delete(bucket, id)
+}
+
+// byName returns the record the name index points at, or nil if the name
+// is free (or points at a record that is gone).
+func byName[T any](ctx context.Context, st store.Store, bucket, nameBucket, name string) (*T, error) {
+	var out *T
+	err := st.View(ctx, func(tx store.Tx) error {
+		id, err := tx.Get(nameBucket, name)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var rec T
+		if err := store.GetJSON(tx, bucket, string(id), &rec); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			return err
+		}
+		out = &rec
+		return nil
+	})
+	if err != nil {
+		return nil, internal(err, "look up name %q", name)
+	}
+	return out, nil
 }

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -122,43 +121,11 @@ func (s *Server) rollbackSnapshot(sn *snapshotRecord) {
 }
 
 func (s *Server) forgetSnapshot(ctx context.Context, sn *snapshotRecord) error {
-	return s.store.Update(ctx, func(tx store.Tx) error {
-		if sn.Name != "" {
-			id, err := tx.Get(bucketSnapshotNames, sn.Name)
-			if err == nil && string(id) == sn.ID {
-				if err := tx.Delete(bucketSnapshotNames, sn.Name); err != nil {
-					return err
-				}
-			}
-		}
-		return tx.Delete(bucketSnapshots, sn.ID)
-	})
+	return s.store.Update(ctx, func(tx store.Tx) error { return forget(tx, bucketSnapshots, bucketSnapshotNames, sn.ID, sn.Name) })
 }
 
 func (s *Server) snapshotByName(ctx context.Context, name string) (*snapshotRecord, error) {
-	var sn *snapshotRecord
-	err := s.store.View(ctx, func(tx store.Tx) error {
-		id, err := tx.Get(bucketSnapshotNames, name)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		var rec snapshotRecord
-		if err := store.GetJSON(tx, bucketSnapshots, string(id), &rec); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return nil
-			}
-			return err
-		}
-		sn = &rec
-		return nil
-	})
-	if err != nil {
-		return nil, internal(err, "look up snapshot name %q", name)
-	}
-	return sn, nil
+	return byName[snapshotRecord](ctx, s.store, bucketSnapshots, bucketSnapshotNames, name)
 }
 
 func (s *Server) DescribeSnapshot(ctx context.Context, req *pb.DescribeSnapshotRequest) (*pb.Snapshot, error) {

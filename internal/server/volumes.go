@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -141,43 +140,11 @@ func (s *Server) rollbackCreate(v *volumeRecord) {
 }
 
 func (s *Server) forgetVolume(ctx context.Context, v *volumeRecord) error {
-	return s.store.Update(ctx, func(tx store.Tx) error {
-		if v.Name != "" {
-			id, err := tx.Get(bucketVolumeNames, v.Name)
-			if err == nil && string(id) == v.ID {
-				if err := tx.Delete(bucketVolumeNames, v.Name); err != nil {
-					return err
-				}
-			}
-		}
-		return tx.Delete(bucketVolumes, v.ID)
-	})
+	return s.store.Update(ctx, func(tx store.Tx) error { return forget(tx, bucketVolumes, bucketVolumeNames, v.ID, v.Name) })
 }
 
 func (s *Server) volumeByName(ctx context.Context, name string) (*volumeRecord, error) {
-	var v *volumeRecord
-	err := s.store.View(ctx, func(tx store.Tx) error {
-		id, err := tx.Get(bucketVolumeNames, name)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		var rec volumeRecord
-		if err := store.GetJSON(tx, bucketVolumes, string(id), &rec); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return nil
-			}
-			return err
-		}
-		v = &rec
-		return nil
-	})
-	if err != nil {
-		return nil, internal(err, "look up volume name %q", name)
-	}
-	return v, nil
+	return byName[volumeRecord](ctx, s.store, bucketVolumes, bucketVolumeNames, name)
 }
 
 // placeVolume picks the pool for a new volume and resolves its source.
@@ -449,15 +416,11 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 	if req.VolumeId == "" || req.NodeId == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id and node id are required")
 	}
-	unlock, err := s.lock(ctx, "volume "+req.VolumeId, req.VolumeId)
+	v, unlock, err := s.lockVolume(ctx, req.VolumeId)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := s.getVolume(ctx, req.VolumeId)
-	if err != nil {
-		return nil, err
-	}
 	node, err := s.getNode(ctx, req.NodeId)
 	if err != nil {
 		return nil, err
@@ -508,15 +471,11 @@ func (s *Server) DetachVolume(ctx context.Context, req *pb.DetachVolumeRequest) 
 	if req.VolumeId == "" || req.NodeId == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id and node id are required")
 	}
-	unlock, err := s.lock(ctx, "volume "+req.VolumeId, req.VolumeId)
+	v, unlock, err := s.lockVolume(ctx, req.VolumeId)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := s.getVolume(ctx, req.VolumeId)
-	if err != nil {
-		return nil, err
-	}
 	if _, ok := v.attachment(req.NodeId); !ok {
 		return &pb.DetachVolumeResponse{Detached: false}, nil
 	}
@@ -541,15 +500,11 @@ func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) 
 	if req.VolumeId == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
 	}
-	unlock, err := s.lock(ctx, "volume "+req.VolumeId, req.VolumeId)
+	v, unlock, err := s.lockVolume(ctx, req.VolumeId)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := s.getVolume(ctx, req.VolumeId)
-	if err != nil {
-		return nil, err
-	}
 	if req.SizeGib == v.SizeGiB {
 		return v.toProto(s.pools[v.Pool]), nil
 	}
@@ -580,15 +535,11 @@ func (s *Server) ModifyVolume(ctx context.Context, req *pb.ModifyVolumeRequest) 
 	if req.VolumeId == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
 	}
-	unlock, err := s.lock(ctx, "volume "+req.VolumeId, req.VolumeId)
+	v, unlock, err := s.lockVolume(ctx, req.VolumeId)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := s.getVolume(ctx, req.VolumeId)
-	if err != nil {
-		return nil, err
-	}
 	perf, err := block.Modify(v.perf(), req.Type, req.Iops, req.ThroughputMibps)
 	if err != nil {
 		return nil, invalid(err)
@@ -607,6 +558,21 @@ func (s *Server) ModifyVolume(ctx context.Context, req *pb.ModifyVolumeRequest) 
 	s.log.Info("volume modified", "volume", v.ID, "fromType", old.Type, "toType", v.Type,
 		"fromIOPS", old.IOPS, "toIOPS", v.IOPS, "fromThroughput", old.ThroughputMiBps, "toThroughput", v.Throughput)
 	return v.toProto(s.pools[v.Pool]), nil
+}
+
+// lockVolume takes the volume's lock and then reads it, so the record cannot
+// change under the caller until it unlocks.
+func (s *Server) lockVolume(ctx context.Context, id string) (*volumeRecord, func(), error) {
+	unlock, err := s.lock(ctx, "volume "+id, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := s.getVolume(ctx, id)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return v, unlock, nil
 }
 
 func (v *volumeRecord) perf() block.Performance {
