@@ -76,8 +76,36 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	root.AddCommand(
 		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g),
 		newServerCmd(), newCSICmd(), newVersionCmd(),
+		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(),
 	)
+	markUsageErrors(root)
 	return root
+}
+
+// markUsageErrors makes every mistake in the command line itself exit with
+// ExitUsage: a bad flag value, a wrong number of arguments, an unknown
+// subcommand of a command group (cobra would print help and exit 0).
+func markUsageErrors(c *cobra.Command) {
+	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err.Error()} })
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return usageError{err.Error()}
+			}
+			return nil
+		}
+	}
+	if !c.Runnable() && c.HasParent() && c.HasSubCommands() {
+		c.RunE = func(cmd *cobra.Command, a []string) error {
+			if len(a) > 0 {
+				return usageErrorf("unknown command %q for %q", a[0], cmd.CommandPath())
+			}
+			return cmd.Help()
+		}
+	}
+	for _, sub := range c.Commands() {
+		markUsageErrors(sub)
+	}
 }
 
 // Execute runs the CLI and returns the process exit code.

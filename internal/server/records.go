@@ -3,8 +3,8 @@ package server
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/block"
 	"github.com/stowage-io/stowage/internal/store"
 )
 
@@ -43,25 +44,25 @@ const (
 
 // volumeRecord is a volume as the store keeps it.
 type volumeRecord struct {
-	ID             string             `json:"id"`
-	Name           string             `json:"name,omitempty"`
-	RequestKey     string             `json:"requestKey,omitempty"`
-	Pool           string             `json:"pool"`
-	Zone           string             `json:"zone"`
-	Node           string             `json:"node"`
-	SizeGiB        int64              `json:"sizeGiB"`
-	Type           string             `json:"type"`
-	IOPS           int64              `json:"iops"`
-	Throughput     int64              `json:"throughputMiBps"`
-	State          string             `json:"state"`
-	StateReason    string             `json:"stateReason,omitempty"`
-	Tags           map[string]string  `json:"tags,omitempty"`
-	SnapshotID     string             `json:"snapshotId,omitempty"`
-	SourceVolumeID string             `json:"sourceVolumeId,omitempty"`
-	MultiAttach    bool               `json:"multiAttach,omitempty"`
+	ID             string            `json:"id"`
+	Name           string            `json:"name,omitempty"`
+	RequestKey     string            `json:"requestKey,omitempty"`
+	Pool           string            `json:"pool"`
+	Zone           string            `json:"zone"`
+	Node           string            `json:"node"`
+	SizeGiB        int64             `json:"sizeGiB"`
+	Type           string            `json:"type"`
+	IOPS           int64             `json:"iops"`
+	Throughput     int64             `json:"throughputMiBps"`
+	State          string            `json:"state"`
+	StateReason    string            `json:"stateReason,omitempty"`
+	Tags           map[string]string `json:"tags,omitempty"`
+	SnapshotID     string            `json:"snapshotId,omitempty"`
+	SourceVolumeID string            `json:"sourceVolumeId,omitempty"`
+	MultiAttach    bool              `json:"multiAttach,omitempty"`
 	Encryption
-	Attachments    []attachmentRecord `json:"attachments,omitempty"`
-	Created        time.Time          `json:"created"`
+	Attachments []attachmentRecord `json:"attachments,omitempty"`
+	Created     time.Time          `json:"created"`
 }
 
 type attachmentRecord struct {
@@ -170,7 +171,7 @@ func requestKey(r *pb.CreateVolumeRequest) string {
 	}
 	sort.Strings(tags)
 	return fmt.Sprintf("size=%d type=%s iops=%d iopsPerGB=%d auto=%t tp=%d zone=%s node=%s snap=%s src=%s enc=%t kms=%s multi=%t tags=%q",
-		r.SizeGib, strings.ToLower(r.Type), r.Iops, r.IopsPerGb, r.AllowAutoIopsPerGbIncrease, r.ThroughputMibps,
+		r.SizeGib, normalType(r.Type), r.Iops, r.IopsPerGb, r.AllowAutoIopsPerGbIncrease, r.ThroughputMibps,
 		r.Zone, r.Node, r.SnapshotId, r.SourceVolumeId, r.Encrypted, r.KmsKeyId, r.MultiAttach, tags)
 }
 
@@ -216,4 +217,12 @@ func byName[T any](ctx context.Context, st store.Store, bucket, nameBucket, name
 		return nil, internal(err, "look up name %q", name)
 	}
 	return out, nil
+}
+
+// normalType makes "" and "GP3" the same request as "gp3".
+func normalType(t string) string {
+	if t == "" {
+		return string(block.DefaultType)
+	}
+	return strings.ToLower(t)
 }

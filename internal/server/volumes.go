@@ -416,6 +416,13 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 	if req.VolumeId == "" || req.NodeId == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id and node id are required")
 	}
+	// The node's lock too: the attach limit counts the node's volumes, and two
+	// attaches of different volumes must not both see room for one more.
+	unlockNode, err := s.lock(ctx, "node "+req.NodeId, "node/"+req.NodeId)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockNode()
 	v, unlock, err := s.lockVolume(ctx, req.VolumeId)
 	if err != nil {
 		return nil, err
@@ -505,6 +512,9 @@ func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) 
 		return nil, err
 	}
 	defer unlock()
+	if v.State != StateAvailable && v.State != StateInUse {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be resized", v.ID, v.State)
+	}
 	if req.SizeGib == v.SizeGiB {
 		return v.toProto(s.pools[v.Pool]), nil
 	}

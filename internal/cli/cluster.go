@@ -1,0 +1,158 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stowage-io/stowage/internal/cluster"
+)
+
+// `up`, `down` and `status` manage a local single-node Kubernetes with
+// Stowage installed (internal/cluster); the hidden `pause` is the sandbox
+// process of that cluster's pods.
+
+func stowageExecutable() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("cannot find the stowage binary: %w", err)
+	}
+	return filepath.EvalSymlinks(exe)
+}
+
+func newUpCmd() *cobra.Command {
+	var cfg cluster.Config
+	var skipCheck bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Start a local single-node Kubernetes with Stowage installed",
+		Long: `Starts containerd, etcd, the Kubernetes control plane, a kubelet and kube-proxy,
+the Stowage server with one storage pool, and the block CSI driver with its
+sidecars, all as processes on this machine (no Docker), then installs the
+CSIDriver, the StorageClasses stowage-gp3 (default) and stowage-io2 and the
+VolumeSnapshotClass stowage-snapshots. It returns when the node is Ready and a
+claim of the default class has been bound and mounted by a pod.
+
+Running it again keeps what runs and starts what does not. The component
+binaries are not built here: hack/build-components.sh builds them into
+_output/bin. Needs root; installs missing Debian packages with apt-get.`,
+		Example: `  sudo stowage up
+  export KUBECONFIG=/var/lib/stowage/kubeconfig/admin.kubeconfig
+  kubectl get nodes`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			exe, err := stowageExecutable()
+			if err != nil {
+				return err
+			}
+			cfg.Stowage = exe
+			if cfg.BinDir == "" {
+				cfg.BinDir = cluster.DefaultBinDir(exe)
+			}
+			if cfg.BinDir, err = filepath.Abs(cfg.BinDir); err != nil {
+				return err
+			}
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			return cluster.Up(ctx, &cfg, cluster.UpOptions{Out: cmd.OutOrStdout(), SkipCheck: skipCheck, Timeout: timeout})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", cluster.DefaultDataDir, "where everything of the cluster lives: certificates, etcd, containerd, the kubelet, volumes, logs")
+	f.StringVar(&cfg.BinDir, "bin-dir", "", "where the Kubernetes, etcd and CSI sidecar binaries are (default: _output/bin of the source tree this stowage was built in, else /usr/local/lib/stowage/bin)")
+	f.StringVar(&cfg.NodeName, "node-name", "", "the node's name (default: hostname)")
+	f.StringVar(&cfg.NodeIP, "node-ip", cluster.DefaultNodeIP, "the node's address, put on interface "+cluster.NodeInterface+"; the API listens there")
+	f.StringVar(&cfg.PodCIDR, "pod-cidr", cluster.DefaultPodCIDR, "pod addresses")
+	f.StringVar(&cfg.ServiceCIDR, "service-cidr", cluster.DefaultServiceCIDR, "service addresses")
+	f.StringVar(&cfg.Zone, "zone", cluster.DefaultZone, "the node's and the pool's zone")
+	f.StringVar(&cfg.PoolSize, "pool-size", cluster.DefaultPoolSize, "size of the storage pool (a sparse xfs image in the data directory)")
+	f.BoolVar(&skipCheck, "skip-check", false, "return once the node is Ready, without provisioning and mounting a test volume")
+	f.DurationVar(&timeout, "wait", 2*time.Minute, "how long to wait for each component, the node and the check")
+	return cmd
+}
+
+func newDownCmd() *cobra.Command {
+	var dataDir string
+	var wipe bool
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop the local cluster that `stowage up` started",
+		Long: `Stops every process that stowage up started (by pid: SIGTERM, then SIGKILL),
+stops the pods' containers, unmounts volumes and detaches their loop devices,
+and removes the network interfaces and iptables chains of the cluster.
+Kubernetes objects and Stowage volumes stay in the data directory and come
+back with the next up; --wipe deletes the data directory too.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			return cluster.Down(ctx, dataDir, cluster.DownOptions{Out: cmd.OutOrStdout(), Wipe: wipe})
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", cluster.DefaultDataDir, "the data directory given to stowage up")
+	cmd.Flags().BoolVar(&wipe, "wipe", false, "also delete the data directory: certificates, etcd, volumes, logs")
+	return cmd
+}
+
+func newStatusCmd() *cobra.Command {
+	var dataDir string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show which components of the local cluster run",
+		Long:  "Shows each component of the cluster that stowage up started (running with its pid, dead, or not started), whether the node is Ready, and the API endpoints. Exits 1 when a component is not running.",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := cluster.GetStatus(cmd.Context(), dataDir)
+			if err != nil {
+				if errors.Is(err, cluster.ErrNoCluster) {
+					fmt.Fprintln(cmd.OutOrStdout(), err)
+					return errors.New("not running")
+				}
+				return err
+			}
+			st.Print(cmd.OutOrStdout())
+			if !st.AllRunning() {
+				return errors.New("some components are not running (their logs say why)")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", cluster.DefaultDataDir, "the data directory given to stowage up")
+	return cmd
+}
+
+// newPauseCmd is the process of the pod sandbox image: it holds the pod's
+// namespaces, reaps any child that is reparented to it, and exits on
+// SIGTERM or SIGINT.
+func newPauseCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "pause",
+		Short:  "Sleep until SIGTERM, reaping children (the pod sandbox process)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			sigs := make(chan os.Signal, 8)
+			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGCHLD)
+			for s := range sigs {
+				if s != syscall.SIGCHLD {
+					return nil
+				}
+				for {
+					var ws syscall.WaitStatus
+					pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+					if pid <= 0 || err != nil {
+						break
+					}
+				}
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,319 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Binaries `up` runs from the bin directory (built by
+// hack/build-components.sh), and the CRDs it applies from there.
+var componentBinaries = []string{
+	"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl",
+	"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "snapshot-controller",
+}
+
+// SnapshotCRDs are the snapshot.storage.k8s.io CRD files under <bin>/crds.
+var SnapshotCRDs = []string{
+	"snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
+	"snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
+	"snapshot.storage.k8s.io_volumesnapshots.yaml",
+}
+
+// DefaultBinDir is where the component binaries are found when no
+// --bin-dir is given: the _output/bin of the source tree that the running
+// stowage binary was built in (found by walking up from it to a go.mod next
+// to _output/bin), else /usr/local/lib/stowage/bin.
+func DefaultBinDir(executable string) string {
+	for dir := filepath.Dir(executable); ; dir = filepath.Dir(dir) {
+		bin := filepath.Join(dir, "_output", "bin")
+		if isDir(bin) && exists(filepath.Join(dir, "go.mod")) {
+			return bin
+		}
+		if dir == filepath.Dir(dir) {
+			return "/usr/local/lib/stowage/bin"
+		}
+	}
+}
+
+func isDir(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// MissingBinaries lists what is not in binDir, so that `up` can name
+// everything to build at once.
+func MissingBinaries(binDir string) []string {
+	var missing []string
+	for _, b := range componentBinaries {
+		st, err := os.Stat(filepath.Join(binDir, b))
+		if err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+			missing = append(missing, b)
+		}
+	}
+	for _, f := range SnapshotCRDs {
+		if !exists(filepath.Join(binDir, "crds", f)) {
+			missing = append(missing, "crds/"+f+" (component snapshot-crds)")
+		}
+	}
+	return missing
+}
+
+// Component is one process of the cluster.
+type Component struct {
+	Name string
+	Cmd  Command
+	// Ready returns nil once the component serves; nil Ready means "alive
+	// for a moment".
+	Ready func(ctx context.Context) error
+	// Needs are the components (or steps) that must be ready first.
+	Needs []string
+}
+
+// Components lists the cluster's processes in start order; `down` stops
+// them in reverse.
+func (c *Config) Components() []Component {
+	l := c.Layout()
+	pki := PKI{Dir: l.PKI()}
+	bin := func(n string) string { return filepath.Join(c.BinDir, n) }
+	kc := l.Kubeconfig
+	etcdURL := fmt.Sprintf("https://127.0.0.1:%d", etcdPort)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPeerPort)
+	stowageAPI := "unix://" + l.StowageSocket()
+	csiCtrl := l.CSIControllerSocket()
+	// VolumeAttributesClass is beta and off by default in 1.33; the driver
+	// implements ControllerModifyVolume, so turn it on end to end.
+	vacGate := "--feature-gates=VolumeAttributesClass=true"
+	sidecar := func(name string, extra ...string) Component {
+		args := append([]string{"--csi-address=" + csiCtrl, "--kubeconfig=" + kc(name), "--leader-election=false", "--v=2"}, extra...)
+		return Component{Name: name, Cmd: Command{Path: bin(name), Args: args}, Needs: []string{"kube-apiserver", "csi-controller"}}
+	}
+	return []Component{
+		{Name: "containerd", Cmd: Command{Path: "containerd", Args: []string{"--config", filepath.Join(l.Configs(), "containerd.toml")}},
+			Ready: func(ctx context.Context) error { return dialUnix(l.ContainerdSocket()) }},
+		{Name: "etcd", Cmd: Command{Path: bin("etcd"), Args: []string{
+			"--name=" + c.NodeName,
+			"--data-dir=" + l.Etcd(),
+			"--listen-client-urls=" + etcdURL,
+			"--advertise-client-urls=" + etcdURL,
+			"--listen-peer-urls=" + peerURL,
+			"--initial-advertise-peer-urls=" + peerURL,
+			"--initial-cluster=" + c.NodeName + "=" + peerURL,
+			"--listen-metrics-urls=http://127.0.0.1:2381",
+			"--cert-file=" + pki.Cert("etcd-server"),
+			"--key-file=" + pki.Key("etcd-server"),
+			"--trusted-ca-file=" + pki.Cert(CA),
+			"--client-cert-auth=true",
+			"--snapshot-count=10000",
+			"--log-level=warn",
+		}}, Ready: func(ctx context.Context) error {
+			return c.probe(ctx, etcdURL+"/health", "apiserver-etcd-client", `"health":"true"`)
+		}},
+		{Name: "kube-apiserver", Needs: []string{"etcd"}, Cmd: Command{Path: bin("kube-apiserver"), Args: []string{
+			"--advertise-address=" + c.NodeIP,
+			"--bind-address=" + c.NodeIP,
+			fmt.Sprintf("--secure-port=%d", apiserverPort),
+			"--etcd-servers=" + etcdURL,
+			"--etcd-cafile=" + pki.Cert(CA),
+			"--etcd-certfile=" + pki.Cert("apiserver-etcd-client"),
+			"--etcd-keyfile=" + pki.Key("apiserver-etcd-client"),
+			"--service-cluster-ip-range=" + c.ServiceCIDR,
+			"--authorization-mode=Node,RBAC",
+			"--enable-admission-plugins=NodeRestriction",
+			"--allow-privileged=true",
+			"--client-ca-file=" + pki.Cert(CA),
+			"--tls-cert-file=" + pki.Cert("apiserver"),
+			"--tls-private-key-file=" + pki.Key("apiserver"),
+			"--kubelet-client-certificate=" + pki.Cert("apiserver-kubelet-client"),
+			"--kubelet-client-key=" + pki.Key("apiserver-kubelet-client"),
+			"--kubelet-certificate-authority=" + pki.Cert(CA),
+			"--kubelet-preferred-address-types=InternalIP,Hostname",
+			"--service-account-issuer=https://kubernetes.default.svc." + clusterDomain,
+			"--service-account-key-file=" + pki.ServiceAccountPub(),
+			"--service-account-signing-key-file=" + pki.ServiceAccountKey(),
+			"--requestheader-client-ca-file=" + pki.Cert(FrontProxyCA),
+			"--requestheader-allowed-names=front-proxy-client",
+			"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+			"--requestheader-group-headers=X-Remote-Group",
+			"--requestheader-username-headers=X-Remote-User",
+			"--proxy-client-cert-file=" + pki.Cert("front-proxy-client"),
+			"--proxy-client-key-file=" + pki.Key("front-proxy-client"),
+			"--runtime-config=storage.k8s.io/v1beta1=true",
+			vacGate,
+			"--profiling=false",
+			"--v=1",
+		}}, Ready: func(ctx context.Context) error {
+			return c.probe(ctx, c.APIServerURL()+"/readyz", "admin", "ok")
+		}},
+		{Name: "kube-controller-manager", Needs: []string{"kube-apiserver"}, Cmd: Command{Path: bin("kube-controller-manager"), Args: []string{
+			"--kubeconfig=" + kc("controller-manager"),
+			"--authentication-kubeconfig=" + kc("controller-manager"),
+			"--authorization-kubeconfig=" + kc("controller-manager"),
+			"--bind-address=127.0.0.1",
+			"--leader-elect=false",
+			"--use-service-account-credentials=true",
+			"--service-account-private-key-file=" + pki.ServiceAccountKey(),
+			"--root-ca-file=" + pki.Cert(CA),
+			"--cluster-signing-cert-file=" + pki.Cert(CA),
+			"--cluster-signing-key-file=" + pki.Key(CA),
+			"--cluster-name=" + clusterName,
+			"--service-cluster-ip-range=" + c.ServiceCIDR,
+			"--allocate-node-cidrs=false",
+			vacGate,
+			"--profiling=false",
+			"--v=1",
+		}}, Ready: func(ctx context.Context) error { return c.probe(ctx, "https://127.0.0.1:10257/healthz", "", "ok") }},
+		{Name: "kube-scheduler", Needs: []string{"kube-apiserver"}, Cmd: Command{Path: bin("kube-scheduler"), Args: []string{
+			"--kubeconfig=" + kc("scheduler"),
+			"--authentication-kubeconfig=" + kc("scheduler"),
+			"--authorization-kubeconfig=" + kc("scheduler"),
+			"--bind-address=127.0.0.1",
+			"--leader-elect=false",
+			vacGate,
+			"--profiling=false",
+			"--v=1",
+		}}, Ready: func(ctx context.Context) error { return c.probe(ctx, "https://127.0.0.1:10259/healthz", "", "ok") }},
+		{Name: "kubelet", Needs: []string{"kube-apiserver", "containerd", "images", "network"}, Cmd: Command{Path: bin("kubelet"), Args: []string{
+			"--config=" + filepath.Join(l.Configs(), "kubelet.yaml"),
+			"--kubeconfig=" + kc("kubelet"),
+			"--root-dir=" + l.KubeletRoot(),
+			"--hostname-override=" + c.NodeName,
+			"--node-ip=" + c.NodeIP,
+			"--node-labels=topology.kubernetes.io/zone=" + c.Zone,
+			"--v=1",
+		}}, Ready: func(ctx context.Context) error { return c.probe(ctx, "http://127.0.0.1:10248/healthz", "", "ok") }},
+		{Name: "kube-proxy", Needs: []string{"kube-apiserver", "network"}, Cmd: Command{Path: bin("kube-proxy"), Args: []string{
+			"--config=" + filepath.Join(l.Configs(), "kube-proxy.yaml"),
+			"--v=1",
+		}}, Ready: func(ctx context.Context) error { return c.probe(ctx, "http://127.0.0.1:10256/livez", "", "") }},
+		{Name: "stowage-server", Cmd: Command{Path: c.Stowage, Args: []string{
+			"server",
+			"--data-dir=" + l.Stowage(),
+			"--listen=" + stowageAPI,
+			"--zone=" + c.Zone,
+			"--node=" + c.NodeName,
+			fmt.Sprintf("--pool=name=pool-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, c.PoolSize),
+		}}, Ready: func(ctx context.Context) error { return dialUnix(l.StowageSocket()) }},
+		{Name: "csi-controller", Needs: []string{"stowage-server"}, Cmd: Command{Path: c.Stowage, Args: []string{
+			"csi", "controller",
+			"--endpoint=unix://" + csiCtrl,
+			"--api=" + stowageAPI,
+		}}, Ready: func(ctx context.Context) error { return dialUnix(csiCtrl) }},
+		sidecar("csi-provisioner", "--extra-create-metadata", "--timeout=60s", vacGate),
+		sidecar("csi-attacher", "--timeout=60s"),
+		sidecar("csi-resizer", "--timeout=60s", "--handle-volume-inuse-error=false", vacGate),
+		sidecar("csi-snapshotter", "--extra-create-metadata", "--timeout=60s"),
+		{Name: "snapshot-controller", Needs: []string{"kube-apiserver", "manifests"}, Cmd: Command{Path: bin("snapshot-controller"), Args: []string{
+			"--kubeconfig=" + kc("snapshot-controller"),
+			"--leader-election=false",
+			"--v=2",
+		}}},
+		{Name: "csi-node", Needs: []string{"stowage-server"}, Cmd: Command{Path: c.Stowage, Args: []string{
+			"csi", "node",
+			"--endpoint=unix://" + l.CSINodeSocket(),
+			"--api=" + stowageAPI,
+			"--node-id=" + c.NodeName,
+			"--zone=" + c.Zone,
+			"--state-dir=" + l.CSINodeState(),
+			"--kubelet-registration-dir=" + l.PluginsRegistry(),
+		}}, Ready: func(ctx context.Context) error { return dialUnix(l.CSINodeSocket()) }},
+	}
+}
+
+// ComponentNames are the names of Components, in start order.
+func ComponentNames() []string {
+	var names []string
+	for _, c := range (&Config{}).Components() {
+		names = append(names, c.Name)
+	}
+	return names
+}
+
+func dialUnix(sock string) error {
+	conn, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// probe GETs url and expects a 200 whose body contains want. With user, it
+// authenticates with that user's client certificate and checks the server
+// against the cluster CA; without, it skips verification (components'
+// self-signed health endpoints on loopback).
+func (c *Config) probe(ctx context.Context, url, user, want string) error {
+	tlsConf := &tls.Config{InsecureSkipVerify: true}
+	if user != "" {
+		pki := PKI{Dir: c.Layout().PKI()}
+		cert, err := tls.LoadX509KeyPair(pki.Cert(user), pki.Key(user))
+		if err != nil {
+			return err
+		}
+		caPEM, err := os.ReadFile(pki.Cert(CA))
+		if err != nil {
+			return err
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(caPEM)
+		tlsConf = &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}
+	}
+	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConf, DisableKeepAlives: true}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	if want != "" && !strings.Contains(string(body), want) {
+		return fmt.Errorf("%s: unexpected answer %q", url, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+// tail returns the last n lines of a log file, to say why a component died.
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	const max = 16 << 10
+	off := st.Size() - max
+	if off < 0 {
+		off = 0
+	}
+	b := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

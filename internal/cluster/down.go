@@ -1,0 +1,288 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// DownOptions tune `stowage down`.
+type DownOptions struct {
+	Out io.Writer
+	// Wipe deletes the data directory afterwards: certificates, etcd,
+	// volumes, everything.
+	Wipe bool
+}
+
+// Down stops everything `up` started in dataDir, by pid, and cleans what
+// the processes leave behind: pod sandboxes, mounts, loop devices, network
+// interfaces, iptables chains, containerd's files outside its state
+// directory. Workloads stay in etcd (unless wiped) and come back with the
+// next `up`, as after a node reboot. Down when nothing runs succeeds.
+func Down(ctx context.Context, dataDir string, o DownOptions) error {
+	start := time.Now()
+	p := &progress{out: o.Out, start: start}
+	if os.Geteuid() != 0 {
+		return errors.New("stowage down must run as root")
+	}
+	c, err := LoadConfig(dataDir)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		// Never brought up here (or half-way): clean up with the defaults.
+		c = &Config{DataDir: dataDir}
+		if err := c.Validate(); err != nil {
+			return err
+		}
+	}
+	l := c.Layout()
+	report := func(format string, args ...any) { p.line("·", fmt.Sprintf(format, args...), "", 0) }
+	var errs []error
+	keep := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+			p.line("✗", err.Error(), "", 0)
+		}
+	}
+	stop := func(names ...string) {
+		for _, n := range names {
+			t := time.Now()
+			stopped, err := c.process(n).Stop(ctx, graceOf(n))
+			keep(err)
+			if stopped {
+				p.line("✓", "stopped "+n, "", time.Since(t))
+			}
+		}
+	}
+
+	// Controllers first, so that nothing reacts to the node going away;
+	// then the kubelet, so that it does not restart the pods stopped next.
+	stop("kube-controller-manager", "kube-scheduler", "snapshot-controller",
+		"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "kubelet")
+
+	if st, _ := c.process("containerd").State(); st == Running {
+		t := time.Now()
+		n, err := stopPods(ctx, l.ContainerdSocket())
+		keep(err)
+		p.line("✓", fmt.Sprintf("stopped %d pod sandboxes", n), "", time.Since(t))
+	}
+	stop("kube-proxy", "csi-node", "csi-controller")
+
+	// Volumes: pods' mounts and the node plugin's staging mounts live under
+	// the kubelet's root; their loop devices are backed by images in the
+	// pool. Both must go before the server can unmount the pool.
+	t := time.Now()
+	n, err := unmountAll(l.KubeletRoot())
+	keep(err)
+	pool := filepath.Join(l.Stowage(), "pools")
+	loops := 0
+	for _, sub := range []string{"volumes", "snapshots"} {
+		matches, _ := filepath.Glob(filepath.Join(pool, "*", sub))
+		for _, m := range matches {
+			k, err := detachLoops(m)
+			keep(err)
+			loops += k
+		}
+	}
+	if n+loops > 0 {
+		p.line("✓", fmt.Sprintf("unmounted %d volume mounts, detached %d loop devices", n, loops), "", time.Since(t))
+	}
+	stop("stowage-server", "kube-apiserver", "etcd", "containerd")
+
+	// Anything of ours still alive: shims of our containerd, and processes
+	// of this cluster whose pid file was lost.
+	if k := killStragglers(c); k > 0 {
+		report("killed %d leftover processes", k)
+	}
+
+	t = time.Now()
+	n, err = unmountAll(c.DataDir)
+	keep(err)
+	k, err := detachLoops(c.DataDir)
+	keep(err)
+	if n+k > 0 {
+		p.line("✓", fmt.Sprintf("unmounted %d, detached %d loop devices", n, k), "", time.Since(t))
+	}
+	keep(teardownNetwork(ctx, report))
+	keep(cleanHostLeftovers(c, report))
+
+	if o.Wipe {
+		if left, _ := mountsUnder(c.DataDir); len(left) > 0 {
+			keep(fmt.Errorf("not wiping %s: still mounted: %s", c.DataDir, strings.Join(left, ", ")))
+		} else if err := os.RemoveAll(c.DataDir); err != nil {
+			keep(err)
+		} else {
+			report("removed %s", c.DataDir)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("down finished with %d problems (see above)", len(errs))
+	}
+	fmt.Fprintf(o.Out, "\nStowage is down (%.1fs).\n", time.Since(start).Seconds())
+	return nil
+}
+
+// graceOf is how long a component gets between SIGTERM and SIGKILL. The
+// Stowage server unmounts its pool when it stops; containerd shuts its
+// plugins down.
+func graceOf(name string) time.Duration {
+	switch name {
+	case "stowage-server", "containerd", "etcd", "kube-apiserver":
+		return 20 * time.Second
+	}
+	return 10 * time.Second
+}
+
+// stopPods stops and removes every pod sandbox through the CRI.
+func stopPods(ctx context.Context, socket string) (int, error) {
+	cri, err := dialCRI(socket)
+	if err != nil {
+		return 0, err
+	}
+	defer cri.Close()
+	ids, err := cri.sandboxIDs(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list pod sandboxes: %w", err)
+	}
+	var errs []error
+	for _, id := range ids {
+		errs = append(errs, cri.stopAndRemove(ctx, id))
+	}
+	return len(ids), errors.Join(errs...)
+}
+
+// killStragglers kills, by pid, containerd shims serving our containerd
+// socket and any process started for this cluster (its environment names
+// the data directory) that is still alive.
+func killStragglers(c *Config) int {
+	sock := c.Layout().ContainerdSocket()
+	marker := []byte(envCluster + "=" + c.DataDir)
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+		if len(args) > 0 && strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") && slices.Contains(args, sock) {
+			pids = append(pids, pid)
+			continue
+		}
+		env, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if bytes.Equal(kv, marker) {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if len(pids) > 0 {
+		time.Sleep(500 * time.Millisecond)
+	}
+	return len(pids)
+}
+
+// cleanHostLeftovers removes what containerd 1.6, the CNI plugins and the
+// kubelet write outside the data directory: shim sockets and fifos under
+// /run/containerd (only when no containerd runs on the machine any more),
+// the CNI result cache of our network, the /var/log/containers links into
+// our pod logs, and the kubelet's pod cgroups.
+func cleanHostLeftovers(c *Config, report func(string, ...any)) error {
+	var errs []error
+	if !containerdRunning() {
+		for _, d := range []string{"/run/containerd/s", "/run/containerd/fifo"} {
+			if exists(d) {
+				if err := os.RemoveAll(d); err != nil {
+					errs = append(errs, err)
+				} else {
+					report("removed %s", d)
+				}
+			}
+		}
+		os.Remove("/run/containerd") // only if empty
+	}
+	results, _ := filepath.Glob("/var/lib/cni/results/" + CNINetwork + "-*")
+	for _, r := range results {
+		if err := os.Remove(r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(results) > 0 {
+		report("removed %d CNI results in /var/lib/cni/results", len(results))
+	}
+	for _, d := range []string{"/var/lib/cni/results", "/var/lib/cni"} {
+		os.Remove(d) // only if empty
+	}
+	links, _ := filepath.Glob("/var/log/containers/*.log")
+	removed := 0
+	for _, link := range links {
+		if target, err := os.Readlink(link); err == nil && strings.HasPrefix(target, c.Layout().PodLogs()+"/") {
+			if os.Remove(link) == nil {
+				removed++
+			}
+		}
+	}
+	if removed > 0 {
+		report("removed %d links in /var/log/containers", removed)
+	}
+	os.Remove("/var/log/containers") // only if empty
+	if n := removeCgroupTrees("kubepods"); n > 0 {
+		report("removed %d pod cgroups", n)
+	}
+	return errors.Join(errs...)
+}
+
+func containerdRunning() bool {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err == nil && strings.TrimSpace(string(comm)) == "containerd" {
+			return true
+		}
+	}
+	return false
+}
+
+// removeCgroupTrees removes the (empty) cgroup directories named top in
+// every cgroup hierarchy, deepest first. Non-empty ones stay.
+func removeCgroupTrees(top string) int {
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + top)
+	if exists("/sys/fs/cgroup/" + top) {
+		roots = append(roots, "/sys/fs/cgroup/"+top)
+	}
+	n := 0
+	for _, root := range roots {
+		var dirs []string
+		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		slices.Reverse(dirs)
+		for _, d := range dirs {
+			if syscall.Rmdir(d) == nil {
+				n++
+			}
+		}
+	}
+	return n
+}

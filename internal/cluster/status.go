@@ -1,0 +1,90 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+)
+
+// ComponentStatus is one line of `stowage status`.
+type ComponentStatus struct {
+	Name  string
+	State State
+	Pid   int
+	Log   string
+}
+
+// Status is what `stowage status` reports.
+type Status struct {
+	Config     *Config
+	Components []ComponentStatus
+	NodeReady  string // "True", "False", "Unknown", or why it could not be read
+}
+
+// ErrNoCluster says that `up` never ran with this data directory.
+var ErrNoCluster = errors.New("no cluster")
+
+// GetStatus reads the pid files of dataDir's cluster and asks the API for
+// the node's Ready condition when the apiserver runs.
+func GetStatus(ctx context.Context, dataDir string) (*Status, error) {
+	c, err := LoadConfig(dataDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w in %s (run `stowage up`)", ErrNoCluster, dataDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &Status{Config: c}
+	for _, n := range ComponentNames() {
+		st, pid := c.process(n).State()
+		s.Components = append(s.Components, ComponentStatus{Name: n, State: st, Pid: pid, Log: c.Layout().LogFile(n)})
+	}
+	s.NodeReady = "unknown (the apiserver is not running)"
+	if st, _ := c.process("kube-apiserver").State(); st == Running {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		out, err := c.kubectl().get(ctx, `{.status.conditions[?(@.type=="Ready")].status}`, "node", c.NodeName)
+		switch {
+		case err != nil:
+			s.NodeReady = "unknown (" + err.Error() + ")"
+		case out == "":
+			s.NodeReady = "not registered"
+		default:
+			s.NodeReady = out
+		}
+	}
+	return s, nil
+}
+
+// AllRunning says whether every component runs.
+func (s *Status) AllRunning() bool {
+	for _, c := range s.Components {
+		if c.State != Running {
+			return false
+		}
+	}
+	return true
+}
+
+// Print writes the status as a table.
+func (s *Status) Print(out io.Writer) {
+	c := s.Config
+	l := c.Layout()
+	fmt.Fprintf(out, "Kubernetes API  %s   (export KUBECONFIG=%s)\n", c.APIServerURL(), l.AdminKubeconfig())
+	fmt.Fprintf(out, "Stowage API     unix://%s\n", l.StowageSocket())
+	fmt.Fprintf(out, "Node            %s (%s, zone %s): Ready=%s\n\n", c.NodeName, c.NodeIP, c.Zone, s.NodeReady)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "COMPONENT\tSTATE\tPID\tLOG")
+	for _, cs := range s.Components {
+		pid := "-"
+		if cs.Pid > 0 {
+			pid = fmt.Sprint(cs.Pid)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cs.Name, cs.State, pid, cs.Log)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,511 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/stowage-io/stowage/deploy/local"
+)
+
+// UpOptions tune `stowage up`.
+type UpOptions struct {
+	Out io.Writer
+	// SkipCheck skips the end-to-end check (a claim of the default class
+	// bound and mounted by a pod), which otherwise runs on every `up`.
+	SkipCheck bool
+	// Timeout bounds each wait (a component becoming ready, the node, the
+	// check).
+	Timeout time.Duration
+}
+
+// progress prints one line per finished step, with the step's own time and
+// the time since `up` started.
+type progress struct {
+	mu    sync.Mutex
+	out   io.Writer
+	start time.Time
+}
+
+func (p *progress) line(mark, name, msg string, took time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	text := name
+	if msg != "" {
+		text = fmt.Sprintf("%-24s %s", name, msg)
+	}
+	if took > 0 {
+		text += " " + fmtDuration(took)
+	}
+	fmt.Fprintf(p.out, "[%5.1fs] %s %s\n", time.Since(p.start).Seconds(), mark, text)
+}
+
+func fmtDuration(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("(%.1fs)", d.Seconds())
+}
+
+// step is one unit of `up`; steps run as soon as the steps they need are done.
+type step struct {
+	name  string
+	needs []string
+	run   func(ctx context.Context) (string, error)
+}
+
+func (p *progress) runSteps(ctx context.Context, steps []step) error {
+	done := map[string]chan struct{}{}
+	for _, s := range steps {
+		done[s.name] = make(chan struct{})
+	}
+	for _, s := range steps {
+		for _, n := range s.needs {
+			if done[n] == nil {
+				return fmt.Errorf("step %s needs unknown step %s", s.name, n)
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for _, s := range steps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, n := range s.needs {
+				select {
+				case <-done[n]:
+				case <-ctx.Done():
+					return
+				}
+			}
+			t := time.Now()
+			msg, err := s.run(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					p.line("✗", s.name, "failed", time.Since(t))
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
+					mu.Unlock()
+				}
+				cancel()
+				return
+			}
+			p.line("✓", s.name, msg, time.Since(t))
+			close(done[s.name])
+		}()
+	}
+	wg.Wait()
+	if len(errs) == 0 && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return errors.Join(errs...)
+}
+
+// Up brings the cluster up from nothing, or completes a partly running one:
+// components already running are kept, certificates and keys are reused.
+// It returns once the node is Ready and (unless skipped) a claim of the
+// default class has been bound, mounted by a pod and deleted again.
+func Up(ctx context.Context, c *Config, o UpOptions) error {
+	if o.Timeout == 0 {
+		o.Timeout = 2 * time.Minute
+	}
+	p := &progress{out: o.Out, start: time.Now()}
+	if os.Geteuid() != 0 {
+		return errors.New("stowage up must run as root: it starts containerd and the kubelet, mounts file systems and sets up network interfaces")
+	}
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if missing := MissingBinaries(c.BinDir); len(missing) > 0 {
+		return fmt.Errorf("component binaries missing in %s: %s\n  build them from the source tree with: bash hack/build-components.sh (see docs/building.md),\n  or point --bin-dir at a directory that has them", c.BinDir, strings.Join(missing, ", "))
+	}
+	if err := c.checkSameCluster(); err != nil {
+		return err
+	}
+	l := c.Layout()
+
+	t := time.Now()
+	installed, err := ensurePackages(ctx)
+	if err != nil {
+		return err
+	}
+	if len(installed) > 0 {
+		p.line("✓", "packages", "installed "+strings.Join(installed, " "), time.Since(t))
+	} else {
+		p.line("✓", "packages", "all installed", time.Since(t))
+	}
+
+	t = time.Now()
+	for _, d := range []string{l.Logs(), l.Run(), filepath.Dir(l.ContainerdSocket()), l.Configs(), l.CNIConfDir(), l.CNIIPAMDir(),
+		l.KubeletRoot(), l.PluginsRegistry(), filepath.Dir(l.CSINodeSocket()), l.PodLogs(), l.Images(), l.Stowage(), l.CSINodeState(), l.Etcd()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	os.Chmod(l.Etcd(), 0o700)
+	issued, err := PKI{Dir: l.PKI()}.Ensure(c.CertSpecs(), time.Now())
+	if err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
+	if err := c.renderFiles(CNIBinDir); err != nil {
+		return err
+	}
+	if err := c.save(); err != nil {
+		return err
+	}
+	msg := "reused"
+	if len(issued) > 0 {
+		msg = fmt.Sprintf("issued %d", len(issued))
+	}
+	p.line("✓", "certificates, configs", msg, time.Since(t))
+
+	if err := p.runSteps(ctx, c.upSteps(o)); err != nil {
+		return fmt.Errorf("%w\n  logs: %s; `stowage status --data-dir %s` shows what runs; `stowage down` stops it", err, l.Logs(), c.DataDir)
+	}
+	var dead []string
+	for _, comp := range c.Components() {
+		if st, _ := c.process(comp.Name).State(); st != Running {
+			dead = append(dead, fmt.Sprintf("%s (log: %s)\n%s", comp.Name, l.LogFile(comp.Name), indent(tail(l.LogFile(comp.Name), 10))))
+		}
+	}
+	if len(dead) > 0 {
+		return fmt.Errorf("components stopped during `up`: %s", strings.Join(dead, "\n"))
+	}
+	fmt.Fprintf(o.Out, "\nStowage is up in %.1fs: Kubernetes API %s, Stowage API unix://%s\n", time.Since(p.start).Seconds(), c.APIServerURL(), l.StowageSocket())
+	fmt.Fprintf(o.Out, "\nexport KUBECONFIG=%s\nexport STOWAGE_ENDPOINT=unix://%s\n", l.AdminKubeconfig(), l.StowageSocket())
+	return nil
+}
+
+func indent(s string) string {
+	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
+}
+
+// checkSameCluster refuses to run over a running cluster that was brought
+// up with other addresses or another node name.
+func (c *Config) checkSameCluster() error {
+	old, err := LoadConfig(c.DataDir)
+	if err != nil {
+		return nil
+	}
+	running := false
+	for _, n := range ComponentNames() {
+		if st, _ := old.process(n).State(); st == Running {
+			running = true
+			break
+		}
+	}
+	if !running {
+		return nil
+	}
+	if old.NodeName != c.NodeName || old.NodeIP != c.NodeIP || old.PodCIDR != c.PodCIDR || old.ServiceCIDR != c.ServiceCIDR || old.Zone != c.Zone {
+		return fmt.Errorf("a cluster with other settings runs from %s (node %s, %s); run `stowage down` first", c.DataDir, old.NodeName, old.NodeIP)
+	}
+	return nil
+}
+
+func (c *Config) process(name string) Process {
+	return Process{Name: name, PidFile: c.Layout().PidFile(name), Cluster: c.DataDir}
+}
+
+func (c *Config) upSteps(o UpOptions) []step {
+	var steps []step
+	var all []string
+	comps := c.Components()
+	for _, comp := range comps {
+		needs := comp.Needs
+		// The sidecars act on objects that `manifests` creates and are
+		// allowed to by its RBAC rules.
+		if strings.HasPrefix(comp.Name, "csi-") && comp.Name != "csi-controller" && comp.Name != "csi-node" {
+			needs = append(needs, "manifests")
+		}
+		steps = append(steps, step{name: comp.Name, needs: needs, run: c.startComponent(comp, o.Timeout)})
+		all = append(all, comp.Name)
+	}
+	steps = append(steps,
+		step{name: "network", run: func(ctx context.Context) (string, error) {
+			return c.NodeIP + " on " + NodeInterface + ", pods " + c.PodCIDR, c.setupNetwork(ctx)
+		}},
+		step{name: "images", needs: []string{"containerd"}, run: c.importImages},
+		step{name: "manifests", needs: []string{"kube-apiserver"}, run: c.applyManifests},
+		step{name: "node ready", needs: []string{"kubelet", "csi-node", "kube-proxy"}, run: func(ctx context.Context) (string, error) {
+			return c.waitNode(ctx, o.Timeout)
+		}},
+		step{name: "default serviceaccount", needs: []string{"kube-controller-manager"}, run: func(ctx context.Context) (string, error) {
+			k := c.kubectl()
+			return "", poll(ctx, o.Timeout, 300*time.Millisecond, "the default ServiceAccount", func(ctx context.Context) (bool, error) {
+				out, err := k.get(ctx, "{.metadata.name}", "serviceaccount", "default", "-n", "default")
+				return out == "default", err
+			})
+		}},
+	)
+	all = append(all, "network", "images", "manifests", "node ready", "default serviceaccount")
+	if !o.SkipCheck {
+		steps = append(steps, step{name: "check", needs: all, run: func(ctx context.Context) (string, error) {
+			return c.checkVolume(ctx, o.Timeout)
+		}})
+	}
+	return steps
+}
+
+// startComponent starts comp unless it runs already, then waits until it is
+// ready; a process that exits meanwhile fails the step with its last log
+// lines.
+func (c *Config) startComponent(comp Component, timeout time.Duration) func(ctx context.Context) (string, error) {
+	return func(ctx context.Context) (string, error) {
+		proc := c.process(comp.Name)
+		logFile := c.Layout().LogFile(comp.Name)
+		st, pid := proc.State()
+		msg := fmt.Sprintf("already running (pid %d)", pid)
+		if st == Running && comp.Ready == nil {
+			return msg, nil
+		}
+		if st != Running {
+			cmd := comp.Cmd
+			if !filepath.IsAbs(cmd.Path) {
+				p, err := exec.LookPath(cmd.Path)
+				if err != nil {
+					return "", fmt.Errorf("%s is not installed: %w", cmd.Path, err)
+				}
+				cmd.Path = p
+			}
+			var err error
+			if pid, err = proc.start(cmd, logFile); err != nil {
+				return "", err
+			}
+			msg = fmt.Sprintf("started (pid %d)", pid)
+		}
+		died := func() error {
+			return fmt.Errorf("exited; last lines of %s:\n%s", logFile, indent(tail(logFile, 15)))
+		}
+		if comp.Ready == nil {
+			// Nothing to probe: it is up if it is still alive a moment later.
+			select {
+			case <-time.After(1500 * time.Millisecond):
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+			if !proc.isOurs(pid) {
+				return "", died()
+			}
+			return msg, nil
+		}
+		deadline := time.Now().Add(timeout)
+		for {
+			err := comp.Ready(ctx)
+			if err == nil {
+				return msg, nil
+			}
+			if !proc.isOurs(pid) {
+				return "", died()
+			}
+			if time.Now().After(deadline) {
+				return "", fmt.Errorf("not ready after %s: %v (log: %s)", timeout, err, logFile)
+			}
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+		}
+	}
+}
+
+func (c *Config) importImages(ctx context.Context) (string, error) {
+	ctr, err := exec.LookPath("ctr")
+	if err != nil {
+		return "", fmt.Errorf("ctr (package containerd) is not installed: %w", err)
+	}
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		return "", fmt.Errorf("busybox (package busybox-static) is not installed: %w", err)
+	}
+	pause, err := PauseImageFiles(c.Stowage)
+	if err != nil {
+		return "", err
+	}
+	bb, err := BusyboxImageFiles(busybox)
+	if err != nil {
+		return "", err
+	}
+	var did []string
+	for _, img := range []Image{pause, bb} {
+		imported, err := importImage(ctx, ctr, c.Layout().ContainerdSocket(), c.Layout().Images(), img)
+		if err != nil {
+			return "", err
+		}
+		if imported {
+			did = append(did, img.Name)
+		}
+	}
+	if len(did) == 0 {
+		return "present", nil
+	}
+	return "imported " + strings.Join(did, ", "), nil
+}
+
+// manifestBundle is deploy/local's files, in name order, as one document
+// stream.
+func manifestBundle() ([]byte, error) {
+	names, err := fs.Glob(local.Manifests, "*.yaml")
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	var b bytes.Buffer
+	for _, n := range names {
+		data, err := fs.ReadFile(local.Manifests, n)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&b, "---\n# %s\n", n)
+		b.Write(data)
+		if !bytes.HasSuffix(data, []byte("\n")) {
+			b.WriteByte('\n')
+		}
+	}
+	return b.Bytes(), nil
+}
+
+// applyManifests applies the snapshot CRDs, waits until they are served,
+// then applies deploy/local.
+func (c *Config) applyManifests(ctx context.Context) (string, error) {
+	k := c.kubectl()
+	crds := []string{}
+	args := []string{"apply", "--server-side", "--force-conflicts", "--field-manager=stowage-up"}
+	for _, f := range SnapshotCRDs {
+		args = append(args, "-f", filepath.Join(c.BinDir, "crds", f))
+		crds = append(crds, "crd/"+strings.TrimSuffix(strings.SplitN(f, "_", 2)[1], ".yaml")+".snapshot.storage.k8s.io")
+	}
+	if _, err := k.run(ctx, nil, args...); err != nil {
+		return "", err
+	}
+	if _, err := k.run(ctx, nil, append([]string{"wait", "--for=condition=Established", "--timeout=60s"}, crds...)...); err != nil {
+		return "", err
+	}
+	bundle, err := manifestBundle()
+	if err != nil {
+		return "", err
+	}
+	if _, err := k.run(ctx, bundle, "apply", "--server-side", "--force-conflicts", "--field-manager=stowage-up", "-f", "-"); err != nil {
+		return "", err
+	}
+	return "snapshot CRDs, CSIDriver, StorageClasses, RBAC", nil
+}
+
+// waitNode waits for the node to be Ready and for the kubelet to have
+// registered the CSI driver (CSINode lists it).
+func (c *Config) waitNode(ctx context.Context, timeout time.Duration) (string, error) {
+	k := c.kubectl()
+	err := poll(ctx, timeout, 300*time.Millisecond, "node "+c.NodeName+" to be Ready", func(ctx context.Context) (bool, error) {
+		out, err := k.get(ctx, `{.status.conditions[?(@.type=="Ready")].status}`, "node", c.NodeName)
+		return out == "True", err
+	})
+	if err != nil {
+		return "", err
+	}
+	err = poll(ctx, timeout, 300*time.Millisecond, "the kubelet to register "+DriverName+" (CSINode "+c.NodeName+")", func(ctx context.Context) (bool, error) {
+		out, err := k.get(ctx, "{.spec.drivers[*].name}", "csinode", c.NodeName)
+		return strings.Contains(out, DriverName), err
+	})
+	if err != nil {
+		return "", fmt.Errorf("%w (node plugin log: %s, kubelet log: %s)", err, c.Layout().LogFile("csi-node"), c.Layout().LogFile("kubelet"))
+	}
+	return c.NodeName + " Ready, " + DriverName + " registered", nil
+}
+
+const checkName = "stowage-up-check"
+
+func checkManifest() []byte {
+	return []byte(`apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: ` + checkName + `
+  namespace: default
+  labels: {app.kubernetes.io/managed-by: stowage-up}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: stowage-gp3
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ` + checkName + `
+  namespace: default
+  labels: {app.kubernetes.io/managed-by: stowage-up}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: check
+      image: ` + BusyboxImage + `
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "echo stowage > /data/check && sync && grep -q stowage /data/check && grep ' /data ' /proc/mounts"]
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+    - name: data
+      persistentVolumeClaim: {claimName: ` + checkName + `}
+`)
+}
+
+// checkVolume proves the storage path end to end: a claim of the default
+// class (WaitForFirstConsumer) is provisioned for a pod, attached, formatted,
+// mounted and written, then the pod and claim are deleted and the volume
+// goes with them.
+func (c *Config) checkVolume(ctx context.Context, timeout time.Duration) (string, error) {
+	k := c.kubectl()
+	// A check left over from an interrupted `up` goes first.
+	if _, err := k.run(ctx, nil, "delete", "pod,pvc", checkName, "-n", "default", "--ignore-not-found", "--wait=true", "--timeout=60s"); err != nil {
+		return "", err
+	}
+	if _, err := k.run(ctx, checkManifest(), "apply", "-f", "-"); err != nil {
+		return "", err
+	}
+	var phase string
+	err := poll(ctx, timeout, 300*time.Millisecond, "the check pod to mount a "+"stowage-gp3 volume", func(ctx context.Context) (bool, error) {
+		var err error
+		phase, err = k.get(ctx, "{.status.phase}", "pod", checkName, "-n", "default")
+		if phase == "Failed" {
+			return false, nil
+		}
+		return phase == "Succeeded", err
+	})
+	if err != nil || phase != "Succeeded" {
+		desc, _ := k.run(context.Background(), nil, "describe", "pvc,pod", checkName, "-n", "default")
+		logs, _ := k.run(context.Background(), nil, "logs", checkName, "-n", "default")
+		if err == nil {
+			err = fmt.Errorf("the check pod failed")
+		}
+		return "", fmt.Errorf("%w\n%s\n%s\n  (the claim and pod %s are left in namespace default to look at)", err, indent(desc), indent(logs), checkName)
+	}
+	pv, err := k.get(ctx, "{.spec.volumeName}", "pvc", checkName, "-n", "default")
+	if err != nil {
+		return "", err
+	}
+	if _, err := k.run(ctx, nil, "delete", "pod,pvc", checkName, "-n", "default", "--wait=true", "--timeout=60s"); err != nil {
+		return "", err
+	}
+	if pv != "" {
+		if err := poll(ctx, timeout, 300*time.Millisecond, "volume "+pv+" to be deleted", func(ctx context.Context) (bool, error) {
+			out, err := k.get(ctx, "{.metadata.name}", "pv", pv)
+			return out == "", err
+		}); err != nil {
+			return "", err
+		}
+	}
+	return "claim bound, pod mounted " + pv + ", deleted", nil
+}
