@@ -28,7 +28,7 @@ func stowageExecutable() (string, error) {
 
 func newUpCmd() *cobra.Command {
 	var cfg cluster.Config
-	var skipCheck bool
+	var skipCheck, supervise bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -48,6 +48,11 @@ _output/bin. Needs root; installs missing Debian packages with apt-get.`,
   kubectl get nodes`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if supervise {
+				ctx, cancel := signalContext(cmd.Context())
+				defer cancel()
+				return cluster.Supervise(ctx, cfg.DataDir, cmd.OutOrStdout())
+			}
 			exe, err := stowageExecutable()
 			if err != nil {
 				return err
@@ -75,6 +80,10 @@ _output/bin. Needs root; installs missing Debian packages with apt-get.`,
 	f.StringVar(&cfg.PoolSize, "pool-size", cluster.DefaultPoolSize, "size of the storage pool (a sparse xfs image in the data directory)")
 	f.BoolVar(&skipCheck, "skip-check", false, "return once the node is Ready, without provisioning and mounting a test volume")
 	f.DurationVar(&timeout, "wait", 2*time.Minute, "how long to wait for each component, the node and the check")
+	// `up` starts itself with --supervise, detached, as the process that
+	// restarts crashed components.
+	f.BoolVar(&supervise, "supervise", false, "run as the cluster's supervisor (started by up)")
+	f.MarkHidden("supervise")
 	return cmd
 }
 

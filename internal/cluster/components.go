@@ -213,7 +213,9 @@ func (c *Config) Components() []Component {
 			"--endpoint=unix://" + csiCtrl,
 			"--api=" + stowageAPI,
 		}}, Ready: func(ctx context.Context) error { return dialUnix(csiCtrl) }},
-		sidecar("csi-provisioner", "--extra-create-metadata", "--timeout=60s", vacGate),
+		// A delete is retried until the volume is detached; retry soon and
+		// often enough that a claim's volume goes within seconds of its pod.
+		sidecar("csi-provisioner", "--extra-create-metadata", "--timeout=60s", "--retry-interval-start=500ms", "--retry-interval-max=30s", vacGate),
 		sidecar("csi-attacher", "--timeout=60s"),
 		sidecar("csi-resizer", "--timeout=60s", "--handle-volume-inuse-error=false", vacGate),
 		sidecar("csi-snapshotter", "--extra-create-metadata", "--timeout=60s"),
@@ -242,6 +244,9 @@ func ComponentNames() []string {
 	}
 	return names
 }
+
+// processNames are the components and the supervisor.
+func processNames() []string { return append(ComponentNames(), Supervisor) }
 
 func dialUnix(sock string) error {
 	conn, err := net.DialTimeout("unix", sock, time.Second)

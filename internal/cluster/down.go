@@ -65,9 +65,10 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 		}
 	}
 
-	// Controllers first, so that nothing reacts to the node going away;
-	// then the kubelet, so that it does not restart the pods stopped next.
-	stop("kube-controller-manager", "kube-scheduler", "snapshot-controller",
+	// The supervisor first, so that it restarts nothing; the controllers,
+	// so that nothing reacts to the node going away; then the kubelet, so
+	// that it does not restart the pods stopped next.
+	stop(Supervisor, "kube-controller-manager", "kube-scheduler", "snapshot-controller",
 		"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "kubelet")
 
 	if st, _ := c.process("containerd").State(); st == Running {
@@ -80,12 +81,16 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 
 	// Volumes: pods' mounts and the node plugin's staging mounts live under
 	// the kubelet's root; their loop devices are backed by images in the
-	// pool. Both must go before the server can unmount the pool.
+	// pool. The kubelet holds raw block volumes open through loop devices of
+	// its own, backed by device files under its root: those go first, while
+	// their backing paths still read as under the root. All must go before
+	// the server can unmount the pool.
 	t := time.Now()
+	loops, err := detachLoops(l.KubeletRoot())
+	keep(err)
 	n, err := unmountAll(l.KubeletRoot())
 	keep(err)
 	pool := filepath.Join(l.Stowage(), "pools")
-	loops := 0
 	for _, sub := range []string{"volumes", "snapshots"} {
 		matches, _ := filepath.Glob(filepath.Join(pool, "*", sub))
 		for _, m := range matches {
@@ -242,19 +247,32 @@ func cleanHostLeftovers(c *Config, report func(string, ...any)) error {
 		report("removed %d links in /var/log/containers", removed)
 	}
 	os.Remove("/var/log/containers") // only if empty
+	// The kubelet's device plugin socket is always in /var/lib/kubelet,
+	// whatever its root directory.
+	if !kubeletRunning() {
+		os.Remove("/var/lib/kubelet/device-plugins/kubelet.sock")
+		for _, d := range []string{"/var/lib/kubelet/device-plugins", "/var/lib/kubelet"} {
+			os.Remove(d) // only if empty
+		}
+	}
 	if n := removeCgroupTrees("kubepods"); n > 0 {
 		report("removed %d pod cgroups", n)
 	}
 	return errors.Join(errs...)
 }
 
-func containerdRunning() bool {
+func containerdRunning() bool { return processRunning("containerd") }
+func kubeletRunning() bool    { return processRunning("kubelet") }
+
+// processRunning says whether a live process has this command name.
+func processRunning(name string) bool {
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !alive(pid) { // a stopped one may linger as a zombie
 			continue
 		}
-		if comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err == nil && strings.TrimSpace(string(comm)) == "containerd" {
+		if comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err == nil && strings.TrimSpace(string(comm)) == name {
 			return true
 		}
 	}

@@ -186,5 +186,7 @@ func importImage(ctx context.Context, ctr, socket, dir string, img Image) (bool,
 	if err != nil {
 		return false, fmt.Errorf("ctr images import %s: %v: %s", file, err, out)
 	}
+	// containerd has its own copy now.
+	os.Remove(file)
 	return true, nil
 }

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -139,7 +140,14 @@ func detachLoops(dir string) (int, error) {
 		}
 		n++
 	}
-	if left := loopDevicesUnder(dir); len(left) > 0 {
+	// A device that another one holds open (the kubelet's loop over a raw
+	// block volume) is cleared when that one lets go: give it a moment.
+	left := loopDevicesUnder(dir)
+	for i := 0; i < 20 && len(left) > 0; i++ {
+		time.Sleep(100 * time.Millisecond)
+		left = loopDevicesUnder(dir)
+	}
+	if len(left) > 0 {
 		errs = append(errs, fmt.Errorf("loop devices still backed by files under %s: %s", dir, strings.Join(left, ", ")))
 	}
 	return n, errors.Join(errs...)

@@ -132,46 +132,15 @@ func removeChains(ctx context.Context, bin string, match func(string) bool) (int
 	if err != nil {
 		return 0, err
 	}
-	type tableChains struct {
-		table  string
-		chains []string
-		rules  []string // rules of non-matching chains that target a matching one
-	}
-	var tables []*tableChains
-	var cur *tableChains
-	sc := bufio.NewScanner(strings.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "*"):
-			cur = &tableChains{table: line[1:]}
-			tables = append(tables, cur)
-		case strings.HasPrefix(line, ":") && cur != nil:
-			if name := strings.Fields(line[1:])[0]; match(name) {
-				cur.chains = append(cur.chains, name)
-			}
-		case strings.HasPrefix(line, "-A ") && cur != nil:
-			f := strings.Fields(line)
-			if len(f) < 2 || match(f[1]) {
-				continue
-			}
-			for i := 2; i+1 < len(f); i++ {
-				if (f[i] == "-j" || f[i] == "-g") && match(f[i+1]) {
-					cur.rules = append(cur.rules, line)
-					break
-				}
-			}
-		}
-	}
 	var errs []error
 	n := 0
-	for _, t := range tables {
-		for _, r := range t.rules {
+	for _, t := range parseRuleset(out, match) {
+		for _, r := range t.jumps {
 			// iptables-save quotes arguments with spaces (comments) the way
-			// a shell would; pass the rule through the shell to split it.
-			if out, err := exec.CommandContext(ctx, "sh", "-c", bin+" -w -t "+t.table+" -D"+strings.TrimPrefix(r, "-A")).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("%s -t %s -D%s: %v: %s", bin, t.table, strings.TrimPrefix(r, "-A"), err, out))
+			// a shell would; let the shell split the rule.
+			del := bin + " -w -t " + t.table + " -D" + strings.TrimPrefix(r, "-A")
+			if out, err := exec.CommandContext(ctx, "sh", "-c", del).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %v: %s", del, err, out))
 			}
 		}
 		for _, ch := range t.chains {
@@ -188,4 +157,45 @@ func removeChains(ctx context.Context, bin string, match func(string) bool) (int
 		}
 	}
 	return n, errors.Join(errs...)
+}
+
+// tableChains is what to remove from one table.
+type tableChains struct {
+	table  string
+	chains []string // chains to flush and delete
+	jumps  []string // rules ("-A CHAIN …") of other chains that jump to them
+}
+
+// parseRuleset reads iptables-save output.
+func parseRuleset(save string, match func(string) bool) []tableChains {
+	var tables []tableChains
+	sc := bufio.NewScanner(strings.NewReader(save))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		var cur *tableChains
+		if len(tables) > 0 {
+			cur = &tables[len(tables)-1]
+		}
+		switch {
+		case strings.HasPrefix(line, "*"):
+			tables = append(tables, tableChains{table: line[1:]})
+		case strings.HasPrefix(line, ":") && cur != nil:
+			if f := strings.Fields(line[1:]); len(f) > 0 && match(f[0]) {
+				cur.chains = append(cur.chains, f[0])
+			}
+		case strings.HasPrefix(line, "-A ") && cur != nil:
+			f := strings.Fields(line)
+			if len(f) < 2 || match(f[1]) {
+				continue
+			}
+			for i := 2; i+1 < len(f); i++ {
+				if (f[i] == "-j" || f[i] == "-g") && match(f[i+1]) {
+					cur.jumps = append(cur.jumps, line)
+					break
+				}
+			}
+		}
+	}
+	return tables
 }

@@ -85,20 +85,32 @@ func (p Process) State() (State, int) {
 // isOurs says whether pid is alive (not a zombie) and was started by us for
 // this component of this cluster.
 func (p Process) isOurs(pid int) bool {
+	if !alive(pid) {
+		return false
+	}
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if errors.Is(err, os.ErrPermission) {
+		// Not root (`stowage status` as a user): alive is the best we know.
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	return hasEnv(env, envComponent+"="+p.Name) && hasEnv(env, envCluster+"="+p.Cluster)
+}
+
+// alive says whether pid exists and is not a zombie. Right after exec a
+// process's environment reads empty for a moment, so a process we just
+// started is watched with alive, not isOurs.
+func alive(pid int) bool {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return false
 	}
 	// The state follows the command name, which is in parentheses and may
 	// contain anything, so look after the last ')'.
-	if i := bytes.LastIndexByte(stat, ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
-		return false
-	}
-	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		return false
-	}
-	return hasEnv(env, envComponent+"="+p.Name) && hasEnv(env, envCluster+"="+p.Cluster)
+	i := bytes.LastIndexByte(stat, ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z' && stat[i+2] != 'X'
 }
 
 func hasEnv(environ []byte, kv string) bool {
@@ -116,6 +128,19 @@ type Command struct {
 	Args []string
 	Env  []string // added to the environment
 	Dir  string
+}
+
+// resolved finds a command given by name on PATH.
+func (c Command) resolved() (Command, error) {
+	if filepath.IsAbs(c.Path) {
+		return c, nil
+	}
+	p, err := exec.LookPath(c.Path)
+	if err != nil {
+		return c, fmt.Errorf("%s is not installed: %w", c.Path, err)
+	}
+	c.Path = p
+	return c, nil
 }
 
 func (c Command) String() string { return strings.Join(append([]string{c.Path}, c.Args...), " ") }

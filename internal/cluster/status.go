@@ -39,7 +39,7 @@ func GetStatus(ctx context.Context, dataDir string) (*Status, error) {
 		return nil, err
 	}
 	s := &Status{Config: c}
-	for _, n := range ComponentNames() {
+	for _, n := range processNames() {
 		st, pid := c.process(n).State()
 		s.Components = append(s.Components, ComponentStatus{Name: n, State: st, Pid: pid, Log: c.Layout().LogFile(n)})
 	}

@@ -202,7 +202,7 @@ func (c *Config) checkSameCluster() error {
 		return nil
 	}
 	running := false
-	for _, n := range ComponentNames() {
+	for _, n := range processNames() {
 		if st, _ := old.process(n).State(); st == Running {
 			running = true
 			break
@@ -253,6 +253,7 @@ func (c *Config) upSteps(o UpOptions) []step {
 		}},
 	)
 	all = append(all, "network", "images", "manifests", "node ready", "default serviceaccount")
+	steps = append(steps, step{name: Supervisor, needs: all, run: c.startComponent(c.supervisorComponent(), o.Timeout)})
 	if !o.SkipCheck {
 		steps = append(steps, step{name: "check", needs: all, run: func(ctx context.Context) (string, error) {
 			return c.checkVolume(ctx, o.Timeout)
@@ -268,25 +269,26 @@ func (c *Config) startComponent(comp Component, timeout time.Duration) func(ctx 
 	return func(ctx context.Context) (string, error) {
 		proc := c.process(comp.Name)
 		logFile := c.Layout().LogFile(comp.Name)
+		unlock, err := c.startLock()
+		if err != nil {
+			return "", err
+		}
 		st, pid := proc.State()
 		msg := fmt.Sprintf("already running (pid %d)", pid)
-		if st == Running && comp.Ready == nil {
-			return msg, nil
-		}
 		if st != Running {
-			cmd := comp.Cmd
-			if !filepath.IsAbs(cmd.Path) {
-				p, err := exec.LookPath(cmd.Path)
-				if err != nil {
-					return "", fmt.Errorf("%s is not installed: %w", cmd.Path, err)
-				}
-				cmd.Path = p
+			cmd, err := comp.Cmd.resolved()
+			if err == nil {
+				pid, err = proc.start(cmd, logFile)
 			}
-			var err error
-			if pid, err = proc.start(cmd, logFile); err != nil {
+			if err != nil {
+				unlock()
 				return "", err
 			}
 			msg = fmt.Sprintf("started (pid %d)", pid)
+		}
+		unlock()
+		if st == Running && comp.Ready == nil {
+			return msg, nil
 		}
 		died := func() error {
 			return fmt.Errorf("exited; last lines of %s:\n%s", logFile, indent(tail(logFile, 15)))
@@ -298,7 +300,7 @@ func (c *Config) startComponent(comp Component, timeout time.Duration) func(ctx 
 			case <-ctx.Done():
 				return "", ctx.Err()
 			}
-			if !proc.isOurs(pid) {
+			if !alive(pid) {
 				return "", died()
 			}
 			return msg, nil
@@ -309,7 +311,7 @@ func (c *Config) startComponent(comp Component, timeout time.Duration) func(ctx 
 			if err == nil {
 				return msg, nil
 			}
-			if !proc.isOurs(pid) {
+			if !alive(pid) {
 				return "", died()
 			}
 			if time.Now().After(deadline) {
