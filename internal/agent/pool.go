@@ -268,4 +268,3 @@ func validateSize(size int64) error {
 	}
 	return nil
 }
-

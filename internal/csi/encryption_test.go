@@ -46,19 +46,24 @@ func newDriver(t *testing.T) *driver {
 // and a function that undoes it all.
 func (d *driver) mount(volID string) (string, func()) {
 	d.t.Helper()
+	return d.mountFS(volID, "ext4")
+}
+
+func (d *driver) mountFS(volID, fs string) (string, func()) {
+	d.t.Helper()
 	ctx := context.Background()
 	staging := filepath.Join(d.s.Dir, "staging-"+volID)
 	target := filepath.Join(d.s.Dir, "target-"+volID)
 	if err := os.MkdirAll(staging, 0o750); err != nil {
 		d.t.Fatal(err)
 	}
-	if _, err := d.ctrl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: volID, NodeId: d.s.Node, VolumeCapability: mountCap("ext4")}); err != nil {
+	if _, err := d.ctrl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: volID, NodeId: d.s.Node, VolumeCapability: mountCap(fs)}); err != nil {
 		d.t.Fatal(err)
 	}
-	if _, err := d.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: mountCap("ext4")}); err != nil {
+	if _, err := d.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: mountCap(fs)}); err != nil {
 		d.t.Fatal(err)
 	}
-	if _, err := d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap("ext4")}); err != nil {
+	if _, err := d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap(fs)}); err != nil {
 		d.t.Fatal(err)
 	}
 	return target, func() {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"strconv"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -279,6 +281,9 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 			return nil, status.Errorf(codes.AlreadyExists, "NodeStageVolume %s: staging path %s already has %s mounted, not %s", id, staging, dev, device)
 		}
 	} else {
+		if err := n.growExtOffline(ctx, device); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
+		}
 		opts := mountOptions(fsType, mnt.GetMountFlags(), false)
 		fopts := formatOptions(fsType, req.GetVolumeContext())
 		if v.Encrypted {
@@ -300,6 +305,56 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 	}
 	klog.InfoS("NodeStageVolume: staged", "volumeID", id, "device", device, "fsType", fsType, "stagingPath", staging)
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// isExt reports whether device holds an ext2/3/4 file system.
+func (n *NodeService) isExt(device string) bool {
+	f, err := n.mounter.GetDiskFormat(device)
+	return err == nil && strings.HasPrefix(f, "ext")
+}
+
+// growExtOffline grows an unmounted ext file system to fill its (grown)
+// device. Offline growth needs no capability, so a volume expanded while
+// online growth was impossible gets its space at the next stage.
+func (n *NodeService) growExtOffline(ctx context.Context, device string) error {
+	if !n.isExt(device) {
+		return nil
+	}
+	devSize, err := deviceSize(device)
+	if err != nil {
+		return fmt.Errorf("size of %s: %w", device, err)
+	}
+	out, err := exec.CommandContext(ctx, "dumpe2fs", "-h", device).Output()
+	if err != nil {
+		return fmt.Errorf("read ext4 superblock of %s: %w", device, err)
+	}
+	var blocks, blockSize int64
+	for _, line := range strings.Split(string(out), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "Block count":
+			blocks, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		case "Block size":
+			blockSize, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	if blocks == 0 || blockSize == 0 || devSize-blocks*blockSize < 8<<20 {
+		return nil
+	}
+	// resize2fs insists on a freshly checked file system when offline.
+	if out, err := exec.CommandContext(ctx, "e2fsck", "-f", "-p", device).CombinedOutput(); err != nil {
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() > 1 {
+			return fmt.Errorf("check %s before growing it: %v: %s", device, err, strings.TrimSpace(string(out)))
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "resize2fs", device).CombinedOutput(); err != nil {
+		return fmt.Errorf("grow the file system on %s: %v: %s", device, err, strings.TrimSpace(string(out)))
+	}
+	klog.InfoS("grew ext file system offline", "device", device, "fromBytes", blocks*blockSize, "toBytes", devSize)
+	return nil
 }
 
 // encryptedDirName is the directory of an encrypted volume's file system
@@ -529,6 +584,12 @@ func (n *NodeService) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandV
 			mountPath = path
 		}
 		if _, err := mount.NewResizeFs(utilexec.New()).Resize(st.Device, mountPath); err != nil {
+			if strings.Contains(err.Error(), "exit status 1") && n.isExt(st.Device) {
+				// The kernel grows a mounted ext4 only for a caller with
+				// CAP_SYS_RESOURCE; sandboxes often drop it even for root.
+				return nil, status.Errorf(codes.FailedPrecondition,
+					"NodeExpandVolume %s: the volume grew to %d bytes, but its ext4 file system cannot grow while mounted: online ext4 resize needs CAP_SYS_RESOURCE, which the node plugin does not have here. It grows the next time the volume is staged (restart the pod), or use xfs, which grows online", id, size)
+			}
 			return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: grow the file system on %s: %v", id, st.Device, err)
 		}
 	}
