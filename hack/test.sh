@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run). Installs what is missing,
 # then runs go vet and every test: unit tests, csi-sanity against the real
-# driver and server, crash-recovery tests. Tests use real loop devices and
+# driver and server, crash-recovery tests, and the end-to-end suite on a
+# local Kubernetes made by `stowage up`. Tests use real loop devices and
 # mounts, so this runs as root. It fails if a test leaked a loop device or
 # a mount.
 set -euo pipefail
@@ -19,6 +20,15 @@ echo "== go vet"
 go vet ./...
 echo "== go test (unit, csi-sanity, crash recovery)"
 go test -count=1 -timeout 30m ./...
+
+# The end-to-end suite needs the pinned Kubernetes, etcd and CSI sidecars
+# (a cold build takes 20-25 minutes on 2 cores, a warm one seconds); it
+# brings a local cluster up with `stowage up` if none runs and takes it
+# down again at the end.
+echo "== building Kubernetes components (hack/build-components.sh)"
+bash hack/build-components.sh
+echo "== end-to-end tests on a local Kubernetes (test/e2e)"
+(cd test/e2e && go vet ./... && go test -count=1 -timeout 45m ./...)
 
 after=$(leaks)
 if [ "$after" != "$before" ]; then

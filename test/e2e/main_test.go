@@ -141,8 +141,14 @@ func kubectlErr(stdin string, args ...string) (string, error) {
 	if stdin != "" {
 		c.Stdin = strings.NewReader(stdin)
 	}
-	out, err := c.CombinedOutput()
-	return strings.TrimSpace(string(out)), err
+	var stderr strings.Builder
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if err != nil {
+		// Callers print the output on failure: give them both streams.
+		return strings.TrimSpace(string(out) + "\n" + stderr.String()), err
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 // stowage runs the Stowage CLI against the cluster's Stowage server.
