@@ -9,7 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(xfsprogs e2fsprogs btrfs-progs util-linux mount fio kmod)
+packages=(xfsprogs e2fsprogs btrfs-progs util-linux mount fio kmod bc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
