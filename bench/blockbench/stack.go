@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/internal/testutil/loopfs"
+)
+
+const (
+	benchZone = "zone-a"
+	benchNode = "node-a"
+	benchPool = "pool-a"
+)
+
+// stack is a running Stowage as it is deployed on one machine: the real
+// `stowage server` and `stowage csi all` binaries as separate processes,
+// talking over unix sockets, with an xfs (reflink) pool on a loop device.
+// Running the binaries rather than the packages in-process means the gRPC,
+// logging and process boundaries a user pays for are in every figure.
+type stack struct {
+	work    string // sockets, server data, node state, staging and target paths
+	poolDir string // the pool's mounted xfs
+	logDir  string
+
+	api       *grpc.ClientConn
+	volumes   pb.VolumeServiceClient
+	snapshots pb.SnapshotServiceClient
+	pools     pb.PoolServiceClient
+	csiConn   *grpc.ClientConn
+	ctrl      csi.ControllerClient
+	node      csi.NodeClient
+}
+
+// startStack brings the stack up. Every step registers its undo on u before
+// it can fail half-way, so the caller's u.run() leaves no process, mount or
+// loop device behind whatever happened.
+func startStack(ctx context.Context, u *undoStack, stowage, logDir string, poolSize int64) (*stack, error) {
+	// Unix socket paths are limited to 108 bytes: keep the work dir short.
+	work, err := os.MkdirTemp("", "stwb")
+	if err != nil {
+		return nil, err
+	}
+	u.push("remove "+work, func() error { return os.RemoveAll(work) })
+	poolBase, err := os.MkdirTemp("", "stwb-pool")
+	if err != nil {
+		return nil, err
+	}
+	u.push("remove "+poolBase, func() error { return os.RemoveAll(poolBase) })
+
+	progress("pool: %d GiB sparse xfs (reflink=1) on a loop device under %s", poolSize>>30, poolBase)
+	poolDir, cleanupPool, err := loopfs.Make(poolBase, "xfs", poolSize)
+	if err != nil {
+		return nil, err
+	}
+	u.push("unmount and detach the pool", cleanupPool)
+	// Runs before the pool is unmounted: whatever the CSI teardown missed
+	// (a crash, an interrupt) is unmounted and detached here.
+	u.push("unmount and detach leftovers", func() error { return cleanupUnder(work, poolDir) })
+
+	s := &stack{work: work, poolDir: poolDir, logDir: logDir}
+	apiSock := filepath.Join(work, "api.sock")
+	csiSock := filepath.Join(work, "csi.sock")
+
+	progress("starting `stowage server` (log: %s)", filepath.Join(logDir, "server.log"))
+	if err := s.daemon(u, "server", stowage, "server",
+		"--data-dir", filepath.Join(work, "server"), "--listen", "unix://"+apiSock,
+		"--zone", benchZone, "--node", benchNode,
+		"--pool", fmt.Sprintf("name=%s,dir=%s,zone=%s,node=%s", benchPool, poolDir, benchZone, benchNode)); err != nil {
+		return nil, err
+	}
+	if s.api, err = dialUnix(apiSock); err != nil {
+		return nil, err
+	}
+	u.push("close API connection", s.api.Close)
+	s.volumes, s.snapshots, s.pools = pb.NewVolumeServiceClient(s.api), pb.NewSnapshotServiceClient(s.api), pb.NewPoolServiceClient(s.api)
+	if err := waitReady(ctx, "Stowage API", func(ctx context.Context) error {
+		_, err := s.pools.ListPools(ctx, &pb.ListPoolsRequest{})
+		return err
+	}); err != nil {
+		return nil, err
+	}
+
+	progress("starting `stowage csi all` (log: %s)", filepath.Join(logDir, "csi.log"))
+	if err := s.daemon(u, "csi", stowage, "csi", "all",
+		"--endpoint", "unix://"+csiSock, "--api", "unix://"+apiSock,
+		"--node-id", benchNode, "--zone", benchZone, "--state-dir", filepath.Join(work, "csi-node")); err != nil {
+		return nil, err
+	}
+	if s.csiConn, err = dialUnix(csiSock); err != nil {
+		return nil, err
+	}
+	u.push("close CSI connection", s.csiConn.Close)
+	s.ctrl, s.node = csi.NewControllerClient(s.csiConn), csi.NewNodeClient(s.csiConn)
+	ident := csi.NewIdentityClient(s.csiConn)
+	if err := waitReady(ctx, "CSI driver", func(ctx context.Context) error {
+		_, err := ident.Probe(ctx, &csi.ProbeRequest{})
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// poolDevice is the loop device under the pool and whether it does direct
+// I/O; if it did not, the host's page cache would serve both the baseline
+// and the volumes.
+func (s *stack) poolDevice() (dev, dio string) {
+	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(s.poolDir))
+	if err != nil || len(ms) == 0 {
+		return "unknown", "unknown"
+	}
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(ms[0].Source), "loop", "dio"))
+	if err != nil {
+		return ms[0].Source, "unknown"
+	}
+	return ms[0].Source, strings.TrimSpace(string(b))
+}
+
+// settle flushes the pool and waits until its device is idle, so one
+// benchmark's leftovers (writeback of a copy, xfs freeing a deleted
+// fragmented image in the background) are not billed to the next.
+func (s *stack) settle(ctx context.Context) error {
+	d, err := os.Open(s.poolDir)
+	if err != nil {
+		return err
+	}
+	err = unix.Syncfs(int(d.Fd()))
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("syncfs %s: %w", s.poolDir, err)
+	}
+	dev, _ := s.poolDevice()
+	waited, err := waitIdle(ctx, dev, 2*time.Second, time.Minute)
+	progress("pool %s idle after %s", dev, waited.Round(time.Millisecond))
+	return err
+}
+
+// daemon starts one stowage process in its own process group, so a Ctrl-C
+// at the terminal reaches only this program, which then tears down in order
+// (CSI unpublish before the driver stops). Pdeathsig stops it should this
+// program be killed outright.
+func (s *stack) daemon(u *undoStack, name, bin string, args ...string) error {
+	logf, err := os.Create(filepath.Join(s.logDir, name+".log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	u.push("stop "+name, func() error {
+		defer logf.Close()
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+			return nil
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+			return fmt.Errorf("%s did not stop on SIGTERM within 15 s; killed (pid %d)", name, cmd.Process.Pid)
+		}
+	})
+	return nil
+}
+
+func dialUnix(sock string) (*grpc.ClientConn, error) {
+	return grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+func waitReady(ctx context.Context, what string, probe func(context.Context) error) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := probe(pctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after 20 s: %w", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// cleanupUnder is stack.CleanupUnder without a testing.TB: it unmounts
+// everything below dir and detaches every loop device backed by a file
+// below poolDir.
+func cleanupUnder(dir, poolDir string) error {
+	var errs []error
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		errs = append(errs, fmt.Errorf("read mounts: %w", err))
+	}
+	for i := len(mounts) - 1; i >= 0; i-- { // deepest first
+		if err := unix.Unmount(mounts[i].Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mounts[i].Mountpoint, err))
+		} else {
+			progress("cleanup: unmounted leftover %s", mounts[i].Mountpoint)
+		}
+	}
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
+		if strings.HasPrefix(backing, poolDir+"/") {
+			if err := attach.Detach(context.Background(), backing); err != nil {
+				errs = append(errs, err)
+			} else {
+				progress("cleanup: detached leftover loop device of %s", backing)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// undoStack runs cleanups last-in first-out. Each runs at most once, so a
+// benchmark can free a resource early (to keep the pool small) and the final
+// run still covers whatever a failure left.
+type undoStack struct{ items []*undo }
+
+type undo struct {
+	what string
+	fn   func() error
+	done bool
+}
+
+func (u *undoStack) push(what string, fn func() error) *undo {
+	it := &undo{what: what, fn: fn}
+	u.items = append(u.items, it)
+	return it
+}
+
+// do runs one cleanup now (if it has not run).
+func (it *undo) do() error {
+	if it.done {
+		return nil
+	}
+	it.done = true
+	if err := it.fn(); err != nil {
+		return fmt.Errorf("%s: %w", it.what, err)
+	}
+	return nil
+}
+
+// run runs every pending cleanup, newest first, and reports all failures.
+func (u *undoStack) run() error {
+	var errs []error
+	for i := len(u.items) - 1; i >= 0; i-- {
+		if err := u.items[i].do(); err != nil {
+			progress("cleanup failed: %v", err)
+			errs = append(errs, err)
+		}
+	}
+	u.items = nil
+	return errors.Join(errs...)
+}
