@@ -88,15 +88,25 @@ func (p Process) isOurs(pid int) bool {
 	if !alive(pid) {
 		return false
 	}
-	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if errors.Is(err, os.ErrPermission) {
-		// Not root (`stowage status` as a user): alive is the best we know.
-		return true
+	// While a process execs, its environment reads empty, fails or is
+	// briefly incomplete; a process of ours shows its marks within moments,
+	// so look again for a while before saying it is not ours.
+	want := []string{envComponent + "=" + p.Name, envCluster + "=" + p.Cluster}
+	for i := 0; i < 50; i++ {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if errors.Is(err, os.ErrPermission) {
+			// Not root (`stowage status` as a user): alive is the best we know.
+			return true
+		}
+		if err == nil && hasEnv(env, want[0]) && hasEnv(env, want[1]) {
+			return true
+		}
+		if !alive(pid) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	if err != nil {
-		return false
-	}
-	return hasEnv(env, envComponent+"="+p.Name) && hasEnv(env, envCluster+"="+p.Cluster)
+	return false
 }
 
 // alive says whether pid exists and is not a zombie. Right after exec a
