@@ -11,12 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/stowage-io/stowage/internal/attach"
 	"github.com/stowage-io/stowage/internal/testutil/loopfs"
 )
 
@@ -280,4 +282,35 @@ func allocatedBytes(t testing.TB, path string) int64 {
 		t.Fatal(err)
 	}
 	return st.Blocks * 512
+}
+
+// A volume's sector size must not change once its image shares extents (a
+// snapshot or clone on xfs), or a file system made before could no longer
+// be mounted: source, snapshot and clone all attach with attach.BlockSize.
+func TestAttach_SourceSnapshotAndClone_SameSectorSize(t *testing.T) {
+	p := newPool(t, "xfs")
+	ctx := context.Background()
+	if err := p.CreateImage(ctx, "src", GiB); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SnapshotImage(ctx, "src", "snap"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CloneImage(ctx, "clone", "src", GiB); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{p.ImagePath("src"), p.SnapshotPath("snap"), p.ImagePath("clone")} {
+		dev, err := attach.Attach(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { attach.Detach(context.Background(), f) })
+		b, err := os.ReadFile("/sys/block/" + filepath.Base(dev) + "/queue/logical_block_size")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(string(b)); got != strconv.Itoa(attach.BlockSize) {
+			t.Errorf("%s on %s: logical block size %s, want %d", filepath.Base(f), dev, got, attach.BlockSize)
+		}
+	}
 }

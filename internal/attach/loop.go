@@ -103,6 +103,9 @@ func Attach(ctx context.Context, backingFile string) (string, error) {
 	return "", fmt.Errorf("attach %s: no free loop device after %d attempts (every LOOP_CONFIGURE lost a race)", path, configureAttempts)
 }
 
+// BlockSize is the logical sector size of every volume's loop device.
+const BlockSize = 4096
+
 // configure binds loop device n to backing with LOOP_CONFIGURE, which sets
 // file, flags and size in one step so no one sees a half-configured device.
 func configure(n int, backing *os.File, path string) (string, error) {
@@ -120,6 +123,12 @@ func configure(n int, backing *os.File, path string) (string, error) {
 	// The name is informational (losetup shows it); sysfs has the real path.
 	copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], path)
 	cfg.Info.Flags = unix.LO_FLAGS_DIRECT_IO
+	// A fixed sector size, never the kernel's pick: with direct I/O the
+	// kernel picks the backing file's I/O alignment, which on xfs becomes
+	// 4096 once the file shares extents (a snapshot or a clone). A volume
+	// whose sector size changed after its first snapshot could no longer
+	// mount an xfs made with the old one.
+	cfg.Size = BlockSize // struct loop_config.block_size
 	err = unix.IoctlLoopConfigure(int(lf.Fd()), &cfg)
 	if errors.Is(err, unix.EINVAL) {
 		// Kernels that validate direct I/O up front reject it here when the
