@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Run the Kubernetes external storage suite (e2e.test of Kubernetes v1.33.13,
+# "External Storage [Driver: block.csi.stowage.io]") against the block CSI
+# driver on the local cluster of `stowage up`, and write a summary.
+#
+#   sudo bash test/conformance/run.sh            # everything that can run here
+#   sudo bash test/conformance/run.sh --ci       # the subset CI runs
+#   sudo bash test/conformance/run.sh --focus 'volume-expand' --skip 'block volmode'
+#
+# Steps: build e2e.test and ginkgo if missing (hack/build-components.sh),
+# bin/stowage if missing; `stowage up` unless the cluster runs; build and
+# import the test images (hack/e2e-images.sh); run ginkgo; summarize.
+# The results and every skip's reason are in docs/conformance.md.
+set -euo pipefail
+
+usage() {
+	cat <<'EOF'
+usage: test/conformance/run.sh [--ci] [--focus REGEX] [--skip REGEX] [--procs N]
+                               [--report-dir DIR] [--data-dir DIR] [--keep-cluster] [--dry-run]
+
+  --ci          the CI subset: the suites provisioning, volumes, volumeMode,
+                multiVolume, snapshottable, volume-expand, volume-modify,
+                read-write-once-pod, fsgroupchangepolicy, topology, volumeLimits,
+                capacity (not subPath, ephemeral, volumeIO)
+  --focus       a further regex the spec text must match (ANDed with the run's focus)
+  --skip        a further regex of specs to skip (reason "--skip on the command line")
+  --procs       parallel ginkgo processes (default 3; [Serial] specs run alone at the end)
+  --report-dir  where reports go (default _output/conformance/<UTC time>)
+  --data-dir    the cluster's data directory (default /var/lib/stowage)
+  --keep-cluster  leave the cluster running at the end (default: as found --
+                a cluster this run created is removed with stowage down --wipe,
+                as test/e2e does; a stopped one is stopped again)
+  --dry-run     list what would run, without a cluster
+EOF
+}
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+here=$repo/test/conformance
+bin=$repo/_output/bin
+data_dir=/var/lib/stowage
+report_dir=
+ci=false
+dry_run=false
+keep_cluster=false
+procs=3
+user_focus=
+user_skip=
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--ci) ci=true; shift ;;
+	--dry-run) dry_run=true; shift ;;
+	--keep-cluster) keep_cluster=true; shift ;;
+	--focus | --skip | --procs | --report-dir | --data-dir)
+		[[ $# -ge 2 ]] || { usage >&2; exit 2; }
+		case $1 in
+		--focus) user_focus=$2 ;;
+		--skip) user_skip=$2 ;;
+		--procs) procs=$2 ;;
+		--report-dir) report_dir=$2 ;;
+		--data-dir) data_dir=$2 ;;
+		esac
+		shift 2
+		;;
+	-h | --help) usage; exit 0 ;;
+	*) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+	esac
+done
+
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+	PATH=$PATH:/usr/local/go/bin
+fi
+[[ -n $report_dir ]] || report_dir=$repo/_output/conformance/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$report_dir"
+report_dir=$(cd "$report_dir" && pwd)
+kubeconfig=$data_dir/kubeconfig/admin.kubeconfig
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+
+# --- what runs, and why the rest does not ---------------------------------
+# Every spec registered for the driver is "External Storage [Driver: ...]".
+# A skip rule is REASON<TAB>REGEX; the summary names the reason of each
+# skipped spec (rules here, or the test suite's own message when the suite
+# skips a spec itself, e.g. a capability the driver does not claim).
+focus='External Storage \[Driver: block\.csi\.stowage\.io\]'
+rules=()
+rule() { rules+=("$1"$'\t'"$2"); }
+rule "needs SSH to the node to stop and start the kubelet with systemctl (storage/utils.KubeletCommand); the local cluster has no SSH server and its kubelet is a plain host process" '\[Disruptive\]'
+rule "marked [Flaky] upstream" '\[Flaky\]'
+rule "Windows only (ntfs)" '\[Feature:Windows\]'
+rule "runs commands on the node through a privileged pod that enters the mount namespace of the host's PID 1 (storage/utils.HostExec: nsenter --mount=/proc/1/ns/mnt); this machine refuses that even to host root (Permission denied: PID 1 is the VM's init)" 'volumeMode should not mount / map unused volumes in a pod'
+rule "deploys the volume-data-source-validator and hello-populator images of registry.k8s.io/sig-storage, which no registry can serve here and which are not built locally; the driver's part (an empty volume) is covered by the other provisioning specs" 'should provision storage with any volume data source'
+# A mounted ext4 cannot grow where root lacks CAP_SYS_RESOURCE (the kernel
+# refuses resize2fs of a mounted ext4); the driver then grows it when the
+# volume is next staged. The expansion specs of the suite use the class's
+# file system (ext4), so their online file-system variants cannot pass here.
+cap_eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
+if ((((16#$cap_eff) >> 24 & 1) == 0)); then
+	rule "online growth of a mounted ext4 (the class's file system): root lacks CAP_SYS_RESOURCE on this machine, so the kernel refuses it and the driver grows the file system at the next stage instead (xfs and block volumes grow online and are tested)" '\(default fs\)\(allowExpansion\)\] volume-expand should resize volume when PVC is edited while pod is using it|Generic Ephemeral-volume \(default fs\).* ephemeral should support expansion of pvcs created for ephemeral pvcs'
+fi
+# --ci: the suites that exercise the driver itself (provisioning, data,
+# snapshots, clones, expansion, modification, access modes, topology, limits),
+# every pattern including [Slow] and [Serial] ones; left out are subPath,
+# ephemeral and volumeIO (kubelet subpaths, the generic-ephemeral controller,
+# file sizes: ~12 of the full run's ~50 minutes of spec time), which the full
+# run covers.
+if $ci; then
+	focus+='.*\] (provisioning|volumes|volumeMode|multiVolume|snapshottable|volume-expand|volume-modify|read-write-once-pod|fsgroupchangepolicy|topology|volumeLimits|capacity) '
+fi
+[[ -z $user_skip ]] || rule "--skip on the command line" "$user_skip"
+[[ -z $user_focus ]] || focus="($focus).*($user_focus)|($user_focus).*($focus)"
+
+skip=
+: >"$report_dir/skips.tsv"
+for r in "${rules[@]}"; do
+	printf '%s\n' "$r" >>"$report_dir/skips.tsv"
+	skip+="${skip:+|}${r#*$'\t'}"
+done
+
+# --- binaries, cluster, images ------------------------------------------------
+if [[ ! -x $bin/e2e.test || ! -x $bin/ginkgo ]]; then
+	log "building e2e.test and ginkgo (cold: about 10 minutes)"
+	bash "$repo/hack/build-components.sh" e2e.test ginkgo
+fi
+(cd "$repo" && GOWORK=off go build -o "$repo/_output/e2e/summarize" ./test/conformance/summarize)
+
+e2e_args=(
+	--kubeconfig="$kubeconfig"
+	--provider=local
+	-storage.testdriver="$here/testdriver.yaml"
+	--repo-root="$repo"
+	--report-dir="$report_dir"
+	--kubelet-root-dir="$data_dir/kubelet"
+	--kubectl-path="$bin/kubectl"
+	--node-os-distro=debian
+	--dump-logs-on-failure=true
+	--disable-log-dump=true
+)
+ginkgo_args=(
+	--procs="$procs"
+	--timeout=6h
+	--output-dir="$report_dir"
+	--json-report=report.json
+	--junit-report=junit.xml
+	--no-color
+	--poll-progress-after=10m
+	--focus="$focus"
+	--skip="$skip"
+)
+
+if $dry_run; then
+	"$bin/ginkgo" --dry-run "${ginkgo_args[@]/--procs=*/--procs=1}" "$bin/e2e.test" -- "${e2e_args[@]}" >"$report_dir/ginkgo.log" 2>&1 || true
+	"$repo/_output/e2e/summarize" --report "$report_dir/report.json" --skips "$report_dir/skips.tsv" | tee "$report_dir/summary.md"
+	exit 0
+fi
+
+[[ $(id -u) == 0 ]] || { echo "run.sh: run as root (stowage up, ctr, host mounts)" >&2; exit 1; }
+if [[ ! -x $repo/bin/stowage ]]; then
+	log "building bin/stowage"
+	(cd "$repo" && go build -o bin/stowage ./cmd/stowage)
+fi
+# Leave the cluster as it was found: one this run creates is removed at the
+# end (down --wipe), one it starts from a stopped data directory is stopped
+# again (down), one that runs is left running.
+found=running
+if [[ ! -e $data_dir/cluster.json ]]; then
+	found=none
+elif ! "$repo/bin/stowage" status --data-dir "$data_dir" >/dev/null 2>&1; then
+	found=stopped
+fi
+teardown() {
+	$keep_cluster && return 0
+	case $found in
+	none)
+		log "stowage down --wipe (this run created the cluster)"
+		"$repo/bin/stowage" down --wipe --data-dir "$data_dir" || true
+		;;
+	stopped)
+		log "stowage down (the cluster was stopped before this run)"
+		"$repo/bin/stowage" down --data-dir "$data_dir" || true
+		;;
+	esac
+}
+trap teardown EXIT
+if [[ $found != running ]]; then
+	log "bringing the cluster up (bin/stowage up --data-dir $data_dir)"
+	"$repo/bin/stowage" up --data-dir "$data_dir"
+fi
+log "building and importing the test images"
+bash "$repo/hack/e2e-images.sh" --data-dir "$data_dir"
+
+# The part of each component log written during the run goes with the report.
+declare -A log_offsets=()
+for f in "$data_dir"/logs/*.log; do
+	log_offsets[$f]=$(stat -c %s "$f")
+done
+cleanup() {
+	mkdir -p "$report_dir/logs"
+	for f in "$data_dir"/logs/*.log; do
+		tail -c +$((${log_offsets[$f]:-0} + 1)) "$f" >"$report_dir/logs/$(basename "$f")" 2>/dev/null || true
+	done
+	teardown
+}
+trap cleanup EXIT
+
+log "running the suite: $procs ginkgo processes, reports in $report_dir"
+start=$SECONDS
+set +e
+"$bin/ginkgo" "${ginkgo_args[@]}" "$bin/e2e.test" -- "${e2e_args[@]}" >"$report_dir/ginkgo.log" 2>&1
+rc=$?
+set -e
+elapsed=$((SECONDS - start))
+
+# The framework deletes each test's namespace without waiting; once every
+# claim and volume is gone, nothing of the driver's may be left on the node:
+# no loop device of a volume image, no mount under the kubelet's directory.
+log "waiting for the test namespaces and volumes to be deleted"
+kubectl=("$bin/kubectl" --kubeconfig="$kubeconfig")
+for ((i = 0; i < 120; i++)); do
+	if [[ -z $("${kubectl[@]}" get pv -o name 2>/dev/null) ]] &&
+		! "${kubectl[@]}" get ns --no-headers 2>/dev/null | grep -q Terminating; then
+		break
+	fi
+	sleep 5
+done
+leftovers=$("${kubectl[@]}" get pv -o name 2>/dev/null || true)
+leftovers+=$'\n'$(losetup -l -n -O NAME,BACK-FILE 2>/dev/null | grep -F "$data_dir/stowage/pools/" | grep -F '/volumes/' || true)
+leftovers+=$'\n'$(awk -v d="$data_dir/kubelet/" 'index($2, d) == 1 {print $2}' /proc/mounts || true)
+leftovers=$(grep -v '^$' <<<"$leftovers" || true)
+{
+	"$repo/_output/e2e/summarize" --report "$report_dir/report.json" --skips "$report_dir/skips.tsv"
+	echo
+	if [[ -n $leftovers ]]; then
+		echo "Left behind after every test namespace and volume was deleted:"
+		echo
+		sed 's/^/    /' <<<"$leftovers"
+		echo
+	else
+		echo "Left behind: nothing (no volume, loop device or kubelet mount)."
+		echo
+	fi
+	printf 'Wall time of the ginkgo run: %dm%02ds (%d processes, %s).\n' $((elapsed / 60)) $((elapsed % 60)) "$procs" "$($ci && echo --ci || echo full)"
+} >"$report_dir/summary.md" || true
+cat "$report_dir/summary.md"
+log "ginkgo exit code $rc; log $report_dir/ginkgo.log, JUnit $report_dir/junit.xml"
+if [[ $rc == 0 && -n $leftovers ]]; then
+	log "FAIL: the run left volumes, loop devices or mounts behind (above)"
+	rc=1
+fi
+exit $rc
