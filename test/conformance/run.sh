@@ -167,8 +167,23 @@ if [[ ! -e $data_dir/cluster.json ]]; then
 elif ! "$repo/bin/stowage" status --data-dir "$data_dir" >/dev/null 2>&1; then
 	found=stopped
 fi
+# other_namespaces lists namespaces that neither the system nor the e2e
+# framework (label e2e-framework) made: someone else is using the cluster.
+other_namespaces() {
+	"$bin/kubectl" --kubeconfig="$kubeconfig" get ns -l '!e2e-framework' -o name 2>/dev/null |
+		grep -v -E '^namespace/(default|kube-system|kube-public|kube-node-lease)$' | tr '\n' ' ' || true
+}
 teardown() {
 	$keep_cluster && return 0
+	[[ $found != running ]] || return 0
+	# Someone else may have started using the cluster meanwhile (test/e2e
+	# uses a running cluster and leaves it up): their namespaces keep it up.
+	local others
+	others=$(other_namespaces)
+	if [[ -n $others ]]; then
+		log "leaving the cluster running: namespaces this run did not make exist ($others)"
+		return 0
+	fi
 	case $found in
 	none)
 		log "stowage down --wipe (this run created the cluster)"
@@ -216,20 +231,28 @@ elapsed=$((SECONDS - start))
 log "waiting for the test namespaces and volumes to be deleted"
 kubectl=("$bin/kubectl" --kubeconfig="$kubeconfig")
 for ((i = 0; i < 120; i++)); do
-	if [[ -z $("${kubectl[@]}" get pv -o name 2>/dev/null) ]] &&
-		! "${kubectl[@]}" get ns --no-headers 2>/dev/null | grep -q Terminating; then
+	if [[ -z $("${kubectl[@]}" get ns -l e2e-framework -o name 2>/dev/null) ]] &&
+		[[ -n $(other_namespaces) || -z $("${kubectl[@]}" get pv,volumeattachments -o name 2>/dev/null) ]]; then
 		break
 	fi
 	sleep 5
 done
-leftovers=$("${kubectl[@]}" get pv -o name 2>/dev/null || true)
-leftovers+=$'\n'$(losetup -l -n -O NAME,BACK-FILE 2>/dev/null | grep -F "$data_dir/stowage/pools/" | grep -F '/volumes/' || true)
-leftovers+=$'\n'$(awk -v d="$data_dir/kubelet/" 'index($2, d) == 1 {print $2}' /proc/mounts || true)
-leftovers=$(grep -v '^$' <<<"$leftovers" || true)
+others=$(other_namespaces)
+leftovers=
+if [[ -z $others ]]; then
+	leftovers=$("${kubectl[@]}" get ns -l e2e-framework -o name 2>/dev/null || true)
+	leftovers+=$'\n'$("${kubectl[@]}" get pv -o name 2>/dev/null || true)
+	leftovers+=$'\n'$(losetup -l -n -O NAME,BACK-FILE 2>/dev/null | grep -F "$data_dir/stowage/pools/" | grep -F '/volumes/' || true)
+	leftovers+=$'\n'$(awk -v d="$data_dir/kubelet/" 'index($2, d) == 1 {print $2}' /proc/mounts || true)
+	leftovers=$(grep -v '^$' <<<"$leftovers" || true)
+fi
 {
 	"$repo/_output/e2e/summarize" --report "$report_dir/report.json" --skips "$report_dir/skips.tsv"
 	echo
-	if [[ -n $leftovers ]]; then
+	if [[ -n $others ]]; then
+		echo "Leftovers not checked: the cluster is in use by others too ($others)."
+		echo
+	elif [[ -n $leftovers ]]; then
 		echo "Left behind after every test namespace and volume was deleted:"
 		echo
 		sed 's/^/    /' <<<"$leftovers"
