@@ -194,7 +194,7 @@ func (n *NodeService) lock(ctx context.Context, volumeID string) (func(), error)
 	return unlock, nil
 }
 
-func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (_ *csi.NodeStageVolumeResponse, retErr error) {
 	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
 	if id == "" || staging == "" {
 		return nil, status.Error(codes.InvalidArgument, "NodeStageVolume: volume id and staging target path are required")
@@ -238,6 +238,24 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 		return nil, status.Errorf(codes.FailedPrecondition, "NodeStageVolume %s: the volume is encrypted, and Stowage encrypts at the file-system level (ext4 fscrypt; this node has no device-mapper for dm-crypt), so it cannot be used as a raw block device", id)
 	}
 	st := &stagedVolume{VolumeID: id, ImagePath: att.ImagePath, StagingPath: staging, Block: isBlock}
+	// A raw block volume is staged once its loop device exists; a file
+	// system once it is mounted at the staging path. A stage that fails
+	// undoes its own work: the kubelet takes the error as "not staged" and
+	// never calls NodeUnstageVolume, so nobody else would detach the loop
+	// device, which would then hold the image after the volume is deleted.
+	// A volume that was staged before this call stays as it was.
+	_, wasAttached, _ := attach.Find(att.ImagePath)
+	wasStaged := wasAttached && isBlock
+	if wasAttached && !isBlock {
+		notMnt, err := n.mounter.IsLikelyNotMountPoint(staging)
+		wasStaged = err == nil && !notMnt
+	}
+	mountedHere := false
+	defer func() {
+		if retErr != nil && !wasStaged {
+			n.abandonStage(st, mountedHere)
+		}
+	}()
 	// Write the state before attaching: if we crash right after the attach,
 	// a retry or an unstage still knows which image to detach.
 	if err := n.writeState(st); err != nil {
@@ -292,6 +310,7 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 		if err := n.mounter.FormatAndMountSensitiveWithFormatOptions(device, staging, fsType, opts, nil, fopts); err != nil {
 			return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: format and mount %s (%s) at %s: %v", id, device, fsType, staging, err)
 		}
+		mountedHere = true
 	}
 	if v.Encrypted {
 		dir, err := n.unlock(ctx, id, staging)
@@ -305,6 +324,35 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 	}
 	klog.InfoS("NodeStageVolume: staged", "volumeID", id, "device", device, "fsType", fsType, "stagingPath", staging)
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// abandonStage undoes what a failed NodeStageVolume did: the mount it made,
+// the volume's limits, its loop device and its node state. It runs with a
+// context of its own, since the caller's may be what ran out.
+func (n *NodeService) abandonStage(st *stagedVolume, mounted bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	log := klog.LoggerWithValues(klog.Background(), "volumeID", st.VolumeID, "image", st.ImagePath)
+	if mounted {
+		if err := n.mounter.Unmount(st.StagingPath); err != nil {
+			log.Error(err, "NodeStageVolume failed; unmounting what it mounted failed too", "stagingPath", st.StagingPath)
+			return // the device stays attached under the mount; unstage cleans up
+		}
+	}
+	if st.Device != "" {
+		if err := attach.ClearLimits(st.Device); err != nil {
+			log.Error(err, "NodeStageVolume failed; clearing the volume's limits failed too", "device", st.Device)
+		}
+	}
+	if err := attach.Detach(ctx, st.ImagePath); err != nil {
+		log.Error(err, "NodeStageVolume failed; detaching its loop device failed too")
+		return
+	}
+	if err := os.Remove(n.statePath(st.VolumeID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Error(err, "NodeStageVolume failed; removing its node state failed too")
+		return
+	}
+	log.Info("NodeStageVolume failed; detached the loop device it attached", "device", st.Device)
 }
 
 // isExt reports whether device holds an ext2/3/4 file system.
