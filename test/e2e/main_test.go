@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
-func run(m *testing.M) int {
+func run(m *testing.M) (code int) {
 	if os.Geteuid() != 0 {
 		fmt.Println("e2e: skipped: needs root (it runs a local Kubernetes with loop devices and mounts)")
 		return 0
@@ -78,7 +78,18 @@ func run(m *testing.M) int {
 		}
 	}
 	if startedHere && os.Getenv("STOWAGE_E2E_KEEP") != "1" {
-		defer down()
+		defer func() {
+			// The machine must be left clean: a failed down fails the run,
+			// and so does anything of the cluster's left in the kernel.
+			if err := down(); err != nil {
+				fmt.Println("e2e: FAIL: stowage down:", err)
+				code = 1
+			}
+			if left := leftovers(); left != "" {
+				fmt.Println("e2e: FAIL: left behind after stowage down:\n" + left)
+				code = 1
+			}
+		}()
 	}
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
@@ -92,13 +103,31 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-func down() {
+func down() error {
 	step("stowage down --wipe (this run started the cluster)")
 	d := exec.Command(stowageBin, "down", "--wipe", "--data-dir", dataDir)
 	d.Stdout, d.Stderr = os.Stdout, os.Stderr
-	if err := d.Run(); err != nil {
-		fmt.Println("e2e: stowage down:", err)
+	return d.Run()
+}
+
+// leftovers lists loop devices backed by files under the data directory
+// and mounts under it, one per line.
+func leftovers() string {
+	var b strings.Builder
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		backing, err := os.ReadFile(f)
+		if err == nil && strings.HasPrefix(string(backing), dataDir+"/") {
+			fmt.Fprintf(&b, "loop device %s: %s", filepath.Base(filepath.Dir(filepath.Dir(f))), backing)
+		}
 	}
+	mounts, _ := os.ReadFile("/proc/self/mounts")
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], dataDir+"/") {
+			fmt.Fprintf(&b, "mount %s (%s)\n", f[1], f[0])
+		}
+	}
+	return b.String()
 }
 
 func step(msg string) { fmt.Printf("e2e %s: %s\n", time.Now().Format("15:04:05"), msg) }
