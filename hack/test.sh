@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run). Installs what is missing,
 # then runs go vet and every test: unit tests, csi-sanity against the real
-# driver and server, crash-recovery tests, and the end-to-end suite on a
-# local Kubernetes made by `stowage up`. Tests use real loop devices and
+# driver and server, crash-recovery tests, the end-to-end suite on a local
+# Kubernetes made by `stowage up`, and the CI subset of the upstream
+# external storage suite on the same kind of cluster. Tests use real loop devices and
 # mounts, so this runs as root. It fails if a test leaked a loop device or
 # a mount.
 set -euo pipefail
@@ -29,6 +30,14 @@ echo "== building Kubernetes components (hack/build-components.sh)"
 bash hack/build-components.sh
 echo "== end-to-end tests on a local Kubernetes (test/e2e)"
 (cd test/e2e && go vet ./... && go test -count=1 -timeout 45m ./...)
+
+# The Kubernetes external storage suite (e2e.test of the cluster's version)
+# against block.csi.stowage.io: the CI subset of test/conformance/run.sh,
+# every suite that exercises the driver (docs/conformance.md). e2e.test is
+# a large build (cold: about 10 minutes).
+echo "== Kubernetes external storage suite, CI subset (test/conformance/run.sh --ci)"
+bash hack/build-components.sh e2e.test ginkgo
+bash test/conformance/run.sh --ci
 
 after=$(leaks)
 if [ "$after" != "$before" ]; then

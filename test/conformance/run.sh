@@ -158,10 +158,8 @@ if $dry_run; then
 fi
 
 [[ $(id -u) == 0 ]] || { echo "run.sh: run as root (stowage up, ctr, host mounts)" >&2; exit 1; }
-if [[ ! -x $repo/bin/stowage ]]; then
-	log "building bin/stowage"
-	(cd "$repo" && go build -o bin/stowage ./cmd/stowage)
-fi
+log "building bin/stowage"
+(cd "$repo" && go build -o bin/stowage ./cmd/stowage)
 # Leave the cluster as it was found: one this run creates is removed at the
 # end (down --wipe), one it starts from a stopped data directory is stopped
 # again (down), one that runs is left running.
@@ -191,11 +189,11 @@ teardown() {
 	case $found in
 	none)
 		log "stowage down --wipe (this run created the cluster)"
-		"$repo/bin/stowage" down --wipe --data-dir "$data_dir" || true
+		"$repo/bin/stowage" down --wipe --data-dir "$data_dir" || { log "FAIL: stowage down --wipe failed"; return 1; }
 		;;
 	stopped)
 		log "stowage down (the cluster was stopped before this run)"
-		"$repo/bin/stowage" down --data-dir "$data_dir" || true
+		"$repo/bin/stowage" down --data-dir "$data_dir" || { log "FAIL: stowage down failed"; return 1; }
 		;;
 	esac
 }
@@ -217,7 +215,10 @@ cleanup() {
 	for f in "$data_dir"/logs/*.log; do
 		tail -c +$((${log_offsets[$f]:-0} + 1)) "$f" >"$report_dir/logs/$(basename "$f")" 2>/dev/null || true
 	done
-	teardown
+	# A failed teardown fails the run: the machine must be left clean.
+	local rc=$?
+	teardown || rc=1
+	exit $rc
 }
 trap cleanup EXIT
 

@@ -22,6 +22,7 @@ import (
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -33,6 +34,7 @@ var (
 	kubeconfig string
 	apiSocket  string
 	kube       *kubernetes.Clientset
+	restCfg    *rest.Config
 	dyn        *dynamic.DynamicClient
 )
 
@@ -98,6 +100,7 @@ func run(m *testing.M) (code int) {
 		return 1
 	}
 	cfg.QPS, cfg.Burst = 50, 100
+	restCfg = cfg
 	kube = kubernetes.NewForConfigOrDie(cfg)
 	dyn = dynamic.NewForConfigOrDie(cfg)
 	return m.Run()
