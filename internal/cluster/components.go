@@ -22,6 +22,9 @@ var componentBinaries = []string{
 	"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "snapshot-controller",
 }
 
+// CapacityNamespace holds the CSIStorageCapacity objects of the cluster.
+const CapacityNamespace = "kube-system"
+
 // SnapshotCRDs are the snapshot.storage.k8s.io CRD files under <bin>/crds.
 var SnapshotCRDs = []string{
 	"snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
@@ -102,6 +105,13 @@ func (c *Config) Components() []Component {
 		args := append([]string{"--csi-address=" + csiCtrl, "--kubeconfig=" + kc(name), "--leader-election=false", "--v=2"}, extra...)
 		return Component{Name: name, Cmd: Command{Path: bin(name), Args: args}, Needs: []string{"kube-apiserver", "csi-controller"}}
 	}
+	// The provisioner publishes the pools' capacity per storage class and
+	// topology segment as CSIStorageCapacity objects in kube-system (no
+	// owner: it is not a pod here), refreshed every 30 s and after each
+	// create and delete.
+	provisioner := sidecar("csi-provisioner", "--extra-create-metadata", "--timeout=60s", "--retry-interval-start=500ms", "--retry-interval-max=30s", vacGate,
+		"--enable-capacity", "--capacity-ownerref-level=-1", "--capacity-poll-interval=30s")
+	provisioner.Cmd.Env = append(provisioner.Cmd.Env, "NAMESPACE="+CapacityNamespace)
 	return []Component{
 		{Name: "containerd", Cmd: Command{Path: "containerd", Args: []string{"--config", filepath.Join(l.Configs(), "containerd.toml")}},
 			Ready: func(ctx context.Context) error { return dialUnix(l.ContainerdSocket()) }},
@@ -215,7 +225,7 @@ func (c *Config) Components() []Component {
 		}}, Ready: func(ctx context.Context) error { return dialUnix(csiCtrl) }},
 		// A delete is retried until the volume is detached; retry soon and
 		// often enough that a claim's volume goes within seconds of its pod.
-		sidecar("csi-provisioner", "--extra-create-metadata", "--timeout=60s", "--retry-interval-start=500ms", "--retry-interval-max=30s", vacGate),
+		provisioner,
 		sidecar("csi-attacher", "--timeout=60s"),
 		sidecar("csi-resizer", "--timeout=60s", "--handle-volume-inuse-error=false", vacGate),
 		sidecar("csi-snapshotter", "--extra-create-metadata", "--timeout=60s"),

@@ -77,6 +77,11 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 		keep(err)
 		p.line("✓", fmt.Sprintf("stopped %d pod sandboxes", n), "", time.Since(t))
 	}
+	// A container whose stop failed would still hold its volumes open, and
+	// with them their loop devices: whatever still runs in a pod cgroup goes.
+	if k := killCgroupTree("kubepods"); k > 0 {
+		report("killed %d processes left in pod cgroups", k)
+	}
 	stop("kube-proxy", "csi-node", "csi-controller")
 
 	// Volumes: pods' mounts and the node plugin's staging mounts live under
@@ -303,4 +308,41 @@ func removeCgroupTrees(top string) int {
 		}
 	}
 	return n
+}
+
+// killCgroupTree SIGKILLs every process in the cgroup directories named top
+// (and below) of every hierarchy, and gives them a moment to exit.
+func killCgroupTree(top string) int {
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + top)
+	if exists("/sys/fs/cgroup/" + top) {
+		roots = append(roots, "/sys/fs/cgroup/"+top)
+	}
+	pids := map[int]bool{}
+	for _, root := range roots {
+		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
+				return nil
+			}
+			b, _ := os.ReadFile(p)
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil && pid > 1 && pid != os.Getpid() {
+					pids[pid] = true
+				}
+			}
+			return nil
+		})
+	}
+	for pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	killed := len(pids)
+	for i := 0; i < 50 && len(pids) > 0; i++ {
+		for pid := range pids {
+			if !alive(pid) {
+				delete(pids, pid)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return killed
 }

@@ -300,11 +300,16 @@ func volumeCondition(v *pb.Volume) *csi.VolumeCondition {
 	return &csi.VolumeCondition{Message: fmt.Sprintf("volume %s is %s", v.Id, v.State)}
 }
 
+// GetCapacity reports the free space of the pools in the requested
+// topology. Pools are thin: a volume's image takes space only as it is
+// written, and CreateVolume accepts any size its type allows, so the
+// maximum volume size is the type's largest (the scheduler compares a
+// claim against it when CSIStorageCapacity is published), while the
+// available capacity is the pools' real free space, for operators.
 func (c *ControllerService) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
-	if t := req.GetParameters()[paramType]; t != "" {
-		if _, err := block.ParseType(t); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "GetCapacity: %v", err)
-		}
+	typ, err := block.ParseType(req.GetParameters()[paramType])
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "GetCapacity: %v", err)
 	}
 	var zone, node string
 	if seg := req.GetAccessibleTopology().GetSegments(); seg != nil {
@@ -320,9 +325,10 @@ func (c *ControllerService) GetCapacity(ctx context.Context, req *csi.GetCapacit
 	out := &csi.GetCapacityResponse{}
 	for _, p := range resp.Pools {
 		out.AvailableCapacity += p.FreeBytes
-		if p.FreeBytes > out.GetMaximumVolumeSize().GetValue() {
-			out.MaximumVolumeSize = wrapperInt64(p.FreeBytes)
-		}
+	}
+	if len(resp.Pools) > 0 {
+		_, maxGiB := block.SizeRange(typ)
+		out.MaximumVolumeSize = wrapperInt64(maxGiB << 30)
 	}
 	return out, nil
 }
