@@ -287,12 +287,8 @@ func processRunning(name string) bool {
 // removeCgroupTrees removes the (empty) cgroup directories named top in
 // every cgroup hierarchy, deepest first. Non-empty ones stay.
 func removeCgroupTrees(top string) int {
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + top)
-	if exists("/sys/fs/cgroup/" + top) {
-		roots = append(roots, "/sys/fs/cgroup/"+top)
-	}
 	n := 0
-	for _, root := range roots {
+	for _, root := range cgroupRoots(top) {
 		var dirs []string
 		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 			if err == nil && d.IsDir() {
@@ -313,12 +309,8 @@ func removeCgroupTrees(top string) int {
 // killCgroupTree SIGKILLs every process in the cgroup directories named top
 // (and below) of every hierarchy, and gives them a moment to exit.
 func killCgroupTree(top string) int {
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + top)
-	if exists("/sys/fs/cgroup/" + top) {
-		roots = append(roots, "/sys/fs/cgroup/"+top)
-	}
 	pids := map[int]bool{}
-	for _, root := range roots {
+	for _, root := range cgroupRoots(top) {
 		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 			if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
 				return nil
@@ -345,4 +337,15 @@ func killCgroupTree(top string) int {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return killed
+}
+
+// cgroupRoots are the directories named top at the root of every cgroup
+// hierarchy: /sys/fs/cgroup/<controller>/top for v1, /sys/fs/cgroup/top for
+// a v2-only machine.
+func cgroupRoots(top string) []string {
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + top)
+	if exists("/sys/fs/cgroup/" + top) {
+		roots = append(roots, "/sys/fs/cgroup/"+top)
+	}
+	return roots
 }
