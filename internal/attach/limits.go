@@ -75,8 +75,14 @@ func SetLimitsIn(cgroup, device string, l Limits) error {
 		}
 	}
 	for _, f := range l.throttleFiles() {
-		// Writing 0 deletes the rule; it is accepted even when none exists.
 		file := filepath.Join(cgroup, f.name)
+		// A rule that is already right is not written again: a write
+		// restarts the throttle's accounting slice, and the node re-applies
+		// limits every few seconds.
+		if cur, err := readRule(file, majmin); err == nil && cur == *f.value {
+			continue
+		}
+		// Writing 0 deletes the rule; it is accepted even when none exists.
 		if err := writeRule(file, majmin+" "+strconv.FormatInt(*f.value, 10)); err != nil {
 			return fmt.Errorf("set limits on %s (%s): %w", device, majmin, err)
 		}

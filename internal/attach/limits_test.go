@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func requireBlkio(t testing.TB) {
@@ -234,4 +236,52 @@ func fioWriteIOPS(t *testing.T, dev, cgroup string) float64 {
 		t.Fatalf("fio on %s: parse output (%v): %s", dev, err, out)
 	}
 	return res.Jobs[0].Write.IOPS
+}
+
+// Re-applying the same limits writes nothing (a write would restart the
+// throttle's accounting); a changed limit is written.
+func TestSetLimits_SameLimitsAgain_NoWrite(t *testing.T) {
+	requireBlkio(t)
+	dev := limitedDevice(t)
+	l := Limits{ReadIOPS: 3000, WriteIOPS: 3000, ReadBPS: 125 << 20, WriteBPS: 125 << 20}
+	if err := SetLimits(dev, l); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	for _, f := range l.throttleFiles() {
+		if _, err := unix.InotifyAddWatch(fd, filepath.Join(BlkioRoot, f.name), unix.IN_MODIFY); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writes := func() int {
+		buf := make([]byte, 4096)
+		n, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EAGAIN) {
+			return 0
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n / unix.SizeofInotifyEvent
+	}
+	if err := SetLimits(dev, l); err != nil {
+		t.Fatal(err)
+	}
+	if n := writes(); n != 0 {
+		t.Fatalf("re-applying the same limits wrote %d throttle files", n)
+	}
+	l.WriteIOPS = 2000
+	if err := SetLimits(dev, l); err != nil {
+		t.Fatal(err)
+	}
+	if n := writes(); n != 1 {
+		t.Fatalf("changing one limit wrote %d throttle files, want 1", n)
+	}
+	if got, err := GetLimits(dev); err != nil || got != l {
+		t.Fatalf("GetLimits = %+v, %v; want %+v", got, err, l)
+	}
 }

@@ -216,7 +216,7 @@ func newCSICmd() *cobra.Command {
 	pf.StringVar(&stateDir, "state-dir", "/var/lib/stowage/csi-node", "node plugin state (one file per staged volume)")
 	pf.Int64Var(&maxVolumes, "max-volumes", 64, "most volumes attached to this node at once, reported to the scheduler")
 	pf.StringVar(&registrationDir, "kubelet-registration-dir", "", "the kubelet's plugins_registry directory: when set, the node plugin registers itself with the kubelet there (no node-driver-registrar needed)")
-	pf.DurationVar(&limitsInterval, "limits-interval", 10*time.Second, "how often the node re-applies IOPS/throughput limits of its volumes")
+	pf.DurationVar(&limitsInterval, "limits-interval", 2*time.Second, "how often the node re-applies IOPS/throughput limits of its volumes")
 
 	run := func(cmd *cobra.Command, withController, withNode bool) error {
 		ctx, cancel := signalContext(cmd.Context())

@@ -65,7 +65,7 @@ func NewNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.Nod
 		return nil, fmt.Errorf("node plugin: create state directory: %w", err)
 	}
 	if cfg.LimitsInterval == 0 {
-		cfg.LimitsInterval = 10 * time.Second
+		cfg.LimitsInterval = 2 * time.Second
 	}
 	return &NodeService{
 		cfg: cfg, volumes: volumes, nodes: nodes,
