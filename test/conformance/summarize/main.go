@@ -17,8 +17,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -223,7 +225,7 @@ func run(w io.Writer, reportPath, skipsPath, driver string) error {
 	})
 	for _, r := range reasons {
 		var parts []string
-		for _, s := range sortedKeys(skipReasons[r]) {
+		for _, s := range slices.Sorted(maps.Keys(skipReasons[r])) {
 			parts = append(parts, fmt.Sprintf("%s %d", s, skipReasons[r][s]))
 		}
 		fmt.Fprintf(w, "- %d — %s (%s)\n", sum(skipReasons[r]), r, strings.Join(parts, ", "))
@@ -255,13 +257,4 @@ func sum(m map[string]int) int {
 		n += v
 	}
 	return n
-}
-
-func sortedKeys(m map[string]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
