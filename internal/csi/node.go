@@ -339,20 +339,28 @@ func (n *NodeService) abandonStage(st *stagedVolume, mounted bool) {
 			return // the device stays attached under the mount; unstage cleans up
 		}
 	}
-	if st.Device != "" {
-		if err := attach.ClearLimits(st.Device); err != nil {
-			log.Error(err, "NodeStageVolume failed; clearing the volume's limits failed too", "device", st.Device)
-		}
-	}
-	if err := attach.Detach(ctx, st.ImagePath); err != nil {
-		log.Error(err, "NodeStageVolume failed; detaching its loop device failed too")
-		return
-	}
-	if err := os.Remove(n.statePath(st.VolumeID)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		log.Error(err, "NodeStageVolume failed; removing its node state failed too")
+	if err := n.release(ctx, st); err != nil {
+		log.Error(err, "NodeStageVolume failed; undoing its attach failed too")
 		return
 	}
 	log.Info("NodeStageVolume failed; detached the loop device it attached", "device", st.Device)
+}
+
+// release lets go of a volume's loop device once nothing is mounted from
+// it: clears its limits, detaches it and forgets the node state.
+func (n *NodeService) release(ctx context.Context, st *stagedVolume) error {
+	if st.Device != "" {
+		if err := attach.ClearLimits(st.Device); err != nil {
+			klog.ErrorS(err, "clear volume limits", "volumeID", st.VolumeID, "device", st.Device)
+		}
+	}
+	if err := attach.Detach(ctx, st.ImagePath); err != nil {
+		return fmt.Errorf("detach loop device of %s: %w", st.ImagePath, err)
+	}
+	if err := os.Remove(n.statePath(st.VolumeID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove node state: %w", err)
+	}
+	return nil
 }
 
 // isExt reports whether device holds an ext2/3/4 file system.
@@ -472,16 +480,8 @@ func (n *NodeService) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstag
 		return nil, status.Errorf(codes.Internal, "NodeUnstageVolume %s: %v", id, err)
 	}
 	if st != nil {
-		if st.Device != "" {
-			if err := attach.ClearLimits(st.Device); err != nil {
-				klog.ErrorS(err, "clear volume limits", "volumeID", id, "device", st.Device)
-			}
-		}
-		if err := attach.Detach(ctx, st.ImagePath); err != nil {
-			return nil, status.Errorf(codes.Internal, "NodeUnstageVolume %s: detach loop device of %s: %v", id, st.ImagePath, err)
-		}
-		if err := os.Remove(n.statePath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, status.Errorf(codes.Internal, "NodeUnstageVolume %s: remove node state: %v", id, err)
+		if err := n.release(ctx, st); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodeUnstageVolume %s: %v", id, err)
 		}
 	}
 	klog.InfoS("NodeUnstageVolume: unstaged", "volumeID", id, "stagingPath", staging)
