@@ -56,6 +56,15 @@ type Config struct {
 	// KMS wraps the data keys of encrypted volumes; without it encrypted
 	// volumes are refused.
 	KMS *kms.Service
+	// FilePools are the file-tree pools by name; without any, file
+	// systems are refused.
+	FilePools map[string]FilePool
+	// Exporters serve the access points of the file-tree pool of the same
+	// name over NFS; a pool without one makes access points unexported.
+	Exporters map[string]Exporter
+	// AccessPointLimit is the most access points a new file system may
+	// have. Default DefaultAccessPointLimit.
+	AccessPointLimit int
 }
 
 // Server serves the Stowage API.
@@ -65,6 +74,8 @@ type Server struct {
 	pb.UnimplementedPoolServiceServer
 	pb.UnimplementedNodeServiceServer
 	pb.UnimplementedKeyServiceServer
+	pb.UnimplementedFileSystemServiceServer
+	pb.UnimplementedAccessPointServiceServer
 
 	store     store.Store
 	pools     map[string]Pool
@@ -72,6 +83,11 @@ type Server struct {
 	locks     *keylock.Set
 	log       *slog.Logger
 	kms       *kms.Service
+
+	filePools     map[string]FilePool
+	filePoolNames []string
+	exporters     map[string]Exporter
+	apLimit       int
 }
 
 // New returns a Server; call Reconcile before serving.
@@ -88,11 +104,25 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS}
+	if cfg.AccessPointLimit <= 0 {
+		cfg.AccessPointLimit = DefaultAccessPointLimit
+	}
+	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS,
+		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit}
+	if s.filePools == nil {
+		s.filePools = map[string]FilePool{}
+	}
+	if s.exporters == nil {
+		s.exporters = map[string]Exporter{}
+	}
 	for name := range cfg.Pools {
 		s.poolNames = append(s.poolNames, name)
 	}
 	sort.Strings(s.poolNames)
+	for name := range s.filePools {
+		s.filePoolNames = append(s.filePoolNames, name)
+	}
+	sort.Strings(s.filePoolNames)
 	return s, nil
 }
 
@@ -103,6 +133,8 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterPoolServiceServer(g, s)
 	pb.RegisterNodeServiceServer(g, s)
 	pb.RegisterKeyServiceServer(g, s)
+	pb.RegisterFileSystemServiceServer(g, s)
+	pb.RegisterAccessPointServiceServer(g, s)
 }
 
 // lock takes the per-object locks or returns ABORTED naming the object.
