@@ -18,6 +18,7 @@ import (
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/csi"
+	"github.com/stowage-io/stowage/internal/files"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
@@ -93,7 +94,8 @@ func signalContext(parent context.Context) (context.Context, context.CancelFunc)
 
 func newServerCmd() *cobra.Command {
 	var dataDir, listen, zone, node string
-	var pools []string
+	var pools, filePools []string
+	var apLimit int
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the Stowage API server with its storage pools (agent in-process)",
@@ -111,9 +113,13 @@ func newServerCmd() *cobra.Command {
 			if len(pools) == 0 {
 				pools = []string{"name=default"}
 			}
+			if len(filePools) == 0 {
+				filePools = []string{"name=files"}
+			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			return runServer(ctx, dataDir, listen, zone, node, pools)
+			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node,
+				pools: pools, filePools: filePools, accessPointLimit: apLimit})
 		},
 	}
 	f := cmd.Flags()
@@ -122,10 +128,19 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&zone, "zone", "zone-a", "zone of pools that do not name one")
 	f.StringVar(&node, "node", "", "node of pools that do not name one (default: hostname)")
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
+	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H (repeatable; dir on btrfs gives access points quotas)")
+	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
 	return cmd
 }
 
-func runServer(ctx context.Context, dataDir, listen, zone, node string, specs []string) error {
+type serverOptions struct {
+	dataDir, listen, zone, node string
+	pools, filePools            []string
+	accessPointLimit            int
+}
+
+func runServer(ctx context.Context, o serverOptions) error {
+	dataDir, listen, zone, node, specs := o.dataDir, o.listen, o.zone, o.node, o.pools
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	slog.SetDefault(log)
 	st, err := boltstore.Open(filepath.Join(dataDir, "metadata.db"))
@@ -175,7 +190,30 @@ func runServer(ctx context.Context, dataDir, listen, zone, node string, specs []
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys})
+	filePools := map[string]server.FilePool{}
+	for _, s := range o.filePools {
+		spec, err := parsePoolSpec(s, zone, node, dataDir)
+		if err != nil {
+			return err
+		}
+		if spec.size > 0 {
+			return usageErrorf("--file-pool %q: size is not supported yet; put dir on a btrfs file system for quotas", s)
+		}
+		if _, dup := filePools[spec.name]; dup {
+			return usageErrorf("file-tree pool %q is given twice", spec.name)
+		}
+		if spec.dir == filepath.Join(dataDir, "pools", spec.name) {
+			spec.dir = filepath.Join(dataDir, "files", spec.name)
+		}
+		t, err := files.Open(files.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node})
+		if err != nil {
+			return fmt.Errorf("file-tree pool %s: %w", spec.name, err)
+		}
+		log.Info("file-tree pool ready", "pool", spec.name, "dir", spec.dir, "zone", spec.zone, "node", spec.node, "quotas", t.Quotas())
+		filePools[spec.name] = t
+	}
+	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys,
+		FilePools: filePools, AccessPointLimit: o.accessPointLimit})
 	if err != nil {
 		return err
 	}

@@ -75,6 +75,7 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
 	root.AddCommand(
 		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g),
+		newFileSystemCmd(g), newAccessPointCmd(g),
 		newServerCmd(), newCSICmd(), newVersionCmd(),
 		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(),
 	)
@@ -169,6 +170,8 @@ type client struct {
 	pools     pb.PoolServiceClient
 	nodes     pb.NodeServiceClient
 	keys      pb.KeyServiceClient
+	fs        pb.FileSystemServiceClient
+	aps       pb.AccessPointServiceClient
 }
 
 func newClient(endpoint string) (*client, error) {
@@ -177,7 +180,8 @@ func newClient(endpoint string) (*client, error) {
 		return nil, err
 	}
 	return &client{conn: conn, volumes: pb.NewVolumeServiceClient(conn), snapshots: pb.NewSnapshotServiceClient(conn),
-		pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn), keys: pb.NewKeyServiceClient(conn)}, nil
+		pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn), keys: pb.NewKeyServiceClient(conn),
+		fs: pb.NewFileSystemServiceClient(conn), aps: pb.NewAccessPointServiceClient(conn)}, nil
 }
 
 // run opens a client, applies the timeout and calls fn.
