@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -96,6 +98,7 @@ func newServerCmd() *cobra.Command {
 	var dataDir, listen, zone, node string
 	var pools, filePools []string
 	var apLimit int
+	var nfsListen string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the Stowage API server with its storage pools (agent in-process)",
@@ -119,7 +122,7 @@ func newServerCmd() *cobra.Command {
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node,
-				pools: pools, filePools: filePools, accessPointLimit: apLimit})
+				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen})
 		},
 	}
 	f := cmd.Flags()
@@ -130,6 +133,7 @@ func newServerCmd() *cobra.Command {
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
 	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H (repeatable; dir on btrfs gives access points quotas)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
+	f.StringVar(&nfsListen, "nfs-listen", "", "serve access points over NFSv4 with nfs-ganesha at host:port (empty: access points are not exported)")
 	return cmd
 }
 
@@ -137,6 +141,7 @@ type serverOptions struct {
 	dataDir, listen, zone, node string
 	pools, filePools            []string
 	accessPointLimit            int
+	nfsListen                   string
 }
 
 func runServer(ctx context.Context, o serverOptions) error {
@@ -212,8 +217,30 @@ func runServer(ctx context.Context, o serverOptions) error {
 		log.Info("file-tree pool ready", "pool", spec.name, "dir", spec.dir, "zone", spec.zone, "node", spec.node, "quotas", t.Quotas())
 		filePools[spec.name] = t
 	}
+	exporters := map[string]server.Exporter{}
+	if o.nfsListen != "" {
+		host, port, err := net.SplitHostPort(o.nfsListen)
+		if err != nil {
+			return usageErrorf("--nfs-listen %q: %v", o.nfsListen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return usageErrorf("--nfs-listen %q: port %q is not a number", o.nfsListen, port)
+		}
+		// Started with no exports: Reconcile exports the available access
+		// points, with the export ids they had.
+		g, err := files.StartGanesha(ctx, files.GaneshaConfig{StateDir: filepath.Join(dataDir, "ganesha"), Address: host, Port: p, Logger: log}, nil)
+		if err != nil {
+			return err
+		}
+		defer g.Stop()
+		for name := range filePools {
+			exporters[name] = g
+		}
+		log.Info("NFS serving", "address", g.Address())
+	}
 	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys,
-		FilePools: filePools, AccessPointLimit: o.accessPointLimit})
+		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit})
 	if err != nil {
 		return err
 	}

@@ -211,7 +211,7 @@ func (s *Server) CreateAccessPoint(ctx context.Context, req *pb.CreateAccessPoin
 			return err
 		}
 		if _, ok := s.exporters[f.Pool]; ok {
-			eid, err := allocateExportID(tx, f.Pool, a.ID)
+			eid, err := allocateExportID(tx, exportNamespace, a.ID)
 			if err != nil {
 				return err
 			}
@@ -253,6 +253,10 @@ func (s *Server) CreateAccessPoint(ctx context.Context, req *pb.CreateAccessPoin
 	return a.toProto(), nil
 }
 
+// exportNamespace is the set export ids are unique in: one NFS server
+// serves every file-tree pool of a server process.
+const exportNamespace = "host"
+
 // allocateExportID gives access point apID the lowest free NFS export id
 // of pool (ganesha's export ids are 16 bits; 0 is its root pseudo export).
 func allocateExportID(tx store.Tx, pool, apID string) (uint16, error) {
@@ -272,7 +276,7 @@ func allocateExportID(tx store.Tx, pool, apID string) (uint16, error) {
 			return n, tx.Put(bucketExportIDs, exportIDKey(pool, n), []byte(apID))
 		}
 	}
-	return 0, status.Errorf(codes.ResourceExhausted, "file-tree pool %s serves 65534 exports, all its NFS server can", pool)
+	return 0, status.Errorf(codes.ResourceExhausted, "the NFS server of %s serves 65534 exports, all it can", pool)
 }
 
 func exportIDKey(pool string, id uint16) string { return fmt.Sprintf("%s/%05d", pool, id) }
@@ -424,8 +428,8 @@ func (s *Server) removeAccessPoint(ctx context.Context, a *accessPointRecord, ro
 			return err
 		}
 		if a.ExportID != 0 {
-			if cur, err := tx.Get(bucketExportIDs, exportIDKey(a.Pool, a.ExportID)); err == nil && string(cur) == a.ID {
-				if err := tx.Delete(bucketExportIDs, exportIDKey(a.Pool, a.ExportID)); err != nil {
+			if cur, err := tx.Get(bucketExportIDs, exportIDKey(exportNamespace, a.ExportID)); err == nil && string(cur) == a.ID {
+				if err := tx.Delete(bucketExportIDs, exportIDKey(exportNamespace, a.ExportID)); err != nil {
 					return err
 				}
 			}

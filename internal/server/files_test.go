@@ -341,7 +341,7 @@ func TestReconcile_HalfMadeAccessPoint_RolledBackWithItsDirectories(t *testing.T
 		if err := tx.Put(bucketFileSystemAPs, f.Id+"/"+half.ID, nil); err != nil {
 			return err
 		}
-		if err := tx.Put(bucketExportIDs, exportIDKey("files-a", 9), []byte(half.ID)); err != nil {
+		if err := tx.Put(bucketExportIDs, exportIDKey(exportNamespace, 9), []byte(half.ID)); err != nil {
 			return err
 		}
 		return store.PutJSON(tx, bucketAccessPoints, half.ID, half)

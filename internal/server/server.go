@@ -95,8 +95,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("server: no metadata store")
 	}
-	if len(cfg.Pools) == 0 {
-		return nil, errors.New("server: no storage pool configured (give at least one --pool)")
+	if len(cfg.Pools) == 0 && len(cfg.FilePools) == 0 {
+		return nil, errors.New("server: no storage pool configured (give at least one --pool or --file-pool)")
 	}
 	if cfg.LockWait == 0 {
 		cfg.LockWait = 5 * time.Second
