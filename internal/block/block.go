@@ -28,6 +28,21 @@ func BytesToGiB(b int64) int64 {
 	return n
 }
 
+// FormatBytes writes b in binary units as `df -h` does ("1.5 GiB"), for
+// messages and tables that show pool space.
+func FormatBytes(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := int64(unit), 0
+	for n := b / unit; n >= unit && exp < 5; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
+
 // Type is an EBS volume type.
 type Type string
 

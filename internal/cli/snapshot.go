@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/block"
 )
 
 func newSnapshotCmd(g *globals) *cobra.Command {
@@ -147,8 +148,8 @@ func newPoolCmd(g *globals) *cobra.Command {
 				}
 				var rows [][]string
 				for _, pl := range resp.Pools {
-					rows = append(rows, []string{pl.Name, pl.Zone, pl.Node, pl.CloneMode, humanBytes(pl.TotalBytes), humanBytes(pl.FreeBytes),
-						humanBytes(pl.ProvisionedBytes), fmt.Sprint(pl.VolumeCount), fmt.Sprint(pl.SnapshotCount), pl.Dir})
+					rows = append(rows, []string{pl.Name, pl.Zone, pl.Node, pl.CloneMode, block.FormatBytes(pl.TotalBytes), block.FormatBytes(pl.FreeBytes),
+						block.FormatBytes(pl.ProvisionedBytes), fmt.Sprint(pl.VolumeCount), fmt.Sprint(pl.SnapshotCount), pl.Dir})
 				}
 				return p.table([]string{"NAME", "ZONE", "NODE", "CLONE-MODE", "SIZE", "FREE", "PROVISIONED", "VOLUMES", "SNAPSHOTS", "DIR"}, rows)
 			})

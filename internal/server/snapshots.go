@@ -87,7 +87,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *pb.CreateSnapshotReque
 	start := time.Now()
 	if err := p.SnapshotImage(ctx, v.ID, sn.ID); err != nil {
 		s.rollbackSnapshot(sn)
-		return nil, internal(err, "snapshot image of volume %s", v.ID)
+		return nil, s.poolError(err, v.Pool, "snapshot image of volume %s", v.ID)
 	}
 	took := time.Since(start)
 	sn.State = SnapshotCompleted
@@ -208,7 +208,7 @@ func (s *Server) deleteSnapshot(ctx context.Context, sn *snapshotRecord) error {
 	}
 	if p, ok := s.pools[sn.Pool]; ok {
 		if err := p.DeleteSnapshot(ctx, sn.ID); err != nil {
-			return internal(err, "delete image of snapshot %s", sn.ID)
+			return s.poolError(err, sn.Pool, "delete image of snapshot %s", sn.ID)
 		}
 	}
 	if err := s.forgetSnapshot(ctx, sn); err != nil {

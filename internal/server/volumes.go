@@ -108,7 +108,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	}
 	if err != nil {
 		s.rollbackCreate(v)
-		return nil, internal(err, "create image for volume %s in pool %s", v.ID, poolName)
+		return nil, s.poolError(err, poolName, "create image for volume %s in pool %s", v.ID, poolName)
 	}
 	faults.Point("create-volume:image-created")
 
@@ -403,7 +403,7 @@ func (s *Server) deleteVolume(ctx context.Context, v *volumeRecord) error {
 	faults.Point("delete-volume:marked")
 	if p, ok := s.pools[v.Pool]; ok {
 		if err := p.DeleteImage(ctx, v.ID); err != nil {
-			return internal(err, "delete image of volume %s", v.ID)
+			return s.poolError(err, v.Pool, "delete image of volume %s", v.ID)
 		}
 	}
 	if err := s.forgetVolume(ctx, v); err != nil {
@@ -530,7 +530,7 @@ func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) 
 		return nil, err
 	}
 	if err := p.ResizeImage(ctx, v.ID, perf.SizeGiB*block.GiB); err != nil {
-		return nil, internal(err, "grow image of volume %s", v.ID)
+		return nil, s.poolError(err, v.Pool, "grow image of volume %s", v.ID)
 	}
 	old := v.SizeGiB
 	v.setPerf(perf)
