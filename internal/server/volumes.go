@@ -57,6 +57,25 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 		}
 	}
 
+	// The source of a restore or clone is locked until the copy is made, so
+	// that a delete of the snapshot or volume cannot remove it under the
+	// copy. Lock order is name, then source, then the new id: every other
+	// operation takes at most one of these before the others.
+	switch {
+	case req.SnapshotId != "":
+		unlockSrc, err := s.lock(ctx, "snapshot "+req.SnapshotId, req.SnapshotId)
+		if err != nil {
+			return nil, err
+		}
+		defer unlockSrc()
+	case req.SourceVolumeId != "":
+		unlockSrc, err := s.lock(ctx, "volume "+req.SourceVolumeId, req.SourceVolumeId)
+		if err != nil {
+			return nil, err
+		}
+		defer unlockSrc()
+	}
+
 	poolName, source, err := s.placeVolume(ctx, req, perf.SizeGiB)
 	if err != nil {
 		return nil, err
