@@ -65,13 +65,22 @@ func ClearLimits(device string) error {
 // directory cgroup. Use it for the cgroup of the workload that does the I/O,
 // since v1 rules do not reach child cgroups.
 func SetLimitsIn(cgroup, device string, l Limits) error {
-	majmin, err := deviceNumber(device)
+	majmin, err := DeviceNumber(device)
 	if err != nil {
 		return fmt.Errorf("set limits: %w", err)
 	}
+	if err := SetBlkio(cgroup, majmin, l); err != nil {
+		return fmt.Errorf("set limits on %s: %w", device, err)
+	}
+	return nil
+}
+
+// SetBlkio writes the cgroup v1 blkio throttle rules for the device
+// numbered majmin ("MAJ:MIN") into the blkio directory cgroup.
+func SetBlkio(cgroup, majmin string, l Limits) error {
 	for _, f := range l.throttleFiles() {
 		if *f.value < 0 {
-			return fmt.Errorf("set limits on %s: %s is negative (%d)", device, f.name, *f.value)
+			return fmt.Errorf("%s is negative (%d)", f.name, *f.value)
 		}
 	}
 	for _, f := range l.throttleFiles() {
@@ -84,7 +93,7 @@ func SetLimitsIn(cgroup, device string, l Limits) error {
 		}
 		// Writing 0 deletes the rule; it is accepted even when none exists.
 		if err := writeRule(file, majmin+" "+strconv.FormatInt(*f.value, 10)); err != nil {
-			return fmt.Errorf("set limits on %s (%s): %w", device, majmin, err)
+			return fmt.Errorf("device %s: %w", majmin, err)
 		}
 	}
 	return nil
@@ -93,7 +102,7 @@ func SetLimitsIn(cgroup, device string, l Limits) error {
 // GetLimitsIn returns the limits for device in the cgroup v1 blkio directory
 // cgroup.
 func GetLimitsIn(cgroup, device string) (Limits, error) {
-	majmin, err := deviceNumber(device)
+	majmin, err := DeviceNumber(device)
 	if err != nil {
 		return Limits{}, fmt.Errorf("get limits: %w", err)
 	}
@@ -110,8 +119,10 @@ func GetLimitsIn(cgroup, device string) (Limits, error) {
 }
 
 func writeRule(file, rule string) error {
-	// One write per rule: cgroupfs parses each write separately.
-	f, err := os.OpenFile(file, os.O_WRONLY, 0)
+	// One write per rule: cgroupfs parses each write separately. O_TRUNC
+	// is what a shell's > does; cgroupfs ignores it, and a plain file (a
+	// test's fake cgroup) then holds the last rule written.
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {
 		return err
 	}
@@ -146,8 +157,9 @@ func readRule(file, majmin string) (int64, error) {
 	return 0, nil
 }
 
-// deviceNumber returns "MAJ:MIN" of a block device node.
-func deviceNumber(device string) (string, error) {
+// DeviceNumber returns "MAJ:MIN" of a block device node, the key of its
+// rules in both cgroup versions.
+func DeviceNumber(device string) (string, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(device, &st); err != nil {
 		return "", fmt.Errorf("stat %s: %w", device, err)

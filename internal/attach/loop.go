@@ -252,7 +252,7 @@ func Refresh(device string) (int64, error) {
 	if err := unix.IoctlSetInt(int(lf.Fd()), unix.LOOP_SET_CAPACITY, 0); err != nil {
 		return 0, fmt.Errorf("refresh %s: LOOP_SET_CAPACITY: %w", device, err)
 	}
-	majmin, err := deviceNumber(device)
+	majmin, err := DeviceNumber(device)
 	if err != nil {
 		return 0, fmt.Errorf("refresh: %w", err)
 	}
