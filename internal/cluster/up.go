@@ -136,6 +136,13 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 	if err := c.checkSameCluster(); err != nil {
 		return err
 	}
+	if old, err := LoadConfig(c.DataDir); err == nil && old.FSType != "" {
+		c.FSType = old.FSType
+	} else if c.FSType == "" {
+		var why string
+		c.FSType, why = selfFSType()
+		fmt.Fprintf(o.Out, "StorageClasses: %s\n", why)
+	}
 	l := c.Layout()
 
 	t := time.Now()
@@ -361,7 +368,8 @@ func (c *Config) importImages(ctx context.Context) (string, error) {
 
 // manifestBundle is deploy/local's files, in name order, as one document
 // stream.
-func manifestBundle() ([]byte, error) {
+// The StorageClasses get fsType as their file system.
+func manifestBundle(fsType string) ([]byte, error) {
 	names, err := fs.Glob(local.Manifests, "*.yaml")
 	if err != nil {
 		return nil, err
@@ -372,6 +380,9 @@ func manifestBundle() ([]byte, error) {
 		data, err := fs.ReadFile(local.Manifests, n)
 		if err != nil {
 			return nil, err
+		}
+		if fsType != "" && bytes.Contains(data, []byte(classesFSTypeLine)) {
+			data = bytes.ReplaceAll(data, []byte(classesFSTypeLine), []byte("csi.storage.k8s.io/fstype: "+fsType))
 		}
 		fmt.Fprintf(&b, "---\n# %s\n", n)
 		b.Write(data)
@@ -398,7 +409,7 @@ func (c *Config) applyManifests(ctx context.Context) (string, error) {
 	if _, err := k.run(ctx, nil, append([]string{"wait", "--for=condition=Established", "--timeout=60s"}, crds...)...); err != nil {
 		return "", err
 	}
-	bundle, err := manifestBundle()
+	bundle, err := manifestBundle(c.FSType)
 	if err != nil {
 		return "", err
 	}
