@@ -269,7 +269,7 @@ func newCSICmd() *cobra.Command {
 			m := metrics.New()
 			d.Interceptors = append(d.Interceptors, m.CSIInterceptor(csi.DriverName))
 			if node != nil {
-				watchNodeLimits(m, node)
+				m.WatchNodeLimits(node.LimitsEnforced)
 			}
 			if err := serveMetrics(ctx, m, metricsAddr); err != nil {
 				return err
@@ -297,15 +297,6 @@ func serveMetrics(ctx context.Context, m *metrics.Registry, addr string) error {
 	}
 	slog.Info("metrics serving", "url", "http://"+got.String()+"/metrics")
 	return nil
-}
-
-// watchNodeLimits reports stowage_node_limits_enforced once the node
-// service can tell (its LimitsEnforced method); until then the gauge is
-// absent rather than a guess.
-func watchNodeLimits(m *metrics.Registry, node *csi.NodeService) {
-	if n, ok := any(node).(interface{ LimitsEnforced() bool }); ok {
-		m.WatchNodeLimits(n.LimitsEnforced)
-	}
 }
 
 func newVersionCmd() *cobra.Command {
