@@ -31,9 +31,9 @@ const (
 type inventoryCollector struct {
 	inv Inventory
 
-	volumes, snapshots                    *prometheus.Desc
-	poolSize, poolProvisioned, poolAllocd *prometheus.Desc
-	poolFree, up                          *prometheus.Desc
+	volumes, snapshots                       *prometheus.Desc
+	poolSize, poolProvisioned, poolAllocated *prometheus.Desc
+	poolFree, up                             *prometheus.Desc
 }
 
 func newInventoryCollector(inv Inventory) *inventoryCollector {
@@ -44,14 +44,14 @@ func newInventoryCollector(inv Inventory) *inventoryCollector {
 		snapshots:       prometheus.NewDesc("stowage_snapshots", "Snapshots the server holds, by state.", []string{"state"}, nil),
 		poolSize:        prometheus.NewDesc("stowage_pool_size_bytes", "Size of the pool's file system.", pool, nil),
 		poolProvisioned: prometheus.NewDesc("stowage_pool_provisioned_bytes", "Sum of the sizes of the pool's volumes (pools are thin: this may exceed the pool's size).", pool, nil),
-		poolAllocd:      prometheus.NewDesc("stowage_pool_allocated_bytes", "Bytes in use on the pool's file system (written blocks of images and snapshots, and metadata).", pool, nil),
+		poolAllocated:   prometheus.NewDesc("stowage_pool_allocated_bytes", "Bytes in use on the pool's file system (written blocks of images and snapshots, and metadata).", pool, nil),
 		poolFree:        prometheus.NewDesc("stowage_pool_free_bytes", "Bytes still free on the pool's file system.", pool, nil),
 		up:              prometheus.NewDesc("stowage_inventory_up", "1 when this scrape could list volumes, snapshots and pools; 0 when one failed (its metrics are then missing from the scrape and the server's log says why).", nil, nil),
 	}
 }
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.volumes, c.snapshots, c.poolSize, c.poolProvisioned, c.poolAllocd, c.poolFree, c.up} {
+	for _, d := range []*prometheus.Desc{c.volumes, c.snapshots, c.poolSize, c.poolProvisioned, c.poolAllocated, c.poolFree, c.up} {
 		ch <- d
 	}
 }
@@ -76,23 +76,15 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 func (c *inventoryCollector) collectVolumes(ctx context.Context, ch chan<- prometheus.Metric) error {
 	type key struct{ state, typ string }
 	counts := map[key]int{}
-	token := ""
-	for {
+	err := eachPage(func(token string) (string, error) {
 		resp, err := c.inv.ListVolumes(ctx, &pb.ListVolumesRequest{PageSize: inventoryPageSize, PageToken: token})
-		if err != nil {
-			return err
-		}
 		for _, v := range resp.GetVolumes() {
 			counts[key{v.GetState(), v.GetType()}]++
 		}
-		next := resp.GetNextPageToken()
-		if next == "" {
-			break
-		}
-		if next == token {
-			return fmt.Errorf("list volumes: the server returned page token %q again", next)
-		}
-		token = next
+		return resp.GetNextPageToken(), err
+	})
+	if err != nil {
+		return fmt.Errorf("list volumes: %w", err)
 	}
 	for k, n := range counts {
 		ch <- prometheus.MustNewConstMetric(c.volumes, prometheus.GaugeValue, float64(n), k.state, k.typ)
@@ -102,28 +94,40 @@ func (c *inventoryCollector) collectVolumes(ctx context.Context, ch chan<- prome
 
 func (c *inventoryCollector) collectSnapshots(ctx context.Context, ch chan<- prometheus.Metric) error {
 	counts := map[string]int{}
-	token := ""
-	for {
+	err := eachPage(func(token string) (string, error) {
 		resp, err := c.inv.ListSnapshots(ctx, &pb.ListSnapshotsRequest{PageSize: inventoryPageSize, PageToken: token})
-		if err != nil {
-			return err
-		}
 		for _, s := range resp.GetSnapshots() {
 			counts[s.GetState()]++
 		}
-		next := resp.GetNextPageToken()
-		if next == "" {
-			break
-		}
-		if next == token {
-			return fmt.Errorf("list snapshots: the server returned page token %q again", next)
-		}
-		token = next
+		return resp.GetNextPageToken(), err
+	})
+	if err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
 	}
 	for state, n := range counts {
 		ch <- prometheus.MustNewConstMetric(c.snapshots, prometheus.GaugeValue, float64(n), state)
 	}
 	return nil
+}
+
+// eachPage calls list with the first page's token (""), then with each
+// token it returns, until it returns none or fails. A server that hands
+// back the token it was given would loop forever: that is an error.
+func eachPage(list func(token string) (next string, err error)) error {
+	token := ""
+	for {
+		next, err := list(token)
+		if err != nil {
+			return err
+		}
+		if next == "" {
+			return nil
+		}
+		if next == token {
+			return fmt.Errorf("the server returned page token %q again", next)
+		}
+		token = next
+	}
 }
 
 func (c *inventoryCollector) collectPools(ctx context.Context, ch chan<- prometheus.Metric) error {
@@ -139,7 +143,7 @@ func (c *inventoryCollector) collectPools(ctx context.Context, ch chan<- prometh
 		}{
 			{c.poolSize, p.GetTotalBytes()},
 			{c.poolProvisioned, p.GetProvisionedBytes()},
-			{c.poolAllocd, p.GetUsedBytes()},
+			{c.poolAllocated, p.GetUsedBytes()},
 			{c.poolFree, p.GetFreeBytes()},
 		} {
 			ch <- prometheus.MustNewConstMetric(m.desc, prometheus.GaugeValue, float64(m.bytes), labels...)
