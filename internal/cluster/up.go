@@ -193,7 +193,12 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 		return fmt.Errorf("components stopped during `up`: %s", strings.Join(dead, "\n"))
 	}
 	fmt.Fprintf(o.Out, "\nStowage is up in %.1fs: Kubernetes API %s, Stowage API unix://%s\n", time.Since(p.start).Seconds(), c.APIServerURL(), l.StowageSocket())
-	fmt.Fprintf(o.Out, "\nexport KUBECONFIG=%s\nexport STOWAGE_ENDPOINT=unix://%s\n", l.AdminKubeconfig(), l.StowageSocket())
+	fmt.Fprintf(o.Out, "\nexport KUBECONFIG=%s\n", l.AdminKubeconfig())
+	if c.DataDir != DefaultDataDir {
+		// The CLI finds the API socket of a cluster in the default data
+		// directory by itself; elsewhere it needs to be told.
+		fmt.Fprintf(o.Out, "export STOWAGE_DATA_DIR=%s\n", c.DataDir)
+	}
 	return nil
 }
 
