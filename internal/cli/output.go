@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"regexp"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -10,6 +11,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
 )
 
 // printer writes API objects as a human table, JSON or YAML.
@@ -35,6 +38,7 @@ func (p printer) structured(msg proto.Message) (bool, error) {
 	if err != nil {
 		return true, err
 	}
+	b = stateWords(b)
 	if p.format == "yaml" {
 		if b, err = yaml.JSONToYAML(b); err != nil {
 			return true, err
@@ -74,4 +78,17 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// stateEnum is a state's enum value name as protojson writes it.
+var stateEnum = regexp.MustCompile(`"state":\s*"((?:VOLUME|SNAPSHOT|ATTACHMENT)_STATE_[A-Z_]+)"`)
+
+// stateWords writes the states in JSON output as the words the tables show
+// ("in-use", not VOLUME_STATE_IN_USE), so scripts see the same words in
+// every output format.
+func stateWords(b []byte) []byte {
+	return stateEnum.ReplaceAllFunc(b, func(m []byte) []byte {
+		name := stateEnum.FindSubmatch(m)[1]
+		return []byte(`"state": "` + pb.StateWord(string(name)) + `"`)
+	})
 }

@@ -27,7 +27,7 @@ func printSnapshots(p printer, ss ...*pb.Snapshot) error {
 	}
 	rows := make([][]string, 0, len(ss))
 	for _, s := range ss {
-		rows = append(rows, []string{s.Id, orDash(s.Name), s.VolumeId, s.State, strconv.FormatInt(s.SizeGib, 10), s.Zone,
+		rows = append(rows, []string{s.Id, orDash(s.Name), s.VolumeId, s.State.Word(), strconv.FormatInt(s.SizeGib, 10), s.Zone,
 			s.CreateTime.AsTime().Format("2006-01-02T15:04:05Z"), formatTags(s.Tags)})
 	}
 	return p.table([]string{"ID", "NAME", "VOLUME", "STATE", "SIZE(GiB)", "ZONE", "CREATED", "TAGS"}, rows)

@@ -53,7 +53,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *pb.CreateSnapshotReque
 		return nil, err
 	}
 	if v.State != StateAvailable && v.State != StateInUse {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s; only available or in-use volumes can be snapshotted", v.ID, v.State)
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s; only available or in-use volumes can be snapshotted", v.ID, v.State.Word())
 	}
 	p, err := s.pool(v.Pool)
 	if err != nil {

@@ -177,7 +177,7 @@ func (s *Server) placeVolume(ctx context.Context, req *pb.CreateVolumeRequest, s
 			return "", "", err
 		}
 		if sn.State != SnapshotCompleted {
-			return "", "", status.Errorf(codes.FailedPrecondition, "snapshot %s is %s, not completed", sn.ID, sn.State)
+			return "", "", status.Errorf(codes.FailedPrecondition, "snapshot %s is %s, not completed", sn.ID, sn.State.Word())
 		}
 		if sizeGiB < sn.SizeGiB {
 			return "", "", status.Errorf(codes.InvalidArgument, "volume size %d GiB is smaller than snapshot %s (%d GiB)", sizeGiB, sn.ID, sn.SizeGiB)
@@ -189,7 +189,7 @@ func (s *Server) placeVolume(ctx context.Context, req *pb.CreateVolumeRequest, s
 			return "", "", err
 		}
 		if src.State != StateAvailable && src.State != StateInUse {
-			return "", "", status.Errorf(codes.FailedPrecondition, "source volume %s is %s", src.ID, src.State)
+			return "", "", status.Errorf(codes.FailedPrecondition, "source volume %s is %s", src.ID, src.State.Word())
 		}
 		if sizeGiB < src.SizeGiB {
 			return "", "", status.Errorf(codes.InvalidArgument, "volume size %d GiB is smaller than source volume %s (%d GiB)", sizeGiB, src.ID, src.SizeGiB)
@@ -369,7 +369,7 @@ func volumeMatches(v *volumeRecord, req *pb.ListVolumesRequest, ids map[string]b
 	if req.Zone != "" && v.Zone != req.Zone {
 		return false
 	}
-	if req.State != "" && v.State != req.State {
+	if req.State != pb.VolumeState_VOLUME_STATE_UNSPECIFIED && v.State != req.State {
 		return false
 	}
 	if req.Node != "" {
@@ -462,7 +462,7 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 		return v.attachmentProto(a, p), nil
 	}
 	if v.State != StateAvailable && v.State != StateInUse {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be attached", v.ID, v.State)
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be attached", v.ID, v.State.Word())
 	}
 	if len(v.Attachments) > 0 && !v.MultiAttach {
 		return nil, status.Errorf(codes.FailedPrecondition,
@@ -532,7 +532,7 @@ func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) 
 	}
 	defer unlock()
 	if v.State != StateAvailable && v.State != StateInUse {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be resized", v.ID, v.State)
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be resized", v.ID, v.State.Word())
 	}
 	if req.SizeGib == v.SizeGiB {
 		return v.toProto(s.pools[v.Pool]), nil

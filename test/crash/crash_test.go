@@ -261,7 +261,7 @@ func volumesNamed(t *testing.T, a *apiClients, name string) []*pb.Volume {
 func wantOneAvailable(t *testing.T, a *apiClients, name string) {
 	t.Helper()
 	vs := volumesNamed(t, a, name)
-	if len(vs) != 1 || vs[0].State != "available" {
+	if len(vs) != 1 || vs[0].State != pb.VolumeState_VOLUME_STATE_AVAILABLE {
 		t.Fatalf("volumes named %q: %v, want exactly one, available", name, vs)
 	}
 }
@@ -380,7 +380,7 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 						named = append(named, s)
 					}
 				}
-				if len(named) != 1 || named[0].State != "completed" || named[0].VolumeId != id {
+				if len(named) != 1 || named[0].State != pb.SnapshotState_SNAPSHOT_STATE_COMPLETED || named[0].VolumeId != id {
 					t.Errorf("snapshots named crash-snap: %v, want one completed snapshot of %s", named, id)
 				}
 			}},
