@@ -1,15 +1,17 @@
+// Package attach is the node side of the data path beyond the loop device
+// itself (pkg/loopdev): it enforces EBS-style performance limits on a
+// volume's device with cgroup throttling, v1 blkio rules or v2 io.max.
 package attach
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // BlkioRoot is the root of the cgroup v1 blkio hierarchy, where SetLimits
@@ -159,15 +161,4 @@ func readRule(file, majmin string) (int64, error) {
 
 // DeviceNumber returns "MAJ:MIN" of a block device node, the key of its
 // rules in both cgroup versions.
-func DeviceNumber(device string) (string, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(device, &st); err != nil {
-		return "", fmt.Errorf("stat %s: %w", device, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		return "", fmt.Errorf("%s: %w", device, errNotBlock)
-	}
-	return fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)), nil
-}
-
-var errNotBlock = errors.New("not a block device")
+func DeviceNumber(device string) (string, error) { return loopdev.DeviceNumber(device) }

@@ -11,7 +11,7 @@ import (
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
-	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // loopDevices turns volume images into block devices on this node.
@@ -52,11 +52,11 @@ type mounter interface {
 type hostLoops struct{}
 
 func (hostLoops) Attach(ctx context.Context, image string) (string, error) {
-	return attach.Attach(ctx, image)
+	return loopdev.Attach(ctx, image)
 }
-func (hostLoops) Detach(ctx context.Context, image string) error { return attach.Detach(ctx, image) }
-func (hostLoops) Find(image string) (string, bool, error)        { return attach.Find(image) }
-func (hostLoops) Refresh(device string) (int64, error)           { return attach.Refresh(device) }
+func (hostLoops) Detach(ctx context.Context, image string) error { return loopdev.Detach(ctx, image) }
+func (hostLoops) Find(image string) (string, bool, error)        { return loopdev.Find(image) }
+func (hostLoops) Refresh(device string) (int64, error)           { return loopdev.Refresh(device) }
 
 // hostMounts is mounter on the host's mount table and file-system tools.
 type hostMounts struct{ m *mount.SafeFormatAndMount }

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // A stage that fails after attaching the image (here: the mount is refused)
@@ -45,7 +45,7 @@ func TestNodeStage_FailedMountLeavesNoLoopDevice(t *testing.T) {
 	if _, err := d.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: bad}); err == nil {
 		t.Fatal("NodeStageVolume with an unknown mount option succeeded")
 	}
-	if dev, found, err := attach.Find(image); err != nil || found {
+	if dev, found, err := loopdev.Find(image); err != nil || found {
 		t.Fatalf("after the failed stage the image is still attached as %s (err %v)", dev, err)
 	}
 
@@ -63,7 +63,7 @@ func TestNodeStage_FailedMountLeavesNoLoopDevice(t *testing.T) {
 	if _, err := d.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: bad}); err != nil {
 		t.Fatalf("repeated stage of a staged volume with other mount options: %v, want success (the volume is staged)", err)
 	}
-	if _, found, err := attach.Find(image); err != nil || !found {
+	if _, found, err := loopdev.Find(image); err != nil || !found {
 		t.Fatalf("a staged volume lost its loop device after a repeated stage (err %v)", err)
 	}
 	if err := os.WriteFile(filepath.Join(staging, "f"), []byte("still here"), 0o600); err != nil {
@@ -72,7 +72,7 @@ func TestNodeStage_FailedMountLeavesNoLoopDevice(t *testing.T) {
 	if _, err := d.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
 		t.Fatal(err)
 	}
-	if _, found, _ := attach.Find(image); found {
+	if _, found, _ := loopdev.Find(image); found {
 		t.Fatal("unstage left the loop device")
 	}
 }

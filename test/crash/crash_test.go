@@ -29,6 +29,7 @@ import (
 	"github.com/stowage-io/stowage/internal/faults"
 	"github.com/stowage-io/stowage/internal/testutil/loopfs"
 	"github.com/stowage-io/stowage/internal/testutil/stack"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // binary is the stowage binary built once for all tests.
@@ -423,19 +424,14 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 // loopDevicesOf lists the loop devices whose backing file is image.
 func loopDevicesOf(t *testing.T, image string) []string {
 	t.Helper()
-	files, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	loops, err := loopdev.List()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var devs []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue // detached meanwhile
-		}
-		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
-		if backing == image {
-			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
+	for _, l := range loops {
+		if l.BackingFile == image {
+			devs = append(devs, l.Path)
 		}
 	}
 	return devs

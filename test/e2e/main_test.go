@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 var (
@@ -118,12 +120,13 @@ func down() error {
 // and mounts under it, one per line.
 func leftovers() string {
 	var b strings.Builder
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		backing, err := os.ReadFile(f)
-		if err == nil && strings.HasPrefix(string(backing), dataDir+"/") {
-			fmt.Fprintf(&b, "loop device %s: %s", filepath.Base(filepath.Dir(filepath.Dir(f))), backing)
+	loops, _ := loopdev.Under(dataDir)
+	for _, l := range loops {
+		deleted := ""
+		if l.Deleted {
+			deleted = " (deleted)"
 		}
+		fmt.Fprintf(&b, "loop device %s: %s%s\n", filepath.Base(l.Path), l.BackingFile, deleted)
 	}
 	mounts, _ := os.ReadFile("/proc/self/mounts")
 	for _, line := range strings.Split(string(mounts), "\n") {
