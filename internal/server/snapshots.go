@@ -89,6 +89,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *pb.CreateSnapshotReque
 		s.rollbackSnapshot(sn)
 		return nil, s.poolError(err, v.Pool, "snapshot image of volume %s", v.ID)
 	}
+	faults.Point("create-snapshot:image-created")
 	took := time.Since(start)
 	sn.State = SnapshotCompleted
 	if err := s.putSnapshot(ctx, sn); err != nil {
@@ -206,6 +207,7 @@ func (s *Server) deleteSnapshot(ctx context.Context, sn *snapshotRecord) error {
 	if err := s.putSnapshot(ctx, sn); err != nil {
 		return err
 	}
+	faults.Point("delete-snapshot:marked")
 	if p, ok := s.pools[sn.Pool]; ok {
 		if err := p.DeleteSnapshot(ctx, sn.ID); err != nil {
 			return s.poolError(err, sn.Pool, "delete image of snapshot %s", sn.ID)

@@ -114,7 +114,16 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	if err != nil {
 		return nil, internal(err, "record volume %s", v.ID)
 	}
-	faults.Point("create-volume:recorded")
+	// Restores and clones have crash points of their own: their copy is a
+	// different step from making an empty image.
+	op := "create-volume"
+	switch {
+	case req.SnapshotId != "":
+		op = "restore-volume"
+	case req.SourceVolumeId != "":
+		op = "clone-volume"
+	}
+	faults.Point(op + ":recorded")
 
 	size := perf.SizeGiB * block.GiB
 	switch {
@@ -129,7 +138,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 		s.rollbackCreate(v)
 		return nil, s.poolError(err, poolName, "create image for volume %s in pool %s", v.ID, poolName)
 	}
-	faults.Point("create-volume:image-created")
+	faults.Point(op + ":image-created")
 
 	v.State = StateAvailable
 	if err := s.putVolume(ctx, v); err != nil {
@@ -551,6 +560,10 @@ func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) 
 	if err := p.ResizeImage(ctx, v.ID, perf.SizeGiB*block.GiB); err != nil {
 		return nil, s.poolError(err, v.Pool, "grow image of volume %s", v.ID)
 	}
+	// A crash here leaves the image larger than the record says; the
+	// retry (the resizer's, or the user's) grows it to the same size, which
+	// is success, and records it.
+	faults.Point("resize-volume:image-grown")
 	old := v.SizeGiB
 	v.setPerf(perf)
 	if err := s.putVolume(ctx, v); err != nil {
