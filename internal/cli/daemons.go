@@ -215,7 +215,7 @@ func runServer(ctx context.Context, dataDir, listen, zone, node, metricsAddr str
 }
 
 func newCSICmd() *cobra.Command {
-	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr string
+	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot string
 	var maxVolumes int64
 	var limitsInterval time.Duration
 	cmd := &cobra.Command{Use: "csi", Short: "Run the block CSI driver (" + csi.DriverName + ")"}
@@ -229,6 +229,7 @@ func newCSICmd() *cobra.Command {
 	pf.StringVar(&registrationDir, "kubelet-registration-dir", "", "the kubelet's plugins_registry directory: when set, the node plugin registers itself with the kubelet there (no node-driver-registrar needed)")
 	pf.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
 	pf.DurationVar(&limitsInterval, "limits-interval", 2*time.Second, "how often the node re-applies IOPS/throughput limits of its volumes")
+	pf.StringVar(&cgroupRoot, "cgroup-root", "", "where the node plugin writes I/O limits: a cgroup v1 blkio hierarchy or a cgroup v2 mount with the io controller (default: detect /sys/fs/cgroup, /sys/fs/cgroup/blkio, other cgroup2 mounts; none found: volumes stage without limits)")
 
 	run := func(cmd *cobra.Command, withController, withNode bool) error {
 		ctx, cancel := signalContext(cmd.Context())
@@ -249,7 +250,7 @@ func newCSICmd() *cobra.Command {
 					return fmt.Errorf("no --node-id and no hostname: %w", err)
 				}
 			}
-			node, err = csi.NewNodeService(csi.NodeConfig{NodeID: nodeID, Zone: zone, MaxVolumes: maxVolumes, StateDir: stateDir, LimitsInterval: limitsInterval},
+			node, err = csi.NewNodeService(csi.NodeConfig{NodeID: nodeID, Zone: zone, MaxVolumes: maxVolumes, StateDir: stateDir, LimitsInterval: limitsInterval, CgroupRoot: cgroupRoot},
 				pb.NewVolumeServiceClient(conn), pb.NewNodeServiceClient(conn))
 			if err != nil {
 				return err
