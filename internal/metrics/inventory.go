@@ -79,7 +79,7 @@ func (c *inventoryCollector) collectVolumes(ctx context.Context, ch chan<- prome
 	err := eachPage(func(token string) (string, error) {
 		resp, err := c.inv.ListVolumes(ctx, &pb.ListVolumesRequest{PageSize: inventoryPageSize, PageToken: token})
 		for _, v := range resp.GetVolumes() {
-			counts[key{v.GetState(), v.GetType()}]++
+			counts[key{pb.StateWord(v.GetState().String()), v.GetType()}]++
 		}
 		return resp.GetNextPageToken(), err
 	})
@@ -97,7 +97,7 @@ func (c *inventoryCollector) collectSnapshots(ctx context.Context, ch chan<- pro
 	err := eachPage(func(token string) (string, error) {
 		resp, err := c.inv.ListSnapshots(ctx, &pb.ListSnapshotsRequest{PageSize: inventoryPageSize, PageToken: token})
 		for _, s := range resp.GetSnapshots() {
-			counts[s.GetState()]++
+			counts[pb.StateWord(s.GetState().String())]++
 		}
 		return resp.GetNextPageToken(), err
 	})

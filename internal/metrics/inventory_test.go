@@ -67,12 +67,12 @@ func page(token string) int {
 
 func TestInventory_CountsEveryPage_AndAFailedListHidesOnlyItsOwnMetrics(t *testing.T) {
 	vols := []*pb.Volume{
-		{Id: "vol-1", State: "available", Type: "gp3"},
-		{Id: "vol-2", State: "in-use", Type: "gp3"},
-		{Id: "vol-3", State: "available", Type: "gp3"},
-		{Id: "vol-4", State: "available", Type: "io2"},
+		{Id: "vol-1", State: pb.VolumeState_VOLUME_STATE_AVAILABLE, Type: "gp3"},
+		{Id: "vol-2", State: pb.VolumeState_VOLUME_STATE_IN_USE, Type: "gp3"},
+		{Id: "vol-3", State: pb.VolumeState_VOLUME_STATE_AVAILABLE, Type: "gp3"},
+		{Id: "vol-4", State: pb.VolumeState_VOLUME_STATE_AVAILABLE, Type: "io2"},
 	}
-	snaps := []*pb.Snapshot{{Id: "snap-1", State: "completed"}, {Id: "snap-2", State: "completed"}, {Id: "snap-3", State: "pending"}}
+	snaps := []*pb.Snapshot{{Id: "snap-1", State: pb.SnapshotState_SNAPSHOT_STATE_COMPLETED}, {Id: "snap-2", State: pb.SnapshotState_SNAPSHOT_STATE_COMPLETED}, {Id: "snap-3", State: pb.SnapshotState_SNAPSHOT_STATE_PENDING}}
 	pools := []*pb.Pool{{Name: "pool-a", Zone: "zone-a", Node: "n1", TotalBytes: 100, FreeBytes: 60, UsedBytes: 40, ProvisionedBytes: 500}}
 	const poolLabels = `{node="n1",pool="pool-a",zone="zone-a"}`
 	volumeSeries := map[string]float64{

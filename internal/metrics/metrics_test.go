@@ -225,9 +225,9 @@ func TestServerMetrics_VolumeOperations_MoveRequestCountersAndInventory(t *testi
 		`stowage_api_request_duration_seconds_count{code="OK",method="/stowage.v1.VolumeService/CreateVolume"}`: 2,
 		`stowage_api_requests_total{code="OK",method="/stowage.v1.SnapshotService/CreateSnapshot"}`:             1,
 		`stowage_api_requests_total{code="NotFound",method="/stowage.v1.VolumeService/DescribeVolume"}`:         1,
-		`stowage_volumes{state="` + a.State + `",type="gp3"}`:                                                   1,
-		`stowage_volumes{state="` + b.State + `",type="gp2"}`:                                                   1,
-		`stowage_snapshots{state="` + snap.State + `"}`:                                                         1,
+		`stowage_volumes{state="` + pb.StateWord(a.State.String()) + `",type="gp3"}`:                            1,
+		`stowage_volumes{state="` + pb.StateWord(b.State.String()) + `",type="gp2"}`:                            1,
+		`stowage_snapshots{state="` + pb.StateWord(snap.State.String()) + `"}`:                                  1,
 		`stowage_pool_provisioned_bytes` + pool:                                                                 3 * gib,
 		`stowage_inventory_up`:                                                                                  1,
 	})
@@ -251,10 +251,10 @@ func TestServerMetrics_VolumeOperations_MoveRequestCountersAndInventory(t *testi
 	got = scrape(t, url)
 	want(t, got, map[string]float64{
 		`stowage_api_requests_total{code="OK",method="/stowage.v1.VolumeService/DeleteVolume"}`: 1,
-		`stowage_volumes{state="` + a.State + `",type="gp3"}`:                                   1,
+		`stowage_volumes{state="` + pb.StateWord(a.State.String()) + `",type="gp3"}`:            1,
 		`stowage_pool_provisioned_bytes` + pool:                                                 1 * gib,
 	})
-	wantAbsent(t, got, `stowage_volumes{state="`+b.State+`",type="gp2"}`)
+	wantAbsent(t, got, `stowage_volumes{state="`+pb.StateWord(b.State.String())+`",type="gp2"}`)
 }
 
 func TestControllerMetrics_CreateVolume_ObservesCSIOperationByCode(t *testing.T) {
