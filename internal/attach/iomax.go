@@ -17,22 +17,6 @@ import (
 // that dirtied the pages. The root cgroup has no io.max.
 const IOMaxFile = "io.max"
 
-// ioMaxKeys pairs each limit with its io.max key.
-func (l *Limits) ioMaxKeys() []struct {
-	key   string
-	value *int64
-} {
-	return []struct {
-		key   string
-		value *int64
-	}{
-		{"riops", &l.ReadIOPS},
-		{"wiops", &l.WriteIOPS},
-		{"rbps", &l.ReadBPS},
-		{"wbps", &l.WriteBPS},
-	}
-}
-
 // SetIOMax writes the cgroup v2 io.max rule for the device numbered majmin
 // into the directory cgroup. A zero field is "max" (unlimited); all zero
 // removes the rule. A rule that is already right is not written again: a
@@ -40,15 +24,15 @@ func (l *Limits) ioMaxKeys() []struct {
 func SetIOMax(cgroup, majmin string, l Limits) error {
 	var rule strings.Builder
 	rule.WriteString(majmin)
-	for _, k := range l.ioMaxKeys() {
+	for _, k := range l.fields() {
 		if *k.value < 0 {
-			return fmt.Errorf("%s is negative (%d)", k.key, *k.value)
+			return fmt.Errorf("%s is negative (%d)", k.ioMaxKey, *k.value)
 		}
 		v := "max"
 		if *k.value > 0 {
 			v = strconv.FormatInt(*k.value, 10)
 		}
-		fmt.Fprintf(&rule, " %s=%s", k.key, v)
+		fmt.Fprintf(&rule, " %s=%s", k.ioMaxKey, v)
 	}
 	file := filepath.Join(cgroup, IOMaxFile)
 	if cur, err := GetIOMax(cgroup, majmin); err == nil && cur == l {
@@ -79,8 +63,8 @@ func GetIOMax(cgroup, majmin string) (Limits, error) {
 		// "8:16 rbps=2097152 wbps=max riops=max wiops=120"
 		for _, kv := range fields[1:] {
 			k, v, _ := strings.Cut(kv, "=")
-			for _, want := range l.ioMaxKeys() {
-				if want.key != k || v == "max" {
+			for _, want := range l.fields() {
+				if want.ioMaxKey != k || v == "max" {
 					continue
 				}
 				n, err := strconv.ParseInt(v, 10, 64)

@@ -30,20 +30,19 @@ type Limits struct {
 	ReadIOPS, WriteIOPS, ReadBPS, WriteBPS int64
 }
 
-// throttleFiles pairs each limit with its blkio file; the order is the order
-// rules are written.
-func (l *Limits) throttleFiles() []struct {
-	name  string
-	value *int64
-} {
-	return []struct {
-		name  string
-		value *int64
-	}{
-		{"blkio.throttle.read_iops_device", &l.ReadIOPS},
-		{"blkio.throttle.write_iops_device", &l.WriteIOPS},
-		{"blkio.throttle.read_bps_device", &l.ReadBPS},
-		{"blkio.throttle.write_bps_device", &l.WriteBPS},
+// limitField is one limit with its names in both cgroup versions; the
+// order is the order rules are written.
+type limitField struct {
+	blkioFile, ioMaxKey string
+	value               *int64
+}
+
+func (l *Limits) fields() []limitField {
+	return []limitField{
+		{"blkio.throttle.read_iops_device", "riops", &l.ReadIOPS},
+		{"blkio.throttle.write_iops_device", "wiops", &l.WriteIOPS},
+		{"blkio.throttle.read_bps_device", "rbps", &l.ReadBPS},
+		{"blkio.throttle.write_bps_device", "wbps", &l.WriteBPS},
 	}
 }
 
@@ -80,13 +79,13 @@ func SetLimitsIn(cgroup, device string, l Limits) error {
 // SetBlkio writes the cgroup v1 blkio throttle rules for the device
 // numbered majmin ("MAJ:MIN") into the blkio directory cgroup.
 func SetBlkio(cgroup, majmin string, l Limits) error {
-	for _, f := range l.throttleFiles() {
+	for _, f := range l.fields() {
 		if *f.value < 0 {
-			return fmt.Errorf("%s is negative (%d)", f.name, *f.value)
+			return fmt.Errorf("%s is negative (%d)", f.blkioFile, *f.value)
 		}
 	}
-	for _, f := range l.throttleFiles() {
-		file := filepath.Join(cgroup, f.name)
+	for _, f := range l.fields() {
+		file := filepath.Join(cgroup, f.blkioFile)
 		// A rule that is already right is not written again: a write
 		// restarts the throttle's accounting slice, and the node re-applies
 		// limits every few seconds.
@@ -109,8 +108,8 @@ func GetLimitsIn(cgroup, device string) (Limits, error) {
 		return Limits{}, fmt.Errorf("get limits: %w", err)
 	}
 	var l Limits
-	for _, f := range l.throttleFiles() {
-		file := filepath.Join(cgroup, f.name)
+	for _, f := range l.fields() {
+		file := filepath.Join(cgroup, f.blkioFile)
 		v, err := readRule(file, majmin)
 		if err != nil {
 			return Limits{}, fmt.Errorf("get limits of %s (%s): %w", device, majmin, err)

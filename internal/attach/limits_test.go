@@ -290,8 +290,8 @@ func TestSetLimits_SameLimitsAgain_NoWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	for _, f := range l.throttleFiles() {
-		if _, err := unix.InotifyAddWatch(fd, filepath.Join(BlkioRoot, f.name), unix.IN_MODIFY); err != nil {
+	for _, f := range l.fields() {
+		if _, err := unix.InotifyAddWatch(fd, filepath.Join(BlkioRoot, f.blkioFile), unix.IN_MODIFY); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -66,7 +66,7 @@ func detectAmong(candidates []string) limiter {
 // why there is none.
 func limiterAt(dir string) (limiter, string) {
 	if _, err := os.Stat(filepath.Join(dir, "blkio.throttle.read_iops_device")); err == nil {
-		return cgroupV1{root: dir, devno: attach.DeviceNumber}, ""
+		return blkioLimiter(dir), ""
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
 	if err != nil {
@@ -75,7 +75,7 @@ func limiterAt(dir string) (limiter, string) {
 	if !slices.Contains(strings.Fields(string(b)), "io") {
 		return nil, dir + " is cgroup v2 without the io controller"
 	}
-	return cgroupV2{root: dir, devno: attach.DeviceNumber}, ""
+	return ioMaxLimiter(dir), ""
 }
 
 // cgroup2Mounts lists the mount points of cgroup2 file systems in a
@@ -96,28 +96,55 @@ func cgroup2Mounts(mountinfo string) []string {
 	return out
 }
 
-// cgroupV1 writes blkio throttle rules. They are flat: a rule binds only
-// tasks that are members of the very cgroup that holds it. So the rule goes
-// into the root cgroup (for host processes, and writeback, which v1 charges
-// to the root) and into the cgroup of every pod the volume is published to
-// and each of its containers. The limits loop re-applies this, which also
-// covers containers that start after the publish.
-type cgroupV1 struct {
-	root  string
-	devno func(device string) (string, error)
+// cgroupLimiter writes a volume's rules into a cgroup hierarchy: into the
+// root when host processes can be bound there, and into the cgroups that
+// cgroups returns for each pod.
+type cgroupLimiter struct {
+	kind     string
+	root     string
+	hostRule bool
+	cgroups  func(root, uid string) []string
+	set      func(cgroup, majmin string, l attach.Limits) error
+	devno    func(device string) (string, error)
 }
 
-func (c cgroupV1) Apply(device string, l attach.Limits, pods []string) error {
+// blkioLimiter writes cgroup v1 blkio throttle rules. They are flat: a rule
+// binds only tasks that are members of the very cgroup that holds it. So
+// the rule goes into the root cgroup (for host processes, and writeback,
+// which v1 charges to the root) and into the cgroup of every pod the volume
+// is published to and each of its containers. The limits loop re-applies
+// this, which also covers containers that start after the publish.
+func blkioLimiter(root string) cgroupLimiter {
+	return cgroupLimiter{kind: "cgroup v1 blkio at", root: root, hostRule: true,
+		cgroups: podCgroups, set: attach.SetBlkio, devno: attach.DeviceNumber}
+}
+
+// ioMaxLimiter writes cgroup v2 io.max rules. v2 is nested: a rule in a
+// pod's cgroup binds all its containers, those that start later too, so it
+// goes into the pod's cgroup only (container cgroups are the runtime's).
+// Each pod gets the volume's budget, as with v1. The root cgroup has no
+// io.max, so host processes are not limited; pods' writeback is, since v2
+// charges it to the cgroup that dirtied the pages. A pod cgroup without
+// io.max is one whose parent does not delegate the io controller; the
+// error logged names the file.
+func ioMaxLimiter(root string) cgroupLimiter {
+	return cgroupLimiter{kind: "cgroup v2 io.max under", root: root,
+		cgroups: podDirs, set: attach.SetIOMax, devno: attach.DeviceNumber}
+}
+
+func (c cgroupLimiter) Apply(device string, l attach.Limits, pods []string) error {
 	majmin, err := c.devno(device)
 	if err != nil {
 		return err
 	}
-	if err := attach.SetBlkio(c.root, majmin, l); err != nil {
-		return fmt.Errorf("%s: %w", device, err)
+	if c.hostRule {
+		if err := c.set(c.root, majmin, l); err != nil {
+			return fmt.Errorf("%s: %w", device, err)
+		}
 	}
 	for _, uid := range pods {
-		for _, cg := range podCgroups(c.root, uid) {
-			if err := attach.SetBlkio(cg, majmin, l); err != nil {
+		for _, cg := range c.cgroups(c.root, uid) {
+			if err := c.set(cg, majmin, l); err != nil {
 				klog.ErrorS(err, "apply volume limits to pod cgroup", "device", device, "cgroup", cg)
 			}
 		}
@@ -125,49 +152,13 @@ func (c cgroupV1) Apply(device string, l attach.Limits, pods []string) error {
 	return nil
 }
 
-func (c cgroupV1) Clear(device string, pods []string) error {
+func (c cgroupLimiter) Clear(device string, pods []string) error {
 	return c.Apply(device, attach.Limits{}, pods)
 }
 
-func (c cgroupV1) Enforced() bool { return true }
+func (c cgroupLimiter) Enforced() bool { return true }
 
-func (c cgroupV1) String() string { return "cgroup v1 blkio at " + c.root }
-
-// cgroupV2 writes io.max rules. v2 is nested: a rule in a pod's cgroup
-// binds all its containers, those that start later too, so it goes into
-// the pod's cgroup only (container cgroups are the runtime's). Each pod
-// gets the volume's budget, as with v1. The root cgroup has no io.max, so
-// host processes are not limited; pods' writeback is, since v2 charges it
-// to the cgroup that dirtied the pages.
-type cgroupV2 struct {
-	root  string
-	devno func(device string) (string, error)
-}
-
-func (c cgroupV2) Apply(device string, l attach.Limits, pods []string) error {
-	majmin, err := c.devno(device)
-	if err != nil {
-		return err
-	}
-	for _, uid := range pods {
-		for _, cg := range podDirs(c.root, uid) {
-			// A pod cgroup without io.max is one whose parent does not
-			// delegate the io controller; the error names the file.
-			if err := attach.SetIOMax(cg, majmin, l); err != nil {
-				klog.ErrorS(err, "apply volume limits to pod cgroup", "device", device, "cgroup", cg)
-			}
-		}
-	}
-	return nil
-}
-
-func (c cgroupV2) Clear(device string, pods []string) error {
-	return c.Apply(device, attach.Limits{}, pods)
-}
-
-func (c cgroupV2) Enforced() bool { return true }
-
-func (c cgroupV2) String() string { return "cgroup v2 io.max under " + c.root }
+func (c cgroupLimiter) String() string { return c.kind + " " + c.root }
 
 // noLimits is a node that cannot limit I/O.
 type noLimits struct{ reason string }

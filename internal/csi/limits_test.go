@@ -110,7 +110,8 @@ var volumeLimits = attach.Limits{ReadIOPS: 3000, WriteIOPS: 3000, ReadBPS: 125 <
 // of its containers get one.
 func TestCgroupV1_Apply_RootPodAndContainers(t *testing.T) {
 	root := blkioTree(t, ".", podDir, ctrDir, "kubepods/besteffort/podother")
-	l := cgroupV1{root: root, devno: fixedDevno}
+	l := blkioLimiter(root)
+	l.devno = fixedDevno
 	if err := l.Apply("/dev/loop3", volumeLimits, []string{"1b2c-3d"}); err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,8 @@ func TestCgroupV1_Apply_RootPodAndContainers(t *testing.T) {
 // containers; they and the root (which has no io.max) get none.
 func TestCgroupV2_Apply_PodCgroupOnly(t *testing.T) {
 	root := ioTree(t, "cpuset cpu io memory pids", podDir, ctrDir)
-	l := cgroupV2{root: root, devno: fixedDevno}
+	l := ioMaxLimiter(root)
+	l.devno = fixedDevno
 	if err := l.Apply("/dev/loop3", attach.Limits{ReadIOPS: 3000, WriteIOPS: 3000, WriteBPS: 125 << 20}, []string{"1b2c-3d"}); err != nil {
 		t.Fatal(err)
 	}
@@ -172,12 +174,9 @@ func TestDetectLimiter_FakeTrees(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			l := detectAmong(tt.candidates)
-			got := map[bool]string{true: "", false: "none"}[l.Enforced()]
-			switch l.(type) {
-			case cgroupV1:
-				got = "v1"
-			case cgroupV2:
-				got = "v2"
+			got := "none"
+			if c, ok := l.(cgroupLimiter); ok {
+				got = map[bool]string{true: "v1", false: "v2"}[c.hostRule]
 			}
 			if got != tt.want {
 				t.Fatalf("detected %s (%s), want %s", got, l, tt.want)
