@@ -365,9 +365,8 @@ func TestSparseCopy_PreservesHoles(t *testing.T) {
 			took := time.Since(start)
 			alloc := allocatedBytes(t, p.ImagePath("copy"))
 			t.Logf("clone of a 1 GiB image holding 4 MiB (%s): %v, %d KiB allocated", tt.mode, took, alloc>>10)
-			if took > 500*time.Millisecond {
-				t.Errorf("clone took %v, want well under a second", took)
-			}
+			// The allocation, not a time limit, shows that only data was
+			// copied (a time limit breaks on a loaded machine).
 			if alloc < 4*MiB || alloc > 5*MiB {
 				t.Errorf("clone allocates %d bytes, want about 4 MiB", alloc)
 			}
