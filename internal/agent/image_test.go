@@ -4,14 +4,17 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 func TestCreateImage(t *testing.T) {
@@ -88,8 +91,13 @@ func TestSnapshotImage_TenGiBImage(t *testing.T) {
 			}
 			took := time.Since(start)
 			t.Logf("snapshot of a 10 GiB image holding 100 MiB on %s (%s): %v", fs.fstype, p.CloneMode(), took)
-			if p.CloneMode() == CloneReflink && took > 50*time.Millisecond {
-				t.Errorf("reflink snapshot took %v, want < 50ms", took)
+			// O(1) is shown by what the snapshot is, not by a time limit
+			// (a loaded machine makes any limit flaky): every extent that
+			// holds data is shared with the image, so nothing was copied.
+			if p.CloneMode() == CloneReflink {
+				if unshared := unsharedExtents(t, p.SnapshotPath("snap")); len(unshared) > 0 {
+					t.Errorf("reflink snapshot has %d extents not shared with its image (copied data): %v", len(unshared), unshared)
+				}
 			}
 
 			snap := p.SnapshotPath("snap")
@@ -126,11 +134,11 @@ func TestSnapshotImage_AttachedImage(t *testing.T) {
 			img := p.ImagePath("vol")
 			// Registered after newPool, so it detaches before loopfs unmounts.
 			t.Cleanup(func() {
-				if err := attach.Detach(context.Background(), img); err != nil {
+				if err := loopdev.Detach(context.Background(), img); err != nil {
 					t.Errorf("cleanup: %v", err)
 				}
 			})
-			dev, err := attach.Attach(ctx, img)
+			dev, err := loopdev.Attach(ctx, img)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -357,9 +365,8 @@ func TestSparseCopy_PreservesHoles(t *testing.T) {
 			took := time.Since(start)
 			alloc := allocatedBytes(t, p.ImagePath("copy"))
 			t.Logf("clone of a 1 GiB image holding 4 MiB (%s): %v, %d KiB allocated", tt.mode, took, alloc>>10)
-			if took > 500*time.Millisecond {
-				t.Errorf("clone took %v, want well under a second", took)
-			}
+			// The allocation, not a time limit, shows that only data was
+			// copied (a time limit breaks on a loaded machine).
 			if alloc < 4*MiB || alloc > 5*MiB {
 				t.Errorf("clone allocates %d bytes, want about 4 MiB", alloc)
 			}
@@ -430,7 +437,7 @@ func TestResizeImage(t *testing.T) {
 }
 
 // TestResizeImage_AttachedRefresh checks the grow path end to end: the loop
-// device sees the new size after attach.Refresh.
+// device sees the new size after loopdev.Refresh.
 func TestResizeImage_AttachedRefresh(t *testing.T) {
 	p := newPool(t, "xfs")
 	ctx := context.Background()
@@ -439,18 +446,18 @@ func TestResizeImage_AttachedRefresh(t *testing.T) {
 	}
 	img := p.ImagePath("vol")
 	t.Cleanup(func() {
-		if err := attach.Detach(context.Background(), img); err != nil {
+		if err := loopdev.Detach(context.Background(), img); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-	dev, err := attach.Attach(ctx, img)
+	dev, err := loopdev.Attach(ctx, img)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := p.ResizeImage(ctx, "vol", 3*GiB); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := attach.Refresh(dev); err != nil || got != 3*GiB {
+	if got, err := loopdev.Refresh(dev); err != nil || got != 3*GiB {
 		t.Fatalf("Refresh(%s) = %d, %v; want %d", dev, got, err, 3*GiB)
 	}
 }
@@ -545,4 +552,33 @@ func writeDirect(t *testing.T, dev string, off int64, data []byte) {
 	if _, err := f.WriteAt(buf, off); err != nil {
 		t.Fatalf("direct write to %s at %d: %v", dev, off, err)
 	}
+}
+
+// unsharedExtents lists the extents of path that filefrag does not mark
+// shared (reflinked).
+func unsharedExtents(t *testing.T, path string) []string {
+	t.Helper()
+	out, err := exec.Command("filefrag", "-v", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("filefrag -v %s: %v\n%s", path, err, out)
+	}
+	var unshared []string
+	extents := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasSuffix(f[0], ":") || f[0] == "ext:" {
+			continue
+		}
+		if _, err := strconv.Atoi(strings.TrimSuffix(f[0], ":")); err != nil {
+			continue
+		}
+		extents++
+		if !strings.Contains(line, "shared") {
+			unshared = append(unshared, strings.TrimSpace(line))
+		}
+	}
+	if extents == 0 {
+		t.Fatalf("filefrag -v %s shows no extents:\n%s", path, out)
+	}
+	return unshared
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/block"
 )
 
 func newFileSystemCmd(g *globals) *cobra.Command {
@@ -53,14 +54,6 @@ func fsCreateCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func fsState(s pb.FileSystemState) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "FILE_SYSTEM_STATE_"))
-}
-
-func apState(s pb.AccessPointState) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "ACCESS_POINT_STATE_"))
-}
-
 func printFileSystems(p printer, fss ...*pb.FileSystem) error {
 	if len(fss) == 1 {
 		if done, err := p.structured(fss[0]); done {
@@ -75,8 +68,8 @@ func printFileSystems(p printer, fss ...*pb.FileSystem) error {
 		if f.ProvisionedThroughputMibps > 0 {
 			tput += fmt.Sprintf(" (%d MiB/s)", f.ProvisionedThroughputMibps)
 		}
-		rows = append(rows, []string{f.Id, orDash(f.Name), fsState(f.State), f.StorageClass, orDash(f.AvailabilityZone),
-			f.PerformanceMode, tput, humanBytes(f.SizeUsedBytes),
+		rows = append(rows, []string{f.Id, orDash(f.Name), f.State.Word(), f.StorageClass, orDash(f.AvailabilityZone),
+			f.PerformanceMode, tput, block.FormatBytes(f.SizeUsedBytes),
 			fmt.Sprintf("%d/%d", f.AccessPointCount, f.AccessPointLimit), f.Node, formatTags(f.Tags)})
 	}
 	return p.table([]string{"ID", "NAME", "STATE", "CLASS", "ZONE", "PERFORMANCE", "THROUGHPUT", "USED", "ACCESS-POINTS", "NODE", "TAGS"}, rows)
@@ -304,9 +297,9 @@ func printAccessPoints(p printer, aps ...*pb.AccessPoint) error {
 		}
 		quota := "-"
 		if a.QuotaBytes > 0 {
-			quota = humanBytes(a.QuotaBytes)
+			quota = block.FormatBytes(a.QuotaBytes)
 		}
-		rows = append(rows, []string{a.Id, orDash(a.Name), a.FileSystemId, apState(a.State), a.GetRootDirectory().GetPath(),
+		rows = append(rows, []string{a.Id, orDash(a.Name), a.FileSystemId, a.State.Word(), a.GetRootDirectory().GetPath(),
 			user, creation, quota, formatTags(a.Tags)})
 	}
 	return p.table([]string{"ID", "NAME", "FILE-SYSTEM", "STATE", "PATH", "POSIX-USER", "CREATION", "QUOTA", "TAGS"}, rows)

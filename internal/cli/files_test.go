@@ -49,7 +49,7 @@ func TestFileSystemAndAccessPointCommands_Lifecycle(t *testing.T) {
 	ep := s.APIEndpoint
 
 	f := parseFS(t, mustRun(t, ep, "fs", "create", "--name", "shared", "--zone", s.Zone, "--throughput-mode", "elastic", "-o", "json"))
-	if !strings.HasPrefix(f.ID, "fs-") || f.State != "FILE_SYSTEM_STATE_AVAILABLE" || f.StorageClass != "one-zone" || f.ThroughputMode != "elastic" {
+	if !strings.HasPrefix(f.ID, "fs-") || f.State != "available" || f.StorageClass != "one-zone" || f.ThroughputMode != "elastic" {
 		t.Fatalf("created %+v", f)
 	}
 	if again := parseFS(t, mustRun(t, ep, "fs", "create", "--name", "shared", "--zone", s.Zone, "--throughput-mode", "elastic", "-o", "json")); again.ID != f.ID {
@@ -67,7 +67,7 @@ func TestFileSystemAndAccessPointCommands_Lifecycle(t *testing.T) {
 
 	a := parseFS(t, mustRun(t, ep, "ap", "create", "--fs", f.ID, "--name", "app", "--path", "/dynamic/app",
 		"--uid", "1000", "--gid", "1001", "--secondary-gids", "5,6", "--permissions", "750", "-o", "json"))
-	if !strings.HasPrefix(a.ID, "fsap-") || a.State != "ACCESS_POINT_STATE_AVAILABLE" || a.FileSystemID != f.ID ||
+	if !strings.HasPrefix(a.ID, "fsap-") || a.State != "available" || a.FileSystemID != f.ID ||
 		a.PosixUser.UID != 1000 || a.PosixUser.GID != 1001 || len(a.PosixUser.SecondaryGids) != 2 ||
 		a.RootDirectory.Path != "/dynamic/app" || a.RootDirectory.CreationInfo.OwnerUID != 1000 || a.RootDirectory.CreationInfo.Permissions != "0750" {
 		t.Fatalf("created %+v", a)

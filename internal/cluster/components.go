@@ -76,6 +76,14 @@ func MissingBinaries(binDir string) []string {
 	return missing
 }
 
+// Where Stowage's daemons serve Prometheus metrics (docs/metrics.md): on
+// loopback only, like the other components' metrics and health endpoints.
+const (
+	ServerMetricsAddress     = "127.0.0.1:9420"
+	ControllerMetricsAddress = "127.0.0.1:9421"
+	NodeMetricsAddress       = "127.0.0.1:9422"
+)
+
 // Component is one process of the cluster.
 type Component struct {
 	Name string
@@ -101,8 +109,13 @@ func (c *Config) Components() []Component {
 	// VolumeAttributesClass is beta and off by default in 1.33; the driver
 	// implements ControllerModifyVolume, so turn it on end to end.
 	vacGate := "--feature-gates=VolumeAttributesClass=true"
+	const sidecarQPS, sidecarBurst = "100", "200"
 	sidecar := func(name string, extra ...string) Component {
-		args := append([]string{"--csi-address=" + csiCtrl, "--kubeconfig=" + kc(name), "--leader-election=false", "--v=2"}, extra...)
+		// The sidecars' client default of 5 requests/s (burst 10) made
+		// them the bottleneck of many claims at once: each attach and
+		// provision takes several API calls (docs/benchmarks.md, StatefulSet).
+		args := append([]string{"--csi-address=" + csiCtrl, "--kubeconfig=" + kc(name), "--leader-election=false", "--v=2",
+			"--kube-api-qps=" + sidecarQPS, "--kube-api-burst=" + sidecarBurst}, extra...)
 		return Component{Name: name, Cmd: Command{Path: bin(name), Args: args}, Needs: []string{"kube-apiserver", "csi-controller"}}
 	}
 	// The provisioner publishes the pools' capacity per storage class and
@@ -183,6 +196,9 @@ func (c *Config) Components() []Component {
 			"--cluster-name=" + clusterName,
 			"--service-cluster-ip-range=" + c.ServiceCIDR,
 			"--allocate-node-cidrs=false",
+			// Default 20/30: the PV controller and the attach/detach
+			// controller share it, a few calls per claim.
+			"--kube-api-qps=" + sidecarQPS, "--kube-api-burst=" + sidecarBurst,
 			vacGate,
 			"--profiling=false",
 			"--v=1",
@@ -214,6 +230,7 @@ func (c *Config) Components() []Component {
 			"server",
 			"--data-dir=" + l.Stowage(),
 			"--listen=" + stowageAPI,
+			"--metrics-address=" + ServerMetricsAddress,
 			"--zone=" + c.Zone,
 			"--node=" + c.NodeName,
 			fmt.Sprintf("--pool=name=pool-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, c.PoolSize),
@@ -222,11 +239,12 @@ func (c *Config) Components() []Component {
 			"csi", "controller",
 			"--endpoint=unix://" + csiCtrl,
 			"--api=" + stowageAPI,
+			"--metrics-address=" + ControllerMetricsAddress,
 		}}, Ready: func(ctx context.Context) error { return dialUnix(csiCtrl) }},
 		// A delete is retried until the volume is detached; retry soon and
 		// often enough that a claim's volume goes within seconds of its pod.
 		provisioner,
-		sidecar("csi-attacher", "--timeout=60s"),
+		sidecar("csi-attacher", "--timeout=60s", "--worker-threads=32"),
 		sidecar("csi-resizer", "--timeout=60s", "--handle-volume-inuse-error=false", vacGate),
 		sidecar("csi-snapshotter", "--extra-create-metadata", "--timeout=60s"),
 		{Name: "snapshot-controller", Needs: []string{"kube-apiserver", "manifests"}, Cmd: Command{Path: bin("snapshot-controller"), Args: []string{
@@ -242,6 +260,7 @@ func (c *Config) Components() []Component {
 			"--zone=" + c.Zone,
 			"--state-dir=" + l.CSINodeState(),
 			"--kubelet-registration-dir=" + l.PluginsRegistry(),
+			"--metrics-address=" + NodeMetricsAddress,
 		}}, Ready: func(ctx context.Context) error { return dialUnix(l.CSINodeSocket()) }},
 	}
 }

@@ -42,24 +42,17 @@ type accessPointRecord struct {
 	QuotaBytes    int64               `json:"quotaBytes,omitempty"`
 	// MadeDirs are the directories this access point's create makes,
 	// recorded before it makes them, so a rollback removes exactly those.
-	MadeDirs    []string          `json:"madeDirs,omitempty"`
-	ExportID    uint16            `json:"exportId,omitempty"`
-	State       string            `json:"state"`
-	StateReason string            `json:"stateReason,omitempty"`
-	Tags        map[string]string `json:"tags,omitempty"`
-	Created     time.Time         `json:"created"`
-}
-
-var accessPointStates = map[string]pb.AccessPointState{
-	StateCreating:  pb.AccessPointState_ACCESS_POINT_STATE_CREATING,
-	StateAvailable: pb.AccessPointState_ACCESS_POINT_STATE_AVAILABLE,
-	StateDeleting:  pb.AccessPointState_ACCESS_POINT_STATE_DELETING,
-	StateError:     pb.AccessPointState_ACCESS_POINT_STATE_ERROR,
+	MadeDirs    []string            `json:"madeDirs,omitempty"`
+	ExportID    uint16              `json:"exportId,omitempty"`
+	State       pb.AccessPointState `json:"state"`
+	StateReason string              `json:"stateReason,omitempty"`
+	Tags        map[string]string   `json:"tags,omitempty"`
+	Created     time.Time           `json:"created"`
 }
 
 func (a *accessPointRecord) toProto() *pb.AccessPoint {
 	out := &pb.AccessPoint{
-		Id: a.ID, Name: a.Name, FileSystemId: a.FileSystemID, State: accessPointStates[a.State],
+		Id: a.ID, Name: a.Name, FileSystemId: a.FileSystemID, State: a.State,
 		StateReason: a.StateReason, RootDirectory: &pb.RootDirectory{Path: a.Path},
 		QuotaBytes: a.QuotaBytes, Tags: a.Tags, CreateTime: timestamppb.New(a.Created),
 	}
@@ -163,8 +156,8 @@ func (s *Server) CreateAccessPoint(ctx context.Context, req *pb.CreateAccessPoin
 	if err != nil {
 		return nil, err
 	}
-	if f.State != StateAvailable {
-		return nil, status.Errorf(codes.FailedPrecondition, "file system %s is %s, not available", f.ID, f.State)
+	if f.State != fsAvailable {
+		return nil, status.Errorf(codes.FailedPrecondition, "file system %s is %s, not available", f.ID, f.State.Word())
 	}
 	if f.AccessPoints >= f.AccessPointLimit {
 		return nil, status.Errorf(codes.ResourceExhausted, "file system %s has %d access points, its limit; delete some or raise --access-point-limit",
@@ -194,7 +187,7 @@ func (s *Server) CreateAccessPoint(ctx context.Context, req *pb.CreateAccessPoin
 	a := &accessPointRecord{
 		ID: id, Name: req.Name, RequestKey: key, FileSystemID: f.ID, Pool: f.Pool, HasUser: req.PosixUser != nil,
 		Path: rootPath, Creation: ci, QuotaBytes: req.QuotaBytes, MadeDirs: plan,
-		State: StateCreating, Tags: req.Tags, Created: time.Now().UTC(),
+		State: apCreating, Tags: req.Tags, Created: time.Now().UTC(),
 	}
 	if u := req.PosixUser; u != nil {
 		a.UID, a.GID, a.SecondaryGIDs = u.Uid, u.Gid, u.SecondaryGids
@@ -243,7 +236,7 @@ func (s *Server) CreateAccessPoint(ctx context.Context, req *pb.CreateAccessPoin
 		}
 	}
 	faults.Point("create-ap:exported")
-	a.State = StateAvailable
+	a.State = apAvailable
 	if err := s.putAccessPoint(ctx, a); err != nil {
 		s.rollbackAccessPoint(a)
 		return nil, err
@@ -397,7 +390,7 @@ func (s *Server) DeleteAccessPoint(ctx context.Context, req *pb.DeleteAccessPoin
 // forgets the record; Reconcile repeats it after a crash.
 func (s *Server) removeAccessPoint(ctx context.Context, a *accessPointRecord, rollback bool) error {
 	if !rollback {
-		a.State = StateDeleting
+		a.State = apDeleting
 		if err := s.putAccessPoint(ctx, a); err != nil {
 			return err
 		}
@@ -484,12 +477,12 @@ func (s *Server) reconcileFiles(ctx context.Context) error {
 	for i := range aps {
 		a := &aps[i]
 		switch a.State {
-		case StateCreating, StateDeleting:
+		case apCreating, apDeleting:
 			s.log.Warn("reconcile: removing an access point whose create or delete did not finish", "accessPoint", a.ID, "state", a.State)
-			if err := s.removeAccessPoint(ctx, a, a.State == StateCreating); err != nil {
+			if err := s.removeAccessPoint(ctx, a, a.State == apCreating); err != nil {
 				return fmt.Errorf("reconcile: access point %s: %w", a.ID, err)
 			}
-		case StateAvailable:
+		case apAvailable:
 			p, pok := s.filePools[a.Pool]
 			ex, eok := s.exporters[a.Pool]
 			if pok && eok {
@@ -505,7 +498,7 @@ func (s *Server) reconcileFiles(ctx context.Context) error {
 	}
 	for i := range fss {
 		f := &fss[i]
-		if f.State == StateCreating || f.State == StateDeleting {
+		if f.State == fsCreating || f.State == fsDeleting {
 			s.log.Warn("reconcile: removing a file system whose create or delete did not finish", "fileSystem", f.ID, "state", f.State)
 			if err := s.deleteFileSystem(ctx, f); err != nil {
 				return fmt.Errorf("reconcile: file system %s: %w", f.ID, err)

@@ -325,7 +325,7 @@ func TestReconcile_HalfMadeAccessPoint_RolledBackWithItsDirectories(t *testing.T
 		t.Fatal(err)
 	}
 	half := &accessPointRecord{ID: "fsap-0000000000000dead", Name: "half", FileSystemID: f.Id, Pool: "files-a",
-		Path: "/base/half/made", MadeDirs: plan, ExportID: 9, State: StateCreating}
+		Path: "/base/half/made", MadeDirs: plan, ExportID: 9, State: apCreating}
 	err = e.st.Update(ctx, func(tx store.Tx) error {
 		var fr fileSystemRecord
 		if err := store.GetJSON(tx, bucketFileSystems, f.Id, &fr); err != nil {
@@ -360,7 +360,7 @@ func TestReconcile_HalfMadeAccessPoint_RolledBackWithItsDirectories(t *testing.T
 	}
 	gone := e.fs(t, "gone")
 	rec, _ := e.srv.getFileSystem(ctx, gone.Id)
-	rec.State = StateDeleting
+	rec.State = fsDeleting
 	if err := e.srv.putFileSystem(ctx, rec); err != nil {
 		t.Fatal(err)
 	}

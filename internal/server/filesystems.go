@@ -52,30 +52,34 @@ const (
 )
 
 type fileSystemRecord struct {
-	ID               string            `json:"id"`
-	Name             string            `json:"name,omitempty"`
-	RequestKey       string            `json:"requestKey,omitempty"`
-	Pool             string            `json:"pool"`
-	Node             string            `json:"node"`
-	Zone             string            `json:"zone,omitempty"` // One Zone; empty is Standard
-	PerformanceMode  string            `json:"performanceMode"`
-	ThroughputMode   string            `json:"throughputMode"`
-	ProvisionedMiBps int64             `json:"provisionedMiBps,omitempty"`
-	State            string            `json:"state"`
-	StateReason      string            `json:"stateReason,omitempty"`
-	KMSKeyID         string            `json:"kmsKeyId,omitempty"`
-	AccessPoints     int               `json:"accessPoints"`
-	AccessPointLimit int               `json:"accessPointLimit"`
-	Tags             map[string]string `json:"tags,omitempty"`
-	Created          time.Time         `json:"created"`
+	ID               string             `json:"id"`
+	Name             string             `json:"name,omitempty"`
+	RequestKey       string             `json:"requestKey,omitempty"`
+	Pool             string             `json:"pool"`
+	Node             string             `json:"node"`
+	Zone             string             `json:"zone,omitempty"` // One Zone; empty is Standard
+	PerformanceMode  string             `json:"performanceMode"`
+	ThroughputMode   string             `json:"throughputMode"`
+	ProvisionedMiBps int64              `json:"provisionedMiBps,omitempty"`
+	State            pb.FileSystemState `json:"state"`
+	StateReason      string             `json:"stateReason,omitempty"`
+	KMSKeyID         string             `json:"kmsKeyId,omitempty"`
+	AccessPoints     int                `json:"accessPoints"`
+	AccessPointLimit int                `json:"accessPointLimit"`
+	Tags             map[string]string  `json:"tags,omitempty"`
+	Created          time.Time          `json:"created"`
 }
 
-var fileSystemStates = map[string]pb.FileSystemState{
-	StateCreating:  pb.FileSystemState_FILE_SYSTEM_STATE_CREATING,
-	StateAvailable: pb.FileSystemState_FILE_SYSTEM_STATE_AVAILABLE,
-	StateDeleting:  pb.FileSystemState_FILE_SYSTEM_STATE_DELETING,
-	StateError:     pb.FileSystemState_FILE_SYSTEM_STATE_ERROR,
-}
+// File system and access point states.
+const (
+	fsCreating  = pb.FileSystemState_FILE_SYSTEM_STATE_CREATING
+	fsAvailable = pb.FileSystemState_FILE_SYSTEM_STATE_AVAILABLE
+	fsDeleting  = pb.FileSystemState_FILE_SYSTEM_STATE_DELETING
+
+	apCreating  = pb.AccessPointState_ACCESS_POINT_STATE_CREATING
+	apAvailable = pb.AccessPointState_ACCESS_POINT_STATE_AVAILABLE
+	apDeleting  = pb.AccessPointState_ACCESS_POINT_STATE_DELETING
+)
 
 func (f *fileSystemRecord) toProto(usedBytes int64) *pb.FileSystem {
 	class := files.StorageStandard
@@ -83,7 +87,7 @@ func (f *fileSystemRecord) toProto(usedBytes int64) *pb.FileSystem {
 		class = files.StorageOneZone
 	}
 	return &pb.FileSystem{
-		Id: f.ID, Name: f.Name, State: fileSystemStates[f.State], StateReason: f.StateReason,
+		Id: f.ID, Name: f.Name, State: f.State, StateReason: f.StateReason,
 		AvailabilityZone: f.Zone, StorageClass: class, PerformanceMode: f.PerformanceMode,
 		ThroughputMode: f.ThroughputMode, ProvisionedThroughputMibps: f.ProvisionedMiBps,
 		SizeUsedBytes: usedBytes, Encrypted: f.KMSKeyID != "", KmsKeyId: f.KMSKeyID,
@@ -153,7 +157,7 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 	f := &fileSystemRecord{
 		ID: id, Name: req.Name, RequestKey: fileSystemRequestKey(req, modes), Pool: poolName, Node: p.Node(),
 		Zone: req.AvailabilityZone, PerformanceMode: modes.Performance, ThroughputMode: modes.Throughput,
-		ProvisionedMiBps: modes.ProvisionedMi, State: StateCreating, AccessPointLimit: s.apLimit,
+		ProvisionedMiBps: modes.ProvisionedMi, State: fsCreating, AccessPointLimit: s.apLimit,
 		Tags: req.Tags, Created: time.Now().UTC(),
 	}
 	// Record first, in state creating: a crash before the tree exists
@@ -175,7 +179,7 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 		return nil, internal(err, "create tree of file system %s in pool %s", f.ID, poolName)
 	}
 	faults.Point("create-fs:tree-created")
-	f.State = StateAvailable
+	f.State = fsAvailable
 	if err := s.putFileSystem(ctx, f); err != nil {
 		s.rollbackFileSystem(f)
 		return nil, err
@@ -229,7 +233,7 @@ func (s *Server) putFileSystem(ctx context.Context, f *fileSystemRecord) error {
 
 func (s *Server) fileSystemUsage(f *fileSystemRecord) int64 {
 	p, ok := s.filePools[f.Pool]
-	if !ok || f.State != StateAvailable {
+	if !ok || f.State != fsAvailable {
 		return 0
 	}
 	n, err := p.Usage(f.ID)
@@ -337,7 +341,7 @@ func (s *Server) DeleteFileSystem(ctx context.Context, req *pb.DeleteFileSystemR
 // deleteFileSystem marks the record deleting, removes the tree, then the
 // record; Reconcile finishes it after a crash.
 func (s *Server) deleteFileSystem(ctx context.Context, f *fileSystemRecord) error {
-	f.State = StateDeleting
+	f.State = fsDeleting
 	if err := s.putFileSystem(ctx, f); err != nil {
 		return err
 	}

@@ -27,6 +27,172 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// The states of volumes, snapshots and attachments: the one list the
+// server, the CLI and the CSI driver use. Their words (VolumeState.Word:
+// "in-use") are what the CLI prints and the store records.
+type VolumeState int32
+
+const (
+	VolumeState_VOLUME_STATE_UNSPECIFIED VolumeState = 0
+	// The image is being made; a crash now is rolled back at the next start.
+	VolumeState_VOLUME_STATE_CREATING  VolumeState = 1
+	VolumeState_VOLUME_STATE_AVAILABLE VolumeState = 2
+	// Attached to at least one node.
+	VolumeState_VOLUME_STATE_IN_USE VolumeState = 3
+	// Being deleted; a crash now is finished at the next start.
+	VolumeState_VOLUME_STATE_DELETING VolumeState = 4
+	// The image is missing or broken; state_reason says why.
+	VolumeState_VOLUME_STATE_ERROR VolumeState = 5
+)
+
+// Enum value maps for VolumeState.
+var (
+	VolumeState_name = map[int32]string{
+		0: "VOLUME_STATE_UNSPECIFIED",
+		1: "VOLUME_STATE_CREATING",
+		2: "VOLUME_STATE_AVAILABLE",
+		3: "VOLUME_STATE_IN_USE",
+		4: "VOLUME_STATE_DELETING",
+		5: "VOLUME_STATE_ERROR",
+	}
+	VolumeState_value = map[string]int32{
+		"VOLUME_STATE_UNSPECIFIED": 0,
+		"VOLUME_STATE_CREATING":    1,
+		"VOLUME_STATE_AVAILABLE":   2,
+		"VOLUME_STATE_IN_USE":      3,
+		"VOLUME_STATE_DELETING":    4,
+		"VOLUME_STATE_ERROR":       5,
+	}
+)
+
+func (x VolumeState) Enum() *VolumeState {
+	p := new(VolumeState)
+	*p = x
+	return p
+}
+
+func (x VolumeState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (VolumeState) Descriptor() protoreflect.EnumDescriptor {
+	return file_stowage_v1_stowage_proto_enumTypes[0].Descriptor()
+}
+
+func (VolumeState) Type() protoreflect.EnumType {
+	return &file_stowage_v1_stowage_proto_enumTypes[0]
+}
+
+func (x VolumeState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use VolumeState.Descriptor instead.
+func (VolumeState) EnumDescriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{0}
+}
+
+type SnapshotState int32
+
+const (
+	SnapshotState_SNAPSHOT_STATE_UNSPECIFIED SnapshotState = 0
+	// Being taken; a crash now removes it at the next start.
+	SnapshotState_SNAPSHOT_STATE_PENDING SnapshotState = 1
+	// Ready to restore from.
+	SnapshotState_SNAPSHOT_STATE_COMPLETED SnapshotState = 2
+	// Being deleted; a crash now is finished at the next start.
+	SnapshotState_SNAPSHOT_STATE_DELETING SnapshotState = 3
+)
+
+// Enum value maps for SnapshotState.
+var (
+	SnapshotState_name = map[int32]string{
+		0: "SNAPSHOT_STATE_UNSPECIFIED",
+		1: "SNAPSHOT_STATE_PENDING",
+		2: "SNAPSHOT_STATE_COMPLETED",
+		3: "SNAPSHOT_STATE_DELETING",
+	}
+	SnapshotState_value = map[string]int32{
+		"SNAPSHOT_STATE_UNSPECIFIED": 0,
+		"SNAPSHOT_STATE_PENDING":     1,
+		"SNAPSHOT_STATE_COMPLETED":   2,
+		"SNAPSHOT_STATE_DELETING":    3,
+	}
+)
+
+func (x SnapshotState) Enum() *SnapshotState {
+	p := new(SnapshotState)
+	*p = x
+	return p
+}
+
+func (x SnapshotState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SnapshotState) Descriptor() protoreflect.EnumDescriptor {
+	return file_stowage_v1_stowage_proto_enumTypes[1].Descriptor()
+}
+
+func (SnapshotState) Type() protoreflect.EnumType {
+	return &file_stowage_v1_stowage_proto_enumTypes[1]
+}
+
+func (x SnapshotState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SnapshotState.Descriptor instead.
+func (SnapshotState) EnumDescriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{1}
+}
+
+type AttachmentState int32
+
+const (
+	AttachmentState_ATTACHMENT_STATE_UNSPECIFIED AttachmentState = 0
+	AttachmentState_ATTACHMENT_STATE_ATTACHED    AttachmentState = 1
+)
+
+// Enum value maps for AttachmentState.
+var (
+	AttachmentState_name = map[int32]string{
+		0: "ATTACHMENT_STATE_UNSPECIFIED",
+		1: "ATTACHMENT_STATE_ATTACHED",
+	}
+	AttachmentState_value = map[string]int32{
+		"ATTACHMENT_STATE_UNSPECIFIED": 0,
+		"ATTACHMENT_STATE_ATTACHED":    1,
+	}
+)
+
+func (x AttachmentState) Enum() *AttachmentState {
+	p := new(AttachmentState)
+	*p = x
+	return p
+}
+
+func (x AttachmentState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AttachmentState) Descriptor() protoreflect.EnumDescriptor {
+	return file_stowage_v1_stowage_proto_enumTypes[2].Descriptor()
+}
+
+func (AttachmentState) Type() protoreflect.EnumType {
+	return &file_stowage_v1_stowage_proto_enumTypes[2]
+}
+
+func (x AttachmentState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AttachmentState.Descriptor instead.
+func (AttachmentState) EnumDescriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{2}
+}
+
 type Key struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -401,16 +567,15 @@ type Volume struct {
 	Type            string                 `protobuf:"bytes,5,opt,name=type,proto3" json:"type,omitempty"` // gp2, gp3, io1, io2, st1, sc1, standard
 	Iops            int64                  `protobuf:"varint,6,opt,name=iops,proto3" json:"iops,omitempty"`
 	ThroughputMibps int64                  `protobuf:"varint,7,opt,name=throughput_mibps,json=throughputMibps,proto3" json:"throughput_mibps,omitempty"`
-	// creating, available, in-use, deleting, error
-	State          string                 `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
-	Tags           map[string]string      `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	SnapshotId     string                 `protobuf:"bytes,10,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`               // the snapshot it was restored from
-	SourceVolumeId string                 `protobuf:"bytes,11,opt,name=source_volume_id,json=sourceVolumeId,proto3" json:"source_volume_id,omitempty"` // the volume it was cloned from
-	Attachments    []*Attachment          `protobuf:"bytes,12,rep,name=attachments,proto3" json:"attachments,omitempty"`
-	CreateTime     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	Encrypted      bool                   `protobuf:"varint,14,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
-	KmsKeyId       string                 `protobuf:"bytes,15,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
-	Pool           string                 `protobuf:"bytes,16,opt,name=pool,proto3" json:"pool,omitempty"`
+	State           VolumeState            `protobuf:"varint,20,opt,name=state,proto3,enum=stowage.v1.VolumeState" json:"state,omitempty"`
+	Tags            map[string]string      `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	SnapshotId      string                 `protobuf:"bytes,10,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`               // the snapshot it was restored from
+	SourceVolumeId  string                 `protobuf:"bytes,11,opt,name=source_volume_id,json=sourceVolumeId,proto3" json:"source_volume_id,omitempty"` // the volume it was cloned from
+	Attachments     []*Attachment          `protobuf:"bytes,12,rep,name=attachments,proto3" json:"attachments,omitempty"`
+	CreateTime      *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Encrypted       bool                   `protobuf:"varint,14,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
+	KmsKeyId        string                 `protobuf:"bytes,15,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
+	Pool            string                 `protobuf:"bytes,16,opt,name=pool,proto3" json:"pool,omitempty"`
 	// The node whose storage holds the volume. Until the network data path
 	// exists, the volume can only be attached there.
 	Node        string `protobuf:"bytes,17,opt,name=node,proto3" json:"node,omitempty"`
@@ -500,11 +665,11 @@ func (x *Volume) GetThroughputMibps() int64 {
 	return 0
 }
 
-func (x *Volume) GetState() string {
+func (x *Volume) GetState() VolumeState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return VolumeState_VOLUME_STATE_UNSPECIFIED
 }
 
 func (x *Volume) GetTags() map[string]string {
@@ -588,7 +753,7 @@ type Attachment struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	NodeId   string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	State    string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"` // attached
+	State    AttachmentState        `protobuf:"varint,7,opt,name=state,proto3,enum=stowage.v1.AttachmentState" json:"state,omitempty"`
 	// How the node reaches the volume's data: the image file for the local
 	// data path.
 	ImagePath     string                 `protobuf:"bytes,4,opt,name=image_path,json=imagePath,proto3" json:"image_path,omitempty"`
@@ -642,11 +807,11 @@ func (x *Attachment) GetNodeId() string {
 	return ""
 }
 
-func (x *Attachment) GetState() string {
+func (x *Attachment) GetState() AttachmentState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return AttachmentState_ATTACHMENT_STATE_UNSPECIFIED
 }
 
 func (x *Attachment) GetImagePath() string {
@@ -944,14 +1109,15 @@ func (x *DescribeVolumeRequest) GetVolumeId() string {
 }
 
 type ListVolumesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Zone          string                 `protobuf:"bytes,1,opt,name=zone,proto3" json:"zone,omitempty"`
-	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	Tags          map[string]string      `protobuf:"bytes,3,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Node          string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // volumes attached to this node
-	PageSize      int32                  `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	VolumeIds     []string               `protobuf:"bytes,7,rep,name=volume_ids,json=volumeIds,proto3" json:"volume_ids,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Zone  string                 `protobuf:"bytes,1,opt,name=zone,proto3" json:"zone,omitempty"`
+	// Unspecified: any state.
+	State         VolumeState       `protobuf:"varint,8,opt,name=state,proto3,enum=stowage.v1.VolumeState" json:"state,omitempty"`
+	Tags          map[string]string `protobuf:"bytes,3,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Node          string            `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // volumes attached to this node
+	PageSize      int32             `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string            `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	VolumeIds     []string          `protobuf:"bytes,7,rep,name=volume_ids,json=volumeIds,proto3" json:"volume_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -993,11 +1159,11 @@ func (x *ListVolumesRequest) GetZone() string {
 	return ""
 }
 
-func (x *ListVolumesRequest) GetState() string {
+func (x *ListVolumesRequest) GetState() VolumeState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return VolumeState_VOLUME_STATE_UNSPECIFIED
 }
 
 func (x *ListVolumesRequest) GetTags() map[string]string {
@@ -1465,7 +1631,7 @@ type Snapshot struct {
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	VolumeId      string                 `protobuf:"bytes,3,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	SizeGib       int64                  `protobuf:"varint,4,opt,name=size_gib,json=sizeGib,proto3" json:"size_gib,omitempty"`
-	State         string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"` // pending, completed, error
+	State         SnapshotState          `protobuf:"varint,14,opt,name=state,proto3,enum=stowage.v1.SnapshotState" json:"state,omitempty"`
 	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	Tags          map[string]string      `protobuf:"bytes,7,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Description   string                 `protobuf:"bytes,8,opt,name=description,proto3" json:"description,omitempty"`
@@ -1536,11 +1702,11 @@ func (x *Snapshot) GetSizeGib() int64 {
 	return 0
 }
 
-func (x *Snapshot) GetState() string {
+func (x *Snapshot) GetState() SnapshotState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return SnapshotState_SNAPSHOT_STATE_UNSPECIFIED
 }
 
 func (x *Snapshot) GetCreateTime() *timestamppb.Timestamp {
@@ -2385,7 +2551,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x1c\n" +
 	"\n" +
-	"kms_key_id\x18\x03 \x01(\tR\bkmsKeyId\"\x9b\x05\n" +
+	"kms_key_id\x18\x03 \x01(\tR\bkmsKeyId\"\xba\x05\n" +
 	"\x06Volume\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -2393,8 +2559,8 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\bsize_gib\x18\x04 \x01(\x03R\asizeGib\x12\x12\n" +
 	"\x04type\x18\x05 \x01(\tR\x04type\x12\x12\n" +
 	"\x04iops\x18\x06 \x01(\x03R\x04iops\x12)\n" +
-	"\x10throughput_mibps\x18\a \x01(\x03R\x0fthroughputMibps\x12\x14\n" +
-	"\x05state\x18\b \x01(\tR\x05state\x120\n" +
+	"\x10throughput_mibps\x18\a \x01(\x03R\x0fthroughputMibps\x12-\n" +
+	"\x05state\x18\x14 \x01(\x0e2\x17.stowage.v1.VolumeStateR\x05state\x120\n" +
 	"\x04tags\x18\t \x03(\v2\x1c.stowage.v1.Volume.TagsEntryR\x04tags\x12\x1f\n" +
 	"\vsnapshot_id\x18\n" +
 	" \x01(\tR\n" +
@@ -2412,17 +2578,17 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\fstate_reason\x18\x13 \x01(\tR\vstateReason\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\b\x10\t\"\xf4\x01\n" +
 	"\n" +
 	"Attachment\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
-	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x121\n" +
+	"\x05state\x18\a \x01(\x0e2\x1b.stowage.v1.AttachmentStateR\x05state\x12\x1d\n" +
 	"\n" +
 	"image_path\x18\x04 \x01(\tR\timagePath\x12;\n" +
 	"\vattach_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"attachTime\x12\x1b\n" +
-	"\tread_only\x18\x06 \x01(\bR\breadOnly\"\xb0\x05\n" +
+	"\tread_only\x18\x06 \x01(\bR\breadOnlyJ\x04\b\x03\x10\x04\"\xb0\x05\n" +
 	"\x13CreateVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bsize_gib\x18\x02 \x01(\x03R\asizeGib\x12\x12\n" +
@@ -2451,10 +2617,10 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x04zone\x18\x01 \x01(\tR\x04zone\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\"4\n" +
 	"\x15DescribeVolumeRequest\x12\x1b\n" +
-	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"\xa4\x02\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"\xc3\x02\n" +
 	"\x12ListVolumesRequest\x12\x12\n" +
-	"\x04zone\x18\x01 \x01(\tR\x04zone\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\tR\x05state\x12<\n" +
+	"\x04zone\x18\x01 \x01(\tR\x04zone\x12-\n" +
+	"\x05state\x18\b \x01(\x0e2\x17.stowage.v1.VolumeStateR\x05state\x12<\n" +
 	"\x04tags\x18\x03 \x03(\v2(.stowage.v1.ListVolumesRequest.TagsEntryR\x04tags\x12\x12\n" +
 	"\x04node\x18\x04 \x01(\tR\x04node\x12\x1b\n" +
 	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -2464,7 +2630,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"volume_ids\x18\a \x03(\tR\tvolumeIds\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"k\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x02\x10\x03\"k\n" +
 	"\x13ListVolumesResponse\x12,\n" +
 	"\avolumes\x18\x01 \x03(\v2\x12.stowage.v1.VolumeR\avolumes\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"2\n" +
@@ -2492,13 +2658,13 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\badd_tags\x18\x05 \x03(\v2,.stowage.v1.ModifyVolumeRequest.AddTagsEntryR\aaddTags\x1a:\n" +
 	"\fAddTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x03\n" +
 	"\bSnapshot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
 	"\tvolume_id\x18\x03 \x01(\tR\bvolumeId\x12\x19\n" +
-	"\bsize_gib\x18\x04 \x01(\x03R\asizeGib\x12\x14\n" +
-	"\x05state\x18\x05 \x01(\tR\x05state\x12;\n" +
+	"\bsize_gib\x18\x04 \x01(\x03R\asizeGib\x12/\n" +
+	"\x05state\x18\x0e \x01(\x0e2\x19.stowage.v1.SnapshotStateR\x05state\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x122\n" +
 	"\x04tags\x18\a \x03(\v2\x1e.stowage.v1.Snapshot.TagsEntryR\x04tags\x12 \n" +
@@ -2513,7 +2679,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"kms_key_id\x18\r \x01(\tR\bkmsKeyId\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe4\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x05\x10\x06\"\xe4\x01\n" +
 	"\x15CreateSnapshotRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12?\n" +
@@ -2575,7 +2741,22 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"maxVolumes\"\x12\n" +
 	"\x10ListNodesRequest\";\n" +
 	"\x11ListNodesResponse\x12&\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x10.stowage.v1.NodeR\x05nodes2\xba\x05\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x10.stowage.v1.NodeR\x05nodes*\xae\x01\n" +
+	"\vVolumeState\x12\x1c\n" +
+	"\x18VOLUME_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15VOLUME_STATE_CREATING\x10\x01\x12\x1a\n" +
+	"\x16VOLUME_STATE_AVAILABLE\x10\x02\x12\x17\n" +
+	"\x13VOLUME_STATE_IN_USE\x10\x03\x12\x19\n" +
+	"\x15VOLUME_STATE_DELETING\x10\x04\x12\x16\n" +
+	"\x12VOLUME_STATE_ERROR\x10\x05*\x86\x01\n" +
+	"\rSnapshotState\x12\x1e\n" +
+	"\x1aSNAPSHOT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16SNAPSHOT_STATE_PENDING\x10\x01\x12\x1c\n" +
+	"\x18SNAPSHOT_STATE_COMPLETED\x10\x02\x12\x1b\n" +
+	"\x17SNAPSHOT_STATE_DELETING\x10\x03*R\n" +
+	"\x0fAttachmentState\x12 \n" +
+	"\x1cATTACHMENT_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19ATTACHMENT_STATE_ATTACHED\x10\x012\xba\x05\n" +
 	"\rVolumeService\x12C\n" +
 	"\fCreateVolume\x12\x1f.stowage.v1.CreateVolumeRequest\x1a\x12.stowage.v1.Volume\x12G\n" +
 	"\x0eDescribeVolume\x12!.stowage.v1.DescribeVolumeRequest\x1a\x12.stowage.v1.Volume\x12N\n" +
@@ -2614,114 +2795,122 @@ func file_stowage_v1_stowage_proto_rawDescGZIP() []byte {
 	return file_stowage_v1_stowage_proto_rawDescData
 }
 
+var file_stowage_v1_stowage_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_stowage_v1_stowage_proto_goTypes = []any{
-	(*Key)(nil),                     // 0: stowage.v1.Key
-	(*CreateKeyRequest)(nil),        // 1: stowage.v1.CreateKeyRequest
-	(*DescribeKeyRequest)(nil),      // 2: stowage.v1.DescribeKeyRequest
-	(*ListKeysRequest)(nil),         // 3: stowage.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),        // 4: stowage.v1.ListKeysResponse
-	(*GetVolumeDataKeyRequest)(nil), // 5: stowage.v1.GetVolumeDataKeyRequest
-	(*VolumeDataKey)(nil),           // 6: stowage.v1.VolumeDataKey
-	(*Volume)(nil),                  // 7: stowage.v1.Volume
-	(*Attachment)(nil),              // 8: stowage.v1.Attachment
-	(*CreateVolumeRequest)(nil),     // 9: stowage.v1.CreateVolumeRequest
-	(*Placement)(nil),               // 10: stowage.v1.Placement
-	(*DescribeVolumeRequest)(nil),   // 11: stowage.v1.DescribeVolumeRequest
-	(*ListVolumesRequest)(nil),      // 12: stowage.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),     // 13: stowage.v1.ListVolumesResponse
-	(*DeleteVolumeRequest)(nil),     // 14: stowage.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 15: stowage.v1.DeleteVolumeResponse
-	(*AttachVolumeRequest)(nil),     // 16: stowage.v1.AttachVolumeRequest
-	(*DetachVolumeRequest)(nil),     // 17: stowage.v1.DetachVolumeRequest
-	(*DetachVolumeResponse)(nil),    // 18: stowage.v1.DetachVolumeResponse
-	(*ResizeVolumeRequest)(nil),     // 19: stowage.v1.ResizeVolumeRequest
-	(*ModifyVolumeRequest)(nil),     // 20: stowage.v1.ModifyVolumeRequest
-	(*Snapshot)(nil),                // 21: stowage.v1.Snapshot
-	(*CreateSnapshotRequest)(nil),   // 22: stowage.v1.CreateSnapshotRequest
-	(*DescribeSnapshotRequest)(nil), // 23: stowage.v1.DescribeSnapshotRequest
-	(*ListSnapshotsRequest)(nil),    // 24: stowage.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),   // 25: stowage.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),   // 26: stowage.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),  // 27: stowage.v1.DeleteSnapshotResponse
-	(*Pool)(nil),                    // 28: stowage.v1.Pool
-	(*ListPoolsRequest)(nil),        // 29: stowage.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 30: stowage.v1.ListPoolsResponse
-	(*Node)(nil),                    // 31: stowage.v1.Node
-	(*RegisterNodeRequest)(nil),     // 32: stowage.v1.RegisterNodeRequest
-	(*ListNodesRequest)(nil),        // 33: stowage.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 34: stowage.v1.ListNodesResponse
-	nil,                             // 35: stowage.v1.Volume.TagsEntry
-	nil,                             // 36: stowage.v1.CreateVolumeRequest.TagsEntry
-	nil,                             // 37: stowage.v1.ListVolumesRequest.TagsEntry
-	nil,                             // 38: stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	nil,                             // 39: stowage.v1.Snapshot.TagsEntry
-	nil,                             // 40: stowage.v1.CreateSnapshotRequest.TagsEntry
-	(*timestamppb.Timestamp)(nil),   // 41: google.protobuf.Timestamp
+	(VolumeState)(0),                // 0: stowage.v1.VolumeState
+	(SnapshotState)(0),              // 1: stowage.v1.SnapshotState
+	(AttachmentState)(0),            // 2: stowage.v1.AttachmentState
+	(*Key)(nil),                     // 3: stowage.v1.Key
+	(*CreateKeyRequest)(nil),        // 4: stowage.v1.CreateKeyRequest
+	(*DescribeKeyRequest)(nil),      // 5: stowage.v1.DescribeKeyRequest
+	(*ListKeysRequest)(nil),         // 6: stowage.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),        // 7: stowage.v1.ListKeysResponse
+	(*GetVolumeDataKeyRequest)(nil), // 8: stowage.v1.GetVolumeDataKeyRequest
+	(*VolumeDataKey)(nil),           // 9: stowage.v1.VolumeDataKey
+	(*Volume)(nil),                  // 10: stowage.v1.Volume
+	(*Attachment)(nil),              // 11: stowage.v1.Attachment
+	(*CreateVolumeRequest)(nil),     // 12: stowage.v1.CreateVolumeRequest
+	(*Placement)(nil),               // 13: stowage.v1.Placement
+	(*DescribeVolumeRequest)(nil),   // 14: stowage.v1.DescribeVolumeRequest
+	(*ListVolumesRequest)(nil),      // 15: stowage.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),     // 16: stowage.v1.ListVolumesResponse
+	(*DeleteVolumeRequest)(nil),     // 17: stowage.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 18: stowage.v1.DeleteVolumeResponse
+	(*AttachVolumeRequest)(nil),     // 19: stowage.v1.AttachVolumeRequest
+	(*DetachVolumeRequest)(nil),     // 20: stowage.v1.DetachVolumeRequest
+	(*DetachVolumeResponse)(nil),    // 21: stowage.v1.DetachVolumeResponse
+	(*ResizeVolumeRequest)(nil),     // 22: stowage.v1.ResizeVolumeRequest
+	(*ModifyVolumeRequest)(nil),     // 23: stowage.v1.ModifyVolumeRequest
+	(*Snapshot)(nil),                // 24: stowage.v1.Snapshot
+	(*CreateSnapshotRequest)(nil),   // 25: stowage.v1.CreateSnapshotRequest
+	(*DescribeSnapshotRequest)(nil), // 26: stowage.v1.DescribeSnapshotRequest
+	(*ListSnapshotsRequest)(nil),    // 27: stowage.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),   // 28: stowage.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),   // 29: stowage.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),  // 30: stowage.v1.DeleteSnapshotResponse
+	(*Pool)(nil),                    // 31: stowage.v1.Pool
+	(*ListPoolsRequest)(nil),        // 32: stowage.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 33: stowage.v1.ListPoolsResponse
+	(*Node)(nil),                    // 34: stowage.v1.Node
+	(*RegisterNodeRequest)(nil),     // 35: stowage.v1.RegisterNodeRequest
+	(*ListNodesRequest)(nil),        // 36: stowage.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 37: stowage.v1.ListNodesResponse
+	nil,                             // 38: stowage.v1.Volume.TagsEntry
+	nil,                             // 39: stowage.v1.CreateVolumeRequest.TagsEntry
+	nil,                             // 40: stowage.v1.ListVolumesRequest.TagsEntry
+	nil,                             // 41: stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	nil,                             // 42: stowage.v1.Snapshot.TagsEntry
+	nil,                             // 43: stowage.v1.CreateSnapshotRequest.TagsEntry
+	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
 }
 var file_stowage_v1_stowage_proto_depIdxs = []int32{
-	41, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 1: stowage.v1.ListKeysResponse.keys:type_name -> stowage.v1.Key
-	35, // 2: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
-	8,  // 3: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
-	41, // 4: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
-	41, // 5: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
-	36, // 6: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
-	10, // 7: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
-	10, // 8: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
-	37, // 9: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
-	7,  // 10: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
-	38, // 11: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	41, // 12: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
-	39, // 13: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
-	40, // 14: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
-	21, // 15: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
-	28, // 16: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
-	41, // 17: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
-	31, // 18: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
-	9,  // 19: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
-	11, // 20: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
-	12, // 21: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
-	14, // 22: stowage.v1.VolumeService.DeleteVolume:input_type -> stowage.v1.DeleteVolumeRequest
-	16, // 23: stowage.v1.VolumeService.AttachVolume:input_type -> stowage.v1.AttachVolumeRequest
-	17, // 24: stowage.v1.VolumeService.DetachVolume:input_type -> stowage.v1.DetachVolumeRequest
-	19, // 25: stowage.v1.VolumeService.ResizeVolume:input_type -> stowage.v1.ResizeVolumeRequest
-	20, // 26: stowage.v1.VolumeService.ModifyVolume:input_type -> stowage.v1.ModifyVolumeRequest
-	5,  // 27: stowage.v1.VolumeService.GetVolumeDataKey:input_type -> stowage.v1.GetVolumeDataKeyRequest
-	1,  // 28: stowage.v1.KeyService.CreateKey:input_type -> stowage.v1.CreateKeyRequest
-	2,  // 29: stowage.v1.KeyService.DescribeKey:input_type -> stowage.v1.DescribeKeyRequest
-	3,  // 30: stowage.v1.KeyService.ListKeys:input_type -> stowage.v1.ListKeysRequest
-	22, // 31: stowage.v1.SnapshotService.CreateSnapshot:input_type -> stowage.v1.CreateSnapshotRequest
-	23, // 32: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
-	24, // 33: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
-	26, // 34: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
-	29, // 35: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
-	32, // 36: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
-	33, // 37: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
-	7,  // 38: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
-	7,  // 39: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
-	13, // 40: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
-	15, // 41: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
-	8,  // 42: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
-	18, // 43: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
-	7,  // 44: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
-	7,  // 45: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
-	6,  // 46: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
-	0,  // 47: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
-	0,  // 48: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
-	4,  // 49: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
-	21, // 50: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
-	21, // 51: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
-	25, // 52: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
-	27, // 53: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
-	30, // 54: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
-	31, // 55: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
-	34, // 56: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
-	38, // [38:57] is the sub-list for method output_type
-	19, // [19:38] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	44, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	3,  // 1: stowage.v1.ListKeysResponse.keys:type_name -> stowage.v1.Key
+	0,  // 2: stowage.v1.Volume.state:type_name -> stowage.v1.VolumeState
+	38, // 3: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
+	11, // 4: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
+	44, // 5: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
+	2,  // 6: stowage.v1.Attachment.state:type_name -> stowage.v1.AttachmentState
+	44, // 7: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
+	39, // 8: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
+	13, // 9: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
+	13, // 10: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
+	0,  // 11: stowage.v1.ListVolumesRequest.state:type_name -> stowage.v1.VolumeState
+	40, // 12: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
+	10, // 13: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
+	41, // 14: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	1,  // 15: stowage.v1.Snapshot.state:type_name -> stowage.v1.SnapshotState
+	44, // 16: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	42, // 17: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
+	43, // 18: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
+	24, // 19: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
+	31, // 20: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
+	44, // 21: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
+	34, // 22: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
+	12, // 23: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
+	14, // 24: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
+	15, // 25: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
+	17, // 26: stowage.v1.VolumeService.DeleteVolume:input_type -> stowage.v1.DeleteVolumeRequest
+	19, // 27: stowage.v1.VolumeService.AttachVolume:input_type -> stowage.v1.AttachVolumeRequest
+	20, // 28: stowage.v1.VolumeService.DetachVolume:input_type -> stowage.v1.DetachVolumeRequest
+	22, // 29: stowage.v1.VolumeService.ResizeVolume:input_type -> stowage.v1.ResizeVolumeRequest
+	23, // 30: stowage.v1.VolumeService.ModifyVolume:input_type -> stowage.v1.ModifyVolumeRequest
+	8,  // 31: stowage.v1.VolumeService.GetVolumeDataKey:input_type -> stowage.v1.GetVolumeDataKeyRequest
+	4,  // 32: stowage.v1.KeyService.CreateKey:input_type -> stowage.v1.CreateKeyRequest
+	5,  // 33: stowage.v1.KeyService.DescribeKey:input_type -> stowage.v1.DescribeKeyRequest
+	6,  // 34: stowage.v1.KeyService.ListKeys:input_type -> stowage.v1.ListKeysRequest
+	25, // 35: stowage.v1.SnapshotService.CreateSnapshot:input_type -> stowage.v1.CreateSnapshotRequest
+	26, // 36: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
+	27, // 37: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
+	29, // 38: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
+	32, // 39: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
+	35, // 40: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
+	36, // 41: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
+	10, // 42: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
+	10, // 43: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
+	16, // 44: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
+	18, // 45: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
+	11, // 46: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
+	21, // 47: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
+	10, // 48: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
+	10, // 49: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
+	9,  // 50: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
+	3,  // 51: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
+	3,  // 52: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
+	7,  // 53: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
+	24, // 54: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
+	24, // 55: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
+	28, // 56: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
+	30, // 57: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
+	33, // 58: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
+	34, // 59: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
+	37, // 60: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
+	42, // [42:61] is the sub-list for method output_type
+	23, // [23:42] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_stowage_v1_stowage_proto_init() }
@@ -2734,13 +2923,14 @@ func file_stowage_v1_stowage_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stowage_v1_stowage_proto_rawDesc), len(file_stowage_v1_stowage_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      3,
 			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   5,
 		},
 		GoTypes:           file_stowage_v1_stowage_proto_goTypes,
 		DependencyIndexes: file_stowage_v1_stowage_proto_depIdxs,
+		EnumInfos:         file_stowage_v1_stowage_proto_enumTypes,
 		MessageInfos:      file_stowage_v1_stowage_proto_msgTypes,
 	}.Build()
 	File_stowage_v1_stowage_proto = out.File
