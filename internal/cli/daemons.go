@@ -133,7 +133,7 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&node, "node", "", "node of pools that do not name one (default: hostname)")
 	f.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
-	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H (repeatable; dir on btrfs gives access points quotas)")
+	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
 	f.StringVar(&nfsListen, "nfs-listen", "", "serve access points over NFSv4 with nfs-ganesha at host:port (empty: access points are not exported)")
 	return cmd
@@ -203,14 +203,20 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if err != nil {
 			return err
 		}
-		if spec.size > 0 {
-			return usageErrorf("--file-pool %q: size is not supported yet; put dir on a btrfs file system for quotas", s)
-		}
 		if _, dup := filePools[spec.name]; dup {
 			return usageErrorf("file-tree pool %q is given twice", spec.name)
 		}
 		if spec.dir == filepath.Join(dataDir, "pools", spec.name) {
 			spec.dir = filepath.Join(dataDir, "files", spec.name)
+		}
+		if spec.size > 0 {
+			wasMounted, err := agent.MountBtrfsImageFS(ctx, spec.dir, spec.dir+".img", spec.size)
+			if err != nil {
+				return fmt.Errorf("file-tree pool %s: %w", spec.name, err)
+			}
+			if wasMounted {
+				mounted = append(mounted, spec)
+			}
 		}
 		t, err := files.Open(files.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node})
 		if err != nil {

@@ -29,10 +29,9 @@ type Config struct {
 // under its final name.
 //
 // On btrfs with quota groups (what this kernel can enforce; see
-// docs/file-systems.md for why not xfs project quotas) every file system
-// is a subvolume, and an access point with a quota gets its root directory
-// as a nested subvolume whose quota group carries the limit; a writer past
-// it gets EDQUOT. On any other file system trees are plain directories and
+// docs/file-systems.md for why not xfs project quotas) an access point with
+// a quota gets its root directory as a subvolume whose quota group carries
+// the limit; a writer past it gets EDQUOT. On any other file system trees are plain directories and
 // quotas are refused with ErrQuotaUnsupported.
 //
 // A Tree does not serialise calls on one file system; its caller (the
@@ -143,7 +142,10 @@ func (t *Tree) CreateFileSystem(ctx context.Context, id string) error {
 	}
 	defer tmpParent.Close()
 	tmpName := id + "." + randomSuffix()
-	if err := t.mkdir(int(tmpParent.Fd()), tmpName, 0o755, t.quotas); err != nil {
+	// A plain directory even on btrfs: nfs-ganesha 4.3 (FSAL VFS) learns a
+	// btrfs file system's subvolumes only when it starts, and cannot export
+	// a path in a subvolume made later (see docs/file-systems.md).
+	if err := t.mkdir(int(tmpParent.Fd()), tmpName, 0o755, false); err != nil {
 		return fmt.Errorf("create file system %s: %w", id, err)
 	}
 	tmp := filepath.Join(t.cfg.Dir, treeTmpDir, tmpName)
