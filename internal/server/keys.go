@@ -53,7 +53,7 @@ func (s *Server) volumeEncryption(ctx context.Context, req *pb.CreateVolumeReque
 	if !wantEncrypted {
 		return Encryption{}, nil
 	}
-	_, wrapped, keyID, err := s.kms.GenerateDataKey(ctx, req.KmsKeyId, fscrypt.KeySize)
+	_, wrapped, keyID, err := s.kms.GenerateDataKey(ctx, req.KmsKeyId, fscrypt.KeySize, nil)
 	if err != nil {
 		return Encryption{}, kmsError(err, req.KmsKeyId)
 	}
@@ -68,7 +68,8 @@ func kmsError(err error, ref string) error {
 	case errors.Is(err, kms.ErrNotFound):
 		return status.Errorf(codes.InvalidArgument, "kmsKeyId %s does not exist (see `stowage key list`)", ref)
 	case errors.Is(err, kms.ErrDisabled):
-		return status.Errorf(codes.FailedPrecondition, "KMS key %s is disabled", ref)
+		// The message names the key and its state.
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, kms.ErrInvalid):
 		return status.Errorf(codes.InvalidArgument, "KMS key %s: %v", ref, err)
 	case errors.Is(err, kms.ErrExists):
@@ -96,7 +97,7 @@ func (s *Server) GetVolumeDataKey(ctx context.Context, req *pb.GetVolumeDataKeyR
 	if s.kms == nil {
 		return nil, status.Error(codes.FailedPrecondition, "this server runs without a KMS")
 	}
-	key, keyID, err := s.kms.Decrypt(ctx, v.DataKey)
+	key, keyID, err := s.kms.Decrypt(ctx, v.DataKey, nil)
 	if err != nil {
 		return nil, kmsError(err, v.KMSKeyID)
 	}
