@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/container-storage-interface/spec v1.12.0
+	github.com/jmespath/go-jmespath v0.4.0
 	github.com/moby/sys/mountinfo v0.7.2
 	github.com/spf13/cobra v1.10.2
 	go.etcd.io/bbolt v1.5.0
