@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Runs the block-volume benchmarks whose results are in docs/benchmarks.md.
 #
-#   sudo bash bench/run.sh                       # everything, ~20 minutes
-#   sudo bash bench/run.sh -only churn           # one benchmark (fio, snapshots, churn)
-#   sudo bash bench/run.sh -fio-runtime 5s       # any blockbench flag (-h lists them)
+#   bash bench/run.sh                       # everything, ~20 minutes
+#   bash bench/run.sh -only churn           # one benchmark (fio, snapshots, churn)
+#   bash bench/run.sh -fio-runtime 5s       # any blockbench flag (-h lists them)
 #
 # Needs root, fio, xfsprogs and e2fsprogs. Builds the stowage binary and the
 # benchmark niced, then runs them; the report is printed and kept in
 # bench/.out/results-<time>.md with the raw fio JSON and the daemon logs.
 # blockbench removes everything it creates, also on failure and on Ctrl-C.
 set -euo pipefail
+source "$(dirname "$0")/../hack/lib/root.sh"
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then

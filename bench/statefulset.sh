@@ -6,11 +6,12 @@
 # (podManagementPolicy: Parallel) so the number measures provisioning,
 # attaching and mounting, not the StatefulSet controller's ordering.
 #
-#   sudo bash bench/statefulset.sh [N ...]      (default: 1 10 50)
+#   bash bench/statefulset.sh [N ...]      (default: 1 10 50)
 #
 # Uses the cluster of `stowage up` if one runs, else brings one up and takes
 # it down again. Prints a markdown table and writes it to bench/.out/.
 set -euo pipefail
+source "$(dirname "$0")/../hack/lib/root.sh"
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(1 10 50)

@@ -4,9 +4,10 @@
 # block-volume lifecycle with the CLI: create, snapshot, restore, clone,
 # resize, modify, attach, delete. Everything it starts is stopped at the end.
 #
-#   sudo bash hack/demo.sh            # run the walk-through, then stop
-#   sudo bash hack/demo.sh --keep     # leave the server running to try the CLI
+#   bash hack/demo.sh            # run the walk-through, then stop
+#   bash hack/demo.sh --keep     # leave the server running to try the CLI
 set -euo pipefail
+source "$(dirname "$0")/../hack/lib/root.sh"
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 keep=false

@@ -7,6 +7,7 @@
 # mounts, so this runs as root. It fails if a test leaked a loop device or
 # a mount.
 set -euo pipefail
+source "$(dirname "$0")/../hack/lib/root.sh"
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 

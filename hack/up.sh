@@ -3,9 +3,10 @@
 # components, start a local single-node Kubernetes with Stowage installed
 # (`stowage up`), and run the EBS-style example (spec scenario 1) on it.
 #
-#   sudo bash hack/up.sh              # then: export KUBECONFIG=/var/lib/stowage/kubeconfig/admin.kubeconfig
-#   sudo bin/stowage down [--wipe]    # stop everything (and delete the data)
+#   bash hack/up.sh              # then: export KUBECONFIG=/var/lib/stowage/kubeconfig/admin.kubeconfig
+#   bin/stowage down [--wipe]    # stop everything (and delete the data)
 set -euo pipefail
+source "$(dirname "$0")/../hack/lib/root.sh"
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
@@ -30,8 +31,7 @@ cat <<MSG
 The cluster runs. Use it with:
   export KUBECONFIG=$KUBECONFIG
   export PATH=\$PATH:$PWD/_output/bin
-  export STOWAGE_ENDPOINT=unix:///var/lib/stowage/run/stowage-api.sock
-  kubectl get pvc -A; bin/stowage volume list
+  kubectl get pvc -A; bin/stowage volume list    # the CLI finds the local cluster's API by itself
 Remove the example: kubectl delete -f examples/1-ebs-class-and-claim/
-Stop everything:    sudo bin/stowage down    (--wipe also deletes the data)
+Stop everything:    bin/stowage down    (--wipe also deletes the data)
 MSG

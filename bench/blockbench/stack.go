@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
-	"github.com/stowage-io/stowage/internal/attach"
 	"github.com/stowage-io/stowage/internal/testutil/loopfs"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 const (
@@ -220,19 +220,15 @@ func cleanupUnder(dir, poolDir string) error {
 			progress("cleanup: unmounted leftover %s", mounts[i].Mountpoint)
 		}
 	}
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
-		if strings.HasPrefix(backing, poolDir+"/") {
-			if err := attach.Detach(context.Background(), backing); err != nil {
-				errs = append(errs, err)
-			} else {
-				progress("cleanup: detached leftover loop device of %s", backing)
-			}
+	loops, err := loopdev.Under(poolDir)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list loop devices: %w", err))
+	}
+	for _, l := range loops {
+		if err := loopdev.Detach(context.Background(), l.BackingFile); err != nil {
+			errs = append(errs, err)
+		} else {
+			progress("cleanup: detached leftover loop device of %s", l.BackingFile)
 		}
 	}
 	return errors.Join(errs...)

@@ -14,6 +14,7 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 const gib = int64(1) << 30
@@ -134,7 +135,7 @@ func (s *stack) publish(ctx context.Context, u *undoStack, v *volume, asBlock bo
 			v.imagePath = a.ImagePath
 		}
 	}
-	dev, found, err := attach.Find(v.imagePath)
+	dev, found, err := loopdev.Find(v.imagePath)
 	if err != nil || !found {
 		return fmt.Errorf("volume %s is published but no loop device backs %s (%v)", v.id, v.imagePath, err)
 	}

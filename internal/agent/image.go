@@ -110,7 +110,7 @@ func (p *Pool) makeVolume(ctx context.Context, volumeID string, size int64, sour
 
 // ResizeImage grows volumeID's image to size; the same size is success and
 // shrinking is ErrInvalid. An attached loop device sees the new size only
-// after attach.Refresh.
+// after loopdev.Refresh.
 func (p *Pool) ResizeImage(ctx context.Context, volumeID string, size int64) error {
 	if err := validateID(volumeID); err != nil {
 		return fmt.Errorf("resize volume image: %w", err)

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 func TestCreateImage(t *testing.T) {
@@ -126,11 +126,11 @@ func TestSnapshotImage_AttachedImage(t *testing.T) {
 			img := p.ImagePath("vol")
 			// Registered after newPool, so it detaches before loopfs unmounts.
 			t.Cleanup(func() {
-				if err := attach.Detach(context.Background(), img); err != nil {
+				if err := loopdev.Detach(context.Background(), img); err != nil {
 					t.Errorf("cleanup: %v", err)
 				}
 			})
-			dev, err := attach.Attach(ctx, img)
+			dev, err := loopdev.Attach(ctx, img)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -430,7 +430,7 @@ func TestResizeImage(t *testing.T) {
 }
 
 // TestResizeImage_AttachedRefresh checks the grow path end to end: the loop
-// device sees the new size after attach.Refresh.
+// device sees the new size after loopdev.Refresh.
 func TestResizeImage_AttachedRefresh(t *testing.T) {
 	p := newPool(t, "xfs")
 	ctx := context.Background()
@@ -439,18 +439,18 @@ func TestResizeImage_AttachedRefresh(t *testing.T) {
 	}
 	img := p.ImagePath("vol")
 	t.Cleanup(func() {
-		if err := attach.Detach(context.Background(), img); err != nil {
+		if err := loopdev.Detach(context.Background(), img); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-	dev, err := attach.Attach(ctx, img)
+	dev, err := loopdev.Attach(ctx, img)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := p.ResizeImage(ctx, "vol", 3*GiB); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := attach.Refresh(dev); err != nil || got != 3*GiB {
+	if got, err := loopdev.Refresh(dev); err != nil || got != 3*GiB {
 		t.Fatalf("Refresh(%s) = %d, %v; want %d", dev, got, err, 3*GiB)
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
-	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // MountImageFS makes mountDir an xfs file system with reflinks, backed by a
@@ -52,19 +52,19 @@ func mountImageFS(ctx context.Context, mountDir, imagePath string, size int64) e
 	} else if err != nil {
 		return fmt.Errorf("pool image %s: %w", imagePath, err)
 	}
-	dev, err := attach.Attach(ctx, imagePath)
+	dev, err := loopdev.Attach(ctx, imagePath)
 	if err != nil {
 		return fmt.Errorf("attach pool image %s: %w", imagePath, err)
 	}
 	if fresh || !hasFS(ctx, dev) {
 		out, err := exec.CommandContext(ctx, "mkfs.xfs", "-q", "-m", "reflink=1", dev).CombinedOutput()
 		if err != nil {
-			_ = attach.Detach(ctx, imagePath)
+			_ = loopdev.Detach(ctx, imagePath)
 			return fmt.Errorf("mkfs.xfs on %s (is xfsprogs installed? run hack/setup.sh): %v: %s", dev, err, strings.TrimSpace(string(out)))
 		}
 	}
 	if err := unix.Mount(dev, mountDir, "xfs", 0, ""); err != nil {
-		_ = attach.Detach(ctx, imagePath)
+		_ = loopdev.Detach(ctx, imagePath)
 		return fmt.Errorf("mount pool file system %s at %s: %w", dev, mountDir, err)
 	}
 	return nil
@@ -77,7 +77,7 @@ func UnmountImageFS(ctx context.Context, mountDir, imagePath string) error {
 			return fmt.Errorf("unmount pool %s: %w", mountDir, err)
 		}
 	}
-	return attach.Detach(ctx, imagePath)
+	return loopdev.Detach(ctx, imagePath)
 }
 
 func hasFS(ctx context.Context, dev string) bool {

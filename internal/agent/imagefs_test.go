@@ -8,7 +8,7 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 
-	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 func TestMountImageFS_FreshThenReused_ReflinkPoolKeepsData(t *testing.T) {
@@ -48,7 +48,7 @@ func TestMountImageFS_FreshThenReused_ReflinkPoolKeepsData(t *testing.T) {
 	if m, _ := mountinfo.Mounted(mnt); m {
 		t.Fatal("still mounted after UnmountImageFS")
 	}
-	if _, found, _ := attach.Find(img); found {
+	if _, found, _ := loopdev.Find(img); found {
 		t.Fatal("loop device still attached after UnmountImageFS")
 	}
 	if _, err := MountImageFS(ctx, mnt, img, 1<<30); err != nil {

@@ -32,6 +32,10 @@ var (
 	// ErrInvalid means an argument is malformed: a bad id, a size that is
 	// not a positive multiple of 512, or a shrink.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrNoSpace means the pool's file system is full. It is the kernel's
+	// ENOSPC itself, so errors.Is finds it in any wrapped file-system error
+	// without every write site having to translate it.
+	ErrNoSpace error = unix.ENOSPC
 )
 
 // Config says where a pool lives and where it is in the cluster.

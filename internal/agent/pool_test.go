@@ -18,8 +18,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stowage-io/stowage/internal/attach"
 	"github.com/stowage-io/stowage/internal/testutil/loopfs"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 const (
@@ -286,7 +286,7 @@ func allocatedBytes(t testing.TB, path string) int64 {
 
 // A volume's sector size must not change once its image shares extents (a
 // snapshot or clone on xfs), or a file system made before could no longer
-// be mounted: source, snapshot and clone all attach with attach.BlockSize.
+// be mounted: source, snapshot and clone all attach with loopdev.BlockSize.
 func TestAttach_SourceSnapshotAndClone_SameSectorSize(t *testing.T) {
 	p := newPool(t, "xfs")
 	ctx := context.Background()
@@ -300,17 +300,17 @@ func TestAttach_SourceSnapshotAndClone_SameSectorSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range []string{p.ImagePath("src"), p.SnapshotPath("snap"), p.ImagePath("clone")} {
-		dev, err := attach.Attach(ctx, f)
+		dev, err := loopdev.Attach(ctx, f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { attach.Detach(context.Background(), f) })
+		t.Cleanup(func() { loopdev.Detach(context.Background(), f) })
 		b, err := os.ReadFile("/sys/block/" + filepath.Base(dev) + "/queue/logical_block_size")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := strings.TrimSpace(string(b)); got != strconv.Itoa(attach.BlockSize) {
-			t.Errorf("%s on %s: logical block size %s, want %d", filepath.Base(f), dev, got, attach.BlockSize)
+		if got := strings.TrimSpace(string(b)); got != strconv.Itoa(loopdev.BlockSize) {
+			t.Errorf("%s on %s: logical block size %s, want %d", filepath.Base(f), dev, got, loopdev.BlockSize)
 		}
 	}
 }

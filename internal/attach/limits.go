@@ -1,15 +1,17 @@
+// Package attach is the node side of the data path beyond the loop device
+// itself (pkg/loopdev): it enforces EBS-style performance limits on a
+// volume's device with cgroup throttling, v1 blkio rules or v2 io.max.
 package attach
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // BlkioRoot is the root of the cgroup v1 blkio hierarchy, where SetLimits
@@ -28,20 +30,19 @@ type Limits struct {
 	ReadIOPS, WriteIOPS, ReadBPS, WriteBPS int64
 }
 
-// throttleFiles pairs each limit with its blkio file; the order is the order
-// rules are written.
-func (l *Limits) throttleFiles() []struct {
-	name  string
-	value *int64
-} {
-	return []struct {
-		name  string
-		value *int64
-	}{
-		{"blkio.throttle.read_iops_device", &l.ReadIOPS},
-		{"blkio.throttle.write_iops_device", &l.WriteIOPS},
-		{"blkio.throttle.read_bps_device", &l.ReadBPS},
-		{"blkio.throttle.write_bps_device", &l.WriteBPS},
+// limitField is one limit with its names in both cgroup versions; the
+// order is the order rules are written.
+type limitField struct {
+	blkioFile, ioMaxKey string
+	value               *int64
+}
+
+func (l *Limits) fields() []limitField {
+	return []limitField{
+		{"blkio.throttle.read_iops_device", "riops", &l.ReadIOPS},
+		{"blkio.throttle.write_iops_device", "wiops", &l.WriteIOPS},
+		{"blkio.throttle.read_bps_device", "rbps", &l.ReadBPS},
+		{"blkio.throttle.write_bps_device", "wbps", &l.WriteBPS},
 	}
 }
 
@@ -65,17 +66,26 @@ func ClearLimits(device string) error {
 // directory cgroup. Use it for the cgroup of the workload that does the I/O,
 // since v1 rules do not reach child cgroups.
 func SetLimitsIn(cgroup, device string, l Limits) error {
-	majmin, err := deviceNumber(device)
+	majmin, err := DeviceNumber(device)
 	if err != nil {
 		return fmt.Errorf("set limits: %w", err)
 	}
-	for _, f := range l.throttleFiles() {
+	if err := SetBlkio(cgroup, majmin, l); err != nil {
+		return fmt.Errorf("set limits on %s: %w", device, err)
+	}
+	return nil
+}
+
+// SetBlkio writes the cgroup v1 blkio throttle rules for the device
+// numbered majmin ("MAJ:MIN") into the blkio directory cgroup.
+func SetBlkio(cgroup, majmin string, l Limits) error {
+	for _, f := range l.fields() {
 		if *f.value < 0 {
-			return fmt.Errorf("set limits on %s: %s is negative (%d)", device, f.name, *f.value)
+			return fmt.Errorf("%s is negative (%d)", f.blkioFile, *f.value)
 		}
 	}
-	for _, f := range l.throttleFiles() {
-		file := filepath.Join(cgroup, f.name)
+	for _, f := range l.fields() {
+		file := filepath.Join(cgroup, f.blkioFile)
 		// A rule that is already right is not written again: a write
 		// restarts the throttle's accounting slice, and the node re-applies
 		// limits every few seconds.
@@ -84,7 +94,7 @@ func SetLimitsIn(cgroup, device string, l Limits) error {
 		}
 		// Writing 0 deletes the rule; it is accepted even when none exists.
 		if err := writeRule(file, majmin+" "+strconv.FormatInt(*f.value, 10)); err != nil {
-			return fmt.Errorf("set limits on %s (%s): %w", device, majmin, err)
+			return fmt.Errorf("device %s: %w", majmin, err)
 		}
 	}
 	return nil
@@ -93,13 +103,13 @@ func SetLimitsIn(cgroup, device string, l Limits) error {
 // GetLimitsIn returns the limits for device in the cgroup v1 blkio directory
 // cgroup.
 func GetLimitsIn(cgroup, device string) (Limits, error) {
-	majmin, err := deviceNumber(device)
+	majmin, err := DeviceNumber(device)
 	if err != nil {
 		return Limits{}, fmt.Errorf("get limits: %w", err)
 	}
 	var l Limits
-	for _, f := range l.throttleFiles() {
-		file := filepath.Join(cgroup, f.name)
+	for _, f := range l.fields() {
+		file := filepath.Join(cgroup, f.blkioFile)
 		v, err := readRule(file, majmin)
 		if err != nil {
 			return Limits{}, fmt.Errorf("get limits of %s (%s): %w", device, majmin, err)
@@ -110,8 +120,10 @@ func GetLimitsIn(cgroup, device string) (Limits, error) {
 }
 
 func writeRule(file, rule string) error {
-	// One write per rule: cgroupfs parses each write separately.
-	f, err := os.OpenFile(file, os.O_WRONLY, 0)
+	// One write per rule: cgroupfs parses each write separately. O_TRUNC
+	// is what a shell's > does; cgroupfs ignores it, and a plain file (a
+	// test's fake cgroup) then holds the last rule written.
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {
 		return err
 	}
@@ -146,16 +158,6 @@ func readRule(file, majmin string) (int64, error) {
 	return 0, nil
 }
 
-// deviceNumber returns "MAJ:MIN" of a block device node.
-func deviceNumber(device string) (string, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(device, &st); err != nil {
-		return "", fmt.Errorf("stat %s: %w", device, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		return "", fmt.Errorf("%s: %w", device, errNotBlock)
-	}
-	return fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)), nil
-}
-
-var errNotBlock = errors.New("not a block device")
+// DeviceNumber returns "MAJ:MIN" of a block device node, the key of its
+// rules in both cgroup versions.
+func DeviceNumber(device string) (string, error) { return loopdev.DeviceNumber(device) }

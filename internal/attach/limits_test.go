@@ -15,7 +15,45 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
+
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: attaches real loop devices")
+	}
+}
+
+// newImage creates a sparse backing file and registers a Detach for it, so
+// the device is released even if the test fails between Attach and its own
+// cleanup. t.TempDir is created first so its removal runs after the Detach.
+func newImage(t testing.TB, name string, size int64) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := loopdev.Detach(context.Background(), path); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return path
+}
+
+func mustAttach(t testing.TB, path string) string {
+	t.Helper()
+	dev, err := loopdev.Attach(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dev
+}
 
 func requireBlkio(t testing.TB) {
 	t.Helper()
@@ -102,7 +140,7 @@ func TestDetach_ClearsLimits(t *testing.T) {
 	if err := SetLimits(dev, Limits{WriteIOPS: 100}); err != nil {
 		t.Fatal(err)
 	}
-	if err := Detach(context.Background(), img); err != nil {
+	if err := loopdev.Detach(context.Background(), img); err != nil {
 		t.Fatal(err)
 	}
 	// Rules belong to the device number, not the binding, so a leftover
@@ -252,8 +290,8 @@ func TestSetLimits_SameLimitsAgain_NoWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	for _, f := range l.throttleFiles() {
-		if _, err := unix.InotifyAddWatch(fd, filepath.Join(BlkioRoot, f.name), unix.IN_MODIFY); err != nil {
+	for _, f := range l.fields() {
+		if _, err := unix.InotifyAddWatch(fd, filepath.Join(BlkioRoot, f.blkioFile), unix.IN_MODIFY); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -28,6 +28,27 @@ func BytesToGiB(b int64) int64 {
 	return n
 }
 
+// DataKeySize is the size of an encrypted volume's data key: AES-256-XTS
+// takes two 256-bit keys, which is what the nodes' encryption (fscrypt v2
+// policies) needs. The control plane generates keys of this size without
+// knowing how a node uses them.
+const DataKeySize = 64
+
+// FormatBytes writes b in binary units as `df -h` does ("1.5 GiB"), for
+// messages and tables that show pool space.
+func FormatBytes(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := int64(unit), 0
+	for n := b / unit; n >= unit && exp < 5; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
+
 // Type is an EBS volume type.
 type Type string
 

@@ -125,6 +125,30 @@ func TestVolumeCommands_Lifecycle(t *testing.T) {
 			if !strings.Contains(r.stdout, id) || !strings.Contains(r.stdout, "team=db") {
 				t.Errorf("table does not show %s with its tag:\n%s", id, r.stdout)
 			}
+			if row := strings.Fields(strings.Split(r.stdout, "\n")[1]); len(row) < 3 || row[2] != "available" {
+				t.Errorf("table row %q does not show the state as the word available", row)
+			}
+		}},
+		{"list --state available -o yaml shows state words", func() []string {
+			return []string{"volume", "list", "--state", "available", "-o", "yaml"}
+		}, cli.ExitOK, func(t *testing.T, r cliResult) {
+			if !strings.Contains(r.stdout, id) || !strings.Contains(r.stdout, "state: available") {
+				t.Errorf("yaml does not show %s as available:\n%s", id, r.stdout)
+			}
+		}},
+		{"list --state in-use leaves out the available volume", func() []string {
+			return []string{"volume", "list", "--state", "in-use", "-o", "json"}
+		}, cli.ExitOK, func(t *testing.T, r cliResult) {
+			if got := parseJSONList(t, r.stdout, "volumes"); len(got) != 0 {
+				t.Errorf("in-use volumes %v, want none", ids(got))
+			}
+		}},
+		{"list --state busy is a usage error naming the states", func() []string {
+			return []string{"volume", "list", "--state", "busy"}
+		}, cli.ExitUsage, func(t *testing.T, r cliResult) {
+			if !strings.Contains(r.stderr, "creating, available, in-use, deleting, error") {
+				t.Errorf("stderr %q does not list the states", r.stderr)
+			}
 		}},
 		{"list -o json", func() []string { return []string{"volume", "list", "-o", "json", "--tag", "team=db"} }, cli.ExitOK, func(t *testing.T, r cliResult) {
 			if got := ids(parseJSONList(t, r.stdout, "volumes")); len(got) != 1 || got[0] != id {

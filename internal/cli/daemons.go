@@ -19,6 +19,7 @@ import (
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/kms"
+	"github.com/stowage-io/stowage/internal/metrics"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
 )
@@ -92,7 +93,7 @@ func signalContext(parent context.Context) (context.Context, context.CancelFunc)
 }
 
 func newServerCmd() *cobra.Command {
-	var dataDir, listen, zone, node string
+	var dataDir, listen, zone, node, metricsAddr string
 	var pools []string
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -113,7 +114,7 @@ func newServerCmd() *cobra.Command {
 			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			return runServer(ctx, dataDir, listen, zone, node, pools)
+			return runServer(ctx, dataDir, listen, zone, node, metricsAddr, pools)
 		},
 	}
 	f := cmd.Flags()
@@ -121,11 +122,12 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&listen, "listen", DefaultEndpoint, "API address: host:port or unix:///path")
 	f.StringVar(&zone, "zone", "zone-a", "zone of pools that do not name one")
 	f.StringVar(&node, "node", "", "node of pools that do not name one (default: hostname)")
+	f.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
 	return cmd
 }
 
-func runServer(ctx context.Context, dataDir, listen, zone, node string, specs []string) error {
+func runServer(ctx context.Context, dataDir, listen, zone, node, metricsAddr string, specs []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	slog.SetDefault(log)
 	st, err := boltstore.Open(filepath.Join(dataDir, "metadata.db"))
@@ -189,7 +191,16 @@ func runServer(ctx context.Context, dataDir, listen, zone, node string, specs []
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
-	g := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if metricsAddr != "" {
+		m := metrics.New()
+		m.WatchInventory(srv)
+		if err := serveMetrics(ctx, m, metricsAddr); err != nil {
+			return err
+		}
+		opts = append(opts, grpc.ChainUnaryInterceptor(m.APIInterceptor()))
+	}
+	g := grpc.NewServer(opts...)
 	srv.Register(g)
 	go func() {
 		<-ctx.Done()
@@ -204,7 +215,7 @@ func runServer(ctx context.Context, dataDir, listen, zone, node string, specs []
 }
 
 func newCSICmd() *cobra.Command {
-	var endpoint, api, nodeID, zone, stateDir, registrationDir string
+	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot string
 	var maxVolumes int64
 	var limitsInterval time.Duration
 	cmd := &cobra.Command{Use: "csi", Short: "Run the block CSI driver (" + csi.DriverName + ")"}
@@ -216,7 +227,9 @@ func newCSICmd() *cobra.Command {
 	pf.StringVar(&stateDir, "state-dir", "/var/lib/stowage/csi-node", "node plugin state (one file per staged volume)")
 	pf.Int64Var(&maxVolumes, "max-volumes", 64, "most volumes attached to this node at once, reported to the scheduler")
 	pf.StringVar(&registrationDir, "kubelet-registration-dir", "", "the kubelet's plugins_registry directory: when set, the node plugin registers itself with the kubelet there (no node-driver-registrar needed)")
+	pf.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
 	pf.DurationVar(&limitsInterval, "limits-interval", 2*time.Second, "how often the node re-applies IOPS/throughput limits of its volumes")
+	pf.StringVar(&cgroupRoot, "cgroup-root", "", "where the node plugin writes I/O limits: a cgroup v1 blkio hierarchy or a cgroup v2 mount with the io controller (default: detect /sys/fs/cgroup, /sys/fs/cgroup/blkio, other cgroup2 mounts; none found: volumes stage without limits)")
 
 	run := func(cmd *cobra.Command, withController, withNode bool) error {
 		ctx, cancel := signalContext(cmd.Context())
@@ -237,7 +250,7 @@ func newCSICmd() *cobra.Command {
 					return fmt.Errorf("no --node-id and no hostname: %w", err)
 				}
 			}
-			node, err = csi.NewNodeService(csi.NodeConfig{NodeID: nodeID, Zone: zone, MaxVolumes: maxVolumes, StateDir: stateDir, LimitsInterval: limitsInterval},
+			node, err = csi.NewNodeService(csi.NodeConfig{NodeID: nodeID, Zone: zone, MaxVolumes: maxVolumes, StateDir: stateDir, LimitsInterval: limitsInterval, CgroupRoot: cgroupRoot},
 				pb.NewVolumeServiceClient(conn), pb.NewNodeServiceClient(conn))
 			if err != nil {
 				return err
@@ -252,7 +265,18 @@ func newCSICmd() *cobra.Command {
 				}
 			}
 		}
-		return csi.NewDriver(ctrl, node).Serve(ctx, endpoint)
+		d := csi.NewDriver(ctrl, node)
+		if metricsAddr != "" {
+			m := metrics.New()
+			d.Interceptors = append(d.Interceptors, m.CSIInterceptor(csi.DriverName))
+			if node != nil {
+				m.WatchNodeLimits(node.LimitsEnforced)
+			}
+			if err := serveMetrics(ctx, m, metricsAddr); err != nil {
+				return err
+			}
+		}
+		return d.Serve(ctx, endpoint)
 	}
 	cmd.AddCommand(
 		&cobra.Command{Use: "controller", Short: "Run the CSI controller service", Args: cobra.NoArgs,
@@ -263,6 +287,17 @@ func newCSICmd() *cobra.Command {
 			RunE: func(c *cobra.Command, _ []string) error { return run(c, true, true) }},
 	)
 	return cmd
+}
+
+const metricsAddressUsage = "serve Prometheus metrics on http://<address>/metrics, host:port (empty: no metrics; docs/metrics.md lists them)"
+
+func serveMetrics(ctx context.Context, m *metrics.Registry, addr string) error {
+	got, err := m.Serve(ctx, addr)
+	if err != nil {
+		return err
+	}
+	slog.Info("metrics serving", "url", "http://"+got.String()+"/metrics")
+	return nil
 }
 
 func newVersionCmd() *cobra.Command {

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"regexp"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -10,6 +11,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
 )
 
 // printer writes API objects as a human table, JSON or YAML.
@@ -35,6 +38,7 @@ func (p printer) structured(msg proto.Message) (bool, error) {
 	if err != nil {
 		return true, err
 	}
+	b = stateWords(b)
 	if p.format == "yaml" {
 		if b, err = yaml.JSONToYAML(b); err != nil {
 			return true, err
@@ -76,15 +80,15 @@ func orDash(s string) string {
 	return s
 }
 
-func humanBytes(b int64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%d B", b)
-	}
-	div, exp := int64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+// stateEnum is a state's enum value name as protojson writes it.
+var stateEnum = regexp.MustCompile(`"state":\s*"((?:VOLUME|SNAPSHOT|ATTACHMENT)_STATE_[A-Z_]+)"`)
+
+// stateWords writes the states in JSON output as the words the tables show
+// ("in-use", not VOLUME_STATE_IN_USE), so scripts see the same words in
+// every output format.
+func stateWords(b []byte) []byte {
+	return stateEnum.ReplaceAllFunc(b, func(m []byte) []byte {
+		name := stateEnum.FindSubmatch(m)[1]
+		return []byte(`"state": "` + pb.StateWord(string(name)) + `"`)
+	})
 }

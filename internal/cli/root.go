@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/cluster"
 )
 
 // DefaultEndpoint is where `stowage server` listens and clients connect
@@ -65,12 +66,8 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
-	endpoint := os.Getenv("STOWAGE_ENDPOINT")
-	if endpoint == "" {
-		endpoint = DefaultEndpoint
-	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.endpoint, "endpoint", endpoint, "Stowage API address: host:port or unix:///path (env STOWAGE_ENDPOINT)")
+	pf.StringVar(&g.endpoint, "endpoint", "", "Stowage API address: host:port or unix:///path (default: env STOWAGE_ENDPOINT, else the local cluster's socket if `stowage up` runs, else "+DefaultEndpoint+")")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
 	root.AddCommand(
@@ -122,7 +119,7 @@ func Execute(args []string, out, errOut io.Writer) int {
 
 func errorMessage(err error) string {
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-		if st.Code() == codes.Unavailable {
+		if st.Code() == codes.Unavailable && !strings.HasPrefix(st.Message(), "the Stowage server is not reachable") {
 			return "the Stowage server is not reachable (is `stowage server` running? check --endpoint): " + st.Message()
 		}
 		return st.Message()
@@ -189,14 +186,67 @@ func (g *globals) run(cmd *cobra.Command, fn func(ctx context.Context, c *client
 	if err := p.validate(); err != nil {
 		return err
 	}
-	c, err := newClient(g.endpoint)
+	ep := resolveEndpoint(g.endpoint, os.Getenv, fileExists)
+	c, err := newClient(ep.endpoint)
 	if err != nil {
 		return err
 	}
 	defer c.conn.Close()
 	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
 	defer cancel()
-	return fn(ctx, c, p)
+	err = fn(ctx, c, p)
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable {
+		return status.Error(codes.Unavailable, ep.unreachable(st.Message()))
+	}
+	return err
+}
+
+// endpointChoice is the API address a client command uses and how it was
+// found, so that a failure can say where it looked.
+type endpointChoice struct {
+	endpoint string
+	source   string
+	// passed are the places looked at before, that gave nothing.
+	passed []string
+}
+
+// resolveEndpoint finds the Stowage API the way kubectl finds its cluster:
+// the --endpoint flag, then STOWAGE_ENDPOINT, then the API socket of the
+// local cluster `stowage up` runs (its data directory is STOWAGE_DATA_DIR
+// or the default), then the address `stowage server` listens on by
+// default.
+func resolveEndpoint(flag string, getenv func(string) string, exists func(string) bool) endpointChoice {
+	if flag != "" {
+		return endpointChoice{endpoint: flag, source: "--endpoint"}
+	}
+	var passed []string
+	if e := getenv("STOWAGE_ENDPOINT"); e != "" {
+		return endpointChoice{endpoint: e, source: "STOWAGE_ENDPOINT"}
+	}
+	passed = append(passed, "STOWAGE_ENDPOINT is not set")
+	dir, dirSource := getenv("STOWAGE_DATA_DIR"), "STOWAGE_DATA_DIR"
+	if dir == "" {
+		dir, dirSource = cluster.DefaultDataDir, "the default data directory"
+	}
+	sock := cluster.Layout(dir).StowageSocket()
+	if exists(sock) {
+		return endpointChoice{endpoint: "unix://" + sock, source: "the local cluster's API socket (" + dirSource + ")", passed: passed}
+	}
+	passed = append(passed, fmt.Sprintf("no local cluster's API socket at %s (%s)", sock, dirSource))
+	return endpointChoice{endpoint: DefaultEndpoint, source: "the default address", passed: passed}
+}
+
+func (e endpointChoice) unreachable(detail string) string {
+	msg := fmt.Sprintf("the Stowage server is not reachable at %s, from %s", e.endpoint, e.source)
+	if len(e.passed) > 0 {
+		msg += "; looked first at: " + strings.Join(e.passed, "; ")
+	}
+	return msg + ". Start it (`stowage up` or `stowage server`), or name it with --endpoint or STOWAGE_ENDPOINT: " + detail
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func parseTags(kvs []string) (map[string]string, error) {

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/block"
 )
 
 func newSnapshotCmd(g *globals) *cobra.Command {
@@ -26,7 +27,7 @@ func printSnapshots(p printer, ss ...*pb.Snapshot) error {
 	}
 	rows := make([][]string, 0, len(ss))
 	for _, s := range ss {
-		rows = append(rows, []string{s.Id, orDash(s.Name), s.VolumeId, s.State, strconv.FormatInt(s.SizeGib, 10), s.Zone,
+		rows = append(rows, []string{s.Id, orDash(s.Name), s.VolumeId, s.State.Word(), strconv.FormatInt(s.SizeGib, 10), s.Zone,
 			s.CreateTime.AsTime().Format("2006-01-02T15:04:05Z"), formatTags(s.Tags)})
 	}
 	return p.table([]string{"ID", "NAME", "VOLUME", "STATE", "SIZE(GiB)", "ZONE", "CREATED", "TAGS"}, rows)
@@ -147,8 +148,8 @@ func newPoolCmd(g *globals) *cobra.Command {
 				}
 				var rows [][]string
 				for _, pl := range resp.Pools {
-					rows = append(rows, []string{pl.Name, pl.Zone, pl.Node, pl.CloneMode, humanBytes(pl.TotalBytes), humanBytes(pl.FreeBytes),
-						humanBytes(pl.ProvisionedBytes), fmt.Sprint(pl.VolumeCount), fmt.Sprint(pl.SnapshotCount), pl.Dir})
+					rows = append(rows, []string{pl.Name, pl.Zone, pl.Node, pl.CloneMode, block.FormatBytes(pl.TotalBytes), block.FormatBytes(pl.FreeBytes),
+						block.FormatBytes(pl.ProvisionedBytes), fmt.Sprint(pl.VolumeCount), fmt.Sprint(pl.SnapshotCount), pl.Dir})
 				}
 				return p.table([]string{"NAME", "ZONE", "NODE", "CLONE-MODE", "SIZE", "FREE", "PROVISIONED", "VOLUMES", "SNAPSHOTS", "DIR"}, rows)
 			})

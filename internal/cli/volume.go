@@ -101,7 +101,7 @@ func printVolumes(p printer, vs ...*pb.Volume) error {
 		for _, a := range v.Attachments {
 			nodes = append(nodes, a.NodeId)
 		}
-		rows = append(rows, []string{v.Id, orDash(v.Name), v.State, v.Type, strconv.FormatInt(v.SizeGib, 10),
+		rows = append(rows, []string{v.Id, orDash(v.Name), v.State.Word(), v.Type, strconv.FormatInt(v.SizeGib, 10),
 			strconv.FormatInt(v.Iops, 10), strconv.FormatInt(v.ThroughputMibps, 10), v.Zone, v.Node,
 			orDash(strings.Join(nodes, ",")), formatTags(v.Tags)})
 	}
@@ -133,6 +133,7 @@ func volumeDescribeCmd(g *globals) *cobra.Command {
 func volumeListCmd(g *globals) *cobra.Command {
 	var req pb.ListVolumesRequest
 	var tags []string
+	var state string
 	cmd := &cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List volumes (all pages)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -141,6 +142,9 @@ func volumeListCmd(g *globals) *cobra.Command {
 				return err
 			}
 			req.Tags = t
+			if req.State, err = pb.ParseVolumeState(state); err != nil {
+				return usageErrorf("--state: %v", err)
+			}
 			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
 				var all []*pb.Volume
 				for {
@@ -163,7 +167,7 @@ func volumeListCmd(g *globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.Zone, "zone", "", "only volumes in this zone")
-	f.StringVar(&req.State, "state", "", "only volumes in this state (creating, available, in-use, deleting, error)")
+	f.StringVar(&state, "state", "", "only volumes in this state (creating, available, in-use, deleting, error)")
 	f.StringVar(&req.Node, "node", "", "only volumes attached to this node")
 	f.StringArrayVar(&tags, "tag", nil, "only volumes with this tag key=value (repeatable; key= matches any value)")
 	return cmd
@@ -208,7 +212,7 @@ func volumeAttachCmd(g *globals) *cobra.Command {
 				if done, err := p.structured(a); done {
 					return err
 				}
-				return p.table([]string{"VOLUME", "NODE", "STATE", "IMAGE"}, [][]string{{a.VolumeId, a.NodeId, a.State, a.ImagePath}})
+				return p.table([]string{"VOLUME", "NODE", "STATE", "IMAGE"}, [][]string{{a.VolumeId, a.NodeId, a.State.Word(), a.ImagePath}})
 			})
 		},
 	}

@@ -67,6 +67,9 @@ type Config struct {
 	ServiceCIDR string `json:"serviceCIDR"`
 	Zone        string `json:"zone"`
 	PoolSize    string `json:"poolSize"`
+	// FSType is the file system of the StorageClasses `up` installs:
+	// ext4, or xfs where ext4 cannot grow online (chooseFSType).
+	FSType string `json:"fsType,omitempty"`
 }
 
 // Validate fills defaults and checks the addresses.

@@ -76,6 +76,14 @@ func MissingBinaries(binDir string) []string {
 	return missing
 }
 
+// Where Stowage's daemons serve Prometheus metrics (docs/metrics.md): on
+// loopback only, like the other components' metrics and health endpoints.
+const (
+	ServerMetricsAddress     = "127.0.0.1:9420"
+	ControllerMetricsAddress = "127.0.0.1:9421"
+	NodeMetricsAddress       = "127.0.0.1:9422"
+)
+
 // Component is one process of the cluster.
 type Component struct {
 	Name string
@@ -214,6 +222,7 @@ func (c *Config) Components() []Component {
 			"server",
 			"--data-dir=" + l.Stowage(),
 			"--listen=" + stowageAPI,
+			"--metrics-address=" + ServerMetricsAddress,
 			"--zone=" + c.Zone,
 			"--node=" + c.NodeName,
 			fmt.Sprintf("--pool=name=pool-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, c.PoolSize),
@@ -222,6 +231,7 @@ func (c *Config) Components() []Component {
 			"csi", "controller",
 			"--endpoint=unix://" + csiCtrl,
 			"--api=" + stowageAPI,
+			"--metrics-address=" + ControllerMetricsAddress,
 		}}, Ready: func(ctx context.Context) error { return dialUnix(csiCtrl) }},
 		// A delete is retried until the volume is detached; retry soon and
 		// often enough that a claim's volume goes within seconds of its pod.
@@ -242,6 +252,7 @@ func (c *Config) Components() []Component {
 			"--zone=" + c.Zone,
 			"--state-dir=" + l.CSINodeState(),
 			"--kubelet-registration-dir=" + l.PluginsRegistry(),
+			"--metrics-address=" + NodeMetricsAddress,
 		}}, Ready: func(ctx context.Context) error { return dialUnix(l.CSINodeSocket()) }},
 	}
 }

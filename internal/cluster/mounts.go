@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // mountsUnder returns the mount points at or under any of dirs, deepest
@@ -105,16 +106,9 @@ func unmountAll(dirs ...string) (int, error) {
 // loopDevicesUnder returns the loop devices whose backing file is under dir.
 func loopDevicesUnder(dir string) []string {
 	var devs []string
-	entries, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, e := range entries {
-		b, err := os.ReadFile(e)
-		if err != nil {
-			continue
-		}
-		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
-		if backing == dir || strings.HasPrefix(backing, dir+"/") {
-			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(e))))
-		}
+	loops, _ := loopdev.Under(dir)
+	for _, l := range loops {
+		devs = append(devs, l.Path)
 	}
 	sort.Strings(devs)
 	return devs

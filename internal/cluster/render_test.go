@@ -189,7 +189,7 @@ func TestRenderFiles_WritesEveryFileOnceAndLeavesSameContentAlone(t *testing.T) 
 }
 
 func TestManifests_AreTheObjectsUpPromises(t *testing.T) {
-	bundle, err := manifestBundle()
+	bundle, err := manifestBundle("")
 	if err != nil {
 		t.Fatal(err)
 	}

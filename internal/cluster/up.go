@@ -136,6 +136,13 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 	if err := c.checkSameCluster(); err != nil {
 		return err
 	}
+	if old, err := LoadConfig(c.DataDir); err == nil && old.FSType != "" {
+		c.FSType = old.FSType
+	} else if c.FSType == "" {
+		var why string
+		c.FSType, why = selfFSType()
+		fmt.Fprintf(o.Out, "StorageClasses: %s\n", why)
+	}
 	l := c.Layout()
 
 	t := time.Now()
@@ -186,7 +193,12 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 		return fmt.Errorf("components stopped during `up`: %s", strings.Join(dead, "\n"))
 	}
 	fmt.Fprintf(o.Out, "\nStowage is up in %.1fs: Kubernetes API %s, Stowage API unix://%s\n", time.Since(p.start).Seconds(), c.APIServerURL(), l.StowageSocket())
-	fmt.Fprintf(o.Out, "\nexport KUBECONFIG=%s\nexport STOWAGE_ENDPOINT=unix://%s\n", l.AdminKubeconfig(), l.StowageSocket())
+	fmt.Fprintf(o.Out, "\nexport KUBECONFIG=%s\n", l.AdminKubeconfig())
+	if c.DataDir != DefaultDataDir {
+		// The CLI finds the API socket of a cluster in the default data
+		// directory by itself; elsewhere it needs to be told.
+		fmt.Fprintf(o.Out, "export STOWAGE_DATA_DIR=%s\n", c.DataDir)
+	}
 	return nil
 }
 
@@ -361,7 +373,8 @@ func (c *Config) importImages(ctx context.Context) (string, error) {
 
 // manifestBundle is deploy/local's files, in name order, as one document
 // stream.
-func manifestBundle() ([]byte, error) {
+// The StorageClasses get fsType as their file system.
+func manifestBundle(fsType string) ([]byte, error) {
 	names, err := fs.Glob(local.Manifests, "*.yaml")
 	if err != nil {
 		return nil, err
@@ -372,6 +385,9 @@ func manifestBundle() ([]byte, error) {
 		data, err := fs.ReadFile(local.Manifests, n)
 		if err != nil {
 			return nil, err
+		}
+		if fsType != "" && bytes.Contains(data, []byte(classesFSTypeLine)) {
+			data = bytes.ReplaceAll(data, []byte(classesFSTypeLine), []byte("csi.storage.k8s.io/fstype: "+fsType))
 		}
 		fmt.Fprintf(&b, "---\n# %s\n", n)
 		b.Write(data)
@@ -398,7 +414,7 @@ func (c *Config) applyManifests(ctx context.Context) (string, error) {
 	if _, err := k.run(ctx, nil, append([]string{"wait", "--for=condition=Established", "--timeout=60s"}, crds...)...); err != nil {
 		return "", err
 	}
-	bundle, err := manifestBundle()
+	bundle, err := manifestBundle(c.FSType)
 	if err != nil {
 		return "", err
 	}

@@ -294,10 +294,10 @@ func volumeStatus(v *pb.Volume) *csi.ListVolumesResponse_VolumeStatus {
 }
 
 func volumeCondition(v *pb.Volume) *csi.VolumeCondition {
-	if v.State == "error" {
+	if v.State == pb.VolumeState_VOLUME_STATE_ERROR {
 		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("volume %s is in state error: %s", v.Id, v.StateReason)}
 	}
-	return &csi.VolumeCondition{Message: fmt.Sprintf("volume %s is %s", v.Id, v.State)}
+	return &csi.VolumeCondition{Message: fmt.Sprintf("volume %s is %s", v.Id, v.State.Word())}
 }
 
 // GetCapacity reports the free space of the pools in the requested
@@ -363,7 +363,7 @@ func (c *ControllerService) CreateSnapshot(ctx context.Context, req *csi.CreateS
 func csiSnapshot(sn *pb.Snapshot) *csi.Snapshot {
 	return &csi.Snapshot{
 		SnapshotId: sn.Id, SourceVolumeId: sn.VolumeId, SizeBytes: sn.SizeGib * block.GiB,
-		CreationTime: timestamppb.New(sn.CreateTime.AsTime()), ReadyToUse: sn.State == "completed",
+		CreationTime: timestamppb.New(sn.CreateTime.AsTime()), ReadyToUse: sn.State == pb.SnapshotState_SNAPSHOT_STATE_COMPLETED,
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -41,6 +42,10 @@ type Driver struct {
 	controller *ControllerService
 	node       *NodeService
 	srv        *grpc.Server
+
+	// Interceptors wrap every CSI call, outermost first, outside the
+	// driver's error log; the daemon puts the metrics' timing here.
+	Interceptors []grpc.UnaryServerInterceptor
 }
 
 // NewDriver composes the services; controller or node may be nil.
@@ -55,7 +60,7 @@ func (d *Driver) Serve(ctx context.Context, endpoint string) error {
 	if err != nil {
 		return err
 	}
-	d.srv = grpc.NewServer(grpc.UnaryInterceptor(logErrors))
+	d.srv = grpc.NewServer(grpc.ChainUnaryInterceptor(append(slices.Clone(d.Interceptors), logErrors)...))
 	csi.RegisterIdentityServer(d.srv, d.identity)
 	if d.controller != nil {
 		csi.RegisterControllerServer(d.srv, d.controller)

@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -18,8 +16,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
-	mount "k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/attach"
@@ -39,8 +35,10 @@ type NodeConfig struct {
 	// LimitsInterval is how often the performance limits of attached volumes
 	// are re-read from the API and applied (ModifyVolume of a live volume).
 	LimitsInterval time.Duration
-	// BlkioRoot is the cgroup v1 blkio mount (default /sys/fs/cgroup/blkio).
-	BlkioRoot string
+	// CgroupRoot is where I/O limits are written: a cgroup v1 blkio
+	// hierarchy or a cgroup v2 mount with the io controller. Empty means
+	// detect it (see detectLimiter).
+	CgroupRoot string
 }
 
 // NodeService is the CSI node plugin of the block driver.
@@ -49,8 +47,12 @@ type NodeService struct {
 	cfg     NodeConfig
 	volumes pb.VolumeServiceClient
 	nodes   pb.NodeServiceClient
-	mounter *mount.SafeFormatAndMount
 	locks   *keylock.Set
+	// The host operations, behind interfaces so that the branches of the
+	// node RPCs can be tested without root (node_fakes_test.go).
+	loops  loopDevices
+	mounts mounter
+	limits limiter
 }
 
 // NewNodeService returns a node plugin for cfg.NodeID.
@@ -67,12 +69,30 @@ func NewNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.Nod
 	if cfg.LimitsInterval == 0 {
 		cfg.LimitsInterval = 2 * time.Second
 	}
+	lim, err := detectLimiter(cfg.CgroupRoot)
+	if err != nil {
+		return nil, fmt.Errorf("node plugin: %w", err)
+	}
+	if lim.Enforced() {
+		klog.InfoS("node plugin: IOPS and throughput limits enforced", "limits", lim)
+	} else {
+		klog.InfoS("node plugin: WARNING: IOPS and throughput limits are NOT enforced on this node; volumes stage without them", "limits", lim)
+	}
+	return newNodeService(cfg, volumes, nodes, hostLoops{}, newHostMounts(), lim), nil
+}
+
+func newNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient, loops loopDevices, mounts mounter, lim limiter) *NodeService {
 	return &NodeService{
 		cfg: cfg, volumes: volumes, nodes: nodes,
-		mounter: mount.NewSafeFormatAndMount(mount.New(""), utilexec.New()),
-		locks:   keylock.New(2 * time.Second),
-	}, nil
+		locks: keylock.New(2 * time.Second),
+		loops: loops, mounts: mounts, limits: lim,
+	}
 }
+
+// LimitsEnforced reports whether this node can enforce the IOPS and
+// throughput of the volumes it stages (it has a cgroup v1 blkio or v2 io
+// controller to write rules to).
+func (n *NodeService) LimitsEnforced() bool { return n.limits.Enforced() }
 
 // Register tells the Stowage server that this node exists, retrying until
 // the server answers or ctx ends.
@@ -108,6 +128,9 @@ func (n *NodeService) RunLimits(ctx context.Context) {
 }
 
 func (n *NodeService) applyAllLimits(ctx context.Context) {
+	if !n.limits.Enforced() {
+		return
+	}
 	entries, err := os.ReadDir(n.cfg.StateDir)
 	if err != nil {
 		klog.ErrorS(err, "read node state directory", "dir", n.cfg.StateDir)
@@ -126,7 +149,7 @@ func (n *NodeService) applyAllLimits(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		if err := n.applyLimits(st, limitsOf(v)); err != nil {
+		if err := n.limits.Apply(st.Device, limitsOf(v), n.podsOf(st)); err != nil {
 			klog.ErrorS(err, "apply volume limits", "volumeID", id, "device", st.Device)
 		}
 	}
@@ -155,6 +178,14 @@ type stagedVolume struct {
 	Targets map[string]bool `json:"targets,omitempty"`
 }
 
+// targets is nil-safe: a volume without a record has no targets.
+func (st *stagedVolume) targets() map[string]bool {
+	if st == nil {
+		return nil
+	}
+	return st.Targets
+}
+
 func (n *NodeService) statePath(volumeID string) string {
 	return filepath.Join(n.cfg.StateDir, filepath.Base(volumeID)+".json")
 }
@@ -172,6 +203,26 @@ func (n *NodeService) readState(volumeID string) (*stagedVolume, error) {
 		return nil, fmt.Errorf("node state of volume %s is corrupt: %w", volumeID, err)
 	}
 	return &st, nil
+}
+
+// updateState is the one way the node changes a volume's record: it reads
+// the record (an empty one for a volume it does not know), lets change
+// modify it and writes it back, so that a step that sets one field keeps
+// the others (a repeated stage keeps the targets that publish recorded and
+// the data directory that unlocking found). Callers hold the volume's lock.
+func (n *NodeService) updateState(volumeID string, change func(*stagedVolume)) (*stagedVolume, error) {
+	st, err := n.readState(volumeID)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		st = &stagedVolume{VolumeID: volumeID}
+	}
+	change(st)
+	if err := n.writeState(st); err != nil {
+		return nil, fmt.Errorf("save node state of volume %s: %w", volumeID, err)
+	}
+	return st, nil
 }
 
 func (n *NodeService) writeState(st *stagedVolume) error {
@@ -196,88 +247,132 @@ func (n *NodeService) lock(ctx context.Context, volumeID string) (func(), error)
 
 func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (_ *csi.NodeStageVolumeResponse, retErr error) {
 	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if id == "" || staging == "" {
-		return nil, status.Error(codes.InvalidArgument, "NodeStageVolume: volume id and staging target path are required")
-	}
-	if req.GetVolumeCapability() == nil {
-		return nil, status.Error(codes.InvalidArgument, "NodeStageVolume: volume capability is required")
-	}
-	if err := validateCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "NodeStageVolume %s: %v", id, err)
+	if err := validateStage(req); err != nil {
+		return nil, err
 	}
 	unlock, err := n.lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-
-	// The node works only on volumes the API says are attached to it: the
-	// image path comes from the attachment record, never from the caller.
-	v, err := n.volumes.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: id})
+	v, att, err := n.attachmentHere(ctx, id)
 	if err != nil {
-		return nil, apiError(err, "NodeStageVolume %s", id)
+		return nil, err
 	}
-	var att *pb.Attachment
-	for _, a := range v.Attachments {
-		if a.NodeId == n.cfg.NodeID {
-			att = a
-		}
+	if err := checkStagingDir(id, staging); err != nil {
+		return nil, err
 	}
-	if att == nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not attached to node %s (attached to: %s); ControllerPublishVolume must attach it first",
-			id, n.cfg.NodeID, attachedNodes(v))
-	}
-	if fi, err := os.Stat(staging); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "NodeStageVolume %s: staging path %s: %v", id, staging, err)
-	} else if !fi.IsDir() {
-		return nil, status.Errorf(codes.InvalidArgument, "NodeStageVolume %s: staging path %s is not a directory", id, staging)
+	spec, err := stageSpecOf(req, v)
+	if err != nil {
+		return nil, err
 	}
 
-	isBlock := req.GetVolumeCapability().GetBlock() != nil
-	if v.Encrypted && isBlock {
-		return nil, status.Errorf(codes.FailedPrecondition, "NodeStageVolume %s: the volume is encrypted, and Stowage encrypts at the file-system level (ext4 fscrypt; this node has no device-mapper for dm-crypt), so it cannot be used as a raw block device", id)
-	}
-	st := &stagedVolume{VolumeID: id, ImagePath: att.ImagePath, StagingPath: staging, Block: isBlock}
-	// A raw block volume is staged once its loop device exists; a file
-	// system once it is mounted at the staging path. A stage that fails
-	// undoes its own work: the kubelet takes the error as "not staged" and
-	// never calls NodeUnstageVolume, so nobody else would detach the loop
-	// device, which would then hold the image after the volume is deleted.
-	// A volume that was staged before this call stays as it was.
-	_, wasAttached, _ := attach.Find(att.ImagePath)
-	wasStaged := wasAttached && isBlock
-	if wasAttached && !isBlock {
-		notMnt, err := n.mounter.IsLikelyNotMountPoint(staging)
-		wasStaged = err == nil && !notMnt
-	}
+	// A stage that fails undoes its own work: the kubelet takes the error
+	// as "not staged" and never calls NodeUnstageVolume, so nobody else
+	// would detach the loop device, which would then hold the image after
+	// the volume is deleted. A volume that was staged before this call
+	// stays as it was.
+	wasStaged := n.isStaged(att.ImagePath, staging, spec.block)
+	st := &stagedVolume{VolumeID: id, ImagePath: att.ImagePath, StagingPath: staging}
 	mountedHere := false
 	defer func() {
 		if retErr != nil && !wasStaged {
 			n.abandonStage(st, mountedHere)
 		}
 	}()
-	// Write the state before attaching: if we crash right after the attach,
-	// a retry or an unstage still knows which image to detach.
-	if err := n.writeState(st); err != nil {
-		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: save node state: %v", id, err)
+	attached, err := n.attachImage(ctx, id, att.ImagePath, staging, spec.block)
+	if attached != nil {
+		st = attached
 	}
-	device, err := attach.Attach(ctx, att.ImagePath)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: attach image %s as a loop device: %v", id, att.ImagePath, err)
-	}
-	st.Device = device
-	if err := n.writeState(st); err != nil {
-		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: save node state: %v", id, err)
+		return nil, err
 	}
 	faults.Point("node-stage:attached")
-	if err := n.applyLimits(st, limitsOf(v)); err != nil {
-		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: apply IOPS/throughput limits to %s: %v", id, device, err)
+	if err := n.limits.Apply(st.Device, limitsOf(v), n.podsOf(st)); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: apply IOPS/throughput limits to %s: %v", id, st.Device, err)
 	}
-	if isBlock {
-		klog.InfoS("NodeStageVolume: raw block volume attached", "volumeID", id, "device", device)
+	if !n.limits.Enforced() {
+		klog.InfoS("NodeStageVolume: IOPS and throughput limits are not enforced on this node", "volumeID", id, "limits", n.limits)
+	}
+	if spec.block {
+		klog.InfoS("NodeStageVolume: raw block volume attached", "volumeID", id, "device", st.Device)
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
+	if mountedHere, err = n.mountStaging(ctx, id, st.Device, staging, spec); err != nil {
+		return nil, err
+	}
+	if v.Encrypted {
+		dir, err := n.unlock(ctx, id, staging)
+		if err != nil {
+			return nil, err
+		}
+		if st, err = n.updateState(id, func(st *stagedVolume) { st.DataDir = dir }); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
+		}
+	}
+	klog.InfoS("NodeStageVolume: staged", "volumeID", id, "device", st.Device, "fsType", spec.fsType, "stagingPath", staging)
+	return &csi.NodeStageVolumeResponse{}, nil
+}
 
+func validateStage(req *csi.NodeStageVolumeRequest) error {
+	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" || staging == "" {
+		return status.Error(codes.InvalidArgument, "NodeStageVolume: volume id and staging target path are required")
+	}
+	if req.GetVolumeCapability() == nil {
+		return status.Error(codes.InvalidArgument, "NodeStageVolume: volume capability is required")
+	}
+	if err := validateCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+		return status.Errorf(codes.InvalidArgument, "NodeStageVolume %s: %v", id, err)
+	}
+	return nil
+}
+
+// attachmentHere returns the volume and its attachment to this node. The
+// node works only on volumes the API says are attached to it: the image
+// path comes from the attachment record, never from the caller.
+func (n *NodeService) attachmentHere(ctx context.Context, id string) (*pb.Volume, *pb.Attachment, error) {
+	v, err := n.volumes.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: id})
+	if err != nil {
+		return nil, nil, apiError(err, "NodeStageVolume %s", id)
+	}
+	for _, a := range v.Attachments {
+		if a.NodeId == n.cfg.NodeID {
+			return v, a, nil
+		}
+	}
+	return nil, nil, status.Errorf(codes.FailedPrecondition, "volume %s is not attached to node %s (attached to: %s); ControllerPublishVolume must attach it first",
+		id, n.cfg.NodeID, attachedNodes(v))
+}
+
+func checkStagingDir(id, staging string) error {
+	fi, err := os.Stat(staging)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "NodeStageVolume %s: staging path %s: %v", id, staging, err)
+	}
+	if !fi.IsDir() {
+		return status.Errorf(codes.InvalidArgument, "NodeStageVolume %s: staging path %s is not a directory", id, staging)
+	}
+	return nil
+}
+
+// stageSpec is how a volume is to be staged: as a raw device, or as a file
+// system of fsType mounted with flags.
+type stageSpec struct {
+	block      bool
+	fsType     string
+	flags      []string
+	formatOpts []string
+}
+
+func stageSpecOf(req *csi.NodeStageVolumeRequest, v *pb.Volume) (stageSpec, error) {
+	id := req.GetVolumeId()
+	if req.GetVolumeCapability().GetBlock() != nil {
+		if v.Encrypted {
+			return stageSpec{}, status.Errorf(codes.FailedPrecondition, "NodeStageVolume %s: the volume is encrypted, and Stowage encrypts at the file-system level (ext4 fscrypt; this node has no device-mapper for dm-crypt), so it cannot be used as a raw block device", id)
+		}
+		return stageSpec{block: true}, nil
+	}
 	mnt := req.GetVolumeCapability().GetMount()
 	fsType := strings.ToLower(mnt.GetFsType())
 	if fsType == "" {
@@ -287,43 +382,74 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 		fsType = defaultFSType
 	}
 	if v.Encrypted && fsType != "ext4" {
-		return nil, status.Errorf(codes.FailedPrecondition, "NodeStageVolume %s: the volume is encrypted, which Stowage does with ext4 encryption; file system %s cannot carry it", id, fsType)
+		return stageSpec{}, status.Errorf(codes.FailedPrecondition, "NodeStageVolume %s: the volume is encrypted, which Stowage does with ext4 encryption; file system %s cannot carry it", id, fsType)
 	}
-	notMnt, err := n.mounter.IsLikelyNotMountPoint(staging)
+	fopts := formatOptions(fsType, req.GetVolumeContext())
+	if v.Encrypted {
+		fopts = append(fopts, "-O", "encrypt")
+	}
+	return stageSpec{fsType: fsType, flags: mnt.GetMountFlags(), formatOpts: fopts}, nil
+}
+
+// isStaged reports whether the image is staged already: a raw block volume
+// once its loop device exists, a file system once it is mounted at staging.
+func (n *NodeService) isStaged(image, staging string, block bool) bool {
+	if _, attached, _ := n.loops.Find(image); !attached {
+		return false
+	}
+	if block {
+		return true
+	}
+	notMnt, err := n.mounts.IsLikelyNotMountPoint(staging)
+	return err == nil && !notMnt
+}
+
+// attachImage attaches the volume's image as a loop device and records it
+// in the volume's node state, keeping what the record already holds (the
+// targets of a staged volume that is staged again).
+func (n *NodeService) attachImage(ctx context.Context, id, image, staging string, block bool) (*stagedVolume, error) {
+	// Record the image before attaching: if we crash right after the
+	// attach, a retry or an unstage still knows which image to detach.
+	if _, err := n.updateState(id, func(st *stagedVolume) {
+		st.ImagePath, st.StagingPath, st.Block = image, staging, block
+	}); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
+	}
+	device, err := n.loops.Attach(ctx, image)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: check mount point %s: %v", id, staging, err)
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: attach image %s as a loop device: %v", id, image, err)
+	}
+	st, err := n.updateState(id, func(st *stagedVolume) { st.Device = device })
+	if err != nil {
+		return &stagedVolume{VolumeID: id, ImagePath: image, StagingPath: staging, Device: device}, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
+	}
+	return st, nil
+}
+
+// mountStaging puts a file system on device, if it has none, and mounts it
+// at staging; it reports whether it mounted (false when it was mounted).
+func (n *NodeService) mountStaging(ctx context.Context, id, device, staging string, spec stageSpec) (bool, error) {
+	notMnt, err := n.mounts.IsLikelyNotMountPoint(staging)
+	if err != nil {
+		return false, status.Errorf(codes.Internal, "NodeStageVolume %s: check mount point %s: %v", id, staging, err)
 	}
 	if !notMnt {
-		dev, _, err := mount.GetDeviceNameFromMount(n.mounter, staging)
+		// Mount flags apply when the volume is first mounted; a repeated
+		// stage of a volume mounted from the right device succeeds as it is.
+		dev, err := n.mounts.MountedDevice(staging)
 		if err != nil || dev != device {
-			return nil, status.Errorf(codes.AlreadyExists, "NodeStageVolume %s: staging path %s already has %s mounted, not %s", id, staging, dev, device)
+			return false, status.Errorf(codes.AlreadyExists, "NodeStageVolume %s: staging path %s already has %s mounted, not %s", id, staging, dev, device)
 		}
-	} else {
-		if err := n.growExtOffline(ctx, device); err != nil {
-			return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
-		}
-		opts := mountOptions(fsType, mnt.GetMountFlags(), false)
-		fopts := formatOptions(fsType, req.GetVolumeContext())
-		if v.Encrypted {
-			fopts = append(fopts, "-O", "encrypt")
-		}
-		if err := n.mounter.FormatAndMountSensitiveWithFormatOptions(device, staging, fsType, opts, nil, fopts); err != nil {
-			return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: format and mount %s (%s) at %s: %v", id, device, fsType, staging, err)
-		}
-		mountedHere = true
+		return false, nil
 	}
-	if v.Encrypted {
-		dir, err := n.unlock(ctx, id, staging)
-		if err != nil {
-			return nil, err
-		}
-		st.DataDir = dir
-		if err := n.writeState(st); err != nil {
-			return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: save node state: %v", id, err)
-		}
+	if err := n.mounts.GrowOffline(ctx, device); err != nil {
+		return false, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
 	}
-	klog.InfoS("NodeStageVolume: staged", "volumeID", id, "device", device, "fsType", fsType, "stagingPath", staging)
-	return &csi.NodeStageVolumeResponse{}, nil
+	opts := mountOptions(spec.fsType, spec.flags, false)
+	if err := n.mounts.FormatAndMount(device, staging, spec.fsType, opts, spec.formatOpts); err != nil {
+		return false, status.Errorf(codes.Internal, "NodeStageVolume %s: format and mount %s (%s) at %s: %v", id, device, spec.fsType, staging, err)
+	}
+	return true, nil
 }
 
 // abandonStage undoes what a failed NodeStageVolume did: the mount it made,
@@ -334,7 +460,7 @@ func (n *NodeService) abandonStage(st *stagedVolume, mounted bool) {
 	defer cancel()
 	log := klog.LoggerWithValues(klog.Background(), "volumeID", st.VolumeID, "image", st.ImagePath)
 	if mounted {
-		if err := n.mounter.Unmount(st.StagingPath); err != nil {
+		if err := n.mounts.Unmount(st.StagingPath); err != nil {
 			log.Error(err, "NodeStageVolume failed; unmounting what it mounted failed too", "stagingPath", st.StagingPath)
 			return // the device stays attached under the mount; unstage cleans up
 		}
@@ -350,66 +476,16 @@ func (n *NodeService) abandonStage(st *stagedVolume, mounted bool) {
 // it: clears its limits, detaches it and forgets the node state.
 func (n *NodeService) release(ctx context.Context, st *stagedVolume) error {
 	if st.Device != "" {
-		if err := attach.ClearLimits(st.Device); err != nil {
+		if err := n.limits.Clear(st.Device, n.podsOf(st)); err != nil {
 			klog.ErrorS(err, "clear volume limits", "volumeID", st.VolumeID, "device", st.Device)
 		}
 	}
-	if err := attach.Detach(ctx, st.ImagePath); err != nil {
+	if err := n.loops.Detach(ctx, st.ImagePath); err != nil {
 		return fmt.Errorf("detach loop device of %s: %w", st.ImagePath, err)
 	}
 	if err := os.Remove(n.statePath(st.VolumeID)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove node state: %w", err)
 	}
-	return nil
-}
-
-// isExt reports whether device holds an ext2/3/4 file system.
-func (n *NodeService) isExt(device string) bool {
-	f, err := n.mounter.GetDiskFormat(device)
-	return err == nil && strings.HasPrefix(f, "ext")
-}
-
-// growExtOffline grows an unmounted ext file system to fill its (grown)
-// device. Offline growth needs no capability, so a volume expanded while
-// online growth was impossible gets its space at the next stage.
-func (n *NodeService) growExtOffline(ctx context.Context, device string) error {
-	if !n.isExt(device) {
-		return nil
-	}
-	devSize, err := deviceSize(device)
-	if err != nil {
-		return fmt.Errorf("size of %s: %w", device, err)
-	}
-	out, err := exec.CommandContext(ctx, "dumpe2fs", "-h", device).Output()
-	if err != nil {
-		return fmt.Errorf("read ext4 superblock of %s: %w", device, err)
-	}
-	var blocks, blockSize int64
-	for _, line := range strings.Split(string(out), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		switch strings.TrimSpace(k) {
-		case "Block count":
-			blocks, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		case "Block size":
-			blockSize, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		}
-	}
-	if blocks == 0 || blockSize == 0 || devSize-blocks*blockSize < 8<<20 {
-		return nil
-	}
-	// resize2fs insists on a freshly checked file system when offline.
-	if out, err := exec.CommandContext(ctx, "e2fsck", "-f", "-p", device).CombinedOutput(); err != nil {
-		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() > 1 {
-			return fmt.Errorf("check %s before growing it: %v: %s", device, err, strings.TrimSpace(string(out)))
-		}
-	}
-	if out, err := exec.CommandContext(ctx, "resize2fs", device).CombinedOutput(); err != nil {
-		return fmt.Errorf("grow the file system on %s: %v: %s", device, err, strings.TrimSpace(string(out)))
-	}
-	klog.InfoS("grew ext file system offline", "device", device, "fromBytes", blocks*blockSize, "toBytes", devSize)
 	return nil
 }
 
@@ -472,7 +548,7 @@ func (n *NodeService) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstag
 		return nil, err
 	}
 	defer unlock()
-	if err := mount.CleanupMountPoint(staging, n.mounter, true); err != nil {
+	if err := n.mounts.Cleanup(staging); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeUnstageVolume %s: unmount %s: %v", id, staging, err)
 	}
 	st, err := n.readState(id)
@@ -543,7 +619,7 @@ func (n *NodeService) NodePublishVolume(ctx context.Context, req *csi.NodePublis
 			return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: create target %s: %v", id, target, err)
 		}
 	}
-	notMnt, err := n.mounter.IsLikelyNotMountPoint(target)
+	notMnt, err := n.mounts.IsLikelyNotMountPoint(target)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: check mount point %s: %v", id, target, err)
 	}
@@ -557,20 +633,22 @@ func (n *NodeService) NodePublishVolume(ctx context.Context, req *csi.NodePublis
 	if mnt := req.GetVolumeCapability().GetMount(); mnt != nil {
 		opts = append(opts, mnt.GetMountFlags()...)
 	}
-	if err := n.mounter.Mount(source, target, fsType, opts); err != nil {
+	if err := n.mounts.Mount(source, target, fsType, opts); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: bind mount %s at %s: %v", id, source, target, err)
 	}
-	if st.Targets == nil {
-		st.Targets = map[string]bool{}
-	}
-	st.Targets[target] = singleWriter
-	if err := n.writeState(st); err != nil {
-		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: save node state: %v", id, err)
+	st, err = n.updateState(id, func(st *stagedVolume) {
+		if st.Targets == nil {
+			st.Targets = map[string]bool{}
+		}
+		st.Targets[target] = singleWriter
+	})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: %v", id, err)
 	}
 	// The pod's cgroup exists by now (the kubelet publishes after creating
 	// the pod sandbox), so its I/O limits can be set right away.
 	if v, err := n.volumes.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: id}); err == nil {
-		if err := n.applyLimits(st, limitsOf(v)); err != nil {
+		if err := n.limits.Apply(st.Device, limitsOf(v), n.podsOf(st)); err != nil {
 			klog.ErrorS(err, "apply volume limits", "volumeID", id, "device", st.Device)
 		}
 	}
@@ -588,13 +666,14 @@ func (n *NodeService) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpu
 		return nil, err
 	}
 	defer unlock()
-	if err := mount.CleanupMountPoint(target, n.mounter, true); err != nil {
+	if err := n.mounts.Cleanup(target); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeUnpublishVolume %s: unmount %s: %v", id, target, err)
 	}
-	if st, err := n.readState(id); err == nil && st != nil && st.Targets != nil {
-		delete(st.Targets, target)
-		if err := n.writeState(st); err != nil {
-			return nil, status.Errorf(codes.Internal, "NodeUnpublishVolume %s: save node state: %v", id, err)
+	// updateState would create a record for a volume the node does not
+	// know; an unpublish of such a volume has nothing to forget.
+	if st, err := n.readState(id); err == nil && len(st.targets()) > 0 {
+		if _, err := n.updateState(id, func(st *stagedVolume) { delete(st.Targets, target) }); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodeUnpublishVolume %s: %v", id, err)
 		}
 	}
 	klog.InfoS("NodeUnpublishVolume: unpublished", "volumeID", id, "target", target)
@@ -621,7 +700,7 @@ func (n *NodeService) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandV
 	if _, err := os.Stat(path); err != nil {
 		return nil, status.Errorf(codes.NotFound, "NodeExpandVolume %s: volume path %s: %v", id, path, err)
 	}
-	size, err := attach.Refresh(st.Device)
+	size, err := n.loops.Refresh(st.Device)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: make %s see the new size: %v", id, st.Device, err)
 	}
@@ -631,8 +710,8 @@ func (n *NodeService) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandV
 		if mountPath == "" {
 			mountPath = path
 		}
-		if _, err := mount.NewResizeFs(utilexec.New()).Resize(st.Device, mountPath); err != nil {
-			if strings.Contains(err.Error(), "exit status 1") && n.isExt(st.Device) {
+		if err := n.mounts.Resize(st.Device, mountPath); err != nil {
+			if strings.Contains(err.Error(), "exit status 1") && n.mounts.IsExt(st.Device) {
 				// The kernel grows a mounted ext4 only for a caller with
 				// CAP_SYS_RESOURCE; sandboxes often drop it even for root.
 				return nil, status.Errorf(codes.FailedPrecondition,
@@ -692,13 +771,19 @@ func (n *NodeService) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVo
 // condition reports an abnormal volume when its loop device is gone or its
 // file system is no longer mounted where the pod expects it.
 func (n *NodeService) condition(st *stagedVolume, path string, isDir bool) *csi.VolumeCondition {
-	if _, found, err := attach.Find(st.ImagePath); err != nil || !found {
+	if _, found, err := n.loops.Find(st.ImagePath); err != nil || !found {
 		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("the loop device of volume %s (%s) is gone", st.VolumeID, st.ImagePath)}
 	}
 	if isDir {
-		if notMnt, err := n.mounter.IsLikelyNotMountPoint(path); err != nil || notMnt {
+		if notMnt, err := n.mounts.IsLikelyNotMountPoint(path); err != nil || notMnt {
 			return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("volume %s is not mounted at %s", st.VolumeID, path)}
 		}
+	}
+	if !n.limits.Enforced() {
+		// Not abnormal in the CSI sense (the volume is usable and works),
+		// but it runs without its IOPS and throughput limits: say so where
+		// kubectl and the health monitor show it.
+		return &csi.VolumeCondition{Message: fmt.Sprintf("healthy, but its IOPS and throughput limits are not enforced on node %s: %s", n.cfg.NodeID, n.limits)}
 	}
 	return &csi.VolumeCondition{Message: "healthy"}
 }

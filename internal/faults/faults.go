@@ -9,6 +9,18 @@ import (
 	"syscall"
 )
 
+// Points are the crash points the server has, in the order an operation
+// reaches them; the crash tests cover every one.
+var Points = []string{
+	"create-volume:recorded", "create-volume:image-created",
+	"restore-volume:recorded", "restore-volume:image-created",
+	"clone-volume:recorded", "clone-volume:image-created",
+	"resize-volume:image-grown",
+	"delete-volume:marked",
+	"create-snapshot:recorded", "create-snapshot:image-created",
+	"delete-snapshot:marked",
+}
+
 // EnvVar names the point at which the process kills itself with SIGKILL.
 const EnvVar = "STOWAGE_CRASH_AT"
 

@@ -12,10 +12,13 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stowage-io/stowage/internal/block"
 )
 
-// KeySize is the data-key size fscrypt's AES-256-XTS needs for v2 policies.
-const KeySize = 64
+// KeySize is the data-key size fscrypt's AES-256-XTS needs for v2 policies:
+// the volume model's data key.
+const KeySize = block.DataKeySize
 
 // ErrNotEncrypted means a non-empty directory has no encryption policy, so
 // it cannot be made encrypted in place.

@@ -9,7 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
-	"github.com/stowage-io/stowage/internal/fscrypt"
+	"github.com/stowage-io/stowage/internal/block"
 	"github.com/stowage-io/stowage/internal/kms"
 )
 
@@ -53,7 +53,7 @@ func (s *Server) volumeEncryption(ctx context.Context, req *pb.CreateVolumeReque
 	if !wantEncrypted {
 		return Encryption{}, nil
 	}
-	_, wrapped, keyID, err := s.kms.GenerateDataKey(ctx, req.KmsKeyId, fscrypt.KeySize, nil)
+	_, wrapped, keyID, err := s.kms.GenerateDataKey(ctx, req.KmsKeyId, block.DataKeySize, nil)
 	if err != nil {
 		return Encryption{}, kmsError(err, req.KmsKeyId)
 	}

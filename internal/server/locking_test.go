@@ -25,6 +25,16 @@ func (g gatedPool) CreateImage(ctx context.Context, id string, size int64) error
 	return g.Pool.CreateImage(ctx, id, size)
 }
 
+func (g gatedPool) CreateImageFromSnapshot(ctx context.Context, id, snapshotID string, size int64) error {
+	g.gate("restore-image", snapshotID)
+	return g.Pool.CreateImageFromSnapshot(ctx, id, snapshotID, size)
+}
+
+func (g gatedPool) CloneImage(ctx context.Context, id, sourceID string, size int64) error {
+	g.gate("clone-image", sourceID)
+	return g.Pool.CloneImage(ctx, id, sourceID, size)
+}
+
 func (g gatedPool) ResizeImage(ctx context.Context, id string, size int64) error {
 	g.gate("resize-image", id)
 	return g.Pool.ResizeImage(ctx, id, size)
@@ -191,6 +201,63 @@ func TestCreateInProgress_OpsOnTheNewVolumeAborted(t *testing.T) {
 	}
 	if again := e.create(t, &pb.CreateVolumeRequest{Name: "slow", SizeGib: 10}); again.Id != id {
 		t.Errorf("name now resolves to %s, want %s", again.Id, id)
+	}
+}
+
+// TestRestoreOrCloneInProgress_DeleteOfTheSourceAborted: while a restore or
+// clone copies its source, a delete of that snapshot or volume waits and is
+// aborted, and the copy then finishes with the source intact.
+func TestRestoreOrCloneInProgress_DeleteOfTheSourceAborted(t *testing.T) {
+	for _, tt := range []struct {
+		name, op string
+		create   func(src *pb.Volume, snap *pb.Snapshot) *pb.CreateVolumeRequest
+	}{
+		{"restore", "restore-image", func(_ *pb.Volume, snap *pb.Snapshot) *pb.CreateVolumeRequest {
+			return &pb.CreateVolumeRequest{Name: "restored", SizeGib: 1, SnapshotId: snap.Id}
+		}},
+		{"clone", "clone-image", func(src *pb.Volume, _ *pb.Snapshot) *pb.CreateVolumeRequest {
+			return &pb.CreateVolumeRequest{Name: "cloned", SizeGib: 1, SourceVolumeId: src.Id}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHold(t, tt.op)
+			e := newEnv(t, envOptions{lockWait: 50 * time.Millisecond, wrap: h.wrap})
+			ctx := testCtx(t)
+			src := e.create(t, &pb.CreateVolumeRequest{Name: "source", SizeGib: 1})
+			writeAt(t, e.imagePath(src.Id), 0, []byte("source data"))
+			snap, err := e.snapshots.CreateSnapshot(ctx, &pb.CreateSnapshotRequest{VolumeId: src.Id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			made := make(chan error, 1)
+			var v *pb.Volume
+			go func() {
+				var err error
+				v, err = e.volumes.CreateVolume(ctx, tt.create(src, snap))
+				made <- err
+			}()
+			sourceID := h.wait(t)
+
+			var delErr error
+			if tt.name == "restore" {
+				_, delErr = e.snapshots.DeleteSnapshot(ctx, &pb.DeleteSnapshotRequest{SnapshotId: sourceID})
+			} else {
+				_, delErr = e.volumes.DeleteVolume(ctx, &pb.DeleteVolumeRequest{VolumeId: sourceID})
+			}
+			wantCode(t, delErr, codes.Aborted, sourceID)
+
+			h.Release()
+			if err := <-made; err != nil {
+				t.Fatalf("held %s: %v", tt.name, err)
+			}
+			if got := string(readAt(t, e.imagePath(v.Id), 0, 11)); got != "source data" {
+				t.Errorf("%s holds %q, want the source's data", tt.name, got)
+			}
+			if _, err := e.snapshots.DescribeSnapshot(ctx, &pb.DescribeSnapshotRequest{SnapshotId: snap.Id}); err != nil {
+				t.Errorf("snapshot after the aborted delete: %v", err)
+			}
+			e.describe(t, src.Id)
+		})
 	}
 }
 

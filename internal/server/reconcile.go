@@ -74,7 +74,7 @@ func (s *Server) Reconcile(ctx context.Context) error {
 	for i := range snapshots {
 		sn := &snapshots[i]
 		if sn.State == SnapshotPending || sn.State == SnapshotDeleting {
-			s.log.Warn("reconcile: removing a snapshot that did not finish", "snapshot", sn.ID, "state", sn.State)
+			s.log.Warn("reconcile: removing a snapshot that did not finish", "snapshot", sn.ID, "state", sn.State.Word())
 			if err := s.deleteSnapshot(ctx, sn); err != nil {
 				return fmt.Errorf("reconcile: snapshot %s: %w", sn.ID, err)
 			}

@@ -48,7 +48,7 @@ func putSnapshotRecord(t *testing.T, e *testEnv, sn *snapshotRecord) {
 
 // setState changes a volume's recorded state, as a crash in the middle of an
 // operation would have left it.
-func setState(t *testing.T, e *testEnv, id, state string) {
+func setState(t *testing.T, e *testEnv, id string, state pb.VolumeState) {
 	t.Helper()
 	v, err := e.srv.getVolume(testCtx(t), id)
 	if err != nil {

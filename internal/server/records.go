@@ -26,20 +26,21 @@ const (
 	bucketNodes         = "nodes"
 )
 
-// Volume states, as EBS names them.
+// Volume states, as EBS names them; the list is the proto's, and records
+// store their words ("in-use").
 const (
-	StateCreating  = "creating"
-	StateAvailable = "available"
-	StateInUse     = "in-use"
-	StateDeleting  = "deleting"
-	StateError     = "error"
+	StateCreating  = pb.VolumeState_VOLUME_STATE_CREATING
+	StateAvailable = pb.VolumeState_VOLUME_STATE_AVAILABLE
+	StateInUse     = pb.VolumeState_VOLUME_STATE_IN_USE
+	StateDeleting  = pb.VolumeState_VOLUME_STATE_DELETING
+	StateError     = pb.VolumeState_VOLUME_STATE_ERROR
 )
 
 // Snapshot states.
 const (
-	SnapshotPending   = "pending"
-	SnapshotCompleted = "completed"
-	SnapshotDeleting  = "deleting"
+	SnapshotPending   = pb.SnapshotState_SNAPSHOT_STATE_PENDING
+	SnapshotCompleted = pb.SnapshotState_SNAPSHOT_STATE_COMPLETED
+	SnapshotDeleting  = pb.SnapshotState_SNAPSHOT_STATE_DELETING
 )
 
 // volumeRecord is a volume as the store keeps it.
@@ -54,7 +55,7 @@ type volumeRecord struct {
 	Type           string            `json:"type"`
 	IOPS           int64             `json:"iops"`
 	Throughput     int64             `json:"throughputMiBps"`
-	State          string            `json:"state"`
+	State          pb.VolumeState    `json:"state"`
 	StateReason    string            `json:"stateReason,omitempty"`
 	Tags           map[string]string `json:"tags,omitempty"`
 	SnapshotID     string            `json:"snapshotId,omitempty"`
@@ -79,7 +80,7 @@ type snapshotRecord struct {
 	Zone        string            `json:"zone"`
 	SizeGiB     int64             `json:"sizeGiB"`
 	SizeBytes   int64             `json:"sizeBytes"`
-	State       string            `json:"state"`
+	State       pb.SnapshotState  `json:"state"`
 	Tags        map[string]string `json:"tags,omitempty"`
 	Description string            `json:"description,omitempty"`
 	Encryption
@@ -128,7 +129,7 @@ func (v *volumeRecord) toProto(p Pool) *pb.Volume {
 
 func (v *volumeRecord) attachmentProto(a attachmentRecord, p Pool) *pb.Attachment {
 	att := &pb.Attachment{
-		VolumeId: v.ID, NodeId: a.NodeID, State: "attached",
+		VolumeId: v.ID, NodeId: a.NodeID, State: pb.AttachmentState_ATTACHMENT_STATE_ATTACHED,
 		AttachTime: timestamppb.New(a.Attached), ReadOnly: a.ReadOnly,
 	}
 	if p != nil {

@@ -141,6 +141,32 @@ func internal(err error, format string, args ...any) error {
 	return status.Errorf(codes.Internal, "%s: %v", fmt.Sprintf(format, args...), err)
 }
 
+// poolError maps an error of pool poolName to the gRPC code a user can act
+// on: the agent's sentinels become NOT_FOUND, ALREADY_EXISTS and
+// INVALID_ARGUMENT, a full pool RESOURCE_EXHAUSTED with its free space;
+// anything else is INTERNAL.
+func (s *Server) poolError(err error, poolName string, format string, args ...any) error {
+	what := fmt.Sprintf(format, args...)
+	switch {
+	case errors.Is(err, agent.ErrNotFound):
+		return status.Errorf(codes.NotFound, "%s: %v", what, err)
+	case errors.Is(err, agent.ErrExists):
+		return status.Errorf(codes.AlreadyExists, "%s: %v", what, err)
+	case errors.Is(err, agent.ErrInvalid):
+		return status.Errorf(codes.InvalidArgument, "%s: %v", what, err)
+	case errors.Is(err, agent.ErrNoSpace):
+		free := "unknown"
+		if p, ok := s.pools[poolName]; ok {
+			if c, cerr := p.Capacity(); cerr == nil {
+				free = fmt.Sprintf("%s of %s", block.FormatBytes(c.FreeBytes), block.FormatBytes(c.TotalBytes))
+			}
+		}
+		return status.Errorf(codes.ResourceExhausted,
+			"%s: storage pool %s is full (free: %s); delete volumes or snapshots in it, or add space to the pool", what, poolName, free)
+	}
+	return internal(err, "%s", what)
+}
+
 // invalid maps a model validation error to INVALID_ARGUMENT.
 func invalid(err error) error {
 	if errors.Is(err, block.ErrInvalid) {

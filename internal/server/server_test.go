@@ -468,7 +468,7 @@ func TestVolumeState_AttachDetach_AvailableThenInUseThenAvailable(t *testing.T) 
 	steps := []struct {
 		name      string
 		do        func() error
-		wantState string
+		wantState pb.VolumeState
 		wantNodes []string
 	}{
 		{"created", func() error { return nil }, StateAvailable, nil},

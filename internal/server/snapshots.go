@@ -53,7 +53,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *pb.CreateSnapshotReque
 		return nil, err
 	}
 	if v.State != StateAvailable && v.State != StateInUse {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s; only available or in-use volumes can be snapshotted", v.ID, v.State)
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s; only available or in-use volumes can be snapshotted", v.ID, v.State.Word())
 	}
 	p, err := s.pool(v.Pool)
 	if err != nil {
@@ -87,8 +87,9 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *pb.CreateSnapshotReque
 	start := time.Now()
 	if err := p.SnapshotImage(ctx, v.ID, sn.ID); err != nil {
 		s.rollbackSnapshot(sn)
-		return nil, internal(err, "snapshot image of volume %s", v.ID)
+		return nil, s.poolError(err, v.Pool, "snapshot image of volume %s", v.ID)
 	}
+	faults.Point("create-snapshot:image-created")
 	took := time.Since(start)
 	sn.State = SnapshotCompleted
 	if err := s.putSnapshot(ctx, sn); err != nil {
@@ -206,9 +207,10 @@ func (s *Server) deleteSnapshot(ctx context.Context, sn *snapshotRecord) error {
 	if err := s.putSnapshot(ctx, sn); err != nil {
 		return err
 	}
+	faults.Point("delete-snapshot:marked")
 	if p, ok := s.pools[sn.Pool]; ok {
 		if err := p.DeleteSnapshot(ctx, sn.ID); err != nil {
-			return internal(err, "delete image of snapshot %s", sn.ID)
+			return s.poolError(err, sn.Pool, "delete image of snapshot %s", sn.ID)
 		}
 	}
 	if err := s.forgetSnapshot(ctx, sn); err != nil {

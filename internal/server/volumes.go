@@ -57,6 +57,25 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 		}
 	}
 
+	// The source of a restore or clone is locked until the copy is made, so
+	// that a delete of the snapshot or volume cannot remove it under the
+	// copy. Lock order is name, then source, then the new id: every other
+	// operation takes at most one of these before the others.
+	switch {
+	case req.SnapshotId != "":
+		unlockSrc, err := s.lock(ctx, "snapshot "+req.SnapshotId, req.SnapshotId)
+		if err != nil {
+			return nil, err
+		}
+		defer unlockSrc()
+	case req.SourceVolumeId != "":
+		unlockSrc, err := s.lock(ctx, "volume "+req.SourceVolumeId, req.SourceVolumeId)
+		if err != nil {
+			return nil, err
+		}
+		defer unlockSrc()
+	}
+
 	poolName, source, err := s.placeVolume(ctx, req, perf.SizeGiB)
 	if err != nil {
 		return nil, err
@@ -95,7 +114,16 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	if err != nil {
 		return nil, internal(err, "record volume %s", v.ID)
 	}
-	faults.Point("create-volume:recorded")
+	// Restores and clones have crash points of their own: their copy is a
+	// different step from making an empty image.
+	op := "create-volume"
+	switch {
+	case req.SnapshotId != "":
+		op = "restore-volume"
+	case req.SourceVolumeId != "":
+		op = "clone-volume"
+	}
+	faults.Point(op + ":recorded")
 
 	size := perf.SizeGiB * block.GiB
 	switch {
@@ -108,9 +136,9 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	}
 	if err != nil {
 		s.rollbackCreate(v)
-		return nil, internal(err, "create image for volume %s in pool %s", v.ID, poolName)
+		return nil, s.poolError(err, poolName, "create image for volume %s in pool %s", v.ID, poolName)
 	}
-	faults.Point("create-volume:image-created")
+	faults.Point(op + ":image-created")
 
 	v.State = StateAvailable
 	if err := s.putVolume(ctx, v); err != nil {
@@ -158,7 +186,7 @@ func (s *Server) placeVolume(ctx context.Context, req *pb.CreateVolumeRequest, s
 			return "", "", err
 		}
 		if sn.State != SnapshotCompleted {
-			return "", "", status.Errorf(codes.FailedPrecondition, "snapshot %s is %s, not completed", sn.ID, sn.State)
+			return "", "", status.Errorf(codes.FailedPrecondition, "snapshot %s is %s, not completed", sn.ID, sn.State.Word())
 		}
 		if sizeGiB < sn.SizeGiB {
 			return "", "", status.Errorf(codes.InvalidArgument, "volume size %d GiB is smaller than snapshot %s (%d GiB)", sizeGiB, sn.ID, sn.SizeGiB)
@@ -170,7 +198,7 @@ func (s *Server) placeVolume(ctx context.Context, req *pb.CreateVolumeRequest, s
 			return "", "", err
 		}
 		if src.State != StateAvailable && src.State != StateInUse {
-			return "", "", status.Errorf(codes.FailedPrecondition, "source volume %s is %s", src.ID, src.State)
+			return "", "", status.Errorf(codes.FailedPrecondition, "source volume %s is %s", src.ID, src.State.Word())
 		}
 		if sizeGiB < src.SizeGiB {
 			return "", "", status.Errorf(codes.InvalidArgument, "volume size %d GiB is smaller than source volume %s (%d GiB)", sizeGiB, src.ID, src.SizeGiB)
@@ -350,7 +378,7 @@ func volumeMatches(v *volumeRecord, req *pb.ListVolumesRequest, ids map[string]b
 	if req.Zone != "" && v.Zone != req.Zone {
 		return false
 	}
-	if req.State != "" && v.State != req.State {
+	if req.State != pb.VolumeState_VOLUME_STATE_UNSPECIFIED && v.State != req.State {
 		return false
 	}
 	if req.Node != "" {
@@ -403,7 +431,7 @@ func (s *Server) deleteVolume(ctx context.Context, v *volumeRecord) error {
 	faults.Point("delete-volume:marked")
 	if p, ok := s.pools[v.Pool]; ok {
 		if err := p.DeleteImage(ctx, v.ID); err != nil {
-			return internal(err, "delete image of volume %s", v.ID)
+			return s.poolError(err, v.Pool, "delete image of volume %s", v.ID)
 		}
 	}
 	if err := s.forgetVolume(ctx, v); err != nil {
@@ -443,7 +471,7 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 		return v.attachmentProto(a, p), nil
 	}
 	if v.State != StateAvailable && v.State != StateInUse {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be attached", v.ID, v.State)
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be attached", v.ID, v.State.Word())
 	}
 	if len(v.Attachments) > 0 && !v.MultiAttach {
 		return nil, status.Errorf(codes.FailedPrecondition,
@@ -513,7 +541,7 @@ func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) 
 	}
 	defer unlock()
 	if v.State != StateAvailable && v.State != StateInUse {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be resized", v.ID, v.State)
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be resized", v.ID, v.State.Word())
 	}
 	if req.SizeGib == v.SizeGiB {
 		return v.toProto(s.pools[v.Pool]), nil
@@ -530,8 +558,12 @@ func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) 
 		return nil, err
 	}
 	if err := p.ResizeImage(ctx, v.ID, perf.SizeGiB*block.GiB); err != nil {
-		return nil, internal(err, "grow image of volume %s", v.ID)
+		return nil, s.poolError(err, v.Pool, "grow image of volume %s", v.ID)
 	}
+	// A crash here leaves the image larger than the record says; the
+	// retry (the resizer's, or the user's) grows it to the same size, which
+	// is success, and records it.
+	faults.Point("resize-volume:image-grown")
 	old := v.SizeGiB
 	v.setPerf(perf)
 	if err := s.putVolume(ctx, v); err != nil {

@@ -3,15 +3,16 @@
 # "External Storage [Driver: block.csi.stowage.io]") against the block CSI
 # driver on the local cluster of `stowage up`, and write a summary.
 #
-#   sudo bash test/conformance/run.sh            # everything that can run here
-#   sudo bash test/conformance/run.sh --ci       # the subset CI runs
-#   sudo bash test/conformance/run.sh --focus 'volume-expand' --skip 'block volmode'
+#   bash test/conformance/run.sh            # everything that can run here
+#   bash test/conformance/run.sh --ci       # the subset CI runs
+#   bash test/conformance/run.sh --focus 'volume-expand' --skip 'block volmode'
 #
 # Steps: build e2e.test and ginkgo if missing (hack/build-components.sh),
 # bin/stowage if missing; `stowage up` unless the cluster runs; build and
 # import the test images (hack/e2e-images.sh); run ginkgo; summarize.
 # The results and every skip's reason are in docs/conformance.md.
 set -euo pipefail
+source "$(dirname "$0")/../../hack/lib/root.sh"
 
 usage() {
 	cat <<'EOF'

@@ -29,6 +29,7 @@ import (
 	"github.com/stowage-io/stowage/internal/faults"
 	"github.com/stowage-io/stowage/internal/testutil/loopfs"
 	"github.com/stowage-io/stowage/internal/testutil/stack"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // binary is the stowage binary built once for all tests.
@@ -261,7 +262,7 @@ func volumesNamed(t *testing.T, a *apiClients, name string) []*pb.Volume {
 func wantOneAvailable(t *testing.T, a *apiClients, name string) {
 	t.Helper()
 	vs := volumesNamed(t, a, name)
-	if len(vs) != 1 || vs[0].State != "available" {
+	if len(vs) != 1 || vs[0].State != pb.VolumeState_VOLUME_STATE_AVAILABLE {
 		t.Fatalf("volumes named %q: %v, want exactly one, available", name, vs)
 	}
 }
@@ -281,6 +282,10 @@ func checkPool(t *testing.T, e *crashEnv, a *apiClients) {
 	var wantVols, wantSnaps []string
 	for _, v := range vols.Volumes {
 		wantVols = append(wantVols, v.Id+".img")
+		// An image of another size than the record's is half an operation.
+		if fi, err := os.Stat(filepath.Join(e.poolDir, "volumes", v.Id+".img")); err == nil && fi.Size() != v.SizeGib<<30 {
+			t.Errorf("image of %s is %d bytes; its record says %d GiB", v.Id, fi.Size(), v.SizeGib)
+		}
 	}
 	for _, s := range snaps.Snapshots {
 		wantSnaps = append(wantSnaps, s.Id+".img")
@@ -326,6 +331,63 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 		op    func(ctx context.Context, a *apiClients, id string) error
 		check func(t *testing.T, a *apiClients, id string)
 	}
+	// withSnapshot makes a source volume and a snapshot of it; it
+	// returns the snapshot's id, whose volume is named crash-src.
+	withSnapshot := func(t *testing.T, a *apiClients) string {
+		v, err := a.volumes.CreateVolume(callCtx(t), &pb.CreateVolumeRequest{Name: "crash-src", SizeGib: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sn, err := a.snapshots.CreateSnapshot(callCtx(t), &pb.CreateSnapshotRequest{Name: "crash-snap", VolumeId: v.Id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sn.Id
+	}
+	withVolume := func(name string) func(t *testing.T, a *apiClients) string {
+		return func(t *testing.T, a *apiClients) string {
+			v, err := a.volumes.CreateVolume(callCtx(t), &pb.CreateVolumeRequest{Name: name, SizeGib: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v.Id
+		}
+	}
+	restore := func(ctx context.Context, a *apiClients, snapID string) error {
+		_, err := a.volumes.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "crash-restored", SizeGib: 1, SnapshotId: snapID})
+		return err
+	}
+	restored := func(t *testing.T, a *apiClients, snapID string) {
+		wantOneAvailable(t, a, "crash-restored")
+		wantOneAvailable(t, a, "crash-src")
+		if _, err := a.snapshots.DescribeSnapshot(callCtx(t), &pb.DescribeSnapshotRequest{SnapshotId: snapID}); err != nil {
+			t.Errorf("source snapshot after the restore: %v", err)
+		}
+	}
+	clone := func(ctx context.Context, a *apiClients, srcID string) error {
+		_, err := a.volumes.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "crash-clone", SizeGib: 1, SourceVolumeId: srcID})
+		return err
+	}
+	cloned := func(t *testing.T, a *apiClients, _ string) {
+		wantOneAvailable(t, a, "crash-clone")
+		wantOneAvailable(t, a, "crash-src")
+	}
+	snapshotted := func(t *testing.T, a *apiClients, id string) {
+		wantOneAvailable(t, a, "crash-src")
+		snaps, err := a.snapshots.ListSnapshots(callCtx(t), &pb.ListSnapshotsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var named []*pb.Snapshot
+		for _, s := range snaps.Snapshots {
+			if s.Name == "crash-snap" {
+				named = append(named, s)
+			}
+		}
+		if len(named) != 1 || named[0].State != pb.SnapshotState_SNAPSHOT_STATE_COMPLETED || named[0].VolumeId != id {
+			t.Errorf("snapshots named crash-snap: %v, want one completed snapshot of %s", named, id)
+		}
+	}
 	createVolume := func(ctx context.Context, a *apiClients, _ string) error {
 		_, err := a.volumes.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "crash-vol", SizeGib: 1, Tags: map[string]string{"t": "1"}})
 		return err
@@ -368,23 +430,57 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 				_, err := a.snapshots.CreateSnapshot(ctx, &pb.CreateSnapshotRequest{Name: "crash-snap", VolumeId: id})
 				return err
 			},
+			check: snapshotted},
+	}
+	tests = append(tests,
+		crashCase{point: "restore-volume:recorded", setup: withSnapshot, op: restore, check: restored},
+		crashCase{point: "restore-volume:image-created", setup: withSnapshot, op: restore, check: restored},
+		crashCase{point: "clone-volume:recorded", setup: withVolume("crash-src"), op: clone, check: cloned},
+		crashCase{point: "clone-volume:image-created", setup: withVolume("crash-src"), op: clone, check: cloned},
+		crashCase{point: "resize-volume:image-grown", setup: withVolume("crash-vol"),
+			op: func(ctx context.Context, a *apiClients, id string) error {
+				_, err := a.volumes.ResizeVolume(ctx, &pb.ResizeVolumeRequest{VolumeId: id, SizeGib: 2})
+				return err
+			},
 			check: func(t *testing.T, a *apiClients, id string) {
-				wantOneAvailable(t, a, "crash-src")
-				snaps, err := a.snapshots.ListSnapshots(callCtx(t), &pb.ListSnapshotsRequest{})
+				v, err := a.volumes.DescribeVolume(callCtx(t), &pb.DescribeVolumeRequest{VolumeId: id})
 				if err != nil {
 					t.Fatal(err)
 				}
-				var named []*pb.Snapshot
-				for _, s := range snaps.Snapshots {
-					if s.Name == "crash-snap" {
-						named = append(named, s)
-					}
-				}
-				if len(named) != 1 || named[0].State != "completed" || named[0].VolumeId != id {
-					t.Errorf("snapshots named crash-snap: %v, want one completed snapshot of %s", named, id)
+				if v.SizeGib != 2 || v.State != pb.VolumeState_VOLUME_STATE_AVAILABLE {
+					t.Errorf("resized volume is %d GiB, %s; want 2 GiB, available", v.SizeGib, v.State.Word())
 				}
 			}},
-	}
+		crashCase{point: "create-snapshot:image-created", setup: withVolume("crash-src"),
+			op: func(ctx context.Context, a *apiClients, id string) error {
+				_, err := a.snapshots.CreateSnapshot(ctx, &pb.CreateSnapshotRequest{Name: "crash-snap", VolumeId: id})
+				return err
+			},
+			check: snapshotted},
+		crashCase{point: "delete-snapshot:marked", setup: withSnapshot,
+			op: func(ctx context.Context, a *apiClients, id string) error {
+				_, err := a.snapshots.DeleteSnapshot(ctx, &pb.DeleteSnapshotRequest{SnapshotId: id})
+				return err
+			},
+			check: func(t *testing.T, a *apiClients, id string) {
+				_, err := a.snapshots.DescribeSnapshot(callCtx(t), &pb.DescribeSnapshotRequest{SnapshotId: id})
+				if status.Code(err) != codes.NotFound {
+					t.Errorf("deleted snapshot %s: %v, want NotFound", id, err)
+				}
+				wantOneAvailable(t, a, "crash-src")
+			}},
+	)
+	t.Run("every crash point has a case", func(t *testing.T) {
+		covered := map[string]bool{}
+		for _, tt := range tests {
+			covered[tt.point] = true
+		}
+		for _, p := range faults.Points {
+			if !covered[p] {
+				t.Errorf("crash point %s has no case here", p)
+			}
+		}
+	})
 	e := newCrashEnv(t)
 	for i, tt := range tests {
 		t.Run(tt.point, func(t *testing.T) {
@@ -423,19 +519,14 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 // loopDevicesOf lists the loop devices whose backing file is image.
 func loopDevicesOf(t *testing.T, image string) []string {
 	t.Helper()
-	files, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	loops, err := loopdev.List()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var devs []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue // detached meanwhile
-		}
-		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
-		if backing == image {
-			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
+	for _, l := range loops {
+		if l.BackingFile == image {
+			devs = append(devs, l.Path)
 		}
 	}
 	return devs

@@ -27,6 +27,172 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// The states of volumes, snapshots and attachments: the one list the
+// server, the CLI and the CSI driver use. Their words (VolumeState.Word:
+// "in-use") are what the CLI prints and the store records.
+type VolumeState int32
+
+const (
+	VolumeState_VOLUME_STATE_UNSPECIFIED VolumeState = 0
+	// The image is being made; a crash now is rolled back at the next start.
+	VolumeState_VOLUME_STATE_CREATING  VolumeState = 1
+	VolumeState_VOLUME_STATE_AVAILABLE VolumeState = 2
+	// Attached to at least one node.
+	VolumeState_VOLUME_STATE_IN_USE VolumeState = 3
+	// Being deleted; a crash now is finished at the next start.
+	VolumeState_VOLUME_STATE_DELETING VolumeState = 4
+	// The image is missing or broken; state_reason says why.
+	VolumeState_VOLUME_STATE_ERROR VolumeState = 5
+)
+
+// Enum value maps for VolumeState.
+var (
+	VolumeState_name = map[int32]string{
+		0: "VOLUME_STATE_UNSPECIFIED",
+		1: "VOLUME_STATE_CREATING",
+		2: "VOLUME_STATE_AVAILABLE",
+		3: "VOLUME_STATE_IN_USE",
+		4: "VOLUME_STATE_DELETING",
+		5: "VOLUME_STATE_ERROR",
+	}
+	VolumeState_value = map[string]int32{
+		"VOLUME_STATE_UNSPECIFIED": 0,
+		"VOLUME_STATE_CREATING":    1,
+		"VOLUME_STATE_AVAILABLE":   2,
+		"VOLUME_STATE_IN_USE":      3,
+		"VOLUME_STATE_DELETING":    4,
+		"VOLUME_STATE_ERROR":       5,
+	}
+)
+
+func (x VolumeState) Enum() *VolumeState {
+	p := new(VolumeState)
+	*p = x
+	return p
+}
+
+func (x VolumeState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (VolumeState) Descriptor() protoreflect.EnumDescriptor {
+	return file_stowage_v1_stowage_proto_enumTypes[0].Descriptor()
+}
+
+func (VolumeState) Type() protoreflect.EnumType {
+	return &file_stowage_v1_stowage_proto_enumTypes[0]
+}
+
+func (x VolumeState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use VolumeState.Descriptor instead.
+func (VolumeState) EnumDescriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{0}
+}
+
+type SnapshotState int32
+
+const (
+	SnapshotState_SNAPSHOT_STATE_UNSPECIFIED SnapshotState = 0
+	// Being taken; a crash now removes it at the next start.
+	SnapshotState_SNAPSHOT_STATE_PENDING SnapshotState = 1
+	// Ready to restore from.
+	SnapshotState_SNAPSHOT_STATE_COMPLETED SnapshotState = 2
+	// Being deleted; a crash now is finished at the next start.
+	SnapshotState_SNAPSHOT_STATE_DELETING SnapshotState = 3
+)
+
+// Enum value maps for SnapshotState.
+var (
+	SnapshotState_name = map[int32]string{
+		0: "SNAPSHOT_STATE_UNSPECIFIED",
+		1: "SNAPSHOT_STATE_PENDING",
+		2: "SNAPSHOT_STATE_COMPLETED",
+		3: "SNAPSHOT_STATE_DELETING",
+	}
+	SnapshotState_value = map[string]int32{
+		"SNAPSHOT_STATE_UNSPECIFIED": 0,
+		"SNAPSHOT_STATE_PENDING":     1,
+		"SNAPSHOT_STATE_COMPLETED":   2,
+		"SNAPSHOT_STATE_DELETING":    3,
+	}
+)
+
+func (x SnapshotState) Enum() *SnapshotState {
+	p := new(SnapshotState)
+	*p = x
+	return p
+}
+
+func (x SnapshotState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SnapshotState) Descriptor() protoreflect.EnumDescriptor {
+	return file_stowage_v1_stowage_proto_enumTypes[1].Descriptor()
+}
+
+func (SnapshotState) Type() protoreflect.EnumType {
+	return &file_stowage_v1_stowage_proto_enumTypes[1]
+}
+
+func (x SnapshotState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SnapshotState.Descriptor instead.
+func (SnapshotState) EnumDescriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{1}
+}
+
+type AttachmentState int32
+
+const (
+	AttachmentState_ATTACHMENT_STATE_UNSPECIFIED AttachmentState = 0
+	AttachmentState_ATTACHMENT_STATE_ATTACHED    AttachmentState = 1
+)
+
+// Enum value maps for AttachmentState.
+var (
+	AttachmentState_name = map[int32]string{
+		0: "ATTACHMENT_STATE_UNSPECIFIED",
+		1: "ATTACHMENT_STATE_ATTACHED",
+	}
+	AttachmentState_value = map[string]int32{
+		"ATTACHMENT_STATE_UNSPECIFIED": 0,
+		"ATTACHMENT_STATE_ATTACHED":    1,
+	}
+)
+
+func (x AttachmentState) Enum() *AttachmentState {
+	p := new(AttachmentState)
+	*p = x
+	return p
+}
+
+func (x AttachmentState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AttachmentState) Descriptor() protoreflect.EnumDescriptor {
+	return file_stowage_v1_stowage_proto_enumTypes[2].Descriptor()
+}
+
+func (AttachmentState) Type() protoreflect.EnumType {
+	return &file_stowage_v1_stowage_proto_enumTypes[2]
+}
+
+func (x AttachmentState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AttachmentState.Descriptor instead.
+func (AttachmentState) EnumDescriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{2}
+}
+
 type Key struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1019,16 +1185,15 @@ type Volume struct {
 	Type            string                 `protobuf:"bytes,5,opt,name=type,proto3" json:"type,omitempty"` // gp2, gp3, io1, io2, st1, sc1, standard
 	Iops            int64                  `protobuf:"varint,6,opt,name=iops,proto3" json:"iops,omitempty"`
 	ThroughputMibps int64                  `protobuf:"varint,7,opt,name=throughput_mibps,json=throughputMibps,proto3" json:"throughput_mibps,omitempty"`
-	// creating, available, in-use, deleting, error
-	State          string                 `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
-	Tags           map[string]string      `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	SnapshotId     string                 `protobuf:"bytes,10,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`               // the snapshot it was restored from
-	SourceVolumeId string                 `protobuf:"bytes,11,opt,name=source_volume_id,json=sourceVolumeId,proto3" json:"source_volume_id,omitempty"` // the volume it was cloned from
-	Attachments    []*Attachment          `protobuf:"bytes,12,rep,name=attachments,proto3" json:"attachments,omitempty"`
-	CreateTime     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	Encrypted      bool                   `protobuf:"varint,14,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
-	KmsKeyId       string                 `protobuf:"bytes,15,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
-	Pool           string                 `protobuf:"bytes,16,opt,name=pool,proto3" json:"pool,omitempty"`
+	State           VolumeState            `protobuf:"varint,20,opt,name=state,proto3,enum=stowage.v1.VolumeState" json:"state,omitempty"`
+	Tags            map[string]string      `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	SnapshotId      string                 `protobuf:"bytes,10,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`               // the snapshot it was restored from
+	SourceVolumeId  string                 `protobuf:"bytes,11,opt,name=source_volume_id,json=sourceVolumeId,proto3" json:"source_volume_id,omitempty"` // the volume it was cloned from
+	Attachments     []*Attachment          `protobuf:"bytes,12,rep,name=attachments,proto3" json:"attachments,omitempty"`
+	CreateTime      *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Encrypted       bool                   `protobuf:"varint,14,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
+	KmsKeyId        string                 `protobuf:"bytes,15,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
+	Pool            string                 `protobuf:"bytes,16,opt,name=pool,proto3" json:"pool,omitempty"`
 	// The node whose storage holds the volume. Until the network data path
 	// exists, the volume can only be attached there.
 	Node        string `protobuf:"bytes,17,opt,name=node,proto3" json:"node,omitempty"`
@@ -1118,11 +1283,11 @@ func (x *Volume) GetThroughputMibps() int64 {
 	return 0
 }
 
-func (x *Volume) GetState() string {
+func (x *Volume) GetState() VolumeState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return VolumeState_VOLUME_STATE_UNSPECIFIED
 }
 
 func (x *Volume) GetTags() map[string]string {
@@ -1206,7 +1371,7 @@ type Attachment struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	NodeId   string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	State    string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"` // attached
+	State    AttachmentState        `protobuf:"varint,7,opt,name=state,proto3,enum=stowage.v1.AttachmentState" json:"state,omitempty"`
 	// How the node reaches the volume's data: the image file for the local
 	// data path.
 	ImagePath     string                 `protobuf:"bytes,4,opt,name=image_path,json=imagePath,proto3" json:"image_path,omitempty"`
@@ -1260,11 +1425,11 @@ func (x *Attachment) GetNodeId() string {
 	return ""
 }
 
-func (x *Attachment) GetState() string {
+func (x *Attachment) GetState() AttachmentState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return AttachmentState_ATTACHMENT_STATE_UNSPECIFIED
 }
 
 func (x *Attachment) GetImagePath() string {
@@ -1562,14 +1727,15 @@ func (x *DescribeVolumeRequest) GetVolumeId() string {
 }
 
 type ListVolumesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Zone          string                 `protobuf:"bytes,1,opt,name=zone,proto3" json:"zone,omitempty"`
-	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	Tags          map[string]string      `protobuf:"bytes,3,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Node          string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // volumes attached to this node
-	PageSize      int32                  `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	VolumeIds     []string               `protobuf:"bytes,7,rep,name=volume_ids,json=volumeIds,proto3" json:"volume_ids,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Zone  string                 `protobuf:"bytes,1,opt,name=zone,proto3" json:"zone,omitempty"`
+	// Unspecified: any state.
+	State         VolumeState       `protobuf:"varint,8,opt,name=state,proto3,enum=stowage.v1.VolumeState" json:"state,omitempty"`
+	Tags          map[string]string `protobuf:"bytes,3,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Node          string            `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // volumes attached to this node
+	PageSize      int32             `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string            `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	VolumeIds     []string          `protobuf:"bytes,7,rep,name=volume_ids,json=volumeIds,proto3" json:"volume_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1611,11 +1777,11 @@ func (x *ListVolumesRequest) GetZone() string {
 	return ""
 }
 
-func (x *ListVolumesRequest) GetState() string {
+func (x *ListVolumesRequest) GetState() VolumeState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return VolumeState_VOLUME_STATE_UNSPECIFIED
 }
 
 func (x *ListVolumesRequest) GetTags() map[string]string {
@@ -2083,7 +2249,7 @@ type Snapshot struct {
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	VolumeId      string                 `protobuf:"bytes,3,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	SizeGib       int64                  `protobuf:"varint,4,opt,name=size_gib,json=sizeGib,proto3" json:"size_gib,omitempty"`
-	State         string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"` // pending, completed, error
+	State         SnapshotState          `protobuf:"varint,14,opt,name=state,proto3,enum=stowage.v1.SnapshotState" json:"state,omitempty"`
 	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	Tags          map[string]string      `protobuf:"bytes,7,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Description   string                 `protobuf:"bytes,8,opt,name=description,proto3" json:"description,omitempty"`
@@ -2154,11 +2320,11 @@ func (x *Snapshot) GetSizeGib() int64 {
 	return 0
 }
 
-func (x *Snapshot) GetState() string {
+func (x *Snapshot) GetState() SnapshotState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return SnapshotState_SNAPSHOT_STATE_UNSPECIFIED
 }
 
 func (x *Snapshot) GetCreateTime() *timestamppb.Timestamp {
@@ -3056,7 +3222,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x1c\n" +
 	"\n" +
-	"kms_key_id\x18\x03 \x01(\tR\bkmsKeyId\"\x9b\x05\n" +
+	"kms_key_id\x18\x03 \x01(\tR\bkmsKeyId\"\xba\x05\n" +
 	"\x06Volume\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -3064,8 +3230,8 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\bsize_gib\x18\x04 \x01(\x03R\asizeGib\x12\x12\n" +
 	"\x04type\x18\x05 \x01(\tR\x04type\x12\x12\n" +
 	"\x04iops\x18\x06 \x01(\x03R\x04iops\x12)\n" +
-	"\x10throughput_mibps\x18\a \x01(\x03R\x0fthroughputMibps\x12\x14\n" +
-	"\x05state\x18\b \x01(\tR\x05state\x120\n" +
+	"\x10throughput_mibps\x18\a \x01(\x03R\x0fthroughputMibps\x12-\n" +
+	"\x05state\x18\x14 \x01(\x0e2\x17.stowage.v1.VolumeStateR\x05state\x120\n" +
 	"\x04tags\x18\t \x03(\v2\x1c.stowage.v1.Volume.TagsEntryR\x04tags\x12\x1f\n" +
 	"\vsnapshot_id\x18\n" +
 	" \x01(\tR\n" +
@@ -3083,17 +3249,17 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\fstate_reason\x18\x13 \x01(\tR\vstateReason\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\b\x10\t\"\xf4\x01\n" +
 	"\n" +
 	"Attachment\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
-	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x121\n" +
+	"\x05state\x18\a \x01(\x0e2\x1b.stowage.v1.AttachmentStateR\x05state\x12\x1d\n" +
 	"\n" +
 	"image_path\x18\x04 \x01(\tR\timagePath\x12;\n" +
 	"\vattach_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"attachTime\x12\x1b\n" +
-	"\tread_only\x18\x06 \x01(\bR\breadOnly\"\xb0\x05\n" +
+	"\tread_only\x18\x06 \x01(\bR\breadOnlyJ\x04\b\x03\x10\x04\"\xb0\x05\n" +
 	"\x13CreateVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bsize_gib\x18\x02 \x01(\x03R\asizeGib\x12\x12\n" +
@@ -3122,10 +3288,10 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x04zone\x18\x01 \x01(\tR\x04zone\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\"4\n" +
 	"\x15DescribeVolumeRequest\x12\x1b\n" +
-	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"\xa4\x02\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"\xc3\x02\n" +
 	"\x12ListVolumesRequest\x12\x12\n" +
-	"\x04zone\x18\x01 \x01(\tR\x04zone\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\tR\x05state\x12<\n" +
+	"\x04zone\x18\x01 \x01(\tR\x04zone\x12-\n" +
+	"\x05state\x18\b \x01(\x0e2\x17.stowage.v1.VolumeStateR\x05state\x12<\n" +
 	"\x04tags\x18\x03 \x03(\v2(.stowage.v1.ListVolumesRequest.TagsEntryR\x04tags\x12\x12\n" +
 	"\x04node\x18\x04 \x01(\tR\x04node\x12\x1b\n" +
 	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -3135,7 +3301,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"volume_ids\x18\a \x03(\tR\tvolumeIds\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"k\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x02\x10\x03\"k\n" +
 	"\x13ListVolumesResponse\x12,\n" +
 	"\avolumes\x18\x01 \x03(\v2\x12.stowage.v1.VolumeR\avolumes\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"2\n" +
@@ -3163,13 +3329,13 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\badd_tags\x18\x05 \x03(\v2,.stowage.v1.ModifyVolumeRequest.AddTagsEntryR\aaddTags\x1a:\n" +
 	"\fAddTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x03\n" +
 	"\bSnapshot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
 	"\tvolume_id\x18\x03 \x01(\tR\bvolumeId\x12\x19\n" +
-	"\bsize_gib\x18\x04 \x01(\x03R\asizeGib\x12\x14\n" +
-	"\x05state\x18\x05 \x01(\tR\x05state\x12;\n" +
+	"\bsize_gib\x18\x04 \x01(\x03R\asizeGib\x12/\n" +
+	"\x05state\x18\x0e \x01(\x0e2\x19.stowage.v1.SnapshotStateR\x05state\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x122\n" +
 	"\x04tags\x18\a \x03(\v2\x1e.stowage.v1.Snapshot.TagsEntryR\x04tags\x12 \n" +
@@ -3184,7 +3350,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"kms_key_id\x18\r \x01(\tR\bkmsKeyId\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe4\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x05\x10\x06\"\xe4\x01\n" +
 	"\x15CreateSnapshotRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12?\n" +
@@ -3246,7 +3412,22 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"maxVolumes\"\x12\n" +
 	"\x10ListNodesRequest\";\n" +
 	"\x11ListNodesResponse\x12&\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x10.stowage.v1.NodeR\x05nodes2\xba\x05\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x10.stowage.v1.NodeR\x05nodes*\xae\x01\n" +
+	"\vVolumeState\x12\x1c\n" +
+	"\x18VOLUME_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15VOLUME_STATE_CREATING\x10\x01\x12\x1a\n" +
+	"\x16VOLUME_STATE_AVAILABLE\x10\x02\x12\x17\n" +
+	"\x13VOLUME_STATE_IN_USE\x10\x03\x12\x19\n" +
+	"\x15VOLUME_STATE_DELETING\x10\x04\x12\x16\n" +
+	"\x12VOLUME_STATE_ERROR\x10\x05*\x86\x01\n" +
+	"\rSnapshotState\x12\x1e\n" +
+	"\x1aSNAPSHOT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16SNAPSHOT_STATE_PENDING\x10\x01\x12\x1c\n" +
+	"\x18SNAPSHOT_STATE_COMPLETED\x10\x02\x12\x1b\n" +
+	"\x17SNAPSHOT_STATE_DELETING\x10\x03*R\n" +
+	"\x0fAttachmentState\x12 \n" +
+	"\x1cATTACHMENT_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19ATTACHMENT_STATE_ATTACHED\x10\x012\xba\x05\n" +
 	"\rVolumeService\x12C\n" +
 	"\fCreateVolume\x12\x1f.stowage.v1.CreateVolumeRequest\x1a\x12.stowage.v1.Volume\x12G\n" +
 	"\x0eDescribeVolume\x12!.stowage.v1.DescribeVolumeRequest\x1a\x12.stowage.v1.Volume\x12N\n" +
@@ -3296,153 +3477,161 @@ func file_stowage_v1_stowage_proto_rawDescGZIP() []byte {
 	return file_stowage_v1_stowage_proto_rawDescData
 }
 
+var file_stowage_v1_stowage_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_stowage_v1_stowage_proto_goTypes = []any{
-	(*Key)(nil),                        // 0: stowage.v1.Key
-	(*CreateKeyRequest)(nil),           // 1: stowage.v1.CreateKeyRequest
-	(*DescribeKeyRequest)(nil),         // 2: stowage.v1.DescribeKeyRequest
-	(*ListKeysRequest)(nil),            // 3: stowage.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),           // 4: stowage.v1.ListKeysResponse
-	(*KeyRequest)(nil),                 // 5: stowage.v1.KeyRequest
-	(*ScheduleKeyDeletionRequest)(nil), // 6: stowage.v1.ScheduleKeyDeletionRequest
-	(*CreateAliasRequest)(nil),         // 7: stowage.v1.CreateAliasRequest
-	(*DeleteAliasRequest)(nil),         // 8: stowage.v1.DeleteAliasRequest
-	(*DeleteAliasResponse)(nil),        // 9: stowage.v1.DeleteAliasResponse
-	(*EncryptRequest)(nil),             // 10: stowage.v1.EncryptRequest
-	(*EncryptResponse)(nil),            // 11: stowage.v1.EncryptResponse
-	(*DecryptRequest)(nil),             // 12: stowage.v1.DecryptRequest
-	(*DecryptResponse)(nil),            // 13: stowage.v1.DecryptResponse
-	(*GenerateDataKeyRequest)(nil),     // 14: stowage.v1.GenerateDataKeyRequest
-	(*GenerateDataKeyResponse)(nil),    // 15: stowage.v1.GenerateDataKeyResponse
-	(*GetVolumeDataKeyRequest)(nil),    // 16: stowage.v1.GetVolumeDataKeyRequest
-	(*VolumeDataKey)(nil),              // 17: stowage.v1.VolumeDataKey
-	(*Volume)(nil),                     // 18: stowage.v1.Volume
-	(*Attachment)(nil),                 // 19: stowage.v1.Attachment
-	(*CreateVolumeRequest)(nil),        // 20: stowage.v1.CreateVolumeRequest
-	(*Placement)(nil),                  // 21: stowage.v1.Placement
-	(*DescribeVolumeRequest)(nil),      // 22: stowage.v1.DescribeVolumeRequest
-	(*ListVolumesRequest)(nil),         // 23: stowage.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),        // 24: stowage.v1.ListVolumesResponse
-	(*DeleteVolumeRequest)(nil),        // 25: stowage.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),       // 26: stowage.v1.DeleteVolumeResponse
-	(*AttachVolumeRequest)(nil),        // 27: stowage.v1.AttachVolumeRequest
-	(*DetachVolumeRequest)(nil),        // 28: stowage.v1.DetachVolumeRequest
-	(*DetachVolumeResponse)(nil),       // 29: stowage.v1.DetachVolumeResponse
-	(*ResizeVolumeRequest)(nil),        // 30: stowage.v1.ResizeVolumeRequest
-	(*ModifyVolumeRequest)(nil),        // 31: stowage.v1.ModifyVolumeRequest
-	(*Snapshot)(nil),                   // 32: stowage.v1.Snapshot
-	(*CreateSnapshotRequest)(nil),      // 33: stowage.v1.CreateSnapshotRequest
-	(*DescribeSnapshotRequest)(nil),    // 34: stowage.v1.DescribeSnapshotRequest
-	(*ListSnapshotsRequest)(nil),       // 35: stowage.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),      // 36: stowage.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),      // 37: stowage.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),     // 38: stowage.v1.DeleteSnapshotResponse
-	(*Pool)(nil),                       // 39: stowage.v1.Pool
-	(*ListPoolsRequest)(nil),           // 40: stowage.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),          // 41: stowage.v1.ListPoolsResponse
-	(*Node)(nil),                       // 42: stowage.v1.Node
-	(*RegisterNodeRequest)(nil),        // 43: stowage.v1.RegisterNodeRequest
-	(*ListNodesRequest)(nil),           // 44: stowage.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),          // 45: stowage.v1.ListNodesResponse
-	nil,                                // 46: stowage.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                // 47: stowage.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                // 48: stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                // 49: stowage.v1.Volume.TagsEntry
-	nil,                                // 50: stowage.v1.CreateVolumeRequest.TagsEntry
-	nil,                                // 51: stowage.v1.ListVolumesRequest.TagsEntry
-	nil,                                // 52: stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	nil,                                // 53: stowage.v1.Snapshot.TagsEntry
-	nil,                                // 54: stowage.v1.CreateSnapshotRequest.TagsEntry
-	(*timestamppb.Timestamp)(nil),      // 55: google.protobuf.Timestamp
+	(VolumeState)(0),                   // 0: stowage.v1.VolumeState
+	(SnapshotState)(0),                 // 1: stowage.v1.SnapshotState
+	(AttachmentState)(0),               // 2: stowage.v1.AttachmentState
+	(*Key)(nil),                        // 3: stowage.v1.Key
+	(*CreateKeyRequest)(nil),           // 4: stowage.v1.CreateKeyRequest
+	(*DescribeKeyRequest)(nil),         // 5: stowage.v1.DescribeKeyRequest
+	(*ListKeysRequest)(nil),            // 6: stowage.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),           // 7: stowage.v1.ListKeysResponse
+	(*KeyRequest)(nil),                 // 8: stowage.v1.KeyRequest
+	(*ScheduleKeyDeletionRequest)(nil), // 9: stowage.v1.ScheduleKeyDeletionRequest
+	(*CreateAliasRequest)(nil),         // 10: stowage.v1.CreateAliasRequest
+	(*DeleteAliasRequest)(nil),         // 11: stowage.v1.DeleteAliasRequest
+	(*DeleteAliasResponse)(nil),        // 12: stowage.v1.DeleteAliasResponse
+	(*EncryptRequest)(nil),             // 13: stowage.v1.EncryptRequest
+	(*EncryptResponse)(nil),            // 14: stowage.v1.EncryptResponse
+	(*DecryptRequest)(nil),             // 15: stowage.v1.DecryptRequest
+	(*DecryptResponse)(nil),            // 16: stowage.v1.DecryptResponse
+	(*GenerateDataKeyRequest)(nil),     // 17: stowage.v1.GenerateDataKeyRequest
+	(*GenerateDataKeyResponse)(nil),    // 18: stowage.v1.GenerateDataKeyResponse
+	(*GetVolumeDataKeyRequest)(nil),    // 19: stowage.v1.GetVolumeDataKeyRequest
+	(*VolumeDataKey)(nil),              // 20: stowage.v1.VolumeDataKey
+	(*Volume)(nil),                     // 21: stowage.v1.Volume
+	(*Attachment)(nil),                 // 22: stowage.v1.Attachment
+	(*CreateVolumeRequest)(nil),        // 23: stowage.v1.CreateVolumeRequest
+	(*Placement)(nil),                  // 24: stowage.v1.Placement
+	(*DescribeVolumeRequest)(nil),      // 25: stowage.v1.DescribeVolumeRequest
+	(*ListVolumesRequest)(nil),         // 26: stowage.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),        // 27: stowage.v1.ListVolumesResponse
+	(*DeleteVolumeRequest)(nil),        // 28: stowage.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),       // 29: stowage.v1.DeleteVolumeResponse
+	(*AttachVolumeRequest)(nil),        // 30: stowage.v1.AttachVolumeRequest
+	(*DetachVolumeRequest)(nil),        // 31: stowage.v1.DetachVolumeRequest
+	(*DetachVolumeResponse)(nil),       // 32: stowage.v1.DetachVolumeResponse
+	(*ResizeVolumeRequest)(nil),        // 33: stowage.v1.ResizeVolumeRequest
+	(*ModifyVolumeRequest)(nil),        // 34: stowage.v1.ModifyVolumeRequest
+	(*Snapshot)(nil),                   // 35: stowage.v1.Snapshot
+	(*CreateSnapshotRequest)(nil),      // 36: stowage.v1.CreateSnapshotRequest
+	(*DescribeSnapshotRequest)(nil),    // 37: stowage.v1.DescribeSnapshotRequest
+	(*ListSnapshotsRequest)(nil),       // 38: stowage.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),      // 39: stowage.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),      // 40: stowage.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),     // 41: stowage.v1.DeleteSnapshotResponse
+	(*Pool)(nil),                       // 42: stowage.v1.Pool
+	(*ListPoolsRequest)(nil),           // 43: stowage.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),          // 44: stowage.v1.ListPoolsResponse
+	(*Node)(nil),                       // 45: stowage.v1.Node
+	(*RegisterNodeRequest)(nil),        // 46: stowage.v1.RegisterNodeRequest
+	(*ListNodesRequest)(nil),           // 47: stowage.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),          // 48: stowage.v1.ListNodesResponse
+	nil,                                // 49: stowage.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                // 50: stowage.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                // 51: stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                // 52: stowage.v1.Volume.TagsEntry
+	nil,                                // 53: stowage.v1.CreateVolumeRequest.TagsEntry
+	nil,                                // 54: stowage.v1.ListVolumesRequest.TagsEntry
+	nil,                                // 55: stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	nil,                                // 56: stowage.v1.Snapshot.TagsEntry
+	nil,                                // 57: stowage.v1.CreateSnapshotRequest.TagsEntry
+	(*timestamppb.Timestamp)(nil),      // 58: google.protobuf.Timestamp
 }
 var file_stowage_v1_stowage_proto_depIdxs = []int32{
-	55, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	55, // 1: stowage.v1.Key.deletion_time:type_name -> google.protobuf.Timestamp
-	55, // 2: stowage.v1.Key.current_version_create_time:type_name -> google.protobuf.Timestamp
-	0,  // 3: stowage.v1.ListKeysResponse.keys:type_name -> stowage.v1.Key
-	46, // 4: stowage.v1.EncryptRequest.encryption_context:type_name -> stowage.v1.EncryptRequest.EncryptionContextEntry
-	47, // 5: stowage.v1.DecryptRequest.encryption_context:type_name -> stowage.v1.DecryptRequest.EncryptionContextEntry
-	48, // 6: stowage.v1.GenerateDataKeyRequest.encryption_context:type_name -> stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	49, // 7: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
-	19, // 8: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
-	55, // 9: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
-	55, // 10: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
-	50, // 11: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
-	21, // 12: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
-	21, // 13: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
-	51, // 14: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
-	18, // 15: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
-	52, // 16: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	55, // 17: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
-	53, // 18: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
-	54, // 19: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
-	32, // 20: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
-	39, // 21: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
-	55, // 22: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
-	42, // 23: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
-	20, // 24: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
-	22, // 25: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
-	23, // 26: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
-	25, // 27: stowage.v1.VolumeService.DeleteVolume:input_type -> stowage.v1.DeleteVolumeRequest
-	27, // 28: stowage.v1.VolumeService.AttachVolume:input_type -> stowage.v1.AttachVolumeRequest
-	28, // 29: stowage.v1.VolumeService.DetachVolume:input_type -> stowage.v1.DetachVolumeRequest
-	30, // 30: stowage.v1.VolumeService.ResizeVolume:input_type -> stowage.v1.ResizeVolumeRequest
-	31, // 31: stowage.v1.VolumeService.ModifyVolume:input_type -> stowage.v1.ModifyVolumeRequest
-	16, // 32: stowage.v1.VolumeService.GetVolumeDataKey:input_type -> stowage.v1.GetVolumeDataKeyRequest
-	1,  // 33: stowage.v1.KeyService.CreateKey:input_type -> stowage.v1.CreateKeyRequest
-	2,  // 34: stowage.v1.KeyService.DescribeKey:input_type -> stowage.v1.DescribeKeyRequest
-	3,  // 35: stowage.v1.KeyService.ListKeys:input_type -> stowage.v1.ListKeysRequest
-	5,  // 36: stowage.v1.KeyService.EnableKey:input_type -> stowage.v1.KeyRequest
-	5,  // 37: stowage.v1.KeyService.DisableKey:input_type -> stowage.v1.KeyRequest
-	6,  // 38: stowage.v1.KeyService.ScheduleKeyDeletion:input_type -> stowage.v1.ScheduleKeyDeletionRequest
-	5,  // 39: stowage.v1.KeyService.CancelKeyDeletion:input_type -> stowage.v1.KeyRequest
-	5,  // 40: stowage.v1.KeyService.RotateKey:input_type -> stowage.v1.KeyRequest
-	7,  // 41: stowage.v1.KeyService.CreateAlias:input_type -> stowage.v1.CreateAliasRequest
-	8,  // 42: stowage.v1.KeyService.DeleteAlias:input_type -> stowage.v1.DeleteAliasRequest
-	10, // 43: stowage.v1.KeyService.Encrypt:input_type -> stowage.v1.EncryptRequest
-	12, // 44: stowage.v1.KeyService.Decrypt:input_type -> stowage.v1.DecryptRequest
-	14, // 45: stowage.v1.KeyService.GenerateDataKey:input_type -> stowage.v1.GenerateDataKeyRequest
-	33, // 46: stowage.v1.SnapshotService.CreateSnapshot:input_type -> stowage.v1.CreateSnapshotRequest
-	34, // 47: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
-	35, // 48: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
-	37, // 49: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
-	40, // 50: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
-	43, // 51: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
-	44, // 52: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
-	18, // 53: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
-	18, // 54: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
-	24, // 55: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
-	26, // 56: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
-	19, // 57: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
-	29, // 58: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
-	18, // 59: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
-	18, // 60: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
-	17, // 61: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
-	0,  // 62: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
-	0,  // 63: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
-	4,  // 64: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
-	0,  // 65: stowage.v1.KeyService.EnableKey:output_type -> stowage.v1.Key
-	0,  // 66: stowage.v1.KeyService.DisableKey:output_type -> stowage.v1.Key
-	0,  // 67: stowage.v1.KeyService.ScheduleKeyDeletion:output_type -> stowage.v1.Key
-	0,  // 68: stowage.v1.KeyService.CancelKeyDeletion:output_type -> stowage.v1.Key
-	0,  // 69: stowage.v1.KeyService.RotateKey:output_type -> stowage.v1.Key
-	0,  // 70: stowage.v1.KeyService.CreateAlias:output_type -> stowage.v1.Key
-	9,  // 71: stowage.v1.KeyService.DeleteAlias:output_type -> stowage.v1.DeleteAliasResponse
-	11, // 72: stowage.v1.KeyService.Encrypt:output_type -> stowage.v1.EncryptResponse
-	13, // 73: stowage.v1.KeyService.Decrypt:output_type -> stowage.v1.DecryptResponse
-	15, // 74: stowage.v1.KeyService.GenerateDataKey:output_type -> stowage.v1.GenerateDataKeyResponse
-	32, // 75: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
-	32, // 76: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
-	36, // 77: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
-	38, // 78: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
-	41, // 79: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
-	42, // 80: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
-	45, // 81: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
-	53, // [53:82] is the sub-list for method output_type
-	24, // [24:53] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	58, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	58, // 1: stowage.v1.Key.deletion_time:type_name -> google.protobuf.Timestamp
+	58, // 2: stowage.v1.Key.current_version_create_time:type_name -> google.protobuf.Timestamp
+	3,  // 3: stowage.v1.ListKeysResponse.keys:type_name -> stowage.v1.Key
+	49, // 4: stowage.v1.EncryptRequest.encryption_context:type_name -> stowage.v1.EncryptRequest.EncryptionContextEntry
+	50, // 5: stowage.v1.DecryptRequest.encryption_context:type_name -> stowage.v1.DecryptRequest.EncryptionContextEntry
+	51, // 6: stowage.v1.GenerateDataKeyRequest.encryption_context:type_name -> stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	0,  // 7: stowage.v1.Volume.state:type_name -> stowage.v1.VolumeState
+	52, // 8: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
+	22, // 9: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
+	58, // 10: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
+	2,  // 11: stowage.v1.Attachment.state:type_name -> stowage.v1.AttachmentState
+	58, // 12: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
+	53, // 13: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
+	24, // 14: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
+	24, // 15: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
+	0,  // 16: stowage.v1.ListVolumesRequest.state:type_name -> stowage.v1.VolumeState
+	54, // 17: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
+	21, // 18: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
+	55, // 19: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	1,  // 20: stowage.v1.Snapshot.state:type_name -> stowage.v1.SnapshotState
+	58, // 21: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	56, // 22: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
+	57, // 23: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
+	35, // 24: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
+	42, // 25: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
+	58, // 26: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
+	45, // 27: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
+	23, // 28: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
+	25, // 29: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
+	26, // 30: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
+	28, // 31: stowage.v1.VolumeService.DeleteVolume:input_type -> stowage.v1.DeleteVolumeRequest
+	30, // 32: stowage.v1.VolumeService.AttachVolume:input_type -> stowage.v1.AttachVolumeRequest
+	31, // 33: stowage.v1.VolumeService.DetachVolume:input_type -> stowage.v1.DetachVolumeRequest
+	33, // 34: stowage.v1.VolumeService.ResizeVolume:input_type -> stowage.v1.ResizeVolumeRequest
+	34, // 35: stowage.v1.VolumeService.ModifyVolume:input_type -> stowage.v1.ModifyVolumeRequest
+	19, // 36: stowage.v1.VolumeService.GetVolumeDataKey:input_type -> stowage.v1.GetVolumeDataKeyRequest
+	4,  // 37: stowage.v1.KeyService.CreateKey:input_type -> stowage.v1.CreateKeyRequest
+	5,  // 38: stowage.v1.KeyService.DescribeKey:input_type -> stowage.v1.DescribeKeyRequest
+	6,  // 39: stowage.v1.KeyService.ListKeys:input_type -> stowage.v1.ListKeysRequest
+	8,  // 40: stowage.v1.KeyService.EnableKey:input_type -> stowage.v1.KeyRequest
+	8,  // 41: stowage.v1.KeyService.DisableKey:input_type -> stowage.v1.KeyRequest
+	9,  // 42: stowage.v1.KeyService.ScheduleKeyDeletion:input_type -> stowage.v1.ScheduleKeyDeletionRequest
+	8,  // 43: stowage.v1.KeyService.CancelKeyDeletion:input_type -> stowage.v1.KeyRequest
+	8,  // 44: stowage.v1.KeyService.RotateKey:input_type -> stowage.v1.KeyRequest
+	10, // 45: stowage.v1.KeyService.CreateAlias:input_type -> stowage.v1.CreateAliasRequest
+	11, // 46: stowage.v1.KeyService.DeleteAlias:input_type -> stowage.v1.DeleteAliasRequest
+	13, // 47: stowage.v1.KeyService.Encrypt:input_type -> stowage.v1.EncryptRequest
+	15, // 48: stowage.v1.KeyService.Decrypt:input_type -> stowage.v1.DecryptRequest
+	17, // 49: stowage.v1.KeyService.GenerateDataKey:input_type -> stowage.v1.GenerateDataKeyRequest
+	36, // 50: stowage.v1.SnapshotService.CreateSnapshot:input_type -> stowage.v1.CreateSnapshotRequest
+	37, // 51: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
+	38, // 52: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
+	40, // 53: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
+	43, // 54: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
+	46, // 55: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
+	47, // 56: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
+	21, // 57: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
+	21, // 58: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
+	27, // 59: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
+	29, // 60: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
+	22, // 61: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
+	32, // 62: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
+	21, // 63: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
+	21, // 64: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
+	20, // 65: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
+	3,  // 66: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
+	3,  // 67: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
+	7,  // 68: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
+	3,  // 69: stowage.v1.KeyService.EnableKey:output_type -> stowage.v1.Key
+	3,  // 70: stowage.v1.KeyService.DisableKey:output_type -> stowage.v1.Key
+	3,  // 71: stowage.v1.KeyService.ScheduleKeyDeletion:output_type -> stowage.v1.Key
+	3,  // 72: stowage.v1.KeyService.CancelKeyDeletion:output_type -> stowage.v1.Key
+	3,  // 73: stowage.v1.KeyService.RotateKey:output_type -> stowage.v1.Key
+	3,  // 74: stowage.v1.KeyService.CreateAlias:output_type -> stowage.v1.Key
+	12, // 75: stowage.v1.KeyService.DeleteAlias:output_type -> stowage.v1.DeleteAliasResponse
+	14, // 76: stowage.v1.KeyService.Encrypt:output_type -> stowage.v1.EncryptResponse
+	16, // 77: stowage.v1.KeyService.Decrypt:output_type -> stowage.v1.DecryptResponse
+	18, // 78: stowage.v1.KeyService.GenerateDataKey:output_type -> stowage.v1.GenerateDataKeyResponse
+	35, // 79: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
+	35, // 80: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
+	39, // 81: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
+	41, // 82: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
+	44, // 83: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
+	45, // 84: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
+	48, // 85: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
+	57, // [57:86] is the sub-list for method output_type
+	28, // [28:57] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_stowage_v1_stowage_proto_init() }
@@ -3455,13 +3644,14 @@ func file_stowage_v1_stowage_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stowage_v1_stowage_proto_rawDesc), len(file_stowage_v1_stowage_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      3,
 			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   5,
 		},
 		GoTypes:           file_stowage_v1_stowage_proto_goTypes,
 		DependencyIndexes: file_stowage_v1_stowage_proto_depIdxs,
+		EnumInfos:         file_stowage_v1_stowage_proto_enumTypes,
 		MessageInfos:      file_stowage_v1_stowage_proto_msgTypes,
 	}.Build()
 	File_stowage_v1_stowage_proto = out.File

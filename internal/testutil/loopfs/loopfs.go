@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // mkfsArgs are the commands that make each supported file system; xfs gets
@@ -99,8 +99,8 @@ func Make(dir, fstype string, size int64) (mountDir string, cleanup func() error
 	}
 
 	ctx := context.Background()
-	dev, err := attach.Attach(ctx, img)
-	undo = append(undo, func() error { return attach.Detach(ctx, img) })
+	dev, err := loopdev.Attach(ctx, img)
+	undo = append(undo, func() error { return loopdev.Detach(ctx, img) })
 	if err != nil {
 		return fail(fmt.Errorf("loopfs: %w", err))
 	}

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 func TestNew_MountsRequestedFileSystem(t *testing.T) {
@@ -49,7 +49,7 @@ func TestMake_Cleanup_LeavesNothing(t *testing.T) {
 	if got := mountedType(t, mnt); got != "" {
 		t.Fatalf("%s still mounted (%s) after cleanup", mnt, got)
 	}
-	if dev, found, err := attach.Find(img); err != nil || found {
+	if dev, found, err := loopdev.Find(img); err != nil || found {
 		t.Fatalf("after cleanup, %s still attached to %s (%v)", img, dev, err)
 	}
 	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
@@ -88,7 +88,7 @@ func TestMake_MkfsFails_CleansUp(t *testing.T) {
 	if _, _, err := Make(dir, "xfs", 1<<20); err == nil {
 		t.Fatal("Make of a 1 MiB xfs succeeded")
 	}
-	if dev, found, _ := attach.Find(filepath.Join(dir, "xfs.img")); found {
+	if dev, found, _ := loopdev.Find(filepath.Join(dir, "xfs.img")); found {
 		t.Fatalf("failed Make left the image attached to %s", dev)
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {

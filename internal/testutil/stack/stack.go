@@ -21,12 +21,12 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
-	"github.com/stowage-io/stowage/internal/attach"
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
 	"github.com/stowage-io/stowage/internal/testutil/loopfs"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // Options tune the stack; zero values give a 32 GiB sparse xfs pool in zone
@@ -179,17 +179,13 @@ func CleanupUnder(t testing.TB, dir, poolDir string) {
 			t.Errorf("cleanup: unmount %s: %v", mounts[i].Mountpoint, err)
 		}
 	}
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		backing := strings.TrimSpace(string(b))
-		if strings.HasPrefix(backing, poolDir+"/") {
-			if err := attach.Detach(context.Background(), backing); err != nil {
-				t.Errorf("cleanup: detach %s: %v", backing, err)
-			}
+	loops, err := loopdev.Under(poolDir)
+	if err != nil {
+		t.Errorf("cleanup: list loop devices: %v", err)
+	}
+	for _, l := range loops {
+		if err := loopdev.Detach(context.Background(), l.BackingFile); err != nil {
+			t.Errorf("cleanup: detach %s: %v", l.BackingFile, err)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package attach
+package loopdev
 
 import (
 	"context"
@@ -360,15 +360,70 @@ func countBound(t testing.TB, img string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	loops, err := boundLoops()
+	loops, err := List()
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := 0
 	for _, l := range loops {
-		if l.backing == path {
+		if l.BackingFile == path {
 			n++
 		}
 	}
 	return n
+}
+
+// fakeSysBlock points the package at a sysfs tree of its own: name ->
+// backing_file contents ("" for a device without a binding).
+func fakeSysBlock(t *testing.T, devices map[string]string) {
+	t.Helper()
+	root := t.TempDir()
+	for name, backing := range devices {
+		dir := filepath.Join(root, name)
+		if backing != "" {
+			dir = filepath.Join(dir, "loop")
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if backing != "" {
+			if err := os.WriteFile(filepath.Join(dir, "backing_file"), []byte(backing), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	old := sysBlock
+	sysBlock = root
+	t.Cleanup(func() { sysBlock = old })
+}
+
+// The kernel appends " (deleted)" to the backing file of a device whose
+// file was deleted; List strips it and says so, so that callers matching
+// by path (cleanups of a pool directory) find such devices too.
+func TestList_DeletedBackingFile_PathWithoutSuffix(t *testing.T) {
+	fakeSysBlock(t, map[string]string{
+		"loop0": "/pool/volumes/a.img\n",
+		"loop3": "/pool/volumes/b.img (deleted)\n",
+		"loop1": "", // unbound
+		"ram0":  "", // not a loop device
+	})
+	got, err := List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Device{
+		{Path: "/dev/loop0", Number: 0, BackingFile: "/pool/volumes/a.img"},
+		{Path: "/dev/loop3", Number: 3, BackingFile: "/pool/volumes/b.img", Deleted: true},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("List() = %+v, want %+v", got, want)
+	}
+	for _, tt := range []struct {
+		dir  string
+		want int
+	}{{"/pool", 2}, {"/pool/volumes/", 2}, {"/pool/volumes/b.img", 1}, {"/poo", 0}} {
+		if got, err := Under(tt.dir); err != nil || len(got) != tt.want {
+			t.Errorf("Under(%s) = %+v, %v; want %d devices", tt.dir, got, err, tt.want)
+		}
+	}
 }

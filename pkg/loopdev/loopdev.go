@@ -1,12 +1,14 @@
-// Package attach is the node side of the data path: it turns a volume image
-// into a block device (a loop device, with direct I/O so data is not cached
-// twice) and enforces EBS-style performance limits on that device with blkio
-// throttling.
+// Package loopdev turns files into block devices: it attaches a file to a
+// loop device (with direct I/O, so data is not cached twice), finds and
+// lists loop devices by their backing files, detaches them and makes them
+// see a grown file. The CSI node plugin attaches volume images with it, the
+// storage host its pool image, and tests and "stowage down" find and
+// detach what is left.
 //
 // Everything is done with ioctls and sysfs rather than by running losetup,
 // so errors are precise and callers can be concurrent: the kernel, not a
 // parsed listing, decides which loop device is free.
-package attach
+package loopdev
 
 import (
 	"context"
@@ -30,8 +32,10 @@ var ErrBusy = errors.New("loop device in use")
 // Variables rather than constants so tests can point them elsewhere.
 var (
 	sysBlock    = "/sys/block"
+	sysDevBlock = "/sys/dev/block"
 	devDir      = "/dev"
 	loopControl = "/dev/loop-control"
+	blkioRoot   = "/sys/fs/cgroup/blkio"
 )
 
 // configureAttempts bounds the LOOP_CTL_GET_FREE/LOOP_CONFIGURE race: each
@@ -94,10 +98,7 @@ func Attach(ctx context.Context, backingFile string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("attach %s: %w", path, err)
 		}
-		// The blkio rules of a loop device outlive its binding; a rule left
-		// by the device's previous user must not throttle this volume. On
-		// hosts without cgroup v1 blkio there is nothing to clear.
-		_ = ClearLimits(dev)
+		clearStaleThrottle(dev)
 		return dev, nil
 	}
 	return "", fmt.Errorf("attach %s: no free loop device after %d attempts (every LOOP_CONFIGURE lost a race)", path, configureAttempts)
@@ -150,13 +151,13 @@ func Find(backingFile string) (device string, found bool, err error) {
 	if err != nil {
 		return "", false, fmt.Errorf("find loop device of %s: %w", backingFile, err)
 	}
-	loops, err := boundLoops()
+	loops, err := List()
 	if err != nil {
 		return "", false, fmt.Errorf("find loop device of %s: %w", path, err)
 	}
 	for _, l := range loops {
-		if l.backing == path && !l.deleted {
-			dev, err := ensureNode(l.n)
+		if l.BackingFile == path && !l.Deleted {
+			dev, err := ensureNode(l.Number)
 			if err != nil {
 				return "", false, fmt.Errorf("find loop device of %s: %w", path, err)
 			}
@@ -180,16 +181,16 @@ func Detach(ctx context.Context, backingFile string) error {
 	if err != nil {
 		return fmt.Errorf("detach %s: %w", backingFile, err)
 	}
-	loops, err := boundLoops()
+	loops, err := List()
 	if err != nil {
 		return fmt.Errorf("detach %s: %w", path, err)
 	}
 	var errs []error
 	for _, l := range loops {
-		if l.backing != path {
+		if l.BackingFile != path {
 			continue
 		}
-		if err := detachDevice(ctx, l.n, path); err != nil {
+		if err := detachDevice(ctx, l.Number, path); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -210,7 +211,7 @@ func detachDevice(ctx context.Context, n int, path string) error {
 	if err != nil {
 		return fmt.Errorf("detach %s from %s: %w", dev, path, err)
 	}
-	_ = ClearLimits(dev)
+	clearStaleThrottle(dev)
 	err = unix.IoctlSetInt(int(lf.Fd()), unix.LOOP_CLR_FD, 0)
 	lf.Close()
 	if errors.Is(err, unix.ENXIO) {
@@ -252,11 +253,11 @@ func Refresh(device string) (int64, error) {
 	if err := unix.IoctlSetInt(int(lf.Fd()), unix.LOOP_SET_CAPACITY, 0); err != nil {
 		return 0, fmt.Errorf("refresh %s: LOOP_SET_CAPACITY: %w", device, err)
 	}
-	majmin, err := deviceNumber(device)
+	majmin, err := DeviceNumber(device)
 	if err != nil {
 		return 0, fmt.Errorf("refresh: %w", err)
 	}
-	sizeFile := filepath.Join("/sys/dev/block", majmin, "size")
+	sizeFile := filepath.Join(sysDevBlock, majmin, "size")
 	b, err := os.ReadFile(sizeFile)
 	if err != nil {
 		return 0, fmt.Errorf("refresh %s: %w", device, err)
@@ -269,19 +270,28 @@ func Refresh(device string) (int64, error) {
 	return sectors * 512, nil
 }
 
-type boundLoop struct {
-	n       int
-	backing string
-	deleted bool
+// Device is a loop device that has a backing file.
+type Device struct {
+	// Path is /dev/loopN. Its node may not exist yet where there is no udev;
+	// Find creates it.
+	Path   string
+	Number int
+	// BackingFile is the absolute path of the file, as the kernel reports it
+	// without the " (deleted)" it appends once the file is deleted.
+	BackingFile string
+	// Deleted means the file was deleted (or replaced) after attaching: the
+	// device holds the old data, not the file now at BackingFile.
+	Deleted bool
 }
 
-// boundLoops lists loop devices that have a backing file, lowest number first.
-func boundLoops() ([]boundLoop, error) {
+// List returns the loop devices that have a backing file, lowest number
+// first.
+func List() ([]Device, error) {
 	entries, err := os.ReadDir(sysBlock)
 	if err != nil {
 		return nil, err
 	}
-	var loops []boundLoop
+	var loops []Device
 	for _, e := range entries {
 		n, ok := loopNumber(e.Name())
 		if !ok {
@@ -294,15 +304,31 @@ func boundLoops() ([]boundLoop, error) {
 		if err != nil {
 			return nil, err
 		}
-		backing := strings.TrimSuffix(string(b), "\n")
-		l := boundLoop{n: n, backing: backing}
-		if s, ok := strings.CutSuffix(backing, " (deleted)"); ok {
-			l.backing, l.deleted = s, true
+		d := Device{Path: filepath.Join(devDir, e.Name()), Number: n, BackingFile: strings.TrimSuffix(string(b), "\n")}
+		if s, ok := strings.CutSuffix(d.BackingFile, " (deleted)"); ok {
+			d.BackingFile, d.Deleted = s, true
 		}
-		loops = append(loops, l)
+		loops = append(loops, d)
 	}
-	sort.Slice(loops, func(i, j int) bool { return loops[i].n < loops[j].n })
+	sort.Slice(loops, func(i, j int) bool { return loops[i].Number < loops[j].Number })
 	return loops, nil
+}
+
+// Under returns the loop devices whose backing file is dir or below it,
+// deleted or not.
+func Under(dir string) ([]Device, error) {
+	loops, err := List()
+	if err != nil {
+		return nil, err
+	}
+	dir = filepath.Clean(dir)
+	var out []Device
+	for _, l := range loops {
+		if l.BackingFile == dir || strings.HasPrefix(l.BackingFile, dir+"/") {
+			out = append(out, l)
+		}
+	}
+	return out, nil
 }
 
 func isBound(n int) (bool, error) {
@@ -389,5 +415,49 @@ func lockFile(ctx context.Context, f *os.File) (unlock func(), err error) {
 			return nil, fmt.Errorf("lock %s: %w", f.Name(), ctx.Err())
 		case <-time.After(5 * time.Millisecond):
 		}
+	}
+}
+
+// DeviceNumber returns "MAJ:MIN" of a block device node.
+func DeviceNumber(device string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(device, &st); err != nil {
+		return "", fmt.Errorf("stat %s: %w", device, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", fmt.Errorf("%s: %w", device, ErrNotBlock)
+	}
+	return fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)), nil
+}
+
+// ErrNotBlock means a path is not a block device node.
+var ErrNotBlock = errors.New("not a block device")
+
+// blkioThrottleFiles are the cgroup v1 blkio throttle rules of a device.
+var blkioThrottleFiles = []string{
+	"blkio.throttle.read_iops_device",
+	"blkio.throttle.write_iops_device",
+	"blkio.throttle.read_bps_device",
+	"blkio.throttle.write_bps_device",
+}
+
+// clearStaleThrottle removes the root cgroup v1 blkio throttle rules of
+// device. The kernel keys them by device number, so they outlive the
+// binding: a rule left by the device's previous user (a volume's IOPS limit)
+// would throttle whatever is attached next. Writing 0 removes a rule and is
+// accepted when there is none. cgroup v2 has no rules in its root, and on
+// hosts without v1 blkio there is nothing to clear.
+func clearStaleThrottle(device string) {
+	majmin, err := DeviceNumber(device)
+	if err != nil {
+		return
+	}
+	for _, name := range blkioThrottleFiles {
+		f, err := os.OpenFile(filepath.Join(blkioRoot, name), os.O_WRONLY, 0)
+		if err != nil {
+			return
+		}
+		_, _ = f.WriteString(majmin + " 0")
+		f.Close()
 	}
 }

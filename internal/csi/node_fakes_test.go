@@ -1,0 +1,557 @@
+package csi
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/attach"
+)
+
+// These tests drive the node RPCs through hand-written fakes of the API,
+// the loop devices, the mounts and the limits, so every branch runs
+// without root. stage_test.go and its neighbours do the same on real loop
+// devices and mounts.
+
+type fakeVolumes struct {
+	pb.VolumeServiceClient // nil: a call the fake does not expect panics
+	vol                    *pb.Volume
+}
+
+func (f *fakeVolumes) DescribeVolume(_ context.Context, in *pb.DescribeVolumeRequest, _ ...grpc.CallOption) (*pb.Volume, error) {
+	if f.vol == nil || in.VolumeId != f.vol.Id {
+		return nil, status.Errorf(codes.NotFound, "volume %s not found", in.VolumeId)
+	}
+	return f.vol, nil
+}
+
+type fakeLoops struct {
+	devices   map[string]string // image -> device
+	attachErr error
+	detachErr error
+	detached  []string
+}
+
+func (f *fakeLoops) Attach(_ context.Context, image string) (string, error) {
+	if f.attachErr != nil {
+		return "", f.attachErr
+	}
+	if dev, ok := f.devices[image]; ok {
+		return dev, nil
+	}
+	dev := "/dev/loop" + string(rune('0'+len(f.devices)))
+	f.devices[image] = dev
+	return dev, nil
+}
+
+func (f *fakeLoops) Detach(_ context.Context, image string) error {
+	if f.detachErr != nil {
+		return f.detachErr
+	}
+	if _, ok := f.devices[image]; ok {
+		f.detached = append(f.detached, image)
+	}
+	delete(f.devices, image)
+	return nil
+}
+
+func (f *fakeLoops) Find(image string) (string, bool, error) {
+	dev, ok := f.devices[image]
+	return dev, ok, nil
+}
+
+func (f *fakeLoops) Refresh(string) (int64, error) { return 3 << 30, nil }
+
+type fakeMounts struct {
+	mounted   map[string]string // path -> source
+	formatted []string
+	mountErr  error
+}
+
+func (f *fakeMounts) IsLikelyNotMountPoint(path string) (bool, error) {
+	if _, ok := f.mounted[path]; ok {
+		return false, nil
+	}
+	if _, err := os.Stat(path); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+func (f *fakeMounts) MountedDevice(path string) (string, error) { return f.mounted[path], nil }
+
+func (f *fakeMounts) FormatAndMount(device, target, _ string, _, _ []string) error {
+	if f.mountErr != nil {
+		return f.mountErr
+	}
+	f.formatted = append(f.formatted, device)
+	f.mounted[target] = device
+	return nil
+}
+
+func (f *fakeMounts) Mount(source, target, _ string, _ []string) error {
+	if f.mountErr != nil {
+		return f.mountErr
+	}
+	f.mounted[target] = source
+	return nil
+}
+
+func (f *fakeMounts) Unmount(path string) error { delete(f.mounted, path); return nil }
+
+func (f *fakeMounts) Cleanup(path string) error {
+	delete(f.mounted, path)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func (f *fakeMounts) IsExt(string) bool                         { return false }
+func (f *fakeMounts) GrowOffline(context.Context, string) error { return nil }
+func (f *fakeMounts) Resize(string, string) error               { return nil }
+func (f *fakeMounts) mountedAt(path string) (source string, ok bool) {
+	s, ok := f.mounted[path]
+	return s, ok
+}
+
+type fakeLimiter struct {
+	enforced bool
+	applyErr error
+	applied  map[string]attach.Limits // device -> limits
+	pods     map[string][]string      // device -> pods of the last Apply
+}
+
+func (f *fakeLimiter) Apply(device string, l attach.Limits, pods []string) error {
+	if f.applyErr != nil {
+		return f.applyErr
+	}
+	f.applied[device], f.pods[device] = l, pods
+	return nil
+}
+
+func (f *fakeLimiter) Clear(device string, _ []string) error { delete(f.applied, device); return nil }
+func (f *fakeLimiter) Enforced() bool                        { return f.enforced }
+func (f *fakeLimiter) String() string                        { return "fake" }
+
+type nodeFixture struct {
+	n       *NodeService
+	vols    *fakeVolumes
+	loops   *fakeLoops
+	mounts  *fakeMounts
+	lim     *fakeLimiter
+	image   string
+	staging string
+	target  string
+}
+
+const fakeVolumeID = "vol-1"
+
+func newNodeFixture(t *testing.T) *nodeFixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &nodeFixture{
+		vols: &fakeVolumes{vol: &pb.Volume{Id: fakeVolumeID, Iops: 3000, ThroughputMibps: 125,
+			Attachments: []*pb.Attachment{{NodeId: "node-a", ImagePath: filepath.Join(dir, "vol-1.img")}}}},
+		loops:   &fakeLoops{devices: map[string]string{}},
+		mounts:  &fakeMounts{mounted: map[string]string{}},
+		lim:     &fakeLimiter{enforced: true, applied: map[string]attach.Limits{}, pods: map[string][]string{}},
+		image:   filepath.Join(dir, "vol-1.img"),
+		staging: filepath.Join(dir, "staging"),
+		// A kubelet publish path, so that the pod's UID is found.
+		target: filepath.Join(dir, "pods", "uid-1", "volumes", "kubernetes.io~csi", "pvc-1", "mount"),
+	}
+	if err := os.MkdirAll(f.staging, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	cfg := NodeConfig{NodeID: "node-a", StateDir: filepath.Join(dir, "state")}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f.n = newNodeService(cfg, f.vols, nil, f.loops, f.mounts, f.lim)
+	return f
+}
+
+func (f *nodeFixture) stageReq(c *csi.VolumeCapability) *csi.NodeStageVolumeRequest {
+	return &csi.NodeStageVolumeRequest{VolumeId: fakeVolumeID, StagingTargetPath: f.staging, VolumeCapability: c}
+}
+
+func (f *nodeFixture) publishReq(target string, c *csi.VolumeCapability) *csi.NodePublishVolumeRequest {
+	return &csi.NodePublishVolumeRequest{VolumeId: fakeVolumeID, StagingTargetPath: f.staging, TargetPath: target, VolumeCapability: c}
+}
+
+func (f *nodeFixture) state(t *testing.T) *stagedVolume {
+	t.Helper()
+	st, err := f.n.readState(fakeVolumeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// stage stages the volume as a file system and fails the test if it cannot.
+func (f *nodeFixture) stage(t *testing.T) {
+	t.Helper()
+	if _, err := f.n.NodeStageVolume(context.Background(), f.stageReq(fsCap("xfs", csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER))); err != nil {
+		t.Fatalf("NodeStageVolume: %v", err)
+	}
+}
+
+func (f *nodeFixture) publish(t *testing.T, target string, mode csi.VolumeCapability_AccessMode_Mode) {
+	t.Helper()
+	if _, err := f.n.NodePublishVolume(context.Background(), f.publishReq(target, fsCap("xfs", mode))); err != nil {
+		t.Fatalf("NodePublishVolume %s: %v", target, err)
+	}
+}
+
+func fsCap(fs string, mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode},
+	}
+}
+
+func blockCap() *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}
+
+func TestNodeStageVolume_Branches(t *testing.T) {
+	rwo := csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
+	for _, tt := range []struct {
+		name  string
+		setup func(t *testing.T, f *nodeFixture)
+		req   func(f *nodeFixture) *csi.NodeStageVolumeRequest
+		code  codes.Code
+		check func(t *testing.T, f *nodeFixture)
+	}{
+		{
+			name: "FileSystem_FormattedMountedLimited",
+			check: func(t *testing.T, f *nodeFixture) {
+				dev := f.loops.devices[f.image]
+				if src, ok := f.mounts.mountedAt(f.staging); !ok || src != dev {
+					t.Errorf("staging path has %q mounted, want %s", src, dev)
+				}
+				if want := limitsOf(f.vols.vol); f.lim.applied[dev] != want {
+					t.Errorf("limits on %s = %+v, want %+v", dev, f.lim.applied[dev], want)
+				}
+				if st := f.state(t); st.Device != dev || st.ImagePath != f.image {
+					t.Errorf("node state %+v, want device %s and image %s", st, dev, f.image)
+				}
+			},
+		},
+		{
+			name: "RawBlock_AttachedNotMounted",
+			req:  func(f *nodeFixture) *csi.NodeStageVolumeRequest { return f.stageReq(blockCap()) },
+			check: func(t *testing.T, f *nodeFixture) {
+				if len(f.mounts.mounted) != 0 || len(f.mounts.formatted) != 0 {
+					t.Errorf("a raw block stage mounted %v / formatted %v", f.mounts.mounted, f.mounts.formatted)
+				}
+				if st := f.state(t); st == nil || !st.Block || st.Device == "" {
+					t.Errorf("node state %+v, want a block volume with its device", st)
+				}
+			},
+		},
+		{
+			name:  "NotAttachedToThisNode_FailedPrecondition",
+			setup: func(t *testing.T, f *nodeFixture) { f.vols.vol.Attachments[0].NodeId = "node-b" },
+			code:  codes.FailedPrecondition,
+			check: func(t *testing.T, f *nodeFixture) {
+				if len(f.loops.devices) != 0 {
+					t.Error("a volume attached elsewhere got a loop device here")
+				}
+			},
+		},
+		{
+			name:  "StagingPathMissing_InvalidArgument",
+			setup: func(t *testing.T, f *nodeFixture) { os.Remove(f.staging) },
+			code:  codes.InvalidArgument,
+		},
+		{
+			name:  "EncryptedAsRawBlock_FailedPrecondition",
+			setup: func(t *testing.T, f *nodeFixture) { f.vols.vol.Encrypted = true },
+			req:   func(f *nodeFixture) *csi.NodeStageVolumeRequest { return f.stageReq(blockCap()) },
+			code:  codes.FailedPrecondition,
+		},
+		{
+			name:  "AttachFails_Internal_NoStateLeft",
+			setup: func(t *testing.T, f *nodeFixture) { f.loops.attachErr = errors.New("no free loop device") },
+			code:  codes.Internal,
+			check: func(t *testing.T, f *nodeFixture) {
+				if st := f.state(t); st != nil {
+					t.Errorf("a failed attach left node state %+v", st)
+				}
+			},
+		},
+		{
+			name:  "MountFails_Internal_LoopDeviceDetached",
+			setup: func(t *testing.T, f *nodeFixture) { f.mounts.mountErr = errors.New("bad option") },
+			code:  codes.Internal,
+			check: func(t *testing.T, f *nodeFixture) {
+				if len(f.loops.devices) != 0 || !slices.Equal(f.loops.detached, []string{f.image}) {
+					t.Errorf("after a failed mount: devices %v, detached %v; want the image detached", f.loops.devices, f.loops.detached)
+				}
+				if st := f.state(t); st != nil {
+					t.Errorf("a failed stage left node state %+v", st)
+				}
+			},
+		},
+		{
+			name:  "LimitsFail_Internal_LoopDeviceDetached",
+			setup: func(t *testing.T, f *nodeFixture) { f.lim.applyErr = errors.New("write refused") },
+			code:  codes.Internal,
+			check: func(t *testing.T, f *nodeFixture) {
+				if len(f.loops.devices) != 0 {
+					t.Errorf("after failed limits the image is still attached: %v", f.loops.devices)
+				}
+			},
+		},
+		{
+			name:  "NoLimitsOnThisNode_StillStages",
+			setup: func(t *testing.T, f *nodeFixture) { f.lim.enforced = false },
+			check: func(t *testing.T, f *nodeFixture) {
+				if _, ok := f.mounts.mountedAt(f.staging); !ok {
+					t.Error("a node without limits did not stage the volume")
+				}
+			},
+		},
+		{
+			name: "StagingHasAnotherDevice_AlreadyExists_NothingUndone",
+			setup: func(t *testing.T, f *nodeFixture) {
+				f.loops.devices[f.image] = "/dev/loop0"
+				f.mounts.mounted[f.staging] = "/dev/loop9"
+			},
+			code: codes.AlreadyExists,
+			check: func(t *testing.T, f *nodeFixture) {
+				if len(f.loops.detached) != 0 || f.mounts.mounted[f.staging] != "/dev/loop9" {
+					t.Errorf("a refused stage undid what it had not done: detached %v, mounts %v", f.loops.detached, f.mounts.mounted)
+				}
+			},
+		},
+		{
+			name: "Repeated_KeepsTargetsAndDataDir",
+			setup: func(t *testing.T, f *nodeFixture) {
+				f.stage(t)
+				f.publish(t, f.target, rwo)
+				if _, err := f.n.updateState(fakeVolumeID, func(st *stagedVolume) { st.DataDir = "/kept" }); err != nil {
+					t.Fatal(err)
+				}
+			},
+			check: func(t *testing.T, f *nodeFixture) {
+				st := f.state(t)
+				if _, ok := st.Targets[f.target]; !ok || st.DataDir != "/kept" {
+					t.Errorf("after a repeated stage the node state is %+v; want target %s and data dir kept", st, f.target)
+				}
+				if len(f.mounts.formatted) != 1 {
+					t.Errorf("formatted %d times, want once", len(f.mounts.formatted))
+				}
+				if pods := f.lim.pods[st.Device]; !slices.Equal(pods, []string{"uid-1"}) {
+					t.Errorf("a repeated stage applied limits for pods %v, want [uid-1]", pods)
+				}
+			},
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newNodeFixture(t)
+			if tt.setup != nil {
+				tt.setup(t, f)
+			}
+			req := f.stageReq(fsCap("xfs", rwo))
+			if tt.req != nil {
+				req = tt.req(f)
+			}
+			_, err := f.n.NodeStageVolume(context.Background(), req)
+			if status.Code(err) != tt.code {
+				t.Fatalf("NodeStageVolume = %v, want code %s", err, tt.code)
+			}
+			if tt.check != nil {
+				tt.check(t, f)
+			}
+		})
+	}
+}
+
+func TestNodePublishVolume_Branches(t *testing.T) {
+	rwo := csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
+	rwop := csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
+	for _, tt := range []struct {
+		name  string
+		setup func(t *testing.T, f *nodeFixture)
+		mode  csi.VolumeCapability_AccessMode_Mode
+		code  codes.Code
+		check func(t *testing.T, f *nodeFixture)
+	}{
+		{
+			name: "Staged_BindMountedTargetRecordedPodLimited",
+			mode: rwo,
+			setup: func(t *testing.T, f *nodeFixture) {
+				f.stage(t)
+			},
+			check: func(t *testing.T, f *nodeFixture) {
+				if src, _ := f.mounts.mountedAt(f.target); src != f.staging {
+					t.Errorf("target has %q mounted, want the staging path", src)
+				}
+				st := f.state(t)
+				if single, ok := st.Targets[f.target]; !ok || single {
+					t.Errorf("targets %v, want %s as a shared writer", st.Targets, f.target)
+				}
+				if pods := f.lim.pods[st.Device]; !slices.Equal(pods, []string{"uid-1"}) {
+					t.Errorf("limits applied for pods %v, want [uid-1]", pods)
+				}
+			},
+		},
+		{
+			name: "NotStaged_FailedPrecondition",
+			mode: rwo,
+			code: codes.FailedPrecondition,
+		},
+		{
+			name: "SingleWriterBesideAnotherTarget_FailedPrecondition",
+			mode: rwop,
+			setup: func(t *testing.T, f *nodeFixture) {
+				f.stage(t)
+				f.publish(t, filepath.Join(filepath.Dir(f.staging), "other"), rwo)
+			},
+			code: codes.FailedPrecondition,
+			check: func(t *testing.T, f *nodeFixture) {
+				if _, ok := f.mounts.mountedAt(f.target); ok {
+					t.Error("a refused publish mounted the target")
+				}
+			},
+		},
+		{
+			name: "AlreadyPublished_NoSecondMount",
+			mode: rwo,
+			setup: func(t *testing.T, f *nodeFixture) {
+				f.stage(t)
+				f.publish(t, f.target, rwo)
+				f.mounts.mountErr = errors.New("would mount twice")
+			},
+		},
+		{
+			name: "MountFails_Internal_TargetNotRecorded",
+			mode: rwo,
+			setup: func(t *testing.T, f *nodeFixture) {
+				f.stage(t)
+				f.mounts.mountErr = errors.New("bind refused")
+			},
+			code: codes.Internal,
+			check: func(t *testing.T, f *nodeFixture) {
+				if st := f.state(t); len(st.Targets) != 0 {
+					t.Errorf("a failed publish recorded targets %v", st.Targets)
+				}
+			},
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newNodeFixture(t)
+			if tt.setup != nil {
+				tt.setup(t, f)
+			}
+			_, err := f.n.NodePublishVolume(context.Background(), f.publishReq(f.target, fsCap("xfs", tt.mode)))
+			if status.Code(err) != tt.code {
+				t.Fatalf("NodePublishVolume = %v, want code %s", err, tt.code)
+			}
+			if tt.check != nil {
+				tt.check(t, f)
+			}
+		})
+	}
+}
+
+func TestNodeUnpublishVolume_Branches(t *testing.T) {
+	t.Run("Published_UnmountedAndForgotten", func(t *testing.T) {
+		f := newNodeFixture(t)
+		f.stage(t)
+		f.publish(t, f.target, csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+		if _, err := f.n.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: fakeVolumeID, TargetPath: f.target}); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := f.mounts.mountedAt(f.target); ok {
+			t.Error("target still mounted")
+		}
+		if st := f.state(t); len(st.Targets) != 0 || st.Device == "" {
+			t.Errorf("node state after unpublish %+v, want no targets and the device kept", st)
+		}
+	})
+	t.Run("UnknownVolume_OKAndNoRecordMade", func(t *testing.T) {
+		f := newNodeFixture(t)
+		if _, err := f.n.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: fakeVolumeID, TargetPath: f.target}); err != nil {
+			t.Fatal(err)
+		}
+		if st := f.state(t); st != nil {
+			t.Errorf("unpublish of an unknown volume made node state %+v", st)
+		}
+	})
+}
+
+func TestNodeUnstageVolume_Branches(t *testing.T) {
+	t.Run("Staged_UnmountedDetachedLimitsClearedForgotten", func(t *testing.T) {
+		f := newNodeFixture(t)
+		f.stage(t)
+		dev := f.state(t).Device
+		if _, err := f.n.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: fakeVolumeID, StagingTargetPath: f.staging}); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := f.mounts.mountedAt(f.staging); ok || len(f.loops.devices) != 0 {
+			t.Errorf("after unstage: mounts %v, loop devices %v", f.mounts.mounted, f.loops.devices)
+		}
+		if _, ok := f.lim.applied[dev]; ok {
+			t.Errorf("limits of %s not cleared", dev)
+		}
+		if st := f.state(t); st != nil {
+			t.Errorf("node state left: %+v", st)
+		}
+	})
+	t.Run("DetachBusy_InternalAndStateKept", func(t *testing.T) {
+		f := newNodeFixture(t)
+		f.stage(t)
+		f.loops.detachErr = errors.New("loop device in use")
+		_, err := f.n.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: fakeVolumeID, StagingTargetPath: f.staging})
+		if status.Code(err) != codes.Internal {
+			t.Fatalf("NodeUnstageVolume = %v, want Internal", err)
+		}
+		if st := f.state(t); st == nil {
+			t.Error("a failed unstage forgot the volume; a retry could not detach it")
+		}
+	})
+	t.Run("NeverStaged_OK", func(t *testing.T) {
+		f := newNodeFixture(t)
+		if _, err := f.n.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: fakeVolumeID, StagingTargetPath: f.staging}); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// A node that cannot enforce limits says so in the volume's condition,
+// without calling the volume abnormal: it works, only unthrottled.
+func TestNodeGetVolumeStats_NoLimits_ConditionSaysSo(t *testing.T) {
+	for _, enforced := range []bool{true, false} {
+		f := newNodeFixture(t)
+		f.lim.enforced = enforced
+		f.stage(t)
+		resp, err := f.n.NodeGetVolumeStats(context.Background(), &csi.NodeGetVolumeStatsRequest{VolumeId: fakeVolumeID, VolumePath: f.staging})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := resp.VolumeCondition
+		if c.Abnormal || strings.Contains(c.Message, "not enforced") == enforced {
+			t.Errorf("limits enforced %v: condition %+v", enforced, c)
+		}
+		if f.n.LimitsEnforced() != enforced {
+			t.Errorf("LimitsEnforced() = %v, want %v", f.n.LimitsEnforced(), enforced)
+		}
+	}
+}
