@@ -71,8 +71,8 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
 	root.AddCommand(
-		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g),
-		newServerCmd(), newCSICmd(), newVersionCmd(),
+		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g), newSecretCmd(g), newParamCmd(g),
+		newServerCmd(), newCSICmd(), newKMSPluginCmd(), newVersionCmd(),
 		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(),
 	)
 	markUsageErrors(root)
@@ -166,6 +166,8 @@ type client struct {
 	pools     pb.PoolServiceClient
 	nodes     pb.NodeServiceClient
 	keys      pb.KeyServiceClient
+	secrets   pb.SecretServiceClient
+	params    pb.ParameterServiceClient
 }
 
 func newClient(endpoint string) (*client, error) {
@@ -174,7 +176,8 @@ func newClient(endpoint string) (*client, error) {
 		return nil, err
 	}
 	return &client{conn: conn, volumes: pb.NewVolumeServiceClient(conn), snapshots: pb.NewSnapshotServiceClient(conn),
-		pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn), keys: pb.NewKeyServiceClient(conn)}, nil
+		pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn), keys: pb.NewKeyServiceClient(conn),
+		secrets: pb.NewSecretServiceClient(conn), params: pb.NewParameterServiceClient(conn)}, nil
 }
 
 // run opens a client, applies the timeout and calls fn.

@@ -19,6 +19,8 @@ import (
 	"github.com/stowage-io/stowage/internal/block"
 	"github.com/stowage-io/stowage/internal/keylock"
 	"github.com/stowage-io/stowage/internal/kms"
+	"github.com/stowage-io/stowage/internal/params"
+	"github.com/stowage-io/stowage/internal/secrets"
 	"github.com/stowage-io/stowage/internal/store"
 )
 
@@ -65,6 +67,8 @@ type Server struct {
 	pb.UnimplementedPoolServiceServer
 	pb.UnimplementedNodeServiceServer
 	pb.UnimplementedKeyServiceServer
+	pb.UnimplementedSecretServiceServer
+	pb.UnimplementedParameterServiceServer
 
 	store     store.Store
 	pools     map[string]Pool
@@ -72,6 +76,8 @@ type Server struct {
 	locks     *keylock.Set
 	log       *slog.Logger
 	kms       *kms.Service
+	secrets   *secrets.Service
+	params    *params.Service
 }
 
 // New returns a Server; call Reconcile before serving.
@@ -89,6 +95,10 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS}
+	if cfg.KMS != nil {
+		s.secrets = secrets.New(cfg.Store, cfg.KMS, secrets.Options{})
+		s.params = params.New(cfg.Store, cfg.KMS, params.Options{})
+	}
 	for name := range cfg.Pools {
 		s.poolNames = append(s.poolNames, name)
 	}
@@ -103,6 +113,8 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterPoolServiceServer(g, s)
 	pb.RegisterNodeServiceServer(g, s)
 	pb.RegisterKeyServiceServer(g, s)
+	pb.RegisterSecretServiceServer(g, s)
+	pb.RegisterParameterServiceServer(g, s)
 }
 
 // lock takes the per-object locks or returns ABORTED naming the object.
