@@ -71,9 +71,9 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
 	root.AddCommand(
-		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g),
+		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g), newSecretCmd(g), newParamCmd(g),
 		newFileSystemCmd(g), newAccessPointCmd(g),
-		newServerCmd(), newCSICmd(), newVersionCmd(),
+		newServerCmd(), newCSICmd(), newKMSPluginCmd(), newVersionCmd(),
 		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(),
 	)
 	markUsageErrors(root)
@@ -167,6 +167,8 @@ type client struct {
 	pools     pb.PoolServiceClient
 	nodes     pb.NodeServiceClient
 	keys      pb.KeyServiceClient
+	secrets   pb.SecretServiceClient
+	params    pb.ParameterServiceClient
 	fs        pb.FileSystemServiceClient
 	aps       pb.AccessPointServiceClient
 }
@@ -178,6 +180,7 @@ func newClient(endpoint string) (*client, error) {
 	}
 	return &client{conn: conn, volumes: pb.NewVolumeServiceClient(conn), snapshots: pb.NewSnapshotServiceClient(conn),
 		pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn), keys: pb.NewKeyServiceClient(conn),
+		secrets: pb.NewSecretServiceClient(conn), params: pb.NewParameterServiceClient(conn),
 		fs: pb.NewFileSystemServiceClient(conn), aps: pb.NewAccessPointServiceClient(conn)}, nil
 }
 

@@ -28,7 +28,7 @@ func newService(t *testing.T, dir string) *Service {
 func TestGenerateDataKey_DefaultKey_RoundTripsAndWrappedDiffers(t *testing.T) {
 	ctx := context.Background()
 	s := newService(t, t.TempDir())
-	plain, wrapped, keyID, err := s.GenerateDataKey(ctx, "", 64)
+	plain, wrapped, keyID, err := s.GenerateDataKey(ctx, "", 64, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestGenerateDataKey_DefaultKey_RoundTripsAndWrappedDiffers(t *testing.T) {
 	if err != nil || def.ID != keyID {
 		t.Fatalf("default alias resolves to %v, %v; want the key that wrapped (%s)", def, err, keyID)
 	}
-	got, gotID, err := s.Decrypt(ctx, wrapped)
+	got, gotID, err := s.Decrypt(ctx, wrapped, nil)
 	if err != nil || !bytes.Equal(got, plain) || gotID != keyID {
 		t.Fatalf("Decrypt = %x, %s, %v", got, gotID, err)
 	}
@@ -48,14 +48,14 @@ func TestGenerateDataKey_DefaultKey_RoundTripsAndWrappedDiffers(t *testing.T) {
 func TestDecrypt_TamperedOrForeignBlob_Invalid(t *testing.T) {
 	ctx := context.Background()
 	s := newService(t, t.TempDir())
-	_, wrapped, _, err := s.GenerateDataKey(ctx, "", 32)
+	_, wrapped, _, err := s.GenerateDataKey(ctx, "", 32, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tampered := bytes.Clone(wrapped)
 	tampered[len(tampered)-1] ^= 1
 	for name, blob := range map[string][]byte{"tampered": tampered, "garbage": []byte("hello"), "empty": nil} {
-		if _, _, err := s.Decrypt(ctx, blob); !errors.Is(err, ErrInvalid) {
+		if _, _, err := s.Decrypt(ctx, blob, nil); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: Decrypt = %v, want ErrInvalid", name, err)
 		}
 	}
@@ -96,7 +96,7 @@ func TestOpen_Reopen_SameMasterKeyDecryptsOldBlobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plain, wrapped, _, err := s.GenerateDataKey(ctx, "", 64)
+	plain, wrapped, _, err := s.GenerateDataKey(ctx, "", 64, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestOpen_Reopen_SameMasterKeyDecryptsOldBlobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _, err := s2.Decrypt(ctx, wrapped)
+	got, _, err := s2.Decrypt(ctx, wrapped, nil)
 	if err != nil || !bytes.Equal(got, plain) {
 		t.Fatalf("after reopen Decrypt = %v; want the same data key", err)
 	}
@@ -121,7 +121,7 @@ func TestOpen_Reopen_SameMasterKeyDecryptsOldBlobs(t *testing.T) {
 
 func TestGenerateDataKey_BadSize_Invalid(t *testing.T) {
 	s := newService(t, t.TempDir())
-	if _, _, _, err := s.GenerateDataKey(context.Background(), "", 8); !errors.Is(err, ErrInvalid) {
+	if _, _, _, err := s.GenerateDataKey(context.Background(), "", 8, nil); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("size 8: %v, want ErrInvalid", err)
 	}
 }

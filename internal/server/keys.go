@@ -53,7 +53,7 @@ func (s *Server) volumeEncryption(ctx context.Context, req *pb.CreateVolumeReque
 	if !wantEncrypted {
 		return Encryption{}, nil
 	}
-	_, wrapped, keyID, err := s.kms.GenerateDataKey(ctx, req.KmsKeyId, block.DataKeySize)
+	_, wrapped, keyID, err := s.kms.GenerateDataKey(ctx, req.KmsKeyId, block.DataKeySize, nil)
 	if err != nil {
 		return Encryption{}, kmsError(err, req.KmsKeyId)
 	}
@@ -66,9 +66,10 @@ func kmsError(err error, ref string) error {
 	}
 	switch {
 	case errors.Is(err, kms.ErrNotFound):
-		return status.Errorf(codes.InvalidArgument, "kmsKeyId %s does not exist (see `stowage key list`)", ref)
+		return status.Errorf(codes.InvalidArgument, "KMS key %s does not exist (see `stowage key list`)", ref)
 	case errors.Is(err, kms.ErrDisabled):
-		return status.Errorf(codes.FailedPrecondition, "KMS key %s is disabled", ref)
+		// The message names the key and its state.
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, kms.ErrInvalid):
 		return status.Errorf(codes.InvalidArgument, "KMS key %s: %v", ref, err)
 	case errors.Is(err, kms.ErrExists):
@@ -96,7 +97,7 @@ func (s *Server) GetVolumeDataKey(ctx context.Context, req *pb.GetVolumeDataKeyR
 	if s.kms == nil {
 		return nil, status.Error(codes.FailedPrecondition, "this server runs without a KMS")
 	}
-	key, keyID, err := s.kms.Decrypt(ctx, v.DataKey)
+	key, keyID, err := s.kms.Decrypt(ctx, v.DataKey, nil)
 	if err != nil {
 		return nil, kmsError(err, v.KMSKeyID)
 	}
@@ -112,7 +113,15 @@ func (s *Server) requireKMS() error {
 }
 
 func keyProto(k *kms.Key) *pb.Key {
-	return &pb.Key{Id: k.ID, Aliases: k.Aliases, Description: k.Description, State: k.State, CreateTime: timestamppb.New(k.Created)}
+	p := &pb.Key{Id: k.ID, Aliases: k.Aliases, Description: k.Description, State: k.State, CreateTime: timestamppb.New(k.Created),
+		CurrentVersion: int32(k.CurrentVersion()), CurrentVersionCreateTime: timestamppb.New(k.Created)}
+	if v := k.CurrentVersion(); v < len(k.VersionCreated) {
+		p.CurrentVersionCreateTime = timestamppb.New(k.VersionCreated[v])
+	}
+	if !k.DeletionDate.IsZero() {
+		p.DeletionTime = timestamppb.New(k.DeletionDate)
+	}
+	return p
 }
 
 func (s *Server) CreateKey(ctx context.Context, req *pb.CreateKeyRequest) (*pb.Key, error) {
@@ -157,4 +166,116 @@ func (s *Server) ListKeys(ctx context.Context, _ *pb.ListKeysRequest) (*pb.ListK
 		resp.Keys = append(resp.Keys, keyProto(&keys[i]))
 	}
 	return resp, nil
+}
+
+// keyOpError maps a KMS error of a KeyService call, where the key named is
+// the object of the call: a missing key is NOT_FOUND.
+func keyOpError(err error, ref string) error {
+	if errors.Is(err, kms.ErrNotFound) {
+		return status.Errorf(codes.NotFound, "KMS key %s does not exist (see `stowage key list`)", ref)
+	}
+	return kmsError(err, ref)
+}
+
+// keyChange runs one state change of a key named in the request.
+func (s *Server) keyChange(ctx context.Context, ref, what string, fn func(*kms.Service, context.Context, string) (*kms.Key, error)) (*pb.Key, error) {
+	if err := s.requireKMS(); err != nil {
+		return nil, err
+	}
+	if ref == "" {
+		return nil, status.Error(codes.InvalidArgument, "key id is required")
+	}
+	k, err := fn(s.kms, ctx, ref)
+	if err != nil {
+		return nil, keyOpError(err, ref)
+	}
+	s.log.Info("KMS key "+what, "key", k.ID, "state", k.State, "version", k.CurrentVersion())
+	return keyProto(k), nil
+}
+
+func (s *Server) EnableKey(ctx context.Context, req *pb.KeyRequest) (*pb.Key, error) {
+	return s.keyChange(ctx, req.KeyId, "enabled", (*kms.Service).EnableKey)
+}
+
+func (s *Server) DisableKey(ctx context.Context, req *pb.KeyRequest) (*pb.Key, error) {
+	return s.keyChange(ctx, req.KeyId, "disabled", (*kms.Service).DisableKey)
+}
+
+func (s *Server) ScheduleKeyDeletion(ctx context.Context, req *pb.ScheduleKeyDeletionRequest) (*pb.Key, error) {
+	return s.keyChange(ctx, req.KeyId, "scheduled for deletion", func(k *kms.Service, ctx context.Context, ref string) (*kms.Key, error) {
+		return k.ScheduleKeyDeletion(ctx, ref, int(req.PendingWindowInDays))
+	})
+}
+
+func (s *Server) CancelKeyDeletion(ctx context.Context, req *pb.KeyRequest) (*pb.Key, error) {
+	return s.keyChange(ctx, req.KeyId, "deletion cancelled", (*kms.Service).CancelKeyDeletion)
+}
+
+func (s *Server) RotateKey(ctx context.Context, req *pb.KeyRequest) (*pb.Key, error) {
+	return s.keyChange(ctx, req.KeyId, "rotated", (*kms.Service).RotateKey)
+}
+
+func (s *Server) CreateAlias(ctx context.Context, req *pb.CreateAliasRequest) (*pb.Key, error) {
+	return s.keyChange(ctx, req.TargetKeyId, "alias created", func(k *kms.Service, ctx context.Context, ref string) (*kms.Key, error) {
+		return k.CreateAlias(ctx, req.AliasName, ref)
+	})
+}
+
+func (s *Server) DeleteAlias(ctx context.Context, req *pb.DeleteAliasRequest) (*pb.DeleteAliasResponse, error) {
+	if err := s.requireKMS(); err != nil {
+		return nil, err
+	}
+	if err := s.kms.DeleteAlias(ctx, req.AliasName); err != nil {
+		return nil, keyOpError(err, req.AliasName)
+	}
+	return &pb.DeleteAliasResponse{}, nil
+}
+
+func (s *Server) Encrypt(ctx context.Context, req *pb.EncryptRequest) (*pb.EncryptResponse, error) {
+	if err := s.requireKMS(); err != nil {
+		return nil, err
+	}
+	if req.KeyId == "" {
+		return nil, status.Error(codes.InvalidArgument, "key id is required")
+	}
+	blob, keyID, err := s.kms.Encrypt(ctx, req.KeyId, req.Plaintext, req.EncryptionContext)
+	if err != nil {
+		return nil, keyOpError(err, req.KeyId)
+	}
+	_, version, _ := kms.BlobKey(blob)
+	return &pb.EncryptResponse{CiphertextBlob: blob, KeyId: keyID, KeyVersion: int32(version)}, nil
+}
+
+func (s *Server) Decrypt(ctx context.Context, req *pb.DecryptRequest) (*pb.DecryptResponse, error) {
+	if err := s.requireKMS(); err != nil {
+		return nil, err
+	}
+	keyID, version, err := kms.BlobKey(req.CiphertextBlob)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "ciphertext: %v", err)
+	}
+	plain, _, err := s.kms.Decrypt(ctx, req.CiphertextBlob, req.EncryptionContext)
+	if err != nil {
+		return nil, keyOpError(err, keyID)
+	}
+	return &pb.DecryptResponse{Plaintext: plain, KeyId: keyID, KeyVersion: int32(version)}, nil
+}
+
+func (s *Server) GenerateDataKey(ctx context.Context, req *pb.GenerateDataKeyRequest) (*pb.GenerateDataKeyResponse, error) {
+	if err := s.requireKMS(); err != nil {
+		return nil, err
+	}
+	if req.KeyId == "" {
+		return nil, status.Error(codes.InvalidArgument, "key id is required")
+	}
+	n := int(req.NumberOfBytes)
+	if n == 0 {
+		n = 32
+	}
+	plain, wrapped, keyID, err := s.kms.GenerateDataKey(ctx, req.KeyId, n, req.EncryptionContext)
+	if err != nil {
+		return nil, keyOpError(err, req.KeyId)
+	}
+	_, version, _ := kms.BlobKey(wrapped)
+	return &pb.GenerateDataKeyResponse{Plaintext: plain, CiphertextBlob: wrapped, KeyId: keyID, KeyVersion: int32(version)}, nil
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/stowage-io/stowage/internal/block"
 	"github.com/stowage-io/stowage/internal/keylock"
 	"github.com/stowage-io/stowage/internal/kms"
+	"github.com/stowage-io/stowage/internal/params"
+	"github.com/stowage-io/stowage/internal/secrets"
 	"github.com/stowage-io/stowage/internal/store"
 )
 
@@ -74,6 +76,8 @@ type Server struct {
 	pb.UnimplementedPoolServiceServer
 	pb.UnimplementedNodeServiceServer
 	pb.UnimplementedKeyServiceServer
+	pb.UnimplementedSecretServiceServer
+	pb.UnimplementedParameterServiceServer
 	pb.UnimplementedFileSystemServiceServer
 	pb.UnimplementedAccessPointServiceServer
 
@@ -83,6 +87,8 @@ type Server struct {
 	locks     *keylock.Set
 	log       *slog.Logger
 	kms       *kms.Service
+	secrets   *secrets.Service
+	params    *params.Service
 
 	filePools     map[string]FilePool
 	filePoolNames []string
@@ -115,6 +121,10 @@ func New(cfg Config) (*Server, error) {
 	if s.exporters == nil {
 		s.exporters = map[string]Exporter{}
 	}
+	if cfg.KMS != nil {
+		s.secrets = secrets.New(cfg.Store, cfg.KMS, secrets.Options{})
+		s.params = params.New(cfg.Store, cfg.KMS, params.Options{})
+	}
 	for name := range cfg.Pools {
 		s.poolNames = append(s.poolNames, name)
 	}
@@ -133,6 +143,8 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterPoolServiceServer(g, s)
 	pb.RegisterNodeServiceServer(g, s)
 	pb.RegisterKeyServiceServer(g, s)
+	pb.RegisterSecretServiceServer(g, s)
+	pb.RegisterParameterServiceServer(g, s)
 	pb.RegisterFileSystemServiceServer(g, s)
 	pb.RegisterAccessPointServiceServer(g, s)
 }

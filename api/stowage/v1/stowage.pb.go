@@ -194,14 +194,19 @@ func (AttachmentState) EnumDescriptor() ([]byte, []int) {
 }
 
 type Key struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Aliases       []string               `protobuf:"bytes,2,rep,name=aliases,proto3" json:"aliases,omitempty"`
-	Description   string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
-	State         string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"` // Enabled, Disabled
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Aliases     []string               `protobuf:"bytes,2,rep,name=aliases,proto3" json:"aliases,omitempty"`
+	Description string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	State       string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"` // Enabled, Disabled, PendingDeletion
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Set while the key is PendingDeletion.
+	DeletionTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=deletion_time,json=deletionTime,proto3" json:"deletion_time,omitempty"`
+	// The version that encrypts; versions 0..current_version decrypt.
+	CurrentVersion           int32                  `protobuf:"varint,7,opt,name=current_version,json=currentVersion,proto3" json:"current_version,omitempty"`
+	CurrentVersionCreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=current_version_create_time,json=currentVersionCreateTime,proto3" json:"current_version_create_time,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *Key) Reset() {
@@ -265,6 +270,27 @@ func (x *Key) GetState() string {
 func (x *Key) GetCreateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Key) GetDeletionTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeletionTime
+	}
+	return nil
+}
+
+func (x *Key) GetCurrentVersion() int32 {
+	if x != nil {
+		return x.CurrentVersion
+	}
+	return 0
+}
+
+func (x *Key) GetCurrentVersionCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CurrentVersionCreateTime
 	}
 	return nil
 }
@@ -446,6 +472,598 @@ func (x *ListKeysResponse) GetKeys() []*Key {
 	return nil
 }
 
+type KeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A key id, an alias or an ARN, as in DescribeKeyRequest.
+	KeyId         string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyRequest) Reset() {
+	*x = KeyRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyRequest) ProtoMessage() {}
+
+func (x *KeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyRequest.ProtoReflect.Descriptor instead.
+func (*KeyRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *KeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+type ScheduleKeyDeletionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// 7–30; 0 is 30.
+	PendingWindowInDays int32 `protobuf:"varint,2,opt,name=pending_window_in_days,json=pendingWindowInDays,proto3" json:"pending_window_in_days,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *ScheduleKeyDeletionRequest) Reset() {
+	*x = ScheduleKeyDeletionRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduleKeyDeletionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduleKeyDeletionRequest) ProtoMessage() {}
+
+func (x *ScheduleKeyDeletionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduleKeyDeletionRequest.ProtoReflect.Descriptor instead.
+func (*ScheduleKeyDeletionRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ScheduleKeyDeletionRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ScheduleKeyDeletionRequest) GetPendingWindowInDays() int32 {
+	if x != nil {
+		return x.PendingWindowInDays
+	}
+	return 0
+}
+
+type CreateAliasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AliasName     string                 `protobuf:"bytes,1,opt,name=alias_name,json=aliasName,proto3" json:"alias_name,omitempty"` // alias/<name>
+	TargetKeyId   string                 `protobuf:"bytes,2,opt,name=target_key_id,json=targetKeyId,proto3" json:"target_key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAliasRequest) Reset() {
+	*x = CreateAliasRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAliasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAliasRequest) ProtoMessage() {}
+
+func (x *CreateAliasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAliasRequest.ProtoReflect.Descriptor instead.
+func (*CreateAliasRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CreateAliasRequest) GetAliasName() string {
+	if x != nil {
+		return x.AliasName
+	}
+	return ""
+}
+
+func (x *CreateAliasRequest) GetTargetKeyId() string {
+	if x != nil {
+		return x.TargetKeyId
+	}
+	return ""
+}
+
+type DeleteAliasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AliasName     string                 `protobuf:"bytes,1,opt,name=alias_name,json=aliasName,proto3" json:"alias_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAliasRequest) Reset() {
+	*x = DeleteAliasRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAliasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAliasRequest) ProtoMessage() {}
+
+func (x *DeleteAliasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAliasRequest.ProtoReflect.Descriptor instead.
+func (*DeleteAliasRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DeleteAliasRequest) GetAliasName() string {
+	if x != nil {
+		return x.AliasName
+	}
+	return ""
+}
+
+type DeleteAliasResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAliasResponse) Reset() {
+	*x = DeleteAliasResponse{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAliasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAliasResponse) ProtoMessage() {}
+
+func (x *DeleteAliasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAliasResponse.ProtoReflect.Descriptor instead.
+func (*DeleteAliasResponse) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{9}
+}
+
+type EncryptRequest struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	KeyId             string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Plaintext         []byte                 `protobuf:"bytes,2,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
+	EncryptionContext map[string]string      `protobuf:"bytes,3,rep,name=encryption_context,json=encryptionContext,proto3" json:"encryption_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *EncryptRequest) Reset() {
+	*x = EncryptRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncryptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncryptRequest) ProtoMessage() {}
+
+func (x *EncryptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncryptRequest.ProtoReflect.Descriptor instead.
+func (*EncryptRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *EncryptRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *EncryptRequest) GetPlaintext() []byte {
+	if x != nil {
+		return x.Plaintext
+	}
+	return nil
+}
+
+func (x *EncryptRequest) GetEncryptionContext() map[string]string {
+	if x != nil {
+		return x.EncryptionContext
+	}
+	return nil
+}
+
+type EncryptResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CiphertextBlob []byte                 `protobuf:"bytes,1,opt,name=ciphertext_blob,json=ciphertextBlob,proto3" json:"ciphertext_blob,omitempty"`
+	KeyId          string                 `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyVersion     int32                  `protobuf:"varint,3,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EncryptResponse) Reset() {
+	*x = EncryptResponse{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncryptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncryptResponse) ProtoMessage() {}
+
+func (x *EncryptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncryptResponse.ProtoReflect.Descriptor instead.
+func (*EncryptResponse) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *EncryptResponse) GetCiphertextBlob() []byte {
+	if x != nil {
+		return x.CiphertextBlob
+	}
+	return nil
+}
+
+func (x *EncryptResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *EncryptResponse) GetKeyVersion() int32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+type DecryptRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ciphertext names its key and version.
+	CiphertextBlob    []byte            `protobuf:"bytes,1,opt,name=ciphertext_blob,json=ciphertextBlob,proto3" json:"ciphertext_blob,omitempty"`
+	EncryptionContext map[string]string `protobuf:"bytes,2,rep,name=encryption_context,json=encryptionContext,proto3" json:"encryption_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DecryptRequest) Reset() {
+	*x = DecryptRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecryptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecryptRequest) ProtoMessage() {}
+
+func (x *DecryptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecryptRequest.ProtoReflect.Descriptor instead.
+func (*DecryptRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DecryptRequest) GetCiphertextBlob() []byte {
+	if x != nil {
+		return x.CiphertextBlob
+	}
+	return nil
+}
+
+func (x *DecryptRequest) GetEncryptionContext() map[string]string {
+	if x != nil {
+		return x.EncryptionContext
+	}
+	return nil
+}
+
+type DecryptResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Plaintext     []byte                 `protobuf:"bytes,1,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
+	KeyId         string                 `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyVersion    int32                  `protobuf:"varint,3,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecryptResponse) Reset() {
+	*x = DecryptResponse{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecryptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecryptResponse) ProtoMessage() {}
+
+func (x *DecryptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecryptResponse.ProtoReflect.Descriptor instead.
+func (*DecryptResponse) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DecryptResponse) GetPlaintext() []byte {
+	if x != nil {
+		return x.Plaintext
+	}
+	return nil
+}
+
+func (x *DecryptResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *DecryptResponse) GetKeyVersion() int32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+type GenerateDataKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// 16–64; 0 is 32 (an AES-256 key).
+	NumberOfBytes     int32             `protobuf:"varint,2,opt,name=number_of_bytes,json=numberOfBytes,proto3" json:"number_of_bytes,omitempty"`
+	EncryptionContext map[string]string `protobuf:"bytes,3,rep,name=encryption_context,json=encryptionContext,proto3" json:"encryption_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *GenerateDataKeyRequest) Reset() {
+	*x = GenerateDataKeyRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateDataKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateDataKeyRequest) ProtoMessage() {}
+
+func (x *GenerateDataKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateDataKeyRequest.ProtoReflect.Descriptor instead.
+func (*GenerateDataKeyRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GenerateDataKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *GenerateDataKeyRequest) GetNumberOfBytes() int32 {
+	if x != nil {
+		return x.NumberOfBytes
+	}
+	return 0
+}
+
+func (x *GenerateDataKeyRequest) GetEncryptionContext() map[string]string {
+	if x != nil {
+		return x.EncryptionContext
+	}
+	return nil
+}
+
+type GenerateDataKeyResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Plaintext      []byte                 `protobuf:"bytes,1,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
+	CiphertextBlob []byte                 `protobuf:"bytes,2,opt,name=ciphertext_blob,json=ciphertextBlob,proto3" json:"ciphertext_blob,omitempty"`
+	KeyId          string                 `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyVersion     int32                  `protobuf:"varint,4,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GenerateDataKeyResponse) Reset() {
+	*x = GenerateDataKeyResponse{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateDataKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateDataKeyResponse) ProtoMessage() {}
+
+func (x *GenerateDataKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateDataKeyResponse.ProtoReflect.Descriptor instead.
+func (*GenerateDataKeyResponse) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GenerateDataKeyResponse) GetPlaintext() []byte {
+	if x != nil {
+		return x.Plaintext
+	}
+	return nil
+}
+
+func (x *GenerateDataKeyResponse) GetCiphertextBlob() []byte {
+	if x != nil {
+		return x.CiphertextBlob
+	}
+	return nil
+}
+
+func (x *GenerateDataKeyResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *GenerateDataKeyResponse) GetKeyVersion() int32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
 type GetVolumeDataKeyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
@@ -456,7 +1074,7 @@ type GetVolumeDataKeyRequest struct {
 
 func (x *GetVolumeDataKeyRequest) Reset() {
 	*x = GetVolumeDataKeyRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[5]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +1086,7 @@ func (x *GetVolumeDataKeyRequest) String() string {
 func (*GetVolumeDataKeyRequest) ProtoMessage() {}
 
 func (x *GetVolumeDataKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[5]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +1099,7 @@ func (x *GetVolumeDataKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeDataKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeDataKeyRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{5}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetVolumeDataKeyRequest) GetVolumeId() string {
@@ -509,7 +1127,7 @@ type VolumeDataKey struct {
 
 func (x *VolumeDataKey) Reset() {
 	*x = VolumeDataKey{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[6]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +1139,7 @@ func (x *VolumeDataKey) String() string {
 func (*VolumeDataKey) ProtoMessage() {}
 
 func (x *VolumeDataKey) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[6]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +1152,7 @@ func (x *VolumeDataKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDataKey.ProtoReflect.Descriptor instead.
 func (*VolumeDataKey) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{6}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VolumeDataKey) GetVolumeId() string {
@@ -588,7 +1206,7 @@ type Volume struct {
 
 func (x *Volume) Reset() {
 	*x = Volume{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[7]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +1218,7 @@ func (x *Volume) String() string {
 func (*Volume) ProtoMessage() {}
 
 func (x *Volume) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[7]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +1231,7 @@ func (x *Volume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Volume.ProtoReflect.Descriptor instead.
 func (*Volume) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{7}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Volume) GetId() string {
@@ -765,7 +1383,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[8]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +1395,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[8]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +1408,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{8}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Attachment) GetVolumeId() string {
@@ -865,7 +1483,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[9]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1495,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[9]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1508,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{9}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateVolumeRequest) GetName() string {
@@ -1022,7 +1640,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[10]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +1652,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[10]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +1665,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{10}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Placement) GetZone() string {
@@ -1073,7 +1691,7 @@ type DescribeVolumeRequest struct {
 
 func (x *DescribeVolumeRequest) Reset() {
 	*x = DescribeVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[11]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1703,7 @@ func (x *DescribeVolumeRequest) String() string {
 func (*DescribeVolumeRequest) ProtoMessage() {}
 
 func (x *DescribeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[11]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1716,7 @@ func (x *DescribeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{11}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DescribeVolumeRequest) GetVolumeId() string {
@@ -1124,7 +1742,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[12]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1754,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[12]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1767,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{12}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListVolumesRequest) GetZone() string {
@@ -1211,7 +1829,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[13]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1841,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[13]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1854,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{13}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -1262,7 +1880,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[14]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1892,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[14]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1905,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{14}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteVolumeRequest) GetVolumeId() string {
@@ -1306,7 +1924,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[15]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1936,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[15]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1949,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{15}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteVolumeResponse) GetDeleted() bool {
@@ -1352,7 +1970,7 @@ type AttachVolumeRequest struct {
 
 func (x *AttachVolumeRequest) Reset() {
 	*x = AttachVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[16]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1982,7 @@ func (x *AttachVolumeRequest) String() string {
 func (*AttachVolumeRequest) ProtoMessage() {}
 
 func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[16]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1995,7 @@ func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*AttachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{16}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AttachVolumeRequest) GetVolumeId() string {
@@ -1411,7 +2029,7 @@ type DetachVolumeRequest struct {
 
 func (x *DetachVolumeRequest) Reset() {
 	*x = DetachVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[17]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +2041,7 @@ func (x *DetachVolumeRequest) String() string {
 func (*DetachVolumeRequest) ProtoMessage() {}
 
 func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[17]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +2054,7 @@ func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DetachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{17}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DetachVolumeRequest) GetVolumeId() string {
@@ -1462,7 +2080,7 @@ type DetachVolumeResponse struct {
 
 func (x *DetachVolumeResponse) Reset() {
 	*x = DetachVolumeResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[18]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +2092,7 @@ func (x *DetachVolumeResponse) String() string {
 func (*DetachVolumeResponse) ProtoMessage() {}
 
 func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[18]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +2105,7 @@ func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DetachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{18}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DetachVolumeResponse) GetDetached() bool {
@@ -1507,7 +2125,7 @@ type ResizeVolumeRequest struct {
 
 func (x *ResizeVolumeRequest) Reset() {
 	*x = ResizeVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[19]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +2137,7 @@ func (x *ResizeVolumeRequest) String() string {
 func (*ResizeVolumeRequest) ProtoMessage() {}
 
 func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[19]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +2150,7 @@ func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{19}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ResizeVolumeRequest) GetVolumeId() string {
@@ -1562,7 +2180,7 @@ type ModifyVolumeRequest struct {
 
 func (x *ModifyVolumeRequest) Reset() {
 	*x = ModifyVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +2192,7 @@ func (x *ModifyVolumeRequest) String() string {
 func (*ModifyVolumeRequest) ProtoMessage() {}
 
 func (x *ModifyVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +2205,7 @@ func (x *ModifyVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModifyVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ModifyVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{20}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ModifyVolumeRequest) GetVolumeId() string {
@@ -1646,7 +2264,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1658,7 +2276,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1671,7 +2289,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{21}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Snapshot) GetId() string {
@@ -1777,7 +2395,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +2407,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +2420,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{22}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateSnapshotRequest) GetName() string {
@@ -1842,7 +2460,7 @@ type DescribeSnapshotRequest struct {
 
 func (x *DescribeSnapshotRequest) Reset() {
 	*x = DescribeSnapshotRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2472,7 @@ func (x *DescribeSnapshotRequest) String() string {
 func (*DescribeSnapshotRequest) ProtoMessage() {}
 
 func (x *DescribeSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2485,7 @@ func (x *DescribeSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DescribeSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{23}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DescribeSnapshotRequest) GetSnapshotId() string {
@@ -1889,7 +2507,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +2519,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +2532,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{24}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListSnapshotsRequest) GetVolumeId() string {
@@ -1955,7 +2573,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2585,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1980,7 +2598,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{25}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -2006,7 +2624,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2018,7 +2636,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2031,7 +2649,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{26}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeleteSnapshotRequest) GetSnapshotId() string {
@@ -2050,7 +2668,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2680,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2693,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{27}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DeleteSnapshotResponse) GetDeleted() bool {
@@ -2105,7 +2723,7 @@ type Pool struct {
 
 func (x *Pool) Reset() {
 	*x = Pool{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[28]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2117,7 +2735,7 @@ func (x *Pool) String() string {
 func (*Pool) ProtoMessage() {}
 
 func (x *Pool) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[28]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2130,7 +2748,7 @@ func (x *Pool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pool.ProtoReflect.Descriptor instead.
 func (*Pool) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{28}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Pool) GetName() string {
@@ -2220,7 +2838,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[29]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2850,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[29]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2863,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{29}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListPoolsRequest) GetZone() string {
@@ -2271,7 +2889,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[30]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2901,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[30]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +2914,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{30}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListPoolsResponse) GetPools() []*Pool {
@@ -2320,7 +2938,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[31]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2950,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[31]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2963,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{31}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Node) GetId() string {
@@ -2394,7 +3012,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[32]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +3024,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[32]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +3037,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{32}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RegisterNodeRequest) GetId() string {
@@ -2451,7 +3069,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[33]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2463,7 +3081,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[33]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2476,7 +3094,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{33}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{44}
 }
 
 type ListNodesResponse struct {
@@ -2488,7 +3106,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[34]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2500,7 +3118,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[34]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +3131,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{34}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2528,14 +3146,17 @@ var File_stowage_v1_stowage_proto protoreflect.FileDescriptor
 const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\n" +
 	"\x18stowage/v1/stowage.proto\x12\n" +
-	"stowage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n" +
+	"stowage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x02\n" +
 	"\x03Key\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaliases\x18\x02 \x03(\tR\aaliases\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"N\n" +
+	"createTime\x12?\n" +
+	"\rdeletion_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fdeletionTime\x12'\n" +
+	"\x0fcurrent_version\x18\a \x01(\x05R\x0ecurrentVersion\x12Y\n" +
+	"\x1bcurrent_version_create_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x18currentVersionCreateTime\"N\n" +
 	"\x10CreateKeyRequest\x12 \n" +
 	"\vdescription\x18\x01 \x01(\tR\vdescription\x12\x18\n" +
 	"\aaliases\x18\x02 \x03(\tR\aaliases\"+\n" +
@@ -2543,7 +3164,57 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x11\n" +
 	"\x0fListKeysRequest\"7\n" +
 	"\x10ListKeysResponse\x12#\n" +
-	"\x04keys\x18\x01 \x03(\v2\x0f.stowage.v1.KeyR\x04keys\"O\n" +
+	"\x04keys\x18\x01 \x03(\v2\x0f.stowage.v1.KeyR\x04keys\"#\n" +
+	"\n" +
+	"KeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"h\n" +
+	"\x1aScheduleKeyDeletionRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x123\n" +
+	"\x16pending_window_in_days\x18\x02 \x01(\x05R\x13pendingWindowInDays\"W\n" +
+	"\x12CreateAliasRequest\x12\x1d\n" +
+	"\n" +
+	"alias_name\x18\x01 \x01(\tR\taliasName\x12\"\n" +
+	"\rtarget_key_id\x18\x02 \x01(\tR\vtargetKeyId\"3\n" +
+	"\x12DeleteAliasRequest\x12\x1d\n" +
+	"\n" +
+	"alias_name\x18\x01 \x01(\tR\taliasName\"\x15\n" +
+	"\x13DeleteAliasResponse\"\xed\x01\n" +
+	"\x0eEncryptRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1c\n" +
+	"\tplaintext\x18\x02 \x01(\fR\tplaintext\x12`\n" +
+	"\x12encryption_context\x18\x03 \x03(\v21.stowage.v1.EncryptRequest.EncryptionContextEntryR\x11encryptionContext\x1aD\n" +
+	"\x16EncryptionContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"r\n" +
+	"\x0fEncryptResponse\x12'\n" +
+	"\x0fciphertext_blob\x18\x01 \x01(\fR\x0eciphertextBlob\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1f\n" +
+	"\vkey_version\x18\x03 \x01(\x05R\n" +
+	"keyVersion\"\xe1\x01\n" +
+	"\x0eDecryptRequest\x12'\n" +
+	"\x0fciphertext_blob\x18\x01 \x01(\fR\x0eciphertextBlob\x12`\n" +
+	"\x12encryption_context\x18\x02 \x03(\v21.stowage.v1.DecryptRequest.EncryptionContextEntryR\x11encryptionContext\x1aD\n" +
+	"\x16EncryptionContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"g\n" +
+	"\x0fDecryptResponse\x12\x1c\n" +
+	"\tplaintext\x18\x01 \x01(\fR\tplaintext\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1f\n" +
+	"\vkey_version\x18\x03 \x01(\x05R\n" +
+	"keyVersion\"\x87\x02\n" +
+	"\x16GenerateDataKeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12&\n" +
+	"\x0fnumber_of_bytes\x18\x02 \x01(\x05R\rnumberOfBytes\x12h\n" +
+	"\x12encryption_context\x18\x03 \x03(\v29.stowage.v1.GenerateDataKeyRequest.EncryptionContextEntryR\x11encryptionContext\x1aD\n" +
+	"\x16EncryptionContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x98\x01\n" +
+	"\x17GenerateDataKeyResponse\x12\x1c\n" +
+	"\tplaintext\x18\x01 \x01(\fR\tplaintext\x12'\n" +
+	"\x0fciphertext_blob\x18\x02 \x01(\fR\x0eciphertextBlob\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId\x12\x1f\n" +
+	"\vkey_version\x18\x04 \x01(\x05R\n" +
+	"keyVersion\"O\n" +
 	"\x17GetVolumeDataKeyRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\\\n" +
@@ -2766,12 +3437,23 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\fDetachVolume\x12\x1f.stowage.v1.DetachVolumeRequest\x1a .stowage.v1.DetachVolumeResponse\x12C\n" +
 	"\fResizeVolume\x12\x1f.stowage.v1.ResizeVolumeRequest\x1a\x12.stowage.v1.Volume\x12C\n" +
 	"\fModifyVolume\x12\x1f.stowage.v1.ModifyVolumeRequest\x1a\x12.stowage.v1.Volume\x12R\n" +
-	"\x10GetVolumeDataKey\x12#.stowage.v1.GetVolumeDataKeyRequest\x1a\x19.stowage.v1.VolumeDataKey2\xcf\x01\n" +
+	"\x10GetVolumeDataKey\x12#.stowage.v1.GetVolumeDataKeyRequest\x1a\x19.stowage.v1.VolumeDataKey2\xf4\x06\n" +
 	"\n" +
 	"KeyService\x12:\n" +
 	"\tCreateKey\x12\x1c.stowage.v1.CreateKeyRequest\x1a\x0f.stowage.v1.Key\x12>\n" +
 	"\vDescribeKey\x12\x1e.stowage.v1.DescribeKeyRequest\x1a\x0f.stowage.v1.Key\x12E\n" +
-	"\bListKeys\x12\x1b.stowage.v1.ListKeysRequest\x1a\x1c.stowage.v1.ListKeysResponse2\xda\x02\n" +
+	"\bListKeys\x12\x1b.stowage.v1.ListKeysRequest\x1a\x1c.stowage.v1.ListKeysResponse\x124\n" +
+	"\tEnableKey\x12\x16.stowage.v1.KeyRequest\x1a\x0f.stowage.v1.Key\x125\n" +
+	"\n" +
+	"DisableKey\x12\x16.stowage.v1.KeyRequest\x1a\x0f.stowage.v1.Key\x12N\n" +
+	"\x13ScheduleKeyDeletion\x12&.stowage.v1.ScheduleKeyDeletionRequest\x1a\x0f.stowage.v1.Key\x12<\n" +
+	"\x11CancelKeyDeletion\x12\x16.stowage.v1.KeyRequest\x1a\x0f.stowage.v1.Key\x124\n" +
+	"\tRotateKey\x12\x16.stowage.v1.KeyRequest\x1a\x0f.stowage.v1.Key\x12>\n" +
+	"\vCreateAlias\x12\x1e.stowage.v1.CreateAliasRequest\x1a\x0f.stowage.v1.Key\x12N\n" +
+	"\vDeleteAlias\x12\x1e.stowage.v1.DeleteAliasRequest\x1a\x1f.stowage.v1.DeleteAliasResponse\x12B\n" +
+	"\aEncrypt\x12\x1a.stowage.v1.EncryptRequest\x1a\x1b.stowage.v1.EncryptResponse\x12B\n" +
+	"\aDecrypt\x12\x1a.stowage.v1.DecryptRequest\x1a\x1b.stowage.v1.DecryptResponse\x12Z\n" +
+	"\x0fGenerateDataKey\x12\".stowage.v1.GenerateDataKeyRequest\x1a#.stowage.v1.GenerateDataKeyResponse2\xda\x02\n" +
 	"\x0fSnapshotService\x12I\n" +
 	"\x0eCreateSnapshot\x12!.stowage.v1.CreateSnapshotRequest\x1a\x14.stowage.v1.Snapshot\x12M\n" +
 	"\x10DescribeSnapshot\x12#.stowage.v1.DescribeSnapshotRequest\x1a\x14.stowage.v1.Snapshot\x12T\n" +
@@ -2796,121 +3478,160 @@ func file_stowage_v1_stowage_proto_rawDescGZIP() []byte {
 }
 
 var file_stowage_v1_stowage_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_stowage_v1_stowage_proto_goTypes = []any{
-	(VolumeState)(0),                // 0: stowage.v1.VolumeState
-	(SnapshotState)(0),              // 1: stowage.v1.SnapshotState
-	(AttachmentState)(0),            // 2: stowage.v1.AttachmentState
-	(*Key)(nil),                     // 3: stowage.v1.Key
-	(*CreateKeyRequest)(nil),        // 4: stowage.v1.CreateKeyRequest
-	(*DescribeKeyRequest)(nil),      // 5: stowage.v1.DescribeKeyRequest
-	(*ListKeysRequest)(nil),         // 6: stowage.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),        // 7: stowage.v1.ListKeysResponse
-	(*GetVolumeDataKeyRequest)(nil), // 8: stowage.v1.GetVolumeDataKeyRequest
-	(*VolumeDataKey)(nil),           // 9: stowage.v1.VolumeDataKey
-	(*Volume)(nil),                  // 10: stowage.v1.Volume
-	(*Attachment)(nil),              // 11: stowage.v1.Attachment
-	(*CreateVolumeRequest)(nil),     // 12: stowage.v1.CreateVolumeRequest
-	(*Placement)(nil),               // 13: stowage.v1.Placement
-	(*DescribeVolumeRequest)(nil),   // 14: stowage.v1.DescribeVolumeRequest
-	(*ListVolumesRequest)(nil),      // 15: stowage.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),     // 16: stowage.v1.ListVolumesResponse
-	(*DeleteVolumeRequest)(nil),     // 17: stowage.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 18: stowage.v1.DeleteVolumeResponse
-	(*AttachVolumeRequest)(nil),     // 19: stowage.v1.AttachVolumeRequest
-	(*DetachVolumeRequest)(nil),     // 20: stowage.v1.DetachVolumeRequest
-	(*DetachVolumeResponse)(nil),    // 21: stowage.v1.DetachVolumeResponse
-	(*ResizeVolumeRequest)(nil),     // 22: stowage.v1.ResizeVolumeRequest
-	(*ModifyVolumeRequest)(nil),     // 23: stowage.v1.ModifyVolumeRequest
-	(*Snapshot)(nil),                // 24: stowage.v1.Snapshot
-	(*CreateSnapshotRequest)(nil),   // 25: stowage.v1.CreateSnapshotRequest
-	(*DescribeSnapshotRequest)(nil), // 26: stowage.v1.DescribeSnapshotRequest
-	(*ListSnapshotsRequest)(nil),    // 27: stowage.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),   // 28: stowage.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),   // 29: stowage.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),  // 30: stowage.v1.DeleteSnapshotResponse
-	(*Pool)(nil),                    // 31: stowage.v1.Pool
-	(*ListPoolsRequest)(nil),        // 32: stowage.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 33: stowage.v1.ListPoolsResponse
-	(*Node)(nil),                    // 34: stowage.v1.Node
-	(*RegisterNodeRequest)(nil),     // 35: stowage.v1.RegisterNodeRequest
-	(*ListNodesRequest)(nil),        // 36: stowage.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 37: stowage.v1.ListNodesResponse
-	nil,                             // 38: stowage.v1.Volume.TagsEntry
-	nil,                             // 39: stowage.v1.CreateVolumeRequest.TagsEntry
-	nil,                             // 40: stowage.v1.ListVolumesRequest.TagsEntry
-	nil,                             // 41: stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	nil,                             // 42: stowage.v1.Snapshot.TagsEntry
-	nil,                             // 43: stowage.v1.CreateSnapshotRequest.TagsEntry
-	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
+	(VolumeState)(0),                   // 0: stowage.v1.VolumeState
+	(SnapshotState)(0),                 // 1: stowage.v1.SnapshotState
+	(AttachmentState)(0),               // 2: stowage.v1.AttachmentState
+	(*Key)(nil),                        // 3: stowage.v1.Key
+	(*CreateKeyRequest)(nil),           // 4: stowage.v1.CreateKeyRequest
+	(*DescribeKeyRequest)(nil),         // 5: stowage.v1.DescribeKeyRequest
+	(*ListKeysRequest)(nil),            // 6: stowage.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),           // 7: stowage.v1.ListKeysResponse
+	(*KeyRequest)(nil),                 // 8: stowage.v1.KeyRequest
+	(*ScheduleKeyDeletionRequest)(nil), // 9: stowage.v1.ScheduleKeyDeletionRequest
+	(*CreateAliasRequest)(nil),         // 10: stowage.v1.CreateAliasRequest
+	(*DeleteAliasRequest)(nil),         // 11: stowage.v1.DeleteAliasRequest
+	(*DeleteAliasResponse)(nil),        // 12: stowage.v1.DeleteAliasResponse
+	(*EncryptRequest)(nil),             // 13: stowage.v1.EncryptRequest
+	(*EncryptResponse)(nil),            // 14: stowage.v1.EncryptResponse
+	(*DecryptRequest)(nil),             // 15: stowage.v1.DecryptRequest
+	(*DecryptResponse)(nil),            // 16: stowage.v1.DecryptResponse
+	(*GenerateDataKeyRequest)(nil),     // 17: stowage.v1.GenerateDataKeyRequest
+	(*GenerateDataKeyResponse)(nil),    // 18: stowage.v1.GenerateDataKeyResponse
+	(*GetVolumeDataKeyRequest)(nil),    // 19: stowage.v1.GetVolumeDataKeyRequest
+	(*VolumeDataKey)(nil),              // 20: stowage.v1.VolumeDataKey
+	(*Volume)(nil),                     // 21: stowage.v1.Volume
+	(*Attachment)(nil),                 // 22: stowage.v1.Attachment
+	(*CreateVolumeRequest)(nil),        // 23: stowage.v1.CreateVolumeRequest
+	(*Placement)(nil),                  // 24: stowage.v1.Placement
+	(*DescribeVolumeRequest)(nil),      // 25: stowage.v1.DescribeVolumeRequest
+	(*ListVolumesRequest)(nil),         // 26: stowage.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),        // 27: stowage.v1.ListVolumesResponse
+	(*DeleteVolumeRequest)(nil),        // 28: stowage.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),       // 29: stowage.v1.DeleteVolumeResponse
+	(*AttachVolumeRequest)(nil),        // 30: stowage.v1.AttachVolumeRequest
+	(*DetachVolumeRequest)(nil),        // 31: stowage.v1.DetachVolumeRequest
+	(*DetachVolumeResponse)(nil),       // 32: stowage.v1.DetachVolumeResponse
+	(*ResizeVolumeRequest)(nil),        // 33: stowage.v1.ResizeVolumeRequest
+	(*ModifyVolumeRequest)(nil),        // 34: stowage.v1.ModifyVolumeRequest
+	(*Snapshot)(nil),                   // 35: stowage.v1.Snapshot
+	(*CreateSnapshotRequest)(nil),      // 36: stowage.v1.CreateSnapshotRequest
+	(*DescribeSnapshotRequest)(nil),    // 37: stowage.v1.DescribeSnapshotRequest
+	(*ListSnapshotsRequest)(nil),       // 38: stowage.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),      // 39: stowage.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),      // 40: stowage.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),     // 41: stowage.v1.DeleteSnapshotResponse
+	(*Pool)(nil),                       // 42: stowage.v1.Pool
+	(*ListPoolsRequest)(nil),           // 43: stowage.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),          // 44: stowage.v1.ListPoolsResponse
+	(*Node)(nil),                       // 45: stowage.v1.Node
+	(*RegisterNodeRequest)(nil),        // 46: stowage.v1.RegisterNodeRequest
+	(*ListNodesRequest)(nil),           // 47: stowage.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),          // 48: stowage.v1.ListNodesResponse
+	nil,                                // 49: stowage.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                // 50: stowage.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                // 51: stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                // 52: stowage.v1.Volume.TagsEntry
+	nil,                                // 53: stowage.v1.CreateVolumeRequest.TagsEntry
+	nil,                                // 54: stowage.v1.ListVolumesRequest.TagsEntry
+	nil,                                // 55: stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	nil,                                // 56: stowage.v1.Snapshot.TagsEntry
+	nil,                                // 57: stowage.v1.CreateSnapshotRequest.TagsEntry
+	(*timestamppb.Timestamp)(nil),      // 58: google.protobuf.Timestamp
 }
 var file_stowage_v1_stowage_proto_depIdxs = []int32{
-	44, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	3,  // 1: stowage.v1.ListKeysResponse.keys:type_name -> stowage.v1.Key
-	0,  // 2: stowage.v1.Volume.state:type_name -> stowage.v1.VolumeState
-	38, // 3: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
-	11, // 4: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
-	44, // 5: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
-	2,  // 6: stowage.v1.Attachment.state:type_name -> stowage.v1.AttachmentState
-	44, // 7: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
-	39, // 8: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
-	13, // 9: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
-	13, // 10: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
-	0,  // 11: stowage.v1.ListVolumesRequest.state:type_name -> stowage.v1.VolumeState
-	40, // 12: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
-	10, // 13: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
-	41, // 14: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	1,  // 15: stowage.v1.Snapshot.state:type_name -> stowage.v1.SnapshotState
-	44, // 16: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
-	42, // 17: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
-	43, // 18: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
-	24, // 19: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
-	31, // 20: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
-	44, // 21: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
-	34, // 22: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
-	12, // 23: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
-	14, // 24: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
-	15, // 25: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
-	17, // 26: stowage.v1.VolumeService.DeleteVolume:input_type -> stowage.v1.DeleteVolumeRequest
-	19, // 27: stowage.v1.VolumeService.AttachVolume:input_type -> stowage.v1.AttachVolumeRequest
-	20, // 28: stowage.v1.VolumeService.DetachVolume:input_type -> stowage.v1.DetachVolumeRequest
-	22, // 29: stowage.v1.VolumeService.ResizeVolume:input_type -> stowage.v1.ResizeVolumeRequest
-	23, // 30: stowage.v1.VolumeService.ModifyVolume:input_type -> stowage.v1.ModifyVolumeRequest
-	8,  // 31: stowage.v1.VolumeService.GetVolumeDataKey:input_type -> stowage.v1.GetVolumeDataKeyRequest
-	4,  // 32: stowage.v1.KeyService.CreateKey:input_type -> stowage.v1.CreateKeyRequest
-	5,  // 33: stowage.v1.KeyService.DescribeKey:input_type -> stowage.v1.DescribeKeyRequest
-	6,  // 34: stowage.v1.KeyService.ListKeys:input_type -> stowage.v1.ListKeysRequest
-	25, // 35: stowage.v1.SnapshotService.CreateSnapshot:input_type -> stowage.v1.CreateSnapshotRequest
-	26, // 36: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
-	27, // 37: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
-	29, // 38: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
-	32, // 39: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
-	35, // 40: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
-	36, // 41: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
-	10, // 42: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
-	10, // 43: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
-	16, // 44: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
-	18, // 45: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
-	11, // 46: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
-	21, // 47: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
-	10, // 48: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
-	10, // 49: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
-	9,  // 50: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
-	3,  // 51: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
-	3,  // 52: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
-	7,  // 53: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
-	24, // 54: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
-	24, // 55: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
-	28, // 56: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
-	30, // 57: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
-	33, // 58: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
-	34, // 59: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
-	37, // 60: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
-	42, // [42:61] is the sub-list for method output_type
-	23, // [23:42] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	58, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	58, // 1: stowage.v1.Key.deletion_time:type_name -> google.protobuf.Timestamp
+	58, // 2: stowage.v1.Key.current_version_create_time:type_name -> google.protobuf.Timestamp
+	3,  // 3: stowage.v1.ListKeysResponse.keys:type_name -> stowage.v1.Key
+	49, // 4: stowage.v1.EncryptRequest.encryption_context:type_name -> stowage.v1.EncryptRequest.EncryptionContextEntry
+	50, // 5: stowage.v1.DecryptRequest.encryption_context:type_name -> stowage.v1.DecryptRequest.EncryptionContextEntry
+	51, // 6: stowage.v1.GenerateDataKeyRequest.encryption_context:type_name -> stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	0,  // 7: stowage.v1.Volume.state:type_name -> stowage.v1.VolumeState
+	52, // 8: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
+	22, // 9: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
+	58, // 10: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
+	2,  // 11: stowage.v1.Attachment.state:type_name -> stowage.v1.AttachmentState
+	58, // 12: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
+	53, // 13: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
+	24, // 14: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
+	24, // 15: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
+	0,  // 16: stowage.v1.ListVolumesRequest.state:type_name -> stowage.v1.VolumeState
+	54, // 17: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
+	21, // 18: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
+	55, // 19: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	1,  // 20: stowage.v1.Snapshot.state:type_name -> stowage.v1.SnapshotState
+	58, // 21: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	56, // 22: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
+	57, // 23: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
+	35, // 24: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
+	42, // 25: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
+	58, // 26: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
+	45, // 27: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
+	23, // 28: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
+	25, // 29: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
+	26, // 30: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
+	28, // 31: stowage.v1.VolumeService.DeleteVolume:input_type -> stowage.v1.DeleteVolumeRequest
+	30, // 32: stowage.v1.VolumeService.AttachVolume:input_type -> stowage.v1.AttachVolumeRequest
+	31, // 33: stowage.v1.VolumeService.DetachVolume:input_type -> stowage.v1.DetachVolumeRequest
+	33, // 34: stowage.v1.VolumeService.ResizeVolume:input_type -> stowage.v1.ResizeVolumeRequest
+	34, // 35: stowage.v1.VolumeService.ModifyVolume:input_type -> stowage.v1.ModifyVolumeRequest
+	19, // 36: stowage.v1.VolumeService.GetVolumeDataKey:input_type -> stowage.v1.GetVolumeDataKeyRequest
+	4,  // 37: stowage.v1.KeyService.CreateKey:input_type -> stowage.v1.CreateKeyRequest
+	5,  // 38: stowage.v1.KeyService.DescribeKey:input_type -> stowage.v1.DescribeKeyRequest
+	6,  // 39: stowage.v1.KeyService.ListKeys:input_type -> stowage.v1.ListKeysRequest
+	8,  // 40: stowage.v1.KeyService.EnableKey:input_type -> stowage.v1.KeyRequest
+	8,  // 41: stowage.v1.KeyService.DisableKey:input_type -> stowage.v1.KeyRequest
+	9,  // 42: stowage.v1.KeyService.ScheduleKeyDeletion:input_type -> stowage.v1.ScheduleKeyDeletionRequest
+	8,  // 43: stowage.v1.KeyService.CancelKeyDeletion:input_type -> stowage.v1.KeyRequest
+	8,  // 44: stowage.v1.KeyService.RotateKey:input_type -> stowage.v1.KeyRequest
+	10, // 45: stowage.v1.KeyService.CreateAlias:input_type -> stowage.v1.CreateAliasRequest
+	11, // 46: stowage.v1.KeyService.DeleteAlias:input_type -> stowage.v1.DeleteAliasRequest
+	13, // 47: stowage.v1.KeyService.Encrypt:input_type -> stowage.v1.EncryptRequest
+	15, // 48: stowage.v1.KeyService.Decrypt:input_type -> stowage.v1.DecryptRequest
+	17, // 49: stowage.v1.KeyService.GenerateDataKey:input_type -> stowage.v1.GenerateDataKeyRequest
+	36, // 50: stowage.v1.SnapshotService.CreateSnapshot:input_type -> stowage.v1.CreateSnapshotRequest
+	37, // 51: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
+	38, // 52: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
+	40, // 53: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
+	43, // 54: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
+	46, // 55: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
+	47, // 56: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
+	21, // 57: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
+	21, // 58: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
+	27, // 59: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
+	29, // 60: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
+	22, // 61: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
+	32, // 62: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
+	21, // 63: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
+	21, // 64: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
+	20, // 65: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
+	3,  // 66: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
+	3,  // 67: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
+	7,  // 68: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
+	3,  // 69: stowage.v1.KeyService.EnableKey:output_type -> stowage.v1.Key
+	3,  // 70: stowage.v1.KeyService.DisableKey:output_type -> stowage.v1.Key
+	3,  // 71: stowage.v1.KeyService.ScheduleKeyDeletion:output_type -> stowage.v1.Key
+	3,  // 72: stowage.v1.KeyService.CancelKeyDeletion:output_type -> stowage.v1.Key
+	3,  // 73: stowage.v1.KeyService.RotateKey:output_type -> stowage.v1.Key
+	3,  // 74: stowage.v1.KeyService.CreateAlias:output_type -> stowage.v1.Key
+	12, // 75: stowage.v1.KeyService.DeleteAlias:output_type -> stowage.v1.DeleteAliasResponse
+	14, // 76: stowage.v1.KeyService.Encrypt:output_type -> stowage.v1.EncryptResponse
+	16, // 77: stowage.v1.KeyService.Decrypt:output_type -> stowage.v1.DecryptResponse
+	18, // 78: stowage.v1.KeyService.GenerateDataKey:output_type -> stowage.v1.GenerateDataKeyResponse
+	35, // 79: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
+	35, // 80: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
+	39, // 81: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
+	41, // 82: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
+	44, // 83: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
+	45, // 84: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
+	48, // 85: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
+	57, // [57:86] is the sub-list for method output_type
+	28, // [28:57] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_stowage_v1_stowage_proto_init() }
@@ -2924,7 +3645,7 @@ func file_stowage_v1_stowage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stowage_v1_stowage_proto_rawDesc), len(file_stowage_v1_stowage_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   41,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

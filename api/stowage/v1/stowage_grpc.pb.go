@@ -454,9 +454,19 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	KeyService_CreateKey_FullMethodName   = "/stowage.v1.KeyService/CreateKey"
-	KeyService_DescribeKey_FullMethodName = "/stowage.v1.KeyService/DescribeKey"
-	KeyService_ListKeys_FullMethodName    = "/stowage.v1.KeyService/ListKeys"
+	KeyService_CreateKey_FullMethodName           = "/stowage.v1.KeyService/CreateKey"
+	KeyService_DescribeKey_FullMethodName         = "/stowage.v1.KeyService/DescribeKey"
+	KeyService_ListKeys_FullMethodName            = "/stowage.v1.KeyService/ListKeys"
+	KeyService_EnableKey_FullMethodName           = "/stowage.v1.KeyService/EnableKey"
+	KeyService_DisableKey_FullMethodName          = "/stowage.v1.KeyService/DisableKey"
+	KeyService_ScheduleKeyDeletion_FullMethodName = "/stowage.v1.KeyService/ScheduleKeyDeletion"
+	KeyService_CancelKeyDeletion_FullMethodName   = "/stowage.v1.KeyService/CancelKeyDeletion"
+	KeyService_RotateKey_FullMethodName           = "/stowage.v1.KeyService/RotateKey"
+	KeyService_CreateAlias_FullMethodName         = "/stowage.v1.KeyService/CreateAlias"
+	KeyService_DeleteAlias_FullMethodName         = "/stowage.v1.KeyService/DeleteAlias"
+	KeyService_Encrypt_FullMethodName             = "/stowage.v1.KeyService/Encrypt"
+	KeyService_Decrypt_FullMethodName             = "/stowage.v1.KeyService/Decrypt"
+	KeyService_GenerateDataKey_FullMethodName     = "/stowage.v1.KeyService/GenerateDataKey"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -465,10 +475,32 @@ const (
 //
 // KeyService manages KMS keys. Encrypted volumes get a data key wrapped by
 // one of them (the default key, alias/stowage/ebs, unless told otherwise).
+//
+// Keys are symmetric AES-256-GCM keys with versions: RotateKey adds a
+// version that encrypts from then on, and every older version still
+// decrypts. A ciphertext names its key and version. A key that is Disabled
+// or PendingDeletion refuses to encrypt and decrypt (FAILED_PRECONDITION,
+// naming the key and its state).
 type KeyServiceClient interface {
 	CreateKey(ctx context.Context, in *CreateKeyRequest, opts ...grpc.CallOption) (*Key, error)
 	DescribeKey(ctx context.Context, in *DescribeKeyRequest, opts ...grpc.CallOption) (*Key, error)
 	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
+	EnableKey(ctx context.Context, in *KeyRequest, opts ...grpc.CallOption) (*Key, error)
+	DisableKey(ctx context.Context, in *KeyRequest, opts ...grpc.CallOption) (*Key, error)
+	// ScheduleKeyDeletion deletes the key for good after a pending window
+	// of 7–30 days (default 30); CancelKeyDeletion within it leaves the key
+	// Disabled.
+	ScheduleKeyDeletion(ctx context.Context, in *ScheduleKeyDeletionRequest, opts ...grpc.CallOption) (*Key, error)
+	CancelKeyDeletion(ctx context.Context, in *KeyRequest, opts ...grpc.CallOption) (*Key, error)
+	RotateKey(ctx context.Context, in *KeyRequest, opts ...grpc.CallOption) (*Key, error)
+	CreateAlias(ctx context.Context, in *CreateAliasRequest, opts ...grpc.CallOption) (*Key, error)
+	// DeleteAlias of a missing alias succeeds.
+	DeleteAlias(ctx context.Context, in *DeleteAliasRequest, opts ...grpc.CallOption) (*DeleteAliasResponse, error)
+	// Encrypt takes up to 4096 bytes; Decrypt needs the same encryption
+	// context (authenticated, not stored) or fails.
+	Encrypt(ctx context.Context, in *EncryptRequest, opts ...grpc.CallOption) (*EncryptResponse, error)
+	Decrypt(ctx context.Context, in *DecryptRequest, opts ...grpc.CallOption) (*DecryptResponse, error)
+	GenerateDataKey(ctx context.Context, in *GenerateDataKeyRequest, opts ...grpc.CallOption) (*GenerateDataKeyResponse, error)
 }
 
 type keyServiceClient struct {
@@ -509,16 +541,138 @@ func (c *keyServiceClient) ListKeys(ctx context.Context, in *ListKeysRequest, op
 	return out, nil
 }
 
+func (c *keyServiceClient) EnableKey(ctx context.Context, in *KeyRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_EnableKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) DisableKey(ctx context.Context, in *KeyRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_DisableKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) ScheduleKeyDeletion(ctx context.Context, in *ScheduleKeyDeletionRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_ScheduleKeyDeletion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) CancelKeyDeletion(ctx context.Context, in *KeyRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_CancelKeyDeletion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) RotateKey(ctx context.Context, in *KeyRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_RotateKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) CreateAlias(ctx context.Context, in *CreateAliasRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_CreateAlias_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) DeleteAlias(ctx context.Context, in *DeleteAliasRequest, opts ...grpc.CallOption) (*DeleteAliasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteAliasResponse)
+	err := c.cc.Invoke(ctx, KeyService_DeleteAlias_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) Encrypt(ctx context.Context, in *EncryptRequest, opts ...grpc.CallOption) (*EncryptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EncryptResponse)
+	err := c.cc.Invoke(ctx, KeyService_Encrypt_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) Decrypt(ctx context.Context, in *DecryptRequest, opts ...grpc.CallOption) (*DecryptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DecryptResponse)
+	err := c.cc.Invoke(ctx, KeyService_Decrypt_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) GenerateDataKey(ctx context.Context, in *GenerateDataKeyRequest, opts ...grpc.CallOption) (*GenerateDataKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GenerateDataKeyResponse)
+	err := c.cc.Invoke(ctx, KeyService_GenerateDataKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
 //
 // KeyService manages KMS keys. Encrypted volumes get a data key wrapped by
 // one of them (the default key, alias/stowage/ebs, unless told otherwise).
+//
+// Keys are symmetric AES-256-GCM keys with versions: RotateKey adds a
+// version that encrypts from then on, and every older version still
+// decrypts. A ciphertext names its key and version. A key that is Disabled
+// or PendingDeletion refuses to encrypt and decrypt (FAILED_PRECONDITION,
+// naming the key and its state).
 type KeyServiceServer interface {
 	CreateKey(context.Context, *CreateKeyRequest) (*Key, error)
 	DescribeKey(context.Context, *DescribeKeyRequest) (*Key, error)
 	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
+	EnableKey(context.Context, *KeyRequest) (*Key, error)
+	DisableKey(context.Context, *KeyRequest) (*Key, error)
+	// ScheduleKeyDeletion deletes the key for good after a pending window
+	// of 7–30 days (default 30); CancelKeyDeletion within it leaves the key
+	// Disabled.
+	ScheduleKeyDeletion(context.Context, *ScheduleKeyDeletionRequest) (*Key, error)
+	CancelKeyDeletion(context.Context, *KeyRequest) (*Key, error)
+	RotateKey(context.Context, *KeyRequest) (*Key, error)
+	CreateAlias(context.Context, *CreateAliasRequest) (*Key, error)
+	// DeleteAlias of a missing alias succeeds.
+	DeleteAlias(context.Context, *DeleteAliasRequest) (*DeleteAliasResponse, error)
+	// Encrypt takes up to 4096 bytes; Decrypt needs the same encryption
+	// context (authenticated, not stored) or fails.
+	Encrypt(context.Context, *EncryptRequest) (*EncryptResponse, error)
+	Decrypt(context.Context, *DecryptRequest) (*DecryptResponse, error)
+	GenerateDataKey(context.Context, *GenerateDataKeyRequest) (*GenerateDataKeyResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -537,6 +691,36 @@ func (UnimplementedKeyServiceServer) DescribeKey(context.Context, *DescribeKeyRe
 }
 func (UnimplementedKeyServiceServer) ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListKeys not implemented")
+}
+func (UnimplementedKeyServiceServer) EnableKey(context.Context, *KeyRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method EnableKey not implemented")
+}
+func (UnimplementedKeyServiceServer) DisableKey(context.Context, *KeyRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method DisableKey not implemented")
+}
+func (UnimplementedKeyServiceServer) ScheduleKeyDeletion(context.Context, *ScheduleKeyDeletionRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method ScheduleKeyDeletion not implemented")
+}
+func (UnimplementedKeyServiceServer) CancelKeyDeletion(context.Context, *KeyRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelKeyDeletion not implemented")
+}
+func (UnimplementedKeyServiceServer) RotateKey(context.Context, *KeyRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateKey not implemented")
+}
+func (UnimplementedKeyServiceServer) CreateAlias(context.Context, *CreateAliasRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateAlias not implemented")
+}
+func (UnimplementedKeyServiceServer) DeleteAlias(context.Context, *DeleteAliasRequest) (*DeleteAliasResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteAlias not implemented")
+}
+func (UnimplementedKeyServiceServer) Encrypt(context.Context, *EncryptRequest) (*EncryptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Encrypt not implemented")
+}
+func (UnimplementedKeyServiceServer) Decrypt(context.Context, *DecryptRequest) (*DecryptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Decrypt not implemented")
+}
+func (UnimplementedKeyServiceServer) GenerateDataKey(context.Context, *GenerateDataKeyRequest) (*GenerateDataKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GenerateDataKey not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -613,6 +797,186 @@ func _KeyService_ListKeys_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_EnableKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).EnableKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_EnableKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).EnableKey(ctx, req.(*KeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_DisableKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).DisableKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_DisableKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).DisableKey(ctx, req.(*KeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_ScheduleKeyDeletion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ScheduleKeyDeletionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).ScheduleKeyDeletion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_ScheduleKeyDeletion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).ScheduleKeyDeletion(ctx, req.(*ScheduleKeyDeletionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_CancelKeyDeletion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).CancelKeyDeletion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_CancelKeyDeletion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).CancelKeyDeletion(ctx, req.(*KeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_RotateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).RotateKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_RotateKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).RotateKey(ctx, req.(*KeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_CreateAlias_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateAliasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).CreateAlias(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_CreateAlias_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).CreateAlias(ctx, req.(*CreateAliasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_DeleteAlias_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteAliasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).DeleteAlias(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_DeleteAlias_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).DeleteAlias(ctx, req.(*DeleteAliasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_Encrypt_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EncryptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).Encrypt(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_Encrypt_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).Encrypt(ctx, req.(*EncryptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_Decrypt_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecryptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).Decrypt(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_Decrypt_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).Decrypt(ctx, req.(*DecryptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_GenerateDataKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GenerateDataKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).GenerateDataKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_GenerateDataKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).GenerateDataKey(ctx, req.(*GenerateDataKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -631,6 +995,46 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListKeys",
 			Handler:    _KeyService_ListKeys_Handler,
+		},
+		{
+			MethodName: "EnableKey",
+			Handler:    _KeyService_EnableKey_Handler,
+		},
+		{
+			MethodName: "DisableKey",
+			Handler:    _KeyService_DisableKey_Handler,
+		},
+		{
+			MethodName: "ScheduleKeyDeletion",
+			Handler:    _KeyService_ScheduleKeyDeletion_Handler,
+		},
+		{
+			MethodName: "CancelKeyDeletion",
+			Handler:    _KeyService_CancelKeyDeletion_Handler,
+		},
+		{
+			MethodName: "RotateKey",
+			Handler:    _KeyService_RotateKey_Handler,
+		},
+		{
+			MethodName: "CreateAlias",
+			Handler:    _KeyService_CreateAlias_Handler,
+		},
+		{
+			MethodName: "DeleteAlias",
+			Handler:    _KeyService_DeleteAlias_Handler,
+		},
+		{
+			MethodName: "Encrypt",
+			Handler:    _KeyService_Encrypt_Handler,
+		},
+		{
+			MethodName: "Decrypt",
+			Handler:    _KeyService_Decrypt_Handler,
+		},
+		{
+			MethodName: "GenerateDataKey",
+			Handler:    _KeyService_GenerateDataKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
