@@ -226,6 +226,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 		filePools[spec.name] = t
 	}
 	exporters := map[string]server.Exporter{}
+	var nfsAddress string
 	if o.nfsListen != "" {
 		host, port, err := net.SplitHostPort(o.nfsListen)
 		if err != nil {
@@ -245,10 +246,11 @@ func runServer(ctx context.Context, o serverOptions) error {
 		for name := range filePools {
 			exporters[name] = g
 		}
-		log.Info("NFS serving", "address", g.Address())
+		nfsAddress = g.Address()
+		log.Info("NFS serving", "address", nfsAddress)
 	}
 	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys,
-		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit})
+		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit, NFSAddress: nfsAddress})
 	if err != nil {
 		return err
 	}

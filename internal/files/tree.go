@@ -600,3 +600,58 @@ func setQuota(fd int, bytes int64) error {
 	}
 	return ioctl(fd, btrfsIocQgroupLimit, unsafe.Pointer(&a))
 }
+
+// RemoveRoot removes root directory path of file system id and everything
+// under it (a quota'd root, a btrfs subvolume, goes too). The walk to it
+// follows no symbolic link; the directory is first renamed into tmp, so a
+// crash halfway leaves nothing under its name (Open finishes the removal).
+// The file system's root itself is refused; a missing directory is not an
+// error.
+func (t *Tree) RemoveRoot(id, path string) error {
+	names := components(path)
+	if len(names) == 0 {
+		return fmt.Errorf("%w: root directory %q is the file system's root, which is removed only with the file system", ErrUnsafePath, path)
+	}
+	fd, err := t.openFileSystem(id)
+	if err != nil {
+		return err
+	}
+	defer func() { unix.Close(fd) }()
+	sofar := ""
+	for _, name := range names[:len(names)-1] {
+		sofar += "/" + name
+		next, err := openChild(fd, name, path, sofar)
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		unix.Close(fd)
+		fd = next
+	}
+	last := names[len(names)-1]
+	var st unix.Stat_t
+	if err := unix.Fstatat(fd, last, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("remove root directory %s of %s: %w", path, id, err)
+	} else if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("%w: root directory %q of %s is not a directory; not removing it", ErrUnsafePath, path, id)
+	}
+	tmp, err := unix.Open(filepath.Join(t.cfg.Dir, treeTmpDir), unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("remove root directory %s of %s: open tmp: %w", path, id, err)
+	}
+	defer unix.Close(tmp)
+	doomedName := id + ".root-deleting." + randomSuffix()
+	if err := unix.Renameat(fd, last, tmp, doomedName); errors.Is(err, unix.ENOENT) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("remove root directory %s of %s: %w", path, id, err)
+	}
+	if err := removeTree(filepath.Join(t.cfg.Dir, treeTmpDir, doomedName)); err != nil {
+		return fmt.Errorf("remove root directory %s of %s: %w", path, id, err)
+	}
+	return nil
+}

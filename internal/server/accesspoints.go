@@ -44,6 +44,9 @@ type accessPointRecord struct {
 	// recorded before it makes them, so a rollback removes exactly those.
 	MadeDirs    []string            `json:"madeDirs,omitempty"`
 	ExportID    uint16              `json:"exportId,omitempty"`
+	// DeleteRoot is set when a delete that also removes the root directory
+	// starts, so that Reconcile finishes it after a crash.
+	DeleteRoot  bool                `json:"deleteRoot,omitempty"`
 	State       pb.AccessPointState `json:"state"`
 	StateReason string              `json:"stateReason,omitempty"`
 	Tags        map[string]string   `json:"tags,omitempty"`
@@ -65,9 +68,21 @@ func (a *accessPointRecord) toProto() *pb.AccessPoint {
 	return out
 }
 
+// apProto adds where the access point is served over NFS.
+func (s *Server) apProto(a *accessPointRecord) *pb.AccessPoint {
+	out := a.toProto()
+	if _, ok := s.exporters[a.Pool]; ok {
+		out.NfsAddress, out.NfsExportPath = s.nfsAddress, a.pseudo()
+	}
+	return out
+}
+
+// pseudo is the access point's NFSv4 pseudo path.
+func (a *accessPointRecord) pseudo() string { return "/" + a.ID }
+
 func (a *accessPointRecord) export(p FilePool) files.Export {
 	return files.Export{
-		ID: a.ExportID, AccessPointID: a.ID, Path: p.HostPath(a.FileSystemID, a.Path), Pseudo: "/" + a.ID,
+		ID: a.ExportID, AccessPointID: a.ID, Path: p.HostPath(a.FileSystemID, a.Path), Pseudo: a.pseudo(),
 		Squash: a.HasUser, AnonUID: a.UID, AnonGID: a.GID,
 	}
 }
@@ -142,7 +157,7 @@ func (s *Server) CreateAccessPoint(ctx context.Context, req *pb.CreateAccessPoin
 				return nil, status.Errorf(codes.AlreadyExists,
 					"access point name %q is already used by %s, created with other parameters (%s)", req.Name, existing.ID, existing.RequestKey)
 			}
-			return existing.toProto(), nil
+			return s.apProto(existing), nil
 		}
 	}
 	// The file system's lock: its access-point count, and a delete of the
@@ -250,7 +265,7 @@ func (s *Server) CreateAccessPoint(ctx context.Context, req *pb.CreateAccessPoin
 	}
 	s.log.Info("access point created", "accessPoint", a.ID, "name", a.Name, "fileSystem", f.ID, "path", a.Path,
 		"uid", a.UID, "gid", a.GID, "quotaBytes", a.QuotaBytes, "madeDirs", len(plan))
-	return a.toProto(), nil
+	return s.apProto(a), nil
 }
 
 // exportNamespace is the set export ids are unique in: one NFS server
@@ -325,7 +340,7 @@ func (s *Server) DescribeAccessPoint(ctx context.Context, req *pb.DescribeAccess
 	if err != nil {
 		return nil, err
 	}
-	return a.toProto(), nil
+	return s.apProto(a), nil
 }
 
 func (s *Server) ListAccessPoints(ctx context.Context, req *pb.ListAccessPointsRequest) (*pb.ListAccessPointsResponse, error) {
@@ -352,7 +367,7 @@ func (s *Server) ListAccessPoints(ctx context.Context, req *pb.ListAccessPointsR
 				resp.NextPageToken = resp.AccessPoints[len(resp.AccessPoints)-1].Id
 				return store.ErrStopScan
 			}
-			resp.AccessPoints = append(resp.AccessPoints, a.toProto())
+			resp.AccessPoints = append(resp.AccessPoints, s.apProto(&a))
 			return nil
 		})
 	})
@@ -385,11 +400,60 @@ func (s *Server) DeleteAccessPoint(ctx context.Context, req *pb.DeleteAccessPoin
 		return nil, err
 	}
 	defer unlockFS()
+	if req.DeleteRootDirectory && a.Path == "/" {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"access point %s has the root of file system %s as its root directory, which is removed only with the file system; delete the access point without removing its root directory", a.ID, a.FileSystemID)
+	}
+	a.DeleteRoot = a.DeleteRoot || req.DeleteRootDirectory
 	if err := s.removeAccessPoint(ctx, a, false); err != nil {
 		return nil, err
 	}
-	s.log.Info("access point deleted", "accessPoint", a.ID, "name", a.Name, "fileSystem", a.FileSystemID)
+	s.log.Info("access point deleted", "accessPoint", a.ID, "name", a.Name, "fileSystem", a.FileSystemID, "rootDirectoryRemoved", a.DeleteRoot)
 	return &pb.DeleteAccessPointResponse{Deleted: true}, nil
+}
+
+// SetAccessPointQuota changes the hard limit of an access point that was
+// made with a quota.
+func (s *Server) SetAccessPointQuota(ctx context.Context, req *pb.SetAccessPointQuotaRequest) (*pb.AccessPoint, error) {
+	if req.AccessPointId == "" {
+		return nil, status.Error(codes.InvalidArgument, "access point id is required")
+	}
+	if req.QuotaBytes <= 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "quota of %d bytes: a quota must be greater than 0", req.QuotaBytes)
+	}
+	unlock, err := s.lock(ctx, "access point "+req.AccessPointId, req.AccessPointId)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	a, err := s.getAccessPoint(ctx, req.AccessPointId)
+	if err != nil {
+		return nil, err
+	}
+	if a.State != apAvailable {
+		return nil, status.Errorf(codes.FailedPrecondition, "access point %s is %s, not available", a.ID, a.State.Word())
+	}
+	if a.QuotaBytes == 0 {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"access point %s was made without a quota; its root directory %s is not a quota tree, so no quota can be set on it", a.ID, a.Path)
+	}
+	if a.QuotaBytes == req.QuotaBytes {
+		return s.apProto(a), nil
+	}
+	p, err := s.filePool(a.Pool)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.SetQuota(a.FileSystemID, a.Path, req.QuotaBytes); err != nil {
+		return nil, filesError(fmt.Errorf("access point %s: %w", a.ID, err))
+	}
+	old := a.QuotaBytes
+	a.QuotaBytes = req.QuotaBytes
+	if err := s.putAccessPoint(ctx, a); err != nil {
+		return nil, err
+	}
+	s.log.Info("access point quota changed", "accessPoint", a.ID, "fromBytes", old, "toBytes", a.QuotaBytes)
+	return s.apProto(a), nil
 }
 
 // removeAccessPoint marks the record deleting, unexports, lifts the quota,
@@ -413,6 +477,12 @@ func (s *Server) removeAccessPoint(ctx context.Context, a *accessPointRecord, ro
 			if err := p.SetQuota(a.FileSystemID, a.Path, 0); err != nil && !errors.Is(err, files.ErrNotFound) {
 				return internal(err, "lift quota of access point %s", a.ID)
 			}
+		}
+		if a.DeleteRoot && !rollback {
+			if err := p.RemoveRoot(a.FileSystemID, a.Path); err != nil && !errors.Is(err, files.ErrNotFound) {
+				return internal(err, "remove root directory %s of access point %s", a.Path, a.ID)
+			}
+			faults.Point("delete-ap:root-removed")
 		}
 		if rollback {
 			if err := p.RemoveDirs(a.FileSystemID, a.MadeDirs); err != nil && !errors.Is(err, files.ErrNotFound) {

@@ -33,6 +33,7 @@ type FilePool interface {
 	MakeRoot(ctx context.Context, id string, root files.RootDirectory, quotaBytes int64) error
 	SetQuota(id, path string, quotaBytes int64) error
 	RemoveDirs(id string, dirs []string) error
+	RemoveRoot(id, path string) error
 	HostPath(id, path string) string
 }
 
@@ -96,6 +97,14 @@ func (f *fileSystemRecord) toProto(usedBytes int64) *pb.FileSystem {
 	}
 }
 
+// fsProto adds where the file system's access points are served over NFS.
+func (s *Server) fsProto(f *pb.FileSystem) *pb.FileSystem {
+	if _, ok := s.exporters[f.Pool]; ok {
+		f.NfsAddress = s.nfsAddress
+	}
+	return f
+}
+
 func fileSystemRequestKey(r *pb.CreateFileSystemRequest, m files.Modes) string {
 	tags := make([]string, 0, len(r.Tags))
 	for k, v := range r.Tags {
@@ -140,7 +149,7 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 				return nil, status.Errorf(codes.AlreadyExists,
 					"file system name %q is already used by %s, created with other parameters (%s)", req.Name, existing.ID, existing.RequestKey)
 			}
-			return existing.toProto(s.fileSystemUsage(existing)), nil
+			return s.fsProto(existing.toProto(s.fileSystemUsage(existing))), nil
 		}
 	}
 	poolName, err := s.placeFileSystem(req.AvailabilityZone)
@@ -186,7 +195,7 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 	}
 	s.log.Info("file system created", "fileSystem", f.ID, "name", f.Name, "pool", poolName, "zone", f.Zone,
 		"performanceMode", f.PerformanceMode, "throughputMode", f.ThroughputMode)
-	return f.toProto(0), nil
+	return s.fsProto(f.toProto(0)), nil
 }
 
 // placeFileSystem picks the file-tree pool of zone (any zone when empty),
@@ -252,7 +261,7 @@ func (s *Server) DescribeFileSystem(ctx context.Context, req *pb.DescribeFileSys
 	if err != nil {
 		return nil, err
 	}
-	return f.toProto(s.fileSystemUsage(f)), nil
+	return s.fsProto(f.toProto(s.fileSystemUsage(f))), nil
 }
 
 func (s *Server) ListFileSystems(ctx context.Context, req *pb.ListFileSystemsRequest) (*pb.ListFileSystemsResponse, error) {
@@ -280,7 +289,7 @@ func (s *Server) ListFileSystems(ctx context.Context, req *pb.ListFileSystemsReq
 		return nil, internal(err, "list file systems")
 	}
 	for i := range recs {
-		resp.FileSystems = append(resp.FileSystems, recs[i].toProto(s.fileSystemUsage(&recs[i])))
+		resp.FileSystems = append(resp.FileSystems, s.fsProto(recs[i].toProto(s.fileSystemUsage(&recs[i]))))
 	}
 	return resp, nil
 }

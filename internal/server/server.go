@@ -67,6 +67,10 @@ type Config struct {
 	// AccessPointLimit is the most access points a new file system may
 	// have. Default DefaultAccessPointLimit.
 	AccessPointLimit int
+	// NFSAddress is the host:port clients reach the Exporters' NFS server
+	// at, reported with file systems and access points (the CSI driver
+	// hands it to nodes).
+	NFSAddress string
 }
 
 // Server serves the Stowage API.
@@ -94,6 +98,7 @@ type Server struct {
 	filePoolNames []string
 	exporters     map[string]Exporter
 	apLimit       int
+	nfsAddress    string
 }
 
 // New returns a Server; call Reconcile before serving.
@@ -114,7 +119,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.AccessPointLimit = DefaultAccessPointLimit
 	}
 	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS,
-		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit}
+		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit, nfsAddress: cfg.NFSAddress}
 	if s.filePools == nil {
 		s.filePools = map[string]FilePool{}
 	}

@@ -164,8 +164,11 @@ type FileSystem struct {
 	Tags             map[string]string      `protobuf:"bytes,15,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	CreateTime       *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Where the tree lives.
-	Pool          string `protobuf:"bytes,17,opt,name=pool,proto3" json:"pool,omitempty"`
-	Node          string `protobuf:"bytes,18,opt,name=node,proto3" json:"node,omitempty"`
+	Pool string `protobuf:"bytes,17,opt,name=pool,proto3" json:"pool,omitempty"`
+	Node string `protobuf:"bytes,18,opt,name=node,proto3" json:"node,omitempty"`
+	// The NFS server (host:port) exporting this file system's access points;
+	// empty when the server does not serve NFS.
+	NfsAddress    string `protobuf:"bytes,19,opt,name=nfs_address,json=nfsAddress,proto3" json:"nfs_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -322,6 +325,13 @@ func (x *FileSystem) GetPool() string {
 func (x *FileSystem) GetNode() string {
 	if x != nil {
 		return x.Node
+	}
+	return ""
+}
+
+func (x *FileSystem) GetNfsAddress() string {
+	if x != nil {
+		return x.NfsAddress
 	}
 	return ""
 }
@@ -853,9 +863,14 @@ type AccessPoint struct {
 	PosixUser     *PosixUser             `protobuf:"bytes,6,opt,name=posix_user,json=posixUser,proto3" json:"posix_user,omitempty"`
 	RootDirectory *RootDirectory         `protobuf:"bytes,7,opt,name=root_directory,json=rootDirectory,proto3" json:"root_directory,omitempty"`
 	// Hard limit on the bytes under the root directory; 0 means none.
-	QuotaBytes    int64                  `protobuf:"varint,8,opt,name=quota_bytes,json=quotaBytes,proto3" json:"quota_bytes,omitempty"`
-	Tags          map[string]string      `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	QuotaBytes int64                  `protobuf:"varint,8,opt,name=quota_bytes,json=quotaBytes,proto3" json:"quota_bytes,omitempty"`
+	Tags       map[string]string      `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The NFS server (host:port) that exports this access point, and the
+	// NFSv4 pseudo path of its export; both empty when the server does not
+	// serve NFS (no --nfs-listen).
+	NfsAddress    string `protobuf:"bytes,11,opt,name=nfs_address,json=nfsAddress,proto3" json:"nfs_address,omitempty"`
+	NfsExportPath string `protobuf:"bytes,12,opt,name=nfs_export_path,json=nfsExportPath,proto3" json:"nfs_export_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -958,6 +973,20 @@ func (x *AccessPoint) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *AccessPoint) GetNfsAddress() string {
+	if x != nil {
+		return x.NfsAddress
+	}
+	return ""
+}
+
+func (x *AccessPoint) GetNfsExportPath() string {
+	if x != nil {
+		return x.NfsExportPath
+	}
+	return ""
 }
 
 type CreateAccessPointRequest struct {
@@ -1207,8 +1236,11 @@ func (x *ListAccessPointsResponse) GetNextPageToken() string {
 type DeleteAccessPointRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AccessPointId string                 `protobuf:"bytes,1,opt,name=access_point_id,json=accessPointId,proto3" json:"access_point_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Also remove the root directory and everything under it (the file
+	// system's root itself is never removed).
+	DeleteRootDirectory bool `protobuf:"varint,2,opt,name=delete_root_directory,json=deleteRootDirectory,proto3" json:"delete_root_directory,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *DeleteAccessPointRequest) Reset() {
@@ -1248,6 +1280,66 @@ func (x *DeleteAccessPointRequest) GetAccessPointId() string {
 	return ""
 }
 
+func (x *DeleteAccessPointRequest) GetDeleteRootDirectory() bool {
+	if x != nil {
+		return x.DeleteRootDirectory
+	}
+	return false
+}
+
+type SetAccessPointQuotaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AccessPointId string                 `protobuf:"bytes,1,opt,name=access_point_id,json=accessPointId,proto3" json:"access_point_id,omitempty"`
+	// The new hard limit in bytes; must be greater than 0.
+	QuotaBytes    int64 `protobuf:"varint,2,opt,name=quota_bytes,json=quotaBytes,proto3" json:"quota_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetAccessPointQuotaRequest) Reset() {
+	*x = SetAccessPointQuotaRequest{}
+	mi := &file_stowage_v1_files_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetAccessPointQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetAccessPointQuotaRequest) ProtoMessage() {}
+
+func (x *SetAccessPointQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_files_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetAccessPointQuotaRequest.ProtoReflect.Descriptor instead.
+func (*SetAccessPointQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_files_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SetAccessPointQuotaRequest) GetAccessPointId() string {
+	if x != nil {
+		return x.AccessPointId
+	}
+	return ""
+}
+
+func (x *SetAccessPointQuotaRequest) GetQuotaBytes() int64 {
+	if x != nil {
+		return x.QuotaBytes
+	}
+	return 0
+}
+
 type DeleteAccessPointResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Deleted       bool                   `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
@@ -1257,7 +1349,7 @@ type DeleteAccessPointResponse struct {
 
 func (x *DeleteAccessPointResponse) Reset() {
 	*x = DeleteAccessPointResponse{}
-	mi := &file_stowage_v1_files_proto_msgTypes[16]
+	mi := &file_stowage_v1_files_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1361,7 @@ func (x *DeleteAccessPointResponse) String() string {
 func (*DeleteAccessPointResponse) ProtoMessage() {}
 
 func (x *DeleteAccessPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_files_proto_msgTypes[16]
+	mi := &file_stowage_v1_files_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1374,7 @@ func (x *DeleteAccessPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccessPointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAccessPointResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_files_proto_rawDescGZIP(), []int{16}
+	return file_stowage_v1_files_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeleteAccessPointResponse) GetDeleted() bool {
@@ -1297,7 +1389,7 @@ var File_stowage_v1_files_proto protoreflect.FileDescriptor
 const file_stowage_v1_files_proto_rawDesc = "" +
 	"\n" +
 	"\x16stowage/v1/files.proto\x12\n" +
-	"stowage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x06\n" +
+	"stowage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x06\n" +
 	"\n" +
 	"FileSystem\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -1320,7 +1412,9 @@ const file_stowage_v1_files_proto_rawDesc = "" +
 	"\vcreate_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x12\n" +
 	"\x04pool\x18\x11 \x01(\tR\x04pool\x12\x12\n" +
-	"\x04node\x18\x12 \x01(\tR\x04node\x1a7\n" +
+	"\x04node\x18\x12 \x01(\tR\x04node\x12\x1f\n" +
+	"\vnfs_address\x18\x13 \x01(\tR\n" +
+	"nfsAddress\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa8\x03\n" +
@@ -1360,7 +1454,7 @@ const file_stowage_v1_files_proto_rawDesc = "" +
 	"\vpermissions\x18\x03 \x01(\tR\vpermissions\"b\n" +
 	"\rRootDirectory\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12=\n" +
-	"\rcreation_info\x18\x02 \x01(\v2\x18.stowage.v1.CreationInfoR\fcreationInfo\"\xf4\x03\n" +
+	"\rcreation_info\x18\x02 \x01(\v2\x18.stowage.v1.CreationInfoR\fcreationInfo\"\xbd\x04\n" +
 	"\vAccessPoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12$\n" +
@@ -1375,7 +1469,10 @@ const file_stowage_v1_files_proto_rawDesc = "" +
 	"\x04tags\x18\t \x03(\v2!.stowage.v1.AccessPoint.TagsEntryR\x04tags\x12;\n" +
 	"\vcreate_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\x1a7\n" +
+	"createTime\x12\x1f\n" +
+	"\vnfs_address\x18\v \x01(\tR\n" +
+	"nfsAddress\x12&\n" +
+	"\x0fnfs_export_path\x18\f \x01(\tR\rnfsExportPath\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xea\x02\n" +
@@ -1400,9 +1497,14 @@ const file_stowage_v1_files_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"\x80\x01\n" +
 	"\x18ListAccessPointsResponse\x12<\n" +
 	"\raccess_points\x18\x01 \x03(\v2\x17.stowage.v1.AccessPointR\faccessPoints\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"B\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"v\n" +
 	"\x18DeleteAccessPointRequest\x12&\n" +
-	"\x0faccess_point_id\x18\x01 \x01(\tR\raccessPointId\"5\n" +
+	"\x0faccess_point_id\x18\x01 \x01(\tR\raccessPointId\x122\n" +
+	"\x15delete_root_directory\x18\x02 \x01(\bR\x13deleteRootDirectory\"e\n" +
+	"\x1aSetAccessPointQuotaRequest\x12&\n" +
+	"\x0faccess_point_id\x18\x01 \x01(\tR\raccessPointId\x12\x1f\n" +
+	"\vquota_bytes\x18\x02 \x01(\x03R\n" +
+	"quotaBytes\"5\n" +
 	"\x19DeleteAccessPointResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted*\xb2\x01\n" +
 	"\x0fFileSystemState\x12!\n" +
@@ -1421,12 +1523,13 @@ const file_stowage_v1_files_proto_rawDesc = "" +
 	"\x10CreateFileSystem\x12#.stowage.v1.CreateFileSystemRequest\x1a\x16.stowage.v1.FileSystem\x12S\n" +
 	"\x12DescribeFileSystem\x12%.stowage.v1.DescribeFileSystemRequest\x1a\x16.stowage.v1.FileSystem\x12Z\n" +
 	"\x0fListFileSystems\x12\".stowage.v1.ListFileSystemsRequest\x1a#.stowage.v1.ListFileSystemsResponse\x12]\n" +
-	"\x10DeleteFileSystem\x12#.stowage.v1.DeleteFileSystemRequest\x1a$.stowage.v1.DeleteFileSystemResponse2\x81\x03\n" +
+	"\x10DeleteFileSystem\x12#.stowage.v1.DeleteFileSystemRequest\x1a$.stowage.v1.DeleteFileSystemResponse2\xd9\x03\n" +
 	"\x12AccessPointService\x12R\n" +
 	"\x11CreateAccessPoint\x12$.stowage.v1.CreateAccessPointRequest\x1a\x17.stowage.v1.AccessPoint\x12V\n" +
 	"\x13DescribeAccessPoint\x12&.stowage.v1.DescribeAccessPointRequest\x1a\x17.stowage.v1.AccessPoint\x12]\n" +
 	"\x10ListAccessPoints\x12#.stowage.v1.ListAccessPointsRequest\x1a$.stowage.v1.ListAccessPointsResponse\x12`\n" +
-	"\x11DeleteAccessPoint\x12$.stowage.v1.DeleteAccessPointRequest\x1a%.stowage.v1.DeleteAccessPointResponseB8Z6github.com/stowage-io/stowage/api/stowage/v1;stowagev1b\x06proto3"
+	"\x11DeleteAccessPoint\x12$.stowage.v1.DeleteAccessPointRequest\x1a%.stowage.v1.DeleteAccessPointResponse\x12V\n" +
+	"\x13SetAccessPointQuota\x12&.stowage.v1.SetAccessPointQuotaRequest\x1a\x17.stowage.v1.AccessPointB8Z6github.com/stowage-io/stowage/api/stowage/v1;stowagev1b\x06proto3"
 
 var (
 	file_stowage_v1_files_proto_rawDescOnce sync.Once
@@ -1441,7 +1544,7 @@ func file_stowage_v1_files_proto_rawDescGZIP() []byte {
 }
 
 var file_stowage_v1_files_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_stowage_v1_files_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_stowage_v1_files_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_stowage_v1_files_proto_goTypes = []any{
 	(FileSystemState)(0),               // 0: stowage.v1.FileSystemState
 	(AccessPointState)(0),              // 1: stowage.v1.AccessPointState
@@ -1461,28 +1564,29 @@ var file_stowage_v1_files_proto_goTypes = []any{
 	(*ListAccessPointsRequest)(nil),    // 15: stowage.v1.ListAccessPointsRequest
 	(*ListAccessPointsResponse)(nil),   // 16: stowage.v1.ListAccessPointsResponse
 	(*DeleteAccessPointRequest)(nil),   // 17: stowage.v1.DeleteAccessPointRequest
-	(*DeleteAccessPointResponse)(nil),  // 18: stowage.v1.DeleteAccessPointResponse
-	nil,                                // 19: stowage.v1.FileSystem.TagsEntry
-	nil,                                // 20: stowage.v1.CreateFileSystemRequest.TagsEntry
-	nil,                                // 21: stowage.v1.AccessPoint.TagsEntry
-	nil,                                // 22: stowage.v1.CreateAccessPointRequest.TagsEntry
-	(*timestamppb.Timestamp)(nil),      // 23: google.protobuf.Timestamp
+	(*SetAccessPointQuotaRequest)(nil), // 18: stowage.v1.SetAccessPointQuotaRequest
+	(*DeleteAccessPointResponse)(nil),  // 19: stowage.v1.DeleteAccessPointResponse
+	nil,                                // 20: stowage.v1.FileSystem.TagsEntry
+	nil,                                // 21: stowage.v1.CreateFileSystemRequest.TagsEntry
+	nil,                                // 22: stowage.v1.AccessPoint.TagsEntry
+	nil,                                // 23: stowage.v1.CreateAccessPointRequest.TagsEntry
+	(*timestamppb.Timestamp)(nil),      // 24: google.protobuf.Timestamp
 }
 var file_stowage_v1_files_proto_depIdxs = []int32{
 	0,  // 0: stowage.v1.FileSystem.state:type_name -> stowage.v1.FileSystemState
-	19, // 1: stowage.v1.FileSystem.tags:type_name -> stowage.v1.FileSystem.TagsEntry
-	23, // 2: stowage.v1.FileSystem.create_time:type_name -> google.protobuf.Timestamp
-	20, // 3: stowage.v1.CreateFileSystemRequest.tags:type_name -> stowage.v1.CreateFileSystemRequest.TagsEntry
+	20, // 1: stowage.v1.FileSystem.tags:type_name -> stowage.v1.FileSystem.TagsEntry
+	24, // 2: stowage.v1.FileSystem.create_time:type_name -> google.protobuf.Timestamp
+	21, // 3: stowage.v1.CreateFileSystemRequest.tags:type_name -> stowage.v1.CreateFileSystemRequest.TagsEntry
 	2,  // 4: stowage.v1.ListFileSystemsResponse.file_systems:type_name -> stowage.v1.FileSystem
 	10, // 5: stowage.v1.RootDirectory.creation_info:type_name -> stowage.v1.CreationInfo
 	1,  // 6: stowage.v1.AccessPoint.state:type_name -> stowage.v1.AccessPointState
 	9,  // 7: stowage.v1.AccessPoint.posix_user:type_name -> stowage.v1.PosixUser
 	11, // 8: stowage.v1.AccessPoint.root_directory:type_name -> stowage.v1.RootDirectory
-	21, // 9: stowage.v1.AccessPoint.tags:type_name -> stowage.v1.AccessPoint.TagsEntry
-	23, // 10: stowage.v1.AccessPoint.create_time:type_name -> google.protobuf.Timestamp
+	22, // 9: stowage.v1.AccessPoint.tags:type_name -> stowage.v1.AccessPoint.TagsEntry
+	24, // 10: stowage.v1.AccessPoint.create_time:type_name -> google.protobuf.Timestamp
 	9,  // 11: stowage.v1.CreateAccessPointRequest.posix_user:type_name -> stowage.v1.PosixUser
 	11, // 12: stowage.v1.CreateAccessPointRequest.root_directory:type_name -> stowage.v1.RootDirectory
-	22, // 13: stowage.v1.CreateAccessPointRequest.tags:type_name -> stowage.v1.CreateAccessPointRequest.TagsEntry
+	23, // 13: stowage.v1.CreateAccessPointRequest.tags:type_name -> stowage.v1.CreateAccessPointRequest.TagsEntry
 	12, // 14: stowage.v1.ListAccessPointsResponse.access_points:type_name -> stowage.v1.AccessPoint
 	3,  // 15: stowage.v1.FileSystemService.CreateFileSystem:input_type -> stowage.v1.CreateFileSystemRequest
 	4,  // 16: stowage.v1.FileSystemService.DescribeFileSystem:input_type -> stowage.v1.DescribeFileSystemRequest
@@ -1492,16 +1596,18 @@ var file_stowage_v1_files_proto_depIdxs = []int32{
 	14, // 20: stowage.v1.AccessPointService.DescribeAccessPoint:input_type -> stowage.v1.DescribeAccessPointRequest
 	15, // 21: stowage.v1.AccessPointService.ListAccessPoints:input_type -> stowage.v1.ListAccessPointsRequest
 	17, // 22: stowage.v1.AccessPointService.DeleteAccessPoint:input_type -> stowage.v1.DeleteAccessPointRequest
-	2,  // 23: stowage.v1.FileSystemService.CreateFileSystem:output_type -> stowage.v1.FileSystem
-	2,  // 24: stowage.v1.FileSystemService.DescribeFileSystem:output_type -> stowage.v1.FileSystem
-	6,  // 25: stowage.v1.FileSystemService.ListFileSystems:output_type -> stowage.v1.ListFileSystemsResponse
-	8,  // 26: stowage.v1.FileSystemService.DeleteFileSystem:output_type -> stowage.v1.DeleteFileSystemResponse
-	12, // 27: stowage.v1.AccessPointService.CreateAccessPoint:output_type -> stowage.v1.AccessPoint
-	12, // 28: stowage.v1.AccessPointService.DescribeAccessPoint:output_type -> stowage.v1.AccessPoint
-	16, // 29: stowage.v1.AccessPointService.ListAccessPoints:output_type -> stowage.v1.ListAccessPointsResponse
-	18, // 30: stowage.v1.AccessPointService.DeleteAccessPoint:output_type -> stowage.v1.DeleteAccessPointResponse
-	23, // [23:31] is the sub-list for method output_type
-	15, // [15:23] is the sub-list for method input_type
+	18, // 23: stowage.v1.AccessPointService.SetAccessPointQuota:input_type -> stowage.v1.SetAccessPointQuotaRequest
+	2,  // 24: stowage.v1.FileSystemService.CreateFileSystem:output_type -> stowage.v1.FileSystem
+	2,  // 25: stowage.v1.FileSystemService.DescribeFileSystem:output_type -> stowage.v1.FileSystem
+	6,  // 26: stowage.v1.FileSystemService.ListFileSystems:output_type -> stowage.v1.ListFileSystemsResponse
+	8,  // 27: stowage.v1.FileSystemService.DeleteFileSystem:output_type -> stowage.v1.DeleteFileSystemResponse
+	12, // 28: stowage.v1.AccessPointService.CreateAccessPoint:output_type -> stowage.v1.AccessPoint
+	12, // 29: stowage.v1.AccessPointService.DescribeAccessPoint:output_type -> stowage.v1.AccessPoint
+	16, // 30: stowage.v1.AccessPointService.ListAccessPoints:output_type -> stowage.v1.ListAccessPointsResponse
+	19, // 31: stowage.v1.AccessPointService.DeleteAccessPoint:output_type -> stowage.v1.DeleteAccessPointResponse
+	12, // 32: stowage.v1.AccessPointService.SetAccessPointQuota:output_type -> stowage.v1.AccessPoint
+	24, // [24:33] is the sub-list for method output_type
+	15, // [15:24] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
 	15, // [15:15] is the sub-list for extension extendee
 	0,  // [0:15] is the sub-list for field type_name
@@ -1518,7 +1624,7 @@ func file_stowage_v1_files_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stowage_v1_files_proto_rawDesc), len(file_stowage_v1_files_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

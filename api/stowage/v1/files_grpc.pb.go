@@ -261,6 +261,7 @@ const (
 	AccessPointService_DescribeAccessPoint_FullMethodName = "/stowage.v1.AccessPointService/DescribeAccessPoint"
 	AccessPointService_ListAccessPoints_FullMethodName    = "/stowage.v1.AccessPointService/ListAccessPoints"
 	AccessPointService_DeleteAccessPoint_FullMethodName   = "/stowage.v1.AccessPointService/DeleteAccessPoint"
+	AccessPointService_SetAccessPointQuota_FullMethodName = "/stowage.v1.AccessPointService/SetAccessPointQuota"
 )
 
 // AccessPointServiceClient is the client API for AccessPointService service.
@@ -277,8 +278,13 @@ type AccessPointServiceClient interface {
 	DescribeAccessPoint(ctx context.Context, in *DescribeAccessPointRequest, opts ...grpc.CallOption) (*AccessPoint, error)
 	ListAccessPoints(ctx context.Context, in *ListAccessPointsRequest, opts ...grpc.CallOption) (*ListAccessPointsResponse, error)
 	// DeleteAccessPoint of a missing access point succeeds (deleted = false).
-	// The root directory and its files stay, as with EFS.
+	// The root directory and its files stay, as with EFS, unless
+	// delete_root_directory asks for them to be removed.
 	DeleteAccessPoint(ctx context.Context, in *DeleteAccessPointRequest, opts ...grpc.CallOption) (*DeleteAccessPointResponse, error)
+	// SetAccessPointQuota changes the hard limit of an access point made with
+	// a quota (FAILED_PRECONDITION for one made without: its root directory
+	// is not a quota tree).
+	SetAccessPointQuota(ctx context.Context, in *SetAccessPointQuotaRequest, opts ...grpc.CallOption) (*AccessPoint, error)
 }
 
 type accessPointServiceClient struct {
@@ -329,6 +335,16 @@ func (c *accessPointServiceClient) DeleteAccessPoint(ctx context.Context, in *De
 	return out, nil
 }
 
+func (c *accessPointServiceClient) SetAccessPointQuota(ctx context.Context, in *SetAccessPointQuotaRequest, opts ...grpc.CallOption) (*AccessPoint, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AccessPoint)
+	err := c.cc.Invoke(ctx, AccessPointService_SetAccessPointQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AccessPointServiceServer is the server API for AccessPointService service.
 // All implementations must embed UnimplementedAccessPointServiceServer
 // for forward compatibility.
@@ -343,8 +359,13 @@ type AccessPointServiceServer interface {
 	DescribeAccessPoint(context.Context, *DescribeAccessPointRequest) (*AccessPoint, error)
 	ListAccessPoints(context.Context, *ListAccessPointsRequest) (*ListAccessPointsResponse, error)
 	// DeleteAccessPoint of a missing access point succeeds (deleted = false).
-	// The root directory and its files stay, as with EFS.
+	// The root directory and its files stay, as with EFS, unless
+	// delete_root_directory asks for them to be removed.
 	DeleteAccessPoint(context.Context, *DeleteAccessPointRequest) (*DeleteAccessPointResponse, error)
+	// SetAccessPointQuota changes the hard limit of an access point made with
+	// a quota (FAILED_PRECONDITION for one made without: its root directory
+	// is not a quota tree).
+	SetAccessPointQuota(context.Context, *SetAccessPointQuotaRequest) (*AccessPoint, error)
 	mustEmbedUnimplementedAccessPointServiceServer()
 }
 
@@ -366,6 +387,9 @@ func (UnimplementedAccessPointServiceServer) ListAccessPoints(context.Context, *
 }
 func (UnimplementedAccessPointServiceServer) DeleteAccessPoint(context.Context, *DeleteAccessPointRequest) (*DeleteAccessPointResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteAccessPoint not implemented")
+}
+func (UnimplementedAccessPointServiceServer) SetAccessPointQuota(context.Context, *SetAccessPointQuotaRequest) (*AccessPoint, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetAccessPointQuota not implemented")
 }
 func (UnimplementedAccessPointServiceServer) mustEmbedUnimplementedAccessPointServiceServer() {}
 func (UnimplementedAccessPointServiceServer) testEmbeddedByValue()                            {}
@@ -460,6 +484,24 @@ func _AccessPointService_DeleteAccessPoint_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AccessPointService_SetAccessPointQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetAccessPointQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccessPointServiceServer).SetAccessPointQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccessPointService_SetAccessPointQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccessPointServiceServer).SetAccessPointQuota(ctx, req.(*SetAccessPointQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AccessPointService_ServiceDesc is the grpc.ServiceDesc for AccessPointService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -482,6 +524,10 @@ var AccessPointService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteAccessPoint",
 			Handler:    _AccessPointService_DeleteAccessPoint_Handler,
+		},
+		{
+			MethodName: "SetAccessPointQuota",
+			Handler:    _AccessPointService_SetAccessPointQuota_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

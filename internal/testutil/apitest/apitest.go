@@ -5,6 +5,7 @@
 package apitest
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/csi"
+	"github.com/stowage-io/stowage/internal/files"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
@@ -25,6 +27,33 @@ import (
 // (unix:///…). opts are added to the gRPC server (e.g. an interceptor that
 // records call metadata).
 func Start(t testing.TB, opts ...grpc.ServerOption) string {
+	t.Helper()
+	endpoint, _ := start(t, nil, opts...)
+	return endpoint
+}
+
+// Files configures StartFiles.
+type Files struct {
+	// NFSAddress, when set, makes the server report access points as
+	// exported at this address (through an exporter that serves nothing:
+	// no nfs-ganesha runs).
+	NFSAddress string
+}
+
+// StartFiles is Start with a file-tree pool "files-a" (zone-a, node-a) as
+// well, and returns the pool's directory. Making access points' root
+// directories with an owner needs root.
+func StartFiles(t testing.TB, f Files, opts ...grpc.ServerOption) (endpoint, fileDir string) {
+	t.Helper()
+	return start(t, &f, opts...)
+}
+
+type nopExporter struct{}
+
+func (nopExporter) Export(context.Context, files.Export) error { return nil }
+func (nopExporter) Unexport(context.Context, string) error     { return nil }
+
+func start(t testing.TB, f *Files, opts ...grpc.ServerOption) (string, string) {
 	t.Helper()
 	// Not t.TempDir: a unix socket path must stay under 108 bytes.
 	dir, err := os.MkdirTemp("", "stwapi")
@@ -45,8 +74,22 @@ func Start(t testing.TB, opts ...grpc.ServerOption) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, KMS: keys,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	cfg := server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, KMS: keys,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	var fileDir string
+	if f != nil {
+		fileDir = filepath.Join(dir, "files")
+		tree, err := files.Open(files.Config{Dir: fileDir, Zone: "zone-a", Node: "node-a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.FilePools = map[string]server.FilePool{"files-a": tree}
+		if f.NFSAddress != "" {
+			cfg.Exporters = map[string]server.Exporter{"files-a": nopExporter{}}
+			cfg.NFSAddress = f.NFSAddress
+		}
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +102,7 @@ func Start(t testing.TB, opts ...grpc.ServerOption) string {
 	srv.Register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	return endpoint
+	return endpoint, fileDir
 }
 
 // Dial connects to endpoint.
