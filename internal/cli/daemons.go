@@ -20,6 +20,7 @@ import (
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/csi"
+	"github.com/stowage-io/stowage/internal/csi/filecsi"
 	"github.com/stowage-io/stowage/internal/files"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/metrics"
@@ -288,11 +289,12 @@ func runServer(ctx context.Context, o serverOptions) error {
 }
 
 func newCSICmd() *cobra.Command {
-	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot string
+	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver string
 	var maxVolumes int64
 	var limitsInterval time.Duration
-	cmd := &cobra.Command{Use: "csi", Short: "Run the block CSI driver (" + csi.DriverName + ")"}
+	cmd := &cobra.Command{Use: "csi", Short: "Run a CSI driver: block (" + csi.DriverName + ") or file (" + filecsi.DriverName + ", controller only so far)"}
 	pf := cmd.PersistentFlags()
+	pf.StringVar(&driver, "driver", "block", "which driver: block ("+csi.DriverName+") or file ("+filecsi.DriverName+"; its node plugin is not built yet, so only `csi controller` runs it)")
 	pf.StringVar(&endpoint, "endpoint", "unix:///csi/csi.sock", "CSI socket: unix:///path or tcp://host:port")
 	pf.StringVar(&api, "api", DefaultEndpoint, "Stowage API address")
 	pf.StringVar(&nodeID, "node-id", "", "this node's id (node plugin; default: hostname)")
@@ -305,6 +307,15 @@ func newCSICmd() *cobra.Command {
 	pf.StringVar(&cgroupRoot, "cgroup-root", "", "where the node plugin writes I/O limits: a cgroup v1 blkio hierarchy or a cgroup v2 mount with the io controller (default: detect /sys/fs/cgroup, /sys/fs/cgroup/blkio, other cgroup2 mounts; none found: volumes stage without limits)")
 
 	run := func(cmd *cobra.Command, withController, withNode bool) error {
+		switch driver {
+		case "block":
+		case "file":
+			if withNode {
+				return usageErrorf("--driver file: the file driver's node plugin (mounting access points) is not built yet; run `stowage csi controller --driver file`")
+			}
+		default:
+			return usageErrorf("--driver %q: use block or file", driver)
+		}
 		ctx, cancel := signalContext(cmd.Context())
 		defer cancel()
 		conn, err := dial(api)
@@ -312,6 +323,9 @@ func newCSICmd() *cobra.Command {
 			return err
 		}
 		defer conn.Close()
+		if driver == "file" {
+			return runFileController(ctx, conn, endpoint, metricsAddr)
+		}
 		var ctrl *csi.ControllerService
 		var node *csi.NodeService
 		if withController {
@@ -360,6 +374,18 @@ func newCSICmd() *cobra.Command {
 			RunE: func(c *cobra.Command, _ []string) error { return run(c, true, true) }},
 	)
 	return cmd
+}
+
+func runFileController(ctx context.Context, conn *grpc.ClientConn, endpoint, metricsAddr string) error {
+	d := filecsi.NewDriver(filecsi.NewControllerService(pb.NewFileSystemServiceClient(conn), pb.NewAccessPointServiceClient(conn)))
+	if metricsAddr != "" {
+		m := metrics.New()
+		d.Interceptors = append(d.Interceptors, m.CSIInterceptor(filecsi.DriverName))
+		if err := serveMetrics(ctx, m, metricsAddr); err != nil {
+			return err
+		}
+	}
+	return d.Serve(ctx, endpoint)
 }
 
 const metricsAddressUsage = "serve Prometheus metrics on http://<address>/metrics, host:port (empty: no metrics; docs/metrics.md lists them)"

@@ -38,6 +38,9 @@ type Files struct {
 	// exported at this address (through an exporter that serves nothing:
 	// no nfs-ganesha runs).
 	NFSAddress string
+	// Dir is the file-tree pool's directory (default: in the server's
+	// temporary directory). A btrfs mount (testutil/loopfs) gives quotas.
+	Dir string
 }
 
 // StartFiles is Start with a file-tree pool "files-a" (zone-a, node-a) as
@@ -79,6 +82,9 @@ func start(t testing.TB, f *Files, opts ...grpc.ServerOption) (string, string) {
 	var fileDir string
 	if f != nil {
 		fileDir = filepath.Join(dir, "files")
+		if f.Dir != "" {
+			fileDir = f.Dir
+		}
 		tree, err := files.Open(files.Config{Dir: fileDir, Zone: "zone-a", Node: "node-a"})
 		if err != nil {
 			t.Fatal(err)
