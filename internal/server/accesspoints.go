@@ -42,8 +42,8 @@ type accessPointRecord struct {
 	QuotaBytes    int64               `json:"quotaBytes,omitempty"`
 	// MadeDirs are the directories this access point's create makes,
 	// recorded before it makes them, so a rollback removes exactly those.
-	MadeDirs    []string            `json:"madeDirs,omitempty"`
-	ExportID    uint16              `json:"exportId,omitempty"`
+	MadeDirs []string `json:"madeDirs,omitempty"`
+	ExportID uint16   `json:"exportId,omitempty"`
 	// DeleteRoot is set when a delete that also removes the root directory
 	// starts, so that Reconcile finishes it after a crash.
 	DeleteRoot  bool                `json:"deleteRoot,omitempty"`

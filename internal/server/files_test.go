@@ -394,3 +394,81 @@ func TestReconcile_HalfMadeAccessPoint_RolledBackWithItsDirectories(t *testing.T
 		t.Errorf("trees after reconcile: %v, want only %s", ids, f.Id)
 	}
 }
+
+func TestAccessPoint_DeleteRootDirectory_RemovesTheTree_FinishedByReconcile(t *testing.T) {
+	e := newFilesEnv(t, 0)
+	ctx := testCtx(t)
+	f := e.fs(t, "shared")
+	keep, err := e.srv.CreateAccessPoint(ctx, ap(f.Id, "/keep", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, err := e.srv.CreateAccessPoint(ctx, ap(f.Id, "/dyn/gone", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keep.NfsExportPath != "/"+keep.Id {
+		t.Errorf("export path %q; want /%s", keep.NfsExportPath, keep.Id)
+	}
+	host := func(p string) string { return e.tree.HostPath(f.Id, p) }
+	if err := os.MkdirAll(filepath.Join(host("/dyn/gone"), "a", "b"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.srv.DeleteAccessPoint(ctx, &pb.DeleteAccessPointRequest{AccessPointId: keep.Id}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.srv.DeleteAccessPoint(ctx, &pb.DeleteAccessPointRequest{AccessPointId: gone.Id, DeleteRootDirectory: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(host("/keep")); err != nil {
+		t.Errorf("without delete_root_directory the directory stays: %v", err)
+	}
+	if _, err := os.Stat(host("/dyn/gone")); !os.IsNotExist(err) {
+		t.Errorf("with delete_root_directory the directory goes: %v", err)
+	}
+	if _, err := os.Stat(host("/dyn")); err != nil {
+		t.Errorf("the parent stays: %v", err)
+	}
+
+	// A delete that crashed after marking the record: the restart
+	// finishes it, directory included.
+	half, err := e.srv.CreateAccessPoint(ctx, ap(f.Id, "/half", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := e.srv.getAccessPoint(ctx, half.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.State, a.DeleteRoot = apDeleting, true
+	if err := e.srv.putAccessPoint(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	e.restart(t)
+	if _, err := os.Stat(host("/half")); !os.IsNotExist(err) {
+		t.Errorf("reconcile did not finish removing the root directory: %v", err)
+	}
+
+	root, err := e.srv.CreateAccessPoint(ctx, ap(f.Id, "/", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.srv.DeleteAccessPoint(ctx, &pb.DeleteAccessPointRequest{AccessPointId: root.Id, DeleteRootDirectory: true})
+	wantFilesCode(t, err, codes.FailedPrecondition, "removed only with the file system")
+}
+
+func TestSetAccessPointQuota_RefusedWithoutAQuota(t *testing.T) {
+	e := newFilesEnv(t, 0)
+	ctx := testCtx(t)
+	f := e.fs(t, "shared")
+	a, err := e.srv.CreateAccessPoint(ctx, ap(f.Id, "/elastic", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.srv.SetAccessPointQuota(ctx, &pb.SetAccessPointQuotaRequest{AccessPointId: a.Id, QuotaBytes: 1 << 30})
+	wantFilesCode(t, err, codes.FailedPrecondition, "was made without a quota")
+	_, err = e.srv.SetAccessPointQuota(ctx, &pb.SetAccessPointQuotaRequest{AccessPointId: a.Id})
+	wantFilesCode(t, err, codes.InvalidArgument, "must be greater than 0")
+	_, err = e.srv.SetAccessPointQuota(ctx, &pb.SetAccessPointQuotaRequest{AccessPointId: "fsap-00000000000000000", QuotaBytes: 1})
+	wantFilesCode(t, err, codes.NotFound)
+}
