@@ -72,7 +72,7 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
 	root.AddCommand(
 		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g), newSecretCmd(g), newParamCmd(g),
-		newServerCmd(), newCSICmd(), newKMSPluginCmd(), newVersionCmd(),
+		newServerCmd(), newCSICmd(), newKMSPluginCmd(), newSecretsProviderCmd(), newVersionCmd(),
 		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(),
 	)
 	markUsageErrors(root)
