@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Stowage needs on a fresh Debian machine and is missing:
 # file system tools (mkfs/grow for ext4, xfs, btrfs), util-linux (losetup,
-# blkid, mount), fio for benchmarks. Idempotent: installs only what lacks.
+# blkid, mount), fio for benchmarks, nfs-ganesha (+ its VFS back end) that
+# serves file systems over NFS, libnfs-utils (an independent user-space NFS
+# client for tests). Idempotent: installs only what lacks.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -9,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(xfsprogs e2fsprogs btrfs-progs util-linux mount fio kmod bc)
+packages=(xfsprogs e2fsprogs btrfs-progs util-linux mount fio kmod bc nfs-ganesha nfs-ganesha-vfs libnfs-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

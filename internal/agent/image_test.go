@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,8 +91,13 @@ func TestSnapshotImage_TenGiBImage(t *testing.T) {
 			}
 			took := time.Since(start)
 			t.Logf("snapshot of a 10 GiB image holding 100 MiB on %s (%s): %v", fs.fstype, p.CloneMode(), took)
-			if p.CloneMode() == CloneReflink && took > 50*time.Millisecond {
-				t.Errorf("reflink snapshot took %v, want < 50ms", took)
+			// O(1) is shown by what the snapshot is, not by a time limit
+			// (a loaded machine makes any limit flaky): every extent that
+			// holds data is shared with the image, so nothing was copied.
+			if p.CloneMode() == CloneReflink {
+				if unshared := unsharedExtents(t, p.SnapshotPath("snap")); len(unshared) > 0 {
+					t.Errorf("reflink snapshot has %d extents not shared with its image (copied data): %v", len(unshared), unshared)
+				}
 			}
 
 			snap := p.SnapshotPath("snap")
@@ -357,9 +365,8 @@ func TestSparseCopy_PreservesHoles(t *testing.T) {
 			took := time.Since(start)
 			alloc := allocatedBytes(t, p.ImagePath("copy"))
 			t.Logf("clone of a 1 GiB image holding 4 MiB (%s): %v, %d KiB allocated", tt.mode, took, alloc>>10)
-			if took > 500*time.Millisecond {
-				t.Errorf("clone took %v, want well under a second", took)
-			}
+			// The allocation, not a time limit, shows that only data was
+			// copied (a time limit breaks on a loaded machine).
 			if alloc < 4*MiB || alloc > 5*MiB {
 				t.Errorf("clone allocates %d bytes, want about 4 MiB", alloc)
 			}
@@ -545,4 +552,33 @@ func writeDirect(t *testing.T, dev string, off int64, data []byte) {
 	if _, err := f.WriteAt(buf, off); err != nil {
 		t.Fatalf("direct write to %s at %d: %v", dev, off, err)
 	}
+}
+
+// unsharedExtents lists the extents of path that filefrag does not mark
+// shared (reflinked).
+func unsharedExtents(t *testing.T, path string) []string {
+	t.Helper()
+	out, err := exec.Command("filefrag", "-v", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("filefrag -v %s: %v\n%s", path, err, out)
+	}
+	var unshared []string
+	extents := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasSuffix(f[0], ":") || f[0] == "ext:" {
+			continue
+		}
+		if _, err := strconv.Atoi(strings.TrimSuffix(f[0], ":")); err != nil {
+			continue
+		}
+		extents++
+		if !strings.Contains(line, "shared") {
+			unshared = append(unshared, strings.TrimSpace(line))
+		}
+	}
+	if extents == 0 {
+		t.Fatalf("filefrag -v %s shows no extents:\n%s", path, out)
+	}
+	return unshared
 }

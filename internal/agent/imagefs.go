@@ -24,10 +24,20 @@ func MountImageFS(ctx context.Context, mountDir, imagePath string, size int64) (
 	if mounted, err := mountinfo.Mounted(mountDir); err == nil && mounted {
 		return false, nil
 	}
-	return true, mountImageFS(ctx, mountDir, imagePath, size)
+	return true, mountImageFS(ctx, mountDir, imagePath, size, "xfs", "-q", "-m", "reflink=1")
 }
 
-func mountImageFS(ctx context.Context, mountDir, imagePath string, size int64) error {
+// MountBtrfsImageFS is MountImageFS with btrfs: what a file-tree pool needs
+// for per-access-point quotas (quota groups), since this kernel has no xfs
+// or ext4 quotas.
+func MountBtrfsImageFS(ctx context.Context, mountDir, imagePath string, size int64) (bool, error) {
+	if mounted, err := mountinfo.Mounted(mountDir); err == nil && mounted {
+		return false, nil
+	}
+	return true, mountImageFS(ctx, mountDir, imagePath, size, "btrfs", "-q")
+}
+
+func mountImageFS(ctx context.Context, mountDir, imagePath string, size int64, fstype string, mkfsArgs ...string) error {
 	if err := os.MkdirAll(mountDir, 0o700); err != nil {
 		return fmt.Errorf("create pool mount point %s: %w", mountDir, err)
 	}
@@ -57,13 +67,13 @@ func mountImageFS(ctx context.Context, mountDir, imagePath string, size int64) e
 		return fmt.Errorf("attach pool image %s: %w", imagePath, err)
 	}
 	if fresh || !hasFS(ctx, dev) {
-		out, err := exec.CommandContext(ctx, "mkfs.xfs", "-q", "-m", "reflink=1", dev).CombinedOutput()
+		out, err := exec.CommandContext(ctx, "mkfs."+fstype, append(mkfsArgs, dev)...).CombinedOutput()
 		if err != nil {
 			_ = loopdev.Detach(ctx, imagePath)
-			return fmt.Errorf("mkfs.xfs on %s (is xfsprogs installed? run hack/setup.sh): %v: %s", dev, err, strings.TrimSpace(string(out)))
+			return fmt.Errorf("mkfs.%s on %s (are xfsprogs and btrfs-progs installed? run hack/setup.sh): %v: %s", fstype, dev, err, strings.TrimSpace(string(out)))
 		}
 	}
-	if err := unix.Mount(dev, mountDir, "xfs", 0, ""); err != nil {
+	if err := unix.Mount(dev, mountDir, fstype, 0, ""); err != nil {
 		_ = loopdev.Detach(ctx, imagePath)
 		return fmt.Errorf("mount pool file system %s at %s: %w", dev, mountDir, err)
 	}

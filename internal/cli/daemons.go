@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +20,7 @@ import (
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/csi"
+	"github.com/stowage-io/stowage/internal/files"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/metrics"
 	"github.com/stowage-io/stowage/internal/server"
@@ -94,7 +97,9 @@ func signalContext(parent context.Context) (context.Context, context.CancelFunc)
 
 func newServerCmd() *cobra.Command {
 	var dataDir, listen, zone, node, metricsAddr string
-	var pools []string
+	var pools, filePools []string
+	var apLimit int
+	var nfsListen string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the Stowage API server with its storage pools (agent in-process)",
@@ -112,9 +117,13 @@ func newServerCmd() *cobra.Command {
 			if len(pools) == 0 {
 				pools = []string{"name=default"}
 			}
+			if len(filePools) == 0 {
+				filePools = []string{"name=files"}
+			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			return runServer(ctx, dataDir, listen, zone, node, metricsAddr, pools)
+			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node, metricsAddr: metricsAddr,
+				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen})
 		},
 	}
 	f := cmd.Flags()
@@ -124,10 +133,21 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&node, "node", "", "node of pools that do not name one (default: hostname)")
 	f.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
+	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
+	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
+	f.StringVar(&nfsListen, "nfs-listen", "", "serve access points over NFSv4 with nfs-ganesha at host:port (empty: access points are not exported)")
 	return cmd
 }
 
-func runServer(ctx context.Context, dataDir, listen, zone, node, metricsAddr string, specs []string) error {
+type serverOptions struct {
+	dataDir, listen, zone, node, metricsAddr string
+	pools, filePools                         []string
+	accessPointLimit                         int
+	nfsListen                                string
+}
+
+func runServer(ctx context.Context, o serverOptions) error {
+	dataDir, listen, zone, node, metricsAddr, specs := o.dataDir, o.listen, o.zone, o.node, o.metricsAddr, o.pools
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	slog.SetDefault(log)
 	st, err := boltstore.Open(filepath.Join(dataDir, "metadata.db"))
@@ -177,7 +197,58 @@ func runServer(ctx context.Context, dataDir, listen, zone, node, metricsAddr str
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys})
+	filePools := map[string]server.FilePool{}
+	for _, s := range o.filePools {
+		spec, err := parsePoolSpec(s, zone, node, dataDir)
+		if err != nil {
+			return err
+		}
+		if _, dup := filePools[spec.name]; dup {
+			return usageErrorf("file-tree pool %q is given twice", spec.name)
+		}
+		if spec.dir == filepath.Join(dataDir, "pools", spec.name) {
+			spec.dir = filepath.Join(dataDir, "files", spec.name)
+		}
+		if spec.size > 0 {
+			wasMounted, err := agent.MountBtrfsImageFS(ctx, spec.dir, spec.dir+".img", spec.size)
+			if err != nil {
+				return fmt.Errorf("file-tree pool %s: %w", spec.name, err)
+			}
+			if wasMounted {
+				mounted = append(mounted, spec)
+			}
+		}
+		t, err := files.Open(files.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node})
+		if err != nil {
+			return fmt.Errorf("file-tree pool %s: %w", spec.name, err)
+		}
+		log.Info("file-tree pool ready", "pool", spec.name, "dir", spec.dir, "zone", spec.zone, "node", spec.node, "quotas", t.Quotas())
+		filePools[spec.name] = t
+	}
+	exporters := map[string]server.Exporter{}
+	if o.nfsListen != "" {
+		host, port, err := net.SplitHostPort(o.nfsListen)
+		if err != nil {
+			return usageErrorf("--nfs-listen %q: %v", o.nfsListen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return usageErrorf("--nfs-listen %q: port %q is not a number", o.nfsListen, port)
+		}
+		// Started with no exports: Reconcile exports the available access
+		// points, with the export ids they had.
+		g, err := files.StartGanesha(ctx, files.GaneshaConfig{StateDir: filepath.Join(dataDir, "ganesha"), Address: host, Port: p, Logger: log}, nil)
+		if err != nil {
+			return err
+		}
+		defer g.Stop()
+		for name := range filePools {
+			exporters[name] = g
+		}
+		log.Info("NFS serving", "address", g.Address())
+	}
+	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys,
+		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit})
 	if err != nil {
 		return err
 	}

@@ -81,7 +81,7 @@ func orDash(s string) string {
 }
 
 // stateEnum is a state's enum value name as protojson writes it.
-var stateEnum = regexp.MustCompile(`"state":\s*"((?:VOLUME|SNAPSHOT|ATTACHMENT)_STATE_[A-Z_]+)"`)
+var stateEnum = regexp.MustCompile(`"state":\s*"((?:VOLUME|SNAPSHOT|ATTACHMENT|FILE_SYSTEM|ACCESS_POINT)_STATE_[A-Z_]+)"`)
 
 // stateWords writes the states in JSON output as the words the tables show
 // ("in-use", not VOLUME_STATE_IN_USE), so scripts see the same words in

@@ -72,6 +72,7 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
 	root.AddCommand(
 		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g), newSecretCmd(g), newParamCmd(g),
+		newFileSystemCmd(g), newAccessPointCmd(g),
 		newServerCmd(), newCSICmd(), newKMSPluginCmd(), newSecretsProviderCmd(), newVersionCmd(),
 		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(),
 	)
@@ -168,6 +169,8 @@ type client struct {
 	keys      pb.KeyServiceClient
 	secrets   pb.SecretServiceClient
 	params    pb.ParameterServiceClient
+	fs        pb.FileSystemServiceClient
+	aps       pb.AccessPointServiceClient
 }
 
 func newClient(endpoint string) (*client, error) {
@@ -177,7 +180,8 @@ func newClient(endpoint string) (*client, error) {
 	}
 	return &client{conn: conn, volumes: pb.NewVolumeServiceClient(conn), snapshots: pb.NewSnapshotServiceClient(conn),
 		pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn), keys: pb.NewKeyServiceClient(conn),
-		secrets: pb.NewSecretServiceClient(conn), params: pb.NewParameterServiceClient(conn)}, nil
+		secrets: pb.NewSecretServiceClient(conn), params: pb.NewParameterServiceClient(conn),
+		fs: pb.NewFileSystemServiceClient(conn), aps: pb.NewAccessPointServiceClient(conn)}, nil
 }
 
 // run opens a client, applies the timeout and calls fn.

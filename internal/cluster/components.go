@@ -109,8 +109,13 @@ func (c *Config) Components() []Component {
 	// VolumeAttributesClass is beta and off by default in 1.33; the driver
 	// implements ControllerModifyVolume, so turn it on end to end.
 	vacGate := "--feature-gates=VolumeAttributesClass=true"
+	const sidecarQPS, sidecarBurst = "100", "200"
 	sidecar := func(name string, extra ...string) Component {
-		args := append([]string{"--csi-address=" + csiCtrl, "--kubeconfig=" + kc(name), "--leader-election=false", "--v=2"}, extra...)
+		// The sidecars' client default of 5 requests/s (burst 10) made
+		// them the bottleneck of many claims at once: each attach and
+		// provision takes several API calls (docs/benchmarks.md, StatefulSet).
+		args := append([]string{"--csi-address=" + csiCtrl, "--kubeconfig=" + kc(name), "--leader-election=false", "--v=2",
+			"--kube-api-qps=" + sidecarQPS, "--kube-api-burst=" + sidecarBurst}, extra...)
 		return Component{Name: name, Cmd: Command{Path: bin(name), Args: args}, Needs: []string{"kube-apiserver", "csi-controller"}}
 	}
 	// The provisioner publishes the pools' capacity per storage class and
@@ -191,6 +196,9 @@ func (c *Config) Components() []Component {
 			"--cluster-name=" + clusterName,
 			"--service-cluster-ip-range=" + c.ServiceCIDR,
 			"--allocate-node-cidrs=false",
+			// Default 20/30: the PV controller and the attach/detach
+			// controller share it, a few calls per claim.
+			"--kube-api-qps=" + sidecarQPS, "--kube-api-burst=" + sidecarBurst,
 			vacGate,
 			"--profiling=false",
 			"--v=1",
@@ -236,7 +244,7 @@ func (c *Config) Components() []Component {
 		// A delete is retried until the volume is detached; retry soon and
 		// often enough that a claim's volume goes within seconds of its pod.
 		provisioner,
-		sidecar("csi-attacher", "--timeout=60s"),
+		sidecar("csi-attacher", "--timeout=60s", "--worker-threads=32"),
 		sidecar("csi-resizer", "--timeout=60s", "--handle-volume-inuse-error=false", vacGate),
 		sidecar("csi-snapshotter", "--extra-create-metadata", "--timeout=60s"),
 		{Name: "snapshot-controller", Needs: []string{"kube-apiserver", "manifests"}, Cmd: Command{Path: bin("snapshot-controller"), Args: []string{

@@ -43,7 +43,7 @@ func TestManifestBundle_ClassesGetChosenFSType(t *testing.T) {
 		classes := 0
 		for _, doc := range strings.Split(string(bundle), "\n---\n") {
 			var obj struct {
-				Kind       string            `json:"kind"`
+				Kind       string `json:"kind"`
 				Metadata   struct{ Name string }
 				Parameters map[string]string `json:"parameters"`
 			}

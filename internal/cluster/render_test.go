@@ -206,7 +206,8 @@ func TestManifests_AreTheObjectsUpPromises(t *testing.T) {
 		found[obj["kind"].(string)+"/"+md["name"].(string)] = obj
 	}
 	for _, want := range []string{"CSIDriver/" + DriverName, "StorageClass/stowage-gp3", "StorageClass/stowage-io2", "VolumeSnapshotClass/stowage-snapshots",
-		"ClusterRole/stowage:csi-provisioner", "ClusterRoleBinding/stowage:csi-attacher", "ClusterRoleBinding/stowage:snapshot-controller"} {
+		"ClusterRole/stowage:csi-provisioner", "ClusterRoleBinding/stowage:csi-attacher", "ClusterRoleBinding/stowage:snapshot-controller",
+		"ClusterRoleBinding/stowage:node-volume-reads"} {
 		if found[want] == nil {
 			t.Errorf("deploy/local has no %s", want)
 		}

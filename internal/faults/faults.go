@@ -19,6 +19,10 @@ var Points = []string{
 	"delete-volume:marked",
 	"create-snapshot:recorded", "create-snapshot:image-created",
 	"delete-snapshot:marked",
+	"create-fs:recorded", "create-fs:tree-created",
+	"delete-fs:marked",
+	"create-ap:recorded", "create-ap:root-made", "create-ap:exported",
+	"delete-ap:marked",
 }
 
 // EnvVar names the point at which the process kills itself with SIGKILL.

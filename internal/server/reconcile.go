@@ -10,7 +10,8 @@ import (
 
 // Reconcile makes the pools and the metadata agree after a crash: it rolls
 // back creates that never finished, finishes deletes that were started, and
-// removes images that no record knows about. Run it before serving.
+// removes images that no record knows about; then the same for file
+// systems and access points (reconcileFiles). Run it before serving.
 func (s *Server) Reconcile(ctx context.Context) error {
 	var volumes []volumeRecord
 	var snapshots []snapshotRecord
@@ -111,5 +112,5 @@ func (s *Server) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
-	return nil
+	return s.reconcileFiles(ctx)
 }

@@ -58,6 +58,15 @@ type Config struct {
 	// KMS wraps the data keys of encrypted volumes; without it encrypted
 	// volumes are refused.
 	KMS *kms.Service
+	// FilePools are the file-tree pools by name; without any, file
+	// systems are refused.
+	FilePools map[string]FilePool
+	// Exporters serve the access points of the file-tree pool of the same
+	// name over NFS; a pool without one makes access points unexported.
+	Exporters map[string]Exporter
+	// AccessPointLimit is the most access points a new file system may
+	// have. Default DefaultAccessPointLimit.
+	AccessPointLimit int
 }
 
 // Server serves the Stowage API.
@@ -69,6 +78,8 @@ type Server struct {
 	pb.UnimplementedKeyServiceServer
 	pb.UnimplementedSecretServiceServer
 	pb.UnimplementedParameterServiceServer
+	pb.UnimplementedFileSystemServiceServer
+	pb.UnimplementedAccessPointServiceServer
 
 	store     store.Store
 	pools     map[string]Pool
@@ -78,6 +89,11 @@ type Server struct {
 	kms       *kms.Service
 	secrets   *secrets.Service
 	params    *params.Service
+
+	filePools     map[string]FilePool
+	filePoolNames []string
+	exporters     map[string]Exporter
+	apLimit       int
 }
 
 // New returns a Server; call Reconcile before serving.
@@ -85,8 +101,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("server: no metadata store")
 	}
-	if len(cfg.Pools) == 0 {
-		return nil, errors.New("server: no storage pool configured (give at least one --pool)")
+	if len(cfg.Pools) == 0 && len(cfg.FilePools) == 0 {
+		return nil, errors.New("server: no storage pool configured (give at least one --pool or --file-pool)")
 	}
 	if cfg.LockWait == 0 {
 		cfg.LockWait = 5 * time.Second
@@ -94,7 +110,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS}
+	if cfg.AccessPointLimit <= 0 {
+		cfg.AccessPointLimit = DefaultAccessPointLimit
+	}
+	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS,
+		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit}
+	if s.filePools == nil {
+		s.filePools = map[string]FilePool{}
+	}
+	if s.exporters == nil {
+		s.exporters = map[string]Exporter{}
+	}
 	if cfg.KMS != nil {
 		s.secrets = secrets.New(cfg.Store, cfg.KMS, secrets.Options{})
 		s.params = params.New(cfg.Store, cfg.KMS, params.Options{})
@@ -103,6 +129,10 @@ func New(cfg Config) (*Server, error) {
 		s.poolNames = append(s.poolNames, name)
 	}
 	sort.Strings(s.poolNames)
+	for name := range s.filePools {
+		s.filePoolNames = append(s.filePoolNames, name)
+	}
+	sort.Strings(s.filePoolNames)
 	return s, nil
 }
 
@@ -115,6 +145,8 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterKeyServiceServer(g, s)
 	pb.RegisterSecretServiceServer(g, s)
 	pb.RegisterParameterServiceServer(g, s)
+	pb.RegisterFileSystemServiceServer(g, s)
+	pb.RegisterAccessPointServiceServer(g, s)
 }
 
 // lock takes the per-object locks or returns ABORTED naming the object.

@@ -35,7 +35,10 @@ type Store interface {
 	// Update runs fn in a read-write transaction. Transactions are
 	// serializable. If fn returns an error nothing it wrote is kept and that
 	// error is returned unchanged, so errors.Is works on it; otherwise all its
-	// writes are committed durably before Update returns.
+	// writes are committed durably before Update returns. A backend may
+	// commit concurrent Updates together and run fn again when another
+	// function of its group fails, so fn acts only through its Tx (and
+	// resets anything else it sets at its start).
 	Update(ctx context.Context, fn func(Tx) error) error
 	Close() error
 }

@@ -220,6 +220,8 @@ type apiClients struct {
 	volumes   pb.VolumeServiceClient
 	snapshots pb.SnapshotServiceClient
 	pools     pb.PoolServiceClient
+	fs        pb.FileSystemServiceClient
+	aps       pb.AccessPointServiceClient
 }
 
 func dialUnix(t *testing.T, sock string) *grpc.ClientConn {
@@ -235,7 +237,8 @@ func dialUnix(t *testing.T, sock string) *grpc.ClientConn {
 // api opens a fresh connection, so that no call reuses one to a dead server.
 func (e *crashEnv) api(t *testing.T) *apiClients {
 	conn := dialUnix(t, e.apiSocket())
-	return &apiClients{pb.NewVolumeServiceClient(conn), pb.NewSnapshotServiceClient(conn), pb.NewPoolServiceClient(conn)}
+	return &apiClients{pb.NewVolumeServiceClient(conn), pb.NewSnapshotServiceClient(conn), pb.NewPoolServiceClient(conn),
+		pb.NewFileSystemServiceClient(conn), pb.NewAccessPointServiceClient(conn)}
 }
 
 func callCtx(t *testing.T) context.Context {
@@ -470,6 +473,10 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 				wantOneAvailable(t, a, "crash-src")
 			}},
 	)
+	// File systems and access points (no NFS server in these runs).
+	for _, fc := range fileCrashCases() {
+		tests = append(tests, crashCase{point: fc.point, setup: fc.setup, op: fc.op, check: fc.check})
+	}
 	t.Run("every crash point has a case", func(t *testing.T) {
 		covered := map[string]bool{}
 		for _, tt := range tests {
@@ -512,6 +519,7 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 			}
 			tt.check(t, a, id)
 			checkPool(t, ce, a)
+			checkFileTrees(t, ce, a)
 		})
 	}
 }

@@ -9,7 +9,7 @@ import (
 // one list of states: VOLUME_STATE_IN_USE is "in-use". The CLI prints the
 // words, the store records them, and messages use them.
 
-var statePrefixes = []string{"VOLUME_STATE_", "SNAPSHOT_STATE_", "ATTACHMENT_STATE_"}
+var statePrefixes = []string{"VOLUME_STATE_", "SNAPSHOT_STATE_", "ATTACHMENT_STATE_", "FILE_SYSTEM_STATE_", "ACCESS_POINT_STATE_"}
 
 // StateWord turns the enum value name of any state into its word
 // ("SNAPSHOT_STATE_COMPLETED" is "completed"); an unspecified state is "".

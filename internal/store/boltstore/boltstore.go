@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -25,8 +27,31 @@ const lockTimeout = 2 * time.Second
 // Store is a store.Store backed by a bbolt file. bbolt's default fsync on
 // every commit is kept: metadata that says where a volume's data lives must
 // not be lost by a power cut after the API answered.
+//
+// Concurrent Updates share commits (group commit): while one commit is
+// being synced, the Updates that arrive meanwhile queue up and the next
+// commit carries all of them, each still durable before its Update returns.
+// A lone Update commits at once, without waiting for company.
 type Store struct {
 	db *bolt.DB
+
+	mu         sync.Mutex
+	queue      []*update // waiting for the next commit
+	committing bool      // a caller is leading commits
+	commits    atomic.Int64
+}
+
+// update is one Update call waiting in the queue. out receives either its
+// result or the order to lead the next commit.
+type update struct {
+	ctx context.Context
+	fn  func(store.Tx) error
+	out chan outcome
+}
+
+type outcome struct {
+	err  error
+	lead bool
 }
 
 var _ store.Store = (*Store)(nil)
@@ -62,14 +87,76 @@ func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Update(func(btx *bolt.Tx) error {
-		// Waiting for the write lock can take a while under contention; a
-		// caller that gave up meanwhile must not have its write applied.
-		if err := ctx.Err(); err != nil {
-			return err
+	u := &update{ctx: ctx, fn: fn, out: make(chan outcome, 1)}
+	s.mu.Lock()
+	s.queue = append(s.queue, u)
+	lead := !s.committing
+	s.committing = true
+	s.mu.Unlock()
+	if lead {
+		s.lead()
+	}
+	for {
+		o := <-u.out
+		if !o.lead {
+			return o.err
 		}
-		return fn(tx{btx})
-	})
+		s.lead()
+	}
+}
+
+// lead commits everything queued, then hands leadership to the first
+// Update that queued meanwhile (so no caller waits on others' commits for
+// longer than one), or ends the leading.
+func (s *Store) lead() {
+	s.mu.Lock()
+	batch := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	s.commit(batch)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) > 0 {
+		s.queue[0].out <- outcome{lead: true}
+		return
+	}
+	s.committing = false
+}
+
+// commit runs the batch's functions in one read-write transaction, in queue
+// order, and tells each its result once the commit is synced. A function
+// that fails is answered with its error alone and the others run again
+// without it: its writes must not be kept.
+func (s *Store) commit(batch []*update) {
+	for len(batch) > 0 {
+		failed := -1
+		var failErr error
+		err := s.db.Update(func(btx *bolt.Tx) error {
+			for i, u := range batch {
+				// Waiting in the queue can take a while under contention; a
+				// caller that gave up meanwhile must not have its write applied.
+				err := u.ctx.Err()
+				if err == nil {
+					err = u.fn(tx{btx})
+				}
+				if err != nil {
+					failed, failErr = i, err
+					return err
+				}
+			}
+			return nil
+		})
+		if failed >= 0 {
+			batch[failed].out <- outcome{err: failErr}
+			batch = append(batch[:failed:failed], batch[failed+1:]...)
+			continue
+		}
+		s.commits.Add(1)
+		for _, u := range batch {
+			u.out <- outcome{err: err}
+		}
+		return
+	}
 }
 
 func (s *Store) Close() error { return s.db.Close() }

@@ -1,9 +1,11 @@
 package boltstore
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,5 +65,42 @@ func TestOpen_MissingParentDirs_CreatedPrivate(t *testing.T) {
 		if got := fi.Mode().Perm(); got&^tc.want != 0 {
 			t.Errorf("%s mode = %v, want at most %v", tc.path, got, tc.want)
 		}
+	}
+}
+
+// TestUpdate_ConcurrentCallers_ShareCommits: every commit is an fsync, so
+// Updates that arrive while one is being synced go into the next commit
+// together instead of each waiting for its own.
+func TestUpdate_ConcurrentCallers_ShareCommits(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "meta.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const callers, each = 16, 20
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			for i := range each {
+				key := filepath.Join("k", string(rune('a'+c)), string(rune('a'+i)))
+				if err := s.Update(context.Background(), func(tx store.Tx) error { return tx.Put("b", key, []byte("v")) }); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got := s.commits.Load(); got >= callers*each/2 {
+		t.Errorf("%d Updates from %d callers took %d commits; want them grouped into fewer than half as many", callers*each, callers, got)
+	}
+	n := 0
+	if err := s.View(context.Background(), func(tx store.Tx) error {
+		return tx.Scan("b", "", "", func(string, []byte) error { n++; return nil })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != callers*each {
+		t.Errorf("%d keys stored, want %d", n, callers*each)
 	}
 }

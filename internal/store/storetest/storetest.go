@@ -40,6 +40,7 @@ func Run(t *testing.T, open OpenFunc) {
 		{"ScanDeletingVisitedKey_VisitsEveryKey", testScanDelete},
 		{"ReturnedAndStoredValues_AreCopies", testCopies},
 		{"ConcurrentUpdates_Serializable", testConcurrentUpdates},
+		{"ConcurrentUpdatesSomeFailing_FailedWritesGoneOthersKept", testConcurrentFailures},
 		{"CloseAndReopen_DataSurvives", testReopen},
 		{"CancelledContext_FnNotRun", testCancelled},
 		{"JSONHelpers_RoundTrip", testJSON},
@@ -463,6 +464,52 @@ func testConcurrentUpdates(t *testing.T, open OpenFunc) {
 	}
 	wg.Wait()
 	wantValue(t, s, "counters", "n", fmt.Sprint(workers*perWorker))
+}
+
+// testConcurrentFailures: a backend that commits concurrent Updates
+// together must still keep each one atomic on its own. Every third Update
+// fails after writing; its key must not exist, its error must come back
+// unchanged, and every other Update's key must be there after a reopen.
+func testConcurrentFailures(t *testing.T, open OpenFunc) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	errRefused := errors.New("refused")
+	const n = 60
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			key := fmt.Sprintf("vol-%02d", i)
+			err := s.Update(t.Context(), func(tx store.Tx) error {
+				if err := tx.Put("volumes", key, []byte(key)); err != nil {
+					return err
+				}
+				if i%3 == 0 {
+					return fmt.Errorf("volume %s: %w", key, errRefused)
+				}
+				return nil
+			})
+			if i%3 == 0 && !errors.Is(err, errRefused) {
+				t.Errorf("failing Update of %s returned %v, want its own error", key, err)
+			}
+			if i%3 != 0 && err != nil {
+				t.Errorf("Update of %s: %v", key, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	again := open(t, dir)
+	t.Cleanup(func() { again.Close() })
+	for i := range n {
+		key := fmt.Sprintf("vol-%02d", i)
+		if i%3 == 0 {
+			wantMissing(t, again, "volumes", key)
+		} else {
+			wantValue(t, again, "volumes", key, key)
+		}
+	}
 }
 
 func testReopen(t *testing.T, open OpenFunc) {

@@ -22,6 +22,7 @@ import (
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/csi"
+	"github.com/stowage-io/stowage/internal/files"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
@@ -44,6 +45,7 @@ type Options struct {
 type Stack struct {
 	Dir         string // the test's scratch directory
 	PoolDir     string
+	FilePoolDir string // the file-tree pool (file systems)
 	APIEndpoint string // unix:///…
 	CSIEndpoint string // unix:///…
 	StateDir    string
@@ -102,7 +104,14 @@ func Start(t testing.TB, o Options) *Stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Server, err = server.New(server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, Logger: logger, KMS: keys})
+	// A file-tree pool of plain directories (no quotas) for file systems.
+	filePool, err := files.Open(files.Config{Dir: filepath.Join(dir, "files"), Zone: o.Zone, Node: o.Node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.FilePoolDir = filePool.Dir()
+	s.Server, err = server.New(server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, Logger: logger, KMS: keys,
+		FilePools: map[string]server.FilePool{"files-a": filePool}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,389 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/faults"
+	"github.com/stowage-io/stowage/internal/files"
+	"github.com/stowage-io/stowage/internal/store"
+)
+
+// FilePool is a file-tree pool as the server uses it: *files.Tree
+// in-process, a remote agent later.
+type FilePool interface {
+	Zone() string
+	Node() string
+	Quotas() bool
+	CreateFileSystem(ctx context.Context, id string) error
+	DeleteFileSystem(ctx context.Context, id string) error
+	ListFileSystems() ([]string, error)
+	Usage(id string) (int64, error)
+	PlanRoot(id, path string) ([]string, error)
+	MakeRoot(ctx context.Context, id string, root files.RootDirectory, quotaBytes int64) error
+	SetQuota(id, path string, quotaBytes int64) error
+	RemoveDirs(id string, dirs []string) error
+	HostPath(id, path string) string
+}
+
+// DefaultAccessPointLimit is how many access points a file system may have
+// unless Config says otherwise: ten times EFS's long-standing 1,000, which
+// capped how many claims one file system could serve.
+const DefaultAccessPointLimit = 10000
+
+const (
+	bucketFileSystems        = "file-systems"
+	bucketFileSystemNames    = "file-system-names"
+	bucketAccessPoints       = "access-points"
+	bucketAccessPointNames   = "access-point-names"
+	bucketFileSystemAPs      = "file-system-access-points" // fsID/apID -> ""
+	bucketExportIDs          = "export-ids"                // pool/NNNNN -> apID
+	maxAccessPointsListedInE = 10
+)
+
+type fileSystemRecord struct {
+	ID               string             `json:"id"`
+	Name             string             `json:"name,omitempty"`
+	RequestKey       string             `json:"requestKey,omitempty"`
+	Pool             string             `json:"pool"`
+	Node             string             `json:"node"`
+	Zone             string             `json:"zone,omitempty"` // One Zone; empty is Standard
+	PerformanceMode  string             `json:"performanceMode"`
+	ThroughputMode   string             `json:"throughputMode"`
+	ProvisionedMiBps int64              `json:"provisionedMiBps,omitempty"`
+	State            pb.FileSystemState `json:"state"`
+	StateReason      string             `json:"stateReason,omitempty"`
+	KMSKeyID         string             `json:"kmsKeyId,omitempty"`
+	AccessPoints     int                `json:"accessPoints"`
+	AccessPointLimit int                `json:"accessPointLimit"`
+	Tags             map[string]string  `json:"tags,omitempty"`
+	Created          time.Time          `json:"created"`
+}
+
+// File system and access point states.
+const (
+	fsCreating  = pb.FileSystemState_FILE_SYSTEM_STATE_CREATING
+	fsAvailable = pb.FileSystemState_FILE_SYSTEM_STATE_AVAILABLE
+	fsDeleting  = pb.FileSystemState_FILE_SYSTEM_STATE_DELETING
+
+	apCreating  = pb.AccessPointState_ACCESS_POINT_STATE_CREATING
+	apAvailable = pb.AccessPointState_ACCESS_POINT_STATE_AVAILABLE
+	apDeleting  = pb.AccessPointState_ACCESS_POINT_STATE_DELETING
+)
+
+func (f *fileSystemRecord) toProto(usedBytes int64) *pb.FileSystem {
+	class := files.StorageStandard
+	if f.Zone != "" {
+		class = files.StorageOneZone
+	}
+	return &pb.FileSystem{
+		Id: f.ID, Name: f.Name, State: f.State, StateReason: f.StateReason,
+		AvailabilityZone: f.Zone, StorageClass: class, PerformanceMode: f.PerformanceMode,
+		ThroughputMode: f.ThroughputMode, ProvisionedThroughputMibps: f.ProvisionedMiBps,
+		SizeUsedBytes: usedBytes, Encrypted: f.KMSKeyID != "", KmsKeyId: f.KMSKeyID,
+		AccessPointCount: int32(f.AccessPoints), AccessPointLimit: int32(f.AccessPointLimit),
+		Tags: f.Tags, CreateTime: timestamppb.New(f.Created), Pool: f.Pool, Node: f.Node,
+	}
+}
+
+func fileSystemRequestKey(r *pb.CreateFileSystemRequest, m files.Modes) string {
+	tags := make([]string, 0, len(r.Tags))
+	for k, v := range r.Tags {
+		tags = append(tags, k+"="+v)
+	}
+	sort.Strings(tags)
+	return fmt.Sprintf("zone=%s perf=%s tput=%s prov=%d enc=%t kms=%s tags=%q",
+		r.AvailabilityZone, m.Performance, m.Throughput, m.ProvisionedMi, r.Encrypted, r.KmsKeyId, tags)
+}
+
+// CreateFileSystem makes an empty tree in a file-tree pool: of the zone for
+// a One Zone file system, any for a Standard one.
+func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemRequest) (*pb.FileSystem, error) {
+	if len(req.Name) > maxNameLen {
+		return nil, status.Errorf(codes.InvalidArgument, "file system name is %d characters long; at most %d are allowed", len(req.Name), maxNameLen)
+	}
+	modes, err := files.ResolveModes(req.PerformanceMode, req.ThroughputMode, req.ProvisionedThroughputMibps)
+	if err != nil {
+		return nil, filesError(err)
+	}
+	if req.Encrypted || req.KmsKeyId != "" {
+		// Recording a key without encrypting would be a lie: the file-tree
+		// pool (btrfs) has no fscrypt in this kernel.
+		return nil, status.Error(codes.Unimplemented,
+			"encryption at rest is not implemented for file systems yet (the file-tree pool is btrfs, which has no per-directory encryption here); create the file system without encrypted/kmsKeyId")
+	}
+	if len(s.filePools) == 0 {
+		return nil, status.Error(codes.FailedPrecondition, "this server has no file-tree pool (give --file-pool), so it cannot make file systems")
+	}
+	if req.Name != "" {
+		unlock, err := s.lock(ctx, "file system name "+req.Name, "fs-name/"+req.Name)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+		existing, err := byName[fileSystemRecord](ctx, s.store, bucketFileSystems, bucketFileSystemNames, req.Name)
+		if err != nil {
+			return nil, err
+		}
+		if existing != nil {
+			if existing.RequestKey != fileSystemRequestKey(req, modes) {
+				return nil, status.Errorf(codes.AlreadyExists,
+					"file system name %q is already used by %s, created with other parameters (%s)", req.Name, existing.ID, existing.RequestKey)
+			}
+			return existing.toProto(s.fileSystemUsage(existing)), nil
+		}
+	}
+	poolName, err := s.placeFileSystem(req.AvailabilityZone)
+	if err != nil {
+		return nil, err
+	}
+	p := s.filePools[poolName]
+	id := newID("fs")
+	unlockID, err := s.lock(ctx, "file system "+id, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockID()
+	f := &fileSystemRecord{
+		ID: id, Name: req.Name, RequestKey: fileSystemRequestKey(req, modes), Pool: poolName, Node: p.Node(),
+		Zone: req.AvailabilityZone, PerformanceMode: modes.Performance, ThroughputMode: modes.Throughput,
+		ProvisionedMiBps: modes.ProvisionedMi, State: fsCreating, AccessPointLimit: s.apLimit,
+		Tags: req.Tags, Created: time.Now().UTC(),
+	}
+	// Record first, in state creating: a crash before the tree exists
+	// leaves a record that Reconcile rolls back, never an unknown tree.
+	err = s.store.Update(ctx, func(tx store.Tx) error {
+		if f.Name != "" {
+			if err := tx.Put(bucketFileSystemNames, f.Name, []byte(f.ID)); err != nil {
+				return err
+			}
+		}
+		return store.PutJSON(tx, bucketFileSystems, f.ID, f)
+	})
+	if err != nil {
+		return nil, internal(err, "record file system %s", f.ID)
+	}
+	faults.Point("create-fs:recorded")
+	if err := p.CreateFileSystem(ctx, f.ID); err != nil {
+		s.rollbackFileSystem(f)
+		return nil, internal(err, "create tree of file system %s in pool %s", f.ID, poolName)
+	}
+	faults.Point("create-fs:tree-created")
+	f.State = fsAvailable
+	if err := s.putFileSystem(ctx, f); err != nil {
+		s.rollbackFileSystem(f)
+		return nil, err
+	}
+	s.log.Info("file system created", "fileSystem", f.ID, "name", f.Name, "pool", poolName, "zone", f.Zone,
+		"performanceMode", f.PerformanceMode, "throughputMode", f.ThroughputMode)
+	return f.toProto(0), nil
+}
+
+// placeFileSystem picks the file-tree pool of zone (any zone when empty),
+// the first by name: file systems are few and long-lived.
+func (s *Server) placeFileSystem(zone string) (string, error) {
+	var have []string
+	for _, name := range s.filePoolNames {
+		p := s.filePools[name]
+		if zone == "" || p.Zone() == zone {
+			return name, nil
+		}
+		have = append(have, fmt.Sprintf("%s (zone %s)", name, p.Zone()))
+	}
+	return "", status.Errorf(codes.InvalidArgument, "no file-tree pool is in availability zone %q; pools: %s", zone, strings.Join(have, ", "))
+}
+
+func (s *Server) rollbackFileSystem(f *fileSystemRecord) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.deleteFileSystem(ctx, f); err != nil {
+		s.log.Error("rollback of file system create failed; the next start finishes it", "fileSystem", f.ID, "err", err)
+	}
+}
+
+func (s *Server) getFileSystem(ctx context.Context, id string) (*fileSystemRecord, error) {
+	var f fileSystemRecord
+	err := s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketFileSystems, id, &f) })
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "file system %s does not exist", id)
+	}
+	if err != nil {
+		return nil, internal(err, "read file system %s", id)
+	}
+	return &f, nil
+}
+
+func (s *Server) putFileSystem(ctx context.Context, f *fileSystemRecord) error {
+	err := s.store.Update(ctx, func(tx store.Tx) error { return store.PutJSON(tx, bucketFileSystems, f.ID, f) })
+	if err != nil {
+		return internal(err, "save file system %s", f.ID)
+	}
+	return nil
+}
+
+func (s *Server) fileSystemUsage(f *fileSystemRecord) int64 {
+	p, ok := s.filePools[f.Pool]
+	if !ok || f.State != fsAvailable {
+		return 0
+	}
+	n, err := p.Usage(f.ID)
+	if err != nil {
+		s.log.Warn("could not measure file system usage", "fileSystem", f.ID, "err", err)
+		return 0
+	}
+	return n
+}
+
+func (s *Server) DescribeFileSystem(ctx context.Context, req *pb.DescribeFileSystemRequest) (*pb.FileSystem, error) {
+	if req.FileSystemId == "" {
+		return nil, status.Error(codes.InvalidArgument, "file system id is required")
+	}
+	f, err := s.getFileSystem(ctx, req.FileSystemId)
+	if err != nil {
+		return nil, err
+	}
+	return f.toProto(s.fileSystemUsage(f)), nil
+}
+
+func (s *Server) ListFileSystems(ctx context.Context, req *pb.ListFileSystemsRequest) (*pb.ListFileSystemsResponse, error) {
+	limit, err := pageLimit(req.PageSize, req.PageToken, "fs-")
+	if err != nil {
+		return nil, err
+	}
+	var recs []fileSystemRecord
+	resp := &pb.ListFileSystemsResponse{}
+	err = s.store.View(ctx, func(tx store.Tx) error {
+		return tx.Scan(bucketFileSystems, "", req.PageToken, func(key string, value []byte) error {
+			var f fileSystemRecord
+			if err := json.Unmarshal(value, &f); err != nil {
+				return fmt.Errorf("file system %s: %w", key, err)
+			}
+			if len(recs) == limit {
+				resp.NextPageToken = recs[len(recs)-1].ID
+				return store.ErrStopScan
+			}
+			recs = append(recs, f)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, internal(err, "list file systems")
+	}
+	for i := range recs {
+		resp.FileSystems = append(resp.FileSystems, recs[i].toProto(s.fileSystemUsage(&recs[i])))
+	}
+	return resp, nil
+}
+
+// pageLimit checks a page size and token (the id of the last object of
+// the previous page, so it has the object's id prefix).
+func pageLimit(size int32, token, prefix string) (int, error) {
+	if size < 0 {
+		return 0, status.Errorf(codes.InvalidArgument, "page size %d is negative", size)
+	}
+	if token != "" && !strings.HasPrefix(token, prefix) {
+		return 0, status.Errorf(codes.Aborted, "page token %q is not one this server issued", token)
+	}
+	if size == 0 {
+		return defaultPageSize, nil
+	}
+	return int(size), nil
+}
+
+// DeleteFileSystem removes a file system and all its files. One that still
+// has access points is refused, naming them, as EFS does.
+func (s *Server) DeleteFileSystem(ctx context.Context, req *pb.DeleteFileSystemRequest) (*pb.DeleteFileSystemResponse, error) {
+	if req.FileSystemId == "" {
+		return nil, status.Error(codes.InvalidArgument, "file system id is required")
+	}
+	unlock, err := s.lock(ctx, "file system "+req.FileSystemId, req.FileSystemId)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	f, err := s.getFileSystem(ctx, req.FileSystemId)
+	if status.Code(err) == codes.NotFound {
+		return &pb.DeleteFileSystemResponse{Deleted: false}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	aps, err := s.accessPointIDs(ctx, f.ID)
+	if err != nil {
+		return nil, err
+	}
+	if len(aps) > 0 {
+		listed := aps
+		more := ""
+		if len(listed) > maxAccessPointsListedInE {
+			listed, more = listed[:maxAccessPointsListedInE], fmt.Sprintf(" and %d more", len(aps)-maxAccessPointsListedInE)
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "file system %s still has %d access point(s): %s%s; delete them first",
+			f.ID, len(aps), strings.Join(listed, ", "), more)
+	}
+	if err := s.deleteFileSystem(ctx, f); err != nil {
+		return nil, err
+	}
+	s.log.Info("file system deleted", "fileSystem", f.ID, "name", f.Name, "pool", f.Pool)
+	return &pb.DeleteFileSystemResponse{Deleted: true}, nil
+}
+
+// deleteFileSystem marks the record deleting, removes the tree, then the
+// record; Reconcile finishes it after a crash.
+func (s *Server) deleteFileSystem(ctx context.Context, f *fileSystemRecord) error {
+	f.State = fsDeleting
+	if err := s.putFileSystem(ctx, f); err != nil {
+		return err
+	}
+	faults.Point("delete-fs:marked")
+	if p, ok := s.filePools[f.Pool]; ok {
+		if err := p.DeleteFileSystem(ctx, f.ID); err != nil {
+			return internal(err, "delete tree of file system %s", f.ID)
+		}
+	}
+	err := s.store.Update(ctx, func(tx store.Tx) error {
+		return forget(tx, bucketFileSystems, bucketFileSystemNames, f.ID, f.Name)
+	})
+	if err != nil {
+		return internal(err, "delete record of file system %s", f.ID)
+	}
+	return nil
+}
+
+// accessPointIDs lists the access points of file system fsID, sorted.
+func (s *Server) accessPointIDs(ctx context.Context, fsID string) ([]string, error) {
+	var ids []string
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		return tx.Scan(bucketFileSystemAPs, fsID+"/", "", func(key string, _ []byte) error {
+			ids = append(ids, strings.TrimPrefix(key, fsID+"/"))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, internal(err, "list access points of %s", fsID)
+	}
+	return ids, nil
+}
+
+// filesError maps an error of package files to a gRPC status.
+func filesError(err error) error {
+	switch {
+	case errors.Is(err, files.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, files.ErrQuotaUnsupported), errors.Is(err, files.ErrQuotaNeedsNewDirectory):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, files.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	}
+	return internal(err, "file system")
+}
