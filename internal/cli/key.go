@@ -126,6 +126,29 @@ func newKeyAliasCmd(g *globals) *cobra.Command {
 }
 
 // readInput returns the literal value, or the bytes of file ("-" is stdin).
+// removedValueFlag keeps a flag that used to take a secret value in the
+// argument list, hidden, so that using it says what replaced it instead
+// of "unknown flag". Its value is never shown.
+func removedValueFlag(cmd *cobra.Command, v *string, name, instead string) {
+	cmd.Flags().StringVar(v, name, "", "removed: use "+instead)
+	_ = cmd.Flags().MarkHidden(name)
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	cmd.Annotations["removed-flag:"+name] = instead
+}
+
+// refuseRemoved fails when a removed value flag was given.
+func refuseRemoved(cmd *cobra.Command) error {
+	for k, instead := range cmd.Annotations {
+		name, ok := strings.CutPrefix(k, "removed-flag:")
+		if ok && cmd.Flags().Changed(name) {
+			return usageErrorf("--%s is gone: a value in the argument list can be read by every user of this machine (ps, /proc); use %s", name, instead)
+		}
+	}
+	return nil
+}
+
 func readInput(cmd *cobra.Command, literal, file, what string) ([]byte, error) {
 	switch {
 	case literal != "" && file != "":
@@ -149,7 +172,13 @@ func newKeyEncryptCmd(g *globals) *cobra.Command {
 		Use: "encrypt KEY_ID|alias/NAME", Short: "Encrypt up to 4096 bytes; prints the ciphertext in base64", Args: cobra.ExactArgs(1),
 		Example: `  stowage key encrypt alias/app --plaintext-file token.txt --context app=billing > token.enc`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			data, err := readInput(cmd, plaintext, file, "plaintext")
+			if err := refuseRemoved(cmd); err != nil {
+				return err
+			}
+			if file == "" {
+				return usageErrorf("give the data with --plaintext-file FILE, or --plaintext-file - for stdin (data never goes in the argument list)")
+			}
+			data, err := readInput(cmd, "", file, "plaintext")
 			if err != nil {
 				return err
 			}
@@ -170,7 +199,7 @@ func newKeyEncryptCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&plaintext, "plaintext", "", "the data (visible in the process list: prefer --plaintext-file)")
+	removedValueFlag(cmd, &plaintext, "plaintext", "--plaintext-file FILE (or - for stdin)")
 	cmd.Flags().StringVar(&file, "plaintext-file", "", "file with the data; - for stdin")
 	cmd.Flags().StringArrayVar(&encCtx, "context", nil, "encryption context key=value (repeatable); decrypt needs the same")
 	return cmd

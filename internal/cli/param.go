@@ -17,10 +17,16 @@ func newParamCmd(g *globals) *cobra.Command {
 	var valueFile string
 	put := &cobra.Command{
 		Use: "put NAME", Short: "Store a parameter, or a new version of it with --overwrite", Args: cobra.ExactArgs(1),
-		Example: `  stowage param put /app/db/url --value postgres://db:5432/app
+		Example: `  printf postgres://db:5432/app | stowage param put /app/db/url --value-file -
   stowage param put /app/db/password --type SecureString --value-file pw.txt`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := readInput(cmd, preq.Value, valueFile, "value")
+			if err := refuseRemoved(cmd); err != nil {
+				return err
+			}
+			if valueFile == "" {
+				return usageErrorf("give the value with --value-file FILE, or --value-file - for stdin (values never go in the argument list)")
+			}
+			v, err := readInput(cmd, "", valueFile, "value")
 			if err != nil {
 				return err
 			}
@@ -38,7 +44,7 @@ func newParamCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	put.Flags().StringVar(&preq.Value, "value", "", "the value (a SecureString's is visible in the process list: prefer --value-file)")
+	removedValueFlag(put, &preq.Value, "value", "--value-file FILE (or - for stdin)")
 	put.Flags().StringVar(&valueFile, "value-file", "", "file with the value (one trailing newline dropped); - for stdin")
 	put.Flags().StringVar(&preq.Type, "type", "", "String, StringList or SecureString (default String, or the parameter's type)")
 	put.Flags().StringVar(&preq.Description, "description", "", "free text")

@@ -11,27 +11,30 @@ import (
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 )
 
-// valueFlags read a secret value without putting it in the process list
-// unless the user insists (--secret-string).
+// valueFlags read a secret value from a file or stdin, never from the
+// argument list (which every user of the machine can read in ps).
 type valueFlags struct {
 	str, file, binFile string
 }
 
 func (v *valueFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&v.str, "secret-string", "", "the value (visible in the process list: prefer --secret-string-file)")
+	removedValueFlag(cmd, &v.str, "secret-string", "--secret-string-file FILE (or - for stdin)")
 	cmd.Flags().StringVar(&v.file, "secret-string-file", "", "file with the string value; - for stdin")
 	cmd.Flags().StringVar(&v.binFile, "secret-binary-file", "", "file with a binary value; - for stdin")
 }
 
 func (v *valueFlags) read(cmd *cobra.Command) (*string, []byte, error) {
 	n := 0
-	for _, f := range []string{"secret-string", "secret-string-file", "secret-binary-file"} {
+	if err := refuseRemoved(cmd); err != nil {
+		return nil, nil, err
+	}
+	for _, f := range []string{"secret-string-file", "secret-binary-file"} {
 		if cmd.Flags().Changed(f) {
 			n++
 		}
 	}
 	if n > 1 {
-		return nil, nil, usageErrorf("give one of --secret-string, --secret-string-file, --secret-binary-file")
+		return nil, nil, usageErrorf("give one of --secret-string-file, --secret-binary-file")
 	}
 	switch {
 	case cmd.Flags().Changed("secret-binary-file"):
@@ -41,8 +44,6 @@ func (v *valueFlags) read(cmd *cobra.Command) (*string, []byte, error) {
 		b, err := readInput(cmd, "", v.file, "secret value")
 		s := string(b)
 		return &s, nil, err
-	case cmd.Flags().Changed("secret-string"):
-		return &v.str, nil, nil
 	}
 	return nil, nil, nil
 }

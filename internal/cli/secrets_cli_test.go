@@ -104,7 +104,7 @@ func TestKeyCommands_LifecycleEncryptDecryptRotate(t *testing.T) {
 		t.Fatalf("decrypt of a version-0 ciphertext after rotation = %q", got)
 	}
 	mustRun(t, ep, "key", "disable", "alias/app")
-	if r := run(t, ep, "key", "encrypt", "alias/app", "--plaintext", "x"); r.code != cli.ExitConflict || !strings.Contains(r.stderr, id+" is disabled") {
+	if r := run(t, ep, "key", "encrypt", "alias/app", "--plaintext-file", plain); r.code != cli.ExitConflict || !strings.Contains(r.stderr, id+" is disabled") {
 		t.Fatalf("encrypt with a disabled key: exit %d, %s", r.code, r.stderr)
 	}
 	mustRun(t, ep, "key", "enable", "alias/app")
@@ -150,10 +150,10 @@ func TestSecretCommands_CreateGetPutRotateStageDeleteRestore(t *testing.T) {
 	if got := mustRun(t, ep, "secret", "get-value", arn); got != `{"username":"admin","password":"p@ssw0rd"}`+"\n" {
 		t.Fatalf("get-value by ARN = %q", got)
 	}
-	if r := run(t, ep, "secret", "create", "prod/db", "--secret-string", "x"); r.code != cli.ExitConflict {
+	if r := run(t, ep, "secret", "create", "prod/db", "--secret-string-file", valFile); r.code != cli.ExitConflict {
 		t.Fatalf("create again: exit %d, %s", r.code, r.stderr)
 	}
-	v2 := jsonField(t, mustRun(t, ep, "secret", "put-value", "prod/db", "--secret-string", `{"username":"admin","password":"second"}`, "-o", "json"), "versionId")
+	v2 := jsonField(t, mustRun(t, ep, "secret", "put-value", "prod/db", "--secret-string-file", writeFile(t, `{"username":"admin","password":"second"}`), "-o", "json"), "versionId")
 	if got := mustRun(t, ep, "secret", "get-value", "prod/db", "--version-stage", "AWSPREVIOUS"); !strings.Contains(got, "p@ssw0rd") {
 		t.Fatalf("AWSPREVIOUS = %q", got)
 	}
@@ -199,13 +199,13 @@ func TestSecretCommands_CreateGetPutRotateStageDeleteRestore(t *testing.T) {
 
 func TestParamCommands_PutGetPathLabelHistory(t *testing.T) {
 	ep := startAPI(t)
-	mustRun(t, ep, "param", "put", "/app/db/url", "--value", "postgres://a")
-	mustRun(t, ep, "param", "put", "/app/db/password", "--type", "SecureString", "--value", "hunter2")
-	mustRun(t, ep, "param", "put", "/app/name", "--value", "app")
-	if r := run(t, ep, "param", "put", "/app/name", "--value", "app2"); r.code != cli.ExitConflict || !strings.Contains(r.stderr, "overwrite") {
+	mustRun(t, ep, "param", "put", "/app/db/url", "--value-file", writeFile(t, "postgres://a"))
+	mustRun(t, ep, "param", "put", "/app/db/password", "--type", "SecureString", "--value-file", writeFile(t, "hunter2\n"))
+	mustRun(t, ep, "param", "put", "/app/name", "--value-file", writeFile(t, "app"))
+	if r := run(t, ep, "param", "put", "/app/name", "--value-file", writeFile(t, "app2")); r.code != cli.ExitConflict || !strings.Contains(r.stderr, "overwrite") {
 		t.Fatalf("put without --overwrite: exit %d, %s", r.code, r.stderr)
 	}
-	mustRun(t, ep, "param", "put", "/app/name", "--value", "app2", "--overwrite")
+	mustRun(t, ep, "param", "put", "/app/name", "--value-file", writeFile(t, "app2"), "--overwrite")
 	mustRun(t, ep, "param", "label", "/app/name", "stable", "--version", "1")
 	for _, tc := range []struct {
 		args []string
@@ -237,5 +237,47 @@ func TestParamCommands_PutGetPathLabelHistory(t *testing.T) {
 	mustRun(t, ep, "param", "delete", "/app/name")
 	if r := run(t, ep, "param", "get", "/app/name"); r.code != cli.ExitNotFound {
 		t.Fatalf("get after delete: exit %d", r.code)
+	}
+}
+
+// writeFile puts s in a new file and returns its path.
+func writeFile(t *testing.T, s string) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(s); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return f.Name()
+}
+
+// No command takes a secret value in its argument list: the old flags say
+// what replaced them and never echo the value.
+func TestValueFlags_InArgumentList_RefusedNamingTheFileFlag(t *testing.T) {
+	ep := startAPI(t)
+	const value = "s3cret-in-argv"
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"secret", "create", "prod/x", "--secret-string", value}, "--secret-string-file"},
+		{[]string{"secret", "put-value", "prod/x", "--secret-string", value}, "--secret-string-file"},
+		{[]string{"param", "put", "/x", "--value", value}, "--value-file"},
+		{[]string{"param", "put", "/x"}, "--value-file"},
+		{[]string{"key", "encrypt", "alias/x", "--plaintext", value}, "--plaintext-file"},
+		{[]string{"key", "encrypt", "alias/x"}, "--plaintext-file"},
+	} {
+		r := run(t, ep, tc.args...)
+		if r.code != cli.ExitUsage || !strings.Contains(r.stderr, tc.want) || strings.Contains(r.stderr+r.stdout, value) {
+			t.Errorf("stowage %s: exit %d, %q; want a usage error naming %s without the value", strings.Join(tc.args, " "), r.code, r.stderr, tc.want)
+		}
+	}
+	for _, c := range [][]string{{"secret", "create", "--help"}, {"param", "put", "--help"}, {"key", "encrypt", "--help"}} {
+		if out := mustRun(t, ep, c...); strings.Contains(out, "--secret-string ") || strings.Contains(out, "--value ") || strings.Contains(out, "--plaintext ") {
+			t.Errorf("stowage %s still shows a value flag:\n%s", strings.Join(c, " "), out)
+		}
 	}
 }

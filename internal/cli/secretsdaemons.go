@@ -1,14 +1,20 @@
 package cli
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/kmsplugin"
+	"github.com/stowage-io/stowage/internal/provider"
 )
 
 func newKMSPluginCmd() *cobra.Command {
@@ -48,4 +54,57 @@ still decrypts. A disabled key makes Status unhealthy and Encrypt fail.`,
 	f.StringVar(&key, "key", "", "the KMS key: a key id, alias/<name> or an ARN (required)")
 	f.DurationVar(&timeout, "timeout", 3*time.Second, "gRPC connection timeout of the plugin's server")
 	return cmd
+}
+
+func newSecretsProviderCmd() *cobra.Command {
+	var dir, api, audience string
+	cmd := &cobra.Command{
+		Use:   "secrets-provider",
+		Short: "Run the Secrets Store CSI provider (provider name " + provider.Name + ")",
+		Long: `Serves the Secrets Store CSI driver's provider API (provider/v1alpha1) on
+<providers dir>/` + provider.Name + `.sock. A SecretProviderClass with provider: ` + provider.Name + ` takes the
+AWS provider's objects (objectName, objectType, objectAlias, objectVersion,
+objectVersionLabel, filePermission, jmesPath, pathTranslation) and optional: true.
+All objects of a mount are fetched from the Stowage API in one call. The pod's
+service-account token for --audience (the CSIDriver's tokenRequests) goes to the
+API with every fetch; it is never logged.`,
+		Example: `  stowage secrets-provider --providers-dir /var/run/secrets-store-csi-providers --api unix:///run/stowage/api.sock`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := dialLarge(api)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			lis, err := provider.Listen(dir)
+			if err != nil {
+				return err
+			}
+			g := grpc.NewServer()
+			provider.NewServer(pb.NewSecretServiceClient(conn), audience, csi.Version, log).Register(g)
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			go func() { <-ctx.Done(); g.GracefulStop() }()
+			log.Info("secrets-provider serving", "socket", provider.SocketPath(dir), "api", api, "audience", audience)
+			return g.Serve(lis)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "providers-dir", "/var/run/secrets-store-csi-providers", "the driver's --provider-volume")
+	f.StringVar(&api, "api", DefaultEndpoint, "Stowage API address")
+	f.StringVar(&audience, "audience", provider.DefaultAudience, "audience of the pod's service-account token (list it in the CSIDriver's tokenRequests)")
+	return cmd
+}
+
+// dialLarge is dial with room for a mount's values (up to 100 objects of
+// 64 KiB) in one reply.
+func dialLarge(endpoint string) (*grpc.ClientConn, error) {
+	target := strings.TrimPrefix(endpoint, "tcp://")
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(provider.MaxReply)))
+	if err != nil {
+		return nil, fmt.Errorf("connect to the Stowage API at %s: %w", endpoint, err)
+	}
+	return conn, nil
 }

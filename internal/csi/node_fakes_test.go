@@ -76,6 +76,10 @@ type fakeMounts struct {
 	mounted   map[string]string // path -> source
 	formatted []string
 	mountErr  error
+	// lim, when set, lets FormatAndMount note the devices that were
+	// formatted with their throttle already on (formattedLimited).
+	lim              *fakeLimiter
+	formattedLimited []string
 }
 
 func (f *fakeMounts) IsLikelyNotMountPoint(path string) (bool, error) {
@@ -95,6 +99,11 @@ func (f *fakeMounts) FormatAndMount(device, target, _ string, _, _ []string) err
 		return f.mountErr
 	}
 	f.formatted = append(f.formatted, device)
+	if f.lim != nil {
+		if _, ok := f.lim.applied[device]; ok {
+			f.formattedLimited = append(f.formattedLimited, device)
+		}
+	}
 	f.mounted[target] = device
 	return nil
 }
@@ -171,6 +180,7 @@ func newNodeFixture(t *testing.T) *nodeFixture {
 		// A kubelet publish path, so that the pod's UID is found.
 		target: filepath.Join(dir, "pods", "uid-1", "volumes", "kubernetes.io~csi", "pvc-1", "mount"),
 	}
+	f.mounts.lim = f.lim
 	if err := os.MkdirAll(f.staging, 0o750); err != nil {
 		t.Fatal(err)
 	}
@@ -246,6 +256,11 @@ func TestNodeStageVolume_Branches(t *testing.T) {
 				}
 				if want := limitsOf(f.vols.vol); f.lim.applied[dev] != want {
 					t.Errorf("limits on %s = %+v, want %+v", dev, f.lim.applied[dev], want)
+				}
+				// mkfs zeroes the file system's log; under the volume's
+				// throttle that took half a second of every stage.
+				if len(f.mounts.formattedLimited) > 0 {
+					t.Errorf("%v formatted with the volume's limits already on; they go on after mkfs", f.mounts.formattedLimited)
 				}
 				if st := f.state(t); st.Device != dev || st.ImagePath != f.image {
 					t.Errorf("node state %+v, want device %s and image %s", st, dev, f.image)

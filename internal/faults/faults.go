@@ -12,11 +12,11 @@ import (
 // Points are the crash points the server has, in the order an operation
 // reaches them; the crash tests cover every one.
 var Points = []string{
-	"create-volume:recorded", "create-volume:image-created",
-	"restore-volume:recorded", "restore-volume:image-created",
-	"clone-volume:recorded", "clone-volume:image-created",
+	"create-volume:image-created", "create-volume:recorded",
+	"restore-volume:image-created", "restore-volume:recorded",
+	"clone-volume:image-created", "clone-volume:recorded",
 	"resize-volume:image-grown",
-	"delete-volume:marked",
+	"delete-volume:forgotten",
 	"create-snapshot:recorded", "create-snapshot:image-created",
 	"delete-snapshot:marked",
 	"create-fs:recorded", "create-fs:tree-created",

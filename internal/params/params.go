@@ -282,6 +282,26 @@ func (s *Service) result(ctx context.Context, p *Parameter, v *Version, selector
 
 // Get reads name, name:<version> or name:<label>.
 func (s *Service) Get(ctx context.Context, ref string, decrypt bool) (*Result, error) {
+	p, v, selector, err := s.lookup(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return s.result(ctx, p, v, selector, decrypt)
+}
+
+// GetVersion is Get without the value: which version name, name:<version>
+// or name:<label> selects, with nothing decrypted (a version check).
+func (s *Service) GetVersion(ctx context.Context, ref string) (*Result, error) {
+	p, v, selector, err := s.lookup(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	r := &Result{Name: p.Name, ARN: p.ARN, Selector: selector, Version: *v}
+	r.Version.Value = nil
+	return r, nil
+}
+
+func (s *Service) lookup(ctx context.Context, ref string) (*Parameter, *Version, string, error) {
 	// Names hold no ":"; an ARN has five before the name.
 	name, selector := ref, ""
 	if n := strings.Count(ref, ":"); n == 1 && !strings.HasPrefix(ref, "arn:") || n == 6 && strings.HasPrefix(ref, "arn:") {
@@ -290,14 +310,14 @@ func (s *Service) Get(ctx context.Context, ref string, decrypt bool) (*Result, e
 	}
 	name, err := nameFromRef(name)
 	if err != nil {
-		return nil, err
+		return nil, nil, "", err
 	}
 	if err := ValidName(name); err != nil {
-		return nil, err
+		return nil, nil, "", err
 	}
 	p, err := s.load(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, nil, "", err
 	}
 	v := &p.Versions[len(p.Versions)-1]
 	if sel := strings.TrimPrefix(selector, ":"); sel != "" {
@@ -309,10 +329,10 @@ func (s *Service) Get(ctx context.Context, ref string, decrypt bool) (*Result, e
 			}
 		}
 		if v == nil {
-			return nil, fmt.Errorf("%w: parameter %s has no version or label %s", ErrNotFound, name, sel)
+			return nil, nil, "", fmt.Errorf("%w: parameter %s has no version or label %s", ErrNotFound, name, sel)
 		}
 	}
-	return s.result(ctx, p, v, selector, decrypt)
+	return p, v, selector, nil
 }
 
 // GetByPath returns the latest version of every parameter under path:

@@ -553,35 +553,50 @@ func (s *Service) PutValue(ctx context.Context, ref string, v Value, token strin
 // with stage (default AWSCURRENT). With both, the version must have the
 // stage.
 func (s *Service) GetValue(ctx context.Context, ref, versionID, stage string) (*Secret, *Version, Value, error) {
-	sec, err := s.get(ctx, ref)
+	sec, v, err := s.ResolveVersion(ctx, ref, versionID, stage)
 	if err != nil {
 		return nil, nil, Value{}, err
-	}
-	if err := notDeleted(sec); err != nil {
-		return nil, nil, Value{}, err
-	}
-	var v *Version
-	switch {
-	case versionID != "":
-		if v = sec.version(versionID); v == nil {
-			return nil, nil, Value{}, fmt.Errorf("%w: secret %s has no version %s", ErrNotFound, sec.Name, versionID)
-		}
-		if stage != "" && !slices.Contains(v.Stages, stage) {
-			return nil, nil, Value{}, fmt.Errorf("%w: version %s of secret %s does not have stage %s", ErrInvalid, versionID, sec.Name, stage)
-		}
-	default:
-		if stage == "" {
-			stage = StageCurrent
-		}
-		if v = sec.stageHolder(stage); v == nil {
-			return nil, nil, Value{}, fmt.Errorf("%w: secret %s has no version with stage %s", ErrNotFound, sec.Name, stage)
-		}
 	}
 	val, err := s.open(ctx, sec, v)
 	if err != nil {
 		return nil, nil, Value{}, err
 	}
 	return sec, v, val, nil
+}
+
+// ResolveVersion finds the version GetValue would read (by versionID, by
+// stage, AWSCURRENT by default) without decrypting it: a version check.
+func (s *Service) ResolveVersion(ctx context.Context, ref, versionID, stage string) (*Secret, *Version, error) {
+	sec, err := s.get(ctx, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := notDeleted(sec); err != nil {
+		return nil, nil, err
+	}
+	var v *Version
+	switch {
+	case versionID != "":
+		if v = sec.version(versionID); v == nil {
+			return nil, nil, fmt.Errorf("%w: secret %s has no version %s", ErrNotFound, sec.Name, versionID)
+		}
+		if stage != "" && !slices.Contains(v.Stages, stage) {
+			return nil, nil, fmt.Errorf("%w: version %s of secret %s does not have stage %s", ErrInvalid, versionID, sec.Name, stage)
+		}
+	default:
+		if stage == "" {
+			stage = StageCurrent
+		}
+		if v = sec.stageHolder(stage); v == nil {
+			return nil, nil, fmt.Errorf("%w: secret %s has no version with stage %s", ErrNotFound, sec.Name, stage)
+		}
+	}
+	return sec, v, nil
+}
+
+// OpenVersion decrypts a version found by ResolveVersion.
+func (s *Service) OpenVersion(ctx context.Context, sec *Secret, v *Version) (Value, error) {
+	return s.open(ctx, sec, v)
 }
 
 // Describe returns a secret's metadata, also while it is scheduled for

@@ -8,10 +8,15 @@ import (
 	"github.com/stowage-io/stowage/internal/store"
 )
 
-// Reconcile makes the pools and the metadata agree after a crash: it rolls
-// back creates that never finished, finishes deletes that were started, and
-// removes images that no record knows about; then the same for file
-// systems and access points (reconcileFiles). Run it before serving.
+// Reconcile makes the pools and the metadata agree after a crash: it removes
+// images that no record knows about, which is what a crash in a volume
+// create (image made, not yet recorded) or delete (record removed, image
+// not yet) leaves; temp files of images being made are removed earlier, by
+// agent.Open. Records in state creating or deleting, which servers before
+// the image-first write order left, are removed with their images.
+// Snapshots whose create or delete did not finish are removed too; then the
+// same for file systems and access points (reconcileFiles). Run it before
+// serving: an image being made by a running create has no record yet.
 func (s *Server) Reconcile(ctx context.Context) error {
 	var volumes []volumeRecord
 	var snapshots []snapshotRecord
@@ -49,6 +54,7 @@ func (s *Server) Reconcile(ctx context.Context) error {
 		v := &volumes[i]
 		switch v.State {
 		case StateCreating:
+			// Only a server before the image-first write order leaves these.
 			s.log.Warn("reconcile: rolling back a create that did not finish", "volume", v.ID, "name", v.Name)
 			if err := s.deleteVolume(ctx, v); err != nil {
 				return fmt.Errorf("reconcile: roll back volume %s: %w", v.ID, err)

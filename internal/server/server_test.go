@@ -42,6 +42,8 @@ type envOptions struct {
 	// wrap lets a test put a hand-written hook around a pool (to hold an
 	// operation in the middle, for instance).
 	wrap func(name string, p Pool) Pool
+	// wrapStore lets a test watch or fail the server's metadata writes.
+	wrapStore func(store.Store) store.Store
 }
 
 // testEnv is one running server and its clients.
@@ -86,7 +88,11 @@ func newEnv(t *testing.T, o envOptions) *testEnv {
 			t.Fatal(err)
 		}
 	}
-	e.srv, err = New(Config{Store: st, Pools: pools, LockWait: o.lockWait, Logger: logger, KMS: keys})
+	var srvStore store.Store = st
+	if o.wrapStore != nil {
+		srvStore = o.wrapStore(st)
+	}
+	e.srv, err = New(Config{Store: srvStore, Pools: pools, LockWait: o.lockWait, Logger: logger, KMS: keys})
 	if err != nil {
 		t.Fatal(err)
 	}

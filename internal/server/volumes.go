@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/block"
 	"github.com/stowage-io/stowage/internal/faults"
 	"github.com/stowage-io/stowage/internal/store"
@@ -86,9 +88,8 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	}
 	p := s.pools[poolName]
 	id := newID("vol")
-	// The new id is locked until the create ends: once recorded, the volume
-	// can be listed, and a delete or resize that got in before the image is
-	// made would be undone when this create writes its record back.
+	// The new id is locked until the create ends. Nothing else knows the id
+	// before the record is in; the lock keeps it so should that change.
 	unlockID, err := s.lock(ctx, "volume "+id, id)
 	if err != nil {
 		return nil, err
@@ -97,22 +98,8 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	v := &volumeRecord{
 		ID: id, Name: req.Name, RequestKey: requestKey(req), Pool: poolName, Zone: p.Zone(), Node: p.Node(),
 		SizeGiB: perf.SizeGiB, Type: string(perf.Type), IOPS: perf.IOPS, Throughput: perf.ThroughputMiBps,
-		State: StateCreating, Tags: req.Tags, SnapshotID: req.SnapshotId, SourceVolumeID: req.SourceVolumeId,
+		State: StateAvailable, Tags: req.Tags, SnapshotID: req.SnapshotId, SourceVolumeID: req.SourceVolumeId,
 		MultiAttach: req.MultiAttach, Encryption: enc, Created: time.Now().UTC(),
-	}
-	// The record goes in first, in state creating: a crash before the image
-	// exists leaves a record that Reconcile rolls back, never an image that
-	// nobody knows about.
-	err = s.store.Update(ctx, func(tx store.Tx) error {
-		if v.Name != "" {
-			if err := tx.Put(bucketVolumeNames, v.Name, []byte(v.ID)); err != nil {
-				return err
-			}
-		}
-		return store.PutJSON(tx, bucketVolumes, v.ID, v)
-	})
-	if err != nil {
-		return nil, internal(err, "record volume %s", v.ID)
 	}
 	// Restores and clones have crash points of their own: their copy is a
 	// different step from making an empty image.
@@ -123,8 +110,15 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	case req.SourceVolumeId != "":
 		op = "clone-volume"
 	}
-	faults.Point(op + ":recorded")
 
+	// Write order: the image first, then one commit that records the volume
+	// available. The pool fills the image under a temp name in its tmp/
+	// directory, fsyncs it, renames it to the final id-based name and
+	// fsyncs the directory, so once this returns the image and its name are
+	// durable. A crash before the commit leaves an image that no record
+	// knows (removed by Reconcile at the next start) or a temp file (removed
+	// by agent.Open); a crash after it leaves a finished volume, which the
+	// retry finds by name.
 	size := perf.SizeGiB * block.GiB
 	switch {
 	case req.SnapshotId != "":
@@ -135,35 +129,73 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 		err = p.CreateImage(ctx, v.ID, size)
 	}
 	if err != nil {
-		s.rollbackCreate(v)
+		if !errors.Is(err, agent.ErrExists) {
+			// A failed fill removes its temp file itself, but a failed sync
+			// of the directory leaves the image under its final name.
+			s.discardImage(p, v)
+		}
 		return nil, s.poolError(err, poolName, "create image for volume %s in pool %s", v.ID, poolName)
 	}
 	faults.Point(op + ":image-created")
 
-	v.State = StateAvailable
-	if err := s.putVolume(ctx, v); err != nil {
-		s.rollbackCreate(v)
-		return nil, err
+	err = s.store.Update(ctx, func(tx store.Tx) error {
+		if v.Name != "" {
+			// The name lock serialises creates of one name in this server;
+			// this keeps the name index one-to-one whoever else writes.
+			cur, err := tx.Get(bucketVolumeNames, v.Name)
+			switch {
+			case err == nil:
+				if _, err := tx.Get(bucketVolumes, string(cur)); err == nil {
+					return status.Errorf(codes.Aborted, "another create of volume name %q finished first (as %s); retry", v.Name, cur)
+				} else if !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+			case !errors.Is(err, store.ErrNotFound):
+				return err
+			}
+			if err := tx.Put(bucketVolumeNames, v.Name, []byte(v.ID)); err != nil {
+				return err
+			}
+		}
+		return store.PutJSON(tx, bucketVolumes, v.ID, v)
+	})
+	if err != nil {
+		s.rollbackUnrecorded(p, v)
+		return nil, internal(err, "record volume %s", v.ID)
 	}
+	faults.Point(op + ":recorded")
 	s.log.Info("volume created", "volume", v.ID, "name", v.Name, "pool", poolName, "zone", v.Zone,
 		"sizeGiB", v.SizeGiB, "type", v.Type, "iops", v.IOPS, "throughputMiBps", v.Throughput,
 		"snapshot", v.SnapshotID, "sourceVolume", v.SourceVolumeID)
 	return v.toProto(p), nil
 }
 
-// rollbackCreate undoes a failed create; it runs on a fresh context because
-// the request's may be what failed.
-func (s *Server) rollbackCreate(v *volumeRecord) {
+// rollbackUnrecorded removes the image of a create whose commit failed. A
+// failed Update does not always mean nothing was written (a store can lose
+// its connection after the commit went through), so the image goes only
+// when the record is certainly absent; otherwise it stays, and either the
+// record owns it or the next start's Reconcile removes it. It runs on a
+// fresh context because the request's may be what failed.
+func (s *Server) rollbackUnrecorded(p Pool, v *volumeRecord) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if p, ok := s.pools[v.Pool]; ok {
-		if err := p.DeleteImage(ctx, v.ID); err != nil {
-			s.log.Error("rollback: delete image failed; the next start removes it", "volume", v.ID, "err", err)
-			return
-		}
+	if _, err := s.getVolume(ctx, v.ID); status.Code(err) != codes.NotFound {
+		s.log.Error("rollback: cannot tell whether the record was written; the image stays for the next start's reconcile",
+			"volume", v.ID, "err", err)
+		return
 	}
-	if err := s.forgetVolume(ctx, v); err != nil {
-		s.log.Error("rollback: delete record failed; the next start removes it", "volume", v.ID, "err", err)
+	s.discardImage(p, v)
+}
+
+// discardImage removes the image of a volume that has no record; a failure
+// is logged and left to the next start's Reconcile, which removes images
+// that no record knows.
+func (s *Server) discardImage(p Pool, v *volumeRecord) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.DeleteImage(ctx, v.ID); err != nil {
+		s.log.Error("delete image of an unrecorded volume failed; the next start's reconcile removes it",
+			"volume", v.ID, "pool", v.Pool, "err", err)
 	}
 }
 
@@ -421,21 +453,23 @@ func (s *Server) DeleteVolume(ctx context.Context, req *pb.DeleteVolumeRequest) 
 	return &pb.DeleteVolumeResponse{Deleted: true}, nil
 }
 
-// deleteVolume marks the record deleting, removes the image, then the
-// record; Reconcile finishes the job if a crash interrupts it.
+// deleteVolume removes the record (one commit), then the image. The
+// commit is the delete: once it is in, the volume is gone for every caller
+// and its name is free. A crash after it leaves an image that no record
+// knows, which the next start's Reconcile removes; so does a failure to
+// remove the image, which is logged and not returned, because a retry would
+// find no record and could not do better (a delete of a missing volume
+// succeeds).
 func (s *Server) deleteVolume(ctx context.Context, v *volumeRecord) error {
-	v.State = StateDeleting
-	if err := s.putVolume(ctx, v); err != nil {
-		return err
-	}
-	faults.Point("delete-volume:marked")
-	if p, ok := s.pools[v.Pool]; ok {
-		if err := p.DeleteImage(ctx, v.ID); err != nil {
-			return s.poolError(err, v.Pool, "delete image of volume %s", v.ID)
-		}
-	}
 	if err := s.forgetVolume(ctx, v); err != nil {
 		return internal(err, "delete record of volume %s", v.ID)
+	}
+	faults.Point("delete-volume:forgotten")
+	if p, ok := s.pools[v.Pool]; ok {
+		if err := p.DeleteImage(ctx, v.ID); err != nil {
+			s.log.Error("volume deleted, but removing its image failed; the next start's reconcile removes it",
+				"volume", v.ID, "pool", v.Pool, "err", err)
+		}
 	}
 	return nil
 }

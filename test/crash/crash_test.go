@@ -311,6 +311,20 @@ func checkPool(t *testing.T, e *crashEnv, a *apiClients) {
 	}
 }
 
+// poolImages lists the files in the pool's volumes/ directory.
+func poolImages(t *testing.T, e *crashEnv) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(e.poolDir, "volumes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, en := range entries {
+		names = append(names, en.Name())
+	}
+	return names
+}
+
 func sortedCopy(s []string) []string {
 	out := append([]string(nil), s...)
 	for i := range out {
@@ -333,6 +347,9 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 		// the restart.
 		op    func(ctx context.Context, a *apiClients, id string) error
 		check func(t *testing.T, a *apiClients, id string)
+		// crashed, if set, checks the pool as the crash left it, before
+		// the restart: that the point is where the case says it is.
+		crashed func(t *testing.T, e *crashEnv, id string)
 	}
 	// withSnapshot makes a source volume and a snapshot of it; it
 	// returns the snapshot's id, whose volume is named crash-src.
@@ -395,12 +412,23 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 		_, err := a.volumes.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "crash-vol", SizeGib: 1, Tags: map[string]string{"t": "1"}})
 		return err
 	}
+	// A create makes the image, then records the volume available in one
+	// commit: dying at image-created leaves an image no record knows (the
+	// restart removes it, checkPool proves it), at recorded a finished
+	// volume that the retry finds by name. A delete removes the record in
+	// one commit, then the image: dying at forgotten leaves an unrecorded
+	// image that the restart removes.
 	tests := []crashCase{
+		{point: "create-volume:image-created", op: createVolume,
+			crashed: func(t *testing.T, e *crashEnv, _ string) {
+				if imgs := poolImages(t, e); len(imgs) != 1 {
+					t.Errorf("after the crash the pool holds images %v, want the one unrecorded image", imgs)
+				}
+			},
+			check: func(t *testing.T, a *apiClients, _ string) { wantOneAvailable(t, a, "crash-vol") }},
 		{point: "create-volume:recorded", op: createVolume,
 			check: func(t *testing.T, a *apiClients, _ string) { wantOneAvailable(t, a, "crash-vol") }},
-		{point: "create-volume:image-created", op: createVolume,
-			check: func(t *testing.T, a *apiClients, _ string) { wantOneAvailable(t, a, "crash-vol") }},
-		{point: "delete-volume:marked",
+		{point: "delete-volume:forgotten",
 			setup: func(t *testing.T, a *apiClients) string {
 				v, err := a.volumes.CreateVolume(callCtx(t), &pb.CreateVolumeRequest{Name: "crash-vol", SizeGib: 1})
 				if err != nil {
@@ -411,6 +439,11 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 			op: func(ctx context.Context, a *apiClients, id string) error {
 				_, err := a.volumes.DeleteVolume(ctx, &pb.DeleteVolumeRequest{VolumeId: id})
 				return err
+			},
+			crashed: func(t *testing.T, e *crashEnv, id string) {
+				if imgs := poolImages(t, e); len(imgs) != 1 || imgs[0] != id+".img" {
+					t.Errorf("after the crash the pool holds images %v, want %s.img, whose record is gone", imgs, id)
+				}
 			},
 			check: func(t *testing.T, a *apiClients, id string) {
 				_, err := a.volumes.DescribeVolume(callCtx(t), &pb.DescribeVolumeRequest{VolumeId: id})
@@ -507,6 +540,9 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 				t.Fatalf("the operation succeeded; the server should have died at %s", tt.point)
 			}
 			armed.waitCrashed(t)
+			if tt.crashed != nil {
+				tt.crashed(t, ce, id)
+			}
 
 			ce.startServer(t, "")
 			a = ce.api(t)

@@ -28,6 +28,286 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ValueRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "secretsmanager" or "ssmparameter".
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// A secret's name or ARN, or a parameter's name or ARN.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// A secret's version id, or a parameter's version number.
+	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// A secret's staging label (AWSCURRENT when neither version nor label
+	// is given), or a parameter's label.
+	Label string `protobuf:"bytes,4,opt,name=label,proto3" json:"label,omitempty"`
+	// The version the caller has (as in BatchValue.version), for
+	// only_if_changed; empty when the caller has none (an optional object
+	// that was missing: still missing counts as unchanged).
+	KnownVersion  string `protobuf:"bytes,5,opt,name=known_version,json=knownVersion,proto3" json:"known_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValueRef) Reset() {
+	*x = ValueRef{}
+	mi := &file_stowage_v1_secrets_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValueRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValueRef) ProtoMessage() {}
+
+func (x *ValueRef) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_secrets_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValueRef.ProtoReflect.Descriptor instead.
+func (*ValueRef) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ValueRef) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ValueRef) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ValueRef) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ValueRef) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *ValueRef) GetKnownVersion() string {
+	if x != nil {
+		return x.KnownVersion
+	}
+	return ""
+}
+
+type BatchGetValuesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 100.
+	Refs          []*ValueRef `protobuf:"bytes,1,rep,name=refs,proto3" json:"refs,omitempty"`
+	OnlyIfChanged bool        `protobuf:"varint,2,opt,name=only_if_changed,json=onlyIfChanged,proto3" json:"only_if_changed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchGetValuesRequest) Reset() {
+	*x = BatchGetValuesRequest{}
+	mi := &file_stowage_v1_secrets_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchGetValuesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchGetValuesRequest) ProtoMessage() {}
+
+func (x *BatchGetValuesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_secrets_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchGetValuesRequest.ProtoReflect.Descriptor instead.
+func (*BatchGetValuesRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BatchGetValuesRequest) GetRefs() []*ValueRef {
+	if x != nil {
+		return x.Refs
+	}
+	return nil
+}
+
+func (x *BatchGetValuesRequest) GetOnlyIfChanged() bool {
+	if x != nil {
+		return x.OnlyIfChanged
+	}
+	return false
+}
+
+type BatchValue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A secret's version id, or a parameter's version number.
+	Version string `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// A secret's string or binary value, or a parameter's value (a
+	// SecureString decrypted). Empty when the reply is unchanged.
+	Value []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Arn   string `protobuf:"bytes,3,opt,name=arn,proto3" json:"arn,omitempty"`
+	Name  string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	// Set when this ref failed: a gRPC status code and a message naming the
+	// object (never a value). Other refs are not affected.
+	ErrorCode     int32  `protobuf:"varint,5,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	ErrorMessage  string `protobuf:"bytes,6,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchValue) Reset() {
+	*x = BatchValue{}
+	mi := &file_stowage_v1_secrets_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchValue) ProtoMessage() {}
+
+func (x *BatchValue) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_secrets_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchValue.ProtoReflect.Descriptor instead.
+func (*BatchValue) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BatchValue) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *BatchValue) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *BatchValue) GetArn() string {
+	if x != nil {
+		return x.Arn
+	}
+	return ""
+}
+
+func (x *BatchValue) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BatchValue) GetErrorCode() int32 {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return 0
+}
+
+func (x *BatchValue) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
+type BatchGetValuesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per ref, in order.
+	Values []*BatchValue `protobuf:"bytes,1,rep,name=values,proto3" json:"values,omitempty"`
+	// Every ref had its known_version: versions only, no values.
+	Unchanged     bool `protobuf:"varint,2,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchGetValuesResponse) Reset() {
+	*x = BatchGetValuesResponse{}
+	mi := &file_stowage_v1_secrets_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchGetValuesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchGetValuesResponse) ProtoMessage() {}
+
+func (x *BatchGetValuesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_secrets_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchGetValuesResponse.ProtoReflect.Descriptor instead.
+func (*BatchGetValuesResponse) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *BatchGetValuesResponse) GetValues() []*BatchValue {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *BatchGetValuesResponse) GetUnchanged() bool {
+	if x != nil {
+		return x.Unchanged
+	}
+	return false
+}
+
 type Secret struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Arn             string                 `protobuf:"bytes,1,opt,name=arn,proto3" json:"arn,omitempty"`
@@ -49,7 +329,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[0]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -61,7 +341,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[0]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -74,7 +354,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{0}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Secret) GetArn() string {
@@ -165,7 +445,7 @@ type SecretVersion struct {
 
 func (x *SecretVersion) Reset() {
 	*x = SecretVersion{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[1]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -177,7 +457,7 @@ func (x *SecretVersion) String() string {
 func (*SecretVersion) ProtoMessage() {}
 
 func (x *SecretVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[1]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -190,7 +470,7 @@ func (x *SecretVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretVersion.ProtoReflect.Descriptor instead.
 func (*SecretVersion) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{1}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SecretVersion) GetVersionId() string {
@@ -227,7 +507,7 @@ type SecretVersionRef struct {
 
 func (x *SecretVersionRef) Reset() {
 	*x = SecretVersionRef{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[2]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +519,7 @@ func (x *SecretVersionRef) String() string {
 func (*SecretVersionRef) ProtoMessage() {}
 
 func (x *SecretVersionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[2]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +532,7 @@ func (x *SecretVersionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretVersionRef.ProtoReflect.Descriptor instead.
 func (*SecretVersionRef) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{2}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SecretVersionRef) GetArn() string {
@@ -301,7 +581,7 @@ type CreateSecretRequest struct {
 
 func (x *CreateSecretRequest) Reset() {
 	*x = CreateSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[3]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -313,7 +593,7 @@ func (x *CreateSecretRequest) String() string {
 func (*CreateSecretRequest) ProtoMessage() {}
 
 func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[3]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -326,7 +606,7 @@ func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretRequest.ProtoReflect.Descriptor instead.
 func (*CreateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{3}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateSecretRequest) GetName() string {
@@ -392,7 +672,7 @@ type PutSecretValueRequest struct {
 
 func (x *PutSecretValueRequest) Reset() {
 	*x = PutSecretValueRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[4]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +684,7 @@ func (x *PutSecretValueRequest) String() string {
 func (*PutSecretValueRequest) ProtoMessage() {}
 
 func (x *PutSecretValueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[4]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +697,7 @@ func (x *PutSecretValueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretValueRequest.ProtoReflect.Descriptor instead.
 func (*PutSecretValueRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{4}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PutSecretValueRequest) GetSecretId() string {
@@ -467,7 +747,7 @@ type GetSecretValueRequest struct {
 
 func (x *GetSecretValueRequest) Reset() {
 	*x = GetSecretValueRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[5]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +759,7 @@ func (x *GetSecretValueRequest) String() string {
 func (*GetSecretValueRequest) ProtoMessage() {}
 
 func (x *GetSecretValueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[5]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +772,7 @@ func (x *GetSecretValueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretValueRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretValueRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{5}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetSecretValueRequest) GetSecretId() string {
@@ -531,7 +811,7 @@ type SecretValue struct {
 
 func (x *SecretValue) Reset() {
 	*x = SecretValue{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[6]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +823,7 @@ func (x *SecretValue) String() string {
 func (*SecretValue) ProtoMessage() {}
 
 func (x *SecretValue) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[6]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,7 +836,7 @@ func (x *SecretValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretValue.ProtoReflect.Descriptor instead.
 func (*SecretValue) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{6}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SecretValue) GetArn() string {
@@ -617,7 +897,7 @@ type DescribeSecretRequest struct {
 
 func (x *DescribeSecretRequest) Reset() {
 	*x = DescribeSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[7]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +909,7 @@ func (x *DescribeSecretRequest) String() string {
 func (*DescribeSecretRequest) ProtoMessage() {}
 
 func (x *DescribeSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[7]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +922,7 @@ func (x *DescribeSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeSecretRequest.ProtoReflect.Descriptor instead.
 func (*DescribeSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{7}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DescribeSecretRequest) GetSecretId() string {
@@ -662,7 +942,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[8]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +954,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[8]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +967,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{8}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListSecretsRequest) GetIncludePlannedDeletion() bool {
@@ -713,7 +993,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[9]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +1005,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[9]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +1018,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{9}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*Secret {
@@ -759,7 +1039,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[10]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +1051,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[10]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +1064,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{10}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteSecretRequest) GetSecretId() string {
@@ -821,7 +1101,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[11]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +1113,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[11]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +1126,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{11}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteSecretResponse) GetArn() string {
@@ -886,7 +1166,7 @@ type RestoreSecretRequest struct {
 
 func (x *RestoreSecretRequest) Reset() {
 	*x = RestoreSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[12]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1178,7 @@ func (x *RestoreSecretRequest) String() string {
 func (*RestoreSecretRequest) ProtoMessage() {}
 
 func (x *RestoreSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[12]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1191,7 @@ func (x *RestoreSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSecretRequest.ProtoReflect.Descriptor instead.
 func (*RestoreSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{12}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RestoreSecretRequest) GetSecretId() string {
@@ -937,7 +1217,7 @@ type PasswordGenerator struct {
 
 func (x *PasswordGenerator) Reset() {
 	*x = PasswordGenerator{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[13]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -949,7 +1229,7 @@ func (x *PasswordGenerator) String() string {
 func (*PasswordGenerator) ProtoMessage() {}
 
 func (x *PasswordGenerator) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[13]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -962,7 +1242,7 @@ func (x *PasswordGenerator) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordGenerator.ProtoReflect.Descriptor instead.
 func (*PasswordGenerator) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{13}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PasswordGenerator) GetJsonKey() string {
@@ -1005,7 +1285,7 @@ type RotateSecretRequest struct {
 
 func (x *RotateSecretRequest) Reset() {
 	*x = RotateSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[14]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1297,7 @@ func (x *RotateSecretRequest) String() string {
 func (*RotateSecretRequest) ProtoMessage() {}
 
 func (x *RotateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[14]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1310,7 @@ func (x *RotateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateSecretRequest.ProtoReflect.Descriptor instead.
 func (*RotateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{14}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RotateSecretRequest) GetSecretId() string {
@@ -1067,7 +1347,7 @@ type UpdateSecretVersionStageRequest struct {
 
 func (x *UpdateSecretVersionStageRequest) Reset() {
 	*x = UpdateSecretVersionStageRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[15]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1359,7 @@ func (x *UpdateSecretVersionStageRequest) String() string {
 func (*UpdateSecretVersionStageRequest) ProtoMessage() {}
 
 func (x *UpdateSecretVersionStageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[15]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1372,7 @@ func (x *UpdateSecretVersionStageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSecretVersionStageRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSecretVersionStageRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{15}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UpdateSecretVersionStageRequest) GetSecretId() string {
@@ -1134,7 +1414,7 @@ type TagSecretRequest struct {
 
 func (x *TagSecretRequest) Reset() {
 	*x = TagSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[16]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1426,7 @@ func (x *TagSecretRequest) String() string {
 func (*TagSecretRequest) ProtoMessage() {}
 
 func (x *TagSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[16]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1439,7 @@ func (x *TagSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagSecretRequest.ProtoReflect.Descriptor instead.
 func (*TagSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{16}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TagSecretRequest) GetSecretId() string {
@@ -1203,7 +1483,7 @@ type Parameter struct {
 
 func (x *Parameter) Reset() {
 	*x = Parameter{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[17]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1495,7 @@ func (x *Parameter) String() string {
 func (*Parameter) ProtoMessage() {}
 
 func (x *Parameter) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[17]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1508,7 @@ func (x *Parameter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Parameter.ProtoReflect.Descriptor instead.
 func (*Parameter) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{17}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Parameter) GetName() string {
@@ -1316,7 +1596,7 @@ type PutParameterRequest struct {
 
 func (x *PutParameterRequest) Reset() {
 	*x = PutParameterRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[18]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1608,7 @@ func (x *PutParameterRequest) String() string {
 func (*PutParameterRequest) ProtoMessage() {}
 
 func (x *PutParameterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[18]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1621,7 @@ func (x *PutParameterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutParameterRequest.ProtoReflect.Descriptor instead.
 func (*PutParameterRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{18}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PutParameterRequest) GetName() string {
@@ -1395,7 +1675,7 @@ type PutParameterResponse struct {
 
 func (x *PutParameterResponse) Reset() {
 	*x = PutParameterResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[19]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1687,7 @@ func (x *PutParameterResponse) String() string {
 func (*PutParameterResponse) ProtoMessage() {}
 
 func (x *PutParameterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[19]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1700,7 @@ func (x *PutParameterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutParameterResponse.ProtoReflect.Descriptor instead.
 func (*PutParameterResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{19}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PutParameterResponse) GetVersion() int64 {
@@ -1440,7 +1720,7 @@ type GetParameterRequest struct {
 
 func (x *GetParameterRequest) Reset() {
 	*x = GetParameterRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[20]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1732,7 @@ func (x *GetParameterRequest) String() string {
 func (*GetParameterRequest) ProtoMessage() {}
 
 func (x *GetParameterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[20]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1745,7 @@ func (x *GetParameterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParameterRequest.ProtoReflect.Descriptor instead.
 func (*GetParameterRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{20}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetParameterRequest) GetName() string {
@@ -1492,7 +1772,7 @@ type GetParametersRequest struct {
 
 func (x *GetParametersRequest) Reset() {
 	*x = GetParametersRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[21]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1784,7 @@ func (x *GetParametersRequest) String() string {
 func (*GetParametersRequest) ProtoMessage() {}
 
 func (x *GetParametersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[21]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1797,7 @@ func (x *GetParametersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParametersRequest.ProtoReflect.Descriptor instead.
 func (*GetParametersRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{21}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetParametersRequest) GetNames() []string {
@@ -1544,7 +1824,7 @@ type GetParametersResponse struct {
 
 func (x *GetParametersResponse) Reset() {
 	*x = GetParametersResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[22]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1836,7 @@ func (x *GetParametersResponse) String() string {
 func (*GetParametersResponse) ProtoMessage() {}
 
 func (x *GetParametersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[22]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1849,7 @@ func (x *GetParametersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParametersResponse.ProtoReflect.Descriptor instead.
 func (*GetParametersResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{22}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetParametersResponse) GetParameters() []*Parameter {
@@ -1597,7 +1877,7 @@ type GetParametersByPathRequest struct {
 
 func (x *GetParametersByPathRequest) Reset() {
 	*x = GetParametersByPathRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[23]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +1889,7 @@ func (x *GetParametersByPathRequest) String() string {
 func (*GetParametersByPathRequest) ProtoMessage() {}
 
 func (x *GetParametersByPathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[23]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +1902,7 @@ func (x *GetParametersByPathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParametersByPathRequest.ProtoReflect.Descriptor instead.
 func (*GetParametersByPathRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{23}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetParametersByPathRequest) GetPath() string {
@@ -1655,7 +1935,7 @@ type GetParametersByPathResponse struct {
 
 func (x *GetParametersByPathResponse) Reset() {
 	*x = GetParametersByPathResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[24]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +1947,7 @@ func (x *GetParametersByPathResponse) String() string {
 func (*GetParametersByPathResponse) ProtoMessage() {}
 
 func (x *GetParametersByPathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[24]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +1960,7 @@ func (x *GetParametersByPathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParametersByPathResponse.ProtoReflect.Descriptor instead.
 func (*GetParametersByPathResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{24}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetParametersByPathResponse) GetParameters() []*Parameter {
@@ -1699,7 +1979,7 @@ type DeleteParameterRequest struct {
 
 func (x *DeleteParameterRequest) Reset() {
 	*x = DeleteParameterRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[25]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +1991,7 @@ func (x *DeleteParameterRequest) String() string {
 func (*DeleteParameterRequest) ProtoMessage() {}
 
 func (x *DeleteParameterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[25]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +2004,7 @@ func (x *DeleteParameterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteParameterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteParameterRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{25}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteParameterRequest) GetName() string {
@@ -1743,7 +2023,7 @@ type DeleteParameterResponse struct {
 
 func (x *DeleteParameterResponse) Reset() {
 	*x = DeleteParameterResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[26]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +2035,7 @@ func (x *DeleteParameterResponse) String() string {
 func (*DeleteParameterResponse) ProtoMessage() {}
 
 func (x *DeleteParameterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[26]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +2048,7 @@ func (x *DeleteParameterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteParameterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteParameterResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{26}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteParameterResponse) GetExisted() bool {
@@ -1790,7 +2070,7 @@ type LabelParameterVersionRequest struct {
 
 func (x *LabelParameterVersionRequest) Reset() {
 	*x = LabelParameterVersionRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[27]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +2082,7 @@ func (x *LabelParameterVersionRequest) String() string {
 func (*LabelParameterVersionRequest) ProtoMessage() {}
 
 func (x *LabelParameterVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[27]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +2095,7 @@ func (x *LabelParameterVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelParameterVersionRequest.ProtoReflect.Descriptor instead.
 func (*LabelParameterVersionRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{27}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LabelParameterVersionRequest) GetName() string {
@@ -1849,7 +2129,7 @@ type LabelParameterVersionResponse struct {
 
 func (x *LabelParameterVersionResponse) Reset() {
 	*x = LabelParameterVersionResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[28]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1861,7 +2141,7 @@ func (x *LabelParameterVersionResponse) String() string {
 func (*LabelParameterVersionResponse) ProtoMessage() {}
 
 func (x *LabelParameterVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[28]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1874,7 +2154,7 @@ func (x *LabelParameterVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelParameterVersionResponse.ProtoReflect.Descriptor instead.
 func (*LabelParameterVersionResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{28}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LabelParameterVersionResponse) GetParameterVersion() int64 {
@@ -1901,7 +2181,7 @@ type GetParameterHistoryRequest struct {
 
 func (x *GetParameterHistoryRequest) Reset() {
 	*x = GetParameterHistoryRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[29]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +2193,7 @@ func (x *GetParameterHistoryRequest) String() string {
 func (*GetParameterHistoryRequest) ProtoMessage() {}
 
 func (x *GetParameterHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[29]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2206,7 @@ func (x *GetParameterHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParameterHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetParameterHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{29}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetParameterHistoryRequest) GetName() string {
@@ -1952,7 +2232,7 @@ type GetParameterHistoryResponse struct {
 
 func (x *GetParameterHistoryResponse) Reset() {
 	*x = GetParameterHistoryResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[30]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1964,7 +2244,7 @@ func (x *GetParameterHistoryResponse) String() string {
 func (*GetParameterHistoryResponse) ProtoMessage() {}
 
 func (x *GetParameterHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[30]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1977,7 +2257,7 @@ func (x *GetParameterHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParameterHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetParameterHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{30}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetParameterHistoryResponse) GetParameters() []*Parameter {
@@ -1992,7 +2272,28 @@ var File_stowage_v1_secrets_proto protoreflect.FileDescriptor
 const file_stowage_v1_secrets_proto_rawDesc = "" +
 	"\n" +
 	"\x18stowage/v1/secrets.proto\x12\n" +
-	"stowage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x04\n" +
+	"stowage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x01\n" +
+	"\bValueRef\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x14\n" +
+	"\x05label\x18\x04 \x01(\tR\x05label\x12#\n" +
+	"\rknown_version\x18\x05 \x01(\tR\fknownVersion\"i\n" +
+	"\x15BatchGetValuesRequest\x12(\n" +
+	"\x04refs\x18\x01 \x03(\v2\x14.stowage.v1.ValueRefR\x04refs\x12&\n" +
+	"\x0fonly_if_changed\x18\x02 \x01(\bR\ronlyIfChanged\"\xa6\x01\n" +
+	"\n" +
+	"BatchValue\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x10\n" +
+	"\x03arn\x18\x03 \x01(\tR\x03arn\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x05 \x01(\x05R\terrorCode\x12#\n" +
+	"\rerror_message\x18\x06 \x01(\tR\ferrorMessage\"f\n" +
+	"\x16BatchGetValuesResponse\x12.\n" +
+	"\x06values\x18\x01 \x03(\v2\x16.stowage.v1.BatchValueR\x06values\x12\x1c\n" +
+	"\tunchanged\x18\x02 \x01(\bR\tunchanged\"\xd9\x04\n" +
 	"\x06Secret\x12\x10\n" +
 	"\x03arn\x18\x01 \x01(\tR\x03arn\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -2160,7 +2461,7 @@ const file_stowage_v1_secrets_proto_rawDesc = "" +
 	"\x1bGetParameterHistoryResponse\x125\n" +
 	"\n" +
 	"parameters\x18\x01 \x03(\v2\x15.stowage.v1.ParameterR\n" +
-	"parameters2\x9d\x06\n" +
+	"parameters2\xf6\x06\n" +
 	"\rSecretService\x12M\n" +
 	"\fCreateSecret\x12\x1f.stowage.v1.CreateSecretRequest\x1a\x1c.stowage.v1.SecretVersionRef\x12Q\n" +
 	"\x0ePutSecretValue\x12!.stowage.v1.PutSecretValueRequest\x1a\x1c.stowage.v1.SecretVersionRef\x12L\n" +
@@ -2171,7 +2472,8 @@ const file_stowage_v1_secrets_proto_rawDesc = "" +
 	"\rRestoreSecret\x12 .stowage.v1.RestoreSecretRequest\x1a\x12.stowage.v1.Secret\x12M\n" +
 	"\fRotateSecret\x12\x1f.stowage.v1.RotateSecretRequest\x1a\x1c.stowage.v1.SecretVersionRef\x12[\n" +
 	"\x18UpdateSecretVersionStage\x12+.stowage.v1.UpdateSecretVersionStageRequest\x1a\x12.stowage.v1.Secret\x12=\n" +
-	"\tTagSecret\x12\x1c.stowage.v1.TagSecretRequest\x1a\x12.stowage.v1.Secret2\x9d\x05\n" +
+	"\tTagSecret\x12\x1c.stowage.v1.TagSecretRequest\x1a\x12.stowage.v1.Secret\x12W\n" +
+	"\x0eBatchGetValues\x12!.stowage.v1.BatchGetValuesRequest\x1a\".stowage.v1.BatchGetValuesResponse2\x9d\x05\n" +
 	"\x10ParameterService\x12Q\n" +
 	"\fPutParameter\x12\x1f.stowage.v1.PutParameterRequest\x1a .stowage.v1.PutParameterResponse\x12F\n" +
 	"\fGetParameter\x12\x1f.stowage.v1.GetParameterRequest\x1a\x15.stowage.v1.Parameter\x12T\n" +
@@ -2193,102 +2495,110 @@ func file_stowage_v1_secrets_proto_rawDescGZIP() []byte {
 	return file_stowage_v1_secrets_proto_rawDescData
 }
 
-var file_stowage_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_stowage_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_stowage_v1_secrets_proto_goTypes = []any{
-	(*Secret)(nil),                          // 0: stowage.v1.Secret
-	(*SecretVersion)(nil),                   // 1: stowage.v1.SecretVersion
-	(*SecretVersionRef)(nil),                // 2: stowage.v1.SecretVersionRef
-	(*CreateSecretRequest)(nil),             // 3: stowage.v1.CreateSecretRequest
-	(*PutSecretValueRequest)(nil),           // 4: stowage.v1.PutSecretValueRequest
-	(*GetSecretValueRequest)(nil),           // 5: stowage.v1.GetSecretValueRequest
-	(*SecretValue)(nil),                     // 6: stowage.v1.SecretValue
-	(*DescribeSecretRequest)(nil),           // 7: stowage.v1.DescribeSecretRequest
-	(*ListSecretsRequest)(nil),              // 8: stowage.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),             // 9: stowage.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),             // 10: stowage.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),            // 11: stowage.v1.DeleteSecretResponse
-	(*RestoreSecretRequest)(nil),            // 12: stowage.v1.RestoreSecretRequest
-	(*PasswordGenerator)(nil),               // 13: stowage.v1.PasswordGenerator
-	(*RotateSecretRequest)(nil),             // 14: stowage.v1.RotateSecretRequest
-	(*UpdateSecretVersionStageRequest)(nil), // 15: stowage.v1.UpdateSecretVersionStageRequest
-	(*TagSecretRequest)(nil),                // 16: stowage.v1.TagSecretRequest
-	(*Parameter)(nil),                       // 17: stowage.v1.Parameter
-	(*PutParameterRequest)(nil),             // 18: stowage.v1.PutParameterRequest
-	(*PutParameterResponse)(nil),            // 19: stowage.v1.PutParameterResponse
-	(*GetParameterRequest)(nil),             // 20: stowage.v1.GetParameterRequest
-	(*GetParametersRequest)(nil),            // 21: stowage.v1.GetParametersRequest
-	(*GetParametersResponse)(nil),           // 22: stowage.v1.GetParametersResponse
-	(*GetParametersByPathRequest)(nil),      // 23: stowage.v1.GetParametersByPathRequest
-	(*GetParametersByPathResponse)(nil),     // 24: stowage.v1.GetParametersByPathResponse
-	(*DeleteParameterRequest)(nil),          // 25: stowage.v1.DeleteParameterRequest
-	(*DeleteParameterResponse)(nil),         // 26: stowage.v1.DeleteParameterResponse
-	(*LabelParameterVersionRequest)(nil),    // 27: stowage.v1.LabelParameterVersionRequest
-	(*LabelParameterVersionResponse)(nil),   // 28: stowage.v1.LabelParameterVersionResponse
-	(*GetParameterHistoryRequest)(nil),      // 29: stowage.v1.GetParameterHistoryRequest
-	(*GetParameterHistoryResponse)(nil),     // 30: stowage.v1.GetParameterHistoryResponse
-	nil,                                     // 31: stowage.v1.Secret.TagsEntry
-	nil,                                     // 32: stowage.v1.CreateSecretRequest.TagsEntry
-	nil,                                     // 33: stowage.v1.TagSecretRequest.TagsEntry
-	(*timestamppb.Timestamp)(nil),           // 34: google.protobuf.Timestamp
+	(*ValueRef)(nil),                        // 0: stowage.v1.ValueRef
+	(*BatchGetValuesRequest)(nil),           // 1: stowage.v1.BatchGetValuesRequest
+	(*BatchValue)(nil),                      // 2: stowage.v1.BatchValue
+	(*BatchGetValuesResponse)(nil),          // 3: stowage.v1.BatchGetValuesResponse
+	(*Secret)(nil),                          // 4: stowage.v1.Secret
+	(*SecretVersion)(nil),                   // 5: stowage.v1.SecretVersion
+	(*SecretVersionRef)(nil),                // 6: stowage.v1.SecretVersionRef
+	(*CreateSecretRequest)(nil),             // 7: stowage.v1.CreateSecretRequest
+	(*PutSecretValueRequest)(nil),           // 8: stowage.v1.PutSecretValueRequest
+	(*GetSecretValueRequest)(nil),           // 9: stowage.v1.GetSecretValueRequest
+	(*SecretValue)(nil),                     // 10: stowage.v1.SecretValue
+	(*DescribeSecretRequest)(nil),           // 11: stowage.v1.DescribeSecretRequest
+	(*ListSecretsRequest)(nil),              // 12: stowage.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),             // 13: stowage.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),             // 14: stowage.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),            // 15: stowage.v1.DeleteSecretResponse
+	(*RestoreSecretRequest)(nil),            // 16: stowage.v1.RestoreSecretRequest
+	(*PasswordGenerator)(nil),               // 17: stowage.v1.PasswordGenerator
+	(*RotateSecretRequest)(nil),             // 18: stowage.v1.RotateSecretRequest
+	(*UpdateSecretVersionStageRequest)(nil), // 19: stowage.v1.UpdateSecretVersionStageRequest
+	(*TagSecretRequest)(nil),                // 20: stowage.v1.TagSecretRequest
+	(*Parameter)(nil),                       // 21: stowage.v1.Parameter
+	(*PutParameterRequest)(nil),             // 22: stowage.v1.PutParameterRequest
+	(*PutParameterResponse)(nil),            // 23: stowage.v1.PutParameterResponse
+	(*GetParameterRequest)(nil),             // 24: stowage.v1.GetParameterRequest
+	(*GetParametersRequest)(nil),            // 25: stowage.v1.GetParametersRequest
+	(*GetParametersResponse)(nil),           // 26: stowage.v1.GetParametersResponse
+	(*GetParametersByPathRequest)(nil),      // 27: stowage.v1.GetParametersByPathRequest
+	(*GetParametersByPathResponse)(nil),     // 28: stowage.v1.GetParametersByPathResponse
+	(*DeleteParameterRequest)(nil),          // 29: stowage.v1.DeleteParameterRequest
+	(*DeleteParameterResponse)(nil),         // 30: stowage.v1.DeleteParameterResponse
+	(*LabelParameterVersionRequest)(nil),    // 31: stowage.v1.LabelParameterVersionRequest
+	(*LabelParameterVersionResponse)(nil),   // 32: stowage.v1.LabelParameterVersionResponse
+	(*GetParameterHistoryRequest)(nil),      // 33: stowage.v1.GetParameterHistoryRequest
+	(*GetParameterHistoryResponse)(nil),     // 34: stowage.v1.GetParameterHistoryResponse
+	nil,                                     // 35: stowage.v1.Secret.TagsEntry
+	nil,                                     // 36: stowage.v1.CreateSecretRequest.TagsEntry
+	nil,                                     // 37: stowage.v1.TagSecretRequest.TagsEntry
+	(*timestamppb.Timestamp)(nil),           // 38: google.protobuf.Timestamp
 }
 var file_stowage_v1_secrets_proto_depIdxs = []int32{
-	31, // 0: stowage.v1.Secret.tags:type_name -> stowage.v1.Secret.TagsEntry
-	34, // 1: stowage.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	34, // 2: stowage.v1.Secret.last_changed_time:type_name -> google.protobuf.Timestamp
-	34, // 3: stowage.v1.Secret.deletion_time:type_name -> google.protobuf.Timestamp
-	1,  // 4: stowage.v1.Secret.versions:type_name -> stowage.v1.SecretVersion
-	34, // 5: stowage.v1.Secret.last_rotated_time:type_name -> google.protobuf.Timestamp
-	13, // 6: stowage.v1.Secret.rotation:type_name -> stowage.v1.PasswordGenerator
-	34, // 7: stowage.v1.SecretVersion.create_time:type_name -> google.protobuf.Timestamp
-	32, // 8: stowage.v1.CreateSecretRequest.tags:type_name -> stowage.v1.CreateSecretRequest.TagsEntry
-	34, // 9: stowage.v1.SecretValue.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 10: stowage.v1.ListSecretsResponse.secrets:type_name -> stowage.v1.Secret
-	34, // 11: stowage.v1.DeleteSecretResponse.deletion_time:type_name -> google.protobuf.Timestamp
-	13, // 12: stowage.v1.RotateSecretRequest.generator:type_name -> stowage.v1.PasswordGenerator
-	33, // 13: stowage.v1.TagSecretRequest.tags:type_name -> stowage.v1.TagSecretRequest.TagsEntry
-	34, // 14: stowage.v1.Parameter.last_modified_time:type_name -> google.protobuf.Timestamp
-	17, // 15: stowage.v1.GetParametersResponse.parameters:type_name -> stowage.v1.Parameter
-	17, // 16: stowage.v1.GetParametersByPathResponse.parameters:type_name -> stowage.v1.Parameter
-	17, // 17: stowage.v1.GetParameterHistoryResponse.parameters:type_name -> stowage.v1.Parameter
-	3,  // 18: stowage.v1.SecretService.CreateSecret:input_type -> stowage.v1.CreateSecretRequest
-	4,  // 19: stowage.v1.SecretService.PutSecretValue:input_type -> stowage.v1.PutSecretValueRequest
-	5,  // 20: stowage.v1.SecretService.GetSecretValue:input_type -> stowage.v1.GetSecretValueRequest
-	7,  // 21: stowage.v1.SecretService.DescribeSecret:input_type -> stowage.v1.DescribeSecretRequest
-	8,  // 22: stowage.v1.SecretService.ListSecrets:input_type -> stowage.v1.ListSecretsRequest
-	10, // 23: stowage.v1.SecretService.DeleteSecret:input_type -> stowage.v1.DeleteSecretRequest
-	12, // 24: stowage.v1.SecretService.RestoreSecret:input_type -> stowage.v1.RestoreSecretRequest
-	14, // 25: stowage.v1.SecretService.RotateSecret:input_type -> stowage.v1.RotateSecretRequest
-	15, // 26: stowage.v1.SecretService.UpdateSecretVersionStage:input_type -> stowage.v1.UpdateSecretVersionStageRequest
-	16, // 27: stowage.v1.SecretService.TagSecret:input_type -> stowage.v1.TagSecretRequest
-	18, // 28: stowage.v1.ParameterService.PutParameter:input_type -> stowage.v1.PutParameterRequest
-	20, // 29: stowage.v1.ParameterService.GetParameter:input_type -> stowage.v1.GetParameterRequest
-	21, // 30: stowage.v1.ParameterService.GetParameters:input_type -> stowage.v1.GetParametersRequest
-	23, // 31: stowage.v1.ParameterService.GetParametersByPath:input_type -> stowage.v1.GetParametersByPathRequest
-	25, // 32: stowage.v1.ParameterService.DeleteParameter:input_type -> stowage.v1.DeleteParameterRequest
-	27, // 33: stowage.v1.ParameterService.LabelParameterVersion:input_type -> stowage.v1.LabelParameterVersionRequest
-	29, // 34: stowage.v1.ParameterService.GetParameterHistory:input_type -> stowage.v1.GetParameterHistoryRequest
-	2,  // 35: stowage.v1.SecretService.CreateSecret:output_type -> stowage.v1.SecretVersionRef
-	2,  // 36: stowage.v1.SecretService.PutSecretValue:output_type -> stowage.v1.SecretVersionRef
-	6,  // 37: stowage.v1.SecretService.GetSecretValue:output_type -> stowage.v1.SecretValue
-	0,  // 38: stowage.v1.SecretService.DescribeSecret:output_type -> stowage.v1.Secret
-	9,  // 39: stowage.v1.SecretService.ListSecrets:output_type -> stowage.v1.ListSecretsResponse
-	11, // 40: stowage.v1.SecretService.DeleteSecret:output_type -> stowage.v1.DeleteSecretResponse
-	0,  // 41: stowage.v1.SecretService.RestoreSecret:output_type -> stowage.v1.Secret
-	2,  // 42: stowage.v1.SecretService.RotateSecret:output_type -> stowage.v1.SecretVersionRef
-	0,  // 43: stowage.v1.SecretService.UpdateSecretVersionStage:output_type -> stowage.v1.Secret
-	0,  // 44: stowage.v1.SecretService.TagSecret:output_type -> stowage.v1.Secret
-	19, // 45: stowage.v1.ParameterService.PutParameter:output_type -> stowage.v1.PutParameterResponse
-	17, // 46: stowage.v1.ParameterService.GetParameter:output_type -> stowage.v1.Parameter
-	22, // 47: stowage.v1.ParameterService.GetParameters:output_type -> stowage.v1.GetParametersResponse
-	24, // 48: stowage.v1.ParameterService.GetParametersByPath:output_type -> stowage.v1.GetParametersByPathResponse
-	26, // 49: stowage.v1.ParameterService.DeleteParameter:output_type -> stowage.v1.DeleteParameterResponse
-	28, // 50: stowage.v1.ParameterService.LabelParameterVersion:output_type -> stowage.v1.LabelParameterVersionResponse
-	30, // 51: stowage.v1.ParameterService.GetParameterHistory:output_type -> stowage.v1.GetParameterHistoryResponse
-	35, // [35:52] is the sub-list for method output_type
-	18, // [18:35] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	0,  // 0: stowage.v1.BatchGetValuesRequest.refs:type_name -> stowage.v1.ValueRef
+	2,  // 1: stowage.v1.BatchGetValuesResponse.values:type_name -> stowage.v1.BatchValue
+	35, // 2: stowage.v1.Secret.tags:type_name -> stowage.v1.Secret.TagsEntry
+	38, // 3: stowage.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	38, // 4: stowage.v1.Secret.last_changed_time:type_name -> google.protobuf.Timestamp
+	38, // 5: stowage.v1.Secret.deletion_time:type_name -> google.protobuf.Timestamp
+	5,  // 6: stowage.v1.Secret.versions:type_name -> stowage.v1.SecretVersion
+	38, // 7: stowage.v1.Secret.last_rotated_time:type_name -> google.protobuf.Timestamp
+	17, // 8: stowage.v1.Secret.rotation:type_name -> stowage.v1.PasswordGenerator
+	38, // 9: stowage.v1.SecretVersion.create_time:type_name -> google.protobuf.Timestamp
+	36, // 10: stowage.v1.CreateSecretRequest.tags:type_name -> stowage.v1.CreateSecretRequest.TagsEntry
+	38, // 11: stowage.v1.SecretValue.create_time:type_name -> google.protobuf.Timestamp
+	4,  // 12: stowage.v1.ListSecretsResponse.secrets:type_name -> stowage.v1.Secret
+	38, // 13: stowage.v1.DeleteSecretResponse.deletion_time:type_name -> google.protobuf.Timestamp
+	17, // 14: stowage.v1.RotateSecretRequest.generator:type_name -> stowage.v1.PasswordGenerator
+	37, // 15: stowage.v1.TagSecretRequest.tags:type_name -> stowage.v1.TagSecretRequest.TagsEntry
+	38, // 16: stowage.v1.Parameter.last_modified_time:type_name -> google.protobuf.Timestamp
+	21, // 17: stowage.v1.GetParametersResponse.parameters:type_name -> stowage.v1.Parameter
+	21, // 18: stowage.v1.GetParametersByPathResponse.parameters:type_name -> stowage.v1.Parameter
+	21, // 19: stowage.v1.GetParameterHistoryResponse.parameters:type_name -> stowage.v1.Parameter
+	7,  // 20: stowage.v1.SecretService.CreateSecret:input_type -> stowage.v1.CreateSecretRequest
+	8,  // 21: stowage.v1.SecretService.PutSecretValue:input_type -> stowage.v1.PutSecretValueRequest
+	9,  // 22: stowage.v1.SecretService.GetSecretValue:input_type -> stowage.v1.GetSecretValueRequest
+	11, // 23: stowage.v1.SecretService.DescribeSecret:input_type -> stowage.v1.DescribeSecretRequest
+	12, // 24: stowage.v1.SecretService.ListSecrets:input_type -> stowage.v1.ListSecretsRequest
+	14, // 25: stowage.v1.SecretService.DeleteSecret:input_type -> stowage.v1.DeleteSecretRequest
+	16, // 26: stowage.v1.SecretService.RestoreSecret:input_type -> stowage.v1.RestoreSecretRequest
+	18, // 27: stowage.v1.SecretService.RotateSecret:input_type -> stowage.v1.RotateSecretRequest
+	19, // 28: stowage.v1.SecretService.UpdateSecretVersionStage:input_type -> stowage.v1.UpdateSecretVersionStageRequest
+	20, // 29: stowage.v1.SecretService.TagSecret:input_type -> stowage.v1.TagSecretRequest
+	1,  // 30: stowage.v1.SecretService.BatchGetValues:input_type -> stowage.v1.BatchGetValuesRequest
+	22, // 31: stowage.v1.ParameterService.PutParameter:input_type -> stowage.v1.PutParameterRequest
+	24, // 32: stowage.v1.ParameterService.GetParameter:input_type -> stowage.v1.GetParameterRequest
+	25, // 33: stowage.v1.ParameterService.GetParameters:input_type -> stowage.v1.GetParametersRequest
+	27, // 34: stowage.v1.ParameterService.GetParametersByPath:input_type -> stowage.v1.GetParametersByPathRequest
+	29, // 35: stowage.v1.ParameterService.DeleteParameter:input_type -> stowage.v1.DeleteParameterRequest
+	31, // 36: stowage.v1.ParameterService.LabelParameterVersion:input_type -> stowage.v1.LabelParameterVersionRequest
+	33, // 37: stowage.v1.ParameterService.GetParameterHistory:input_type -> stowage.v1.GetParameterHistoryRequest
+	6,  // 38: stowage.v1.SecretService.CreateSecret:output_type -> stowage.v1.SecretVersionRef
+	6,  // 39: stowage.v1.SecretService.PutSecretValue:output_type -> stowage.v1.SecretVersionRef
+	10, // 40: stowage.v1.SecretService.GetSecretValue:output_type -> stowage.v1.SecretValue
+	4,  // 41: stowage.v1.SecretService.DescribeSecret:output_type -> stowage.v1.Secret
+	13, // 42: stowage.v1.SecretService.ListSecrets:output_type -> stowage.v1.ListSecretsResponse
+	15, // 43: stowage.v1.SecretService.DeleteSecret:output_type -> stowage.v1.DeleteSecretResponse
+	4,  // 44: stowage.v1.SecretService.RestoreSecret:output_type -> stowage.v1.Secret
+	6,  // 45: stowage.v1.SecretService.RotateSecret:output_type -> stowage.v1.SecretVersionRef
+	4,  // 46: stowage.v1.SecretService.UpdateSecretVersionStage:output_type -> stowage.v1.Secret
+	4,  // 47: stowage.v1.SecretService.TagSecret:output_type -> stowage.v1.Secret
+	3,  // 48: stowage.v1.SecretService.BatchGetValues:output_type -> stowage.v1.BatchGetValuesResponse
+	23, // 49: stowage.v1.ParameterService.PutParameter:output_type -> stowage.v1.PutParameterResponse
+	21, // 50: stowage.v1.ParameterService.GetParameter:output_type -> stowage.v1.Parameter
+	26, // 51: stowage.v1.ParameterService.GetParameters:output_type -> stowage.v1.GetParametersResponse
+	28, // 52: stowage.v1.ParameterService.GetParametersByPath:output_type -> stowage.v1.GetParametersByPathResponse
+	30, // 53: stowage.v1.ParameterService.DeleteParameter:output_type -> stowage.v1.DeleteParameterResponse
+	32, // 54: stowage.v1.ParameterService.LabelParameterVersion:output_type -> stowage.v1.LabelParameterVersionResponse
+	34, // 55: stowage.v1.ParameterService.GetParameterHistory:output_type -> stowage.v1.GetParameterHistoryResponse
+	38, // [38:56] is the sub-list for method output_type
+	20, // [20:38] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_stowage_v1_secrets_proto_init() }
@@ -2296,16 +2606,16 @@ func file_stowage_v1_secrets_proto_init() {
 	if File_stowage_v1_secrets_proto != nil {
 		return
 	}
-	file_stowage_v1_secrets_proto_msgTypes[3].OneofWrappers = []any{}
-	file_stowage_v1_secrets_proto_msgTypes[4].OneofWrappers = []any{}
-	file_stowage_v1_secrets_proto_msgTypes[6].OneofWrappers = []any{}
+	file_stowage_v1_secrets_proto_msgTypes[7].OneofWrappers = []any{}
+	file_stowage_v1_secrets_proto_msgTypes[8].OneofWrappers = []any{}
+	file_stowage_v1_secrets_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stowage_v1_secrets_proto_rawDesc), len(file_stowage_v1_secrets_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

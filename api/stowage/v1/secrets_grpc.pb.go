@@ -35,6 +35,7 @@ const (
 	SecretService_RotateSecret_FullMethodName             = "/stowage.v1.SecretService/RotateSecret"
 	SecretService_UpdateSecretVersionStage_FullMethodName = "/stowage.v1.SecretService/UpdateSecretVersionStage"
 	SecretService_TagSecret_FullMethodName                = "/stowage.v1.SecretService/TagSecret"
+	SecretService_BatchGetValues_FullMethodName           = "/stowage.v1.SecretService/BatchGetValues"
 )
 
 // SecretServiceClient is the client API for SecretService service.
@@ -68,6 +69,14 @@ type SecretServiceClient interface {
 	RotateSecret(ctx context.Context, in *RotateSecretRequest, opts ...grpc.CallOption) (*SecretVersionRef, error)
 	UpdateSecretVersionStage(ctx context.Context, in *UpdateSecretVersionStageRequest, opts ...grpc.CallOption) (*Secret, error)
 	TagSecret(ctx context.Context, in *TagSecretRequest, opts ...grpc.CallOption) (*Secret, error)
+	// BatchGetValues reads secrets and parameters in one call: what the
+	// Secrets Store CSI provider fetches for one mount. Each ref gets its own
+	// result or error, so that one missing object does not hide the others.
+	// With only_if_changed, when every ref carries the version the caller
+	// already has and that is still the version selected, nothing is
+	// decrypted and no value is returned (unchanged = true): a rotation poll
+	// that finds nothing new is a metadata read.
+	BatchGetValues(ctx context.Context, in *BatchGetValuesRequest, opts ...grpc.CallOption) (*BatchGetValuesResponse, error)
 }
 
 type secretServiceClient struct {
@@ -178,6 +187,16 @@ func (c *secretServiceClient) TagSecret(ctx context.Context, in *TagSecretReques
 	return out, nil
 }
 
+func (c *secretServiceClient) BatchGetValues(ctx context.Context, in *BatchGetValuesRequest, opts ...grpc.CallOption) (*BatchGetValuesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchGetValuesResponse)
+	err := c.cc.Invoke(ctx, SecretService_BatchGetValues_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SecretServiceServer is the server API for SecretService service.
 // All implementations must embed UnimplementedSecretServiceServer
 // for forward compatibility.
@@ -209,6 +228,14 @@ type SecretServiceServer interface {
 	RotateSecret(context.Context, *RotateSecretRequest) (*SecretVersionRef, error)
 	UpdateSecretVersionStage(context.Context, *UpdateSecretVersionStageRequest) (*Secret, error)
 	TagSecret(context.Context, *TagSecretRequest) (*Secret, error)
+	// BatchGetValues reads secrets and parameters in one call: what the
+	// Secrets Store CSI provider fetches for one mount. Each ref gets its own
+	// result or error, so that one missing object does not hide the others.
+	// With only_if_changed, when every ref carries the version the caller
+	// already has and that is still the version selected, nothing is
+	// decrypted and no value is returned (unchanged = true): a rotation poll
+	// that finds nothing new is a metadata read.
+	BatchGetValues(context.Context, *BatchGetValuesRequest) (*BatchGetValuesResponse, error)
 	mustEmbedUnimplementedSecretServiceServer()
 }
 
@@ -248,6 +275,9 @@ func (UnimplementedSecretServiceServer) UpdateSecretVersionStage(context.Context
 }
 func (UnimplementedSecretServiceServer) TagSecret(context.Context, *TagSecretRequest) (*Secret, error) {
 	return nil, status.Error(codes.Unimplemented, "method TagSecret not implemented")
+}
+func (UnimplementedSecretServiceServer) BatchGetValues(context.Context, *BatchGetValuesRequest) (*BatchGetValuesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchGetValues not implemented")
 }
 func (UnimplementedSecretServiceServer) mustEmbedUnimplementedSecretServiceServer() {}
 func (UnimplementedSecretServiceServer) testEmbeddedByValue()                       {}
@@ -450,6 +480,24 @@ func _SecretService_TagSecret_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecretService_BatchGetValues_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchGetValuesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).BatchGetValues(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_BatchGetValues_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).BatchGetValues(ctx, req.(*BatchGetValuesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SecretService_ServiceDesc is the grpc.ServiceDesc for SecretService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -496,6 +544,10 @@ var SecretService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TagSecret",
 			Handler:    _SecretService_TagSecret_Handler,
+		},
+		{
+			MethodName: "BatchGetValues",
+			Handler:    _SecretService_BatchGetValues_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
