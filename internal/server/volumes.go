@@ -301,11 +301,16 @@ func (s *Server) candidatePools(req *pb.CreateVolumeRequest) []string {
 				break
 			}
 		}
-		var free int64
-		if c, err := p.Capacity(); err == nil {
-			free = c.FreeBytes
+		cs = append(cs, cand{name: name, rank: rank})
+	}
+	// Free space only breaks ties, so a lone pool is not asked (a statfs
+	// per create).
+	if len(cs) > 1 {
+		for i := range cs {
+			if c, err := s.pools[cs[i].name].Capacity(); err == nil {
+				cs[i].free = c.FreeBytes
+			}
 		}
-		cs = append(cs, cand{name, rank, free})
 	}
 	sort.SliceStable(cs, func(i, j int) bool {
 		if cs[i].rank != cs[j].rank {
