@@ -465,6 +465,17 @@ func (n *NodeService) mountStaging(ctx context.Context, id, device, staging stri
 	if err := n.mounts.FormatAndMount(device, staging, spec.fsType, opts, spec.formatOpts); err != nil {
 		return false, status.Errorf(codes.Internal, "NodeStageVolume %s: format and mount %s (%s) at %s: %v", id, device, spec.fsType, staging, err)
 	}
+	// A volume restored or cloned into a larger size, or expanded while it
+	// was not staged, has a file system smaller than its device. ext was
+	// grown above, before the mount; xfs grows only mounted, here.
+	if need, err := n.mounts.NeedResize(device, staging); err != nil {
+		return true, status.Errorf(codes.Internal, "NodeStageVolume %s: compare the file system at %s with %s: %v", id, staging, device, err)
+	} else if need {
+		if err := n.mounts.Resize(device, staging); err != nil {
+			return true, status.Errorf(codes.Internal, "NodeStageVolume %s: grow the file system at %s to fill %s: %v", id, staging, device, err)
+		}
+		klog.InfoS("NodeStageVolume: grew the file system to fill its device", "volumeID", id, "device", device, "stagingPath", staging)
+	}
 	return true, nil
 }
 

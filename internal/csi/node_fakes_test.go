@@ -80,6 +80,10 @@ type fakeMounts struct {
 	// formatted with their throttle already on (formattedLimited).
 	lim              *fakeLimiter
 	formattedLimited []string
+	// smallFS makes every file system smaller than its device (a restore
+	// into a larger size); resized lists the devices Resize grew.
+	smallFS bool
+	resized []string
 }
 
 func (f *fakeMounts) IsLikelyNotMountPoint(path string) (bool, error) {
@@ -128,7 +132,13 @@ func (f *fakeMounts) Cleanup(path string) error {
 
 func (f *fakeMounts) IsExt(string) bool                         { return false }
 func (f *fakeMounts) GrowOffline(context.Context, string) error { return nil }
-func (f *fakeMounts) Resize(string, string) error               { return nil }
+func (f *fakeMounts) Resize(device, _ string) error {
+	f.resized = append(f.resized, device)
+	return nil
+}
+func (f *fakeMounts) NeedResize(device, _ string) (bool, error) {
+	return f.smallFS && !slices.Contains(f.resized, device), nil
+}
 func (f *fakeMounts) mountedAt(path string) (source string, ok bool) {
 	s, ok := f.mounted[path]
 	return s, ok
@@ -264,6 +274,25 @@ func TestNodeStageVolume_Branches(t *testing.T) {
 				}
 				if st := f.state(t); st.Device != dev || st.ImagePath != f.image {
 					t.Errorf("node state %+v, want device %s and image %s", st, dev, f.image)
+				}
+			},
+		},
+		{
+			// Restored from a snapshot into a larger claim: the file
+			// system is grown while staged (xfs grows only mounted).
+			name:  "FileSystemSmallerThanDevice_GrownAtStage",
+			setup: func(t *testing.T, f *nodeFixture) { f.mounts.smallFS = true },
+			check: func(t *testing.T, f *nodeFixture) {
+				if dev := f.loops.devices[f.image]; !slices.Equal(f.mounts.resized, []string{dev}) {
+					t.Errorf("grown at stage: %v, want [%s]", f.mounts.resized, dev)
+				}
+			},
+		},
+		{
+			name: "FileSystem_NotGrownWhenItFills",
+			check: func(t *testing.T, f *nodeFixture) {
+				if len(f.mounts.resized) != 0 {
+					t.Errorf("a file system that fills its device was grown: %v", f.mounts.resized)
 				}
 			},
 		},

@@ -46,6 +46,9 @@ type mounter interface {
 	GrowOffline(ctx context.Context, device string) error
 	// Resize grows the file system on device, mounted at path, online.
 	Resize(device, path string) error
+	// NeedResize reports whether the file system on device, mounted at
+	// path, is smaller than the device.
+	NeedResize(device, path string) (bool, error)
 }
 
 // hostLoops is loopDevices on the host's loop driver.
@@ -89,6 +92,10 @@ func (h hostMounts) Cleanup(path string) error { return mount.CleanupMountPoint(
 func (h hostMounts) Resize(device, path string) error {
 	_, err := mount.NewResizeFs(utilexec.New()).Resize(device, path)
 	return err
+}
+
+func (h hostMounts) NeedResize(device, path string) (bool, error) {
+	return mount.NewResizeFs(utilexec.New()).NeedResize(device, path)
 }
 
 func (h hostMounts) IsExt(device string) bool {
