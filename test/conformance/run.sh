@@ -94,14 +94,9 @@ rule "marked [Flaky] upstream" '\[Flaky\]'
 rule "Windows only (ntfs)" '\[Feature:Windows\]'
 rule "runs commands on the node through a privileged pod that enters the mount namespace of the host's PID 1 (storage/utils.HostExec: nsenter --mount=/proc/1/ns/mnt); this machine refuses that even to host root (Permission denied: PID 1 is the VM's init)" 'volumeMode should not mount / map unused volumes in a pod'
 rule "deploys the volume-data-source-validator and hello-populator images of registry.k8s.io/sig-storage, which no registry can serve here and which are not built locally; the driver's part (an empty volume) is covered by the other provisioning specs" 'should provision storage with any volume data source'
-# A mounted ext4 cannot grow where root lacks CAP_SYS_RESOURCE (the kernel
-# refuses resize2fs of a mounted ext4); the driver then grows it when the
-# volume is next staged. The expansion specs of the suite use the class's
-# file system (ext4), so their online file-system variants cannot pass here.
-cap_eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
-if ((((16#$cap_eff) >> 24 & 1) == 0)); then
-	rule "online growth of a mounted ext4 (the class's file system): root lacks CAP_SYS_RESOURCE on this machine, so the kernel refuses it and the driver grows the file system at the next stage instead (block volumes grow online and are tested; the suite has no xfs expansion pattern)" '\(default fs\)\(allowExpansion\)\] volume-expand should resize volume when PVC is edited while pod is using it|Generic Ephemeral-volume \(default fs\).* ephemeral should support expansion of pvcs created for ephemeral pvcs'
-fi
+# The "default fs" patterns use the class stowage-gp3, whose file system
+# `stowage up` chose so that it grows online on this machine (xfs where root
+# lacks CAP_SYS_RESOURCE, ext4 elsewhere): the online expansion specs run.
 # --ci: the suites that exercise the driver itself (provisioning, data,
 # snapshots, clones, expansion, modification, access modes, topology, limits),
 # every pattern including [Slow] and [Serial] ones; left out are subPath,
