@@ -76,25 +76,9 @@ func printFileSystems(p printer, fss ...*pb.FileSystem) error {
 }
 
 func fsDescribeCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use: "describe FILE_SYSTEM_ID...", Short: "Show file systems", Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
-				var fss []*pb.FileSystem
-				for _, id := range args {
-					f, err := c.fs.DescribeFileSystem(ctx, &pb.DescribeFileSystemRequest{FileSystemId: id})
-					if err != nil {
-						return err
-					}
-					fss = append(fss, f)
-				}
-				if p.format == "table" && len(fss) == 1 {
-					p.format = "yaml"
-				}
-				return printFileSystems(p, fss...)
-			})
-		},
-	}
+	return describeCmd(g, "describe FILE_SYSTEM_ID...", "Show file systems", func(ctx context.Context, c *client, id string) (*pb.FileSystem, error) {
+		return c.fs.DescribeFileSystem(ctx, &pb.DescribeFileSystemRequest{FileSystemId: id})
+	}, printFileSystems)
 }
 
 func fsListCmd(g *globals) *cobra.Command {
@@ -306,25 +290,9 @@ func printAccessPoints(p printer, aps ...*pb.AccessPoint) error {
 }
 
 func apDescribeCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use: "describe ACCESS_POINT_ID...", Short: "Show access points", Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
-				var aps []*pb.AccessPoint
-				for _, id := range args {
-					a, err := c.aps.DescribeAccessPoint(ctx, &pb.DescribeAccessPointRequest{AccessPointId: id})
-					if err != nil {
-						return err
-					}
-					aps = append(aps, a)
-				}
-				if p.format == "table" && len(aps) == 1 {
-					p.format = "yaml"
-				}
-				return printAccessPoints(p, aps...)
-			})
-		},
-	}
+	return describeCmd(g, "describe ACCESS_POINT_ID...", "Show access points", func(ctx context.Context, c *client, id string) (*pb.AccessPoint, error) {
+		return c.aps.DescribeAccessPoint(ctx, &pb.DescribeAccessPointRequest{AccessPointId: id})
+	}, printAccessPoints)
 }
 
 func apListCmd(g *globals) *cobra.Command {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"regexp"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
@@ -91,4 +93,29 @@ func stateWords(b []byte) []byte {
 		name := stateEnum.FindSubmatch(m)[1]
 		return []byte(`"state": "` + pb.StateWord(string(name)) + `"`)
 	})
+}
+
+// describeCmd is the `describe ID...` command of one kind of object: it
+// fetches each id with get and prints them with print; a single object in
+// table format is shown as YAML, which has room for every field.
+func describeCmd[T any](g *globals, use, short string, get func(context.Context, *client, string) (T, error), print func(printer, ...T) error) *cobra.Command {
+	return &cobra.Command{
+		Use: use, Short: short, Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
+				var objs []T
+				for _, id := range args {
+					o, err := get(ctx, c, id)
+					if err != nil {
+						return err
+					}
+					objs = append(objs, o)
+				}
+				if p.format == "table" && len(objs) == 1 {
+					p.format = "yaml"
+				}
+				return print(p, objs...)
+			})
+		},
+	}
 }

@@ -61,25 +61,9 @@ func snapshotCreateCmd(g *globals) *cobra.Command {
 }
 
 func snapshotDescribeCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use: "describe SNAPSHOT_ID...", Short: "Show snapshots", Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
-				var ss []*pb.Snapshot
-				for _, id := range args {
-					s, err := c.snapshots.DescribeSnapshot(ctx, &pb.DescribeSnapshotRequest{SnapshotId: id})
-					if err != nil {
-						return err
-					}
-					ss = append(ss, s)
-				}
-				if p.format == "table" && len(ss) == 1 {
-					p.format = "yaml"
-				}
-				return printSnapshots(p, ss...)
-			})
-		},
-	}
+	return describeCmd(g, "describe SNAPSHOT_ID...", "Show snapshots", func(ctx context.Context, c *client, id string) (*pb.Snapshot, error) {
+		return c.snapshots.DescribeSnapshot(ctx, &pb.DescribeSnapshotRequest{SnapshotId: id})
+	}, printSnapshots)
 }
 
 func snapshotListCmd(g *globals) *cobra.Command {

@@ -109,25 +109,9 @@ func printVolumes(p printer, vs ...*pb.Volume) error {
 }
 
 func volumeDescribeCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use: "describe VOLUME_ID...", Short: "Show volumes", Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
-				var vs []*pb.Volume
-				for _, id := range args {
-					v, err := c.volumes.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: id})
-					if err != nil {
-						return err
-					}
-					vs = append(vs, v)
-				}
-				if p.format == "table" && len(vs) == 1 {
-					p.format = "yaml"
-				}
-				return printVolumes(p, vs...)
-			})
-		},
-	}
+	return describeCmd(g, "describe VOLUME_ID...", "Show volumes", func(ctx context.Context, c *client, id string) (*pb.Volume, error) {
+		return c.volumes.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: id})
+	}, printVolumes)
 }
 
 func volumeListCmd(g *globals) *cobra.Command {
