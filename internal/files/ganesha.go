@@ -49,9 +49,13 @@ type Ganesha struct {
 
 	mu      sync.Mutex
 	exports map[string]Export
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	stopped bool
+	// ownMounts are the export paths this Ganesha bind-mounted onto
+	// themselves (subvolmount.go), by access point; Unexport and Stop
+	// remove them.
+	ownMounts map[string]string
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	stopped   bool
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -83,20 +87,28 @@ func StartGanesha(ctx context.Context, cfg GaneshaConfig, exports []Export) (*Ga
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "recovery"), 0o700); err != nil {
 		return nil, fmt.Errorf("nfs-ganesha: %w", err)
 	}
-	g := &Ganesha{cfg: cfg, exports: map[string]Export{}, done: make(chan struct{})}
+	g := &Ganesha{cfg: cfg, exports: map[string]Export{}, ownMounts: map[string]string{}, done: make(chan struct{})}
+	g.mu.Lock()
 	for _, e := range exports {
-		if err := checkExport(e); err != nil {
+		if err = checkExport(e); err == nil {
+			err = g.exposeLocked(e)
+		}
+		if err != nil {
+			g.unmountAllLocked()
+			g.mu.Unlock()
 			return nil, err
 		}
 		g.exports[e.AccessPointID] = e
 	}
-	g.mu.Lock()
 	err = g.writeConfigLocked()
 	if err == nil {
 		err = g.startLocked()
 	}
 	g.mu.Unlock()
 	if err != nil {
+		g.mu.Lock()
+		g.unmountAllLocked()
+		g.mu.Unlock()
 		return nil, err
 	}
 	if err := g.waitListening(ctx, 20*time.Second); err != nil {
@@ -229,15 +241,43 @@ func (g *Ganesha) Stop() {
 		g.cancel()
 		<-g.done
 	}
-	if cmd == nil || cmd.Process == nil {
-		return
+	if cmd != nil && cmd.Process != nil {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-exited
+	g.mu.Lock()
+	g.unmountAllLocked()
+	g.mu.Unlock()
+}
+
+// exposeLocked gives e's path a mount of its own when ganesha needs one to
+// export it (a btrfs subvolume made after ganesha started; subvolmount.go).
+func (g *Ganesha) exposeLocked(e Export) error {
+	if _, ok := g.ownMounts[e.AccessPointID]; ok {
+		return nil
+	}
+	mounted, err := mountOnItself(e.Path)
+	if err != nil {
+		return fmt.Errorf("export %s: %w", e.AccessPointID, err)
+	}
+	if mounted {
+		g.ownMounts[e.AccessPointID] = e.Path
+	}
+	return nil
+}
+
+func (g *Ganesha) unmountAllLocked() {
+	for id, p := range g.ownMounts {
+		if err := unmountSelf(p); err != nil {
+			g.cfg.Logger.Warn("nfs-ganesha stopped, but an export's own mount stays", "accessPoint", id, "err", err)
+			continue
+		}
+		delete(g.ownMounts, id)
 	}
 }
 
@@ -251,6 +291,9 @@ func (g *Ganesha) Export(ctx context.Context, e Export) error {
 	if old, ok := g.exports[e.AccessPointID]; ok && old == e {
 		return nil
 	}
+	if err := g.exposeLocked(e); err != nil {
+		return err
+	}
 	g.exports[e.AccessPointID] = e
 	return g.reloadLocked()
 }
@@ -263,7 +306,16 @@ func (g *Ganesha) Unexport(ctx context.Context, accessPointID string) error {
 		return nil
 	}
 	delete(g.exports, accessPointID)
-	return g.reloadLocked()
+	if err := g.reloadLocked(); err != nil {
+		return err
+	}
+	if p, ok := g.ownMounts[accessPointID]; ok {
+		if err := unmountSelf(p); err != nil {
+			return fmt.Errorf("unexport %s: %w", accessPointID, err)
+		}
+		delete(g.ownMounts, accessPointID)
+	}
+	return nil
 }
 
 func (g *Ganesha) reloadLocked() error {

@@ -1,8 +1,12 @@
 package files
 
 import (
+	"bytes"
+	"errors"
+
 	"context"
 	"fmt"
+	"github.com/moby/sys/mountinfo"
 	"net"
 	"os"
 	"os/exec"
@@ -144,5 +148,94 @@ func TestGanesha_BadExport_RefusedNamingIt(t *testing.T) {
 		if err := checkExport(e); err == nil || !strings.Contains(err.Error(), e.AccessPointID) {
 			t.Errorf("checkExport(%+v) = %v, want an error naming %s", e, err, e.AccessPointID)
 		}
+	}
+}
+
+// A quota'd access point's root is a btrfs subvolume made while ganesha
+// runs; ganesha 4.3 can export it only because Export gives it a mount of
+// its own. The quota holds for NFS writers, and Unexport and Stop leave no
+// mount behind.
+func TestGanesha_QuotaSubvolumeMadeAfterStart_ExportedAndEnforced(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loop devices, btrfs and nfs-ganesha's VFS back end")
+	}
+	for _, bin := range []string{"ganesha.nfsd", "nfs-cp", "nfs-ls"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("needs %s (Debian nfs-ganesha, nfs-ganesha-vfs, libnfs-utils; hack/setup.sh)", bin)
+		}
+	}
+	tr := btrfsTree(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	g, err := StartGanesha(ctx, GaneshaConfig{StateDir: filepath.Join(t.TempDir(), "ganesha"), Port: freePort(t), Graceless: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			g.Stop()
+		}
+		if t.Failed() {
+			t.Logf("end of ganesha log:\n%s", tail(g.LogPath(), 30))
+		}
+	})
+	const limit = 2 << 20
+	root := RootDirectory{Path: "/q/claim", Creation: &CreationInfo{UID: 1234, GID: 1234, Mode: 0o750}}
+	if err := tr.MakeRoot(ctx, testFS, root, limit); err != nil {
+		t.Fatal(err)
+	}
+	path := tr.HostPath(testFS, root.Path)
+	e := Export{ID: 7, AccessPointID: "fsap-0000000000000007", Path: path, Pseudo: "/fsap-0000000000000007", Squash: true, AnonUID: 1234, AnonGID: 1234}
+	if err := g.Export(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	// libnfs 4.0's nfs-cp fails writing 4 KiB or more over NFSv4 to
+	// ganesha ("Failed to write to dest file", on ext4 as on btrfs), so the
+	// NFS writes here are small and the quota is filled locally.
+	small := filepath.Join(t.TempDir(), "small")
+	if err := os.WriteFile(small, bytes.Repeat([]byte{1}, 100), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, true, "nfs-cp", small, nfsURL(g, e.Pseudo+"/small", 5000))
+	if uid, gid, _ := owner(t, filepath.Join(path, "small")); uid != 1234 || gid != 1234 {
+		t.Errorf("file written through the export is owned by %d:%d, want the access point's 1234:1234", uid, gid)
+	}
+	fill, err := os.Create(filepath.Join(path, "fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte{2}, 256<<10)
+	for n := 0; ; n++ {
+		_, err := fill.Write(chunk)
+		if err == nil {
+			err = fill.Sync()
+		}
+		if errors.Is(err, syscall.EDQUOT) {
+			break
+		}
+		if err != nil || n > 4*limit/len(chunk) {
+			t.Fatalf("filling the %d-byte quota locally: %v after %d chunks", limit, err, n)
+		}
+	}
+	fill.Close()
+	if out := eventually(t, false, "nfs-cp", small, nfsURL(g, e.Pseudo+"/past-quota", 5000)); !strings.Contains(out, "DQUOT") {
+		t.Errorf("an NFS create past the quota failed with %q, want NFS4ERR_DQUOT", out)
+	}
+
+	if err := g.Unexport(ctx, e.AccessPointID); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := mountinfo.Mounted(path); err != nil || m {
+		t.Errorf("after Unexport, %s mounted = %t (%v); want its own mount gone", path, m, err)
+	}
+	if err := g.Export(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, true, "nfs-ls", nfsURL(g, e.Pseudo, 1))
+	g.Stop()
+	stopped = true
+	if m, err := mountinfo.Mounted(path); err != nil || m {
+		t.Errorf("after Stop, %s mounted = %t (%v); want its own mount gone", path, m, err)
 	}
 }

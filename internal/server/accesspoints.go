@@ -182,13 +182,6 @@ func (s *Server) CreateAccessPoint(ctx context.Context, req *pb.CreateAccessPoin
 	if err != nil {
 		return nil, err
 	}
-	if _, exported := s.exporters[f.Pool]; exported && req.QuotaBytes > 0 {
-		// A quota'd root is a btrfs subvolume, and nfs-ganesha 4.3's VFS
-		// back end learns subvolumes only at start: exporting one made later
-		// fails (resolve_posix_filesystem: No such file or directory).
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"access point quota of %d bytes: quota'd access points cannot be served over NFS yet (nfs-ganesha 4.3 cannot export a btrfs subvolume made after it started); create it without a quota", req.QuotaBytes)
-	}
 	if req.QuotaBytes > 0 && !p.Quotas() {
 		return nil, status.Errorf(codes.FailedPrecondition, "access point quota of %d bytes: file-tree pool %s cannot enforce quotas (it is not btrfs with quota groups)", req.QuotaBytes, f.Pool)
 	}

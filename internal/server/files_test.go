@@ -246,7 +246,7 @@ func TestCreateAccessPoint_BadInput_NamesTheValue(t *testing.T) {
 		{"permissions not octal 000-777", badPerms, codes.InvalidArgument, `"0888"`},
 		{"missing directory without creation info", noCreation, codes.InvalidArgument, "/missing"},
 		{"unknown file system", ap("fs-00000000000000000", "/x", 1), codes.NotFound, "fs-00000000000000000"},
-		{"quota on an exported pool (ganesha cannot export a new subvolume)", quota, codes.FailedPrecondition, "nfs-ganesha"},
+		{"quota on a pool that is not btrfs", quota, codes.FailedPrecondition, "cannot enforce quotas"},
 		{"too many secondary groups", &pb.CreateAccessPointRequest{FileSystemId: f.Id, PosixUser: &pb.PosixUser{SecondaryGids: make([]uint32, 17)}}, codes.InvalidArgument, "17"},
 	}
 	for _, c := range cases {
