@@ -289,17 +289,19 @@ func runServer(ctx context.Context, o serverOptions) error {
 }
 
 func newCSICmd() *cobra.Command {
-	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver string
+	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper string
 	var maxVolumes int64
 	var limitsInterval time.Duration
-	cmd := &cobra.Command{Use: "csi", Short: "Run a CSI driver: block (" + csi.DriverName + ") or file (" + filecsi.DriverName + ", controller only so far)"}
+	cmd := &cobra.Command{Use: "csi", Short: "Run a CSI driver: block (" + csi.DriverName + ") or file (" + filecsi.DriverName + ")"}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&driver, "driver", "block", "which driver: block ("+csi.DriverName+") or file ("+filecsi.DriverName+"; its node plugin is not built yet, so only `csi controller` runs it)")
+	pf.StringVar(&driver, "driver", "block", "which driver: block ("+csi.DriverName+") or file ("+filecsi.DriverName+")")
+	pf.StringVar(&nfsClient, "nfs-client", "auto", "file driver node: how access points are mounted: kernel (mount -t nfs4), fuse (Stowage's FUSE NFS client, `stowage nfs-mount`), or auto (kernel when the node has an NFSv4 client, else fuse)")
+	pf.StringVar(&mountHelper, "mount-helper", "", "file driver node: the stowage binary whose nfs-mount command the FUSE client is (default: this binary)")
 	pf.StringVar(&endpoint, "endpoint", "unix:///csi/csi.sock", "CSI socket: unix:///path or tcp://host:port")
 	pf.StringVar(&api, "api", DefaultEndpoint, "Stowage API address")
 	pf.StringVar(&nodeID, "node-id", "", "this node's id (node plugin; default: hostname)")
 	pf.StringVar(&zone, "zone", "zone-a", "this node's zone (node plugin)")
-	pf.StringVar(&stateDir, "state-dir", "/var/lib/stowage/csi-node", "node plugin state (one file per staged volume)")
+	pf.StringVar(&stateDir, "state-dir", "", "node plugin state, one file per staged volume or mount (default /var/lib/stowage/csi-node, and /var/lib/stowage/csi-file-node for the file driver)")
 	pf.Int64Var(&maxVolumes, "max-volumes", 64, "most volumes attached to this node at once, reported to the scheduler")
 	pf.StringVar(&registrationDir, "kubelet-registration-dir", "", "the kubelet's plugins_registry directory: when set, the node plugin registers itself with the kubelet there (no node-driver-registrar needed)")
 	pf.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
@@ -310,9 +312,6 @@ func newCSICmd() *cobra.Command {
 		switch driver {
 		case "block":
 		case "file":
-			if withNode {
-				return usageErrorf("--driver file: the file driver's node plugin (mounting access points) is not built yet; run `stowage csi controller --driver file`")
-			}
 		default:
 			return usageErrorf("--driver %q: use block or file", driver)
 		}
@@ -323,8 +322,20 @@ func newCSICmd() *cobra.Command {
 			return err
 		}
 		defer conn.Close()
+		if nodeID == "" && withNode {
+			if nodeID, err = os.Hostname(); err != nil {
+				return fmt.Errorf("no --node-id and no hostname: %w", err)
+			}
+		}
 		if driver == "file" {
-			return runFileController(ctx, conn, endpoint, metricsAddr)
+			if stateDir == "" {
+				stateDir = "/var/lib/stowage/csi-file-node"
+			}
+			return runFileDriver(ctx, conn, fileDriverOptions{controller: withController, node: withNode, endpoint: endpoint, metricsAddr: metricsAddr,
+				nodeID: nodeID, stateDir: stateDir, registrationDir: registrationDir, nfsClient: nfsClient, mountHelper: mountHelper})
+		}
+		if stateDir == "" {
+			stateDir = "/var/lib/stowage/csi-node"
 		}
 		var ctrl *csi.ControllerService
 		var node *csi.NodeService
@@ -332,11 +343,6 @@ func newCSICmd() *cobra.Command {
 			ctrl = csi.NewControllerService(pb.NewVolumeServiceClient(conn), pb.NewSnapshotServiceClient(conn), pb.NewPoolServiceClient(conn))
 		}
 		if withNode {
-			if nodeID == "" {
-				if nodeID, err = os.Hostname(); err != nil {
-					return fmt.Errorf("no --node-id and no hostname: %w", err)
-				}
-			}
 			node, err = csi.NewNodeService(csi.NodeConfig{NodeID: nodeID, Zone: zone, MaxVolumes: maxVolumes, StateDir: stateDir, LimitsInterval: limitsInterval, CgroupRoot: cgroupRoot},
 				pb.NewVolumeServiceClient(conn), pb.NewNodeServiceClient(conn))
 			if err != nil {
@@ -376,16 +382,57 @@ func newCSICmd() *cobra.Command {
 	return cmd
 }
 
-func runFileController(ctx context.Context, conn *grpc.ClientConn, endpoint, metricsAddr string) error {
-	d := filecsi.NewDriver(filecsi.NewControllerService(pb.NewFileSystemServiceClient(conn), pb.NewAccessPointServiceClient(conn)))
-	if metricsAddr != "" {
+type fileDriverOptions struct {
+	controller, node                                                                 bool
+	endpoint, metricsAddr, nodeID, stateDir, registrationDir, nfsClient, mountHelper string
+}
+
+func runFileDriver(ctx context.Context, conn *grpc.ClientConn, o fileDriverOptions) error {
+	var ctrl *filecsi.ControllerService
+	var node *filecsi.NodeService
+	if o.controller {
+		ctrl = filecsi.NewControllerService(pb.NewFileSystemServiceClient(conn), pb.NewAccessPointServiceClient(conn))
+	}
+	if o.node {
+		var m filecsi.Mounter
+		switch o.nfsClient {
+		case "kernel":
+			m = &filecsi.KernelMounter{StateDir: o.stateDir}
+		case "fuse", "auto":
+			if o.nfsClient == "auto" && filecsi.KernelNFS() {
+				m = &filecsi.KernelMounter{StateDir: o.stateDir}
+				break
+			}
+			helper := o.mountHelper
+			if helper == "" {
+				self, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("find this binary for the FUSE NFS client: %w (set --mount-helper)", err)
+				}
+				helper = self
+			}
+			m = &filecsi.FUSEMounter{Helper: helper, StateDir: o.stateDir, NodeID: o.nodeID}
+		default:
+			return usageErrorf("--nfs-client %q: use auto, kernel or fuse", o.nfsClient)
+		}
+		slog.Info("file driver node: NFS client chosen", "client", fmt.Sprintf("%T", m), "stateDir", o.stateDir)
+		node = filecsi.NewNodeService(filecsi.NodeConfig{NodeID: o.nodeID}, m, pb.NewAccessPointServiceClient(conn))
+		go node.Watch(ctx)
+		if o.registrationDir != "" {
+			if _, _, err := csi.ServeRegistrationFor(ctx, filecsi.DriverName, o.registrationDir, o.endpoint); err != nil {
+				return err
+			}
+		}
+	}
+	d := filecsi.NewDriver(ctrl, node)
+	if o.metricsAddr != "" {
 		m := metrics.New()
 		d.Interceptors = append(d.Interceptors, m.CSIInterceptor(filecsi.DriverName))
-		if err := serveMetrics(ctx, m, metricsAddr); err != nil {
+		if err := serveMetrics(ctx, m, o.metricsAddr); err != nil {
 			return err
 		}
 	}
-	return d.Serve(ctx, endpoint)
+	return d.Serve(ctx, o.endpoint)
 }
 
 const metricsAddressUsage = "serve Prometheus metrics on http://<address>/metrics, host:port (empty: no metrics; docs/metrics.md lists them)"

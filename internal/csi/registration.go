@@ -20,21 +20,32 @@ import (
 // is. It replaces node-driver-registrar.
 type Registrar struct {
 	reg.UnimplementedRegistrationServer
+	driver      string
 	csiEndpoint string
 	registered  atomic.Bool
 }
 
-// RegistrationSocket is where the kubelet looks for our registration socket.
-func RegistrationSocket(dir string) string {
-	return filepath.Join(dir, DriverName+"-reg.sock")
+// RegistrationSocket is where the kubelet looks for the block driver's
+// registration socket.
+func RegistrationSocket(dir string) string { return RegistrationSocketFor(DriverName, dir) }
+
+// RegistrationSocketFor is where the kubelet looks for driver's
+// registration socket.
+func RegistrationSocketFor(driver, dir string) string {
+	return filepath.Join(dir, driver+"-reg.sock")
 }
 
-// ServeRegistration serves the registration socket in dir (the kubelet's
-// plugins_registry) for the CSI socket csiEndpoint, until ctx ends, and
-// removes the socket then so the kubelet unregisters the driver.
+// ServeRegistration serves the block driver's registration (ServeRegistrationFor).
 func ServeRegistration(ctx context.Context, dir, csiEndpoint string) (*Registrar, <-chan error, error) {
-	r := &Registrar{csiEndpoint: strings.TrimPrefix(csiEndpoint, "unix://")}
-	sock := RegistrationSocket(dir)
+	return ServeRegistrationFor(ctx, DriverName, dir, csiEndpoint)
+}
+
+// ServeRegistrationFor serves driver's registration socket in dir (the
+// kubelet's plugins_registry) for the CSI socket csiEndpoint, until ctx
+// ends, and removes the socket then so the kubelet unregisters the driver.
+func ServeRegistrationFor(ctx context.Context, driver, dir, csiEndpoint string) (*Registrar, <-chan error, error) {
+	r := &Registrar{driver: driver, csiEndpoint: strings.TrimPrefix(csiEndpoint, "unix://")}
+	sock := RegistrationSocketFor(driver, dir)
 	lis, err := Listen("unix://" + sock)
 	if err != nil {
 		return nil, nil, fmt.Errorf("listen on kubelet registration socket %s: %w", sock, err)
@@ -62,15 +73,15 @@ func ServeRegistration(ctx context.Context, dir, csiEndpoint string) (*Registrar
 func (r *Registrar) Registered() bool { return r.registered.Load() }
 
 func (r *Registrar) GetInfo(context.Context, *reg.InfoRequest) (*reg.PluginInfo, error) {
-	return &reg.PluginInfo{Type: "CSIPlugin", Name: DriverName, Endpoint: r.csiEndpoint, SupportedVersions: []string{"1.0.0"}}, nil
+	return &reg.PluginInfo{Type: "CSIPlugin", Name: r.driver, Endpoint: r.csiEndpoint, SupportedVersions: []string{"1.0.0"}}, nil
 }
 
 func (r *Registrar) NotifyRegistrationStatus(_ context.Context, s *reg.RegistrationStatus) (*reg.RegistrationStatusResponse, error) {
 	r.registered.Store(s.PluginRegistered)
 	if s.PluginRegistered {
-		klog.InfoS("kubelet registered the driver", "driver", DriverName)
+		klog.InfoS("kubelet registered the driver", "driver", r.driver)
 	} else {
-		klog.ErrorS(errors.New(s.Error), "kubelet refused to register the driver", "driver", DriverName)
+		klog.ErrorS(errors.New(s.Error), "kubelet refused to register the driver", "driver", r.driver)
 	}
 	return &reg.RegistrationStatusResponse{}, nil
 }

@@ -1,7 +1,8 @@
-// Package filecsi is the controller side of the Stowage file CSI driver
-// (file.csi.stowage.io): each volume is an access point in a Stowage file
-// system, made with the EFS CSI driver's StorageClass parameters. The node
-// side (mounting access points) is not built yet.
+// Package filecsi is the Stowage file CSI driver (file.csi.stowage.io):
+// each volume is an access point in a Stowage file system, made with the
+// EFS CSI driver's StorageClass parameters (the controller), and mounted
+// into pods over NFS, by the kernel's client or Stowage's FUSE client (the
+// node).
 package filecsi
 
 import (
@@ -23,16 +24,20 @@ import (
 // DriverName is the CSI driver name of Stowage file volumes.
 const DriverName = "file.csi.stowage.io"
 
-// Driver serves the identity service and the controller.
+// Driver serves the identity service, the controller and the node, each
+// when given.
 type Driver struct {
 	controller *ControllerService
+	node       *NodeService
 	srv        *grpc.Server
 	// Interceptors wrap every CSI call, outermost first.
 	Interceptors []grpc.UnaryServerInterceptor
 }
 
-// NewDriver returns a driver serving controller.
-func NewDriver(controller *ControllerService) *Driver { return &Driver{controller: controller} }
+// NewDriver returns a driver serving controller and node (either may be nil).
+func NewDriver(controller *ControllerService, node *NodeService) *Driver {
+	return &Driver{controller: controller, node: node}
+}
 
 // Serve listens on endpoint (unix:///path or tcp://host:port) and serves
 // until ctx ends.
@@ -46,11 +51,14 @@ func (d *Driver) Serve(ctx context.Context, endpoint string) error {
 	if d.controller != nil {
 		csi.RegisterControllerServer(d.srv, d.controller)
 	}
+	if d.node != nil {
+		csi.RegisterNodeServer(d.srv, d.node)
+	}
 	go func() {
 		<-ctx.Done()
 		d.srv.GracefulStop()
 	}()
-	klog.InfoS("CSI driver listening", "driver", DriverName, "endpoint", endpoint, "controller", d.controller != nil, "node", false)
+	klog.InfoS("CSI driver listening", "driver", DriverName, "endpoint", endpoint, "controller", d.controller != nil, "node", d.node != nil)
 	if err := d.srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve CSI on %s: %w", endpoint, err)
 	}
