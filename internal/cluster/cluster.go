@@ -42,6 +42,8 @@ const (
 	// DriverName is the block CSI driver's name (internal/csi.DriverName;
 	// repeated here so that this package does not import the driver).
 	DriverName = "block.csi.stowage.io"
+	// FileDriverName is the file CSI driver's (internal/csi/filecsi).
+	FileDriverName = "file.csi.stowage.io"
 
 	// NodeInterface carries the node address; CNIBridge is the pods' bridge.
 	NodeInterface = "stowage0"
@@ -231,3 +233,8 @@ func (l Layout) CSINodeSocket() string {
 	return l.path("kubelet", "plugins", DriverName, "csi.sock")
 }
 func (l Layout) PluginsRegistry() string { return l.path("kubelet", "plugins_registry") }
+
+// CSIFileSocket is the file driver's CSI socket; CSIFileState its node
+// state (one record per mount).
+func (l Layout) CSIFileSocket() string { return l.path("kubelet", "plugins", FileDriverName, "csi.sock") }
+func (l Layout) CSIFileState() string  { return l.path("csi-file-node") }

@@ -82,7 +82,17 @@ const (
 	ServerMetricsAddress     = "127.0.0.1:9420"
 	ControllerMetricsAddress = "127.0.0.1:9421"
 	NodeMetricsAddress       = "127.0.0.1:9422"
+	FileDriverMetricsAddress = "127.0.0.1:9423"
 )
+
+// NFSAddress is where the storage host's nfs-ganesha serves access points:
+// loopback, and not 2049, so that it never meets a kernel NFS server of the
+// machine.
+const NFSAddress = "127.0.0.1:12049"
+
+// FilePoolSize is the size of the btrfs image holding the file systems'
+// trees (sparse: it takes only what is written).
+const FilePoolSize = "100G"
 
 // Component is one process of the cluster.
 type Component struct {
@@ -110,14 +120,20 @@ func (c *Config) Components() []Component {
 	// implements ControllerModifyVolume, so turn it on end to end.
 	vacGate := "--feature-gates=VolumeAttributesClass=true"
 	const sidecarQPS, sidecarBurst = "100", "200"
-	sidecar := func(name string, extra ...string) Component {
+	// sidecarFor runs sidecar binary bin as component name for the CSI
+	// socket sock of the component driver.
+	sidecarFor := func(name, bin, sock, driver string, extra ...string) Component {
 		// The sidecars' client default of 5 requests/s (burst 10) made
 		// them the bottleneck of many claims at once: each attach and
 		// provision takes several API calls (docs/benchmarks.md, StatefulSet).
-		args := append([]string{"--csi-address=" + csiCtrl, "--kubeconfig=" + kc(name), "--leader-election=false", "--v=2",
+		args := append([]string{"--csi-address=" + sock, "--kubeconfig=" + kc(bin), "--leader-election=false", "--v=2",
 			"--kube-api-qps=" + sidecarQPS, "--kube-api-burst=" + sidecarBurst}, extra...)
-		return Component{Name: name, Cmd: Command{Path: bin(name), Args: args}, Needs: []string{"kube-apiserver", "csi-controller"}}
+		return Component{Name: name, Cmd: Command{Path: filepath.Join(c.BinDir, bin), Args: args}, Needs: []string{"kube-apiserver", driver}}
 	}
+	sidecar := func(name string, extra ...string) Component {
+		return sidecarFor(name, name, csiCtrl, "csi-controller", extra...)
+	}
+	fileSock := l.CSIFileSocket()
 	// The provisioner publishes the pools' capacity per storage class and
 	// topology segment as CSIStorageCapacity objects in kube-system (no
 	// owner: it is not a pod here), refreshed every 30 s and after each
@@ -234,6 +250,8 @@ func (c *Config) Components() []Component {
 			"--zone=" + c.Zone,
 			"--node=" + c.NodeName,
 			fmt.Sprintf("--pool=name=pool-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, c.PoolSize),
+			fmt.Sprintf("--file-pool=name=files-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, FilePoolSize),
+			"--nfs-listen=" + NFSAddress,
 		}}, Ready: func(ctx context.Context) error { return dialUnix(l.StowageSocket()) }},
 		{Name: "csi-controller", Needs: []string{"stowage-server"}, Cmd: Command{Path: c.Stowage, Args: []string{
 			"csi", "controller",
@@ -262,6 +280,22 @@ func (c *Config) Components() []Component {
 			"--kubelet-registration-dir=" + l.PluginsRegistry(),
 			"--metrics-address=" + NodeMetricsAddress,
 		}}, Ready: func(ctx context.Context) error { return dialUnix(l.CSINodeSocket()) }},
+		// The file driver, controller and node in one process; its mounts
+		// are FUSE client processes of their own (or kernel NFS mounts),
+		// which outlive a restart of it.
+		{Name: "csi-file", Needs: []string{"stowage-server"}, Cmd: Command{Path: c.Stowage, Args: []string{
+			"csi", "all", "--driver=file",
+			"--endpoint=unix://" + fileSock,
+			"--api=" + stowageAPI,
+			"--node-id=" + c.NodeName,
+			"--state-dir=" + l.CSIFileState(),
+			"--kubelet-registration-dir=" + l.PluginsRegistry(),
+			"--metrics-address=" + FileDriverMetricsAddress,
+		}}, Ready: func(ctx context.Context) error { return dialUnix(fileSock) }},
+		// Volume names and claims' namespaces and names reach CreateVolume
+		// (subPathPattern, reuseAccessPoint) through --extra-create-metadata.
+		sidecarFor("csi-file-provisioner", "csi-provisioner", fileSock, "csi-file", "--extra-create-metadata", "--timeout=60s", "--retry-interval-start=500ms", "--retry-interval-max=30s"),
+		sidecarFor("csi-file-resizer", "csi-resizer", fileSock, "csi-file", "--timeout=60s", "--handle-volume-inuse-error=false"),
 	}
 }
 

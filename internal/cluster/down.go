@@ -69,7 +69,7 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 	// so that nothing reacts to the node going away; then the kubelet, so
 	// that it does not restart the pods stopped next.
 	stop(Supervisor, "kube-controller-manager", "kube-scheduler", "snapshot-controller",
-		"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "kubelet")
+		"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "csi-file-provisioner", "csi-file-resizer", "kubelet")
 
 	if st, _ := c.process("containerd").State(); st == Running {
 		t := time.Now()
@@ -82,7 +82,7 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 	if k := killCgroupTree("kubepods"); k > 0 {
 		report("killed %d processes left in pod cgroups", k)
 	}
-	stop("kube-proxy", "csi-node", "csi-controller")
+	stop("kube-proxy", "csi-node", "csi-file", "csi-controller")
 
 	// Volumes: pods' mounts and the node plugin's staging mounts live under
 	// the kubelet's root; their loop devices are backed by images in the

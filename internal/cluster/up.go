@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -241,7 +242,7 @@ func (c *Config) upSteps(o UpOptions) []step {
 		needs := comp.Needs
 		// The sidecars act on objects that `manifests` creates and are
 		// allowed to by its RBAC rules.
-		if strings.HasPrefix(comp.Name, "csi-") && comp.Name != "csi-controller" && comp.Name != "csi-node" {
+		if strings.HasPrefix(comp.Name, "csi-") && comp.Name != "csi-controller" && comp.Name != "csi-node" && comp.Name != "csi-file" {
 			needs = append(needs, "manifests")
 		}
 		steps = append(steps, step{name: comp.Name, needs: needs, run: c.startComponent(comp, o.Timeout)})
@@ -253,7 +254,8 @@ func (c *Config) upSteps(o UpOptions) []step {
 		}},
 		step{name: "images", needs: []string{"containerd"}, run: c.importImages},
 		step{name: "manifests", needs: []string{"kube-apiserver"}, run: c.applyManifests},
-		step{name: "node ready", needs: []string{"kubelet", "csi-node", "kube-proxy"}, run: func(ctx context.Context) (string, error) {
+		step{name: "file system", needs: []string{"stowage-server", "manifests"}, run: c.defaultFileSystem},
+		step{name: "node ready", needs: []string{"kubelet", "csi-node", "csi-file", "kube-proxy"}, run: func(ctx context.Context) (string, error) {
 			return c.waitNode(ctx, o.Timeout)
 		}},
 		step{name: "default serviceaccount", needs: []string{"kube-controller-manager"}, run: func(ctx context.Context) (string, error) {
@@ -264,7 +266,7 @@ func (c *Config) upSteps(o UpOptions) []step {
 			})
 		}},
 	)
-	all = append(all, "network", "images", "manifests", "node ready", "default serviceaccount")
+	all = append(all, "network", "images", "manifests", "file system", "node ready", "default serviceaccount")
 	steps = append(steps, step{name: Supervisor, needs: all, run: c.startComponent(c.supervisorComponent(), o.Timeout)})
 	if !o.SkipCheck {
 		steps = append(steps, step{name: "check", needs: all, run: func(ctx context.Context) (string, error) {
@@ -435,14 +437,14 @@ func (c *Config) waitNode(ctx context.Context, timeout time.Duration) (string, e
 	if err != nil {
 		return "", err
 	}
-	err = poll(ctx, timeout, 300*time.Millisecond, "the kubelet to register "+DriverName+" (CSINode "+c.NodeName+")", func(ctx context.Context) (bool, error) {
+	err = poll(ctx, timeout, 300*time.Millisecond, "the kubelet to register "+DriverName+" and "+FileDriverName+" (CSINode "+c.NodeName+")", func(ctx context.Context) (bool, error) {
 		out, err := k.get(ctx, "{.spec.drivers[*].name}", "csinode", c.NodeName)
-		return strings.Contains(out, DriverName), err
+		return strings.Contains(out, DriverName) && strings.Contains(out, FileDriverName), err
 	})
 	if err != nil {
-		return "", fmt.Errorf("%w (node plugin log: %s, kubelet log: %s)", err, c.Layout().LogFile("csi-node"), c.Layout().LogFile("kubelet"))
+		return "", fmt.Errorf("%w (node plugin logs: %s, %s; kubelet log: %s)", err, c.Layout().LogFile("csi-node"), c.Layout().LogFile("csi-file"), c.Layout().LogFile("kubelet"))
 	}
-	return c.NodeName + " Ready, " + DriverName + " registered", nil
+	return c.NodeName + " Ready, " + DriverName + " and " + FileDriverName + " registered", nil
 }
 
 const checkName = "stowage-up-check"
@@ -526,4 +528,60 @@ func (c *Config) checkVolume(ctx context.Context, timeout time.Duration) (string
 		}
 	}
 	return "claim bound, pod mounted " + pv + ", deleted", nil
+}
+
+// DefaultFileSystemName names the file system `up` makes for the
+// stowage-efs StorageClass (a client token: made once, found after).
+const DefaultFileSystemName = "stowage-default"
+
+// EFSClassName is the StorageClass of access points in the default file
+// system.
+const EFSClassName = "stowage-efs"
+
+// efsClass is the stowage-efs StorageClass for file system id: one access
+// point per claim under /dynamic_provisioning, as the EFS driver's example
+// class does, with a gid of its own per claim.
+func efsClass(id string) []byte {
+	return []byte(`# Made by stowage up for its default file system; apply your own with
+# another fileSystemId (stowage fs create) for a file system of your own.
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: ` + EFSClassName + `
+provisioner: ` + FileDriverName + `
+parameters:
+  provisioningMode: efs-ap
+  fileSystemId: ` + id + `
+  directoryPerms: "700"
+  gidRangeStart: "50000"
+  gidRangeEnd: "7000000"
+  basePath: /dynamic_provisioning
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+allowVolumeExpansion: true
+`)
+}
+
+// defaultFileSystem makes (or finds) the default file system and applies
+// the stowage-efs class for it.
+func (c *Config) defaultFileSystem(ctx context.Context) (string, error) {
+	cmd := exec.CommandContext(ctx, c.Stowage, "--endpoint=unix://"+c.Layout().StowageSocket(), "fs", "create", "--name", DefaultFileSystemName, "-o", "json")
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = strings.TrimSpace(string(ee.Stderr))
+		}
+		return "", fmt.Errorf("create the default file system: %v: %s", err, stderr)
+	}
+	var fs struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(out, &fs); err != nil || fs.ID == "" {
+		return "", fmt.Errorf("create the default file system: unexpected output %q: %v", out, err)
+	}
+	if _, err := c.kubectl().run(ctx, efsClass(fs.ID), "apply", "--server-side", "--force-conflicts", "--field-manager=stowage-up", "-f", "-"); err != nil {
+		return "", err
+	}
+	return fs.ID + ", StorageClass " + EFSClassName, nil
 }

@@ -8,7 +8,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,6 +24,7 @@ import (
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/csi"
+	"github.com/stowage-io/stowage/internal/csi/filecsi"
 	"github.com/stowage-io/stowage/internal/files"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/server"
@@ -39,6 +42,12 @@ type Options struct {
 	MaxVolumes int64
 	// NoDriver skips the CSI driver (API-only tests).
 	NoDriver bool
+	// FileDriver serves file systems for real: the file-tree pool is btrfs
+	// (quotas), nfs-ganesha exports access points, and the file CSI driver
+	// (controller and node, mounting with the FUSE client MountHelper, a
+	// stowage binary: BuildStowage) serves at FileCSIEndpoint.
+	FileDriver  bool
+	MountHelper string
 }
 
 // Stack is a running Stowage for one test.
@@ -50,10 +59,14 @@ type Stack struct {
 	CSIEndpoint string // unix:///…
 	StateDir    string
 	Node, Zone  string
-	Server      *server.Server
-	Conn        *grpc.ClientConn
-	Volumes     pb.VolumeServiceClient
-	Snapshots   pb.SnapshotServiceClient
+	// FileCSIEndpoint and FileStateDir are the file driver's (FileDriver).
+	FileCSIEndpoint string
+	FileStateDir    string
+	NFSAddress      string
+	Server          *server.Server
+	Conn            *grpc.ClientConn
+	Volumes         pb.VolumeServiceClient
+	Snapshots       pb.SnapshotServiceClient
 }
 
 // Start brings a stack up or fails the test. It needs root.
@@ -104,19 +117,37 @@ func Start(t testing.TB, o Options) *Stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A file-tree pool of plain directories (no quotas) for file systems.
-	filePool, err := files.Open(files.Config{Dir: filepath.Join(dir, "files"), Zone: o.Zone, Node: o.Node})
+	// A file-tree pool of plain directories (no quotas) for file systems;
+	// with the file driver, btrfs with quota groups, exported over NFS.
+	fileDir := filepath.Join(dir, "files")
+	if o.FileDriver {
+		fileDir = filepath.Join(loopfs.New(t, "btrfs", 4<<30), "files")
+		// After loopfs.New: unmount what is mounted in the pool (an
+		// exported subvolume's own mount) before the pool goes.
+		t.Cleanup(func() { CleanupUnder(t, fileDir, fileDir) })
+	}
+	filePool, err := files.Open(files.Config{Dir: fileDir, Zone: o.Zone, Node: o.Node})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.FilePoolDir = filePool.Dir()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	var exporters map[string]server.Exporter
+	if o.FileDriver {
+		g, err := files.StartGanesha(ctx, files.GaneshaConfig{StateDir: filepath.Join(dir, "ganesha"), Port: freePort(t), Graceless: true, Logger: logger}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(g.Stop)
+		exporters = map[string]server.Exporter{"files-a": g}
+		s.NFSAddress = g.Address()
+	}
 	s.Server, err = server.New(server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, Logger: logger, KMS: keys,
-		FilePools: map[string]server.FilePool{"files-a": filePool}})
+		FilePools: map[string]server.FilePool{"files-a": filePool}, Exporters: exporters, NFSAddress: s.NFSAddress})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
 	if err := s.Server.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +166,9 @@ func Start(t testing.TB, o Options) *Stack {
 	}
 	t.Cleanup(func() { s.Conn.Close() })
 	s.Volumes, s.Snapshots = pb.NewVolumeServiceClient(s.Conn), pb.NewSnapshotServiceClient(s.Conn)
+	if o.FileDriver {
+		s.startFileDriver(t, ctx, o)
+	}
 	if o.NoDriver {
 		return s
 	}
@@ -204,4 +238,61 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// startFileDriver serves the file CSI driver, controller and node, with
+// the FUSE NFS client o.MountHelper.
+func (s *Stack) startFileDriver(t testing.TB, ctx context.Context, o Options) {
+	if o.MountHelper == "" {
+		t.Fatal("stack: FileDriver needs MountHelper (stack.BuildStowage)")
+	}
+	s.FileCSIEndpoint = "unix://" + filepath.Join(s.Dir, "file-csi.sock")
+	s.FileStateDir = filepath.Join(s.Dir, "file-node-state")
+	m := &filecsi.FUSEMounter{Helper: o.MountHelper, StateDir: s.FileStateDir, NodeID: o.Node}
+	ctrl := filecsi.NewControllerService(pb.NewFileSystemServiceClient(s.Conn), pb.NewAccessPointServiceClient(s.Conn))
+	node := filecsi.NewNodeService(filecsi.NodeConfig{NodeID: o.Node, CheckInterval: time.Second}, m, pb.NewAccessPointServiceClient(s.Conn))
+	dctx, cancel := context.WithCancel(ctx)
+	go node.Watch(dctx)
+	d := filecsi.NewDriver(ctrl, node)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := d.Serve(dctx, s.FileCSIEndpoint); err != nil {
+			t.Errorf("file CSI driver: %v", err)
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		// FUSE clients a failed test left running: stop them (by the pids
+		// their records name) so their mounts go.
+		mounts, _ := m.Mounts()
+		for target := range mounts {
+			if err := m.Unmount(context.Background(), target); err != nil {
+				t.Errorf("cleanup: unmount %s: %v", target, err)
+			}
+		}
+	})
+	waitForSocket(t, strings.TrimPrefix(s.FileCSIEndpoint, "unix://"))
+}
+
+// BuildStowage builds the stowage binary into a temporary directory (the
+// FUSE NFS client, `stowage nfs-mount`, runs as a process of its own).
+func BuildStowage(t testing.TB) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "stowage")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/stowage-io/stowage/cmd/stowage")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build stowage: %v\n%s", err, b)
+	}
+	return out
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
