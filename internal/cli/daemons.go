@@ -416,7 +416,7 @@ func runFileDriver(ctx context.Context, conn *grpc.ClientConn, o fileDriverOptio
 			return usageErrorf("--nfs-client %q: use auto, kernel or fuse", o.nfsClient)
 		}
 		slog.Info("file driver node: NFS client chosen", "client", fmt.Sprintf("%T", m), "stateDir", o.stateDir)
-		node = filecsi.NewNodeService(filecsi.NodeConfig{NodeID: o.nodeID}, m, pb.NewAccessPointServiceClient(conn))
+		node = filecsi.NewNodeService(filecsi.NodeConfig{NodeID: o.nodeID}, m, pb.NewFileSystemServiceClient(conn), pb.NewAccessPointServiceClient(conn))
 		go node.Watch(ctx)
 		if o.registrationDir != "" {
 			if _, _, err := csi.ServeRegistrationFor(ctx, filecsi.DriverName, o.registrationDir, o.endpoint); err != nil {

@@ -289,6 +289,18 @@ func allocateExportID(tx store.Tx, pool, apID string) (uint16, error) {
 
 func exportIDKey(pool string, id uint16) string { return fmt.Sprintf("%s/%05d", pool, id) }
 
+// freeExportID gives back export id eid when owner (an access point or a
+// file system) holds it.
+func freeExportID(tx store.Tx, eid uint16, owner string) error {
+	if eid == 0 {
+		return nil
+	}
+	if cur, err := tx.Get(bucketExportIDs, exportIDKey(exportNamespace, eid)); err == nil && string(cur) == owner {
+		return tx.Delete(bucketExportIDs, exportIDKey(exportNamespace, eid))
+	}
+	return nil
+}
+
 func (s *Server) rollbackAccessPoint(a *accessPointRecord) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -490,12 +502,8 @@ func (s *Server) removeAccessPoint(ctx context.Context, a *accessPointRecord, ro
 		if err := tx.Delete(bucketFileSystemAPs, a.FileSystemID+"/"+a.ID); err != nil {
 			return err
 		}
-		if a.ExportID != 0 {
-			if cur, err := tx.Get(bucketExportIDs, exportIDKey(exportNamespace, a.ExportID)); err == nil && string(cur) == a.ID {
-				if err := tx.Delete(bucketExportIDs, exportIDKey(exportNamespace, a.ExportID)); err != nil {
-					return err
-				}
-			}
+		if err := freeExportID(tx, a.ExportID, a.ID); err != nil {
+			return err
 		}
 		var f fileSystemRecord
 		if err := store.GetJSON(tx, bucketFileSystems, a.FileSystemID, &f); errors.Is(err, store.ErrNotFound) {
@@ -578,6 +586,9 @@ func (s *Server) reconcileFiles(ctx context.Context) error {
 		if m, ok := known[f.Pool]; ok {
 			m[f.ID] = true
 		}
+		if err := s.reexportFileSystem(ctx, f); err != nil {
+			return fmt.Errorf("reconcile: export file system %s: %w", f.ID, err)
+		}
 	}
 	for name, p := range s.filePools {
 		ids, err := p.ListFileSystems()
@@ -594,4 +605,27 @@ func (s *Server) reconcileFiles(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// reexportFileSystem exports an available file system again after a
+// start; one made before file systems had exports of their own gets an
+// export id first.
+func (s *Server) reexportFileSystem(ctx context.Context, f *fileSystemRecord) error {
+	if _, exported := s.exporters[f.Pool]; !exported {
+		return nil
+	}
+	if f.ExportID == 0 {
+		err := s.store.Update(ctx, func(tx store.Tx) error {
+			eid, err := allocateExportID(tx, exportNamespace, f.ID)
+			if err != nil {
+				return err
+			}
+			f.ExportID = eid
+			return store.PutJSON(tx, bucketFileSystems, f.ID, f)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return s.exportFileSystem(ctx, f)
 }

@@ -190,8 +190,17 @@ func TestCreateAccessPoint_MakesRootWithOwner_ExportsAsItsUser_Idempotent(t *tes
 	if err != nil || fi.Mode().Perm() != 0o750 {
 		t.Fatalf("root directory: %v %v", fi, err)
 	}
+	// The whole file system has an export of its own, unsquashed, with
+	// another export id.
+	fx, ok := e.ex.exports[f.Id]
+	if !ok || fx.Squash || fx.ID == 0 || fx.Pseudo != "/"+f.Id || fx.Path != e.tree.HostPath(f.Id, "/") {
+		t.Fatalf("file system export %+v (present %t)", fx, ok)
+	}
+	if d, _ := e.srv.DescribeFileSystem(ctx, &pb.DescribeFileSystemRequest{FileSystemId: f.Id}); d.GetNfsExportPath() != "/"+f.Id {
+		t.Errorf("describe says the file system's export is %q, want /%s", d.GetNfsExportPath(), f.Id)
+	}
 	x, ok := e.ex.exports[a.Id]
-	if !ok || !x.Squash || x.AnonUID != 1000 || x.AnonGID != 1000 || x.ID == 0 || x.Pseudo != "/"+a.Id ||
+	if !ok || x.ID == fx.ID || !x.Squash || x.AnonUID != 1000 || x.AnonGID != 1000 || x.ID == 0 || x.Pseudo != "/"+a.Id ||
 		x.Path != e.tree.HostPath(f.Id, "/dynamic_provisioning/pvc-1") {
 		t.Fatalf("export %+v (present %t)", x, ok)
 	}
@@ -256,8 +265,8 @@ func TestCreateAccessPoint_BadInput_NamesTheValue(t *testing.T) {
 		})
 	}
 	got, _ := e.srv.DescribeFileSystem(testCtx(t), &pb.DescribeFileSystemRequest{FileSystemId: f.Id})
-	if got.AccessPointCount != 0 || len(e.ex.exports) != 0 {
-		t.Errorf("refused creates left %d access points, %d exports", got.AccessPointCount, len(e.ex.exports))
+	if got.AccessPointCount != 0 || len(e.ex.exports) != 1 {
+		t.Errorf("refused creates left %d access points, %d exports (want only the file system's own)", got.AccessPointCount, len(e.ex.exports))
 	}
 }
 

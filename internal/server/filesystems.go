@@ -69,6 +69,28 @@ type fileSystemRecord struct {
 	AccessPointLimit int                `json:"accessPointLimit"`
 	Tags             map[string]string  `json:"tags,omitempty"`
 	Created          time.Time          `json:"created"`
+	// ExportID is the NFS export of the whole file system (static volumes
+	// `fs-…[:/sub/path]` mount it), from the access points' id space.
+	ExportID uint16 `json:"exportId,omitempty"`
+}
+
+// pseudo is the NFSv4 pseudo path of the whole file system's export.
+func (f *fileSystemRecord) pseudo() string { return "/" + f.ID }
+
+// export is the whole file system, without squashing: as an EFS file
+// system mounted without an access point, every client user is itself.
+func (f *fileSystemRecord) export(p FilePool) files.Export {
+	return files.Export{ID: f.ExportID, AccessPointID: f.ID, Path: p.HostPath(f.ID, "/"), Pseudo: f.pseudo()}
+}
+
+// exportFileSystem serves f's tree over NFS when its pool is exported.
+func (s *Server) exportFileSystem(ctx context.Context, f *fileSystemRecord) error {
+	p, pok := s.filePools[f.Pool]
+	ex, eok := s.exporters[f.Pool]
+	if !pok || !eok || f.ExportID == 0 {
+		return nil
+	}
+	return ex.Export(ctx, f.export(p))
 }
 
 // File system and access point states.
@@ -97,10 +119,12 @@ func (f *fileSystemRecord) toProto(usedBytes int64) *pb.FileSystem {
 	}
 }
 
-// fsProto adds where the file system's access points are served over NFS.
+// fsProto adds where the file system and its access points are served
+// over NFS (the whole file system at /<fs id>).
 func (s *Server) fsProto(f *pb.FileSystem) *pb.FileSystem {
 	if _, ok := s.exporters[f.Pool]; ok {
 		f.NfsAddress = s.nfsAddress
+		f.NfsExportPath = "/" + f.Id
 	}
 	return f
 }
@@ -189,9 +213,24 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 	}
 	faults.Point("create-fs:tree-created")
 	f.State = fsAvailable
-	if err := s.putFileSystem(ctx, f); err != nil {
+	err = s.store.Update(ctx, func(tx store.Tx) error {
+		if _, exported := s.exporters[f.Pool]; exported {
+			eid, err := allocateExportID(tx, exportNamespace, f.ID)
+			if err != nil {
+				return err
+			}
+			f.ExportID = eid
+		}
+		return store.PutJSON(tx, bucketFileSystems, f.ID, f)
+	})
+	if err != nil {
 		s.rollbackFileSystem(f)
-		return nil, err
+		return nil, internal(err, "record file system %s", f.ID)
+	}
+	// Available before exported: a crash between the two is mended by
+	// Reconcile, which exports every available file system.
+	if err := s.exportFileSystem(ctx, f); err != nil {
+		return nil, internal(err, "export file system %s", f.ID)
 	}
 	s.log.Info("file system created", "fileSystem", f.ID, "name", f.Name, "pool", poolName, "zone", f.Zone,
 		"performanceMode", f.PerformanceMode, "throughputMode", f.ThroughputMode)
@@ -355,12 +394,20 @@ func (s *Server) deleteFileSystem(ctx context.Context, f *fileSystemRecord) erro
 		return err
 	}
 	faults.Point("delete-fs:marked")
+	if ex, ok := s.exporters[f.Pool]; ok {
+		if err := ex.Unexport(ctx, f.ID); err != nil {
+			return internal(err, "unexport file system %s", f.ID)
+		}
+	}
 	if p, ok := s.filePools[f.Pool]; ok {
 		if err := p.DeleteFileSystem(ctx, f.ID); err != nil {
 			return internal(err, "delete tree of file system %s", f.ID)
 		}
 	}
 	err := s.store.Update(ctx, func(tx store.Tx) error {
+		if err := freeExportID(tx, f.ExportID, f.ID); err != nil {
+			return err
+		}
 		return forget(tx, bucketFileSystems, bucketFileSystemNames, f.ID, f.Name)
 	})
 	if err != nil {

@@ -168,7 +168,10 @@ type FileSystem struct {
 	Node string `protobuf:"bytes,18,opt,name=node,proto3" json:"node,omitempty"`
 	// The NFS server (host:port) exporting this file system's access points;
 	// empty when the server does not serve NFS.
-	NfsAddress    string `protobuf:"bytes,19,opt,name=nfs_address,json=nfsAddress,proto3" json:"nfs_address,omitempty"`
+	NfsAddress string `protobuf:"bytes,19,opt,name=nfs_address,json=nfsAddress,proto3" json:"nfs_address,omitempty"`
+	// The NFSv4 path of the whole file system's export (no squashing; static
+	// volumes without an access point mount it); empty without NFS.
+	NfsExportPath string `protobuf:"bytes,20,opt,name=nfs_export_path,json=nfsExportPath,proto3" json:"nfs_export_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -332,6 +335,13 @@ func (x *FileSystem) GetNode() string {
 func (x *FileSystem) GetNfsAddress() string {
 	if x != nil {
 		return x.NfsAddress
+	}
+	return ""
+}
+
+func (x *FileSystem) GetNfsExportPath() string {
+	if x != nil {
+		return x.NfsExportPath
 	}
 	return ""
 }
@@ -1389,7 +1399,7 @@ var File_stowage_v1_files_proto protoreflect.FileDescriptor
 const file_stowage_v1_files_proto_rawDesc = "" +
 	"\n" +
 	"\x16stowage/v1/files.proto\x12\n" +
-	"stowage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x06\n" +
+	"stowage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x06\n" +
 	"\n" +
 	"FileSystem\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -1414,7 +1424,8 @@ const file_stowage_v1_files_proto_rawDesc = "" +
 	"\x04pool\x18\x11 \x01(\tR\x04pool\x12\x12\n" +
 	"\x04node\x18\x12 \x01(\tR\x04node\x12\x1f\n" +
 	"\vnfs_address\x18\x13 \x01(\tR\n" +
-	"nfsAddress\x1a7\n" +
+	"nfsAddress\x12&\n" +
+	"\x0fnfs_export_path\x18\x14 \x01(\tR\rnfsExportPath\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa8\x03\n" +

@@ -35,19 +35,21 @@ type NodeService struct {
 	csi.UnimplementedNodeServer
 	cfg          NodeConfig
 	mounter      Mounter
+	fileSystems  pb.FileSystemServiceClient
 	accessPoints pb.AccessPointServiceClient
 
 	mu      sync.Mutex
 	targets map[string]chan struct{} // per-target locks
 }
 
-// NewNodeService returns a node plugin mounting with m; accessPoints
-// resolves static volumes whose context does not say where to mount from.
-func NewNodeService(cfg NodeConfig, m Mounter, accessPoints pb.AccessPointServiceClient) *NodeService {
+// NewNodeService returns a node plugin mounting with m; fileSystems and
+// accessPoints resolve static volumes, whose context does not say where to
+// mount from.
+func NewNodeService(cfg NodeConfig, m Mounter, fileSystems pb.FileSystemServiceClient, accessPoints pb.AccessPointServiceClient) *NodeService {
 	if cfg.CheckInterval == 0 {
 		cfg.CheckInterval = 10 * time.Second
 	}
-	return &NodeService{cfg: cfg, mounter: m, accessPoints: accessPoints, targets: map[string]chan struct{}{}}
+	return &NodeService{cfg: cfg, mounter: m, fileSystems: fileSystems, accessPoints: accessPoints, targets: map[string]chan struct{}{}}
 }
 
 // Mount is one NFS mount of a volume at a target path.
@@ -182,9 +184,22 @@ func (n *NodeService) source(ctx context.Context, volumeID string, vc map[string
 		ap = h.AccessPointID
 	}
 	if ap == "" {
-		return "", "", false, status.Errorf(codes.InvalidArgument,
-			"NodePublishVolume %s: the volume names no access point; Stowage serves file systems over NFS through access points only: make one (`stowage ap create --fs %s --path /`) and write the handle as %s::fsap-… or add the mount option accesspoint=fsap-…",
-			volumeID, h.FileSystemID, h.FileSystemID)
+		// The whole file system (or a directory in it), as each client user.
+		got, err := n.fileSystems.DescribeFileSystem(ctx, &pb.DescribeFileSystemRequest{FileSystemId: h.FileSystemID})
+		if status.Code(err) == codes.NotFound {
+			return "", "", false, status.Errorf(codes.NotFound, "NodePublishVolume %s: file system %s does not exist", volumeID, h.FileSystemID)
+		}
+		if err != nil {
+			return "", "", false, apiError(err, "NodePublishVolume %s: describe file system %s", volumeID, h.FileSystemID)
+		}
+		if got.NfsAddress == "" || got.NfsExportPath == "" {
+			return "", "", false, status.Errorf(codes.FailedPrecondition, "NodePublishVolume %s: file system %s is not served over NFS (the Stowage server runs without --nfs-listen)", volumeID, h.FileSystemID)
+		}
+		server, export = got.NfsAddress, got.NfsExportPath
+		if h.SubPath != "" {
+			export = path.Join(export, h.SubPath)
+		}
+		return server, export, readOnly, nil
 	}
 	server, export = vc[ContextNFSServer], vc[ContextNFSExportPath]
 	if server == "" || export == "" || vc[ContextAccessPointID] != ap {

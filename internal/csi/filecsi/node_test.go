@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 )
@@ -76,6 +77,20 @@ func (f fakeAccessPoints) DescribeAccessPoint(_ context.Context, req *pb.Describ
 	return ap, nil
 }
 
+// fakeFileSystems answers DescribeFileSystem from a map.
+type fakeFileSystems struct {
+	pb.FileSystemServiceClient
+	fss map[string]*pb.FileSystem
+}
+
+func (f fakeFileSystems) DescribeFileSystem(_ context.Context, req *pb.DescribeFileSystemRequest, _ ...grpc.CallOption) (*pb.FileSystem, error) {
+	fs, ok := f.fss[req.FileSystemId]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "file system %s not found", req.FileSystemId)
+	}
+	return fs, nil
+}
+
 const (
 	testFSID = "fs-0123456789abcdef0"
 	testAPID = "fsap-0123456789abcdef0"
@@ -93,7 +108,10 @@ func newTestNode(t *testing.T) (*NodeService, *fakeMounter) {
 	aps := fakeAccessPoints{aps: map[string]*pb.AccessPoint{
 		testAPID: {Id: testAPID, FileSystemId: testFSID, NfsAddress: "127.0.0.1:12049", NfsExportPath: "/" + testAPID},
 	}}
-	return NewNodeService(NodeConfig{NodeID: "node-a"}, m, aps), m
+	fss := fakeFileSystems{fss: map[string]*pb.FileSystem{
+		testFSID: {Id: testFSID, NfsAddress: "127.0.0.1:12049", NfsExportPath: "/" + testFSID},
+	}}
+	return NewNodeService(NodeConfig{NodeID: "node-a"}, m, fss, aps), m
 }
 
 func TestNodePublishVolume_Sources(t *testing.T) {
@@ -124,7 +142,11 @@ func TestNodePublishVolume_Sources(t *testing.T) {
 			want: Mount{Server: "10.0.0.1:2049", Export: "/" + testAPID, ReadOnly: true}},
 		{name: "ro mount option", volumeID: testFSID + "::" + testAPID, vc: dynamicContext, cap: mountCap(rwx, "ro"),
 			want: Mount{Server: "10.0.0.1:2049", Export: "/" + testAPID, ReadOnly: true}},
-		{name: "no access point anywhere", volumeID: testFSID, cap: mountCap(rwx), code: codes.InvalidArgument, says: "accesspoint=fsap-"},
+		{name: "whole file system (static, no access point)", volumeID: testFSID, cap: mountCap(rwx),
+			want: Mount{Server: "127.0.0.1:12049", Export: "/" + testFSID}},
+		{name: "directory of a file system", volumeID: testFSID + ":/team/a", cap: mountCap(rwx),
+			want: Mount{Server: "127.0.0.1:12049", Export: "/" + testFSID + "/team/a"}},
+		{name: "unknown file system", volumeID: "fs-00000000000000009", cap: mountCap(rwx), code: codes.NotFound, says: "fs-00000000000000009"},
 		{name: "unknown access point", volumeID: testFSID + "::fsap-00000000000000001", cap: mountCap(rwx), code: codes.NotFound, says: "fsap-00000000000000001"},
 		{name: "access point of another file system", volumeID: "fs-00000000000000009::" + testAPID, cap: mountCap(rwx), code: codes.InvalidArgument, says: testFSID},
 		{name: "handle and option disagree", volumeID: testFSID + "::" + testAPID, cap: mountCap(rwx, "accesspoint=fsap-00000000000000002"), code: codes.InvalidArgument, says: "name one"},
@@ -184,9 +206,9 @@ func TestNodePublishVolume_RepeatedIdempotent_DeadMountMadeAgain(t *testing.T) {
 	if want := "mount " + target + ";unmount " + target + ";mount " + target; strings.Join(m.calls, ";") != want {
 		t.Errorf("publish over a dead mount made calls %v, want %s", m.calls, want)
 	}
-	other := *req
+	other := proto.Clone(req).(*csi.NodePublishVolumeRequest)
 	other.VolumeId = testFSID + ":/x:" + testAPID
-	if _, err := n.NodePublishVolume(context.Background(), &other); status.Code(err) != codes.FailedPrecondition {
+	if _, err := n.NodePublishVolume(context.Background(), other); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("publish of another volume at the same target: %v, want FailedPrecondition", err)
 	}
 }
