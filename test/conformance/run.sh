@@ -86,7 +86,7 @@ log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 # A skip rule is REASON<TAB>REGEX; the summary names the reason of each
 # skipped spec (rules here, or the test suite's own message when the suite
 # skips a spec itself, e.g. a capability the driver does not claim).
-focus='External Storage \[Driver: block\.csi\.stowage\.io\]'
+focus='External Storage \[Driver: (block|file)\.csi\.stowage\.io\]'
 rules=()
 rule() { rules+=("$1"$'\t'"$2"); }
 rule "needs SSH to the node to stop and start the kubelet with systemctl (storage/utils.KubeletCommand); the local cluster has no SSH server and its kubelet is a plain host process" '\[Disruptive\]'
@@ -127,6 +127,7 @@ e2e_args=(
 	--kubeconfig="$kubeconfig"
 	--provider=local
 	-storage.testdriver="$here/testdriver.yaml"
+	-storage.testdriver="$here/file-testdriver.yaml"
 	--repo-root="$repo"
 	--report-dir="$report_dir"
 	--kubelet-root-dir="$data_dir/kubelet"

@@ -127,31 +127,37 @@ var ignoredMountOptions = map[string]bool{
 	"relatime": true, "rw": true, "lookupcache": true, "actimeo": true, "port": true, "awscredsuri": true, "awsprofile": true,
 }
 
-// mountFlags reads the EFS-style mount options: the access point a static
-// volume names, and whether the mount is read-only.
-func mountFlags(flags []string) (accessPoint string, readOnly bool, err error) {
-	for _, f := range flags {
+// readOnlyOption checks the mount options left after the access point
+// (ApplyMountOptions) and says whether they ask for a read-only mount.
+func readOnlyOption(options []string) (bool, error) {
+	readOnly := false
+	for _, f := range options {
 		for _, o := range strings.Split(f, ",") {
 			o = strings.TrimSpace(o)
-			key, val, _ := strings.Cut(o, "=")
+			key, _, _ := strings.Cut(o, "=")
 			switch {
 			case o == "":
-			case key == "accesspoint":
-				if !accessPointIDRE.MatchString(val) {
-					return "", false, fmt.Errorf("mount option accesspoint=%q is not an access point id (fsap- and hex digits)", val)
-				}
-				accessPoint = val
 			case o == "ro":
 				readOnly = true
 			case key == "soft":
-				return "", false, fmt.Errorf("mount option soft is not supported: file volumes are hard mounts (I/O waits for the server and never fails with EIO on a timeout)")
+				return false, fmt.Errorf("mount option soft is not supported: file volumes are hard mounts (I/O waits for the server and never fails with EIO on a timeout)")
 			case ignoredMountOptions[key]:
 			default:
-				return "", false, fmt.Errorf("mount option %q is not supported; supported: accesspoint=fsap-…, ro, and the EFS/NFS options %s", o, strings.Join(sortedKeys(ignoredMountOptions), ", "))
+				return false, fmt.Errorf("mount option %q is not supported; supported: accesspoint=fsap-…, ro, and the EFS/NFS options %s", o, strings.Join(sortedKeys(ignoredMountOptions), ", "))
 			}
 		}
 	}
-	return accessPoint, readOnly, nil
+	return readOnly, nil
+}
+
+// splitOptions splits "a,b" entries: a PV's mountOptions may hold several
+// options in one.
+func splitOptions(flags []string) []string {
+	var out []string
+	for _, f := range flags {
+		out = append(out, strings.Split(f, ",")...)
+	}
+	return out
 }
 
 func sortedKeys(m map[string]bool) []string {
@@ -173,16 +179,15 @@ func (n *NodeService) source(ctx context.Context, volumeID string, vc map[string
 	if err != nil {
 		return "", "", false, status.Errorf(codes.InvalidArgument, "NodePublishVolume: %v", err)
 	}
-	ap, readOnly, err := mountFlags(flags)
+	h, rest, err := ApplyMountOptions(h, splitOptions(flags))
 	if err != nil {
 		return "", "", false, status.Errorf(codes.InvalidArgument, "NodePublishVolume %s: %v", volumeID, err)
 	}
-	switch {
-	case h.AccessPointID != "" && ap != "" && ap != h.AccessPointID:
-		return "", "", false, status.Errorf(codes.InvalidArgument, "NodePublishVolume %s: the volume handle names access point %s, the mount option accesspoint= names %s; name one", volumeID, h.AccessPointID, ap)
-	case ap == "":
-		ap = h.AccessPointID
+	readOnly, err = readOnlyOption(rest)
+	if err != nil {
+		return "", "", false, status.Errorf(codes.InvalidArgument, "NodePublishVolume %s: %v", volumeID, err)
 	}
+	ap := h.AccessPointID
 	if ap == "" {
 		// The whole file system (or a directory in it), as each client user.
 		got, err := n.fileSystems.DescribeFileSystem(ctx, &pb.DescribeFileSystemRequest{FileSystemId: h.FileSystemID})

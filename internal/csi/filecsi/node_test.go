@@ -149,7 +149,7 @@ func TestNodePublishVolume_Sources(t *testing.T) {
 		{name: "unknown file system", volumeID: "fs-00000000000000009", cap: mountCap(rwx), code: codes.NotFound, says: "fs-00000000000000009"},
 		{name: "unknown access point", volumeID: testFSID + "::fsap-00000000000000001", cap: mountCap(rwx), code: codes.NotFound, says: "fsap-00000000000000001"},
 		{name: "access point of another file system", volumeID: "fs-00000000000000009::" + testAPID, cap: mountCap(rwx), code: codes.InvalidArgument, says: testFSID},
-		{name: "handle and option disagree", volumeID: testFSID + "::" + testAPID, cap: mountCap(rwx, "accesspoint=fsap-00000000000000002"), code: codes.InvalidArgument, says: "name one"},
+		{name: "handle and option disagree", volumeID: testFSID + "::" + testAPID, cap: mountCap(rwx, "accesspoint=fsap-00000000000000002"), code: codes.InvalidArgument, says: "name one access point"},
 		{name: "soft mounts refused", volumeID: testFSID + "::" + testAPID, cap: mountCap(rwx, "soft"), code: codes.InvalidArgument, says: "hard mounts"},
 		{name: "unknown mount option", volumeID: testFSID + "::" + testAPID, cap: mountCap(rwx, "frobnicate=1"), code: codes.InvalidArgument, says: `"frobnicate=1"`},
 		{name: "bad handle", volumeID: "vol-1", cap: mountCap(rwx), code: codes.InvalidArgument, says: "vol-1"},
