@@ -49,6 +49,7 @@ server restarts.`,
 	f.StringVar(&o.Subdir, "subdir", "", "directory below the export to mount")
 	f.StringVar(&o.Target, "target", "", "directory to mount on")
 	f.BoolVar(&o.ReadOnly, "read-only", false, "mount read-only (writes fail with EROFS)")
+	f.BoolVar(&o.CommitOnClose, "commit-on-close", false, "make written data durable (NFS COMMIT) at every close, like the kernel NFS client; default: at fsync only")
 	f.StringVar(&o.ClientID, "client-id", "", "NFSv4 client owner string, unique per mount (default: host name and target)")
 	f.StringVar(&logFile, "log-file", "", "append logs to this file instead of stderr")
 	return cmd

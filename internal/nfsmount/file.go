@@ -142,7 +142,15 @@ func (h *handle) commit(ctx context.Context) syscall.Errno {
 	return 0
 }
 
-func (h *handle) Flush(ctx context.Context) syscall.Errno { return h.commit(ctx) }
+// Flush (close) does not COMMIT unless the mount asks for it: the data
+// is at the server already (WRITE returned), so other clients see it; it
+// becomes durable at fsync or when the server writes it back.
+func (h *handle) Flush(ctx context.Context) syscall.Errno {
+	if h.m.commitOnClose {
+		return h.commit(ctx)
+	}
+	return 0
+}
 
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return h.commit(ctx) }
 

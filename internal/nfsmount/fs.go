@@ -27,8 +27,11 @@ type fsys struct {
 	client   *nfs4.Client
 	rootFH   nfs4.FH
 	readOnly bool
-	timeout  time.Duration
-	log      *slog.Logger
+	// commitOnClose makes close(2) COMMIT unstable writes, as the kernel
+	// NFS client does.
+	commitOnClose bool
+	timeout       time.Duration
+	log           *slog.Logger
 }
 
 type node struct {
@@ -289,8 +292,12 @@ func (n *node) remove(ctx context.Context, op, name string) syscall.Errno {
 	return 0
 }
 
-func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno  { return n.remove(ctx, "rmdir", name) }
-func (n *node) Unlink(ctx context.Context, name string) syscall.Errno { return n.remove(ctx, "unlink", name) }
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return n.remove(ctx, "rmdir", name)
+}
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	return n.remove(ctx, "unlink", name)
+}
 
 const renameNoReplace = 1 // RENAME_NOREPLACE
 

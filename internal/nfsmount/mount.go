@@ -25,6 +25,10 @@ type Options struct {
 	Subdir   string // optional path below the export
 	Target   string
 	ReadOnly bool
+	// CommitOnClose makes every close(2) of a written file COMMIT (make
+	// durable) its writes, like the kernel NFS client; by default only
+	// fsync does.
+	CommitOnClose bool
 	// ClientID is the NFSv4 client owner; default: host name and target.
 	ClientID string
 	// CacheTimeout is how long attributes and entries are cached (1 s).
@@ -89,7 +93,7 @@ func New(ctx context.Context, o Options) (*Mount, error) {
 		client.Close()
 		return nil, fmt.Errorf("nfs mount: %s on %s is not a directory", p, o.Server)
 	}
-	m := &fsys{client: client, rootFH: rootFH, readOnly: o.ReadOnly, timeout: o.CacheTimeout, log: log}
+	m := &fsys{client: client, rootFH: rootFH, readOnly: o.ReadOnly, commitOnClose: o.CommitOnClose, timeout: o.CacheTimeout, log: log}
 	root := &node{m: m, fh: rootFH}
 	to := o.CacheTimeout
 	flags := uintptr(syscall.MS_NOSUID | syscall.MS_NODEV)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -175,4 +176,59 @@ func TestClient_AgainstGanesha(t *testing.T) {
 		t.Errorf("statfs: %v %+v", err, fs)
 	}
 	t.Logf("io size %d, statfs %+v", c.IOSize(), fs)
+}
+
+// TestMeasureRoundTrips prints per-operation latencies against ganesha
+// (STOWAGE_NFS_MEASURE=1).
+func TestMeasureRoundTrips(t *testing.T) {
+	if os.Getenv("STOWAGE_NFS_MEASURE") == "" {
+		t.Skip("set STOWAGE_NFS_MEASURE=1 to measure")
+	}
+	g, ex := startGanesha(t)
+	ctx := context.Background()
+	c, err := nfs4.Dial(ctx, nfs4.Config{Server: g.Address(), Owner: "measure"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cred := nfs4.Cred{UID: 5000, GID: 5000}
+	var root nfs4.FH
+	for i := 0; i < 50; i++ {
+		if root, _, err = c.LookupPath(ctx, cred, ex.Pseudo); err == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	const n = 2000
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if _, err := c.GetAttr(ctx, cred, root); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("GETATTR: %v per call", time.Since(start)/n)
+	start = time.Now()
+	var opens []*nfs4.OpenResult
+	for i := 0; i < n; i++ {
+		o, err := c.Open(ctx, cred, root, "f"+strconv.Itoa(i), nfs4.ShareBoth, nfs4.Unchecked, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opens = append(opens, o)
+	}
+	t.Logf("OPEN create: %v per call", time.Since(start)/n)
+	start = time.Now()
+	for _, o := range opens {
+		if _, err := c.Write(ctx, cred, o.FH, o.Stateid, 0, []byte("small file\n"), nfs4.Unstable); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("WRITE 11 bytes: %v per call", time.Since(start)/n)
+	start = time.Now()
+	for _, o := range opens {
+		if err := c.CloseFile(ctx, cred, o.FH, o.Stateid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("CLOSE: %v per call", time.Since(start)/n)
 }
