@@ -25,6 +25,9 @@ type compound struct {
 	// NOENT may be the result of our own earlier attempt.
 	replayed  bool
 	sequenced bool
+	// tail is bulk data (WRITE's) sent after the encoded bytes without
+	// being copied into them; it must be the end of the last operation.
+	tail []byte
 }
 
 func newCompound() *compound {
@@ -59,15 +62,24 @@ func (c *compound) patchSequence(s *session, sl slot, cachethis bool) {
 	c.sequenced = true
 }
 
-func (c *compound) bytes() []byte {
-	if c.sequenced {
-		return c.e.buf
+var zeroPad [4]byte
+
+func (c *compound) bytes() [][]byte {
+	b := c.e.buf
+	if !c.sequenced {
+		b = c.e.buf[36:]
+		binary.BigEndian.PutUint32(b[0:], 0)
+		binary.BigEndian.PutUint32(b[4:], 1)
+		binary.BigEndian.PutUint32(b[8:], uint32(len(c.ops)))
 	}
-	b := c.e.buf[36:]
-	binary.BigEndian.PutUint32(b[0:], 0)
-	binary.BigEndian.PutUint32(b[4:], 1)
-	binary.BigEndian.PutUint32(b[8:], uint32(len(c.ops)))
-	return b
+	if c.tail == nil {
+		return [][]byte{b}
+	}
+	out := [][]byte{b, c.tail}
+	if r := len(c.tail) & 3; r != 0 {
+		out = append(out, zeroPad[:4-r])
+	}
+	return out
 }
 
 // decode reads a COMPOUND reply. seqStatus is SEQUENCE's status (OK for a

@@ -302,11 +302,9 @@ func (c *Client) Write(ctx context.Context, cred Cred, fh FH, sid Stateid, off u
 	e.stateid(sid)
 	e.Uint64(off)
 	e.Uint32(stable)
-	// The data is the tail of the compound: append it without a copy
-	// through the encoder's growth path.
+	// The data is the tail of the compound, sent from the caller's buffer.
 	e.Uint32(uint32(len(data)))
-	e.buf = append(e.buf, data...)
-	e.pad(len(data))
+	cp.tail = data
 	err := c.do(ctx, cred, cp)
 	return res, err
 }

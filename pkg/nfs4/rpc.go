@@ -123,7 +123,7 @@ func encodeAuthSys(e *Encoder, cred Cred) {
 }
 
 // start sends a COMPOUND call whose arguments were produced by args.
-func (c *rpcConn) start(cred Cred, args []byte) (*pendingCall, error) {
+func (c *rpcConn) start(cred Cred, args [][]byte) (*pendingCall, error) {
 	pc := &pendingCall{done: make(chan rpcResult, 1)}
 	c.mu.Lock()
 	if c.err != nil {
@@ -147,9 +147,13 @@ func (c *rpcConn) start(cred Cred, args []byte) (*pendingCall, error) {
 	encodeAuthSys(e, cred)
 	e.Uint32(authNone)
 	e.Uint32(0)
-	binary.BigEndian.PutUint32(e.buf, 0x80000000|uint32(len(e.buf)-4+len(args)))
+	n := len(e.buf) - 4
+	for _, a := range args {
+		n += len(a)
+	}
+	binary.BigEndian.PutUint32(e.buf, 0x80000000|uint32(n))
 
-	bufs := net.Buffers{e.buf, args}
+	bufs := append(net.Buffers{e.buf}, args...)
 	c.wmu.Lock()
 	_, err := bufs.WriteTo(c.nc)
 	c.wmu.Unlock()
