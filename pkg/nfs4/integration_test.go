@@ -215,6 +215,9 @@ func TestMeasureRoundTrips(t *testing.T) {
 			t.Fatal(err)
 		}
 		opens = append(opens, o)
+		if i%500 == 499 {
+			t.Logf("OPEN create up to %d: %v per call", i+1, time.Since(start)/time.Duration(i+1))
+		}
 	}
 	t.Logf("OPEN create: %v per call", time.Since(start)/n)
 	start = time.Now()

@@ -180,11 +180,12 @@ func (c *rpcConn) readLoop() {
 				c.close(fmt.Errorf("rpc record of %d bytes too large", len(rec)+n))
 				return
 			}
-			if rec == nil {
-				rec = make([]byte, 0, n)
-			}
 			start := len(rec)
-			rec = append(rec, make([]byte, n)...)
+			if rec == nil {
+				rec = make([]byte, n)
+			} else {
+				rec = append(rec, make([]byte, n)...)
+			}
 			if _, err := io.ReadFull(r, rec[start:]); err != nil {
 				c.close(err)
 				return
