@@ -461,3 +461,41 @@ func TestNFSMountCommand_SIGTERMLeavesNoMount(t *testing.T) {
 	}
 	_ = fmt.Sprint()
 }
+
+// Byte-range and flock locks are not sent to the server (no LOCK ops):
+// the kernel keeps them, so they exclude each other within one mount and
+// not across mounts. The test pins that down so that the docs stay true.
+func TestMount_LocksAreLocalToOneMount(t *testing.T) {
+	e := newEnv(t, false)
+	a, b := e.mount("a", false), e.mount("b", false)
+	if err := os.WriteFile(filepath.Join(a, "lk"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	open := func(dir string) *os.File {
+		f, err := os.OpenFile(filepath.Join(dir, "lk"), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	fa1, fa2, fb := open(a), open(a), open(b)
+	if err := syscall.Flock(int(fa1.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatalf("flock: %v", err)
+	}
+	if err := syscall.Flock(int(fa2.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); !errors.Is(err, syscall.EWOULDBLOCK) {
+		t.Errorf("second flock on the same mount: %v, want EWOULDBLOCK", err)
+	}
+	if err := syscall.Flock(int(fb.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Errorf("flock on the other mount: %v, want success (locks are per mount)", err)
+	}
+	// POSIX locks: taken by this process; another mount's kernel inode
+	// does not know them either.
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: 0, Len: 0}
+	if err := syscall.FcntlFlock(fa1.Fd(), syscall.F_SETLK, &lk); err != nil {
+		t.Errorf("fcntl lock: %v", err)
+	}
+	if err := syscall.FcntlFlock(fb.Fd(), syscall.F_SETLK, &lk); err != nil {
+		t.Errorf("fcntl lock on the other mount: %v, want success", err)
+	}
+}
