@@ -73,7 +73,7 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	root.AddCommand(
 		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g), newSecretCmd(g), newParamCmd(g),
 		newFileSystemCmd(g), newAccessPointCmd(g),
-		newServerCmd(), newCSICmd(), newKMSPluginCmd(), newSecretsProviderCmd(), newVersionCmd(),
+		newServerCmd(), newCSICmd(), newKMSPluginCmd(), newSecretsProviderCmd(), newVersionCmd(), newNFSMountCmd(),
 		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(),
 	)
 	markUsageErrors(root)

@@ -362,6 +362,9 @@ NFSv4 {
 	RecoveryBackend = fs;
 	RecoveryRoot = "%s";
 	Minor_Versions = 0, 1, 2;
+	# Owners as numbers ("1234"), both ways: the access point's POSIX
+	# user is numeric and clients (Stowage's FUSE client) map them back.
+	Only_Numeric_Owners = true;
 }
 NFS_KRB5 { Active_krb5 = false; }
 `, g.cfg.Address, g.cfg.Port, g.cfg.Graceless, filepath.Join(g.cfg.StateDir, "recovery"))
