@@ -199,6 +199,12 @@ func (c *ControllerService) CreateVolume(ctx context.Context, req *csi.CreateVol
 		if err := p.matches(ap); err != nil {
 			return nil, status.Errorf(codes.AlreadyExists, "CreateVolume %s: access point %s (named %s) exists with other parameters: %v", name, ap.Id, token, err)
 		}
+		// A quota'd volume's size is its quota: another size is another
+		// volume.
+		if q := ap.QuotaBytes; q > 0 && (q < required || (limit > 0 && q > limit)) {
+			return nil, status.Errorf(codes.AlreadyExists, "CreateVolume %s: access point %s (named %s) exists with a quota of %d bytes, outside the requested %d..%d bytes",
+				name, ap.Id, token, q, required, limit)
+		}
 		klog.InfoS("CreateVolume: access point exists", "name", name, "accessPoint", ap.Id, "reused", p.reuse)
 		return c.response(fs, ap, required, p), nil
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -270,6 +271,18 @@ func (n *NodeService) NodePublishVolume(ctx context.Context, req *csi.NodePublis
 			klog.InfoS("NodePublishVolume: the mount at the target is not healthy; mounting again", "volume", id, "target", target, "problem", err.Error())
 			if err := n.mounter.Unmount(ctx, target); err != nil {
 				return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: remove the dead mount at %s: %v", id, target, err)
+			}
+		}
+	}
+	if mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		// ReadWriteOncePod: one mount of the volume on the node at a time.
+		mounts, err := n.mounter.Mounts()
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: %v", id, err)
+		}
+		for other, vol := range mounts {
+			if vol == id && other != filepath.Clean(target) {
+				return nil, status.Errorf(codes.FailedPrecondition, "NodePublishVolume %s: the volume is single-writer (ReadWriteOncePod) and already mounted at %s", id, other)
 			}
 		}
 	}
