@@ -195,3 +195,119 @@ func TestFiles_ClassParameters(t *testing.T) {
 		t.Errorf("writing 64 MiB into a 20 MiB quota'd claim: %q; want 'Disk quota exceeded'", out)
 	}
 }
+
+func readPID(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err != nil || pid <= 0 {
+		t.Fatalf("pid file %s: %q", path, b)
+	}
+	return pid
+}
+
+// lines returns how many lines the writer pod's log file has, and fails
+// if they are not the unbroken sequence 1..n (a lost or repeated write).
+func sequenceLines(t *testing.T, ns, podName, path string) int {
+	t.Helper()
+	out, err := kubectlErr("", "-n", ns, "exec", podName, "--", "cat", path)
+	if err != nil {
+		t.Fatalf("read %s in %s: %v: %s", path, podName, err, out)
+	}
+	n := 0
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		n++
+		if l != fmt.Sprint(n) {
+			t.Fatalf("%s line %d is %q, want %d: a write was lost or repeated\n%s", path, n, l, n, out)
+		}
+	}
+	return n
+}
+
+// The data path outlives the node plugin, pauses over an NFS server
+// restart without losing writes, and a killed FUSE client fails its pod's
+// I/O with an error (not a hang) that the node plugin reports by volume.
+func TestFiles_Faults(t *testing.T) {
+	ns := namespace(t)
+	createPVC(t, ns, claim("shared", "stowage-efs", "1Gi", corev1.ReadWriteMany))
+	// The writer keeps one file open and appends a counter, each line
+	// followed by busybox sync of the file (fsync).
+	writer := pod("writer", `exec 3>>/shared/seq; i=0; while true; do i=$((i+1)); echo $i >&3; sync /shared/seq 2>/dev/null; sleep 0.2; done`, "shared")
+	writer.Spec.RestartPolicy = corev1.RestartPolicyNever
+	createPod(t, ns, writer)
+	waitPodPhase(t, ns, "writer", corev1.PodRunning)
+	grew := func(what string, from int, within time.Duration) int {
+		t.Helper()
+		var n int
+		waitFor(t, what, within, func() (bool, error) {
+			n = sequenceLines(t, ns, "writer", "/shared/seq")
+			return n > from+5, nil
+		})
+		return n
+	}
+	n := grew("the writer to start", 0, time.Minute)
+
+	step("kill the file driver's node plugin (the supervisor starts it again)")
+	pidFile := filepath.Join(dataDir, "run", "csi-file.pid")
+	old := readPID(t, pidFile)
+	if err := syscallKill(old); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "csi-file restarted", time.Minute, func() (bool, error) {
+		b, err := os.ReadFile(pidFile)
+		return err == nil && strings.TrimSpace(string(b)) != fmt.Sprint(old) && strings.TrimSpace(string(b)) != "", nil
+	})
+	n = grew("the writer to go on while and after the plugin restarts", n, time.Minute)
+
+	step("restart nfs-ganesha (the Stowage server starts it again)")
+	gpid := readPID(t, filepath.Join(dataDir, "stowage", "ganesha", "ganesha.pid"))
+	if err := syscallKill(gpid); err != nil {
+		t.Fatal(err)
+	}
+	// NFSv4's grace period after a restart holds new opens for up to the
+	// lease time; writes through open files resume once the client has
+	// its session again.
+	n = grew("the writer to resume after the NFS server restarts", n, 3*time.Minute)
+	if p := waitPodPhase(t, ns, "writer", corev1.PodRunning); p.Status.Phase != corev1.PodRunning {
+		t.Fatalf("writer is %s after the NFS server restart", p.Status.Phase)
+	}
+
+	step("kill the writer's FUSE NFS client")
+	pv := pvOf(t, ns, "shared")
+	ap := describeAccessPoint(t, pv)
+	mounts := fuseMountsOf(t, ap.ID)
+	if len(mounts) != 1 {
+		t.Fatalf("FUSE mounts of %s: %v, want 1", ap.ID, mounts)
+	}
+	clientPID := 0
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if strings.Contains(string(b), "nfs-mount") && strings.Contains(string(b), mounts[0]) {
+			fmt.Sscan(e.Name(), &clientPID)
+		}
+	}
+	if clientPID == 0 {
+		t.Fatalf("no nfs-mount process serves %s", mounts[0])
+	}
+	if err := syscallKill(clientPID); err != nil {
+		t.Fatal(err)
+	}
+	// The pod's next I/O fails at once (the mount is dead), and the node
+	// plugin says which volume.
+	start := time.Now()
+	out, err := kubectlErr("", "-n", ns, "exec", "writer", "--", "cat", "/shared/seq")
+	if err == nil || !strings.Contains(out, "not connected") {
+		t.Errorf("reading through a mount whose client was killed: %v: %q; want 'Transport endpoint is not connected'", err, out)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("the failed read took %s; it must fail, not hang", d)
+	}
+	waitFor(t, "the node plugin to report the dead mount by volume", time.Minute, func() (bool, error) {
+		b, err := os.ReadFile(filepath.Join(dataDir, "logs", "csi-file.log"))
+		return err == nil && strings.Contains(string(b), "file volume mount is not serving") && strings.Contains(string(b), pv.Spec.CSI.VolumeHandle), nil
+	})
+}

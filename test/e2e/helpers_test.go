@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -225,3 +226,6 @@ func waitVolumeGone(t *testing.T, id string) {
 func checksumScript(path string) string {
 	return fmt.Sprintf("md5sum %s | cut -d' ' -f1", path)
 }
+
+// syscallKill sends SIGKILL to pid.
+func syscallKill(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
