@@ -16,13 +16,15 @@ source "$(dirname "$0")/../../hack/lib/root.sh"
 
 usage() {
 	cat <<'EOF'
-usage: test/conformance/run.sh [--ci] [--focus REGEX] [--skip REGEX] [--procs N]
+usage: test/conformance/run.sh [--ci] [--driver block|file] [--focus REGEX] [--skip REGEX] [--procs N]
                                [--report-dir DIR] [--data-dir DIR] [--keep-cluster] [--dry-run]
 
   --ci          the CI subset: the suites provisioning, volumes, volumeMode,
                 multiVolume, snapshottable, volume-expand, volume-modify,
                 read-write-once-pod, fsgroupchangepolicy, topology, volumeLimits,
                 capacity (not subPath, ephemeral, volumeIO)
+  --driver      only this driver's specs (default: both, block.csi.stowage.io and
+                file.csi.stowage.io)
   --focus       a further regex the spec text must match (ANDed with the run's focus)
   --skip        a further regex of specs to skip (reason "--skip on the command line")
   --procs       parallel ginkgo processes (default 3, with --ci 4; [Serial] specs
@@ -47,12 +49,13 @@ keep_cluster=false
 procs=
 user_focus=
 user_skip=
+drivers='block|file'
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--ci) ci=true; shift ;;
 	--dry-run) dry_run=true; shift ;;
 	--keep-cluster) keep_cluster=true; shift ;;
-	--focus | --skip | --procs | --report-dir | --data-dir)
+	--focus | --skip | --procs | --report-dir | --data-dir | --driver)
 		[[ $# -ge 2 ]] || { usage >&2; exit 2; }
 		case $1 in
 		--focus) user_focus=$2 ;;
@@ -60,6 +63,9 @@ while [[ $# -gt 0 ]]; do
 		--procs) procs=$2 ;;
 		--report-dir) report_dir=$2 ;;
 		--data-dir) data_dir=$2 ;;
+		--driver)
+			case $2 in block | file) drivers=$2 ;; *) echo "run.sh: --driver $2: use block or file" >&2; exit 2 ;; esac
+			;;
 		esac
 		shift 2
 		;;
@@ -86,7 +92,7 @@ log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 # A skip rule is REASON<TAB>REGEX; the summary names the reason of each
 # skipped spec (rules here, or the test suite's own message when the suite
 # skips a spec itself, e.g. a capability the driver does not claim).
-focus='External Storage \[Driver: (block|file)\.csi\.stowage\.io\]'
+focus="External Storage \\[Driver: ($drivers)\\.csi\\.stowage\\.io\\]"
 rules=()
 rule() { rules+=("$1"$'\t'"$2"); }
 rule "needs SSH to the node to stop and start the kubelet with systemctl (storage/utils.KubeletCommand); the local cluster has no SSH server and its kubelet is a plain host process" '\[Disruptive\]'
@@ -148,9 +154,17 @@ ginkgo_args=(
 	--skip="$skip"
 )
 
+# One table per driver.
+summarize() {
+	local d
+	for d in ${drivers//|/ }; do
+		"$repo/_output/e2e/summarize" --report "$report_dir/report.json" --skips "$report_dir/skips.tsv" --driver "$d.csi.stowage.io"
+		echo
+	done
+}
 if $dry_run; then
 	"$bin/ginkgo" --dry-run "${ginkgo_args[@]/--procs=*/--procs=1}" "$bin/e2e.test" -- "${e2e_args[@]}" >"$report_dir/ginkgo.log" 2>&1 || true
-	"$repo/_output/e2e/summarize" --report "$report_dir/report.json" --skips "$report_dir/skips.tsv" | tee "$report_dir/summary.md"
+	summarize | tee "$report_dir/summary.md"
 	exit 0
 fi
 
@@ -249,7 +263,7 @@ if [[ -z $others ]]; then
 	leftovers=$(grep -v '^$' <<<"$leftovers" || true)
 fi
 {
-	"$repo/_output/e2e/summarize" --report "$report_dir/report.json" --skips "$report_dir/skips.tsv"
+	summarize
 	echo
 	if [[ -n $others ]]; then
 		echo "Leftovers not checked: the cluster is in use by others too ($others)."
