@@ -12,6 +12,9 @@ package nfsmount
 import (
 	"context"
 	"log/slog"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -66,12 +69,59 @@ var (
 	_ fs.NodeAccesser   = (*node)(nil)
 )
 
-// cred is the calling process's identity, sent as AUTH_SYS.
+// cred is the calling process's identity, sent as AUTH_SYS: uid and gid
+// from the FUSE request, supplementary groups from /proc/<pid>/status
+// (cached for a second per pid).
 func cred(ctx context.Context) nfs4.Cred {
 	if c, ok := fuse.FromContext(ctx); ok {
-		return nfs4.Cred{UID: c.Uid, GID: c.Gid}
+		return nfs4.Cred{UID: c.Uid, GID: c.Gid, GIDs: groupsOf(c.Pid, c.Uid)}
 	}
 	return nfs4.RootCred
+}
+
+type groupsEntry struct {
+	uid  uint32
+	gids []uint32
+	at   time.Time
+}
+
+var groupsCache = struct {
+	sync.Mutex
+	m map[uint32]groupsEntry
+}{m: map[uint32]groupsEntry{}}
+
+func groupsOf(pid, uid uint32) []uint32 {
+	if pid == 0 {
+		return nil
+	}
+	now := time.Now()
+	groupsCache.Lock()
+	if e, ok := groupsCache.m[pid]; ok && e.uid == uid && now.Sub(e.at) < time.Second {
+		groupsCache.Unlock()
+		return e.gids
+	}
+	groupsCache.Unlock()
+	var gids []uint32
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
+				for _, f := range strings.Fields(rest) {
+					if g, err := strconv.ParseUint(f, 10, 32); err == nil {
+						gids = append(gids, uint32(g))
+					}
+				}
+				break
+			}
+		}
+	}
+	groupsCache.Lock()
+	if len(groupsCache.m) > 4096 {
+		groupsCache.m = map[uint32]groupsEntry{}
+	}
+	groupsCache.m[pid] = groupsEntry{uid: uid, gids: gids, at: now}
+	groupsCache.Unlock()
+	return gids
 }
 
 func typeBits(t uint32) uint32 {

@@ -57,7 +57,9 @@ func freePort(t *testing.T) int {
 
 // newEnv serves one squashing export (the access point's user 1234:2345)
 // of a fresh directory.
-func newEnv(t *testing.T, ro bool) *env {
+func newEnv(t *testing.T, ro bool) *env { return newEnvSquash(t, ro, true) }
+
+func newEnvSquash(t *testing.T, ro, squash bool) *env {
 	needRoot(t)
 	dir, err := os.MkdirTemp("", "nfsmount-test-")
 	if err != nil {
@@ -76,7 +78,12 @@ func newEnv(t *testing.T, ro bool) *env {
 	}
 	e := &env{t: t, dir: dir}
 	e.ex = files.Export{ID: 9, AccessPointID: "fsap-0123456789abcdef0", Path: root, Pseudo: "/fsap-0123456789abcdef0",
-		Squash: true, AnonUID: anonUID, AnonGID: anonGID, ReadOnly: ro}
+		Squash: squash, AnonUID: anonUID, AnonGID: anonGID, ReadOnly: ro}
+	if !squash {
+		if err := os.Chmod(root, 0o1777); err != nil {
+			t.Fatal(err)
+		}
+	}
 	e.gcfg = files.GaneshaConfig{StateDir: filepath.Join(dir, "ganesha"), Port: freePort(t), Graceless: true}
 	e.start()
 	return e
@@ -507,5 +514,36 @@ func TestMount_LocksAreLocalToOneMount(t *testing.T) {
 	}
 	if err := lockf(b); err != nil {
 		t.Errorf("another process on the other mount: %v, want success (locks are per mount)", err)
+	}
+}
+
+// Without squash the server sees each caller's uid, gid and groups
+// (AUTH_SYS from the FUSE request) and decides, like with a kernel client.
+func TestMount_NoSquash_CallersIdentityDecides(t *testing.T) {
+	e := newEnvSquash(t, false, false)
+	mnt := e.mount("m", false)
+	f := filepath.Join(mnt, "mine")
+	if out, err := asUser(t, 5000, 5000, "umask 022; echo mine > "+f); err != nil {
+		t.Fatalf("create as 5000: %v %s", err, out)
+	}
+	if st := stat(t, filepath.Join(e.ex.Path, "mine")); st.Uid != 5000 || st.Gid != 5000 {
+		t.Errorf("backing owner %d:%d, want 5000:5000", st.Uid, st.Gid)
+	}
+	if out, err := asUser(t, 6000, 6000, "echo theirs >> "+f); err == nil || !strings.Contains(out, "denied") {
+		t.Errorf("uid 6000 appended to 5000's 0644 file: %v %s", err, out)
+	}
+	// Group write through a supplementary group.
+	// (chmod through the mount by the owner: ganesha caches attributes,
+	// a change behind its back would not be seen at once)
+	if out, err := asUser(t, 5000, 5000, "chmod 664 "+f); err != nil {
+		t.Fatalf("chmod by the owner: %v %s", err, out)
+	}
+	cmd := exec.Command("sh", "-c", "echo group >> "+f)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 6000, Gid: 6000, Groups: []uint32{5000}}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("append through supplementary group 5000: %v %s", err, out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.ex.Path, "mine")); string(b) != "mine\ngroup\n" {
+		t.Errorf("content %q", b)
 	}
 }
