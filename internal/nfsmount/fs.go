@@ -49,6 +49,12 @@ type node struct {
 	// LOOKUPs of a READDIRPLUS cost no round trip.
 	dirCache   map[string]*nfs4.Attr
 	dirCacheAt time.Time
+
+	// write-behind (file.go)
+	wbMu       sync.Mutex
+	wbCond     *sync.Cond
+	wbInflight int
+	wbErr      syscall.Errno
 }
 
 var (
@@ -175,7 +181,14 @@ func (n *node) newChild(ctx context.Context, fh nfs4.FH, a *nfs4.Attr, out *fuse
 	out.SetEntryTimeout(n.m.timeout)
 	out.SetAttrTimeout(n.m.timeout)
 	child := &node{m: n.m, fh: fh}
-	return n.NewInode(ctx, child, fs.StableAttr{Mode: typeBits(a.Type), Ino: a.FileID})
+	ino := n.NewInode(ctx, child, fs.StableAttr{Mode: typeBits(a.Type), Ino: a.FileID})
+	if old, ok := ino.Operations().(*node); ok && old != child && old.waitWrites() {
+		// Attributes fetched while writes were in flight: fetch again.
+		if a2, err := n.m.client.GetAttr(ctx, cred(ctx), fh); err == nil {
+			fillAttr(a2, &out.Attr)
+		}
+	}
+	return ino
 }
 
 func (n *node) forget(name string) {
@@ -205,6 +218,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.waitWrites() // the server's size must include what the kernel thinks is written
 	a, err := n.m.client.GetAttr(ctx, cred(ctx), n.fh)
 	if err != nil {
 		return n.m.errno("getattr", err)
@@ -245,6 +259,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if changes && n.m.readOnly {
 		return syscall.EROFS
 	}
+	n.waitWrites()
 	sid := nfs4.AnonStateid
 	if h, ok := f.(*handle); ok && s.Size != nil {
 		sid = h.stateid()

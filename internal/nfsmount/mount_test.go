@@ -547,3 +547,42 @@ func TestMount_NoSquash_CallersIdentityDecides(t *testing.T) {
 		t.Errorf("content %q", b)
 	}
 }
+
+// Large writes are written behind; what the writer wrote is what the
+// server has once close returns, and stat during the writes never shows
+// the file shrinking.
+func TestMount_WriteBehind_LargeWritesArriveInOrder(t *testing.T) {
+	e := newEnv(t, false)
+	a, b := e.mount("a", false), e.mount("b", false)
+	data := make([]byte, 24<<20+12345)
+	for i := range data {
+		data[i] = byte(i*7 + i>>13)
+	}
+	f, err := os.Create(filepath.Join(a, "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last int64
+	for off := 0; off < len(data); off += 1 << 20 {
+		if _, err := f.Write(data[off:min(len(data), off+1<<20)]); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() < last {
+			t.Errorf("size went down from %d to %d during writes", last, fi.Size())
+		}
+		last = fi.Size()
+	}
+	if err := f.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(b, "big")); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("other mount reads %d bytes (want %d), equal=%v, %v", len(got), len(data), bytes.Equal(got, data), err)
+	}
+	if got, err := os.ReadFile(filepath.Join(e.ex.Path, "big")); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("backing file: %d bytes, %v", len(got), err)
+	}
+}
