@@ -586,3 +586,68 @@ func TestMount_WriteBehind_LargeWritesArriveInOrder(t *testing.T) {
 		t.Errorf("backing file: %d bytes, %v", len(got), err)
 	}
 }
+
+// Unmounted by someone else (umount(8) by an admin, the kubelet): the
+// command notices and exits 0.
+func TestNFSMountCommand_ExternalUnmount_Exits0(t *testing.T) {
+	e := newEnv(t, false)
+	bin := filepath.Join(e.dir, "stowage")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/stowage-io/stowage/cmd/stowage").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v: %s", err, out)
+	}
+	target := filepath.Join(e.dir, "t")
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "nfs-mount", "--server", e.g.Address(), "--export", e.ex.Pseudo, "--target", target)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	ready := make(chan string, 1)
+	go func() {
+		s := bufio.NewScanner(stdout)
+		if s.Scan() {
+			ready <- s.Text()
+		}
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if ok, _ := mountinfo.Mounted(target); ok {
+			_ = syscall.Unmount(target, syscall.MNT_DETACH)
+		}
+		if t.Failed() {
+			t.Logf("stderr:\n%s", stderr.String())
+		}
+	})
+	select {
+	case l := <-ready:
+		if l != "mounted "+target {
+			t.Fatalf("readiness line %q", l)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no readiness line")
+	}
+	if err := syscall.Unmount(target, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("exit after external unmount: %v, want 0", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("still running 20 s after the file system was unmounted")
+	}
+	if !strings.Contains(stderr.String(), "unmounted by someone else") {
+		t.Errorf("log does not say why it exited:\n%s", stderr.String())
+	}
+}
