@@ -109,14 +109,16 @@ func (e *env) start() {
 }
 
 // mount mounts the export in-process and unmounts it at cleanup.
-func (e *env) mount(name string, ro bool) string {
+func (e *env) mount(name string, ro bool) string { return e.mountSub(name, ro, "") }
+
+func (e *env) mountSub(name string, ro bool, subdir string) string {
 	target := filepath.Join(e.dir, name)
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := New(ctx, Options{Server: e.g.Address(), Export: e.ex.Pseudo, Target: target, ReadOnly: ro,
+	m, err := New(ctx, Options{Server: e.g.Address(), Export: e.ex.Pseudo, Target: target, ReadOnly: ro, Subdir: subdir,
 		Logger: slog.Default().With("mount", name)})
 	if err != nil {
 		e.t.Fatal(err)
@@ -166,6 +168,17 @@ func TestMount_OwnerIsAccessPointUser(t *testing.T) {
 	if through.Uid != anonUID || through.Gid != anonGID || through.Ino != back.Ino || through.Size != back.Size {
 		t.Errorf("stat through the mount: %d:%d ino %d size %d; backing: %d:%d ino %d size %d",
 			through.Uid, through.Gid, through.Ino, through.Size, back.Uid, back.Gid, back.Ino, back.Size)
+	}
+	// --subdir mounts a directory below the export.
+	if err := os.MkdirAll(filepath.Join(e.ex.Path, "a/b"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.ex.Path, "a/b/in-sub"), []byte("sub"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sub := e.mountSub("sub", false, "/a/b")
+	if b, err := os.ReadFile(filepath.Join(sub, "in-sub")); err != nil || string(b) != "sub" {
+		t.Errorf("file through a subdir mount: %q %v", b, err)
 	}
 	var sfs syscall.Statfs_t
 	if err := syscall.Statfs(mnt, &sfs); err != nil || sfs.Blocks == 0 {
