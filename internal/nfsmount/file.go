@@ -57,6 +57,7 @@ func (h *handle) dropStateid(err error) {
 }
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.n.waitWrites()
 	c := h.m.client
 	max := c.IOSize()
 	n := 0
@@ -81,25 +82,65 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
+// Large writes are written behind: Write copies the data, starts the NFS
+// WRITE and returns, with at most maxWriteBehind WRITEs of a file in
+// flight, so that the kernel's next write overlaps the server's work on
+// this one. A write-behind error (ENOSPC, EDQUOT, EIO…) is returned by the
+// file's next write, flush (close) or fsync, as with the kernel NFS
+// client. Reads, attribute requests and closes of the file wait for its
+// writes first. Small writes are synchronous.
+const (
+	writeBehindMin = 64 << 10
+	maxWriteBehind = 4
+)
+
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	if h.m.readOnly {
 		return 0, syscall.EROFS
 	}
+	if e := h.n.takeWriteErr(); e != 0 {
+		return 0, e
+	}
+	cr := cred(ctx)
+	if len(data) < writeBehindMin {
+		n, err := h.writeSync(ctx, cr, data, off)
+		if err != nil && n == 0 {
+			return 0, h.m.errno("write", err)
+		}
+		return uint32(n), 0
+	}
+	buf := make([]byte, len(data))
+	copy(buf, data)
+	h.n.startWrite()
+	go func() {
+		defer h.n.endWrite()
+		// Hard mount: retried until it succeeds or the client is closed.
+		n, err := h.writeSync(context.Background(), cr, buf, off)
+		if err == nil && n < len(buf) {
+			err = syscall.EIO
+		}
+		if err != nil {
+			h.n.setWriteErr(h.m.errno("write", err))
+		}
+	}()
+	return uint32(len(data)), 0
+}
+
+// writeSync writes data at off with UNSTABLE WRITEs of at most the I/O
+// size and records their verifier for the next COMMIT.
+func (h *handle) writeSync(ctx context.Context, cr nfs4.Cred, data []byte, off int64) (int, error) {
 	c := h.m.client
 	max := c.IOSize()
 	n := 0
 	for n < len(data) {
 		chunk := data[n:min(len(data), n+max)]
-		res, err := c.Write(ctx, cred(ctx), h.n.fh, h.stateid(), uint64(off)+uint64(n), chunk, nfs4.Unstable)
+		res, err := c.Write(ctx, cr, h.n.fh, h.stateid(), uint64(off)+uint64(n), chunk, nfs4.Unstable)
 		if nfs4.IsBadStateid(err) {
 			h.dropStateid(err)
 			continue
 		}
 		if err != nil {
-			if n > 0 {
-				break
-			}
-			return 0, h.m.errno("write", err)
+			return n, err
 		}
 		if res.Committed == nfs4.Unstable {
 			h.mu.Lock()
@@ -115,13 +156,16 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		}
 		n += int(res.Count)
 	}
-	return uint32(n), 0
+	return n, nil
 }
 
 // commit makes the unstable writes durable. If the server's write
 // verifier changed since they were sent, the server restarted and may have
 // lost them; we do not keep copies to send again, so that is EIO.
 func (h *handle) commit(ctx context.Context) syscall.Errno {
+	if e := h.n.drainWrites(); e != 0 {
+		return e
+	}
 	h.mu.Lock()
 	dirty, verf, lost := h.dirty, h.verf, h.lost
 	h.mu.Unlock()
@@ -149,12 +193,13 @@ func (h *handle) Flush(ctx context.Context) syscall.Errno {
 	if h.m.commitOnClose {
 		return h.commit(ctx)
 	}
-	return 0
+	return h.n.drainWrites()
 }
 
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return h.commit(ctx) }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
+	h.n.drainWrites()
 	h.mu.Lock()
 	anon, sid := h.anon, h.sid
 	h.mu.Unlock()
@@ -167,4 +212,67 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 		h.m.log.Warn("nfs close failed", "err", err)
 	}
 	return 0
+}
+
+// Write-behind bookkeeping of a node (shared by its handles).
+
+func (n *node) wbInit() {
+	if n.wbCond == nil {
+		n.wbCond = sync.NewCond(&n.wbMu)
+	}
+}
+
+func (n *node) startWrite() {
+	n.wbMu.Lock()
+	n.wbInit()
+	for n.wbInflight >= maxWriteBehind {
+		n.wbCond.Wait()
+	}
+	n.wbInflight++
+	n.wbMu.Unlock()
+}
+
+func (n *node) endWrite() {
+	n.wbMu.Lock()
+	n.wbInflight--
+	n.wbCond.Broadcast()
+	n.wbMu.Unlock()
+}
+
+func (n *node) setWriteErr(e syscall.Errno) {
+	n.wbMu.Lock()
+	if n.wbErr == 0 {
+		n.wbErr = e
+	}
+	n.wbMu.Unlock()
+}
+
+func (n *node) takeWriteErr() syscall.Errno {
+	n.wbMu.Lock()
+	e := n.wbErr
+	n.wbErr = 0
+	n.wbMu.Unlock()
+	return e
+}
+
+// waitWrites waits until no write of the node is in flight and reports
+// whether there were any.
+func (n *node) waitWrites() bool {
+	n.wbMu.Lock()
+	defer n.wbMu.Unlock()
+	if n.wbInflight == 0 {
+		return false
+	}
+	n.wbInit()
+	for n.wbInflight > 0 {
+		n.wbCond.Wait()
+	}
+	return true
+}
+
+// drainWrites waits for the node's writes and returns (and clears) the
+// first error among them.
+func (n *node) drainWrites() syscall.Errno {
+	n.waitWrites()
+	return n.takeWriteErr()
 }

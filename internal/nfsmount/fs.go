@@ -12,6 +12,9 @@ package nfsmount
 import (
 	"context"
 	"log/slog"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -46,6 +49,12 @@ type node struct {
 	// LOOKUPs of a READDIRPLUS cost no round trip.
 	dirCache   map[string]*nfs4.Attr
 	dirCacheAt time.Time
+
+	// write-behind (file.go)
+	wbMu       sync.Mutex
+	wbCond     *sync.Cond
+	wbInflight int
+	wbErr      syscall.Errno
 }
 
 var (
@@ -66,12 +75,59 @@ var (
 	_ fs.NodeAccesser   = (*node)(nil)
 )
 
-// cred is the calling process's identity, sent as AUTH_SYS.
+// cred is the calling process's identity, sent as AUTH_SYS: uid and gid
+// from the FUSE request, supplementary groups from /proc/<pid>/status
+// (cached for a second per pid).
 func cred(ctx context.Context) nfs4.Cred {
 	if c, ok := fuse.FromContext(ctx); ok {
-		return nfs4.Cred{UID: c.Uid, GID: c.Gid}
+		return nfs4.Cred{UID: c.Uid, GID: c.Gid, GIDs: groupsOf(c.Pid, c.Uid)}
 	}
 	return nfs4.RootCred
+}
+
+type groupsEntry struct {
+	uid  uint32
+	gids []uint32
+	at   time.Time
+}
+
+var groupsCache = struct {
+	sync.Mutex
+	m map[uint32]groupsEntry
+}{m: map[uint32]groupsEntry{}}
+
+func groupsOf(pid, uid uint32) []uint32 {
+	if pid == 0 {
+		return nil
+	}
+	now := time.Now()
+	groupsCache.Lock()
+	if e, ok := groupsCache.m[pid]; ok && e.uid == uid && now.Sub(e.at) < time.Second {
+		groupsCache.Unlock()
+		return e.gids
+	}
+	groupsCache.Unlock()
+	var gids []uint32
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
+				for _, f := range strings.Fields(rest) {
+					if g, err := strconv.ParseUint(f, 10, 32); err == nil {
+						gids = append(gids, uint32(g))
+					}
+				}
+				break
+			}
+		}
+	}
+	groupsCache.Lock()
+	if len(groupsCache.m) > 4096 {
+		groupsCache.m = map[uint32]groupsEntry{}
+	}
+	groupsCache.m[pid] = groupsEntry{uid: uid, gids: gids, at: now}
+	groupsCache.Unlock()
+	return gids
 }
 
 func typeBits(t uint32) uint32 {
@@ -125,7 +181,14 @@ func (n *node) newChild(ctx context.Context, fh nfs4.FH, a *nfs4.Attr, out *fuse
 	out.SetEntryTimeout(n.m.timeout)
 	out.SetAttrTimeout(n.m.timeout)
 	child := &node{m: n.m, fh: fh}
-	return n.NewInode(ctx, child, fs.StableAttr{Mode: typeBits(a.Type), Ino: a.FileID})
+	ino := n.NewInode(ctx, child, fs.StableAttr{Mode: typeBits(a.Type), Ino: a.FileID})
+	if old, ok := ino.Operations().(*node); ok && old != child && old.waitWrites() {
+		// Attributes fetched while writes were in flight: fetch again.
+		if a2, err := n.m.client.GetAttr(ctx, cred(ctx), fh); err == nil {
+			fillAttr(a2, &out.Attr)
+		}
+	}
+	return ino
 }
 
 func (n *node) forget(name string) {
@@ -155,6 +218,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.waitWrites() // the server's size must include what the kernel thinks is written
 	a, err := n.m.client.GetAttr(ctx, cred(ctx), n.fh)
 	if err != nil {
 		return n.m.errno("getattr", err)
@@ -195,6 +259,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if changes && n.m.readOnly {
 		return syscall.EROFS
 	}
+	n.waitWrites()
 	sid := nfs4.AnonStateid
 	if h, ok := f.(*handle); ok && s.Size != nil {
 		sid = h.stateid()

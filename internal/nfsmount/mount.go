@@ -165,6 +165,10 @@ func Run(ctx context.Context, o Options, ready io.Writer) error {
 	}
 	m, err := New(ctx, o)
 	if err != nil {
+		if ctx.Err() != nil {
+			o.logger().Info("signalled before the mount was up; nothing mounted", "target", o.Target, "err", err)
+			return nil
+		}
 		return err
 	}
 	defer m.Close()

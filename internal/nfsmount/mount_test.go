@@ -57,7 +57,9 @@ func freePort(t *testing.T) int {
 
 // newEnv serves one squashing export (the access point's user 1234:2345)
 // of a fresh directory.
-func newEnv(t *testing.T, ro bool) *env {
+func newEnv(t *testing.T, ro bool) *env { return newEnvSquash(t, ro, true) }
+
+func newEnvSquash(t *testing.T, ro, squash bool) *env {
 	needRoot(t)
 	dir, err := os.MkdirTemp("", "nfsmount-test-")
 	if err != nil {
@@ -76,7 +78,12 @@ func newEnv(t *testing.T, ro bool) *env {
 	}
 	e := &env{t: t, dir: dir}
 	e.ex = files.Export{ID: 9, AccessPointID: "fsap-0123456789abcdef0", Path: root, Pseudo: "/fsap-0123456789abcdef0",
-		Squash: true, AnonUID: anonUID, AnonGID: anonGID, ReadOnly: ro}
+		Squash: squash, AnonUID: anonUID, AnonGID: anonGID, ReadOnly: ro}
+	if !squash {
+		if err := os.Chmod(root, 0o1777); err != nil {
+			t.Fatal(err)
+		}
+	}
 	e.gcfg = files.GaneshaConfig{StateDir: filepath.Join(dir, "ganesha"), Port: freePort(t), Graceless: true}
 	e.start()
 	return e
@@ -102,14 +109,16 @@ func (e *env) start() {
 }
 
 // mount mounts the export in-process and unmounts it at cleanup.
-func (e *env) mount(name string, ro bool) string {
+func (e *env) mount(name string, ro bool) string { return e.mountSub(name, ro, "") }
+
+func (e *env) mountSub(name string, ro bool, subdir string) string {
 	target := filepath.Join(e.dir, name)
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := New(ctx, Options{Server: e.g.Address(), Export: e.ex.Pseudo, Target: target, ReadOnly: ro,
+	m, err := New(ctx, Options{Server: e.g.Address(), Export: e.ex.Pseudo, Target: target, ReadOnly: ro, Subdir: subdir,
 		Logger: slog.Default().With("mount", name)})
 	if err != nil {
 		e.t.Fatal(err)
@@ -159,6 +168,17 @@ func TestMount_OwnerIsAccessPointUser(t *testing.T) {
 	if through.Uid != anonUID || through.Gid != anonGID || through.Ino != back.Ino || through.Size != back.Size {
 		t.Errorf("stat through the mount: %d:%d ino %d size %d; backing: %d:%d ino %d size %d",
 			through.Uid, through.Gid, through.Ino, through.Size, back.Uid, back.Gid, back.Ino, back.Size)
+	}
+	// --subdir mounts a directory below the export.
+	if err := os.MkdirAll(filepath.Join(e.ex.Path, "a/b"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.ex.Path, "a/b/in-sub"), []byte("sub"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sub := e.mountSub("sub", false, "/a/b")
+	if b, err := os.ReadFile(filepath.Join(sub, "in-sub")); err != nil || string(b) != "sub" {
+		t.Errorf("file through a subdir mount: %q %v", b, err)
 	}
 	var sfs syscall.Statfs_t
 	if err := syscall.Statfs(mnt, &sfs); err != nil || sfs.Blocks == 0 {
@@ -507,5 +527,140 @@ func TestMount_LocksAreLocalToOneMount(t *testing.T) {
 	}
 	if err := lockf(b); err != nil {
 		t.Errorf("another process on the other mount: %v, want success (locks are per mount)", err)
+	}
+}
+
+// Without squash the server sees each caller's uid, gid and groups
+// (AUTH_SYS from the FUSE request) and decides, like with a kernel client.
+func TestMount_NoSquash_CallersIdentityDecides(t *testing.T) {
+	e := newEnvSquash(t, false, false)
+	mnt := e.mount("m", false)
+	f := filepath.Join(mnt, "mine")
+	if out, err := asUser(t, 5000, 5000, "umask 022; echo mine > "+f); err != nil {
+		t.Fatalf("create as 5000: %v %s", err, out)
+	}
+	if st := stat(t, filepath.Join(e.ex.Path, "mine")); st.Uid != 5000 || st.Gid != 5000 {
+		t.Errorf("backing owner %d:%d, want 5000:5000", st.Uid, st.Gid)
+	}
+	if out, err := asUser(t, 6000, 6000, "echo theirs >> "+f); err == nil || !strings.Contains(out, "denied") {
+		t.Errorf("uid 6000 appended to 5000's 0644 file: %v %s", err, out)
+	}
+	// Group write through a supplementary group.
+	// (chmod through the mount by the owner: ganesha caches attributes,
+	// a change behind its back would not be seen at once)
+	if out, err := asUser(t, 5000, 5000, "chmod 664 "+f); err != nil {
+		t.Fatalf("chmod by the owner: %v %s", err, out)
+	}
+	cmd := exec.Command("sh", "-c", "echo group >> "+f)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 6000, Gid: 6000, Groups: []uint32{5000}}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("append through supplementary group 5000: %v %s", err, out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.ex.Path, "mine")); string(b) != "mine\ngroup\n" {
+		t.Errorf("content %q", b)
+	}
+}
+
+// Large writes are written behind; what the writer wrote is what the
+// server has once close returns, and stat during the writes never shows
+// the file shrinking.
+func TestMount_WriteBehind_LargeWritesArriveInOrder(t *testing.T) {
+	e := newEnv(t, false)
+	a, b := e.mount("a", false), e.mount("b", false)
+	data := make([]byte, 24<<20+12345)
+	for i := range data {
+		data[i] = byte(i*7 + i>>13)
+	}
+	f, err := os.Create(filepath.Join(a, "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last int64
+	for off := 0; off < len(data); off += 1 << 20 {
+		if _, err := f.Write(data[off:min(len(data), off+1<<20)]); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() < last {
+			t.Errorf("size went down from %d to %d during writes", last, fi.Size())
+		}
+		last = fi.Size()
+	}
+	if err := f.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(b, "big")); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("other mount reads %d bytes (want %d), equal=%v, %v", len(got), len(data), bytes.Equal(got, data), err)
+	}
+	if got, err := os.ReadFile(filepath.Join(e.ex.Path, "big")); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("backing file: %d bytes, %v", len(got), err)
+	}
+}
+
+// Unmounted by someone else (umount(8) by an admin, the kubelet): the
+// command notices and exits 0.
+func TestNFSMountCommand_ExternalUnmount_Exits0(t *testing.T) {
+	e := newEnv(t, false)
+	bin := filepath.Join(e.dir, "stowage")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/stowage-io/stowage/cmd/stowage").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v: %s", err, out)
+	}
+	target := filepath.Join(e.dir, "t")
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "nfs-mount", "--server", e.g.Address(), "--export", e.ex.Pseudo, "--target", target)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	ready := make(chan string, 1)
+	go func() {
+		s := bufio.NewScanner(stdout)
+		if s.Scan() {
+			ready <- s.Text()
+		}
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if ok, _ := mountinfo.Mounted(target); ok {
+			_ = syscall.Unmount(target, syscall.MNT_DETACH)
+		}
+		if t.Failed() {
+			t.Logf("stderr:\n%s", stderr.String())
+		}
+	})
+	select {
+	case l := <-ready:
+		if l != "mounted "+target {
+			t.Fatalf("readiness line %q", l)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no readiness line")
+	}
+	if err := syscall.Unmount(target, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("exit after external unmount: %v, want 0", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("still running 20 s after the file system was unmounted")
+	}
+	if !strings.Contains(stderr.String(), "unmounted by someone else") {
+		t.Errorf("log does not say why it exited:\n%s", stderr.String())
 	}
 }

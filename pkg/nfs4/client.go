@@ -63,6 +63,8 @@ type Client struct {
 	everUp       bool
 
 	closeCh chan struct{}
+	bg      context.Context // ends at Close: background calls (renewal)
+	stopBg  context.CancelFunc
 	wg      sync.WaitGroup
 
 	ownerSeq uint64 // open owners, under mu
@@ -85,6 +87,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, errors.New("nfs4: no client owner")
 	}
 	c := &Client{cfg: cfg, log: cfg.Logger.With("server", cfg.Server), closeCh: make(chan struct{}), lease: 60 * time.Second, ioSize: cfg.MaxIO}
+	c.bg, c.stopBg = context.WithCancel(context.Background())
 	if _, err := rand.Read(c.verifier[:]); err != nil {
 		return nil, err
 	}
@@ -398,10 +401,10 @@ func (c *Client) renew() {
 			return
 		case <-time.After(d):
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*d)
+		ctx, cancel := context.WithTimeout(c.bg, 2*d)
 		err := c.do(ctx, RootCred, newCompound())
 		cancel()
-		if err != nil && !errors.Is(err, ErrClosed) {
+		if err != nil && !errors.Is(err, ErrClosed) && c.bg.Err() == nil {
 			c.log.Warn("nfs lease renewal failed", "err", err)
 		}
 	}
@@ -418,6 +421,7 @@ func (c *Client) Close() error {
 	close(c.closeCh)
 	conn, sess := c.conn, c.sess
 	c.mu.Unlock()
+	c.stopBg()
 	c.wg.Wait()
 	if conn != nil && sess != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -281,6 +281,12 @@ func (c *Client) do(ctx context.Context, cred Cred, cp *compound) error {
 						return err
 					}
 					break slotLoop
+				case ErrRetryUncachedRep:
+					// A replay of a request the server executed without
+					// keeping the reply (ganesha answers so at the first
+					// operation after SEQUENCE): send it again as new.
+					cp.replayed = cp.replayed || cp.mutating
+					break slotLoop
 				case ErrStaleClientid, ErrExpired:
 					c.invalidateClient(sess, statusNames[se.Status])
 					break slotLoop

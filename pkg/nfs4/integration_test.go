@@ -3,12 +3,15 @@ package nfs4_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -234,4 +237,140 @@ func TestMeasureRoundTrips(t *testing.T) {
 		}
 	}
 	t.Logf("CLOSE: %v per call", time.Since(start)/n)
+}
+
+// proxy forwards TCP to target and can cut every connection it carries.
+type proxy struct {
+	l      net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{l: l, target: target}
+	t.Cleanup(func() { l.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() { io.Copy(c, s); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *proxy) cut() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.conns) / 2
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+	return n
+}
+
+// Connections cut again and again under a stream of creates, writes and
+// removes: every call returns success (hard mount; replays on the same
+// slot are answered from the server's reply cache), none fails with EXIST
+// or NOENT because of a replay, and the files are as written.
+func TestClient_ConnectionCuts_CallsSucceedExactlyOnce(t *testing.T) {
+	g, ex := startGanesha(t)
+	px := newProxy(t, g.Address())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := nfs4.Dial(ctx, nfs4.Config{Server: px.l.Addr().String(), Owner: "cuts"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cred := nfs4.Cred{UID: 1, GID: 1}
+	var root nfs4.FH
+	for i := 0; i < 50; i++ {
+		if root, _, err = c.LookupPath(ctx, cred, ex.Pseudo); err == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	stop := make(chan struct{})
+	cuts := 0
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(30 * time.Millisecond):
+				cuts += px.cut()
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 60; i++ {
+				name := fmt.Sprintf("w%d-%d", w, i)
+				o, err := c.Open(ctx, cred, root, name, nfs4.ShareBoth, nfs4.Guarded, nil)
+				if err != nil {
+					errs <- fmt.Errorf("create %s: %w", name, err)
+					return
+				}
+				if _, err := c.Write(ctx, cred, o.FH, o.Stateid, 0, []byte(name), nfs4.FileSync); err != nil {
+					errs <- fmt.Errorf("write %s: %w", name, err)
+					return
+				}
+				if err := c.CloseFile(ctx, cred, o.FH, o.Stateid); err != nil {
+					errs <- fmt.Errorf("close %s: %w", name, err)
+					return
+				}
+				if i%2 == 1 {
+					if err := c.Remove(ctx, cred, root, name); err != nil {
+						errs <- fmt.Errorf("remove %s: %w", name, err)
+						return
+					}
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(stop)
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if cuts == 0 {
+		t.Fatal("no connection was cut")
+	}
+	for w := 0; w < 4; w++ {
+		for i := 0; i < 60; i++ {
+			name := fmt.Sprintf("w%d-%d", w, i)
+			b, err := os.ReadFile(filepath.Join(ex.Path, name))
+			if i%2 == 1 {
+				if err == nil {
+					t.Errorf("%s was removed but exists", name)
+				}
+			} else if string(b) != name {
+				t.Errorf("%s: %q %v", name, b, err)
+			}
+		}
+	}
+	t.Logf("%d connections cut", cuts)
 }
