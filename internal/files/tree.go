@@ -208,11 +208,35 @@ func (t *Tree) Usage(id string) (int64, error) {
 	if err := checkFileSystemID(id); err != nil {
 		return 0, err
 	}
-	var total int64
+	bytes, _, err := usageOf(t.FileSystemDir(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("file system %s: %w", id, ErrNotFound)
+	}
+	return bytes, err
+}
+
+// RootUsage is what the tree under root directory path of file system id
+// takes: bytes allocated and inodes (files, directories, links), each hard
+// link counted once. It walks the tree, so it costs a stat per entry.
+func (t *Tree) RootUsage(id, path string) (bytes, inodes int64, err error) {
+	if err := checkFileSystemID(id); err != nil {
+		return 0, 0, err
+	}
+	bytes, inodes, err = usageOf(t.HostPath(id, path))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, 0, fmt.Errorf("root directory %s of %s: %w", path, id, ErrNotFound)
+	}
+	return bytes, inodes, err
+}
+
+// usageOf walks dir (following no symbolic link) and adds up allocated
+// bytes and inodes.
+func usageOf(dir string) (int64, int64, error) {
+	var total, inodes int64
 	seen := map[uint64]bool{}
-	err := filepath.WalkDir(t.FileSystemDir(id), func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
+			if errors.Is(err, os.ErrNotExist) && p != dir {
 				return nil
 			}
 			return err
@@ -231,12 +255,10 @@ func (t *Tree) Usage(id string) (int64, error) {
 			seen[st.Ino] = true
 		}
 		total += st.Blocks * 512
+		inodes++
 		return nil
 	})
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, fmt.Errorf("file system %s: %w", id, ErrNotFound)
-	}
-	return total, err
+	return total, inodes, err
 }
 
 // components splits a canonical root path into its names.

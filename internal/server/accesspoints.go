@@ -345,7 +345,17 @@ func (s *Server) DescribeAccessPoint(ctx context.Context, req *pb.DescribeAccess
 	if err != nil {
 		return nil, err
 	}
-	return s.apProto(a), nil
+	out := s.apProto(a)
+	if p, ok := s.filePools[a.Pool]; ok && a.State == apAvailable {
+		// Best effort: a tree being changed while walked still gives a
+		// number; a failure leaves the fields 0 and is logged.
+		if b, n, err := p.RootUsage(a.FileSystemID, a.Path); err == nil {
+			out.SizeUsedBytes, out.InodesUsed = b, n
+		} else {
+			s.log.Warn("access point usage unknown", "accessPoint", a.ID, "err", err)
+		}
+	}
+	return out, nil
 }
 
 func (s *Server) ListAccessPoints(ctx context.Context, req *pb.ListAccessPointsRequest) (*pb.ListAccessPointsResponse, error) {

@@ -204,6 +204,13 @@ func TestCreateAccessPoint_MakesRootWithOwner_ExportsAsItsUser_Idempotent(t *tes
 		x.Path != e.tree.HostPath(f.Id, "/dynamic_provisioning/pvc-1") {
 		t.Fatalf("export %+v (present %t)", x, ok)
 	}
+	// Describe tells what the root directory's tree takes.
+	if err := os.WriteFile(filepath.Join(e.tree.HostPath(f.Id, "/dynamic_provisioning/pvc-1"), "data"), make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := e.srv.DescribeAccessPoint(ctx, &pb.DescribeAccessPointRequest{AccessPointId: a.Id}); err != nil || d.SizeUsedBytes < 1<<20 || d.InodesUsed != 2 {
+		t.Errorf("describe after writing 1 MiB: used %d bytes, %d inodes (%v); want at least 1 MiB and 2 inodes (the root and the file)", d.GetSizeUsedBytes(), d.GetInodesUsed(), err)
+	}
 	again, err := e.srv.CreateAccessPoint(ctx, req)
 	if err != nil || again.Id != a.Id {
 		t.Fatalf("second create = %v, %v", again, err)

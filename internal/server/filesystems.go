@@ -29,6 +29,7 @@ type FilePool interface {
 	DeleteFileSystem(ctx context.Context, id string) error
 	ListFileSystems() ([]string, error)
 	Usage(id string) (int64, error)
+	RootUsage(id, path string) (bytes, inodes int64, err error)
 	PlanRoot(id, path string) ([]string, error)
 	MakeRoot(ctx context.Context, id string, root files.RootDirectory, quotaBytes int64) error
 	SetQuota(id, path string, quotaBytes int64) error

@@ -881,6 +881,10 @@ type AccessPoint struct {
 	// serve NFS (no --nfs-listen).
 	NfsAddress    string `protobuf:"bytes,11,opt,name=nfs_address,json=nfsAddress,proto3" json:"nfs_address,omitempty"`
 	NfsExportPath string `protobuf:"bytes,12,opt,name=nfs_export_path,json=nfsExportPath,proto3" json:"nfs_export_path,omitempty"`
+	// What the tree under the root directory takes: bytes allocated and
+	// inodes. Filled by DescribeAccessPoint (it walks the tree), not by List.
+	SizeUsedBytes int64 `protobuf:"varint,13,opt,name=size_used_bytes,json=sizeUsedBytes,proto3" json:"size_used_bytes,omitempty"`
+	InodesUsed    int64 `protobuf:"varint,14,opt,name=inodes_used,json=inodesUsed,proto3" json:"inodes_used,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -997,6 +1001,20 @@ func (x *AccessPoint) GetNfsExportPath() string {
 		return x.NfsExportPath
 	}
 	return ""
+}
+
+func (x *AccessPoint) GetSizeUsedBytes() int64 {
+	if x != nil {
+		return x.SizeUsedBytes
+	}
+	return 0
+}
+
+func (x *AccessPoint) GetInodesUsed() int64 {
+	if x != nil {
+		return x.InodesUsed
+	}
+	return 0
 }
 
 type CreateAccessPointRequest struct {
@@ -1465,7 +1483,7 @@ const file_stowage_v1_files_proto_rawDesc = "" +
 	"\vpermissions\x18\x03 \x01(\tR\vpermissions\"b\n" +
 	"\rRootDirectory\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12=\n" +
-	"\rcreation_info\x18\x02 \x01(\v2\x18.stowage.v1.CreationInfoR\fcreationInfo\"\xbd\x04\n" +
+	"\rcreation_info\x18\x02 \x01(\v2\x18.stowage.v1.CreationInfoR\fcreationInfo\"\x86\x05\n" +
 	"\vAccessPoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12$\n" +
@@ -1483,7 +1501,10 @@ const file_stowage_v1_files_proto_rawDesc = "" +
 	"createTime\x12\x1f\n" +
 	"\vnfs_address\x18\v \x01(\tR\n" +
 	"nfsAddress\x12&\n" +
-	"\x0fnfs_export_path\x18\f \x01(\tR\rnfsExportPath\x1a7\n" +
+	"\x0fnfs_export_path\x18\f \x01(\tR\rnfsExportPath\x12&\n" +
+	"\x0fsize_used_bytes\x18\r \x01(\x03R\rsizeUsedBytes\x12\x1f\n" +
+	"\vinodes_used\x18\x0e \x01(\x03R\n" +
+	"inodesUsed\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xea\x02\n" +

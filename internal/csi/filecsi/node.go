@@ -353,11 +353,22 @@ func (n *NodeService) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVo
 		return &csi.NodeGetVolumeStatsResponse{VolumeCondition: &csi.VolumeCondition{Abnormal: true,
 			Message: fmt.Sprintf("volume %s at %s: statfs: %v", id, p, err)}}, nil
 	}
+	bytes := &csi.VolumeUsage{Unit: csi.VolumeUsage_BYTES, Total: st.total, Available: st.avail, Used: st.total - st.free}
+	inodes := &csi.VolumeUsage{Unit: csi.VolumeUsage_INODES, Total: st.files, Available: st.filesFree, Used: st.files - st.filesFree}
+	// An access point's own usage, and its quota as the total when it has
+	// one; statfs through NFS tells only the whole pool's.
+	if h, err := ParseVolumeHandle(id); err == nil && h.AccessPointID != "" && h.SubPath == "" {
+		if ap, err := n.accessPoints.DescribeAccessPoint(ctx, &pb.DescribeAccessPointRequest{AccessPointId: h.AccessPointID}); err == nil {
+			bytes.Used, inodes.Used = ap.SizeUsedBytes, ap.InodesUsed
+			if q := ap.QuotaBytes; q > 0 {
+				bytes.Total, bytes.Available = q, max(0, min(q-ap.SizeUsedBytes, st.avail))
+			}
+		} else {
+			klog.InfoS("NodeGetVolumeStats: access point usage unknown; reporting the pool's", "volume", id, "err", err.Error())
+		}
+	}
 	return &csi.NodeGetVolumeStatsResponse{
-		Usage: []*csi.VolumeUsage{
-			{Unit: csi.VolumeUsage_BYTES, Total: st.total, Available: st.avail, Used: st.total - st.free},
-			{Unit: csi.VolumeUsage_INODES, Total: st.files, Available: st.filesFree, Used: st.files - st.filesFree},
-		},
+		Usage:           []*csi.VolumeUsage{bytes, inodes},
 		VolumeCondition: &csi.VolumeCondition{Message: "mounted and serving"},
 	}, nil
 }

@@ -106,7 +106,8 @@ func mountCap(mode csi.VolumeCapability_AccessMode_Mode, flags ...string) *csi.V
 func newTestNode(t *testing.T) (*NodeService, *fakeMounter) {
 	m := newFakeMounter()
 	aps := fakeAccessPoints{aps: map[string]*pb.AccessPoint{
-		testAPID: {Id: testAPID, FileSystemId: testFSID, NfsAddress: "127.0.0.1:12049", NfsExportPath: "/" + testAPID},
+		testAPID: {Id: testAPID, FileSystemId: testFSID, NfsAddress: "127.0.0.1:12049", NfsExportPath: "/" + testAPID,
+			QuotaBytes: 10 << 20, SizeUsedBytes: 3 << 20, InodesUsed: 7},
 	}}
 	fss := fakeFileSystems{fss: map[string]*pb.FileSystem{
 		testFSID: {Id: testFSID, NfsAddress: "127.0.0.1:12049", NfsExportPath: "/" + testFSID},
@@ -244,7 +245,11 @@ func TestNodeGetVolumeStats_NotMountedNotFound_DeadMountAbnormal(t *testing.T) {
 	m.mounts[target] = Mount{VolumeID: id, Target: target}
 	resp, err := n.NodeGetVolumeStats(context.Background(), &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
 	if err != nil || resp.VolumeCondition.Abnormal || len(resp.Usage) != 2 || resp.Usage[0].Total <= 0 {
-		t.Errorf("stats of a healthy mount: %v, %v", resp, err)
+		t.Fatalf("stats of a healthy mount: %v, %v", resp, err)
+	}
+	// The access point's usage, and its quota as the total.
+	if b, i := resp.Usage[0], resp.Usage[1]; b.Total != 10<<20 || b.Used != 3<<20 || b.Available != 7<<20 || i.Used != 7 {
+		t.Errorf("stats of a quota'd access point: bytes %v, inodes %v; want total 10 MiB, used 3 MiB, available 7 MiB, 7 inodes used", b, i)
 	}
 	m.broken[target] = true
 	resp, err = n.NodeGetVolumeStats(context.Background(), &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
