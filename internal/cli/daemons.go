@@ -332,7 +332,7 @@ func newCSICmd() *cobra.Command {
 				stateDir = "/var/lib/stowage/csi-file-node"
 			}
 			return runFileDriver(ctx, conn, fileDriverOptions{controller: withController, node: withNode, endpoint: endpoint, metricsAddr: metricsAddr,
-				nodeID: nodeID, stateDir: stateDir, registrationDir: registrationDir, nfsClient: nfsClient, mountHelper: mountHelper})
+				nodeID: nodeID, zone: zone, stateDir: stateDir, registrationDir: registrationDir, nfsClient: nfsClient, mountHelper: mountHelper})
 		}
 		if stateDir == "" {
 			stateDir = "/var/lib/stowage/csi-node"
@@ -383,8 +383,8 @@ func newCSICmd() *cobra.Command {
 }
 
 type fileDriverOptions struct {
-	controller, node                                                                 bool
-	endpoint, metricsAddr, nodeID, stateDir, registrationDir, nfsClient, mountHelper string
+	controller, node                                                                       bool
+	endpoint, metricsAddr, nodeID, zone, stateDir, registrationDir, nfsClient, mountHelper string
 }
 
 func runFileDriver(ctx context.Context, conn *grpc.ClientConn, o fileDriverOptions) error {
@@ -416,7 +416,7 @@ func runFileDriver(ctx context.Context, conn *grpc.ClientConn, o fileDriverOptio
 			return usageErrorf("--nfs-client %q: use auto, kernel or fuse", o.nfsClient)
 		}
 		slog.Info("file driver node: NFS client chosen", "client", fmt.Sprintf("%T", m), "stateDir", o.stateDir)
-		node = filecsi.NewNodeService(filecsi.NodeConfig{NodeID: o.nodeID}, m, pb.NewFileSystemServiceClient(conn), pb.NewAccessPointServiceClient(conn))
+		node = filecsi.NewNodeService(filecsi.NodeConfig{NodeID: o.nodeID, Zone: o.zone}, m, pb.NewFileSystemServiceClient(conn), pb.NewAccessPointServiceClient(conn))
 		go node.Watch(ctx)
 		if o.registrationDir != "" {
 			if _, _, err := csi.ServeRegistrationFor(ctx, filecsi.DriverName, o.registrationDir, o.endpoint); err != nil {

@@ -288,6 +288,7 @@ func (c *Config) Components() []Component {
 			"--endpoint=unix://" + fileSock,
 			"--api=" + stowageAPI,
 			"--node-id=" + c.NodeName,
+			"--zone=" + c.Zone,
 			"--state-dir=" + l.CSIFileState(),
 			"--kubelet-registration-dir=" + l.PluginsRegistry(),
 			"--metrics-address=" + FileDriverMetricsAddress,

@@ -27,6 +27,10 @@ const (
 	tagPVName       = "kubernetes.io/created-for/pv/name"
 )
 
+// TopologyKeyZone is the node label of a node's zone for this driver; One
+// Zone file systems' volumes are constrained to it.
+const TopologyKeyZone = "topology.file.csi.stowage.io/zone"
+
 // Volume context keys: what the node plugin needs to mount the volume.
 const (
 	ContextFileSystemID  = "fileSystemId"
@@ -338,11 +342,17 @@ func (c *ControllerService) response(fs *pb.FileSystem, ap *pb.AccessPoint, requ
 	if p.az != "" {
 		vc[ContextAZ] = p.az
 	}
-	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
+	vol := &csi.Volume{
 		VolumeId:      VolumeHandle{FileSystemID: fs.Id, AccessPointID: ap.Id}.String(),
 		CapacityBytes: capacity,
 		VolumeContext: vc,
-	}}
+	}
+	// A One Zone file system is reached from its zone's nodes only; a
+	// Standard one from every node (no constraint).
+	if z := fs.AvailabilityZone; z != "" {
+		vol.AccessibleTopology = []*csi.Topology{{Segments: map[string]string{TopologyKeyZone: z}}}
+	}
+	return &csi.CreateVolumeResponse{Volume: vol}
 }
 
 // DeleteVolume deletes the access point behind a volume this driver

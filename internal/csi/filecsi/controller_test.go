@@ -434,3 +434,18 @@ func TestIdentityAndCapabilities(t *testing.T) {
 		}
 	}
 }
+
+func TestCreateVolume_OneZoneFileSystem_VolumeConstrainedToItsZone(t *testing.T) {
+	e := newEnv(t, apitest.Files{})
+	if v := e.create(t, "pvc-standard", e.params(nil)); len(v.AccessibleTopology) != 0 {
+		t.Errorf("a Standard file system's volume has topology %v; want none (every node)", v.AccessibleTopology)
+	}
+	oz, err := e.fs.CreateFileSystem(context.Background(), &pb.CreateFileSystemRequest{Name: "one-zone", AvailabilityZone: "zone-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := e.create(t, "pvc-one-zone", e.params(map[string]string{"fileSystemId": oz.Id}))
+	if len(v.AccessibleTopology) != 1 || v.AccessibleTopology[0].Segments[TopologyKeyZone] != "zone-a" {
+		t.Errorf("a One Zone file system's volume has topology %v; want %s=zone-a", v.AccessibleTopology, TopologyKeyZone)
+	}
+}

@@ -22,6 +22,9 @@ import (
 // NodeConfig says who the node is and how it mounts.
 type NodeConfig struct {
 	NodeID string
+	// Zone is the node's zone (TopologyKeyZone): the volumes of a One Zone
+	// file system are scheduled to its zone's nodes.
+	Zone string
 	// CheckInterval is how often the node checks its mounts (a FUSE client
 	// that died leaves a dead mount: the node says which volume).
 	CheckInterval time.Duration
@@ -93,9 +96,11 @@ func (n *NodeService) lockTarget(ctx context.Context, target string) (func(), er
 }
 
 func (n *NodeService) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
-	// No topology: every node reaches every file system (a One Zone file
-	// system's zone is checked by the controller).
-	return &csi.NodeGetInfoResponse{NodeId: n.cfg.NodeID}, nil
+	resp := &csi.NodeGetInfoResponse{NodeId: n.cfg.NodeID}
+	if n.cfg.Zone != "" {
+		resp.AccessibleTopology = &csi.Topology{Segments: map[string]string{TopologyKeyZone: n.cfg.Zone}}
+	}
+	return resp, nil
 }
 
 func (n *NodeService) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {

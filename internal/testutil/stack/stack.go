@@ -250,7 +250,7 @@ func (s *Stack) startFileDriver(t testing.TB, ctx context.Context, o Options) {
 	s.FileStateDir = filepath.Join(s.Dir, "file-node-state")
 	m := &filecsi.FUSEMounter{Helper: o.MountHelper, StateDir: s.FileStateDir, NodeID: o.Node}
 	ctrl := filecsi.NewControllerService(pb.NewFileSystemServiceClient(s.Conn), pb.NewAccessPointServiceClient(s.Conn))
-	node := filecsi.NewNodeService(filecsi.NodeConfig{NodeID: o.Node, CheckInterval: time.Second}, m, pb.NewFileSystemServiceClient(s.Conn), pb.NewAccessPointServiceClient(s.Conn))
+	node := filecsi.NewNodeService(filecsi.NodeConfig{NodeID: o.Node, Zone: o.Zone, CheckInterval: time.Second}, m, pb.NewFileSystemServiceClient(s.Conn), pb.NewAccessPointServiceClient(s.Conn))
 	dctx, cancel := context.WithCancel(ctx)
 	go node.Watch(dctx)
 	d := filecsi.NewDriver(ctrl, node)
