@@ -228,7 +228,7 @@ func sequenceLines(t *testing.T, ns, podName, path string) int {
 }
 
 // The data path outlives the node plugin, pauses over an NFS server
-// restart without losing writes, and a killed FUSE client fails its pod's
+// restart and a storage host (server) restart without losing writes, and a killed FUSE client fails its pod's
 // I/O with an error (not a hang) that the node plugin reports by volume.
 func TestFiles_Faults(t *testing.T) {
 	ns := namespace(t)
@@ -274,6 +274,13 @@ func TestFiles_Faults(t *testing.T) {
 	if p := waitPodPhase(t, ns, "writer", corev1.PodRunning); p.Status.Phase != corev1.PodRunning {
 		t.Fatalf("writer is %s after the NFS server restart", p.Status.Phase)
 	}
+
+	step("kill the Stowage server, the storage host (nfs-ganesha goes with it; the supervisor starts both again)")
+	serverPID := readPID(t, filepath.Join(dataDir, "run", "stowage-server.pid"))
+	if err := syscallKill(serverPID); err != nil {
+		t.Fatal(err)
+	}
+	n = grew("the writer to resume after the storage host restarts", n, 3*time.Minute)
 
 	step("kill the writer's FUSE NFS client")
 	pv := pvOf(t, ns, "shared")
