@@ -2,19 +2,24 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // target is a directory the workloads run in: the local baseline or the
 // access point through a client.
-type target struct{ name, dir string }
+// backing is where the target's files are on the storage host ("" for
+// the local directory).
+type target struct{ name, dir, backing string }
 
 func (e *env) targets() []target {
-	return []target{{"local", e.local}, {"FUSE client", e.mount}}
+	return []target{{"local", e.local, ""}, {"FUSE client", e.mount, e.export}}
 }
 
 // swapped is the round's order of the targets: alternating, so neither
@@ -33,7 +38,18 @@ func swapped(ts []target, round int) []target {
 var smallData = []byte("small file\n") // 11 bytes
 
 // smallResult is one run's rates in operations per second.
-type smallResult struct{ create, stat, remove float64 }
+type smallResult struct {
+	create, stat, remove float64
+	// spurious counts unlink(2)s through the client that returned ENOENT
+	// for a file that the stat phase had just found (each file is removed
+	// by one unlink only). If the file is still in the export's directory,
+	// an unlink 1.1 s later removes it; if it is gone, the unlink did
+	// remove it and answered wrongly.
+	spurious int64
+	// wrongExist counts O_EXCL creates through the client that answered
+	// EEXIST for a new name (the file was then opened and written).
+	wrongExist int64
+}
 
 // smallRun has each of clients goroutines create n files in its own
 // directory (open O_CREAT|O_EXCL, write 11 bytes, close), then stat each,
@@ -42,8 +58,9 @@ type smallResult struct{ create, stat, remove float64 }
 // Between phases the file system is written back and 1.5 s pass, so the
 // FUSE client's 1 s attribute and entry caches have expired: every stat
 // through it asks the server.
-func (e *env) smallRun(ctx context.Context, base string, clients, n int) (smallResult, error) {
-	root := filepath.Join(base, fmt.Sprintf("small-%d", clients))
+func (e *env) smallRun(ctx context.Context, base, backing string, round, clients, n int) (smallResult, error) {
+	// A fresh name each round: see the note on reused names in benchSmall.
+	root := filepath.Join(base, fmt.Sprintf("small-r%d-%d", round, clients))
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return smallResult{}, err
 	}
@@ -90,8 +107,15 @@ func (e *env) smallRun(ctx context.Context, base string, clients, n int) (smallR
 	}
 	var r smallResult
 	var err error
+	var wrongExist atomic.Int64
 	if r.create, err = phase(func(p string) error {
 		f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if errors.Is(err, fs.ErrExist) && backing != "" {
+			// No one else creates this name: the client answered EEXIST
+			// for a file it made itself. Count it and open what is there.
+			wrongExist.Add(1)
+			f, err = os.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0o644)
+		}
 		if err != nil {
 			return err
 		}
@@ -112,9 +136,26 @@ func (e *env) smallRun(ctx context.Context, base string, clients, n int) (smallR
 	}); err != nil {
 		return r, fmt.Errorf("stat: %w", err)
 	}
-	if r.remove, err = phase(os.Remove); err != nil {
+	var spurious atomic.Int64
+	if r.remove, err = phase(func(p string) error {
+		err := os.Remove(p)
+		if errors.Is(err, fs.ErrNotExist) && backing != "" {
+			// Is it there at the server (in the export's directory)?
+			rel, _ := filepath.Rel(base, p)
+			spurious.Add(1)
+			if _, serr := os.Lstat(filepath.Join(backing, rel)); serr == nil {
+				time.Sleep(1100 * time.Millisecond) // past the client's 1 s caches
+				err = os.Remove(p)
+			} else {
+				err = nil // gone at the server: removed, with the wrong answer
+			}
+		}
+		return err
+	}); err != nil {
 		return r, fmt.Errorf("remove: %w", err)
 	}
+	r.spurious = spurious.Load()
+	r.wrongExist = wrongExist.Load()
 	return r, nil
 }
 
@@ -128,15 +169,24 @@ func benchSmall(ctx context.Context, e *env, rep *report, cfg config) error {
 		}
 	}
 	loads := []string{}
+	spurious, wrongExist := map[string]int64{}, map[string]int64{}
 	for r := range cfg.rounds {
 		for _, c := range cfg.clients {
 			for _, t := range swapped(e.targets(), r) {
 				progress("small files: round %d/%d, %s, %d client(s) × %d files", r+1, cfg.rounds, t.name, c, cfg.files)
-				x, err := e.smallRun(ctx, t.dir, c, cfg.files)
+				x, err := e.smallRun(ctx, t.dir, t.backing, r, c, cfg.files)
 				if err != nil {
 					return fmt.Errorf("%s, %d clients: %w", t.name, c, err)
 				}
 				progress("  create %.0f/s, stat %.0f/s, remove %.0f/s", x.create, x.stat, x.remove)
+				if x.wrongExist > 0 {
+					progress("  %d O_EXCL creates through the mount returned EEXIST for a new name (see the report)", x.wrongExist)
+					wrongExist[t.name] += x.wrongExist
+				}
+				if x.spurious > 0 {
+					progress("  %d unlink(2)s through the mount returned ENOENT for a file that existed (see the report)", x.spurious)
+					spurious[t.name] += x.spurious
+				}
 				s := res[t.name][c]
 				s[0], s[1], s[2] = append(s[0], x.create), append(s[1], x.stat), append(s[2], x.remove)
 			}
@@ -162,6 +212,19 @@ func benchSmall(ctx context.Context, e *env, rep *report, cfg config) error {
 		}
 	}
 	rep.table([]string{"ops/s", "local", "FUSE client", "ratio", "goal"}, rows)
+	for _, t := range e.targets() {
+		if n := wrongExist[t.name]; n > 0 {
+			rep.para("**%s: %d open(O_CREAT|O_EXCL) call(s) returned EEXIST for a name that did not exist before** (each client "+
+				"creates its own names once). The file was there afterwards; it was opened without O_EXCL and written, and counted as a create. "+
+				"Over %d rounds with %s clients.", t.name, n, cfg.rounds, fmt.Sprint(cfg.clients))
+		}
+		if n := spurious[t.name]; n > 0 {
+			rep.para("**%s: %d unlink(2) call(s) returned ENOENT** for a file the stat phase had just found and no one else removed. "+
+				"Each was checked in the export's directory on the storage host: if the file was still there it was unlinked again through "+
+				"the mount 1.1 s later (the wait is in the remove rate); if it was gone, the unlink had removed it and answered wrongly. "+
+				"Over %d rounds with %s clients.", t.name, n, cfg.rounds, fmt.Sprint(cfg.clients))
+		}
+	}
 	return nil
 }
 
