@@ -1,7 +1,10 @@
-package sanity
+// Package file runs csi-sanity against the file driver; a package of its
+// own because Ginkgo runs one suite per process.
+package file
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -38,4 +41,19 @@ func TestFileCSISanity(t *testing.T) {
 	}
 	cfg.CheckPath = checkPath
 	sanity.Test(t, cfg)
+}
+
+func checkPath(path string) (sanity.PathKind, error) {
+	fi, err := os.Stat(path)
+	switch {
+	case os.IsNotExist(err):
+		return sanity.PathIsNotFound, nil
+	case err != nil:
+		return sanity.PathIsOther, err
+	case fi.IsDir():
+		return sanity.PathIsDir, nil
+	case fi.Mode().IsRegular():
+		return sanity.PathIsFile, nil
+	}
+	return sanity.PathIsOther, nil
 }
