@@ -9,11 +9,13 @@ import (
 	"sort"
 )
 
-// ComponentPrincipals are the token files `stowage up` gives its
+// ComponentPrincipals are the token files the server keeps for its
 // components (file name under the tokens directory → principal) for the
-// node the server runs on.
+// node it runs on, and one for the administrator (for clients that reach
+// the API over TCP, where there are no peer credentials).
 func ComponentPrincipals(node string) map[string]string {
 	return map[string]string{
+		"admin":            AdminName,
 		"csi-controller":   CSIController,
 		"csi-node":         CSINodePrefix + node,
 		"csi-file":         CSIFile,

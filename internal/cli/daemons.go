@@ -130,7 +130,7 @@ func newServerCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&a.bootstrapTokensDir, "bootstrap-tokens-dir", "", "at start, make sure this directory holds a valid token (mode 0600) for each component: csi-controller, csi-node (of --node), csi-file, secrets-provider, kms-plugin (stowage up sets it)")
+	f.StringVar(&a.bootstrapTokensDir, "bootstrap-tokens-dir", "", "at start, make sure this directory (mode 0700) holds a valid token file (mode 0600) for admin, csi-controller, csi-node (of --node), csi-file, secrets-provider and kms-plugin (default <data-dir>/tokens; none: make none)")
 	f.StringVar(&a.review.APIServer, "kube-apiserver", "", "verify Kubernetes service-account tokens with this apiserver's TokenReview API (https://host:port); empty: service-account tokens are refused")
 	f.StringVar(&a.review.CAFile, "kube-ca-file", "", "CA certificate of --kube-apiserver")
 	f.StringVar(&a.review.CertFile, "kube-client-cert-file", "", "client certificate the server authenticates to --kube-apiserver with (needs create on tokenreviews)")
@@ -274,7 +274,11 @@ func runServer(ctx context.Context, o serverOptions) error {
 		verifier = tr
 	}
 	authz := auth.New(st, verifier, log)
-	if dir := o.auth.bootstrapTokensDir; dir != "" {
+	dir := o.auth.bootstrapTokensDir
+	if dir == "" {
+		dir = filepath.Join(dataDir, "tokens")
+	}
+	if dir != "none" {
 		issued, err := authz.Records.BootstrapTokens(ctx, dir, auth.ComponentPrincipals(node))
 		if err != nil {
 			return err
