@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -151,6 +152,15 @@ func startAuth(t testing.TB, f *Files, a Auth, opts ...grpc.ServerOption) (*API,
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
 	api := &API{Endpoint: endpoint, Auth: authz, Server: srv}
+	if os.Geteuid() != 0 {
+		// No peer-credential admin: Dial sends an admin token instead.
+		tok, _, err := authz.Records.CreateToken(context.Background(), auth.AdminName, "apitest")
+		if err != nil {
+			t.Fatal(err)
+		}
+		adminTokens.Store(endpoint, tok)
+		t.Cleanup(func() { adminTokens.Delete(endpoint) })
+	}
 	if a.TCP {
 		tl, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -162,10 +172,19 @@ func startAuth(t testing.TB, f *Files, a Auth, opts ...grpc.ServerOption) (*API,
 	return api, fileDir
 }
 
-// Dial connects to endpoint.
+// adminTokens are the admin tokens of servers started by a non-root test,
+// by endpoint.
+var adminTokens sync.Map
+
+// Dial connects to endpoint as the administrator: root by peer
+// credentials, or an admin token when the test does not run as root.
 func Dial(t testing.TB, endpoint string) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if tok, ok := adminTokens.Load(endpoint); ok {
+		opts = append(opts, grpc.WithPerRPCCredentials(auth.TokenCredentials{Token: tok.(string)}))
+	}
+	conn, err := grpc.NewClient(endpoint, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
