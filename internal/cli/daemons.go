@@ -19,6 +19,7 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
+	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/csi/filecsi"
 	"github.com/stowage-io/stowage/internal/files"
@@ -101,6 +102,7 @@ func newServerCmd() *cobra.Command {
 	var pools, filePools []string
 	var apLimit int
 	var nfsListen string
+	var a authOptions
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the Stowage API server with its storage pools (agent in-process)",
@@ -124,10 +126,17 @@ func newServerCmd() *cobra.Command {
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node, metricsAddr: metricsAddr,
-				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen})
+				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, auth: a})
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&a.bootstrapTokensDir, "bootstrap-tokens-dir", "", "at start, make sure this directory (mode 0700) holds a valid token file (mode 0600) for admin, csi-controller, csi-node (of --node), csi-file, secrets-provider and kms-plugin (default <data-dir>/tokens; none: make none)")
+	f.StringVar(&a.review.APIServer, "kube-apiserver", "", "verify Kubernetes service-account tokens with this apiserver's TokenReview API (https://host:port); empty: service-account tokens are refused")
+	f.StringVar(&a.review.CAFile, "kube-ca-file", "", "CA certificate of --kube-apiserver")
+	f.StringVar(&a.review.CertFile, "kube-client-cert-file", "", "client certificate the server authenticates to --kube-apiserver with (needs create on tokenreviews)")
+	f.StringVar(&a.review.KeyFile, "kube-client-key-file", "", "key of --kube-client-cert-file")
+	f.StringVar(&a.review.TokenFile, "kube-token-file", "", "bearer token file for --kube-apiserver, instead of a client certificate")
+	f.StringVar(&a.review.Audience, "token-audience", auth.DefaultAudience, "audience service-account tokens must be issued for")
 	f.StringVar(&dataDir, "data-dir", "/var/lib/stowage", "where the metadata file and default pools live")
 	f.StringVar(&listen, "listen", DefaultEndpoint, "API address: host:port or unix:///path")
 	f.StringVar(&zone, "zone", "zone-a", "zone of pools that do not name one")
@@ -145,6 +154,12 @@ type serverOptions struct {
 	pools, filePools                         []string
 	accessPointLimit                         int
 	nfsListen                                string
+	auth                                     authOptions
+}
+
+type authOptions struct {
+	bootstrapTokensDir string
+	review             auth.TokenReviewConfig
 }
 
 func runServer(ctx context.Context, o serverOptions) error {
@@ -250,8 +265,30 @@ func runServer(ctx context.Context, o serverOptions) error {
 		nfsAddress = g.Address()
 		log.Info("NFS serving", "address", nfsAddress)
 	}
+	var verifier auth.Verifier
+	if o.auth.review.APIServer != "" {
+		tr, err := auth.NewTokenReview(o.auth.review)
+		if err != nil {
+			return err
+		}
+		verifier = tr
+	}
+	authz := auth.New(st, verifier, log)
+	dir := o.auth.bootstrapTokensDir
+	if dir == "" {
+		dir = filepath.Join(dataDir, "tokens")
+	}
+	if dir != "none" {
+		issued, err := authz.Records.BootstrapTokens(ctx, dir, auth.ComponentPrincipals(node))
+		if err != nil {
+			return err
+		}
+		if len(issued) > 0 {
+			log.Info("component tokens issued", "dir", dir, "components", issued)
+		}
+	}
 	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys,
-		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit, NFSAddress: nfsAddress})
+		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit, NFSAddress: nfsAddress, Auth: authz})
 	if err != nil {
 		return err
 	}
@@ -265,7 +302,8 @@ func runServer(ctx context.Context, o serverOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
-	var opts []grpc.ServerOption
+	// Authentication first: the metrics interceptor counts refused calls too.
+	opts := authz.ServerOptions()
 	if metricsAddr != "" {
 		m := metrics.New()
 		m.WatchInventory(srv)
@@ -289,7 +327,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 }
 
 func newCSICmd() *cobra.Command {
-	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper string
+	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper, tokenFile string
 	var maxVolumes int64
 	var limitsInterval time.Duration
 	cmd := &cobra.Command{Use: "csi", Short: "Run a CSI driver: block (" + csi.DriverName + ") or file (" + filecsi.DriverName + ")"}
@@ -299,6 +337,7 @@ func newCSICmd() *cobra.Command {
 	pf.StringVar(&mountHelper, "mount-helper", "", "file driver node: the stowage binary whose nfs-mount command the FUSE client is (default: this binary)")
 	pf.StringVar(&endpoint, "endpoint", "unix:///csi/csi.sock", "CSI socket: unix:///path or tcp://host:port")
 	pf.StringVar(&api, "api", DefaultEndpoint, "Stowage API address")
+	pf.StringVar(&tokenFile, "token-file", "", tokenFileUsage(auth.CSIController+", "+auth.CSINodePrefix+"<node> or "+auth.CSIFile))
 	pf.StringVar(&nodeID, "node-id", "", "this node's id (node plugin; default: hostname)")
 	pf.StringVar(&zone, "zone", "zone-a", "this node's zone (node plugin)")
 	pf.StringVar(&stateDir, "state-dir", "", "node plugin state, one file per staged volume or mount (default /var/lib/stowage/csi-node, and /var/lib/stowage/csi-file-node for the file driver)")
@@ -317,7 +356,7 @@ func newCSICmd() *cobra.Command {
 		}
 		ctx, cancel := signalContext(cmd.Context())
 		defer cancel()
-		conn, err := dial(api)
+		conn, err := dial(api, tokenFile)
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/cluster"
 )
 
@@ -47,7 +48,10 @@ type globals struct {
 	endpoint string
 	output   string
 	timeout  time.Duration
-	out      io.Writer
+	// tokenFile holds the Stowage API token to send; "" sends none (the
+	// administrator by peer credentials over the local unix socket).
+	tokenFile string
+	out       io.Writer
 }
 
 // NewRoot builds the whole command tree.
@@ -70,9 +74,10 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	pf.StringVar(&g.endpoint, "endpoint", "", "Stowage API address: host:port or unix:///path (default: env STOWAGE_ENDPOINT, else the local cluster's socket if `stowage up` runs, else "+DefaultEndpoint+")")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
+	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the Stowage API token to call with (mode 0600; default: env STOWAGE_TOKEN_FILE, else none: root over the server's unix socket is the administrator)")
 	root.AddCommand(
 		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g), newSecretCmd(g), newParamCmd(g),
-		newFileSystemCmd(g), newAccessPointCmd(g),
+		newFileSystemCmd(g), newAccessPointCmd(g), newPolicyCmd(g), newTokenCmd(g),
 		newServerCmd(), newCSICmd(), newKMSPluginCmd(), newSecretsProviderCmd(), newVersionCmd(), newNFSMountCmd(),
 		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(),
 	)
@@ -146,13 +151,23 @@ func exitCode(err error) int {
 	return ExitError
 }
 
-// dial connects to the Stowage API.
-func dial(endpoint string) (*grpc.ClientConn, error) {
+// dial connects to the Stowage API, sending the token in tokenFile (if
+// any) with every call. The token goes in call metadata only: never in
+// an argument list, a log line or an error.
+func dial(endpoint, tokenFile string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	target := endpoint
 	if strings.HasPrefix(endpoint, "tcp://") {
 		target = strings.TrimPrefix(endpoint, "tcp://")
 	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if tokenFile != "" {
+		token, err := auth.ReadTokenFile(tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, grpc.WithPerRPCCredentials(auth.TokenCredentials{Token: token}))
+	}
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the Stowage API at %s: %w", endpoint, err)
 	}
@@ -171,17 +186,18 @@ type client struct {
 	params    pb.ParameterServiceClient
 	fs        pb.FileSystemServiceClient
 	aps       pb.AccessPointServiceClient
+	policies  pb.PolicyServiceClient
 }
 
-func newClient(endpoint string) (*client, error) {
-	conn, err := dial(endpoint)
+func newClient(endpoint, tokenFile string) (*client, error) {
+	conn, err := dial(endpoint, tokenFile)
 	if err != nil {
 		return nil, err
 	}
 	return &client{conn: conn, volumes: pb.NewVolumeServiceClient(conn), snapshots: pb.NewSnapshotServiceClient(conn),
 		pools: pb.NewPoolServiceClient(conn), nodes: pb.NewNodeServiceClient(conn), keys: pb.NewKeyServiceClient(conn),
 		secrets: pb.NewSecretServiceClient(conn), params: pb.NewParameterServiceClient(conn),
-		fs: pb.NewFileSystemServiceClient(conn), aps: pb.NewAccessPointServiceClient(conn)}, nil
+		fs: pb.NewFileSystemServiceClient(conn), aps: pb.NewAccessPointServiceClient(conn), policies: pb.NewPolicyServiceClient(conn)}, nil
 }
 
 // run opens a client, applies the timeout and calls fn.
@@ -191,7 +207,11 @@ func (g *globals) run(cmd *cobra.Command, fn func(ctx context.Context, c *client
 		return err
 	}
 	ep := resolveEndpoint(g.endpoint, os.Getenv, fileExists)
-	c, err := newClient(ep.endpoint)
+	tokenFile := g.tokenFile
+	if tokenFile == "" {
+		tokenFile = os.Getenv("STOWAGE_TOKEN_FILE")
+	}
+	c, err := newClient(ep.endpoint, tokenFile)
 	if err != nil {
 		return err
 	}

@@ -1,24 +1,22 @@
 package cli
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/kmsplugin"
 	"github.com/stowage-io/stowage/internal/provider"
 )
 
 func newKMSPluginCmd() *cobra.Command {
-	var listen, api, key string
+	var listen, api, key, tokenFile string
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "kms-plugin",
@@ -34,7 +32,7 @@ still decrypts. A disabled key makes Status unhealthy and Encrypt fail.`,
 			if key == "" {
 				return usageErrorf("--key is required: the KMS key (id, alias/… or ARN) that wraps the apiserver's data keys")
 			}
-			conn, err := dial(api)
+			conn, err := dial(api, tokenFile)
 			if err != nil {
 				return err
 			}
@@ -53,11 +51,12 @@ still decrypts. A disabled key makes Status unhealthy and Encrypt fail.`,
 	f.StringVar(&api, "api", DefaultEndpoint, "Stowage API address")
 	f.StringVar(&key, "key", "", "the KMS key: a key id, alias/<name> or an ARN (required)")
 	f.DurationVar(&timeout, "timeout", 3*time.Second, "gRPC connection timeout of the plugin's server")
+	f.StringVar(&tokenFile, "token-file", "", tokenFileUsage(auth.KMSPlugin))
 	return cmd
 }
 
 func newSecretsProviderCmd() *cobra.Command {
-	var dir, api, audience string
+	var dir, api, audience, tokenFile string
 	cmd := &cobra.Command{
 		Use:   "secrets-provider",
 		Short: "Run the Secrets Store CSI provider (provider name " + provider.Name + ")",
@@ -71,7 +70,7 @@ API with every fetch; it is never logged.`,
 		Example: `  stowage secrets-provider --providers-dir /var/run/secrets-store-csi-providers --api unix:///run/stowage/api.sock`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := dialLarge(api)
+			conn, err := dialLarge(api, tokenFile)
 			if err != nil {
 				return err
 			}
@@ -93,18 +92,18 @@ API with every fetch; it is never logged.`,
 	f := cmd.Flags()
 	f.StringVar(&dir, "providers-dir", "/var/run/secrets-store-csi-providers", "the driver's --provider-volume")
 	f.StringVar(&api, "api", DefaultEndpoint, "Stowage API address")
+	f.StringVar(&tokenFile, "token-file", "", tokenFileUsage(auth.SecretsProvider))
 	f.StringVar(&audience, "audience", provider.DefaultAudience, "audience of the pod's service-account token (list it in the CSIDriver's tokenRequests)")
 	return cmd
 }
 
 // dialLarge is dial with room for a mount's values (up to 100 objects of
 // 64 KiB) in one reply.
-func dialLarge(endpoint string) (*grpc.ClientConn, error) {
-	target := strings.TrimPrefix(endpoint, "tcp://")
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(provider.MaxReply)))
-	if err != nil {
-		return nil, fmt.Errorf("connect to the Stowage API at %s: %w", endpoint, err)
-	}
-	return conn, nil
+func dialLarge(endpoint, tokenFile string) (*grpc.ClientConn, error) {
+	return dial(endpoint, tokenFile, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(provider.MaxReply)))
+}
+
+// tokenFileUsage is the --token-file help of a component.
+func tokenFileUsage(principal string) string {
+	return "file holding this component's Stowage API token (principal " + principal + "; mode 0600; `stowage token create --principal " + principal + " --out-file F` makes one). Default none: root over the API's unix socket is the administrator"
 }

@@ -238,3 +238,11 @@ func (l Layout) PluginsRegistry() string { return l.path("kubelet", "plugins_reg
 // state (one record per mount).
 func (l Layout) CSIFileSocket() string { return l.path("kubelet", "plugins", FileDriverName, "csi.sock") }
 func (l Layout) CSIFileState() string  { return l.path("csi-file-node") }
+
+// StowageTokens holds the components' Stowage API tokens (mode 0600 files,
+// made by the server at its start).
+func (l Layout) StowageTokens() string { return l.path("stowage", "tokens") }
+
+// StowageToken is the token file of a component (csi-controller, csi-node,
+// csi-file, secrets-provider, kms-plugin).
+func (l Layout) StowageToken(component string) string { return l.path("stowage", "tokens", component) }

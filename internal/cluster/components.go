@@ -252,11 +252,19 @@ func (c *Config) Components() []Component {
 			fmt.Sprintf("--pool=name=pool-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, c.PoolSize),
 			fmt.Sprintf("--file-pool=name=files-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, FilePoolSize),
 			"--nfs-listen=" + NFSAddress,
+			// Component tokens are made by the server before it listens, so
+			// they exist when the components (which need it ready) start.
+			"--bootstrap-tokens-dir=" + l.StowageTokens(),
+			fmt.Sprintf("--kube-apiserver=https://127.0.0.1:%d", apiserverPort),
+			"--kube-ca-file=" + pki.Cert(CA),
+			"--kube-client-cert-file=" + pki.Cert(StowageServerCert),
+			"--kube-client-key-file=" + pki.Key(StowageServerCert),
 		}}, Ready: func(ctx context.Context) error { return dialUnix(l.StowageSocket()) }},
 		{Name: "csi-controller", Needs: []string{"stowage-server"}, Cmd: Command{Path: c.Stowage, Args: []string{
 			"csi", "controller",
 			"--endpoint=unix://" + csiCtrl,
 			"--api=" + stowageAPI,
+			"--token-file=" + l.StowageToken("csi-controller"),
 			"--metrics-address=" + ControllerMetricsAddress,
 		}}, Ready: func(ctx context.Context) error { return dialUnix(csiCtrl) }},
 		// A delete is retried until the volume is detached; retry soon and
@@ -274,6 +282,7 @@ func (c *Config) Components() []Component {
 			"csi", "node",
 			"--endpoint=unix://" + l.CSINodeSocket(),
 			"--api=" + stowageAPI,
+			"--token-file=" + l.StowageToken("csi-node"),
 			"--node-id=" + c.NodeName,
 			"--zone=" + c.Zone,
 			"--state-dir=" + l.CSINodeState(),
@@ -287,6 +296,7 @@ func (c *Config) Components() []Component {
 			"csi", "all", "--driver=file",
 			"--endpoint=unix://" + fileSock,
 			"--api=" + stowageAPI,
+			"--token-file=" + l.StowageToken("csi-file"),
 			"--node-id=" + c.NodeName,
 			"--zone=" + c.Zone,
 			"--state-dir=" + l.CSIFileState(),

@@ -79,8 +79,16 @@ func (c *Config) CertSpecs() []CertSpec {
 	for _, s := range []string{"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "snapshot-controller"} {
 		specs = append(specs, CertSpec{Name: s, Issuer: CA, CN: "stowage:" + s, Orgs: []string{"stowage:csi-controller"}, Client: true})
 	}
+	// The Stowage server verifies pods' service-account tokens with
+	// TokenReview (deploy/local/06-stowage-server-tokenreview.yaml binds it
+	// to system:auth-delegator).
+	specs = append(specs, CertSpec{Name: StowageServerCert, Issuer: CA, CN: "stowage:stowage-server", Client: true})
 	return specs
 }
+
+// StowageServerCert is the client certificate the Stowage server calls the
+// apiserver with.
+const StowageServerCert = "stowage-server"
 
 // PKI is the cluster's certificate directory.
 type PKI struct{ Dir string }

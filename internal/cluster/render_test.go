@@ -207,7 +207,7 @@ func TestManifests_AreTheObjectsUpPromises(t *testing.T) {
 	}
 	for _, want := range []string{"CSIDriver/" + DriverName, "StorageClass/stowage-gp3", "StorageClass/stowage-io2", "VolumeSnapshotClass/stowage-snapshots",
 		"ClusterRole/stowage:csi-provisioner", "ClusterRoleBinding/stowage:csi-attacher", "ClusterRoleBinding/stowage:snapshot-controller",
-		"ClusterRoleBinding/stowage:node-volume-reads"} {
+		"ClusterRoleBinding/stowage:node-volume-reads", "ClusterRoleBinding/stowage:stowage-server-tokenreview"} {
 		if found[want] == nil {
 			t.Errorf("deploy/local has no %s", want)
 		}

@@ -7,7 +7,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"google.golang.org/grpc/metadata"
+
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/auth"
 )
 
 // MaxBatchRefs is the most refs one BatchGetValues takes.
@@ -33,10 +36,17 @@ func (s *Server) BatchGetValues(ctx context.Context, req *pb.BatchGetValuesReque
 	if len(req.Refs) > MaxBatchRefs {
 		return nil, status.Errorf(codes.InvalidArgument, "%d refs in one batch; at most %d", len(req.Refs), MaxBatchRefs)
 	}
+	subject, err := s.batchSubject(ctx)
+	if err != nil {
+		return nil, err
+	}
 	items := make([]resolved, len(req.Refs))
 	allKnown := req.OnlyIfChanged && len(req.Refs) > 0
 	for i, ref := range req.Refs {
 		items[i] = s.resolveRef(ctx, ref)
+		if subject != nil {
+			items[i] = s.authorizeRef(ctx, *subject, ref, items[i])
+		}
 		switch it := items[i]; {
 		case it.open != nil && ref.KnownVersion != "" && ref.KnownVersion == it.out.Version:
 			// The caller has this version.
@@ -60,6 +70,54 @@ func (s *Server) BatchGetValues(ctx context.Context, req *pb.BatchGetValuesReque
 		resp.Values = append(resp.Values, it.out)
 	}
 	return resp, nil
+}
+
+// batchSubject is whom a batch's objects are authorised for: the pod
+// whose service-account token the secrets provider forwards, or the
+// caller itself; nil when nothing is checked (the administrator, or a
+// server without an Authorizer).
+func (s *Server) batchSubject(ctx context.Context) (*auth.Principal, error) {
+	if s.auth == nil {
+		return nil, nil
+	}
+	p, ok := auth.FromContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "no proven caller")
+	}
+	if p.Name == auth.SecretsProvider {
+		md, _ := metadata.FromIncomingContext(ctx)
+		tokens := md.Get(auth.PodTokenMetadata)
+		if len(tokens) == 0 || tokens[0] == "" {
+			return nil, status.Errorf(codes.PermissionDenied, "%s reads secrets only on behalf of a pod: the call carries no pod service-account token (metadata %s; list audience %s in the CSIDriver's tokenRequests)", p, auth.PodTokenMetadata, auth.DefaultAudience)
+		}
+		pod, err := s.auth.VerifyServiceAccount(ctx, tokens[0])
+		if err != nil {
+			return nil, err
+		}
+		p = pod
+	}
+	if p.Kind == auth.Admin {
+		return nil, nil
+	}
+	return &p, nil
+}
+
+// authorizeRef fails a ref the subject may not read. An object that does
+// not exist is PermissionDenied too when its name is not allowed, so that
+// a pod cannot learn which secrets exist.
+func (s *Server) authorizeRef(ctx context.Context, p auth.Principal, ref *pb.ValueRef, it resolved) resolved {
+	action := "secretsmanager:GetSecretValue"
+	if ref.Type == refParameter {
+		action = "ssm:GetParameter"
+	}
+	names := []string{ref.Id}
+	if it.open != nil {
+		names = append(names, it.out.Name, it.out.Arn)
+	}
+	if err := s.auth.Authorize(ctx, p, action, names...); err != nil {
+		return failed(&pb.BatchValue{}, err)
+	}
+	return it
 }
 
 func failed(out *pb.BatchValue, err error) resolved {

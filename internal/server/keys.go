@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/block"
 	"github.com/stowage-io/stowage/internal/kms"
 )
@@ -81,7 +82,11 @@ func kmsError(err error, ref string) error {
 // GetVolumeDataKey unwraps an encrypted volume's data key for the node it
 // is attached to, and for no one else.
 func (s *Server) GetVolumeDataKey(ctx context.Context, req *pb.GetVolumeDataKeyRequest) (*pb.VolumeDataKey, error) {
-	if req.VolumeId == "" || req.NodeId == "" {
+	node, err := s.dataKeyNode(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if req.VolumeId == "" || node == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id and node id are required")
 	}
 	v, err := s.getVolume(ctx, req.VolumeId)
@@ -91,8 +96,8 @@ func (s *Server) GetVolumeDataKey(ctx context.Context, req *pb.GetVolumeDataKeyR
 	if !v.Encrypted {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not encrypted", v.ID)
 	}
-	if _, ok := v.attachment(req.NodeId); !ok {
-		return nil, status.Errorf(codes.PermissionDenied, "volume %s is not attached to node %s, so that node may not have its key", v.ID, req.NodeId)
+	if _, ok := v.attachment(node); !ok {
+		return nil, status.Errorf(codes.PermissionDenied, "volume %s is not attached to node %s, so that node may not have its key", v.ID, node)
 	}
 	if s.kms == nil {
 		return nil, status.Error(codes.FailedPrecondition, "this server runs without a KMS")
@@ -101,8 +106,30 @@ func (s *Server) GetVolumeDataKey(ctx context.Context, req *pb.GetVolumeDataKeyR
 	if err != nil {
 		return nil, kmsError(err, v.KMSKeyID)
 	}
-	s.log.Info("volume data key released", "volume", v.ID, "node", req.NodeId, "kmsKey", keyID)
+	s.log.Info("volume data key released", "volume", v.ID, "node", node, "kmsKey", keyID)
 	return &pb.VolumeDataKey{VolumeId: v.ID, Key: key, KmsKeyId: keyID}, nil
+}
+
+// dataKeyNode is the node a data key is released to: the caller's own
+// node for a node plugin (whatever node id the request names), the
+// request's node for the administrator, nobody else.
+func (s *Server) dataKeyNode(ctx context.Context, req *pb.GetVolumeDataKeyRequest) (string, error) {
+	if s.auth == nil {
+		return req.NodeId, nil
+	}
+	p, ok := auth.FromContext(ctx)
+	switch {
+	case !ok:
+		return "", status.Error(codes.Unauthenticated, "no proven caller")
+	case p.Node() != "":
+		if req.NodeId != "" && req.NodeId != p.Node() {
+			return "", status.Errorf(codes.PermissionDenied, "%s may not have the data key of volume %s for node %s: a node plugin gets keys for its own node only", p, req.VolumeId, req.NodeId)
+		}
+		return p.Node(), nil
+	case p.Kind == auth.Admin:
+		return req.NodeId, nil
+	}
+	return "", status.Errorf(codes.PermissionDenied, "%s may not kms:GetVolumeDataKey on %s: only a node plugin (%s<node>) or the administrator may have a volume's data key", p, req.VolumeId, auth.CSINodePrefix)
 }
 
 func (s *Server) requireKMS() error {

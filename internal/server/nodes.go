@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/store"
 )
 
@@ -19,6 +20,9 @@ import (
 func (s *Server) RegisterNode(ctx context.Context, req *pb.RegisterNodeRequest) (*pb.Node, error) {
 	if req.Id == "" {
 		return nil, status.Error(codes.InvalidArgument, "node id is required")
+	}
+	if p, ok := auth.FromContext(ctx); ok && p.Node() != "" && p.Node() != req.Id {
+		return nil, status.Errorf(codes.PermissionDenied, "%s may not node:RegisterNode on %s: a node plugin registers its own node only", p, req.Id)
 	}
 	if req.MaxVolumes < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "max volumes %d is negative", req.MaxVolumes)

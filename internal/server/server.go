@@ -16,6 +16,7 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
+	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/block"
 	"github.com/stowage-io/stowage/internal/keylock"
 	"github.com/stowage-io/stowage/internal/kms"
@@ -71,6 +72,11 @@ type Config struct {
 	// at, reported with file systems and access points (the CSI driver
 	// hands it to nodes).
 	NFSAddress string
+	// Auth, when set, is the Authorizer whose interceptor is in front of
+	// the server (auth.Authorizer.ServerOptions): the handlers that decide
+	// per object (GetVolumeDataKey, BatchGetValues) and the PolicyService
+	// use it. Without it the API trusts every caller, as before issue 8.
+	Auth *auth.Authorizer
 }
 
 // Server serves the Stowage API.
@@ -84,6 +90,7 @@ type Server struct {
 	pb.UnimplementedParameterServiceServer
 	pb.UnimplementedFileSystemServiceServer
 	pb.UnimplementedAccessPointServiceServer
+	pb.UnimplementedPolicyServiceServer
 
 	store     store.Store
 	pools     map[string]Pool
@@ -99,6 +106,7 @@ type Server struct {
 	exporters     map[string]Exporter
 	apLimit       int
 	nfsAddress    string
+	auth          *auth.Authorizer
 }
 
 // New returns a Server; call Reconcile before serving.
@@ -119,7 +127,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.AccessPointLimit = DefaultAccessPointLimit
 	}
 	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS,
-		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit, nfsAddress: cfg.NFSAddress}
+		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit, nfsAddress: cfg.NFSAddress, auth: cfg.Auth}
 	if s.filePools == nil {
 		s.filePools = map[string]FilePool{}
 	}
@@ -152,6 +160,7 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterParameterServiceServer(g, s)
 	pb.RegisterFileSystemServiceServer(g, s)
 	pb.RegisterAccessPointServiceServer(g, s)
+	pb.RegisterPolicyServiceServer(g, s)
 }
 
 // lock takes the per-object locks or returns ABORTED naming the object.

@@ -8,14 +8,17 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/stowage-io/stowage/internal/agent"
+	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/files"
 	"github.com/stowage-io/stowage/internal/kms"
@@ -56,7 +59,41 @@ type nopExporter struct{}
 func (nopExporter) Export(context.Context, files.Export) error { return nil }
 func (nopExporter) Unexport(context.Context, string) error     { return nil }
 
+// Auth configures StartAuth.
+type Auth struct {
+	// Verifier checks service-account tokens (e.g. auth.FakeVerifier).
+	Verifier auth.Verifier
+	// TCP also serves the API on a loopback TCP port, where no caller has
+	// peer credentials.
+	TCP bool
+	// Log receives the server's log lines (default: discarded).
+	Log io.Writer
+}
+
+// API is a server started by StartAuth.
+type API struct {
+	Endpoint   string
+	TCPAddress string
+	Auth       *auth.Authorizer
+	Server     *server.Server
+}
+
+// StartAuth is Start with the authentication options.
+func StartAuth(t testing.TB, a Auth, opts ...grpc.ServerOption) *API {
+	t.Helper()
+	api, _ := startAuth(t, nil, a, opts...)
+	return api
+}
+
 func start(t testing.TB, f *Files, opts ...grpc.ServerOption) (string, string) {
+	t.Helper()
+	api, fileDir := startAuth(t, f, Auth{}, opts...)
+	return api.Endpoint, fileDir
+}
+
+// startAuth runs the server; every call goes through its Authorizer (root
+// over the unix socket is the administrator, as the tests run).
+func startAuth(t testing.TB, f *Files, a Auth, opts ...grpc.ServerOption) (*API, string) {
 	t.Helper()
 	// Not t.TempDir: a unix socket path must stay under 108 bytes.
 	dir, err := os.MkdirTemp("", "stwapi")
@@ -77,8 +114,13 @@ func start(t testing.TB, f *Files, opts ...grpc.ServerOption) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if a.Log == nil {
+		a.Log = io.Discard
+	}
+	logger := slog.New(slog.NewTextHandler(a.Log, nil))
+	authz := auth.New(st, a.Verifier, logger)
 	cfg := server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, KMS: keys,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		Logger: logger, Auth: authz}
 	var fileDir string
 	if f != nil {
 		fileDir = filepath.Join(dir, "files")
@@ -104,17 +146,45 @@ func start(t testing.TB, f *Files, opts ...grpc.ServerOption) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer(opts...)
+	// The Authorizer first: the callers' options see the proven principal.
+	g := grpc.NewServer(append(authz.ServerOptions(), opts...)...)
 	srv.Register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	return endpoint, fileDir
+	api := &API{Endpoint: endpoint, Auth: authz, Server: srv}
+	if os.Geteuid() != 0 {
+		// No peer-credential admin: Dial sends an admin token instead.
+		tok, _, err := authz.Records.CreateToken(context.Background(), auth.AdminName, "apitest")
+		if err != nil {
+			t.Fatal(err)
+		}
+		adminTokens.Store(endpoint, tok)
+		t.Cleanup(func() { adminTokens.Delete(endpoint) })
+	}
+	if a.TCP {
+		tl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go g.Serve(tl)
+		api.TCPAddress = tl.Addr().String()
+	}
+	return api, fileDir
 }
 
-// Dial connects to endpoint.
+// adminTokens are the admin tokens of servers started by a non-root test,
+// by endpoint.
+var adminTokens sync.Map
+
+// Dial connects to endpoint as the administrator: root by peer
+// credentials, or an admin token when the test does not run as root.
 func Dial(t testing.TB, endpoint string) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if tok, ok := adminTokens.Load(endpoint); ok {
+		opts = append(opts, grpc.WithPerRPCCredentials(auth.TokenCredentials{Token: tok.(string)}))
+	}
+	conn, err := grpc.NewClient(endpoint, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
+	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/csi/filecsi"
 	"github.com/stowage-io/stowage/internal/files"
@@ -143,8 +144,9 @@ func Start(t testing.TB, o Options) *Stack {
 		exporters = map[string]server.Exporter{"files-a": g}
 		s.NFSAddress = g.Address()
 	}
+	authz := auth.New(st, nil, logger)
 	s.Server, err = server.New(server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, Logger: logger, KMS: keys,
-		FilePools: map[string]server.FilePool{"files-a": filePool}, Exporters: exporters, NFSAddress: s.NFSAddress})
+		FilePools: map[string]server.FilePool{"files-a": filePool}, Exporters: exporters, NFSAddress: s.NFSAddress, Auth: authz})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +157,8 @@ func Start(t testing.TB, o Options) *Stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	// The tests run as root: over the unix socket they are the administrator.
+	g := grpc.NewServer(authz.ServerOptions()...)
 	s.Server.Register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)

@@ -1,0 +1,68 @@
+package cli_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stowage-io/stowage/internal/cli"
+	"github.com/stowage-io/stowage/internal/testutil/apitest"
+)
+
+func TestTokenAndPolicyCommands_TokenFileRestrictsTheCaller(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the administrator is root over the unix socket")
+	}
+	api := apitest.StartAuth(t, apitest.Auth{TCP: true})
+	admin := api.Endpoint
+	tcp := "tcp://" + api.TCPAddress
+	mustRun(t, admin, "secret", "create", "db-pass", "--secret-string-file", writeFile(t, "p@ssw0rd"))
+
+	tokenFile := filepath.Join(t.TempDir(), "ctrl.token")
+	r := run(t, admin, "token", "create", "--principal", "stowage:csi-controller", "--out-file", tokenFile)
+	if r.code != cli.ExitOK {
+		t.Fatalf("token create: %d %s", r.code, r.stderr)
+	}
+	fi, err := os.Stat(tokenFile)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v mode %v", err, fi.Mode())
+	}
+	b, _ := os.ReadFile(tokenFile)
+	token := strings.TrimSpace(string(b))
+	if !strings.HasPrefix(token, "stw_") || strings.Contains(r.stdout+r.stderr, token) {
+		t.Fatalf("token %q..., output %q %q", token[:4], r.stdout, r.stderr)
+	}
+
+	// No credentials over TCP.
+	if r := run(t, tcp, "volume", "list"); r.code == cli.ExitOK || !strings.Contains(r.stderr, "--token-file") {
+		t.Errorf("volume list over TCP without a token: exit %d, %s", r.code, r.stderr)
+	}
+	mustRun(t, tcp, "--token-file", tokenFile, "volume", "list")
+	t.Setenv("STOWAGE_TOKEN_FILE", tokenFile)
+	mustRun(t, tcp, "volume", "list")
+	r = run(t, tcp, "secret", "get-value", "db-pass")
+	if r.code == cli.ExitOK || !strings.Contains(r.stderr, "secretsmanager:GetSecretValue on db-pass") || strings.Contains(r.stderr+r.stdout, token) {
+		t.Errorf("controller reads a secret: exit %d: %s", r.code, r.stderr)
+	}
+	t.Setenv("STOWAGE_TOKEN_FILE", "")
+
+	// Policies, the document on stdin.
+	doc := writeFile(t, `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"secretsmanager:GetSecretValue","Resource":"db-*"}]}`)
+	mustRun(t, admin, "policy", "create", "--name", "shop-db", "--document-file", doc)
+	mustRun(t, admin, "policy", "attach", "shop-db", "--principal", "system:serviceaccount:shop:web")
+	if out := mustRun(t, admin, "policy", "list"); !strings.Contains(out, "system:serviceaccount:shop:web") {
+		t.Errorf("policy list: %s", out)
+	}
+	if out := mustRun(t, admin, "policy", "get", "shop-db"); !strings.Contains(out, `"Resource":"db-*"`) {
+		t.Errorf("policy get: %s", out)
+	}
+	if r := run(t, admin, "policy", "delete", "shop-db"); r.code != cli.ExitConflict {
+		t.Errorf("deleting an attached policy: exit %d %s", r.code, r.stderr)
+	}
+	mustRun(t, admin, "policy", "detach", "shop-db", "--principal", "system:serviceaccount:shop:web")
+	mustRun(t, admin, "policy", "delete", "shop-db")
+	if out := mustRun(t, admin, "token", "list"); !strings.Contains(out, "stowage:csi-controller") || strings.Contains(out, token) {
+		t.Errorf("token list: %s", out)
+	}
+}
