@@ -11,6 +11,7 @@ package nfsmount
 
 import (
 	"context"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"strconv"
@@ -181,7 +182,7 @@ func (n *node) newChild(ctx context.Context, fh nfs4.FH, a *nfs4.Attr, out *fuse
 	out.SetEntryTimeout(n.m.timeout)
 	out.SetAttrTimeout(n.m.timeout)
 	child := &node{m: n.m, fh: fh}
-	ino := n.NewInode(ctx, child, fs.StableAttr{Mode: typeBits(a.Type), Ino: a.FileID})
+	ino := n.NewInode(ctx, child, fs.StableAttr{Mode: typeBits(a.Type), Ino: a.FileID, Gen: generation(fh)})
 	if old, ok := ino.Operations().(*node); ok && old != child && old.waitWrites() {
 		// Attributes fetched while writes were in flight: fetch again.
 		if a2, err := n.m.client.GetAttr(ctx, cred(ctx), fh); err == nil {
@@ -189,6 +190,18 @@ func (n *node) newChild(ctx context.Context, fh nfs4.FH, a *nfs4.Attr, out *fuse
 		}
 	}
 	return ino
+}
+
+// generation tells apart files that had the same file id (inode number)
+// one after another: file systems reuse the inode numbers of removed
+// files at once, and go-fuse returns the existing Inode for a known
+// (Ino, Gen), which would then carry the removed file's handle (wrong
+// ENOENT, EEXIST and ESTALE for the new file). The handle names the file
+// for good, so its hash is the generation.
+func generation(fh nfs4.FH) uint64 {
+	h := fnv.New64a()
+	h.Write(fh)
+	return h.Sum64()
 }
 
 func (n *node) forget(name string) {

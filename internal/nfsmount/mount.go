@@ -117,7 +117,7 @@ func New(ctx context.Context, o Options) (*Mount, error) {
 		EntryTimeout:    &to,
 		AttrTimeout:     &to,
 		NegativeTimeout: &to,
-		RootStableAttr:  &fs.StableAttr{Ino: rootAttr.FileID, Mode: syscall.S_IFDIR},
+		RootStableAttr:  &fs.StableAttr{Ino: rootAttr.FileID, Gen: generation(rootFH), Mode: syscall.S_IFDIR},
 		Logger:          nil,
 	}
 	server, err := fs.Mount(o.Target, root, fopts)

@@ -1,11 +1,14 @@
 package nfsmount
 
 import (
+	"sync"
+
 	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/stowage-io/stowage/internal/testutil/loopfs"
 	"log/slog"
 	"net"
 	"os"
@@ -59,9 +62,13 @@ func freePort(t *testing.T) int {
 // of a fresh directory.
 func newEnv(t *testing.T, ro bool) *env { return newEnvSquash(t, ro, true) }
 
-func newEnvSquash(t *testing.T, ro, squash bool) *env {
+func newEnvSquash(t *testing.T, ro, squash bool) *env { return newEnvIn(t, "", ro, squash) }
+
+// newEnvIn is newEnvSquash with the export's tree under base ("": the
+// temporary directory).
+func newEnvIn(t *testing.T, base string, ro, squash bool) *env {
 	needRoot(t)
-	dir, err := os.MkdirTemp("", "nfsmount-test-")
+	dir, err := os.MkdirTemp(base, "nfsmount-test-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -662,5 +669,62 @@ func TestNFSMountCommand_ExternalUnmount_Exits0(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "unmounted by someone else") {
 		t.Errorf("log does not say why it exited:\n%s", stderr.String())
+	}
+}
+
+// File systems reuse a removed file's inode number for the next new file
+// at once; the kernel may still hold the old inode. Each round creates,
+// stats and removes the same names, as the benchmark does: a new file must
+// never be taken for the removed one (wrong EEXIST, ENOENT or ESTALE).
+func TestMount_InodeNumbersReused_NewFilesAreNotTheRemovedOnes(t *testing.T) {
+	needRoot(t)
+	// xfs hands a removed file's inode number to the next new file at once.
+	e := newEnvIn(t, loopfs.New(t, "xfs", 1<<30), false, true)
+	m := e.mount("reuse", false)
+	const clients, files = 4, 300
+	for round := 0; round < 3; round++ {
+		var wg sync.WaitGroup
+		errs := make(chan error, clients)
+		for c := 0; c < clients; c++ {
+			wg.Add(1)
+			go func(c int) {
+				defer wg.Done()
+				dir := filepath.Join(m, fmt.Sprintf("r%d-c%d", round, c))
+				if err := os.Mkdir(dir, 0o755); err != nil {
+					errs <- fmt.Errorf("round %d: mkdir: %w", round, err)
+					return
+				}
+				name := func(i int) string { return filepath.Join(dir, fmt.Sprintf("f%d", i)) }
+				for i := 0; i < files; i++ {
+					f, err := os.OpenFile(name(i), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+					if err != nil {
+						errs <- fmt.Errorf("round %d: create: %w", round, err)
+						return
+					}
+					f.Write([]byte("x"))
+					f.Close()
+				}
+				for i := 0; i < files; i++ {
+					if _, err := os.Stat(name(i)); err != nil {
+						errs <- fmt.Errorf("round %d: stat: %w", round, err)
+						return
+					}
+				}
+				for i := 0; i < files; i++ {
+					if err := os.Remove(name(i)); err != nil {
+						errs <- fmt.Errorf("round %d: remove: %w", round, err)
+						return
+					}
+				}
+			}(c)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if t.Failed() {
+			return
+		}
 	}
 }
