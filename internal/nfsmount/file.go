@@ -63,7 +63,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	n := 0
 	for n < len(dest) {
 		chunk := dest[n:min(len(dest), n+max)]
-		k, eof, err := c.Read(ctx, cred(ctx), h.n.fh, h.stateid(), uint64(off)+uint64(n), chunk)
+		k, eof, err := c.Read(hard(ctx), cred(ctx), h.n.fh, h.stateid(), uint64(off)+uint64(n), chunk)
 		if nfs4.IsBadStateid(err) {
 			h.dropStateid(err)
 			continue
@@ -103,7 +103,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	}
 	cr := cred(ctx)
 	if len(data) < writeBehindMin {
-		n, err := h.writeSync(ctx, cr, data, off)
+		n, err := h.writeSync(hard(ctx), cr, data, off)
 		if err != nil && n == 0 {
 			return 0, h.m.errno("write", err)
 		}
@@ -172,7 +172,7 @@ func (h *handle) commit(ctx context.Context) syscall.Errno {
 	if !dirty {
 		return 0
 	}
-	got, err := h.m.client.Commit(ctx, cred(ctx), h.n.fh)
+	got, err := h.m.client.Commit(hard(ctx), cred(ctx), h.n.fh)
 	if err != nil {
 		return h.m.errno("commit", err)
 	}

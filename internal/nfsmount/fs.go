@@ -185,7 +185,7 @@ func (n *node) newChild(ctx context.Context, fh nfs4.FH, a *nfs4.Attr, out *fuse
 	ino := n.NewInode(ctx, child, fs.StableAttr{Mode: typeBits(a.Type), Ino: a.FileID, Gen: generation(fh)})
 	if old, ok := ino.Operations().(*node); ok && old != child && old.waitWrites() {
 		// Attributes fetched while writes were in flight: fetch again.
-		if a2, err := n.m.client.GetAttr(ctx, cred(ctx), fh); err == nil {
+		if a2, err := n.m.client.GetAttr(hard(ctx), cred(ctx), fh); err == nil {
 			fillAttr(a2, &out.Attr)
 		}
 	}
@@ -223,7 +223,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if a != nil && len(a.FH) > 0 {
 		return n.newChild(ctx, a.FH, a, out), 0
 	}
-	fh, a, err := n.m.client.Lookup(ctx, cred(ctx), n.fh, name)
+	fh, a, err := n.m.client.Lookup(hard(ctx), cred(ctx), n.fh, name)
 	if err != nil {
 		return nil, n.m.errno("lookup", err)
 	}
@@ -232,7 +232,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	n.waitWrites() // the server's size must include what the kernel thinks is written
-	a, err := n.m.client.GetAttr(ctx, cred(ctx), n.fh)
+	a, err := n.m.client.GetAttr(hard(ctx), cred(ctx), n.fh)
 	if err != nil {
 		return n.m.errno("getattr", err)
 	}
@@ -277,9 +277,9 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if h, ok := f.(*handle); ok && s.Size != nil {
 		sid = h.stateid()
 	}
-	a, err := n.m.client.SetAttr(ctx, cred(ctx), n.fh, sid, &s)
+	a, err := n.m.client.SetAttr(hard(ctx), cred(ctx), n.fh, sid, &s)
 	if nfs4.IsBadStateid(err) {
-		a, err = n.m.client.SetAttr(ctx, cred(ctx), n.fh, nfs4.AnonStateid, &s)
+		a, err = n.m.client.SetAttr(hard(ctx), cred(ctx), n.fh, nfs4.AnonStateid, &s)
 	}
 	if err != nil {
 		return n.m.errno("setattr", err)
@@ -314,7 +314,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		attrs.Size = &zero
 	}
 	n.forget(name)
-	res, err := n.m.client.Open(ctx, cred(ctx), n.fh, name, shareAccess(flags), how, attrs)
+	res, err := n.m.client.Open(hard(ctx), cred(ctx), n.fh, name, shareAccess(flags), how, attrs)
 	if err != nil {
 		return nil, nil, 0, n.m.errno("create", err)
 	}
@@ -332,7 +332,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if n.m.readOnly && (acc&nfs4.ShareWrite != 0 || flags&syscall.O_TRUNC != 0) {
 		return nil, 0, syscall.EROFS
 	}
-	res, err := n.m.client.OpenFH(ctx, cred(ctx), n.fh, acc)
+	res, err := n.m.client.OpenFH(hard(ctx), cred(ctx), n.fh, acc)
 	if err != nil {
 		return nil, 0, n.m.errno("open", err)
 	}
@@ -352,7 +352,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	}
 	perm := mode & 07777
 	n.forget(name)
-	fh, a, err := n.m.client.Mkdir(ctx, cred(ctx), n.fh, name, &nfs4.SetAttr{Mode: &perm})
+	fh, a, err := n.m.client.Mkdir(hard(ctx), cred(ctx), n.fh, name, &nfs4.SetAttr{Mode: &perm})
 	if err != nil {
 		return nil, n.m.errno("mkdir", err)
 	}
@@ -364,7 +364,7 @@ func (n *node) remove(ctx context.Context, op, name string) syscall.Errno {
 		return syscall.EROFS
 	}
 	n.forget(name)
-	if err := n.m.client.Remove(ctx, cred(ctx), n.fh, name); err != nil {
+	if err := n.m.client.Remove(hard(ctx), cred(ctx), n.fh, name); err != nil {
 		return n.m.errno(op, err)
 	}
 	return 0
@@ -392,7 +392,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	if flags&renameNoReplace != 0 {
 		// Not atomic: NFSv4 RENAME always replaces.
-		if _, _, err := n.m.client.Lookup(ctx, cred(ctx), dst.fh, newName); err == nil {
+		if _, _, err := n.m.client.Lookup(hard(ctx), cred(ctx), dst.fh, newName); err == nil {
 			return syscall.EEXIST
 		} else if !nfs4.IsStatus(err, nfs4.ErrNoent) {
 			return n.m.errno("rename", err)
@@ -400,7 +400,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	n.forget(name)
 	dst.forget(newName)
-	if err := n.m.client.Rename(ctx, cred(ctx), n.fh, name, dst.fh, newName); err != nil {
+	if err := n.m.client.Rename(hard(ctx), cred(ctx), n.fh, name, dst.fh, newName); err != nil {
 		return n.m.errno("rename", err)
 	}
 	return 0
@@ -415,7 +415,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, syscall.EXDEV
 	}
 	n.forget(name)
-	a, err := n.m.client.Link(ctx, cred(ctx), t.fh, n.fh, name)
+	a, err := n.m.client.Link(hard(ctx), cred(ctx), t.fh, n.fh, name)
 	if err != nil {
 		return nil, n.m.errno("link", err)
 	}
@@ -427,7 +427,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 		return nil, syscall.EROFS
 	}
 	n.forget(name)
-	fh, a, err := n.m.client.Symlink(ctx, cred(ctx), n.fh, name, target, nil)
+	fh, a, err := n.m.client.Symlink(hard(ctx), cred(ctx), n.fh, name, target, nil)
 	if err != nil {
 		return nil, n.m.errno("symlink", err)
 	}
@@ -435,7 +435,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	t, err := n.m.client.Readlink(ctx, cred(ctx), n.fh)
+	t, err := n.m.client.Readlink(hard(ctx), cred(ctx), n.fh)
 	if err != nil {
 		return nil, n.m.errno("readlink", err)
 	}
@@ -448,7 +448,7 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	var cookie uint64
 	var verf [8]byte
 	for {
-		ents, nverf, eof, err := n.m.client.ReadDir(ctx, cred(ctx), n.fh, cookie, verf)
+		ents, nverf, eof, err := n.m.client.ReadDir(hard(ctx), cred(ctx), n.fh, cookie, verf)
 		if err != nil {
 			return nil, n.m.errno("readdir", err)
 		}
@@ -471,7 +471,7 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	a, err := n.m.client.StatFS(ctx, cred(ctx), n.m.rootFH)
+	a, err := n.m.client.StatFS(hard(ctx), cred(ctx), n.m.rootFH)
 	if err != nil {
 		return n.m.errno("statfs", err)
 	}
@@ -514,7 +514,7 @@ func (n *node) Access(ctx context.Context, mask uint32) syscall.Errno {
 			want |= nfs4.AccessExecute
 		}
 	}
-	got, err := n.m.client.Access(ctx, cred(ctx), n.fh, want)
+	got, err := n.m.client.Access(hard(ctx), cred(ctx), n.fh, want)
 	if err != nil {
 		return n.m.errno("access", err)
 	}
@@ -523,3 +523,13 @@ func (n *node) Access(ctx context.Context, mask uint32) syscall.Errno {
 	}
 	return 0
 }
+
+// hard is the context of an NFS request made for a FUSE request: it is not
+// cancelled when the kernel interrupts the FUSE request. A signal to the
+// calling process (Go's runtime preempts goroutines with SIGURG) makes the
+// kernel send FUSE_INTERRUPT; giving up then would return EINTR while the
+// server may have done the operation, and the caller's retry (Go retries
+// EINTR) would see its own effect: EEXIST from an O_EXCL create, ENOENT
+// from an unlink. As with a hard NFS mount, the request runs to its end; a
+// fatal signal still ends the waiting process, the kernel does not wait.
+func hard(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }

@@ -728,3 +728,43 @@ func TestMount_InodeNumbersReused_NewFilesAreNotTheRemovedOnes(t *testing.T) {
 		}
 	}
 }
+
+// Signals interrupt FUSE requests (Go's runtime itself preempts goroutines
+// with SIGURG); the kernel then sends FUSE_INTERRUPT. A mount that gave up
+// on the NFS request would return EINTR after the server had done it, and
+// the caller's retry (Go retries EINTR) would fail on its own effect:
+// EEXIST from an O_EXCL create, ENOENT from an unlink.
+func TestMount_InterruptedRequests_RunToTheEnd(t *testing.T) {
+	e := newEnv(t, false)
+	m := e.mount("intr", false)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				syscall.Kill(os.Getpid(), syscall.SIGURG)
+				time.Sleep(20 * time.Microsecond)
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	const files = 1500
+	for i := 0; i < files; i++ {
+		p := filepath.Join(m, fmt.Sprintf("f%d", i))
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatalf("create f%d under signals: %v", i, err)
+		}
+		f.Close()
+	}
+	for i := 0; i < files; i++ {
+		if err := os.Remove(filepath.Join(m, fmt.Sprintf("f%d", i))); err != nil {
+			t.Fatalf("remove f%d under signals: %v", i, err)
+		}
+	}
+}
