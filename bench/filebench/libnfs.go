@@ -98,7 +98,7 @@ func benchLibnfs(ctx context.Context, e *env, rep *report, cfg config) error {
 				if side == "nfs-cp" {
 					base = e.export
 				}
-				root := fmt.Sprintf("libnfs-%d", c)
+				root := fmt.Sprintf("libnfs-r%d-%d", round, c) // a directory per round: libnfs cannot remove
 				for i := range c {
 					d := filepath.Join(base, root, fmt.Sprintf("c%d", i))
 					if err := os.MkdirAll(d, 0o755); err != nil {
@@ -146,8 +146,11 @@ func benchLibnfs(ctx context.Context, e *env, rep *report, cfg config) error {
 			}
 		}
 
-		// Sequential read: one file written locally into the export.
-		p := filepath.Join(e.export, "libnfs-seq")
+		// Sequential read: one file written locally into the export, under
+		// a new name each round (ganesha caches names: a file removed and
+		// made again behind its back keeps the old handle, NFS4ERR_STALE).
+		seqName := fmt.Sprintf("libnfs-seq-%d", round)
+		p := filepath.Join(e.export, seqName)
 		progress("libnfs: round %d/%d, sequential read of %d MiB (local read, nfs-cat)", round+1, cfg.rounds, cfg.seqBytes>>20)
 		if _, err := seqWrite(ctx, p, cfg.seqBytes); err != nil {
 			return err
@@ -160,7 +163,7 @@ func benchLibnfs(ctx context.Context, e *env, rep *report, cfg config) error {
 			if side == "local" {
 				rate, err = seqRead(ctx, p, cfg.seqBytes)
 			} else {
-				rate, err = nfsCat(ctx, e.nfsURL("libnfs-seq"), cfg.seqBytes)
+				rate, err = nfsCat(ctx, e.nfsURL(seqName), cfg.seqBytes)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", side, err)
