@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -107,7 +108,7 @@ func New(ctx context.Context, o Options) (*Mount, error) {
 			FsName:            fmt.Sprintf("stowage-nfs:%s:%s", o.Server, p),
 			Name:              "stowage-nfs",
 			MaxWrite:          min(ioSize, 1<<20),
-			MaxReadAhead:      min(ioSize, 1<<20),
+			MaxReadAhead:      8 << 20,
 			MaxBackground:     64,
 			DirectMount:       true,
 			DirectMountStrict: true,
@@ -124,6 +125,9 @@ func New(ctx context.Context, o Options) (*Mount, error) {
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("nfs mount: fuse mount at %s: %w", o.Target, err)
+	}
+	if err := setReadAhead(o.Target, readAheadKiB); err != nil {
+		log.Info("read-ahead left at the kernel's default", "err", err)
 	}
 	log.Info("mounted", "read_only", o.ReadOnly, "io_size", ioSize)
 	return &Mount{opts: o, client: client, server: server, log: log}, nil
@@ -194,4 +198,20 @@ func (o Options) logger() *slog.Logger {
 		return slog.Default()
 	}
 	return o.Logger
+}
+
+// readAheadKiB is the mount's read-ahead: several 1 MiB READs in flight for
+// a file read sequentially. FUSE mounts start with the kernel's default
+// (128 KiB), which leaves one READ at a time.
+const readAheadKiB = 8 << 10
+
+// setReadAhead sets the read-ahead of the backing device info of the
+// mount at target (/sys/class/bdi/<major>:<minor>/read_ahead_kb).
+func setReadAhead(target string, kib int) error {
+	var st unix.Stat_t
+	if err := unix.Stat(target, &st); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(p, []byte(strconv.Itoa(kib)), 0o644)
 }
