@@ -45,16 +45,16 @@ const churnPrefix = "bench-ops-"
 // floor under both: making and removing a sparse file, bare and durable
 // (see rawPair).
 func benchChurn(ctx context.Context, s *stack, u *undoStack, rep *report, c churnConfig) error {
-	rep.heading("3. CreateVolume + DeleteVolume throughput")
-	rep.para("Load average before: %s.", loadAvg())
+	rep.Heading("3. CreateVolume + DeleteVolume throughput")
+	rep.Para("Load average before: %s.", loadAvg())
 	// Whatever a failed loop left behind is deleted by name prefix.
-	u.push("delete leftover churn volumes", func() error { return s.deleteByPrefix(churnPrefix) })
+	u.Push("delete leftover churn volumes", func() error { return s.deleteByPrefix(churnPrefix) })
 
 	rawDir := filepath.Join(s.poolDir, "bench-raw")
 	if err := os.MkdirAll(rawDir, 0o755); err != nil {
 		return err
 	}
-	u.push("remove "+rawDir, func() error { return os.RemoveAll(rawDir) })
+	u.Push("remove "+rawDir, func() error { return os.RemoveAll(rawDir) })
 
 	paths := []churnPath{
 		{"sparse file: create, truncate 1 GiB, unlink", func(_ context.Context, name string) error { return rawPair(rawDir, name, false) }},
@@ -124,11 +124,11 @@ func benchChurn(ctx context.Context, s *stack, u *undoStack, rep *report, c chur
 				fmt.Sprintf("%.0f", r.rate()), ms(r.p50), ms(r.p99), vsAPI, vsDurable})
 		}
 	}
-	rep.para("One operation = CreateVolume (1 GiB gp3) then DeleteVolume of it, by each caller in a loop, distinct names; "+
+	rep.Para("One operation = CreateVolume (1 GiB gp3) then DeleteVolume of it, by each caller in a loop, distinct names; "+
 		"each run stops after %s or %d pairs; two runs per path and caller count, the second round in reverse path order, summed. "+
 		"Latency is of one pair as one caller saw it.", c.duration, c.maxOps)
-	rep.table([]string{"path", "callers", "pairs", "seconds", "pairs/s", "p50 ms", "p99 ms", "CSI / API", "vs durable sparse file"}, rows)
-	rep.para("Load average after: %s.", loadAvg())
+	rep.Table([]string{"path", "callers", "pairs", "seconds", "pairs/s", "p50 ms", "p99 ms", "CSI / API", "vs durable sparse file"}, rows)
+	rep.Para("Load average after: %s.", loadAvg())
 	return os.RemoveAll(rawDir)
 }
 

@@ -32,8 +32,8 @@ const (
 // volume's image lives on: the ratio is exactly the cost of the volume's
 // layers (loop device with direct I/O, blkio throttling, ext4 on top).
 func benchDatapath(ctx context.Context, s *stack, u *undoStack, rep *report, c datapathConfig) error {
-	rep.heading("1. fio through the CSI driver vs the pool file system")
-	rep.para("Load average before: %s.", loadAvg())
+	rep.Heading("1. fio through the CSI driver vs the pool file system")
+	rep.Para("Load average before: %s.", loadAvg())
 
 	// io2 with 1000 IOPS/GiB so that its limit sits far above what the
 	// machine can do; the data path, not the throttle, is measured.
@@ -62,7 +62,7 @@ func benchDatapath(ctx context.Context, s *stack, u *undoStack, rep *report, c d
 	if err := os.MkdirAll(baseDir, 0o755); err != nil {
 		return err
 	}
-	u.push("remove baseline file", func() error { return os.RemoveAll(baseDir) })
+	u.Push("remove baseline file", func() error { return os.RemoveAll(baseDir) })
 	targets := []struct{ tag, file string }{
 		{"baseline", filepath.Join(baseDir, "fio.data")},
 		{"io2", filepath.Join(io2.target, "fio.data")},
@@ -125,11 +125,11 @@ func benchDatapath(ctx context.Context, s *stack, u *undoStack, rep *report, c d
 			fmt.Sprintf("%.0f / %.0f", b.p99us, v.p99us), fmt.Sprintf("%.0f / %.0f", 100*b.cpuBusy, 100*v.cpuBusy),
 			roundValues(results["baseline"][j.name]) + " / " + roundValues(results["io2"][j.name])})
 	}
-	rep.para("Baseline: a file on the pool's xfs. Volume: a file on the ext4 of an io2 volume of %d GiB with %d IOPS "+
+	rep.Para("Baseline: a file on the pool's xfs. Volume: a file on the ext4 of an io2 volume of %d GiB with %d IOPS "+
 		"(limit far above the machine), created with CSI CreateVolume and published with ControllerPublish, NodeStage and NodePublish. "+
 		"fio --size=%s, %s per job, %d round(s); in each round baseline and volume run back to back, in swapped order every other round, "+
 		"and the ratio is taken per round, then the median. Latency and CPU columns are from the median run.", c.io2GiB, io2IOPS, c.size, c.runtime, c.rounds)
-	rep.table([]string{"pattern", "pool file system (baseline), median", "io2 volume via CSI, median", "volume / baseline (median of rounds)",
+	rep.Table([]string{"pattern", "pool file system (baseline), median", "io2 volume via CSI, median", "volume / baseline (median of rounds)",
 		"each round", "target", "p99 latency µs (baseline / volume)", "machine CPU busy % (baseline / volume)", "every run (baseline / volume)"}, rows)
 
 	rows = nil
@@ -141,9 +141,9 @@ func benchDatapath(ctx context.Context, s *stack, u *undoStack, rep *report, c d
 		m := median(results["gp3"][j.name])
 		rows = append(rows, []string{j.label(), fmt.Sprintf("%.0f %s", limit, unit), fmt.Sprintf("%.0f %s", m.value, unit), "**" + ratio(m.value, limit) + "**"})
 	}
-	rep.para("A gp3 volume with the default 3,000 IOPS and 125 MiB/s (8 GiB, no iops/throughput parameters), same jobs; " +
+	rep.Para("A gp3 volume with the default 3,000 IOPS and 125 MiB/s (8 GiB, no iops/throughput parameters), same jobs; " +
 		"the measured/limit ratio shows the limit is enforced (≤ 1.00) and reachable (close to 1.00).")
-	rep.table([]string{"pattern", "gp3 limit", "measured", "measured / limit"}, rows)
+	rep.Table([]string{"pattern", "gp3 limit", "measured", "measured / limit"}, rows)
 
 	var notes []string
 	for _, v := range []struct {
@@ -164,24 +164,21 @@ func benchDatapath(ctx context.Context, s *stack, u *undoStack, rep *report, c d
 	slices.Sort(cgs)
 	notes = append(notes, "fio ran in blkio cgroup "+strings.Join(cgs, ", ")+" (read from /proc/<fio pid>/cgroup while it ran); "+
 		"the node writes its throttle rules into the root blkio cgroup `/`, so they applied to fio.")
-	for _, n := range notes {
-		rep.b.WriteString("- " + n + "\n")
-	}
-	rep.b.WriteString("\n")
-	rep.para("Reproduce one figure by hand (file = `<pool>/bench-baseline/fio.data` or `<published target>/fio.data`):")
+	rep.List(notes...)
+	rep.Para("Reproduce one figure by hand (file = `<pool>/bench-baseline/fio.data` or `<published target>/fio.data`):")
 	var cmds []string
 	for _, j := range fioJobs {
 		cmds = append(cmds, "fio "+strings.Join(fioArgs(j, "<file>", c.size, c.runtime), " "))
 	}
-	rep.code(cmds...)
-	rep.para("Load average after: %s.", loadAvg())
+	rep.Code(cmds...)
+	rep.Para("Load average after: %s.", loadAvg())
 
 	// Free the pool for the next benchmark.
 	for _, v := range []*volume{io2, gp3} {
-		if err := v.unpublish.do(); err != nil {
+		if err := v.unpublish.Do(); err != nil {
 			return err
 		}
-		if err := v.del.do(); err != nil {
+		if err := v.del.Do(); err != nil {
 			return err
 		}
 	}

@@ -44,8 +44,8 @@ func gp3Fast(sizeGiB int64) map[string]string {
 // benchSnapshots times CreateSnapshot, clone and restore of volumes holding
 // real data, against copying the same image with cp in the same run.
 func benchSnapshots(ctx context.Context, s *stack, u *undoStack, rep *report, c snapshotConfig) error {
-	rep.heading("2. Snapshot, clone and restore time vs a full copy")
-	rep.para("Load average before: %s.", loadAvg())
+	rep.Heading("2. Snapshot, clone and restore time vs a full copy")
+	rep.Para("Load average before: %s.", loadAvg())
 	var cases []snapCase
 	for _, size := range c.sizesGiB {
 		// 10% of the volume, but at most 1 GiB: for 100 GiB, 10 GiB of data
@@ -95,7 +95,7 @@ func benchSnapshots(ctx context.Context, s *stack, u *undoStack, rep *report, c 
 		rows = append(rows, row)
 		copyCmds = cmds
 	}
-	rep.para("Each volume is created with CSI CreateVolume, published as a raw block device (ControllerPublish, NodeStage, NodePublish) "+
+	rep.Para("Each volume is created with CSI CreateVolume, published as a raw block device (ControllerPublish, NodeStage, NodePublish) "+
 		"and filled through that device with O_DIRECT writes of random data; it stays published (in use) while it is snapshotted. "+
 		"Times are wall-clock around one CSI gRPC call (CreateSnapshot; CreateVolume with a volume source; CreateVolume with a snapshot source) "+
 		"from the benchmark to `stowage csi all`, which calls `stowage server`: median / max of %d. "+
@@ -103,11 +103,11 @@ func benchSnapshots(ctx context.Context, s *stack, u *undoStack, rep *report, c 
 		"the rest of a CreateSnapshot is two metadata commits (bbolt, each an fsync) and two gRPC hops. "+
 		"Baselines on the same image file in the same pool, each followed by `sync <copy>`: two full copies (`--sparse=always` as the issue asks, "+
 		"and `--sparse=auto`, which is faster here; the ratios use the faster), and cp's own reflink, a floor for the pool's FICLONE.", c.reps)
-	rep.table([]string{"volume", "data written", "image extents", "CreateSnapshot ms", "of which in the pool ms", "clone ms", "restore ms",
+	rep.Table([]string{"volume", "data written", "image extents", "CreateSnapshot ms", "of which in the pool ms", "clone ms", "restore ms",
 		"cp --reflink=always ms", "cp --sparse=always ms = cp + sync (new space)", "cp --sparse=auto ms = cp + sync (new space)",
 		"snapshot / faster full copy", "clone / faster full copy", "restore / faster full copy"}, rows)
-	rep.code(copyCmds...)
-	rep.para("Target: flat across sizes and < 50 ms. Load average after: %s.", loadAvg())
+	rep.Code(copyCmds...)
+	rep.Para("Target: flat across sizes and < 50 ms. Load average after: %s.", loadAvg())
 	return nil
 }
 
@@ -145,7 +145,7 @@ func snapshotCase(ctx context.Context, s *stack, u *undoStack, sc snapCase, reps
 		}
 		snapID := snap.Snapshot.SnapshotId
 		snapIDs = append(snapIDs, snapID)
-		undos = append(undos, u.push("delete snapshot "+snapID, func() error { return s.deleteSnapshot(snapID) }))
+		undos = append(undos, u.Push("delete snapshot "+snapID, func() error { return s.deleteSnapshot(snapID) }))
 
 		for _, k := range []struct {
 			what string
@@ -164,7 +164,7 @@ func snapshotCase(ctx context.Context, s *stack, u *undoStack, sc snapCase, reps
 				return nil, nil, fmt.Errorf("CreateVolume (%s of %s): %w", k.what, src.id, err)
 			}
 			id := resp.Volume.VolumeId
-			undos = append(undos, u.push("delete volume "+id, func() error { return s.deleteVolume(id) }))
+			undos = append(undos, u.Push("delete volume "+id, func() error { return s.deleteVolume(id) }))
 		}
 		progress("snapshots: %s: rep %d/%d: snapshot %s, clone %s, restore %s ms", sc.label, i+1, reps,
 			ms(snapT[i]), ms(cloneT[i]), ms(restoreT[i]))
@@ -220,14 +220,14 @@ func snapshotCase(ctx context.Context, s *stack, u *undoStack, sc snapCase, reps
 
 	// Free the pool before the next size.
 	for i := len(undos) - 1; i >= 0; i-- {
-		if err := undos[i].do(); err != nil {
+		if err := undos[i].Do(); err != nil {
 			return nil, nil, err
 		}
 	}
-	if err := src.unpublish.do(); err != nil {
+	if err := src.unpublish.Do(); err != nil {
 		return nil, nil, err
 	}
-	if err := src.del.do(); err != nil {
+	if err := src.del.Do(); err != nil {
 		return nil, nil, err
 	}
 

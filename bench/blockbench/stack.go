@@ -48,7 +48,7 @@ type stack struct {
 }
 
 // startStack brings the stack up. Every step registers its undo on u before
-// it can fail half-way, so the caller's u.run() leaves no process, mount or
+// it can fail half-way, so the caller's u.Run() leaves no process, mount or
 // loop device behind whatever happened.
 func startStack(ctx context.Context, u *undoStack, stowage, logDir string, poolSize int64) (*stack, error) {
 	// Unix socket paths are limited to 108 bytes: keep the work dir short.
@@ -56,22 +56,22 @@ func startStack(ctx context.Context, u *undoStack, stowage, logDir string, poolS
 	if err != nil {
 		return nil, err
 	}
-	u.push("remove "+work, func() error { return os.RemoveAll(work) })
+	u.Push("remove "+work, func() error { return os.RemoveAll(work) })
 	poolBase, err := os.MkdirTemp("", "stwb-pool")
 	if err != nil {
 		return nil, err
 	}
-	u.push("remove "+poolBase, func() error { return os.RemoveAll(poolBase) })
+	u.Push("remove "+poolBase, func() error { return os.RemoveAll(poolBase) })
 
 	progress("pool: %d GiB sparse xfs (reflink=1) on a loop device under %s", poolSize>>30, poolBase)
 	poolDir, cleanupPool, err := loopfs.Make(poolBase, "xfs", poolSize)
 	if err != nil {
 		return nil, err
 	}
-	u.push("unmount and detach the pool", cleanupPool)
+	u.Push("unmount and detach the pool", cleanupPool)
 	// Runs before the pool is unmounted: whatever the CSI teardown missed
 	// (a crash, an interrupt) is unmounted and detached here.
-	u.push("unmount and detach leftovers", func() error { return cleanupUnder(work, poolDir) })
+	u.Push("unmount and detach leftovers", func() error { return cleanupUnder(work, poolDir) })
 
 	s := &stack{work: work, poolDir: poolDir, logDir: logDir}
 	apiSock := filepath.Join(work, "api.sock")
@@ -87,7 +87,7 @@ func startStack(ctx context.Context, u *undoStack, stowage, logDir string, poolS
 	if s.api, err = dialUnix(apiSock); err != nil {
 		return nil, err
 	}
-	u.push("close API connection", s.api.Close)
+	u.Push("close API connection", s.api.Close)
 	s.volumes, s.snapshots, s.pools = pb.NewVolumeServiceClient(s.api), pb.NewSnapshotServiceClient(s.api), pb.NewPoolServiceClient(s.api)
 	if err := waitReady(ctx, "Stowage API", func(ctx context.Context) error {
 		_, err := s.pools.ListPools(ctx, &pb.ListPoolsRequest{})
@@ -105,7 +105,7 @@ func startStack(ctx context.Context, u *undoStack, stowage, logDir string, poolS
 	if s.csiConn, err = dialUnix(csiSock); err != nil {
 		return nil, err
 	}
-	u.push("close CSI connection", s.csiConn.Close)
+	u.Push("close CSI connection", s.csiConn.Close)
 	s.ctrl, s.node = csi.NewControllerClient(s.csiConn), csi.NewNodeClient(s.csiConn)
 	ident := csi.NewIdentityClient(s.csiConn)
 	if err := waitReady(ctx, "CSI driver", func(ctx context.Context) error {
@@ -169,7 +169,7 @@ func (s *stack) daemon(u *undoStack, name, bin string, args ...string) error {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	u.push("stop "+name, func() error {
+	u.Push("stop "+name, func() error {
 		defer logf.Close()
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -231,47 +231,5 @@ func cleanupUnder(dir, poolDir string) error {
 			progress("cleanup: detached leftover loop device of %s", l.BackingFile)
 		}
 	}
-	return errors.Join(errs...)
-}
-
-// undoStack runs cleanups last-in first-out. Each runs at most once, so a
-// benchmark can free a resource early (to keep the pool small) and the final
-// run still covers whatever a failure left.
-type undoStack struct{ items []*undo }
-
-type undo struct {
-	what string
-	fn   func() error
-	done bool
-}
-
-func (u *undoStack) push(what string, fn func() error) *undo {
-	it := &undo{what: what, fn: fn}
-	u.items = append(u.items, it)
-	return it
-}
-
-// do runs one cleanup now (if it has not run).
-func (it *undo) do() error {
-	if it.done {
-		return nil
-	}
-	it.done = true
-	if err := it.fn(); err != nil {
-		return fmt.Errorf("%s: %w", it.what, err)
-	}
-	return nil
-}
-
-// run runs every pending cleanup, newest first, and reports all failures.
-func (u *undoStack) run() error {
-	var errs []error
-	for i := len(u.items) - 1; i >= 0; i-- {
-		if err := u.items[i].do(); err != nil {
-			progress("cleanup failed: %v", err)
-			errs = append(errs, err)
-		}
-	}
-	u.items = nil
 	return errors.Join(errs...)
 }

@@ -73,7 +73,7 @@ func (s *stack) createVolume(ctx context.Context, u *undoStack, name string, siz
 		return nil, fmt.Errorf("CSI CreateVolume %s: %w", name, err)
 	}
 	v := &volume{id: resp.Volume.VolumeId, sizeGiB: sizeGiB}
-	v.del = u.push("delete volume "+v.id, func() error { return s.deleteVolume(v.id) })
+	v.del = u.Push("delete volume "+v.id, func() error { return s.deleteVolume(v.id) })
 	return v, nil
 }
 
@@ -108,7 +108,7 @@ func (s *stack) publish(ctx context.Context, u *undoStack, v *volume, asBlock bo
 	if err := os.MkdirAll(filepath.Dir(v.target), 0o750); err != nil {
 		return err
 	}
-	v.unpublish = u.push("unpublish volume "+v.id, func() error { return s.unpublish(v) })
+	v.unpublish = u.Push("unpublish volume "+v.id, func() error { return s.unpublish(v) })
 
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()

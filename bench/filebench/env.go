@@ -47,7 +47,7 @@ func setup(ctx context.Context, u *undoStack, stowage, logDir string, imgSize in
 	if err != nil {
 		return nil, err
 	}
-	u.push("remove "+work, func() error { return os.RemoveAll(work) })
+	u.Push("remove "+work, func() error { return os.RemoveAll(work) })
 	if err := os.Chmod(work, 0o755); err != nil { // uid 1000 reaches the mount below it
 		return nil, err
 	}
@@ -56,11 +56,11 @@ func setup(ctx context.Context, u *undoStack, stowage, logDir string, imgSize in
 	if err != nil {
 		return nil, err
 	}
-	u.push("unmount and detach the xfs", cleanupFS)
+	u.Push("unmount and detach the xfs", cleanupFS)
 	e := &env{fsDir: fsDir, local: filepath.Join(fsDir, "local"), export: filepath.Join(fsDir, "export"),
 		mount: filepath.Join(work, "mnt"), port: port}
 	// Runs before the xfs is unmounted: a FUSE mount the client left.
-	u.push("unmount leftovers", func() error { return unmountUnder(e.mount) })
+	u.Push("unmount leftovers", func() error { return unmountUnder(e.mount) })
 	e.dev, e.dio = deviceOf(fsDir)
 	for _, d := range []string{e.local, e.export, e.mount} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -82,7 +82,7 @@ func setup(ctx context.Context, u *undoStack, stowage, logDir string, imgSize in
 	if err != nil {
 		return nil, err
 	}
-	u.push("stop nfs-ganesha", func() error {
+	u.Push("stop nfs-ganesha", func() error {
 		// Keep its log with the report.
 		if b, err := os.ReadFile(e.g.LogPath()); err == nil {
 			_ = os.WriteFile(filepath.Join(logDir, "files-ganesha.log"), b, 0o644)
@@ -132,7 +132,7 @@ func startClient(ctx context.Context, u *undoStack, bin, logPath string, args ..
 		}
 		exited <- cmd.Wait()
 	}()
-	u.push(fmt.Sprintf("stop stowage nfs-mount (pid %d)", cmd.Process.Pid), func() error {
+	u.Push(fmt.Sprintf("stop stowage nfs-mount (pid %d)", cmd.Process.Pid), func() error {
 		defer errf.Close()
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {

@@ -61,7 +61,7 @@ func perProcess(ctx context.Context, clients, n int, cmd func(c, i int) []string
 // session, so small-file figures are per process, compared with a local
 // process per file (cp).
 func benchLibnfs(ctx context.Context, e *env, rep *report, cfg config) error {
-	rep.heading("libnfs (libnfs-utils command-line tools)")
+	rep.Heading("libnfs (libnfs-utils command-line tools)")
 	work, err := os.MkdirTemp("", "stwfb-src")
 	if err != nil {
 		return err
@@ -177,7 +177,7 @@ func benchLibnfs(ctx context.Context, e *env, rep *report, cfg config) error {
 		loads = append(loads, loadAvg())
 	}
 
-	rep.para("Each libnfs call is a process with its own NFSv4 session (EXCHANGE_ID, CREATE_SESSION, lookups from the root, then the operation), "+
+	rep.Para("Each libnfs call is a process with its own NFSv4 session (EXCHANGE_ID, CREATE_SESSION, lookups from the root, then the operation), "+
 		"so its small-file figures are **per process**; the baseline is likewise one local process per file (`cp` of an 11-byte file into the local "+
 		"directory), so the ratio compares NFS session + file cost with process start-up. Creates: `nfs-cp <11-byte file> %s`, %d files per client, "+
 		"clients as parallel loops. Listing: one `nfs-ls` of a directory of %d files (READDIR with attributes) vs `ls -ln`, entries/s. "+
@@ -191,14 +191,14 @@ func benchLibnfs(ctx context.Context, e *env, rep *report, cfg config) error {
 	}
 	rows = append(rows, []string{"directory listing, entries/s (one process)", lists["local cp"].cell("%.0f"), lists["nfs-cp"].cell("%.0f"), ratio(lists["nfs-cp"].median(), lists["local cp"].median())})
 	rows = append(rows, []string{"1 MiB sequential read, cold, MB/s", reads["local"].cell("%.0f"), reads["nfs-cat"].cell("%.0f"), ratio(reads["nfs-cat"].median(), reads["local"].median())})
-	rep.table([]string{"", "local (process per call)", "libnfs", "ratio"}, rows)
+	rep.Table([]string{"", "local (process per call)", "libnfs", "ratio"}, rows)
 	cant := "libnfs-utils 4.0 has no remove and no per-file stat command (only nfs-cp, nfs-cat, nfs-ls), so remove and stat rates are not measured through libnfs."
 	if writeErr != nil {
 		cant += fmt.Sprintf(" Sequential write is not measured: `nfs-cp` of a 1 MiB file to the export fails (%s).", oneLine(writeErr.Error()))
 	} else {
 		cant += " (`nfs-cp` of a 1 MiB file to the export succeeded in this run; the sequential write was still not timed.)"
 	}
-	rep.para("%s", cant)
+	rep.Para("%s", cant)
 	return nil
 }
 

@@ -83,7 +83,7 @@ func copyCounting(ctx context.Context, r io.Reader) (int64, error) {
 }
 
 func benchSeq(ctx context.Context, e *env, rep *report, cfg config) error {
-	rep.heading("Sequential 1 MiB write and read")
+	rep.Heading("Sequential 1 MiB write and read")
 	w, r := map[string]samples{}, map[string]samples{}
 	var loads []string
 	for round := range cfg.rounds {
@@ -109,7 +109,7 @@ func benchSeq(ctx context.Context, e *env, rep *report, cfg config) error {
 		}
 		loads = append(loads, loadAvg())
 	}
-	rep.para("One file of %d MiB: written with 1 MiB write(2)s, then fsync (included in the time); then `sync; echo 3 > /proc/sys/vm/drop_caches` "+
+	rep.Para("One file of %d MiB: written with 1 MiB write(2)s, then fsync (included in the time); then `sync; echo 3 > /proc/sys/vm/drop_caches` "+
 		"(this host's page cache: the client's and ganesha's) and read back with 1 MiB read(2)s. MB/s (10⁶ bytes/s); median of %d rounds (min–max). "+
 		"Load average after each round: %s.", cfg.seqBytes>>20, cfg.rounds, joinLoads(loads))
 	var rows [][]string
@@ -121,6 +121,6 @@ func benchSeq(ctx context.Context, e *env, rep *report, cfg config) error {
 		rows = append(rows, []string{x.name, l.cell("%.0f"), f.cell("%.0f"), ratio(f.median(), l.median()),
 			"≥ 0.5× local: " + yesNo(f.median() >= 0.5*l.median())})
 	}
-	rep.table([]string{"MB/s", "local", "FUSE client", "ratio", "goal"}, rows)
+	rep.Table([]string{"MB/s", "local", "FUSE client", "ratio", "goal"}, rows)
 	return nil
 }

@@ -160,7 +160,7 @@ func (e *env) smallRun(ctx context.Context, base, backing string, round, clients
 }
 
 func benchSmall(ctx context.Context, e *env, rep *report, cfg config) error {
-	rep.heading("Small files: create, stat, remove")
+	rep.Heading("Small files: create, stat, remove")
 	res := map[string]map[int]*[3]samples{} // target → clients → create, stat, remove
 	for _, t := range e.targets() {
 		res[t.name] = map[int]*[3]samples{}
@@ -193,7 +193,7 @@ func benchSmall(ctx context.Context, e *env, rep *report, cfg config) error {
 		}
 		loads = append(loads, loadAvg())
 	}
-	rep.para("%d files of 11 bytes per client, each client a goroutine in its own directory: open(O_CREAT|O_EXCL) + write + close, "+
+	rep.Para("%d files of 11 bytes per client, each client a goroutine in its own directory: open(O_CREAT|O_EXCL) + write + close, "+
 		"then lstat each, then unlink each; the file system is written back (syncfs) and 1.5 s pass before each phase "+
 		"(the FUSE client caches attributes and entries for 1 s, so its stats go to the server). "+
 		"Operations per second over each phase's wall time; median of %d rounds (min–max). Load average after each round: %s.",
@@ -211,15 +211,15 @@ func benchSmall(ctx context.Context, e *env, rep *report, cfg config) error {
 			rows = append(rows, []string{fmt.Sprintf("%s, %d client(s)", name, c), l.cell("%.0f"), f.cell("%.0f"), ratio(f.median(), l.median()), goal})
 		}
 	}
-	rep.table([]string{"ops/s", "local", "FUSE client", "ratio", "goal"}, rows)
+	rep.Table([]string{"ops/s", "local", "FUSE client", "ratio", "goal"}, rows)
 	for _, t := range e.targets() {
 		if n := wrongExist[t.name]; n > 0 {
-			rep.para("**%s: %d open(O_CREAT|O_EXCL) call(s) returned EEXIST for a name that did not exist before** (each client "+
+			rep.Para("**%s: %d open(O_CREAT|O_EXCL) call(s) returned EEXIST for a name that did not exist before** (each client "+
 				"creates its own names once). The file was there afterwards; it was opened without O_EXCL and written, and counted as a create. "+
 				"Over %d rounds with %s clients.", t.name, n, cfg.rounds, fmt.Sprint(cfg.clients))
 		}
 		if n := spurious[t.name]; n > 0 {
-			rep.para("**%s: %d unlink(2) call(s) returned ENOENT** for a file the stat phase had just found and no one else removed. "+
+			rep.Para("**%s: %d unlink(2) call(s) returned ENOENT** for a file the stat phase had just found and no one else removed. "+
 				"Each was checked in the export's directory on the storage host: if the file was still there it was unlinked again through "+
 				"the mount 1.1 s later (the wait is in the remove rate); if it was gone, the unlink had removed it and answered wrongly. "+
 				"Over %d rounds with %s clients.", t.name, n, cfg.rounds, fmt.Sprint(cfg.clients))

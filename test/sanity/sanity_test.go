@@ -4,7 +4,6 @@
 package sanity
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -25,21 +24,6 @@ func TestCSISanity(t *testing.T) {
 	cfg.TestNodeVolumeAttachLimit = true
 	cfg.TestVolumeParameters = map[string]string{"type": "gp3"}
 	cfg.TestVolumeMutableParameters = map[string]string{"throughput": "200"}
-	cfg.CheckPath = checkPath
+	cfg.CheckPath = stack.CheckPath
 	sanity.Test(t, cfg)
-}
-
-func checkPath(path string) (sanity.PathKind, error) {
-	fi, err := os.Stat(path)
-	switch {
-	case os.IsNotExist(err):
-		return sanity.PathIsNotFound, nil
-	case err != nil:
-		return sanity.PathIsOther, err
-	case fi.IsDir():
-		return sanity.PathIsDir, nil
-	case fi.Mode().IsRegular():
-		return sanity.PathIsFile, nil
-	}
-	return sanity.PathIsOther, nil
 }

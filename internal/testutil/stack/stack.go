@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -298,4 +299,20 @@ func freePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// CheckPath tells csi-sanity what is at path (its Config.CheckPath).
+func CheckPath(path string) (sanity.PathKind, error) {
+	fi, err := os.Stat(path)
+	switch {
+	case os.IsNotExist(err):
+		return sanity.PathIsNotFound, nil
+	case err != nil:
+		return sanity.PathIsOther, err
+	case fi.IsDir():
+		return sanity.PathIsDir, nil
+	case fi.Mode().IsRegular():
+		return sanity.PathIsFile, nil
+	}
+	return sanity.PathIsOther, nil
 }

@@ -4,7 +4,6 @@ package file
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -39,21 +38,6 @@ func TestFileCSISanity(t *testing.T) {
 		"basePath":         "/sanity",
 		"quota":            "true",
 	}
-	cfg.CheckPath = checkPath
+	cfg.CheckPath = stack.CheckPath
 	sanity.Test(t, cfg)
-}
-
-func checkPath(path string) (sanity.PathKind, error) {
-	fi, err := os.Stat(path)
-	switch {
-	case os.IsNotExist(err):
-		return sanity.PathIsNotFound, nil
-	case err != nil:
-		return sanity.PathIsOther, err
-	case fi.IsDir():
-		return sanity.PathIsDir, nil
-	case fi.Mode().IsRegular():
-		return sanity.PathIsFile, nil
-	}
-	return sanity.PathIsOther, nil
 }
