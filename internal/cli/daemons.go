@@ -243,6 +243,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 	}
 	exporters := map[string]server.Exporter{}
 	var nfsAddress string
+	var ganesha *files.Ganesha
 	if o.nfsListen != "" {
 		host, port, err := net.SplitHostPort(o.nfsListen)
 		if err != nil {
@@ -252,18 +253,20 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if err != nil {
 			return usageErrorf("--nfs-listen %q: port %q is not a number", o.nfsListen, port)
 		}
-		// Started with no exports: Reconcile exports the available access
-		// points, with the export ids they had.
-		g, err := files.StartGanesha(ctx, files.GaneshaConfig{StateDir: filepath.Join(dataDir, "ganesha"), Address: host, Port: p, Logger: log}, nil)
+		// Started after Reconcile has exported every available file system
+		// and access point (with the export ids they had): a client that
+		// comes back after a restart finds its export at once, not
+		// NFS4ERR_STALE for a handle of an export not added yet.
+		g, err := files.NewGanesha(files.GaneshaConfig{StateDir: filepath.Join(dataDir, "ganesha"), Address: host, Port: p, Logger: log})
 		if err != nil {
 			return err
 		}
+		ganesha = g
 		defer g.Stop()
 		for name := range filePools {
 			exporters[name] = g
 		}
 		nfsAddress = g.Address()
-		log.Info("NFS serving", "address", nfsAddress)
 	}
 	var verifier auth.Verifier
 	if o.auth.review.APIServer != "" {
@@ -294,6 +297,12 @@ func runServer(ctx context.Context, o serverOptions) error {
 	}
 	if err := srv.Reconcile(ctx); err != nil {
 		return err
+	}
+	if ganesha != nil {
+		if err := ganesha.Start(ctx); err != nil {
+			return err
+		}
+		log.Info("NFS serving", "address", nfsAddress)
 	}
 	if err := srv.RegisterPoolNodes(ctx); err != nil {
 		return err

@@ -61,9 +61,30 @@ type Ganesha struct {
 	done   chan struct{}
 }
 
-// StartGanesha writes the configuration, starts the daemon, waits until it
-// accepts connections, and supervises it until Stop.
+// StartGanesha is NewGanesha, the exports, and Start.
 func StartGanesha(ctx context.Context, cfg GaneshaConfig, exports []Export) (*Ganesha, error) {
+	g, err := NewGanesha(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range exports {
+		if err := g.Export(ctx, e); err != nil {
+			g.Stop()
+			return nil, err
+		}
+	}
+	if err := g.Start(ctx); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// NewGanesha checks cfg and returns a Ganesha that is not running yet:
+// exports added before Start are in the configuration it starts with, so
+// after a restart of the storage host every export is there from ganesha's
+// first request on (a client holding a handle of a missing export would get
+// NFS4ERR_STALE).
+func NewGanesha(cfg GaneshaConfig) (*Ganesha, error) {
 	if cfg.Binary == "" {
 		cfg.Binary = "ganesha.nfsd"
 	}
@@ -87,38 +108,32 @@ func StartGanesha(ctx context.Context, cfg GaneshaConfig, exports []Export) (*Ga
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "recovery"), 0o700); err != nil {
 		return nil, fmt.Errorf("nfs-ganesha: %w", err)
 	}
-	g := &Ganesha{cfg: cfg, exports: map[string]Export{}, ownMounts: map[string]string{}, done: make(chan struct{})}
+	return &Ganesha{cfg: cfg, exports: map[string]Export{}, ownMounts: map[string]string{}, done: make(chan struct{})}, nil
+}
+
+// Start writes the configuration with the exports added so far, starts the
+// daemon, waits until it accepts connections, and supervises it until Stop.
+func (g *Ganesha) Start(ctx context.Context) error {
 	g.mu.Lock()
-	for _, e := range exports {
-		if err = checkExport(e); err == nil {
-			err = g.exposeLocked(e)
-		}
-		if err != nil {
-			g.unmountAllLocked()
-			g.mu.Unlock()
-			return nil, err
-		}
-		g.exports[e.AccessPointID] = e
-	}
-	err = g.writeConfigLocked()
+	err := g.writeConfigLocked()
 	if err == nil {
 		err = g.startLocked()
 	}
 	g.mu.Unlock()
 	if err != nil {
-		g.mu.Lock()
-		g.unmountAllLocked()
-		g.mu.Unlock()
-		return nil, err
+		g.Stop()
+		return err
 	}
 	if err := g.waitListening(ctx, 20*time.Second); err != nil {
 		g.Stop()
-		return nil, err
+		return err
 	}
 	sctx, cancel := context.WithCancel(context.Background())
+	g.mu.Lock()
 	g.cancel = cancel
+	g.mu.Unlock()
 	go g.supervise(sctx)
-	return g, nil
+	return nil
 }
 
 // Address is host:port of the NFS service.
@@ -235,10 +250,10 @@ func (g *Ganesha) supervise(ctx context.Context) {
 func (g *Ganesha) Stop() {
 	g.mu.Lock()
 	g.stopped = true
-	cmd, exited := g.cmd, g.exited
+	cmd, exited, cancel := g.cmd, g.exited, g.cancel
 	g.mu.Unlock()
-	if g.cancel != nil {
-		g.cancel()
+	if cancel != nil {
+		cancel()
 		<-g.done
 	}
 	if cmd != nil && cmd.Process != nil {
