@@ -33,6 +33,8 @@ components=(
 	"csi-snapshotter         external-snapshotter default"
 	"snapshot-controller     external-snapshotter default"
 	"snapshot-crds           external-snapshotter default"
+	"secrets-store-csi-driver secrets-store-csi-driver default"
+	"secrets-store-crds      secrets-store-csi-driver default"
 	"ginkgo                  kubernetes           optional"
 	"e2e.test                kubernetes           optional"
 )
@@ -43,6 +45,13 @@ snapshot_crds=(
 	snapshot.storage.k8s.io_volumesnapshotclasses.yaml
 	snapshot.storage.k8s.io_volumesnapshotcontents.yaml
 	snapshot.storage.k8s.io_volumesnapshots.yaml
+)
+
+# The Secrets Store CSI driver's CRDs (secrets-store.csi.x-k8s.io/v1) that
+# secrets-store-crds copies into DIR/crds from the driver's module.
+secrets_store_crds=(
+	secrets-store.csi.x-k8s.io_secretproviderclasses.yaml
+	secrets-store.csi.x-k8s.io_secretproviderclasspodstatuses.yaml
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -143,6 +152,21 @@ kube_ldflags() {
 	echo "$flags"
 }
 
+# copy_crds MODDIR MODULE SUBDIR FILE...: copies CRD files from MODULE (as
+# the module cache holds it, checked against MODDIR's go.sum) into DIR/crds.
+copy_crds() {
+	local moddir=$1 mod=$2 sub=$3 src f
+	shift 3
+	src=$(cd "$moddir" && go mod download -json "$mod" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+	[[ -n $src ]] || return 1
+	mkdir -p "$out/crds"
+	for f in "$@"; do
+		install -m 0644 "$src/$sub/$f" "$out/crds/$f.tmp.$$" &&
+			mv -f "$out/crds/$f.tmp.$$" "$out/crds/$f" || return 1
+	done
+}
+
 # build NAME DIR TARGET: builds one component of module DIR into TARGET.
 build() {
 	local name=$1 dir=$2 target=$3 mod tmp
@@ -179,19 +203,19 @@ build() {
 			-ldflags "-s -w -X main.version=$(version_of "$dir" "$mod")" \
 			-o "$tmp" "$mod/cmd/$name")
 		;;
+	secrets-store-csi-driver)
+		# monis.app/mlog is replaced by our shim (mlog/README.md there).
+		(cd "$moddir" && go build -mod=readonly -trimpath \
+			-ldflags "-s -w -X sigs.k8s.io/secrets-store-csi-driver/pkg/version.BuildVersion=$(version_of "$dir" sigs.k8s.io/secrets-store-csi-driver)" \
+			-o "$tmp" sigs.k8s.io/secrets-store-csi-driver/cmd/secrets-store-csi-driver)
+		;;
 	snapshot-crds)
-		local src f
-		# The module as the module cache holds it, checked against go.sum.
-		src=$(cd "$moddir" && go mod download -json \
-			github.com/kubernetes-csi/external-snapshotter/client/v8 |
-			sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
-		[[ -n $src ]] || return 1
-		mkdir -p "$out/crds"
-		for f in "${snapshot_crds[@]}"; do
-			install -m 0644 "$src/config/crd/$f" "$out/crds/$f.tmp.$$" &&
-				mv -f "$out/crds/$f.tmp.$$" "$out/crds/$f" || return 1
-		done
-		return 0
+		copy_crds "$moddir" github.com/kubernetes-csi/external-snapshotter/client/v8 config/crd "${snapshot_crds[@]}"
+		return
+		;;
+	secrets-store-crds)
+		copy_crds "$moddir" sigs.k8s.io/secrets-store-csi-driver config/crd/bases "${secrets_store_crds[@]}"
+		return
 		;;
 	esac || { rm -f "$tmp"; return 1; }
 	mv -f "$tmp" "$target"
@@ -216,6 +240,8 @@ for name in "${selected[@]}"; do
 	moddir=$repo/third_party/$dir
 	if [[ $name == snapshot-crds ]]; then
 		target=$out/crds/${snapshot_crds[-1]}
+	elif [[ $name == secrets-store-crds ]]; then
+		target=$out/crds/${secrets_store_crds[-1]}
 	else
 		target=$out/$name
 	fi
@@ -225,6 +251,7 @@ for name in "${selected[@]}"; do
 	fi
 	case $name in
 	snapshot-crds) echo "[$i/$total] copying the VolumeSnapshot CRDs into $out/crds..." ;;
+	secrets-store-crds) echo "[$i/$total] copying the Secrets Store CRDs into $out/crds..." ;;
 	*) echo "[$i/$total] building $name (cold builds take minutes)..." ;;
 	esac
 	start=$EPOCHREALTIME
@@ -232,7 +259,7 @@ for name in "${selected[@]}"; do
 		echo "build-components: FAILED: $name (module third_party/$dir) after $(elapsed "$start"); the go output above says why" >&2
 		exit 1
 	fi
-	if [[ $name == snapshot-crds ]]; then
+	if [[ $name == *-crds ]]; then
 		echo "[$i/$total] $name done in $(elapsed "$start")"
 	else
 		echo "[$i/$total] $name built in $(elapsed "$start") ($(du -h "$target" | cut -f1))"
