@@ -44,6 +44,8 @@ const (
 	DriverName = "block.csi.stowage.io"
 	// FileDriverName is the file CSI driver's (internal/csi/filecsi).
 	FileDriverName = "file.csi.stowage.io"
+	// SecretsStoreDriverName is the upstream Secrets Store CSI driver's.
+	SecretsStoreDriverName = "secrets-store.csi.k8s.io"
 
 	// NodeInterface carries the node address; CNIBridge is the pods' bridge.
 	NodeInterface = "stowage0"
@@ -238,6 +240,19 @@ func (l Layout) PluginsRegistry() string { return l.path("kubelet", "plugins_reg
 // state (one record per mount).
 func (l Layout) CSIFileSocket() string { return l.path("kubelet", "plugins", FileDriverName, "csi.sock") }
 func (l Layout) CSIFileState() string  { return l.path("csi-file-node") }
+
+// KMSPluginSocket is where kube-apiserver dials the KMS v2 plugin;
+// EncryptionConfigFile is its --encryption-provider-config.
+func (l Layout) KMSPluginSocket() string      { return l.path("run", "kms-plugin.sock") }
+func (l Layout) EncryptionConfigFile() string { return l.path("config", "encryption.yaml") }
+
+// SecretsProviders is the Secrets Store CSI driver's --provider-volume,
+// where Stowage's provider serves stowage.sock; SecretsStoreSocket is the
+// driver's CSI socket.
+func (l Layout) SecretsProviders() string { return l.path("run", "secrets-store-providers") }
+func (l Layout) SecretsStoreSocket() string {
+	return l.path("kubelet", "plugins", SecretsStoreDriverName, "csi.sock")
+}
 
 // StowageTokens holds the components' Stowage API tokens (mode 0600 files,
 // made by the server at its start).

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -20,6 +22,7 @@ import (
 var componentBinaries = []string{
 	"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl",
 	"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "snapshot-controller",
+	"secrets-store-csi-driver",
 }
 
 // CapacityNamespace holds the CSIStorageCapacity objects of the cluster.
@@ -30,6 +33,32 @@ var SnapshotCRDs = []string{
 	"snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
 	"snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
 	"snapshot.storage.k8s.io_volumesnapshots.yaml",
+}
+
+// SecretsStoreCRDs are the Secrets Store CSI driver's CRD files under
+// <bin>/crds (SecretProviderClass, SecretProviderClassPodStatus).
+var SecretsStoreCRDs = []string{
+	"secrets-store.csi.x-k8s.io_secretproviderclasses.yaml",
+	"secrets-store.csi.x-k8s.io_secretproviderclasspodstatuses.yaml",
+}
+
+// crdFiles are every CRD file `up` applies, with the component that
+// copies each into <bin>/crds.
+func crdFiles() map[string]string {
+	m := map[string]string{}
+	for _, f := range SnapshotCRDs {
+		m[f] = "snapshot-crds"
+	}
+	for _, f := range SecretsStoreCRDs {
+		m[f] = "secrets-store-crds"
+	}
+	return m
+}
+
+// crdName is the CRD object a file <group>_<plural>.yaml defines.
+func crdName(file string) string {
+	group, plural, _ := strings.Cut(strings.TrimSuffix(file, ".yaml"), "_")
+	return plural + "." + group
 }
 
 // DefaultBinDir is where the component binaries are found when no
@@ -68,9 +97,10 @@ func MissingBinaries(binDir string) []string {
 			missing = append(missing, b)
 		}
 	}
-	for _, f := range SnapshotCRDs {
+	crds := crdFiles()
+	for _, f := range slices.Sorted(maps.Keys(crds)) {
 		if !exists(filepath.Join(binDir, "crds", f)) {
-			missing = append(missing, "crds/"+f+" (component snapshot-crds)")
+			missing = append(missing, "crds/"+f+" (component "+crds[f]+")")
 		}
 	}
 	return missing
@@ -83,7 +113,25 @@ const (
 	ControllerMetricsAddress = "127.0.0.1:9421"
 	NodeMetricsAddress       = "127.0.0.1:9422"
 	FileDriverMetricsAddress = "127.0.0.1:9423"
+	// The Secrets Store CSI driver's metrics (its default is :8095, every
+	// interface).
+	SecretsStoreMetricsAddress = "127.0.0.1:9424"
 )
+
+// KubernetesKeyAlias is the KMS key kube-apiserver's KMS v2 plugin
+// encrypts Secrets with; `up` makes it at the first start.
+const KubernetesKeyAlias = "alias/stowage/kubernetes"
+
+// KMSProviderName is the kms provider's name in the encryption config
+// (it is part of every stored Secret's prefix: k8s:enc:kms:v2:<name>:).
+const KMSProviderName = "stowage"
+
+// SecretsRotationInterval is the Secrets Store CSI driver's
+// --rotation-poll-interval: how often a mounted SecretProviderClass volume
+// is refetched (a cheap version check when nothing changed). The kubelet
+// asks for a republish about every minute, so rotated values reach pods
+// within about a minute and a half.
+const SecretsRotationInterval = 30 * time.Second
 
 // NFSAddress is where the storage host's nfs-ganesha serves access points:
 // loopback, and not 2049, so that it never meets a kernel NFS server of the
@@ -162,7 +210,35 @@ func (c *Config) Components() []Component {
 		}}, Ready: func(ctx context.Context) error {
 			return c.probe(ctx, etcdURL+"/health", "apiserver-etcd-client", `"health":"true"`)
 		}},
-		{Name: "kube-apiserver", Needs: []string{"etcd"}, Cmd: Command{Path: bin("kube-apiserver"), Args: []string{
+		{Name: "stowage-server", Cmd: Command{Path: c.Stowage, Args: []string{
+			"server",
+			"--data-dir=" + l.Stowage(),
+			"--listen=" + stowageAPI,
+			"--metrics-address=" + ServerMetricsAddress,
+			"--zone=" + c.Zone,
+			"--node=" + c.NodeName,
+			fmt.Sprintf("--pool=name=pool-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, c.PoolSize),
+			fmt.Sprintf("--file-pool=name=files-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, FilePoolSize),
+			"--nfs-listen=" + NFSAddress,
+			// Component tokens are made by the server before it listens, so
+			// they exist when the components (which need it ready) start.
+			"--bootstrap-tokens-dir=" + l.StowageTokens(),
+			fmt.Sprintf("--kube-apiserver=https://127.0.0.1:%d", apiserverPort),
+			"--kube-ca-file=" + pki.Cert(CA),
+			"--kube-client-cert-file=" + pki.Cert(StowageServerCert),
+			"--kube-client-key-file=" + pki.Key(StowageServerCert),
+		}}, Ready: func(ctx context.Context) error { return dialUnix(l.StowageSocket()) }},
+		// kube-apiserver encrypts Secrets with the KMS v2 plugin (its
+		// --encryption-provider-config), so the plugin and the server behind
+		// it start first.
+		{Name: "kms-plugin", Needs: []string{"stowage-server", "kms key"}, Cmd: Command{Path: c.Stowage, Args: []string{
+			"kms-plugin",
+			"--listen=unix://" + l.KMSPluginSocket(),
+			"--api=" + stowageAPI,
+			"--token-file=" + l.StowageToken("kms-plugin"),
+			"--key=" + KubernetesKeyAlias,
+		}}, Ready: func(ctx context.Context) error { return dialUnix(l.KMSPluginSocket()) }},
+		{Name: "kube-apiserver", Needs: []string{"etcd", "kms-plugin"}, Cmd: Command{Path: bin("kube-apiserver"), Args: []string{
 			"--advertise-address=" + c.NodeIP,
 			"--bind-address=" + c.NodeIP,
 			fmt.Sprintf("--secure-port=%d", apiserverPort),
@@ -192,6 +268,7 @@ func (c *Config) Components() []Component {
 			"--proxy-client-cert-file=" + pki.Cert("front-proxy-client"),
 			"--proxy-client-key-file=" + pki.Key("front-proxy-client"),
 			"--runtime-config=storage.k8s.io/v1beta1=true",
+			"--encryption-provider-config=" + l.EncryptionConfigFile(),
 			vacGate,
 			"--profiling=false",
 			"--v=1",
@@ -242,24 +319,6 @@ func (c *Config) Components() []Component {
 			"--config=" + filepath.Join(l.Configs(), "kube-proxy.yaml"),
 			"--v=1",
 		}}, Ready: func(ctx context.Context) error { return c.probe(ctx, "http://127.0.0.1:10256/livez", "", "") }},
-		{Name: "stowage-server", Cmd: Command{Path: c.Stowage, Args: []string{
-			"server",
-			"--data-dir=" + l.Stowage(),
-			"--listen=" + stowageAPI,
-			"--metrics-address=" + ServerMetricsAddress,
-			"--zone=" + c.Zone,
-			"--node=" + c.NodeName,
-			fmt.Sprintf("--pool=name=pool-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, c.PoolSize),
-			fmt.Sprintf("--file-pool=name=files-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, FilePoolSize),
-			"--nfs-listen=" + NFSAddress,
-			// Component tokens are made by the server before it listens, so
-			// they exist when the components (which need it ready) start.
-			"--bootstrap-tokens-dir=" + l.StowageTokens(),
-			fmt.Sprintf("--kube-apiserver=https://127.0.0.1:%d", apiserverPort),
-			"--kube-ca-file=" + pki.Cert(CA),
-			"--kube-client-cert-file=" + pki.Cert(StowageServerCert),
-			"--kube-client-key-file=" + pki.Key(StowageServerCert),
-		}}, Ready: func(ctx context.Context) error { return dialUnix(l.StowageSocket()) }},
 		{Name: "csi-controller", Needs: []string{"stowage-server"}, Cmd: Command{Path: c.Stowage, Args: []string{
 			"csi", "controller",
 			"--endpoint=unix://" + csiCtrl,
@@ -307,6 +366,34 @@ func (c *Config) Components() []Component {
 		// (subPathPattern, reuseAccessPoint) through --extra-create-metadata.
 		sidecarFor("csi-file-provisioner", "csi-provisioner", fileSock, "csi-file", "--extra-create-metadata", "--timeout=60s", "--retry-interval-start=500ms", "--retry-interval-max=30s"),
 		sidecarFor("csi-file-resizer", "csi-resizer", fileSock, "csi-file", "--timeout=60s", "--handle-volume-inuse-error=false"),
+		// Secrets in pods: Stowage's Secrets Store provider, the upstream
+		// driver that calls it, and the driver's kubelet registration.
+		{Name: "secrets-provider", Needs: []string{"stowage-server"}, Cmd: Command{Path: c.Stowage, Args: []string{
+			"secrets-provider",
+			"--providers-dir=" + l.SecretsProviders(),
+			"--api=" + stowageAPI,
+			"--token-file=" + l.StowageToken("secrets-provider"),
+		}}, Ready: func(ctx context.Context) error { return dialUnix(filepath.Join(l.SecretsProviders(), "stowage.sock")) }},
+		{Name: "secrets-store-csi-driver", Needs: []string{"kube-apiserver", "manifests", "secrets-provider"}, Cmd: Command{Path: bin("secrets-store-csi-driver"), Args: []string{
+			"--endpoint=unix://" + l.SecretsStoreSocket(),
+			"--nodeid=" + c.NodeName,
+			"--provider-volume=" + l.SecretsProviders(),
+			"--additional-provider-volume-paths=",
+			"--metrics-addr=" + SecretsStoreMetricsAddress,
+			"--enable-secret-rotation=true",
+			"--rotation-poll-interval=" + SecretsRotationInterval.String(),
+			"--provider-health-check=true",
+			"--kubeconfig=" + kc("secrets-store-csi-driver"),
+			"--v=2",
+		}}, Ready: func(ctx context.Context) error { return dialUnix(l.SecretsStoreSocket()) }},
+		{Name: "secrets-store-registrar", Needs: []string{"secrets-store-csi-driver"}, Cmd: Command{Path: c.Stowage, Args: []string{
+			"kubelet-register",
+			"--driver=" + SecretsStoreDriverName,
+			"--csi-endpoint=unix://" + l.SecretsStoreSocket(),
+			"--kubelet-registration-dir=" + l.PluginsRegistry(),
+		}}, Ready: func(ctx context.Context) error {
+			return dialUnix(filepath.Join(l.PluginsRegistry(), SecretsStoreDriverName+"-reg.sock"))
+		}},
 	}
 }
 

@@ -12,9 +12,8 @@ import (
 // Secrets are written with the KMS v2 plugin at endpoint (unix:///path, the
 // socket of `stowage kms-plugin`) under the provider name name; identity
 // comes second so that Secrets written before encryption was turned on
-// still read. timeout 0 is the apiserver's default (3s).
-//
-// Not yet part of `stowage up`.
+// still read. timeout 0 is the apiserver's default (3s). `stowage up`
+// writes it with the plugin it runs (Layout.EncryptionConfigFile).
 func EncryptionConfig(name, endpoint string, timeout time.Duration) ([]byte, error) {
 	if name == "" {
 		return nil, fmt.Errorf("encryption config: the KMS provider needs a name")

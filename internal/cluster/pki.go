@@ -53,6 +53,7 @@ type CertSpec struct {
 var kubeconfigUsers = []string{
 	"admin", "kubelet", "controller-manager", "scheduler", "kube-proxy",
 	"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "snapshot-controller",
+	"secrets-store-csi-driver",
 }
 
 // CertSpecs lists every certificate of the cluster.
@@ -83,6 +84,9 @@ func (c *Config) CertSpecs() []CertSpec {
 	// TokenReview (deploy/local/06-stowage-server-tokenreview.yaml binds it
 	// to system:auth-delegator).
 	specs = append(specs, CertSpec{Name: StowageServerCert, Issuer: CA, CN: "stowage:stowage-server", Client: true})
+	// deploy/local/07-secrets-store.yaml gives the Secrets Store CSI driver
+	// its rights (SecretProviderClasses, their pod statuses, synced Secrets).
+	specs = append(specs, CertSpec{Name: "secrets-store-csi-driver", Issuer: CA, CN: "stowage:secrets-store-csi-driver", Client: true})
 	return specs
 }
 

@@ -238,6 +238,9 @@ func (c *Config) renderFiles(cniBinDir string) error {
 		{filepath.Join(l.Configs(), "kubelet.yaml"), c.KubeletConfig},
 		{filepath.Join(l.Configs(), "kube-proxy.yaml"), c.KubeProxyConfig},
 		{filepath.Join(l.CNIConfDir(), "10-"+CNINetwork+".conflist"), c.CNIConfig},
+		{l.EncryptionConfigFile(), func() ([]byte, error) {
+			return EncryptionConfig(KMSProviderName, "unix://"+l.KMSPluginSocket(), 0)
+		}},
 	}
 	for _, f := range files {
 		b, err := f.gen()

@@ -263,12 +263,17 @@ func TestMissingBinaries_NamesEachOne(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, b), []byte("#!/bin/sh\n"), 0o755)
 	}
 	os.MkdirAll(filepath.Join(dir, "crds"), 0o755)
-	for _, f := range SnapshotCRDs[1:] {
+	for _, f := range append(SnapshotCRDs[1:], SecretsStoreCRDs[1:]...) {
 		os.WriteFile(filepath.Join(dir, "crds", f), nil, 0o644)
 	}
 	got := MissingBinaries(dir)
-	if len(got) != 2 || got[0] != componentBinaries[0] || !strings.Contains(got[1], SnapshotCRDs[0]) {
-		t.Errorf("MissingBinaries = %v, want %s and %s", got, componentBinaries[0], SnapshotCRDs[0])
+	if len(got) != 3 || got[0] != componentBinaries[0] ||
+		!strings.Contains(got[1], SecretsStoreCRDs[0]+" (component secrets-store-crds)") ||
+		!strings.Contains(got[2], SnapshotCRDs[0]+" (component snapshot-crds)") {
+		t.Errorf("MissingBinaries = %v, want %s, %s and %s with their components", got, componentBinaries[0], SecretsStoreCRDs[0], SnapshotCRDs[0])
+	}
+	if got, want := crdName(SecretsStoreCRDs[0]), "secretproviderclasses.secrets-store.csi.x-k8s.io"; got != want {
+		t.Errorf("crdName(%s) = %s, want %s", SecretsStoreCRDs[0], got, want)
 	}
 }
 

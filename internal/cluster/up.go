@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -159,7 +160,7 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 
 	t = time.Now()
 	for _, d := range []string{l.Logs(), l.Run(), filepath.Dir(l.ContainerdSocket()), l.Configs(), l.CNIConfDir(), l.CNIIPAMDir(),
-		l.KubeletRoot(), l.PluginsRegistry(), filepath.Dir(l.CSINodeSocket()), l.PodLogs(), l.Images(), l.Stowage(), l.CSINodeState(), l.Etcd()} {
+		l.KubeletRoot(), l.PluginsRegistry(), filepath.Dir(l.CSINodeSocket()), filepath.Dir(l.SecretsStoreSocket()), l.SecretsProviders(), l.PodLogs(), l.Images(), l.Stowage(), l.CSINodeState(), l.Etcd()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
@@ -255,7 +256,8 @@ func (c *Config) upSteps(o UpOptions) []step {
 		step{name: "images", needs: []string{"containerd"}, run: c.importImages},
 		step{name: "manifests", needs: []string{"kube-apiserver"}, run: c.applyManifests},
 		step{name: "file system", needs: []string{"stowage-server", "manifests"}, run: c.defaultFileSystem},
-		step{name: "node ready", needs: []string{"kubelet", "csi-node", "csi-file", "kube-proxy"}, run: func(ctx context.Context) (string, error) {
+		step{name: "kms key", needs: []string{"stowage-server"}, run: c.kubernetesKey},
+		step{name: "node ready", needs: []string{"kubelet", "csi-node", "csi-file", "secrets-store-registrar", "kube-proxy"}, run: func(ctx context.Context) (string, error) {
 			return c.waitNode(ctx, o.Timeout)
 		}},
 		step{name: "default serviceaccount", needs: []string{"kube-controller-manager"}, run: func(ctx context.Context) (string, error) {
@@ -266,7 +268,7 @@ func (c *Config) upSteps(o UpOptions) []step {
 			})
 		}},
 	)
-	all = append(all, "network", "images", "manifests", "file system", "node ready", "default serviceaccount")
+	all = append(all, "network", "images", "manifests", "file system", "kms key", "node ready", "default serviceaccount")
 	steps = append(steps, step{name: Supervisor, needs: all, run: c.startComponent(c.supervisorComponent(), o.Timeout)})
 	if !o.SkipCheck {
 		steps = append(steps, step{name: "check", needs: all, run: func(ctx context.Context) (string, error) {
@@ -406,9 +408,9 @@ func (c *Config) applyManifests(ctx context.Context) (string, error) {
 	k := c.kubectl()
 	crds := []string{}
 	args := []string{"apply", "--server-side", "--force-conflicts", "--field-manager=stowage-up"}
-	for _, f := range SnapshotCRDs {
+	for _, f := range append(slices.Clone(SnapshotCRDs), SecretsStoreCRDs...) {
 		args = append(args, "-f", filepath.Join(c.BinDir, "crds", f))
-		crds = append(crds, "crd/"+strings.TrimSuffix(strings.SplitN(f, "_", 2)[1], ".yaml")+".snapshot.storage.k8s.io")
+		crds = append(crds, "crd/"+crdName(f))
 	}
 	if _, err := k.run(ctx, nil, args...); err != nil {
 		return "", err
@@ -423,7 +425,7 @@ func (c *Config) applyManifests(ctx context.Context) (string, error) {
 	if _, err := k.run(ctx, bundle, "apply", "--server-side", "--force-conflicts", "--field-manager=stowage-up", "-f", "-"); err != nil {
 		return "", err
 	}
-	return "snapshot CRDs, CSIDriver, StorageClasses, RBAC", nil
+	return "snapshot and Secrets Store CRDs, CSIDrivers, StorageClasses, RBAC", nil
 }
 
 // waitNode waits for the node to be Ready and for the kubelet to have
@@ -437,14 +439,23 @@ func (c *Config) waitNode(ctx context.Context, timeout time.Duration) (string, e
 	if err != nil {
 		return "", err
 	}
-	err = poll(ctx, timeout, 300*time.Millisecond, "the kubelet to register "+DriverName+" and "+FileDriverName+" (CSINode "+c.NodeName+")", func(ctx context.Context) (bool, error) {
+	drivers := []string{DriverName, FileDriverName, SecretsStoreDriverName}
+	names := strings.Join(drivers, ", ")
+	err = poll(ctx, timeout, 300*time.Millisecond, "the kubelet to register "+names+" (CSINode "+c.NodeName+")", func(ctx context.Context) (bool, error) {
 		out, err := k.get(ctx, "{.spec.drivers[*].name}", "csinode", c.NodeName)
-		return strings.Contains(out, DriverName) && strings.Contains(out, FileDriverName), err
+		have := strings.Fields(out)
+		for _, d := range drivers {
+			if !slices.Contains(have, d) {
+				return false, err
+			}
+		}
+		return true, err
 	})
 	if err != nil {
-		return "", fmt.Errorf("%w (node plugin logs: %s, %s; kubelet log: %s)", err, c.Layout().LogFile("csi-node"), c.Layout().LogFile("csi-file"), c.Layout().LogFile("kubelet"))
+		l := c.Layout()
+		return "", fmt.Errorf("%w (node plugin logs: %s, %s, %s, %s; kubelet log: %s)", err, l.LogFile("csi-node"), l.LogFile("csi-file"), l.LogFile("secrets-store-csi-driver"), l.LogFile("secrets-store-registrar"), l.LogFile("kubelet"))
 	}
-	return c.NodeName + " Ready, " + DriverName + " and " + FileDriverName + " registered", nil
+	return c.NodeName + " Ready, " + names + " registered", nil
 }
 
 const checkName = "stowage-up-check"
@@ -584,4 +595,33 @@ func (c *Config) defaultFileSystem(ctx context.Context) (string, error) {
 		return "", err
 	}
 	return fs.ID + ", StorageClass " + EFSClassName, nil
+}
+
+// kubernetesKey makes (or finds) the KMS key that kube-apiserver's KMS v2
+// plugin encrypts Secrets with.
+func (c *Config) kubernetesKey(ctx context.Context) (string, error) {
+	stowage := func(args ...string) ([]byte, error) {
+		cmd := exec.CommandContext(ctx, c.Stowage, append([]string{"--endpoint=unix://" + c.Layout().StowageSocket()}, args...)...)
+		out, err := cmd.Output()
+		if ee, ok := err.(*exec.ExitError); ok {
+			err = fmt.Errorf("%v: %s", err, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return out, err
+	}
+	var key struct {
+		KeyID string `json:"id"`
+	}
+	out, err := stowage("key", "describe", KubernetesKeyAlias, "-o", "json")
+	verb := "present"
+	if err != nil {
+		out, err = stowage("key", "create", "--alias", KubernetesKeyAlias, "--description", "kube-apiserver's Secrets (KMS v2)", "-o", "json")
+		if err != nil {
+			return "", fmt.Errorf("create the KMS key %s: %w", KubernetesKeyAlias, err)
+		}
+		verb = "created"
+	}
+	if err := json.Unmarshal(out, &key); err != nil || key.KeyID == "" {
+		return "", fmt.Errorf("KMS key %s: unexpected output %q: %v", KubernetesKeyAlias, out, err)
+	}
+	return KubernetesKeyAlias + " (" + key.KeyID + ") " + verb, nil
 }
