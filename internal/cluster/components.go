@@ -223,7 +223,7 @@ func (c *Config) Components() []Component {
 			// Component tokens are made by the server before it listens, so
 			// they exist when the components (which need it ready) start.
 			"--bootstrap-tokens-dir=" + l.StowageTokens(),
-			fmt.Sprintf("--kube-apiserver=https://127.0.0.1:%d", apiserverPort),
+			"--kube-apiserver=" + c.APIServerURL(),
 			"--kube-ca-file=" + pki.Cert(CA),
 			"--kube-client-cert-file=" + pki.Cert(StowageServerCert),
 			"--kube-client-key-file=" + pki.Key(StowageServerCert),
