@@ -238,8 +238,10 @@ func (l Layout) PluginsRegistry() string { return l.path("kubelet", "plugins_reg
 
 // CSIFileSocket is the file driver's CSI socket; CSIFileState its node
 // state (one record per mount).
-func (l Layout) CSIFileSocket() string { return l.path("kubelet", "plugins", FileDriverName, "csi.sock") }
-func (l Layout) CSIFileState() string  { return l.path("csi-file-node") }
+func (l Layout) CSIFileSocket() string {
+	return l.path("kubelet", "plugins", FileDriverName, "csi.sock")
+}
+func (l Layout) CSIFileState() string { return l.path("csi-file-node") }
 
 // KMSPluginSocket is where kube-apiserver dials the KMS v2 plugin;
 // EncryptionConfigFile is its --encryption-provider-config.

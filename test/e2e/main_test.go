@@ -106,7 +106,13 @@ func run(m *testing.M) (code int) {
 	restCfg = cfg
 	kube = kubernetes.NewForConfigOrDie(cfg)
 	dyn = dynamic.NewForConfigOrDie(cfg)
-	return m.Run()
+	code = m.Run()
+	// No log line, error or argument list may hold a token or a value.
+	if found := checkLogsHoldNoSecrets(); found != "" {
+		fmt.Println("e2e: FAIL: secrets where they must never be:\n" + found)
+		code = 1
+	}
+	return code
 }
 
 func down() error {
