@@ -57,12 +57,18 @@ func (c *clock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func TestRotate_Schedule_NextRotationDueThenRotated_CancelStops(t *testing.T) {
-	ctx := context.Background()
+// newClockEnv is a service on a settable clock with secret db.
+func newClockEnv(t *testing.T) (*env, *clock) {
 	e := newEnv(t)
 	c := &clock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
 	e.sm.now = c.now
 	mustCreate(t, e.sm, "db", `{"password":"old"}`)
+	return e, c
+}
+
+func TestRotate_Schedule_NextRotationDueThenRotated_CancelStops(t *testing.T) {
+	ctx := context.Background()
+	e, c := newClockEnv(t)
 	oldID, _ := current(t, e.sm, "db")
 
 	// Not now: only the schedule is saved.
@@ -126,10 +132,7 @@ func TestRotate_Schedule_NextRotationDueThenRotated_CancelStops(t *testing.T) {
 
 func TestRecordRotationFailure_ErrorSaved_RetryBacksOff_SuccessClears(t *testing.T) {
 	ctx := context.Background()
-	e := newEnv(t)
-	c := &clock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-	e.sm.now = c.now
-	mustCreate(t, e.sm, "db", `{"password":"old"}`)
+	e, c := newClockEnv(t)
 	if _, _, err := e.sm.Rotate(ctx, "db", RotateInput{Schedule: "rate(1 day)", NoRotateImmediately: true}); err != nil {
 		t.Fatal(err)
 	}

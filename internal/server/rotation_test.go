@@ -26,8 +26,12 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // rotationWebhook is an httptest server on loopback that answers with the
 // status in code (200: a value made of the version id).
@@ -51,16 +55,24 @@ func rotationWebhook(t *testing.T, code *atomic.Int32) (*httptest.Server, *atomi
 	return ws, calls
 }
 
-func TestRotateSecret_ScheduleAndWebhook_DescribeShowsThem_CancelTurnsOff(t *testing.T) {
-	e := newEnv(t, envOptions{withKMS: true})
-	ctx := testCtx(t)
+// withWebhookSecret starts a server with secret db (value "v0", version
+// returned) and a webhook answering with HTTP status code.
+func withWebhookSecret(t *testing.T, status int) (e *testEnv, v0 string, ws *httptest.Server, code, calls *atomic.Int32) {
+	e = newEnv(t, envOptions{withKMS: true})
 	v := "v0"
-	if _, err := e.srv.CreateSecret(ctx, &pb.CreateSecretRequest{Name: "db", SecretString: &v}); err != nil {
+	ref, err := e.srv.CreateSecret(testCtx(t), &pb.CreateSecretRequest{Name: "db", SecretString: &v})
+	if err != nil {
 		t.Fatal(err)
 	}
-	code := &atomic.Int32{}
-	code.Store(http.StatusOK)
-	ws, _ := rotationWebhook(t, code)
+	code = &atomic.Int32{}
+	code.Store(int32(status))
+	ws, calls = rotationWebhook(t, code)
+	return e, ref.VersionId, ws, code, calls
+}
+
+func TestRotateSecret_ScheduleAndWebhook_DescribeShowsThem_CancelTurnsOff(t *testing.T) {
+	e, _, ws, _, _ := withWebhookSecret(t, http.StatusOK)
+	ctx := testCtx(t)
 	before := time.Now()
 	ref, err := e.srv.RotateSecret(ctx, &pb.RotateSecretRequest{SecretId: "db", Schedule: "rate(1 day)", Webhook: &pb.RotationWebhook{Url: ws.URL, TimeoutSeconds: 5}})
 	if err != nil {
@@ -101,15 +113,8 @@ func TestRotateSecret_ScheduleAndWebhook_DescribeShowsThem_CancelTurnsOff(t *tes
 }
 
 func TestRotateSecret_WebhookDown_FailedPreconditionNamingSecretURLStatus(t *testing.T) {
-	e := newEnv(t, envOptions{withKMS: true})
+	e, _, ws, _, _ := withWebhookSecret(t, http.StatusBadGateway)
 	ctx := testCtx(t)
-	v := "v0"
-	if _, err := e.srv.CreateSecret(ctx, &pb.CreateSecretRequest{Name: "db", SecretString: &v}); err != nil {
-		t.Fatal(err)
-	}
-	code := &atomic.Int32{}
-	code.Store(http.StatusBadGateway)
-	ws, _ := rotationWebhook(t, code)
 	_, err := e.srv.RotateSecret(ctx, &pb.RotateSecretRequest{SecretId: "db", Webhook: &pb.RotationWebhook{Url: ws.URL}})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "secret db") ||
 		!strings.Contains(err.Error(), ws.URL) || !strings.Contains(err.Error(), "HTTP 502") {
@@ -118,20 +123,12 @@ func TestRotateSecret_WebhookDown_FailedPreconditionNamingSecretURLStatus(t *tes
 }
 
 func TestScheduledRotation_Loop_RotatesDue_FailureRecordedLoggedRetried(t *testing.T) {
-	e := newEnv(t, envOptions{withKMS: true})
+	e, firstVersion, ws, code, calls := withWebhookSecret(t, http.StatusServiceUnavailable)
 	ctx := testCtx(t)
 	logs := &syncBuffer{}
 	e.srv.log = slog.New(slog.NewTextHandler(logs, nil))
 	var offset atomic.Int64 // how far the server's clock is ahead
 	e.srv.now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
-	v := "v0"
-	first, err := e.srv.CreateSecret(ctx, &pb.CreateSecretRequest{Name: "db", SecretString: &v})
-	if err != nil {
-		t.Fatal(err)
-	}
-	code := &atomic.Int32{}
-	code.Store(http.StatusServiceUnavailable)
-	ws, calls := rotationWebhook(t, code)
 	no := false
 	if _, err := e.srv.RotateSecret(ctx, &pb.RotateSecretRequest{SecretId: "db", Schedule: "rate(1 minute)", RotateImmediately: &no,
 		Webhook: &pb.RotationWebhook{Url: ws.URL}}); err != nil {
@@ -171,7 +168,7 @@ func TestScheduledRotation_Loop_RotatesDue_FailureRecordedLoggedRetried(t *testi
 	if calls.Load() != n {
 		t.Fatalf("the webhook was called %d more times before the backoff was over", calls.Load()-n)
 	}
-	if cur, _ := e.srv.GetSecretValue(ctx, &pb.GetSecretValueRequest{SecretId: "db"}); cur.GetVersionId() != first.VersionId {
+	if cur, _ := e.srv.GetSecretValue(ctx, &pb.GetSecretValueRequest{SecretId: "db"}); cur.GetVersionId() != firstVersion {
 		t.Fatalf("a failed rotation changed AWSCURRENT to %s", cur.GetVersionId())
 	}
 	if !strings.Contains(logs.String(), "scheduled rotation failed") || !strings.Contains(logs.String(), "secret=db") {
@@ -190,12 +187,12 @@ func TestScheduledRotation_Loop_RotatesDue_FailureRecordedLoggedRetried(t *testi
 		return err == nil && d.LastRotatedTime != nil && d.LastRotationError == ""
 	})
 	cur, err := e.srv.GetSecretValue(ctx, &pb.GetSecretValueRequest{SecretId: "db"})
-	if err != nil || cur.GetSecretString() != "from-webhook-"+cur.VersionId || cur.VersionId == first.VersionId {
+	if err != nil || cur.GetSecretString() != "from-webhook-"+cur.VersionId || cur.VersionId == firstVersion {
 		t.Fatalf("after the retry AWSCURRENT is %s = %q, %v", cur.GetVersionId(), cur.GetSecretString(), err)
 	}
 	d, _ = e.srv.DescribeSecret(ctx, &pb.DescribeSecretRequest{SecretId: "db"})
 	for _, v := range d.Versions {
-		if v.VersionId != cur.VersionId && v.VersionId != first.VersionId || len(v.Stages) != 1 {
+		if v.VersionId != cur.VersionId && v.VersionId != firstVersion || len(v.Stages) != 1 {
 			t.Fatalf("versions after the retry: %v (want the new AWSCURRENT and the old AWSPREVIOUS only)", d.Versions)
 		}
 	}
