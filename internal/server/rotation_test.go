@@ -1,14 +1,12 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,21 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/testutil/logbuf"
 )
-
-// syncBuffer is a log sink the rotation goroutine writes to while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // rotationWebhook is an httptest server on loopback that answers with the
 // status in code (200: a value made of the version id).
@@ -125,7 +110,7 @@ func TestRotateSecret_WebhookDown_FailedPreconditionNamingSecretURLStatus(t *tes
 func TestScheduledRotation_Loop_RotatesDue_FailureRecordedLoggedRetried(t *testing.T) {
 	e, firstVersion, ws, code, calls := withWebhookSecret(t, http.StatusServiceUnavailable)
 	ctx := testCtx(t)
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	e.srv.log = slog.New(slog.NewTextHandler(logs, nil))
 	var offset atomic.Int64 // how far the server's clock is ahead
 	e.srv.now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
