@@ -1,11 +1,9 @@
 package auth_test
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,30 +16,14 @@ import (
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/testutil/apitest"
+	"github.com/stowage-io/stowage/internal/testutil/logbuf"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 const podToken = "eyJhbGciOiJSUzI1NiJ9.pod-web.sig"
 
 type env struct {
 	api    *apitest.API
-	log    *syncBuffer
+	log    *logbuf.Buffer
 	admin  *grpc.ClientConn
 	tokens []string // every token handed out, for the log check
 }
@@ -56,7 +38,7 @@ func requireRoot(t *testing.T) {
 func start(t *testing.T) *env {
 	t.Helper()
 	requireRoot(t)
-	e := &env{log: &syncBuffer{}}
+	e := &env{log: &logbuf.Buffer{}}
 	e.api = apitest.StartAuth(t, apitest.Auth{TCP: true, Log: e.log,
 		Verifier: auth.FakeVerifier{podToken: "system:serviceaccount:shop:web"}})
 	e.admin = apitest.Dial(t, e.api.Endpoint)

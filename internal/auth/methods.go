@@ -87,6 +87,7 @@ var Methods = map[string]Rule{
 	pb.SecretService_DeleteSecret_FullMethodName:             {Action: "secretsmanager:DeleteSecret", Resources: res(func(r *pb.DeleteSecretRequest) string { return r.SecretId })},
 	pb.SecretService_RestoreSecret_FullMethodName:            {Action: "secretsmanager:RestoreSecret", Resources: res(func(r *pb.RestoreSecretRequest) string { return r.SecretId })},
 	pb.SecretService_RotateSecret_FullMethodName:             {Action: "secretsmanager:RotateSecret", Resources: res(func(r *pb.RotateSecretRequest) string { return r.SecretId })},
+	pb.SecretService_CancelRotateSecret_FullMethodName:       {Action: "secretsmanager:CancelRotateSecret", Resources: res(func(r *pb.CancelRotateSecretRequest) string { return r.SecretId })},
 	pb.SecretService_UpdateSecretVersionStage_FullMethodName: {Action: "secretsmanager:UpdateSecretVersionStage", Resources: res(func(r *pb.UpdateSecretVersionStageRequest) string { return r.SecretId })},
 	pb.SecretService_TagSecret_FullMethodName:                {Action: "secretsmanager:TagResource", Resources: res(func(r *pb.TagSecretRequest) string { return r.SecretId })},
 	// Each object of the batch is authorised again by the handler, with

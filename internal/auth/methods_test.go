@@ -43,6 +43,8 @@ func TestMethods_ResourceIsTheRequestsObject(t *testing.T) {
 		want   string
 	}{
 		{pb.SecretService_GetSecretValue_FullMethodName, &pb.GetSecretValueRequest{SecretId: "db-pass"}, "db-pass"},
+		{pb.SecretService_RotateSecret_FullMethodName, &pb.RotateSecretRequest{SecretId: "db-pass", Schedule: "rate(1 day)"}, "db-pass"},
+		{pb.SecretService_CancelRotateSecret_FullMethodName, &pb.CancelRotateSecretRequest{SecretId: "db-pass"}, "db-pass"},
 		{pb.VolumeService_GetVolumeDataKey_FullMethodName, &pb.GetVolumeDataKeyRequest{VolumeId: "vol-1", NodeId: "n"}, "vol-1"},
 		{pb.VolumeService_ListVolumes_FullMethodName, &pb.ListVolumesRequest{}, "*"},
 		{pb.ParameterService_GetParameters_FullMethodName, &pb.GetParametersRequest{Names: []string{"/a", "/b"}}, "/a,/b"},

@@ -102,6 +102,7 @@ func newServerCmd() *cobra.Command {
 	var pools, filePools []string
 	var apLimit int
 	var nfsListen string
+	var rotationCheck time.Duration
 	var a authOptions
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -126,7 +127,8 @@ func newServerCmd() *cobra.Command {
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node, metricsAddr: metricsAddr,
-				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, auth: a})
+				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, auth: a,
+				rotationCheck: rotationCheck})
 		},
 	}
 	f := cmd.Flags()
@@ -146,6 +148,7 @@ func newServerCmd() *cobra.Command {
 	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
 	f.StringVar(&nfsListen, "nfs-listen", "", "serve access points over NFSv4 with nfs-ganesha at host:port (empty: access points are not exported)")
+	f.DurationVar(&rotationCheck, "rotation-check-interval", server.DefaultRotationCheck, "how often the server looks for secrets whose scheduled rotation is due")
 	return cmd
 }
 
@@ -155,6 +158,7 @@ type serverOptions struct {
 	accessPointLimit                         int
 	nfsListen                                string
 	auth                                     authOptions
+	rotationCheck                            time.Duration
 }
 
 type authOptions struct {
@@ -307,6 +311,9 @@ func runServer(ctx context.Context, o serverOptions) error {
 	if err := srv.RegisterPoolNodes(ctx); err != nil {
 		return err
 	}
+	// Stopped (and waited for) before the store closes.
+	stopRotations := srv.StartRotations(ctx, o.rotationCheck)
+	defer stopRotations()
 	lis, err := csi.Listen(listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)

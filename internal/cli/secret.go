@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -209,13 +210,52 @@ func newSecretCmd(g *globals) *cobra.Command {
 	}
 
 	var gen pb.PasswordGenerator
+	var rreq pb.RotateSecretRequest
+	var webhook string
+	var webhookTimeout time.Duration
+	var noRotateNow bool
 	rotate := &cobra.Command{
-		Use: "rotate SECRET", Short: "Make a new AWSCURRENT version with a random password (in a JSON key, or the whole value)", Args: cobra.ExactArgs(1),
-		Example: `  stowage secret rotate prod/db --json-key password --password-length 24`,
+		Use:   "rotate SECRET",
+		Short: "Make a new AWSCURRENT version now (random password or webhook), and optionally rotate on a schedule",
+		Long: `Make a new version and promote it to AWSCURRENT: written as AWSPENDING first, then
+AWSCURRENT moves to it, so that the old or the new version is current at any moment.
+
+The new value comes from the built-in generator (a random password in a key of the
+JSON object value, or the whole value), or from --webhook: the server POSTs
+{"secretArn","name","versionId","currentVersionId"} to the URL and takes the value
+from a 2xx reply {"secretString": "..."} or {"secretBinary": "<base64>"}. The
+settings are saved: a later rotate without them, and every scheduled rotation, use
+them again. Generator flags drop a saved webhook.
+
+--schedule 'rate(N days)' (or hours, minutes; 1 minute to 1000 days) makes the
+server rotate the secret every interval; describe shows the next and last
+rotation and the last failure. A failed scheduled rotation is retried after 10s,
+doubling up to 1h. cancel-rotation turns the schedule off.`,
+		Example: `  stowage secret rotate prod/db --json-key password --password-length 24
+  stowage secret rotate prod/db --schedule 'rate(30 days)'
+  stowage secret rotate prod/db --webhook https://rotator.internal/rotate --schedule 'rate(1 day)' --no-rotate-immediately`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := &pb.RotateSecretRequest{SecretId: args[0]}
-			if cmd.Flags().Changed("json-key") || cmd.Flags().Changed("whole-value") || cmd.Flags().Changed("password-length") || cmd.Flags().Changed("exclude-punctuation") {
+			req := &pb.RotateSecretRequest{SecretId: args[0], ClientRequestToken: rreq.ClientRequestToken, Schedule: rreq.Schedule}
+			genFlags := cmd.Flags().Changed("json-key") || cmd.Flags().Changed("whole-value") || cmd.Flags().Changed("password-length") || cmd.Flags().Changed("exclude-punctuation")
+			if genFlags {
 				req.Generator = &gen
+			}
+			if cmd.Flags().Changed("webhook-timeout") && webhook == "" {
+				return usageErrorf("--webhook-timeout needs --webhook")
+			}
+			if webhook != "" {
+				if genFlags {
+					return usageErrorf("give generator flags or --webhook, not both")
+				}
+				if webhookTimeout%time.Second != 0 {
+					return usageErrorf("--webhook-timeout %s: give whole seconds", webhookTimeout)
+				}
+				req.Webhook = &pb.RotationWebhook{Url: webhook, TimeoutSeconds: int32(webhookTimeout / time.Second)}
+			}
+			if noRotateNow {
+				f := false
+				req.RotateImmediately = &f
 			}
 			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
 				r, err := c.secrets.RotateSecret(ctx, req)
@@ -230,6 +270,24 @@ func newSecretCmd(g *globals) *cobra.Command {
 	rotate.Flags().BoolVar(&gen.WholeValue, "whole-value", false, "the password is the whole value")
 	rotate.Flags().Int32Var(&gen.PasswordLength, "password-length", 0, "password length (default 32)")
 	rotate.Flags().BoolVar(&gen.ExcludePunctuation, "exclude-punctuation", false, "letters and digits only")
+	rotate.Flags().StringVar(&webhook, "webhook", "", "rotate with this http:// or https:// URL instead of the generator (saved for the next rotations)")
+	rotate.Flags().DurationVar(&webhookTimeout, "webhook-timeout", 30*time.Second, "how long to wait for the webhook's reply (1s–15m, whole seconds)")
+	rotate.Flags().StringVar(&rreq.Schedule, "schedule", "", "rotate on a schedule: 'rate(N days)', 'rate(N hours)' or 'rate(N minutes)'")
+	rotate.Flags().BoolVar(&noRotateNow, "no-rotate-immediately", false, "with --schedule (or a saved one): save the settings without rotating now; the first rotation is one interval away")
+	rotate.Flags().StringVar(&rreq.ClientRequestToken, "client-request-token", "", "id of the new version (32–64 characters); also what the webhook gets as versionId")
+
+	cancelRotation := &cobra.Command{
+		Use: "cancel-rotation SECRET", Short: "Turn scheduled rotation off (the generator or webhook settings are kept for rotate)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
+				s, err := c.secrets.CancelRotateSecret(ctx, &pb.CancelRotateSecretRequest{SecretId: args[0]})
+				if err != nil {
+					return err
+				}
+				return printSecret(p, s)
+			})
+		},
+	}
 
 	var ureq pb.UpdateSecretVersionStageRequest
 	stage := &cobra.Command{
@@ -269,7 +327,7 @@ func newSecretCmd(g *globals) *cobra.Command {
 	tag.Flags().StringArrayVar(&addTags, "tag", nil, "key=value to add or change (repeatable)")
 	tag.Flags().StringArrayVar(&removeTags, "remove", nil, "tag key to remove (repeatable)")
 
-	cmd.AddCommand(create, put, get, describe, list, del, restore, rotate, stage, tag)
+	cmd.AddCommand(create, put, get, describe, list, del, restore, rotate, cancelRotation, stage, tag)
 	return cmd
 }
 
@@ -285,6 +343,10 @@ func printSecret(p printer, s *pb.Secret) error {
 		return err
 	}
 	if err := printSecrets(p, s); err != nil {
+		return err
+	}
+	fmt.Fprintln(p.out)
+	if err := printRotation(p, s); err != nil {
 		return err
 	}
 	fmt.Fprintln(p.out)
@@ -307,4 +369,30 @@ func printSecrets(p printer, ss ...*pb.Secret) error {
 		rows = append(rows, []string{s.Name, s.Arn, s.KmsKeyId, state, formatTags(s.Tags)})
 	}
 	return p.table([]string{"NAME", "ARN", "KMS-KEY", "DELETION", "TAGS"}, rows)
+}
+
+// printRotation shows the rotation fields by their DescribeSecret names.
+func printRotation(p printer, s *pb.Secret) error {
+	ts := func(t interface{ AsTime() time.Time }, set bool) string {
+		if !set {
+			return "-"
+		}
+		return t.AsTime().UTC().Format("2006-01-02T15:04:05Z")
+	}
+	rotatedBy := "generator"
+	if w := s.RotationWebhook; w != nil {
+		rotatedBy = fmt.Sprintf("webhook %s (timeout %ds)", w.Url, w.TimeoutSeconds)
+	}
+	rows := [][]string{
+		{"RotationEnabled", fmt.Sprint(s.RotationEnabled)},
+		{"RotationRules", orDash(s.RotationSchedule)},
+		{"RotatedBy", rotatedBy},
+		{"NextRotationDate", ts(s.NextRotationTime, s.NextRotationTime != nil)},
+		{"LastRotatedDate", ts(s.LastRotatedTime, s.LastRotatedTime != nil)},
+	}
+	if s.LastRotationError != "" {
+		rows = append(rows, []string{"LastRotationError", s.LastRotationError},
+			[]string{"LastRotationErrorDate", ts(s.LastRotationErrorTime, s.LastRotationErrorTime != nil)})
+	}
+	return p.table([]string{"ROTATION", "VALUE"}, rows)
 }

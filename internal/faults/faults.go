@@ -23,6 +23,8 @@ var Points = []string{
 	"delete-fs:marked",
 	"create-ap:recorded", "create-ap:root-made", "create-ap:exported",
 	"delete-ap:marked",
+	// Secret rotation (internal/secrets): AWSPENDING written, AWSCURRENT moved.
+	"rotate-secret:pending-written", "rotate-secret:current-moved",
 }
 
 // EnvVar names the point at which the process kills itself with SIGKILL.

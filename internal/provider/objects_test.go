@@ -53,6 +53,10 @@ func TestParseObjects_Errors(t *testing.T) {
 			"Name already in use for objectAlias: found duplicate object alias x in JMES path entry p"},
 		{"two jmesPath entries with one alias", `[{objectName: a, objectType: secretsmanager, jmesPath: [{path: p, objectAlias: u}, {path: q, objectAlias: u}]}]`, "",
 			"Name already in use for objectAlias: found duplicate object alias u in JMES path entry q"},
+		{"absolute alias that climbs, translation off", `[{objectName: a, objectType: secretsmanager, objectAlias: /../etc}]`, "False", "path can not contain ../: a"},
+		{"absolute jmesPath alias that climbs, translation off", `[{objectName: a, objectType: secretsmanager, jmesPath: [{path: p, objectAlias: /../etc}]}]`, "False",
+			"path can not contain ../: /../etc (jmesPath objectAlias of a)"},
+		{"trailing /.. in a jmesPath alias", `[{objectName: a, objectType: secretsmanager, jmesPath: [{path: p, objectAlias: x/..}]}]`, "False", "path can not contain ../: x/.. (jmesPath objectAlias of a)"},
 		// Ours: checks of the final file names.
 		{"same file after translation", `[{objectName: a/b, objectType: secretsmanager}, {objectName: a_b, objectType: secretsmanager}]`, "",
 			"object a/b and object a_b would both write file a_b"},
@@ -61,6 +65,13 @@ func TestParseObjects_Errors(t *testing.T) {
 		{"one name, two labels, no alias: one file", `[{objectName: a, objectType: secretsmanager, objectVersionLabel: AWSCURRENT}, {objectName: a, objectType: secretsmanager, objectVersionLabel: AWSPREVIOUS}]`, "",
 			"would both write file a"},
 		{"file name .. alone", `[{objectName: "..", objectType: secretsmanager}]`, "", `file name ".." of object .. is not a plain relative path`},
+		{"alias .. alone", `[{objectName: a, objectType: secretsmanager, objectAlias: ".."}]`, "", `file name ".." of object a is not a plain relative path`},
+		{"alias / alone, translation off: no file name", `[{objectName: a, objectType: secretsmanager, objectAlias: /}]`, "False", `file name "" of object a is not a plain relative path`},
+		{"alias with a trailing /", `[{objectName: a, objectType: secretsmanager, objectAlias: x/}]`, "False", `file name "x/" of object a is not a plain relative path`},
+		{"alias with ./ in it", `[{objectName: a, objectType: secretsmanager, objectAlias: x/./y}]`, "False", `file name "x/./y" of object a is not a plain relative path`},
+		{"jmesPath alias / alone, translation off", `[{objectName: a, objectType: secretsmanager, jmesPath: [{path: p, objectAlias: /}]}]`, "False", `file name "" of jmesPath p of object a`},
+		{"jmesPath alias equal to its object's file", `[{objectName: a, objectType: secretsmanager, jmesPath: [{path: p, objectAlias: a}]}]`, "",
+			"object a and jmesPath p of object a would both write file a"},
 		{"jmesPath alias .. alone", `[{objectName: a, objectType: secretsmanager, jmesPath: [{path: p, objectAlias: ".."}]}]`, "", `file name ".." of jmesPath p of object a`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -137,6 +148,29 @@ func TestParseObjects_Accepted(t *testing.T) {
 		{"failover accepted with a note", `[{objectName: a, objectType: secretsmanager, objectAlias: x, failoverObject: {objectName: b}}]`, "", func(t *testing.T, o *Objects) {
 			if len(o.Notes) != 1 || !strings.Contains(o.Notes[0], "one region") {
 				t.Fatalf("notes %v", o.Notes)
+			}
+		}},
+		// An absolute alias stays inside the mount, as with the AWS
+		// provider: translation turns its / into _, or (off) the leading
+		// / is dropped.
+		{"absolute alias, default translation", `[{objectName: a, objectType: secretsmanager, objectAlias: /etc/passwd}]`, "", func(t *testing.T, o *Objects) {
+			if f := o.Objects[0].FileName; f != "_etc_passwd" {
+				t.Fatalf("file %s", f)
+			}
+		}},
+		{"absolute alias, translation off: made relative", `[{objectName: a, objectType: secretsmanager, objectAlias: /etc/passwd}]`, "False", func(t *testing.T, o *Objects) {
+			if f := o.Objects[0].FileName; f != "etc/passwd" {
+				t.Fatalf("file %s", f)
+			}
+		}},
+		{"absolute jmesPath alias, translation off: made relative", `[{objectName: a, objectType: secretsmanager, jmesPath: [{path: p, objectAlias: /etc/passwd}]}]`, "False", func(t *testing.T, o *Objects) {
+			if f := o.Objects[0].JMESPath[0].FileName; f != "etc/passwd" {
+				t.Fatalf("file %s", f)
+			}
+		}},
+		{"secretsmanager may pin objectVersion and objectVersionLabel (only ssm may not)", `[{objectName: a, objectType: secretsmanager, objectVersion: v1, objectVersionLabel: L}]`, "", func(t *testing.T, o *Objects) {
+			if o.Objects[0].Version != "v1" || o.Objects[0].VersionLabel != "L" {
+				t.Fatalf("%+v", o.Objects[0])
 			}
 		}},
 		{"an ARN of any region (one server is one region)", `[{objectName: "arn:aws:secretsmanager:eu-north-1:1:secret:x-AbC123"}]`, "", func(t *testing.T, o *Objects) {}},

@@ -1,7 +1,7 @@
 // Package secrets is the Secrets Manager model of Stowage: named secrets
 // whose values have versions with staging labels (AWSCURRENT, AWSPREVIOUS,
-// custom), a recovery window on delete, and rotation by a built-in
-// password generator. Values are stored only as KMS envelopes (a data key
+// custom), a recovery window on delete, and rotation (on demand or on a
+// schedule) by a built-in password generator or a webhook. Values are stored only as KMS envelopes (a data key
 // per version, wrapped by a KMS key, bound to the secret's ARN and the
 // version id); every change is one store transaction.
 package secrets
@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net/http"
 	"regexp"
 	"slices"
 	"sort"
@@ -54,6 +55,9 @@ var (
 	// ErrDeleted is returned for a secret scheduled for deletion: restore it
 	// first.
 	ErrDeleted = errors.New("secret is scheduled for deletion")
+	// ErrRotation is a rotation whose new value could not be had (a
+	// webhook that failed or answered badly).
+	ErrRotation = errors.New("rotation failed")
 )
 
 // Secret is a secret's metadata as stored; values are stored apart.
@@ -67,7 +71,21 @@ type Secret struct {
 	LastChanged  time.Time         `json:"lastChanged"`
 	DeletionDate time.Time         `json:"deletionDate,omitzero"`
 	LastRotated  time.Time         `json:"lastRotated,omitzero"`
-	Rotation     *Generator        `json:"rotation,omitempty"`
+	// Rotation is the generator of the last rotation; Webhook, when set,
+	// is the custom rotation used instead.
+	Rotation *Generator `json:"rotation,omitempty"`
+	Webhook  *Webhook   `json:"webhook,omitempty"`
+	// Scheduled rotation: RotationSchedule is `rate(…)`, NextRotation when
+	// the server rotates next (or retries after a failure).
+	RotationEnabled  bool      `json:"rotationEnabled,omitempty"`
+	RotationSchedule string    `json:"rotationSchedule,omitempty"`
+	NextRotation     time.Time `json:"nextRotation,omitzero"`
+	// Why the last scheduled rotation failed (never a value), cleared by
+	// the next rotation that succeeds; RotationFailures counts failures in
+	// a row, for the retry backoff.
+	LastRotationError     string    `json:"lastRotationError,omitempty"`
+	LastRotationErrorTime time.Time `json:"lastRotationErrorTime,omitzero"`
+	RotationFailures      int       `json:"rotationFailures,omitempty"`
 	// Versions, newest first.
 	Versions []Version `json:"versions,omitempty"`
 }
@@ -112,6 +130,9 @@ type Generator struct {
 type Options struct {
 	Region  string // default "local"
 	Account string // default "000000000000"
+	// Now is the clock of versions, deletion and rotation dates; default
+	// time.Now.
+	Now func() time.Time
 }
 
 // Service keeps the secrets of one Stowage server.
@@ -120,6 +141,7 @@ type Service struct {
 	kms             *kms.Service
 	region, account string
 	now             func() time.Time
+	webhookClient   *http.Client
 	// afterPending runs between the two transactions of a rotation; tests
 	// use it to stop there as a crash would.
 	afterPending func() error
@@ -133,7 +155,10 @@ func New(st store.Store, k *kms.Service, o Options) *Service {
 	if o.Account == "" {
 		o.Account = "000000000000"
 	}
-	return &Service{store: st, kms: k, region: o.Region, account: o.Account, now: time.Now}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Service{store: st, kms: k, region: o.Region, account: o.Account, now: o.Now, webhookClient: newWebhookClient()}
 }
 
 var (

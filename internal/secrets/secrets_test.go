@@ -309,7 +309,7 @@ func TestRotate_JSONKeyGetsNewPassword_OtherKeysKept_OldIsPrevious(t *testing.T)
 	e := newEnv(t)
 	mustCreate(t, e.sm, "db", `{"username":"admin","password":"old"}`)
 	oldID, _ := current(t, e.sm, "db")
-	sec, newID, err := e.sm.Rotate(ctx, "db", &Generator{Length: 20, ExcludePunctuation: true}, "")
+	sec, newID, err := e.sm.Rotate(ctx, "db", RotateInput{Generator: &Generator{Length: 20, ExcludePunctuation: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +323,7 @@ func TestRotate_JSONKeyGetsNewPassword_OtherKeysKept_OldIsPrevious(t *testing.T)
 		t.Fatalf("stages after rotation: %+v", sec.Versions)
 	}
 	// The next rotation reuses the settings.
-	if _, _, err := e.sm.Rotate(ctx, "db", nil, ""); err != nil {
+	if _, _, err := e.sm.Rotate(ctx, "db", RotateInput{}); err != nil {
 		t.Fatal(err)
 	}
 	_, val = current(t, e.sm, "db")
@@ -333,11 +333,11 @@ func TestRotate_JSONKeyGetsNewPassword_OtherKeysKept_OldIsPrevious(t *testing.T)
 	}
 
 	mustCreate(t, e.sm, "plain", "not json: hunter2")
-	_, _, err = e.sm.Rotate(ctx, "plain", nil, "")
+	_, _, err = e.sm.Rotate(ctx, "plain", RotateInput{})
 	if !errors.Is(err, ErrInvalid) || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("rotating a non-JSON value into a key = %v; want ErrInvalid without the value", err)
 	}
-	if _, _, err := e.sm.Rotate(ctx, "plain", &Generator{WholeValue: true, Length: 12}, ""); err != nil {
+	if _, _, err := e.sm.Rotate(ctx, "plain", RotateInput{Generator: &Generator{WholeValue: true, Length: 12}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, v := current(t, e.sm, "plain"); len(v) != 12 {
@@ -384,7 +384,7 @@ func TestRotate_CrashAtAnyStep_OldOrNewIsCurrent_NeverHalf(t *testing.T) {
 			mustCreate(t, e.sm, "db", `{"password":"old"}`)
 			oldID, _ := current(t, e.sm, "db")
 			tc.crash(e)
-			_, newID, err := e.sm.Rotate(ctx, "db", nil, "")
+			_, newID, err := e.sm.Rotate(ctx, "db", RotateInput{})
 			if tc.wantRotated != (err == nil) {
 				t.Fatalf("Rotate = %v", err)
 			}
@@ -396,7 +396,7 @@ func TestRotate_CrashAtAnyStep_OldOrNewIsCurrent_NeverHalf(t *testing.T) {
 				t.Fatalf("after the crash AWSCURRENT is %s, want %s (rotated %t)", id, map[bool]string{true: newID, false: oldID}[tc.wantRotated], tc.wantRotated)
 			}
 			// And a rotation after the crash works.
-			if _, _, err := e.sm.Rotate(ctx, "db", nil, ""); err != nil {
+			if _, _, err := e.sm.Rotate(ctx, "db", RotateInput{}); err != nil {
 				t.Fatal(err)
 			}
 			sec, _ := e.sm.Describe(ctx, "db")
@@ -418,7 +418,7 @@ func TestStoreFile_HoldsNoPlaintextValue(t *testing.T) {
 	if _, _, err := e.sm.Create(ctx, CreateInput{Name: "bin", Value: Value{Binary: []byte(marker)}}); err != nil {
 		t.Fatal(err)
 	}
-	_, rotated, _ := e.sm.Rotate(ctx, "s1", nil, "")
+	_, rotated, _ := e.sm.Rotate(ctx, "s1", RotateInput{})
 	_, _, val, _ := e.sm.GetValue(ctx, "s1", rotated, "")
 	var obj map[string]string
 	json.Unmarshal([]byte(*val.String), &obj)

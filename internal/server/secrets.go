@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -23,7 +24,7 @@ func secretError(err error, ref string) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, secrets.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, secrets.ErrDeleted), errors.Is(err, kms.ErrDisabled):
+	case errors.Is(err, secrets.ErrDeleted), errors.Is(err, kms.ErrDisabled), errors.Is(err, secrets.ErrRotation):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, kms.ErrNotFound), errors.Is(err, kms.ErrInvalid):
 		return kmsError(err, "of secret "+ref)
@@ -47,8 +48,18 @@ func secretProto(sec *secrets.Secret) *pb.Secret {
 	if !sec.LastRotated.IsZero() {
 		p.LastRotatedTime = timestamppb.New(sec.LastRotated)
 	}
-	if g := sec.Rotation; g != nil {
+	if g := sec.Rotation; g != nil && sec.Webhook == nil {
 		p.Rotation = &pb.PasswordGenerator{JsonKey: g.JSONKey, WholeValue: g.WholeValue, PasswordLength: int32(g.Length), ExcludePunctuation: g.ExcludePunctuation}
+	}
+	if w := sec.Webhook; w != nil {
+		p.RotationWebhook = &pb.RotationWebhook{Url: w.URL, TimeoutSeconds: int32(w.Timeout / time.Second)}
+	}
+	p.RotationEnabled, p.RotationSchedule, p.LastRotationError = sec.RotationEnabled, sec.RotationSchedule, sec.LastRotationError
+	if !sec.NextRotation.IsZero() {
+		p.NextRotationTime = timestamppb.New(sec.NextRotation)
+	}
+	if !sec.LastRotationErrorTime.IsZero() {
+		p.LastRotationErrorTime = timestamppb.New(sec.LastRotationErrorTime)
 	}
 	for _, v := range sec.StagesByVersion() {
 		p.Versions = append(p.Versions, &pb.SecretVersion{VersionId: v.ID, Stages: v.Stages, CreateTime: timestamppb.New(v.Created)})
@@ -176,21 +187,47 @@ func (s *Server) RotateSecret(ctx context.Context, req *pb.RotateSecretRequest) 
 	if err := s.requireSecrets(); err != nil {
 		return nil, err
 	}
-	var g *secrets.Generator
+	in := secrets.RotateInput{Schedule: req.Schedule, NoRotateImmediately: req.RotateImmediately != nil && !*req.RotateImmediately,
+		Token: req.ClientRequestToken}
 	if p := req.Generator; p != nil {
-		g = &secrets.Generator{JSONKey: p.JsonKey, WholeValue: p.WholeValue, Length: int(p.PasswordLength), ExcludePunctuation: p.ExcludePunctuation}
+		in.Generator = &secrets.Generator{JSONKey: p.JsonKey, WholeValue: p.WholeValue, Length: int(p.PasswordLength), ExcludePunctuation: p.ExcludePunctuation}
 	}
-	unlock, err := s.lock(ctx, "secret "+req.SecretId, "secret/"+req.SecretId)
+	if w := req.Webhook; w != nil {
+		in.Webhook = &secrets.Webhook{URL: w.Url, Timeout: time.Duration(w.TimeoutSeconds) * time.Second}
+	}
+	sec, err := s.secrets.Describe(ctx, req.SecretId)
+	if err != nil {
+		return nil, secretError(err, req.SecretId)
+	}
+	// By name, whatever the request calls it: the scheduled rotation takes
+	// the same lock.
+	unlock, err := s.lock(ctx, "secret "+sec.Name, "secret/"+sec.Name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	sec, vid, err := s.secrets.Rotate(ctx, req.SecretId, g, req.ClientRequestToken)
+	sec, vid, err := s.secrets.Rotate(ctx, sec.ARN, in)
 	if err != nil {
 		return nil, secretError(err, req.SecretId)
 	}
-	s.log.Info("secret rotated", "secret", sec.ARN, "version", vid)
+	if vid == "" {
+		s.log.Info("secret rotation scheduled", "secret", sec.ARN, "schedule", sec.RotationSchedule, "next", sec.NextRotation)
+	} else {
+		s.log.Info("secret rotated", "secret", sec.ARN, "version", vid, "schedule", sec.RotationSchedule)
+	}
 	return versionRef(sec, vid), nil
+}
+
+func (s *Server) CancelRotateSecret(ctx context.Context, req *pb.CancelRotateSecretRequest) (*pb.Secret, error) {
+	if err := s.requireSecrets(); err != nil {
+		return nil, err
+	}
+	sec, err := s.secrets.CancelRotation(ctx, req.SecretId)
+	if err != nil {
+		return nil, secretError(err, req.SecretId)
+	}
+	s.log.Info("secret rotation cancelled", "secret", sec.ARN)
+	return secretProto(sec), nil
 }
 
 func (s *Server) UpdateSecretVersionStage(ctx context.Context, req *pb.UpdateSecretVersionStageRequest) (*pb.Secret, error) {

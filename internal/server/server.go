@@ -107,6 +107,8 @@ type Server struct {
 	apLimit       int
 	nfsAddress    string
 	auth          *auth.Authorizer
+	// now is the clock of scheduled rotations (tests move it).
+	now func() time.Time
 }
 
 // New returns a Server; call Reconcile before serving.
@@ -127,7 +129,8 @@ func New(cfg Config) (*Server, error) {
 		cfg.AccessPointLimit = DefaultAccessPointLimit
 	}
 	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS,
-		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit, nfsAddress: cfg.NFSAddress, auth: cfg.Auth}
+		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit, nfsAddress: cfg.NFSAddress, auth: cfg.Auth,
+		now: time.Now}
 	if s.filePools == nil {
 		s.filePools = map[string]FilePool{}
 	}
@@ -135,7 +138,8 @@ func New(cfg Config) (*Server, error) {
 		s.exporters = map[string]Exporter{}
 	}
 	if cfg.KMS != nil {
-		s.secrets = secrets.New(cfg.Store, cfg.KMS, secrets.Options{})
+		// One clock for the rotation loop and the dates it compares.
+		s.secrets = secrets.New(cfg.Store, cfg.KMS, secrets.Options{Now: func() time.Time { return s.now() }})
 		s.params = params.New(cfg.Store, cfg.KMS, params.Options{})
 	}
 	for name := range cfg.Pools {

@@ -515,6 +515,9 @@ func TestServerCrash_RestartAndRetry_NothingOrphaned(t *testing.T) {
 		for _, tt := range tests {
 			covered[tt.point] = true
 		}
+		for _, p := range rotationCrashPoints {
+			covered[p] = true
+		}
 		for _, p := range faults.Points {
 			if !covered[p] {
 				t.Errorf("crash point %s has no case here", p)

@@ -322,9 +322,23 @@ type Secret struct {
 	// Versions that have stages, newest first.
 	Versions        []*SecretVersion       `protobuf:"bytes,9,rep,name=versions,proto3" json:"versions,omitempty"`
 	LastRotatedTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_rotated_time,json=lastRotatedTime,proto3" json:"last_rotated_time,omitempty"`
-	Rotation        *PasswordGenerator     `protobuf:"bytes,11,opt,name=rotation,proto3" json:"rotation,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The generator of the last rotation (unset: never rotated, or the
+	// webhook rotates).
+	Rotation *PasswordGenerator `protobuf:"bytes,11,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	// Scheduled rotation is on: the server rotates at next_rotation_time.
+	RotationEnabled bool `protobuf:"varint,12,opt,name=rotation_enabled,json=rotationEnabled,proto3" json:"rotation_enabled,omitempty"`
+	// rate(N days|hours|minutes); empty when rotation_enabled is false.
+	RotationSchedule string `protobuf:"bytes,13,opt,name=rotation_schedule,json=rotationSchedule,proto3" json:"rotation_schedule,omitempty"`
+	// When the server rotates next, or retries after a failure.
+	NextRotationTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=next_rotation_time,json=nextRotationTime,proto3" json:"next_rotation_time,omitempty"`
+	// Set when the webhook rotates the secret.
+	RotationWebhook *RotationWebhook `protobuf:"bytes,15,opt,name=rotation_webhook,json=rotationWebhook,proto3" json:"rotation_webhook,omitempty"`
+	// Why the last scheduled rotation failed, and when; cleared by the next
+	// rotation that succeeds. It names the secret and never holds a value.
+	LastRotationError     string                 `protobuf:"bytes,16,opt,name=last_rotation_error,json=lastRotationError,proto3" json:"last_rotation_error,omitempty"`
+	LastRotationErrorTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=last_rotation_error_time,json=lastRotationErrorTime,proto3" json:"last_rotation_error_time,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Secret) Reset() {
@@ -434,6 +448,107 @@ func (x *Secret) GetRotation() *PasswordGenerator {
 	return nil
 }
 
+func (x *Secret) GetRotationEnabled() bool {
+	if x != nil {
+		return x.RotationEnabled
+	}
+	return false
+}
+
+func (x *Secret) GetRotationSchedule() string {
+	if x != nil {
+		return x.RotationSchedule
+	}
+	return ""
+}
+
+func (x *Secret) GetNextRotationTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRotationTime
+	}
+	return nil
+}
+
+func (x *Secret) GetRotationWebhook() *RotationWebhook {
+	if x != nil {
+		return x.RotationWebhook
+	}
+	return nil
+}
+
+func (x *Secret) GetLastRotationError() string {
+	if x != nil {
+		return x.LastRotationError
+	}
+	return ""
+}
+
+func (x *Secret) GetLastRotationErrorTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastRotationErrorTime
+	}
+	return nil
+}
+
+// RotationWebhook is a custom rotation (the counterpart of a rotation
+// Lambda). The server POSTs JSON {"secretArn", "name", "versionId",
+// "currentVersionId"} to url (versionId is the new version's id, and also
+// the Idempotency-Key header) and takes the new value from a 2xx reply
+// {"secretString": "..."} or {"secretBinary": "<base64>"}.
+type RotationWebhook struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// http:// or https://.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// How long to wait for the reply; default 30, at most 900.
+	TimeoutSeconds int32 `protobuf:"varint,2,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RotationWebhook) Reset() {
+	*x = RotationWebhook{}
+	mi := &file_stowage_v1_secrets_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationWebhook) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationWebhook) ProtoMessage() {}
+
+func (x *RotationWebhook) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_secrets_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationWebhook.ProtoReflect.Descriptor instead.
+func (*RotationWebhook) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RotationWebhook) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *RotationWebhook) GetTimeoutSeconds() int32 {
+	if x != nil {
+		return x.TimeoutSeconds
+	}
+	return 0
+}
+
 type SecretVersion struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	VersionId     string                 `protobuf:"bytes,1,opt,name=version_id,json=versionId,proto3" json:"version_id,omitempty"`
@@ -445,7 +560,7 @@ type SecretVersion struct {
 
 func (x *SecretVersion) Reset() {
 	*x = SecretVersion{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[5]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -457,7 +572,7 @@ func (x *SecretVersion) String() string {
 func (*SecretVersion) ProtoMessage() {}
 
 func (x *SecretVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[5]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -470,7 +585,7 @@ func (x *SecretVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretVersion.ProtoReflect.Descriptor instead.
 func (*SecretVersion) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{5}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SecretVersion) GetVersionId() string {
@@ -507,7 +622,7 @@ type SecretVersionRef struct {
 
 func (x *SecretVersionRef) Reset() {
 	*x = SecretVersionRef{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[6]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +634,7 @@ func (x *SecretVersionRef) String() string {
 func (*SecretVersionRef) ProtoMessage() {}
 
 func (x *SecretVersionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[6]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +647,7 @@ func (x *SecretVersionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretVersionRef.ProtoReflect.Descriptor instead.
 func (*SecretVersionRef) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{6}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SecretVersionRef) GetArn() string {
@@ -581,7 +696,7 @@ type CreateSecretRequest struct {
 
 func (x *CreateSecretRequest) Reset() {
 	*x = CreateSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[7]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -593,7 +708,7 @@ func (x *CreateSecretRequest) String() string {
 func (*CreateSecretRequest) ProtoMessage() {}
 
 func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[7]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -606,7 +721,7 @@ func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretRequest.ProtoReflect.Descriptor instead.
 func (*CreateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{7}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateSecretRequest) GetName() string {
@@ -672,7 +787,7 @@ type PutSecretValueRequest struct {
 
 func (x *PutSecretValueRequest) Reset() {
 	*x = PutSecretValueRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[8]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +799,7 @@ func (x *PutSecretValueRequest) String() string {
 func (*PutSecretValueRequest) ProtoMessage() {}
 
 func (x *PutSecretValueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[8]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +812,7 @@ func (x *PutSecretValueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretValueRequest.ProtoReflect.Descriptor instead.
 func (*PutSecretValueRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{8}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PutSecretValueRequest) GetSecretId() string {
@@ -747,7 +862,7 @@ type GetSecretValueRequest struct {
 
 func (x *GetSecretValueRequest) Reset() {
 	*x = GetSecretValueRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[9]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +874,7 @@ func (x *GetSecretValueRequest) String() string {
 func (*GetSecretValueRequest) ProtoMessage() {}
 
 func (x *GetSecretValueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[9]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +887,7 @@ func (x *GetSecretValueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretValueRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretValueRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{9}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetSecretValueRequest) GetSecretId() string {
@@ -811,7 +926,7 @@ type SecretValue struct {
 
 func (x *SecretValue) Reset() {
 	*x = SecretValue{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[10]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +938,7 @@ func (x *SecretValue) String() string {
 func (*SecretValue) ProtoMessage() {}
 
 func (x *SecretValue) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[10]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +951,7 @@ func (x *SecretValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretValue.ProtoReflect.Descriptor instead.
 func (*SecretValue) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{10}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SecretValue) GetArn() string {
@@ -897,7 +1012,7 @@ type DescribeSecretRequest struct {
 
 func (x *DescribeSecretRequest) Reset() {
 	*x = DescribeSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[11]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1024,7 @@ func (x *DescribeSecretRequest) String() string {
 func (*DescribeSecretRequest) ProtoMessage() {}
 
 func (x *DescribeSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[11]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1037,7 @@ func (x *DescribeSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeSecretRequest.ProtoReflect.Descriptor instead.
 func (*DescribeSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{11}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DescribeSecretRequest) GetSecretId() string {
@@ -942,7 +1057,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[12]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1069,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[12]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1082,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{12}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListSecretsRequest) GetIncludePlannedDeletion() bool {
@@ -993,7 +1108,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[13]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1120,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[13]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1133,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{13}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*Secret {
@@ -1039,7 +1154,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[14]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1166,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[14]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1179,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{14}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteSecretRequest) GetSecretId() string {
@@ -1101,7 +1216,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[15]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1228,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[15]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1241,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{15}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteSecretResponse) GetArn() string {
@@ -1166,7 +1281,7 @@ type RestoreSecretRequest struct {
 
 func (x *RestoreSecretRequest) Reset() {
 	*x = RestoreSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[16]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1293,7 @@ func (x *RestoreSecretRequest) String() string {
 func (*RestoreSecretRequest) ProtoMessage() {}
 
 func (x *RestoreSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[16]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1306,7 @@ func (x *RestoreSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSecretRequest.ProtoReflect.Descriptor instead.
 func (*RestoreSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{16}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RestoreSecretRequest) GetSecretId() string {
@@ -1217,7 +1332,7 @@ type PasswordGenerator struct {
 
 func (x *PasswordGenerator) Reset() {
 	*x = PasswordGenerator{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[17]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1344,7 @@ func (x *PasswordGenerator) String() string {
 func (*PasswordGenerator) ProtoMessage() {}
 
 func (x *PasswordGenerator) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[17]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1357,7 @@ func (x *PasswordGenerator) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordGenerator.ProtoReflect.Descriptor instead.
 func (*PasswordGenerator) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{17}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PasswordGenerator) GetJsonKey() string {
@@ -1276,16 +1391,27 @@ func (x *PasswordGenerator) GetExcludePunctuation() bool {
 type RotateSecretRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SecretId string                 `protobuf:"bytes,1,opt,name=secret_id,json=secretId,proto3" json:"secret_id,omitempty"`
-	// Unset: the secret's last rotation settings, else the defaults.
+	// At most one of generator and webhook. Neither: the secret's saved
+	// settings (its webhook, else its last generator, else the defaults).
+	// A generator drops a saved webhook.
 	Generator          *PasswordGenerator `protobuf:"bytes,2,opt,name=generator,proto3" json:"generator,omitempty"`
 	ClientRequestToken string             `protobuf:"bytes,3,opt,name=client_request_token,json=clientRequestToken,proto3" json:"client_request_token,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	Webhook            *RotationWebhook   `protobuf:"bytes,4,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	// Turns scheduled rotation on (or changes it): rate(N days),
+	// rate(N hours) or rate(N minutes), 1 minute to 1000 days. Empty: keep
+	// the saved schedule, if any.
+	Schedule string `protobuf:"bytes,5,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// Default true. False saves the settings and the schedule without
+	// rotating now (the first rotation is one interval away); it needs a
+	// schedule, and the reply has no version_id.
+	RotateImmediately *bool `protobuf:"varint,6,opt,name=rotate_immediately,json=rotateImmediately,proto3,oneof" json:"rotate_immediately,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RotateSecretRequest) Reset() {
 	*x = RotateSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[18]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1423,7 @@ func (x *RotateSecretRequest) String() string {
 func (*RotateSecretRequest) ProtoMessage() {}
 
 func (x *RotateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[18]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1436,7 @@ func (x *RotateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateSecretRequest.ProtoReflect.Descriptor instead.
 func (*RotateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{18}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RotateSecretRequest) GetSecretId() string {
@@ -1334,6 +1460,71 @@ func (x *RotateSecretRequest) GetClientRequestToken() string {
 	return ""
 }
 
+func (x *RotateSecretRequest) GetWebhook() *RotationWebhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+func (x *RotateSecretRequest) GetSchedule() string {
+	if x != nil {
+		return x.Schedule
+	}
+	return ""
+}
+
+func (x *RotateSecretRequest) GetRotateImmediately() bool {
+	if x != nil && x.RotateImmediately != nil {
+		return *x.RotateImmediately
+	}
+	return false
+}
+
+type CancelRotateSecretRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SecretId      string                 `protobuf:"bytes,1,opt,name=secret_id,json=secretId,proto3" json:"secret_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelRotateSecretRequest) Reset() {
+	*x = CancelRotateSecretRequest{}
+	mi := &file_stowage_v1_secrets_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelRotateSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelRotateSecretRequest) ProtoMessage() {}
+
+func (x *CancelRotateSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_secrets_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelRotateSecretRequest.ProtoReflect.Descriptor instead.
+func (*CancelRotateSecretRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CancelRotateSecretRequest) GetSecretId() string {
+	if x != nil {
+		return x.SecretId
+	}
+	return ""
+}
+
 type UpdateSecretVersionStageRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	SecretId        string                 `protobuf:"bytes,1,opt,name=secret_id,json=secretId,proto3" json:"secret_id,omitempty"`
@@ -1347,7 +1538,7 @@ type UpdateSecretVersionStageRequest struct {
 
 func (x *UpdateSecretVersionStageRequest) Reset() {
 	*x = UpdateSecretVersionStageRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[19]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1550,7 @@ func (x *UpdateSecretVersionStageRequest) String() string {
 func (*UpdateSecretVersionStageRequest) ProtoMessage() {}
 
 func (x *UpdateSecretVersionStageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[19]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1563,7 @@ func (x *UpdateSecretVersionStageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSecretVersionStageRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSecretVersionStageRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{19}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UpdateSecretVersionStageRequest) GetSecretId() string {
@@ -1414,7 +1605,7 @@ type TagSecretRequest struct {
 
 func (x *TagSecretRequest) Reset() {
 	*x = TagSecretRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[20]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1617,7 @@ func (x *TagSecretRequest) String() string {
 func (*TagSecretRequest) ProtoMessage() {}
 
 func (x *TagSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[20]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1630,7 @@ func (x *TagSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagSecretRequest.ProtoReflect.Descriptor instead.
 func (*TagSecretRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{20}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TagSecretRequest) GetSecretId() string {
@@ -1483,7 +1674,7 @@ type Parameter struct {
 
 func (x *Parameter) Reset() {
 	*x = Parameter{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[21]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1495,7 +1686,7 @@ func (x *Parameter) String() string {
 func (*Parameter) ProtoMessage() {}
 
 func (x *Parameter) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[21]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1508,7 +1699,7 @@ func (x *Parameter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Parameter.ProtoReflect.Descriptor instead.
 func (*Parameter) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{21}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Parameter) GetName() string {
@@ -1596,7 +1787,7 @@ type PutParameterRequest struct {
 
 func (x *PutParameterRequest) Reset() {
 	*x = PutParameterRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[22]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1799,7 @@ func (x *PutParameterRequest) String() string {
 func (*PutParameterRequest) ProtoMessage() {}
 
 func (x *PutParameterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[22]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1812,7 @@ func (x *PutParameterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutParameterRequest.ProtoReflect.Descriptor instead.
 func (*PutParameterRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{22}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PutParameterRequest) GetName() string {
@@ -1675,7 +1866,7 @@ type PutParameterResponse struct {
 
 func (x *PutParameterResponse) Reset() {
 	*x = PutParameterResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[23]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1687,7 +1878,7 @@ func (x *PutParameterResponse) String() string {
 func (*PutParameterResponse) ProtoMessage() {}
 
 func (x *PutParameterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[23]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1700,7 +1891,7 @@ func (x *PutParameterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutParameterResponse.ProtoReflect.Descriptor instead.
 func (*PutParameterResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{23}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PutParameterResponse) GetVersion() int64 {
@@ -1720,7 +1911,7 @@ type GetParameterRequest struct {
 
 func (x *GetParameterRequest) Reset() {
 	*x = GetParameterRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[24]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1732,7 +1923,7 @@ func (x *GetParameterRequest) String() string {
 func (*GetParameterRequest) ProtoMessage() {}
 
 func (x *GetParameterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[24]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1745,7 +1936,7 @@ func (x *GetParameterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParameterRequest.ProtoReflect.Descriptor instead.
 func (*GetParameterRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{24}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetParameterRequest) GetName() string {
@@ -1772,7 +1963,7 @@ type GetParametersRequest struct {
 
 func (x *GetParametersRequest) Reset() {
 	*x = GetParametersRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[25]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1784,7 +1975,7 @@ func (x *GetParametersRequest) String() string {
 func (*GetParametersRequest) ProtoMessage() {}
 
 func (x *GetParametersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[25]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1797,7 +1988,7 @@ func (x *GetParametersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParametersRequest.ProtoReflect.Descriptor instead.
 func (*GetParametersRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{25}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetParametersRequest) GetNames() []string {
@@ -1824,7 +2015,7 @@ type GetParametersResponse struct {
 
 func (x *GetParametersResponse) Reset() {
 	*x = GetParametersResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[26]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2027,7 @@ func (x *GetParametersResponse) String() string {
 func (*GetParametersResponse) ProtoMessage() {}
 
 func (x *GetParametersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[26]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2040,7 @@ func (x *GetParametersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParametersResponse.ProtoReflect.Descriptor instead.
 func (*GetParametersResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{26}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetParametersResponse) GetParameters() []*Parameter {
@@ -1877,7 +2068,7 @@ type GetParametersByPathRequest struct {
 
 func (x *GetParametersByPathRequest) Reset() {
 	*x = GetParametersByPathRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[27]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +2080,7 @@ func (x *GetParametersByPathRequest) String() string {
 func (*GetParametersByPathRequest) ProtoMessage() {}
 
 func (x *GetParametersByPathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[27]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +2093,7 @@ func (x *GetParametersByPathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParametersByPathRequest.ProtoReflect.Descriptor instead.
 func (*GetParametersByPathRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{27}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetParametersByPathRequest) GetPath() string {
@@ -1935,7 +2126,7 @@ type GetParametersByPathResponse struct {
 
 func (x *GetParametersByPathResponse) Reset() {
 	*x = GetParametersByPathResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[28]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1947,7 +2138,7 @@ func (x *GetParametersByPathResponse) String() string {
 func (*GetParametersByPathResponse) ProtoMessage() {}
 
 func (x *GetParametersByPathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[28]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1960,7 +2151,7 @@ func (x *GetParametersByPathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParametersByPathResponse.ProtoReflect.Descriptor instead.
 func (*GetParametersByPathResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{28}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetParametersByPathResponse) GetParameters() []*Parameter {
@@ -1979,7 +2170,7 @@ type DeleteParameterRequest struct {
 
 func (x *DeleteParameterRequest) Reset() {
 	*x = DeleteParameterRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[29]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2182,7 @@ func (x *DeleteParameterRequest) String() string {
 func (*DeleteParameterRequest) ProtoMessage() {}
 
 func (x *DeleteParameterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[29]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2195,7 @@ func (x *DeleteParameterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteParameterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteParameterRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{29}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteParameterRequest) GetName() string {
@@ -2023,7 +2214,7 @@ type DeleteParameterResponse struct {
 
 func (x *DeleteParameterResponse) Reset() {
 	*x = DeleteParameterResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[30]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2035,7 +2226,7 @@ func (x *DeleteParameterResponse) String() string {
 func (*DeleteParameterResponse) ProtoMessage() {}
 
 func (x *DeleteParameterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[30]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2048,7 +2239,7 @@ func (x *DeleteParameterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteParameterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteParameterResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{30}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteParameterResponse) GetExisted() bool {
@@ -2070,7 +2261,7 @@ type LabelParameterVersionRequest struct {
 
 func (x *LabelParameterVersionRequest) Reset() {
 	*x = LabelParameterVersionRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[31]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2273,7 @@ func (x *LabelParameterVersionRequest) String() string {
 func (*LabelParameterVersionRequest) ProtoMessage() {}
 
 func (x *LabelParameterVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[31]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2286,7 @@ func (x *LabelParameterVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelParameterVersionRequest.ProtoReflect.Descriptor instead.
 func (*LabelParameterVersionRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{31}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LabelParameterVersionRequest) GetName() string {
@@ -2129,7 +2320,7 @@ type LabelParameterVersionResponse struct {
 
 func (x *LabelParameterVersionResponse) Reset() {
 	*x = LabelParameterVersionResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[32]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2332,7 @@ func (x *LabelParameterVersionResponse) String() string {
 func (*LabelParameterVersionResponse) ProtoMessage() {}
 
 func (x *LabelParameterVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[32]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2345,7 @@ func (x *LabelParameterVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelParameterVersionResponse.ProtoReflect.Descriptor instead.
 func (*LabelParameterVersionResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{32}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LabelParameterVersionResponse) GetParameterVersion() int64 {
@@ -2181,7 +2372,7 @@ type GetParameterHistoryRequest struct {
 
 func (x *GetParameterHistoryRequest) Reset() {
 	*x = GetParameterHistoryRequest{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[33]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2384,7 @@ func (x *GetParameterHistoryRequest) String() string {
 func (*GetParameterHistoryRequest) ProtoMessage() {}
 
 func (x *GetParameterHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[33]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2397,7 @@ func (x *GetParameterHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParameterHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetParameterHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{33}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetParameterHistoryRequest) GetName() string {
@@ -2232,7 +2423,7 @@ type GetParameterHistoryResponse struct {
 
 func (x *GetParameterHistoryResponse) Reset() {
 	*x = GetParameterHistoryResponse{}
-	mi := &file_stowage_v1_secrets_proto_msgTypes[34]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2244,7 +2435,7 @@ func (x *GetParameterHistoryResponse) String() string {
 func (*GetParameterHistoryResponse) ProtoMessage() {}
 
 func (x *GetParameterHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_secrets_proto_msgTypes[34]
+	mi := &file_stowage_v1_secrets_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2257,7 +2448,7 @@ func (x *GetParameterHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetParameterHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetParameterHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{34}
+	return file_stowage_v1_secrets_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetParameterHistoryResponse) GetParameters() []*Parameter {
@@ -2293,7 +2484,7 @@ const file_stowage_v1_secrets_proto_rawDesc = "" +
 	"\rerror_message\x18\x06 \x01(\tR\ferrorMessage\"f\n" +
 	"\x16BatchGetValuesResponse\x12.\n" +
 	"\x06values\x18\x01 \x03(\v2\x16.stowage.v1.BatchValueR\x06values\x12\x1c\n" +
-	"\tunchanged\x18\x02 \x01(\bR\tunchanged\"\xd9\x04\n" +
+	"\tunchanged\x18\x02 \x01(\bR\tunchanged\"\xc8\a\n" +
 	"\x06Secret\x12\x10\n" +
 	"\x03arn\x18\x01 \x01(\tR\x03arn\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -2308,10 +2499,19 @@ const file_stowage_v1_secrets_proto_rawDesc = "" +
 	"\bversions\x18\t \x03(\v2\x19.stowage.v1.SecretVersionR\bversions\x12F\n" +
 	"\x11last_rotated_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x0flastRotatedTime\x129\n" +
-	"\brotation\x18\v \x01(\v2\x1d.stowage.v1.PasswordGeneratorR\brotation\x1a7\n" +
+	"\brotation\x18\v \x01(\v2\x1d.stowage.v1.PasswordGeneratorR\brotation\x12)\n" +
+	"\x10rotation_enabled\x18\f \x01(\bR\x0frotationEnabled\x12+\n" +
+	"\x11rotation_schedule\x18\r \x01(\tR\x10rotationSchedule\x12H\n" +
+	"\x12next_rotation_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x10nextRotationTime\x12F\n" +
+	"\x10rotation_webhook\x18\x0f \x01(\v2\x1b.stowage.v1.RotationWebhookR\x0frotationWebhook\x12.\n" +
+	"\x13last_rotation_error\x18\x10 \x01(\tR\x11lastRotationError\x12S\n" +
+	"\x18last_rotation_error_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x15lastRotationErrorTime\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x83\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"L\n" +
+	"\x0fRotationWebhook\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12'\n" +
+	"\x0ftimeout_seconds\x18\x02 \x01(\x05R\x0etimeoutSeconds\"\x83\x01\n" +
 	"\rSecretVersion\x12\x1d\n" +
 	"\n" +
 	"version_id\x18\x01 \x01(\tR\tversionId\x12\x16\n" +
@@ -2387,11 +2587,17 @@ const file_stowage_v1_secrets_proto_rawDesc = "" +
 	"\vwhole_value\x18\x02 \x01(\bR\n" +
 	"wholeValue\x12'\n" +
 	"\x0fpassword_length\x18\x03 \x01(\x05R\x0epasswordLength\x12/\n" +
-	"\x13exclude_punctuation\x18\x04 \x01(\bR\x12excludePunctuation\"\xa1\x01\n" +
+	"\x13exclude_punctuation\x18\x04 \x01(\bR\x12excludePunctuation\"\xbf\x02\n" +
 	"\x13RotateSecretRequest\x12\x1b\n" +
 	"\tsecret_id\x18\x01 \x01(\tR\bsecretId\x12;\n" +
 	"\tgenerator\x18\x02 \x01(\v2\x1d.stowage.v1.PasswordGeneratorR\tgenerator\x120\n" +
-	"\x14client_request_token\x18\x03 \x01(\tR\x12clientRequestToken\"\xc5\x01\n" +
+	"\x14client_request_token\x18\x03 \x01(\tR\x12clientRequestToken\x125\n" +
+	"\awebhook\x18\x04 \x01(\v2\x1b.stowage.v1.RotationWebhookR\awebhook\x12\x1a\n" +
+	"\bschedule\x18\x05 \x01(\tR\bschedule\x122\n" +
+	"\x12rotate_immediately\x18\x06 \x01(\bH\x00R\x11rotateImmediately\x88\x01\x01B\x15\n" +
+	"\x13_rotate_immediately\"8\n" +
+	"\x19CancelRotateSecretRequest\x12\x1b\n" +
+	"\tsecret_id\x18\x01 \x01(\tR\bsecretId\"\xc5\x01\n" +
 	"\x1fUpdateSecretVersionStageRequest\x12\x1b\n" +
 	"\tsecret_id\x18\x01 \x01(\tR\bsecretId\x12#\n" +
 	"\rversion_stage\x18\x02 \x01(\tR\fversionStage\x12+\n" +
@@ -2461,7 +2667,7 @@ const file_stowage_v1_secrets_proto_rawDesc = "" +
 	"\x1bGetParameterHistoryResponse\x125\n" +
 	"\n" +
 	"parameters\x18\x01 \x03(\v2\x15.stowage.v1.ParameterR\n" +
-	"parameters2\xf6\x06\n" +
+	"parameters2\xc7\a\n" +
 	"\rSecretService\x12M\n" +
 	"\fCreateSecret\x12\x1f.stowage.v1.CreateSecretRequest\x1a\x1c.stowage.v1.SecretVersionRef\x12Q\n" +
 	"\x0ePutSecretValue\x12!.stowage.v1.PutSecretValueRequest\x1a\x1c.stowage.v1.SecretVersionRef\x12L\n" +
@@ -2470,7 +2676,8 @@ const file_stowage_v1_secrets_proto_rawDesc = "" +
 	"\vListSecrets\x12\x1e.stowage.v1.ListSecretsRequest\x1a\x1f.stowage.v1.ListSecretsResponse\x12Q\n" +
 	"\fDeleteSecret\x12\x1f.stowage.v1.DeleteSecretRequest\x1a .stowage.v1.DeleteSecretResponse\x12E\n" +
 	"\rRestoreSecret\x12 .stowage.v1.RestoreSecretRequest\x1a\x12.stowage.v1.Secret\x12M\n" +
-	"\fRotateSecret\x12\x1f.stowage.v1.RotateSecretRequest\x1a\x1c.stowage.v1.SecretVersionRef\x12[\n" +
+	"\fRotateSecret\x12\x1f.stowage.v1.RotateSecretRequest\x1a\x1c.stowage.v1.SecretVersionRef\x12O\n" +
+	"\x12CancelRotateSecret\x12%.stowage.v1.CancelRotateSecretRequest\x1a\x12.stowage.v1.Secret\x12[\n" +
 	"\x18UpdateSecretVersionStage\x12+.stowage.v1.UpdateSecretVersionStageRequest\x1a\x12.stowage.v1.Secret\x12=\n" +
 	"\tTagSecret\x12\x1c.stowage.v1.TagSecretRequest\x1a\x12.stowage.v1.Secret\x12W\n" +
 	"\x0eBatchGetValues\x12!.stowage.v1.BatchGetValuesRequest\x1a\".stowage.v1.BatchGetValuesResponse2\x9d\x05\n" +
@@ -2495,110 +2702,118 @@ func file_stowage_v1_secrets_proto_rawDescGZIP() []byte {
 	return file_stowage_v1_secrets_proto_rawDescData
 }
 
-var file_stowage_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_stowage_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_stowage_v1_secrets_proto_goTypes = []any{
 	(*ValueRef)(nil),                        // 0: stowage.v1.ValueRef
 	(*BatchGetValuesRequest)(nil),           // 1: stowage.v1.BatchGetValuesRequest
 	(*BatchValue)(nil),                      // 2: stowage.v1.BatchValue
 	(*BatchGetValuesResponse)(nil),          // 3: stowage.v1.BatchGetValuesResponse
 	(*Secret)(nil),                          // 4: stowage.v1.Secret
-	(*SecretVersion)(nil),                   // 5: stowage.v1.SecretVersion
-	(*SecretVersionRef)(nil),                // 6: stowage.v1.SecretVersionRef
-	(*CreateSecretRequest)(nil),             // 7: stowage.v1.CreateSecretRequest
-	(*PutSecretValueRequest)(nil),           // 8: stowage.v1.PutSecretValueRequest
-	(*GetSecretValueRequest)(nil),           // 9: stowage.v1.GetSecretValueRequest
-	(*SecretValue)(nil),                     // 10: stowage.v1.SecretValue
-	(*DescribeSecretRequest)(nil),           // 11: stowage.v1.DescribeSecretRequest
-	(*ListSecretsRequest)(nil),              // 12: stowage.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),             // 13: stowage.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),             // 14: stowage.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),            // 15: stowage.v1.DeleteSecretResponse
-	(*RestoreSecretRequest)(nil),            // 16: stowage.v1.RestoreSecretRequest
-	(*PasswordGenerator)(nil),               // 17: stowage.v1.PasswordGenerator
-	(*RotateSecretRequest)(nil),             // 18: stowage.v1.RotateSecretRequest
-	(*UpdateSecretVersionStageRequest)(nil), // 19: stowage.v1.UpdateSecretVersionStageRequest
-	(*TagSecretRequest)(nil),                // 20: stowage.v1.TagSecretRequest
-	(*Parameter)(nil),                       // 21: stowage.v1.Parameter
-	(*PutParameterRequest)(nil),             // 22: stowage.v1.PutParameterRequest
-	(*PutParameterResponse)(nil),            // 23: stowage.v1.PutParameterResponse
-	(*GetParameterRequest)(nil),             // 24: stowage.v1.GetParameterRequest
-	(*GetParametersRequest)(nil),            // 25: stowage.v1.GetParametersRequest
-	(*GetParametersResponse)(nil),           // 26: stowage.v1.GetParametersResponse
-	(*GetParametersByPathRequest)(nil),      // 27: stowage.v1.GetParametersByPathRequest
-	(*GetParametersByPathResponse)(nil),     // 28: stowage.v1.GetParametersByPathResponse
-	(*DeleteParameterRequest)(nil),          // 29: stowage.v1.DeleteParameterRequest
-	(*DeleteParameterResponse)(nil),         // 30: stowage.v1.DeleteParameterResponse
-	(*LabelParameterVersionRequest)(nil),    // 31: stowage.v1.LabelParameterVersionRequest
-	(*LabelParameterVersionResponse)(nil),   // 32: stowage.v1.LabelParameterVersionResponse
-	(*GetParameterHistoryRequest)(nil),      // 33: stowage.v1.GetParameterHistoryRequest
-	(*GetParameterHistoryResponse)(nil),     // 34: stowage.v1.GetParameterHistoryResponse
-	nil,                                     // 35: stowage.v1.Secret.TagsEntry
-	nil,                                     // 36: stowage.v1.CreateSecretRequest.TagsEntry
-	nil,                                     // 37: stowage.v1.TagSecretRequest.TagsEntry
-	(*timestamppb.Timestamp)(nil),           // 38: google.protobuf.Timestamp
+	(*RotationWebhook)(nil),                 // 5: stowage.v1.RotationWebhook
+	(*SecretVersion)(nil),                   // 6: stowage.v1.SecretVersion
+	(*SecretVersionRef)(nil),                // 7: stowage.v1.SecretVersionRef
+	(*CreateSecretRequest)(nil),             // 8: stowage.v1.CreateSecretRequest
+	(*PutSecretValueRequest)(nil),           // 9: stowage.v1.PutSecretValueRequest
+	(*GetSecretValueRequest)(nil),           // 10: stowage.v1.GetSecretValueRequest
+	(*SecretValue)(nil),                     // 11: stowage.v1.SecretValue
+	(*DescribeSecretRequest)(nil),           // 12: stowage.v1.DescribeSecretRequest
+	(*ListSecretsRequest)(nil),              // 13: stowage.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),             // 14: stowage.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),             // 15: stowage.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),            // 16: stowage.v1.DeleteSecretResponse
+	(*RestoreSecretRequest)(nil),            // 17: stowage.v1.RestoreSecretRequest
+	(*PasswordGenerator)(nil),               // 18: stowage.v1.PasswordGenerator
+	(*RotateSecretRequest)(nil),             // 19: stowage.v1.RotateSecretRequest
+	(*CancelRotateSecretRequest)(nil),       // 20: stowage.v1.CancelRotateSecretRequest
+	(*UpdateSecretVersionStageRequest)(nil), // 21: stowage.v1.UpdateSecretVersionStageRequest
+	(*TagSecretRequest)(nil),                // 22: stowage.v1.TagSecretRequest
+	(*Parameter)(nil),                       // 23: stowage.v1.Parameter
+	(*PutParameterRequest)(nil),             // 24: stowage.v1.PutParameterRequest
+	(*PutParameterResponse)(nil),            // 25: stowage.v1.PutParameterResponse
+	(*GetParameterRequest)(nil),             // 26: stowage.v1.GetParameterRequest
+	(*GetParametersRequest)(nil),            // 27: stowage.v1.GetParametersRequest
+	(*GetParametersResponse)(nil),           // 28: stowage.v1.GetParametersResponse
+	(*GetParametersByPathRequest)(nil),      // 29: stowage.v1.GetParametersByPathRequest
+	(*GetParametersByPathResponse)(nil),     // 30: stowage.v1.GetParametersByPathResponse
+	(*DeleteParameterRequest)(nil),          // 31: stowage.v1.DeleteParameterRequest
+	(*DeleteParameterResponse)(nil),         // 32: stowage.v1.DeleteParameterResponse
+	(*LabelParameterVersionRequest)(nil),    // 33: stowage.v1.LabelParameterVersionRequest
+	(*LabelParameterVersionResponse)(nil),   // 34: stowage.v1.LabelParameterVersionResponse
+	(*GetParameterHistoryRequest)(nil),      // 35: stowage.v1.GetParameterHistoryRequest
+	(*GetParameterHistoryResponse)(nil),     // 36: stowage.v1.GetParameterHistoryResponse
+	nil,                                     // 37: stowage.v1.Secret.TagsEntry
+	nil,                                     // 38: stowage.v1.CreateSecretRequest.TagsEntry
+	nil,                                     // 39: stowage.v1.TagSecretRequest.TagsEntry
+	(*timestamppb.Timestamp)(nil),           // 40: google.protobuf.Timestamp
 }
 var file_stowage_v1_secrets_proto_depIdxs = []int32{
 	0,  // 0: stowage.v1.BatchGetValuesRequest.refs:type_name -> stowage.v1.ValueRef
 	2,  // 1: stowage.v1.BatchGetValuesResponse.values:type_name -> stowage.v1.BatchValue
-	35, // 2: stowage.v1.Secret.tags:type_name -> stowage.v1.Secret.TagsEntry
-	38, // 3: stowage.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	38, // 4: stowage.v1.Secret.last_changed_time:type_name -> google.protobuf.Timestamp
-	38, // 5: stowage.v1.Secret.deletion_time:type_name -> google.protobuf.Timestamp
-	5,  // 6: stowage.v1.Secret.versions:type_name -> stowage.v1.SecretVersion
-	38, // 7: stowage.v1.Secret.last_rotated_time:type_name -> google.protobuf.Timestamp
-	17, // 8: stowage.v1.Secret.rotation:type_name -> stowage.v1.PasswordGenerator
-	38, // 9: stowage.v1.SecretVersion.create_time:type_name -> google.protobuf.Timestamp
-	36, // 10: stowage.v1.CreateSecretRequest.tags:type_name -> stowage.v1.CreateSecretRequest.TagsEntry
-	38, // 11: stowage.v1.SecretValue.create_time:type_name -> google.protobuf.Timestamp
-	4,  // 12: stowage.v1.ListSecretsResponse.secrets:type_name -> stowage.v1.Secret
-	38, // 13: stowage.v1.DeleteSecretResponse.deletion_time:type_name -> google.protobuf.Timestamp
-	17, // 14: stowage.v1.RotateSecretRequest.generator:type_name -> stowage.v1.PasswordGenerator
-	37, // 15: stowage.v1.TagSecretRequest.tags:type_name -> stowage.v1.TagSecretRequest.TagsEntry
-	38, // 16: stowage.v1.Parameter.last_modified_time:type_name -> google.protobuf.Timestamp
-	21, // 17: stowage.v1.GetParametersResponse.parameters:type_name -> stowage.v1.Parameter
-	21, // 18: stowage.v1.GetParametersByPathResponse.parameters:type_name -> stowage.v1.Parameter
-	21, // 19: stowage.v1.GetParameterHistoryResponse.parameters:type_name -> stowage.v1.Parameter
-	7,  // 20: stowage.v1.SecretService.CreateSecret:input_type -> stowage.v1.CreateSecretRequest
-	8,  // 21: stowage.v1.SecretService.PutSecretValue:input_type -> stowage.v1.PutSecretValueRequest
-	9,  // 22: stowage.v1.SecretService.GetSecretValue:input_type -> stowage.v1.GetSecretValueRequest
-	11, // 23: stowage.v1.SecretService.DescribeSecret:input_type -> stowage.v1.DescribeSecretRequest
-	12, // 24: stowage.v1.SecretService.ListSecrets:input_type -> stowage.v1.ListSecretsRequest
-	14, // 25: stowage.v1.SecretService.DeleteSecret:input_type -> stowage.v1.DeleteSecretRequest
-	16, // 26: stowage.v1.SecretService.RestoreSecret:input_type -> stowage.v1.RestoreSecretRequest
-	18, // 27: stowage.v1.SecretService.RotateSecret:input_type -> stowage.v1.RotateSecretRequest
-	19, // 28: stowage.v1.SecretService.UpdateSecretVersionStage:input_type -> stowage.v1.UpdateSecretVersionStageRequest
-	20, // 29: stowage.v1.SecretService.TagSecret:input_type -> stowage.v1.TagSecretRequest
-	1,  // 30: stowage.v1.SecretService.BatchGetValues:input_type -> stowage.v1.BatchGetValuesRequest
-	22, // 31: stowage.v1.ParameterService.PutParameter:input_type -> stowage.v1.PutParameterRequest
-	24, // 32: stowage.v1.ParameterService.GetParameter:input_type -> stowage.v1.GetParameterRequest
-	25, // 33: stowage.v1.ParameterService.GetParameters:input_type -> stowage.v1.GetParametersRequest
-	27, // 34: stowage.v1.ParameterService.GetParametersByPath:input_type -> stowage.v1.GetParametersByPathRequest
-	29, // 35: stowage.v1.ParameterService.DeleteParameter:input_type -> stowage.v1.DeleteParameterRequest
-	31, // 36: stowage.v1.ParameterService.LabelParameterVersion:input_type -> stowage.v1.LabelParameterVersionRequest
-	33, // 37: stowage.v1.ParameterService.GetParameterHistory:input_type -> stowage.v1.GetParameterHistoryRequest
-	6,  // 38: stowage.v1.SecretService.CreateSecret:output_type -> stowage.v1.SecretVersionRef
-	6,  // 39: stowage.v1.SecretService.PutSecretValue:output_type -> stowage.v1.SecretVersionRef
-	10, // 40: stowage.v1.SecretService.GetSecretValue:output_type -> stowage.v1.SecretValue
-	4,  // 41: stowage.v1.SecretService.DescribeSecret:output_type -> stowage.v1.Secret
-	13, // 42: stowage.v1.SecretService.ListSecrets:output_type -> stowage.v1.ListSecretsResponse
-	15, // 43: stowage.v1.SecretService.DeleteSecret:output_type -> stowage.v1.DeleteSecretResponse
-	4,  // 44: stowage.v1.SecretService.RestoreSecret:output_type -> stowage.v1.Secret
-	6,  // 45: stowage.v1.SecretService.RotateSecret:output_type -> stowage.v1.SecretVersionRef
-	4,  // 46: stowage.v1.SecretService.UpdateSecretVersionStage:output_type -> stowage.v1.Secret
-	4,  // 47: stowage.v1.SecretService.TagSecret:output_type -> stowage.v1.Secret
-	3,  // 48: stowage.v1.SecretService.BatchGetValues:output_type -> stowage.v1.BatchGetValuesResponse
-	23, // 49: stowage.v1.ParameterService.PutParameter:output_type -> stowage.v1.PutParameterResponse
-	21, // 50: stowage.v1.ParameterService.GetParameter:output_type -> stowage.v1.Parameter
-	26, // 51: stowage.v1.ParameterService.GetParameters:output_type -> stowage.v1.GetParametersResponse
-	28, // 52: stowage.v1.ParameterService.GetParametersByPath:output_type -> stowage.v1.GetParametersByPathResponse
-	30, // 53: stowage.v1.ParameterService.DeleteParameter:output_type -> stowage.v1.DeleteParameterResponse
-	32, // 54: stowage.v1.ParameterService.LabelParameterVersion:output_type -> stowage.v1.LabelParameterVersionResponse
-	34, // 55: stowage.v1.ParameterService.GetParameterHistory:output_type -> stowage.v1.GetParameterHistoryResponse
-	38, // [38:56] is the sub-list for method output_type
-	20, // [20:38] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	37, // 2: stowage.v1.Secret.tags:type_name -> stowage.v1.Secret.TagsEntry
+	40, // 3: stowage.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	40, // 4: stowage.v1.Secret.last_changed_time:type_name -> google.protobuf.Timestamp
+	40, // 5: stowage.v1.Secret.deletion_time:type_name -> google.protobuf.Timestamp
+	6,  // 6: stowage.v1.Secret.versions:type_name -> stowage.v1.SecretVersion
+	40, // 7: stowage.v1.Secret.last_rotated_time:type_name -> google.protobuf.Timestamp
+	18, // 8: stowage.v1.Secret.rotation:type_name -> stowage.v1.PasswordGenerator
+	40, // 9: stowage.v1.Secret.next_rotation_time:type_name -> google.protobuf.Timestamp
+	5,  // 10: stowage.v1.Secret.rotation_webhook:type_name -> stowage.v1.RotationWebhook
+	40, // 11: stowage.v1.Secret.last_rotation_error_time:type_name -> google.protobuf.Timestamp
+	40, // 12: stowage.v1.SecretVersion.create_time:type_name -> google.protobuf.Timestamp
+	38, // 13: stowage.v1.CreateSecretRequest.tags:type_name -> stowage.v1.CreateSecretRequest.TagsEntry
+	40, // 14: stowage.v1.SecretValue.create_time:type_name -> google.protobuf.Timestamp
+	4,  // 15: stowage.v1.ListSecretsResponse.secrets:type_name -> stowage.v1.Secret
+	40, // 16: stowage.v1.DeleteSecretResponse.deletion_time:type_name -> google.protobuf.Timestamp
+	18, // 17: stowage.v1.RotateSecretRequest.generator:type_name -> stowage.v1.PasswordGenerator
+	5,  // 18: stowage.v1.RotateSecretRequest.webhook:type_name -> stowage.v1.RotationWebhook
+	39, // 19: stowage.v1.TagSecretRequest.tags:type_name -> stowage.v1.TagSecretRequest.TagsEntry
+	40, // 20: stowage.v1.Parameter.last_modified_time:type_name -> google.protobuf.Timestamp
+	23, // 21: stowage.v1.GetParametersResponse.parameters:type_name -> stowage.v1.Parameter
+	23, // 22: stowage.v1.GetParametersByPathResponse.parameters:type_name -> stowage.v1.Parameter
+	23, // 23: stowage.v1.GetParameterHistoryResponse.parameters:type_name -> stowage.v1.Parameter
+	8,  // 24: stowage.v1.SecretService.CreateSecret:input_type -> stowage.v1.CreateSecretRequest
+	9,  // 25: stowage.v1.SecretService.PutSecretValue:input_type -> stowage.v1.PutSecretValueRequest
+	10, // 26: stowage.v1.SecretService.GetSecretValue:input_type -> stowage.v1.GetSecretValueRequest
+	12, // 27: stowage.v1.SecretService.DescribeSecret:input_type -> stowage.v1.DescribeSecretRequest
+	13, // 28: stowage.v1.SecretService.ListSecrets:input_type -> stowage.v1.ListSecretsRequest
+	15, // 29: stowage.v1.SecretService.DeleteSecret:input_type -> stowage.v1.DeleteSecretRequest
+	17, // 30: stowage.v1.SecretService.RestoreSecret:input_type -> stowage.v1.RestoreSecretRequest
+	19, // 31: stowage.v1.SecretService.RotateSecret:input_type -> stowage.v1.RotateSecretRequest
+	20, // 32: stowage.v1.SecretService.CancelRotateSecret:input_type -> stowage.v1.CancelRotateSecretRequest
+	21, // 33: stowage.v1.SecretService.UpdateSecretVersionStage:input_type -> stowage.v1.UpdateSecretVersionStageRequest
+	22, // 34: stowage.v1.SecretService.TagSecret:input_type -> stowage.v1.TagSecretRequest
+	1,  // 35: stowage.v1.SecretService.BatchGetValues:input_type -> stowage.v1.BatchGetValuesRequest
+	24, // 36: stowage.v1.ParameterService.PutParameter:input_type -> stowage.v1.PutParameterRequest
+	26, // 37: stowage.v1.ParameterService.GetParameter:input_type -> stowage.v1.GetParameterRequest
+	27, // 38: stowage.v1.ParameterService.GetParameters:input_type -> stowage.v1.GetParametersRequest
+	29, // 39: stowage.v1.ParameterService.GetParametersByPath:input_type -> stowage.v1.GetParametersByPathRequest
+	31, // 40: stowage.v1.ParameterService.DeleteParameter:input_type -> stowage.v1.DeleteParameterRequest
+	33, // 41: stowage.v1.ParameterService.LabelParameterVersion:input_type -> stowage.v1.LabelParameterVersionRequest
+	35, // 42: stowage.v1.ParameterService.GetParameterHistory:input_type -> stowage.v1.GetParameterHistoryRequest
+	7,  // 43: stowage.v1.SecretService.CreateSecret:output_type -> stowage.v1.SecretVersionRef
+	7,  // 44: stowage.v1.SecretService.PutSecretValue:output_type -> stowage.v1.SecretVersionRef
+	11, // 45: stowage.v1.SecretService.GetSecretValue:output_type -> stowage.v1.SecretValue
+	4,  // 46: stowage.v1.SecretService.DescribeSecret:output_type -> stowage.v1.Secret
+	14, // 47: stowage.v1.SecretService.ListSecrets:output_type -> stowage.v1.ListSecretsResponse
+	16, // 48: stowage.v1.SecretService.DeleteSecret:output_type -> stowage.v1.DeleteSecretResponse
+	4,  // 49: stowage.v1.SecretService.RestoreSecret:output_type -> stowage.v1.Secret
+	7,  // 50: stowage.v1.SecretService.RotateSecret:output_type -> stowage.v1.SecretVersionRef
+	4,  // 51: stowage.v1.SecretService.CancelRotateSecret:output_type -> stowage.v1.Secret
+	4,  // 52: stowage.v1.SecretService.UpdateSecretVersionStage:output_type -> stowage.v1.Secret
+	4,  // 53: stowage.v1.SecretService.TagSecret:output_type -> stowage.v1.Secret
+	3,  // 54: stowage.v1.SecretService.BatchGetValues:output_type -> stowage.v1.BatchGetValuesResponse
+	25, // 55: stowage.v1.ParameterService.PutParameter:output_type -> stowage.v1.PutParameterResponse
+	23, // 56: stowage.v1.ParameterService.GetParameter:output_type -> stowage.v1.Parameter
+	28, // 57: stowage.v1.ParameterService.GetParameters:output_type -> stowage.v1.GetParametersResponse
+	30, // 58: stowage.v1.ParameterService.GetParametersByPath:output_type -> stowage.v1.GetParametersByPathResponse
+	32, // 59: stowage.v1.ParameterService.DeleteParameter:output_type -> stowage.v1.DeleteParameterResponse
+	34, // 60: stowage.v1.ParameterService.LabelParameterVersion:output_type -> stowage.v1.LabelParameterVersionResponse
+	36, // 61: stowage.v1.ParameterService.GetParameterHistory:output_type -> stowage.v1.GetParameterHistoryResponse
+	43, // [43:62] is the sub-list for method output_type
+	24, // [24:43] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_stowage_v1_secrets_proto_init() }
@@ -2606,16 +2821,17 @@ func file_stowage_v1_secrets_proto_init() {
 	if File_stowage_v1_secrets_proto != nil {
 		return
 	}
-	file_stowage_v1_secrets_proto_msgTypes[7].OneofWrappers = []any{}
 	file_stowage_v1_secrets_proto_msgTypes[8].OneofWrappers = []any{}
-	file_stowage_v1_secrets_proto_msgTypes[10].OneofWrappers = []any{}
+	file_stowage_v1_secrets_proto_msgTypes[9].OneofWrappers = []any{}
+	file_stowage_v1_secrets_proto_msgTypes[11].OneofWrappers = []any{}
+	file_stowage_v1_secrets_proto_msgTypes[19].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stowage_v1_secrets_proto_rawDesc), len(file_stowage_v1_secrets_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

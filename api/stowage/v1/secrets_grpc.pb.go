@@ -33,6 +33,7 @@ const (
 	SecretService_DeleteSecret_FullMethodName             = "/stowage.v1.SecretService/DeleteSecret"
 	SecretService_RestoreSecret_FullMethodName            = "/stowage.v1.SecretService/RestoreSecret"
 	SecretService_RotateSecret_FullMethodName             = "/stowage.v1.SecretService/RotateSecret"
+	SecretService_CancelRotateSecret_FullMethodName       = "/stowage.v1.SecretService/CancelRotateSecret"
 	SecretService_UpdateSecretVersionStage_FullMethodName = "/stowage.v1.SecretService/UpdateSecretVersionStage"
 	SecretService_TagSecret_FullMethodName                = "/stowage.v1.SecretService/TagSecret"
 	SecretService_BatchGetValues_FullMethodName           = "/stowage.v1.SecretService/BatchGetValues"
@@ -63,10 +64,15 @@ type SecretServiceClient interface {
 	DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*DeleteSecretResponse, error)
 	RestoreSecret(ctx context.Context, in *RestoreSecretRequest, opts ...grpc.CallOption) (*Secret, error)
 	// RotateSecret makes a new AWSCURRENT version with the built-in
-	// generator: a random password, in one key of a JSON object or as the
-	// whole value. Either the old or the new version is current at any
-	// moment, also across a crash.
+	// generator (a random password, in one key of a JSON object or as the
+	// whole value) or with a webhook (the value comes from a POST to a URL),
+	// and saves the settings for the next rotation. With a schedule the
+	// server rotates the secret again every interval. Either the old or the
+	// new version is current at any moment, also across a crash.
 	RotateSecret(ctx context.Context, in *RotateSecretRequest, opts ...grpc.CallOption) (*SecretVersionRef, error)
+	// CancelRotateSecret turns scheduled rotation off; the generator or
+	// webhook settings are kept for rotations on demand.
+	CancelRotateSecret(ctx context.Context, in *CancelRotateSecretRequest, opts ...grpc.CallOption) (*Secret, error)
 	UpdateSecretVersionStage(ctx context.Context, in *UpdateSecretVersionStageRequest, opts ...grpc.CallOption) (*Secret, error)
 	TagSecret(ctx context.Context, in *TagSecretRequest, opts ...grpc.CallOption) (*Secret, error)
 	// BatchGetValues reads secrets and parameters in one call: what the
@@ -167,6 +173,16 @@ func (c *secretServiceClient) RotateSecret(ctx context.Context, in *RotateSecret
 	return out, nil
 }
 
+func (c *secretServiceClient) CancelRotateSecret(ctx context.Context, in *CancelRotateSecretRequest, opts ...grpc.CallOption) (*Secret, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Secret)
+	err := c.cc.Invoke(ctx, SecretService_CancelRotateSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *secretServiceClient) UpdateSecretVersionStage(ctx context.Context, in *UpdateSecretVersionStageRequest, opts ...grpc.CallOption) (*Secret, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Secret)
@@ -222,10 +238,15 @@ type SecretServiceServer interface {
 	DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error)
 	RestoreSecret(context.Context, *RestoreSecretRequest) (*Secret, error)
 	// RotateSecret makes a new AWSCURRENT version with the built-in
-	// generator: a random password, in one key of a JSON object or as the
-	// whole value. Either the old or the new version is current at any
-	// moment, also across a crash.
+	// generator (a random password, in one key of a JSON object or as the
+	// whole value) or with a webhook (the value comes from a POST to a URL),
+	// and saves the settings for the next rotation. With a schedule the
+	// server rotates the secret again every interval. Either the old or the
+	// new version is current at any moment, also across a crash.
 	RotateSecret(context.Context, *RotateSecretRequest) (*SecretVersionRef, error)
+	// CancelRotateSecret turns scheduled rotation off; the generator or
+	// webhook settings are kept for rotations on demand.
+	CancelRotateSecret(context.Context, *CancelRotateSecretRequest) (*Secret, error)
 	UpdateSecretVersionStage(context.Context, *UpdateSecretVersionStageRequest) (*Secret, error)
 	TagSecret(context.Context, *TagSecretRequest) (*Secret, error)
 	// BatchGetValues reads secrets and parameters in one call: what the
@@ -269,6 +290,9 @@ func (UnimplementedSecretServiceServer) RestoreSecret(context.Context, *RestoreS
 }
 func (UnimplementedSecretServiceServer) RotateSecret(context.Context, *RotateSecretRequest) (*SecretVersionRef, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateSecret not implemented")
+}
+func (UnimplementedSecretServiceServer) CancelRotateSecret(context.Context, *CancelRotateSecretRequest) (*Secret, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelRotateSecret not implemented")
 }
 func (UnimplementedSecretServiceServer) UpdateSecretVersionStage(context.Context, *UpdateSecretVersionStageRequest) (*Secret, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateSecretVersionStage not implemented")
@@ -444,6 +468,24 @@ func _SecretService_RotateSecret_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecretService_CancelRotateSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelRotateSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).CancelRotateSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_CancelRotateSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).CancelRotateSecret(ctx, req.(*CancelRotateSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _SecretService_UpdateSecretVersionStage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(UpdateSecretVersionStageRequest)
 	if err := dec(in); err != nil {
@@ -536,6 +578,10 @@ var SecretService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateSecret",
 			Handler:    _SecretService_RotateSecret_Handler,
+		},
+		{
+			MethodName: "CancelRotateSecret",
+			Handler:    _SecretService_CancelRotateSecret_Handler,
 		},
 		{
 			MethodName: "UpdateSecretVersionStage",
