@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -53,6 +55,19 @@ type Server struct {
 	audience string
 	version  string
 	log      *slog.Logger
+	// mounted remembers, per target path, the object versions last
+	// written there: the v1.6 driver's rotation republish sends no
+	// current versions, and with these a poll is still a version check.
+	mu      sync.Mutex
+	mounted map[string]mountedFiles
+}
+
+// mountedFiles is what a Mount returned for a target path: the versions of
+// its files, for a mount of these objects (spec: objects, pathTranslation
+// and permission).
+type mountedFiles struct {
+	spec     string
+	versions map[string]string
 }
 
 // NewServer returns the provider. audience is the token audience it passes
@@ -64,7 +79,7 @@ func NewServer(secrets pb.SecretServiceClient, audience, version string, log *sl
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{secrets: secrets, audience: audience, version: version, log: log}
+	return &Server{secrets: secrets, audience: audience, version: version, log: log, mounted: map[string]mountedFiles{}}
 }
 
 // Register adds the provider service to g.
@@ -132,6 +147,10 @@ func (s *Server) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 	for _, ov := range req.GetCurrentObjectVersion() {
 		current[ov.GetId()] = ov.GetVersion()
 	}
+	spec := attrib["objects"] + "\x00" + attrib["pathTranslation"] + "\x00" + req.GetPermission()
+	if len(current) == 0 {
+		current = s.onDisk(req.GetTargetPath(), spec)
+	}
 	breq := &pb.BatchGetValuesRequest{OnlyIfChanged: len(current) > 0}
 	for _, o := range objs.Objects {
 		breq.Refs = append(breq.Refs, &pb.ValueRef{Type: o.Type, Id: o.Name, Version: o.Version, Label: o.VersionLabel,
@@ -192,8 +211,51 @@ func (s *Server) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 	if len(resp.ObjectVersion) == 0 {
 		addVersion(noObjectsID, "0")
 	}
+	s.remember(req.GetTargetPath(), spec, resp.ObjectVersion)
 	s.log.Info("secrets-provider: mount", "pod", pod, "objects", len(objs.Objects), "files", len(resp.Files), "unchanged", bresp.Unchanged)
 	return resp, nil
+}
+
+// onDisk returns the versions last written to targetPath for a mount of
+// spec, if every one of those files is still there (a new tmpfs after a
+// driver restart is empty, and then everything is fetched again); nil
+// otherwise. Target paths that are gone are forgotten.
+func (s *Server) onDisk(targetPath, spec string) map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.mounted {
+		if _, err := os.Stat(p); err != nil {
+			delete(s.mounted, p)
+		}
+	}
+	m, ok := s.mounted[targetPath]
+	if !ok || m.spec != spec || targetPath == "" {
+		return nil
+	}
+	for f := range m.versions {
+		if f == noObjectsID {
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(targetPath, f)); err != nil {
+			return nil
+		}
+	}
+	return maps.Clone(m.versions)
+}
+
+func (s *Server) remember(targetPath, spec string, vs []*v1alpha1.ObjectVersion) {
+	if targetPath == "" {
+		return
+	}
+	m := mountedFiles{spec: spec, versions: map[string]string{}}
+	for _, v := range vs {
+		if v.GetId() != noObjectsID {
+			m.versions[v.GetId()] = v.GetVersion()
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mounted[targetPath] = m
 }
 
 func kindOf(t string) string {

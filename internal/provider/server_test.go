@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -351,5 +352,78 @@ func TestMount_TokenForOtherAudienceOnly_Refused(t *testing.T) {
 	v, err := e.driver.Version(ctx, &v1alpha1.VersionRequest{Version: "v1alpha1"})
 	if err != nil || v.RuntimeName != "stowage" || v.Version != "v1alpha1" {
 		t.Fatalf("version: %+v, %v", v, err)
+	}
+}
+
+// The v1.6 driver's rotation republish sends no current versions. The
+// provider remembers what it wrote to each target path, so while those
+// files are there a poll is a version check (nothing decrypted: it works
+// with the key disabled, and returns no files, which the driver takes as
+// "leave them"); a missing file, or other objects, fetch everything again.
+func TestMount_RepublishWithoutVersions_VersionCheckWhileFilesAreThere(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v := "v-1"
+	if _, err := e.secrets.CreateSecret(ctx, &pb.CreateSecretRequest{Name: "app/token", SecretString: &v}); err != nil {
+		t.Fatal(err)
+	}
+	objects := "- objectName: app/token\n  objectType: secretsmanager\n"
+	req := mountRequest(t, objects, nil)
+	write := func(resp *v1alpha1.MountResponse) {
+		for _, f := range resp.Files {
+			if err := os.WriteFile(filepath.Join(req.TargetPath, f.Path), f.Contents, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	first, err := e.driver.Mount(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.Files) != 1 {
+		t.Fatalf("first mount: %d files, want 1", len(first.Files))
+	}
+	write(first)
+
+	if _, err := e.keys.DisableKey(ctx, &pb.KeyRequest{KeyId: "alias/stowage/secretsmanager"}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := e.driver.Mount(ctx, req)
+	if err != nil {
+		t.Fatalf("republish with the files in place: %v (want a version check, which needs no key)", err)
+	}
+	if len(again.Files) != 0 || versions(again)["app_token"] != versions(first)["app_token"] {
+		t.Fatalf("republish with the files in place: %d files, versions %v; want none and %v", len(again.Files), versions(again), versions(first))
+	}
+	// Other objects at the same path are not the same mount.
+	if _, err := e.driver.Mount(ctx, &v1alpha1.MountRequest{Attributes: mountRequest(t, objects+"  objectAlias: other\n", nil).Attributes,
+		TargetPath: req.TargetPath, Permission: req.Permission, Secrets: req.Secrets}); err == nil {
+		t.Fatal("a mount of other objects at the same path was answered from memory; want a fetch (which fails: the key is disabled)")
+	}
+	if _, err := e.keys.EnableKey(ctx, &pb.KeyRequest{KeyId: "alias/stowage/secretsmanager"}); err != nil {
+		t.Fatal(err)
+	}
+	// A new value is found by the version check and returned whole.
+	v2 := "v-2"
+	if _, err := e.secrets.PutSecretValue(ctx, &pb.PutSecretValueRequest{SecretId: "app/token", SecretString: &v2}); err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := e.driver.Mount(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := files(rotated)["app_token"]; f == nil || string(f.Contents) != v2 {
+		t.Fatalf("after put-value: files %v, want app_token = v-2", keys(files(rotated)))
+	}
+	write(rotated)
+	// A target path whose files are gone (a new tmpfs) gets them again.
+	os.Remove(filepath.Join(req.TargetPath, "app_token"))
+	refetch, err := e.driver.Mount(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := files(refetch)["app_token"]; f == nil || string(f.Contents) != v2 {
+		t.Fatalf("with the file gone: files %v, want app_token again", keys(files(refetch)))
 	}
 }
