@@ -139,6 +139,7 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&a.review.KeyFile, "kube-client-key-file", "", "key of --kube-client-cert-file")
 	f.StringVar(&a.review.TokenFile, "kube-token-file", "", "bearer token file for --kube-apiserver, instead of a client certificate")
 	f.StringVar(&a.review.Audience, "token-audience", auth.DefaultAudience, "audience service-account tokens must be issued for")
+	f.DurationVar(&a.reviewCacheTTL, "token-review-cache-ttl", auth.DefaultReviewCacheTTL, "how long a service-account token the apiserver proved is believed without asking again (never past the token's expiry; refusals are not cached; 0: ask every time)")
 	f.StringVar(&dataDir, "data-dir", "/var/lib/stowage", "where the metadata file and default pools live")
 	f.StringVar(&listen, "listen", DefaultEndpoint, "API address: host:port or unix:///path")
 	f.StringVar(&zone, "zone", "zone-a", "zone of pools that do not name one")
@@ -164,6 +165,7 @@ type serverOptions struct {
 type authOptions struct {
 	bootstrapTokensDir string
 	review             auth.TokenReviewConfig
+	reviewCacheTTL     time.Duration
 }
 
 func runServer(ctx context.Context, o serverOptions) error {
@@ -278,7 +280,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if err != nil {
 			return err
 		}
-		verifier = tr
+		verifier = auth.NewCachingVerifier(tr, o.auth.reviewCacheTTL)
 	}
 	authz := auth.New(st, verifier, log)
 	dir := o.auth.bootstrapTokensDir
