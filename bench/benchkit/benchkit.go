@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"math"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 )
@@ -183,4 +185,16 @@ func (u *UndoStack) Run() error {
 	}
 	u.items = nil
 	return errors.Join(errs...)
+}
+
+// Quantile is the nearest-rank q-quantile of ds (0.5 is the lower median,
+// 0.99 the p99); 0 for no samples.
+func Quantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[min(max(i, 0), len(s)-1)]
 }
