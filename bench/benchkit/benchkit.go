@@ -5,8 +5,8 @@ package benchkit
 import (
 	"errors"
 	"fmt"
-	"os"
 	"math"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
