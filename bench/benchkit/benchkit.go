@@ -198,3 +198,28 @@ func Quantile(ds []time.Duration, q float64) time.Duration {
 	i := int(math.Ceil(q*float64(len(s)))) - 1
 	return s[min(max(i, 0), len(s)-1)]
 }
+
+// Samples are one figure's values over the rounds of a run.
+type Samples []float64
+
+// Median is the middle value (the mean of the two middle ones for an even
+// count); 0 for none.
+func (s Samples) Median() float64 {
+	if len(s) == 0 {
+		return 0
+	}
+	c := slices.Clone(s)
+	slices.Sort(c)
+	if len(c)%2 == 1 {
+		return c[len(c)/2]
+	}
+	return (c[len(c)/2-1] + c[len(c)/2]) / 2
+}
+
+// Cell is "median (min–max)" in format, "—" for none.
+func (s Samples) Cell(format string) string {
+	if len(s) == 0 {
+		return "—"
+	}
+	return fmt.Sprintf(format+" ("+format+"–"+format+")", s.Median(), slices.Min(s), slices.Max(s))
+}
