@@ -140,6 +140,6 @@ func benchKMS(ctx context.Context, plain, enc *kube, alias string, rep *report, 
 		{"Secret get", rate(pg.Median()), rate(eg.Median()), "**" + ratio(eg.Median(), pg.Median()) + "**", joinRatios(eg, pg), "—"},
 	})
 	rep.Para("In etcd (read through etcd's v3 JSON gateway, as `etcdctl get` would): with KMS v2 the Secret's value starts %s and does not contain the "+
-		"Secret's bytes; without encryption it starts `k8s\\x00` (protobuf) and does.", "`"+strings.Trim(encHead, `"`)+"…`")
+		"Secret's bytes; without encryption it starts `k8s\\x00` (protobuf) and does.", "`k8s:enc:kms:v2:stowage:`")
 	return nil
 }
