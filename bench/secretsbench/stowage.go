@@ -131,9 +131,9 @@ func withToken(ctx context.Context, token string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 }
 
-// apiHistogram reads the server's stowage_api_request_duration_seconds
-// buckets of one method (cumulative counts by upper bound, in seconds).
-func (s *stowage) apiHistogram(ctx context.Context, method string) (map[string]float64, error) {
+// scrape returns the server's metric lines that start with prefix and
+// carry every label in labels, as label set → value.
+func (s *stowage) scrape(ctx context.Context, prefix string, labels ...string) (map[string]float64, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", s.metricsURL, nil)
 	if err != nil {
 		return nil, err
@@ -148,20 +148,45 @@ func (s *stowage) apiHistogram(ctx context.Context, method string) (map[string]f
 		return nil, err
 	}
 	out := map[string]float64{}
-	prefix := "stowage_api_request_duration_seconds_bucket{"
+next:
 	for _, l := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(l, prefix) || !strings.Contains(l, `method="`+method+`"`) || !strings.Contains(l, `code="OK"`) {
+		if !strings.HasPrefix(l, prefix+"{") {
 			continue
 		}
-		i := strings.Index(l, `le="`)
-		if i < 0 {
+		for _, want := range labels {
+			if !strings.Contains(l, want) {
+				continue next
+			}
+		}
+		set, val, ok := strings.Cut(strings.TrimPrefix(l, prefix), "} ")
+		if !ok {
 			continue
 		}
-		le := l[i+4:]
-		le = le[:strings.IndexByte(le, '"')]
 		var n float64
-		fmt.Sscan(l[strings.LastIndexByte(l, ' ')+1:], &n)
+		fmt.Sscan(val, &n)
+		out[set+"}"] = n
+	}
+	return out, nil
+}
+
+// apiHistogram reads the server's stowage_api_request_duration_seconds
+// buckets of one method's successful calls (cumulative counts by upper
+// bound, in seconds).
+func (s *stowage) apiHistogram(ctx context.Context, method string) (map[string]float64, error) {
+	lines, err := s.scrape(ctx, "stowage_api_request_duration_seconds_bucket", `method="`+method+`"`, `code="OK"`)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for set, n := range lines {
+		_, le, _ := strings.Cut(set, `le="`)
+		le, _, _ = strings.Cut(le, `"`)
 		out[le] = n
 	}
 	return out, nil
+}
+
+// apiCalls is stowage_api_requests_total by method and code.
+func (s *stowage) apiCalls(ctx context.Context) (map[string]float64, error) {
+	return s.scrape(ctx, "stowage_api_requests_total")
 }
