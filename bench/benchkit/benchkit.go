@@ -223,3 +223,12 @@ func (s Samples) Cell(format string) string {
 	}
 	return fmt.Sprintf(format+" ("+format+"–"+format+")", s.Median(), slices.Min(s), slices.Max(s))
 }
+
+// Sum is the total of the values.
+func (s Samples) Sum() float64 {
+	t := 0.0
+	for _, v := range s {
+		t += v
+	}
+	return t
+}

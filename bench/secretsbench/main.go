@@ -49,6 +49,7 @@ type config struct {
 	rounds     int           // rounds of the throughput benchmarks
 	opsFor     time.Duration // one throughput measurement
 	kubeFor    time.Duration // one Secret create or get measurement
+	kubeRounds int           // rounds of the Secret create/get benchmark
 	kubeConns  int           // concurrent Secret clients
 	valueBytes int
 }
@@ -65,9 +66,9 @@ func run() (err error) {
 		conns      = flag.Int("kube-clients", 4, "concurrent clients of the Secret create/get benchmark")
 	)
 	flag.Parse()
-	cfg := config{quick: *quick, mounts: 300, rounds: 3, opsFor: 5 * time.Second, kubeFor: 10 * time.Second, kubeConns: *conns, valueBytes: 256}
+	cfg := config{quick: *quick, mounts: 300, rounds: 3, opsFor: 5 * time.Second, kubeRounds: 5, kubeFor: 6 * time.Second, kubeConns: *conns, valueBytes: 256}
 	if cfg.quick {
-		cfg.mounts, cfg.rounds, cfg.opsFor, cfg.kubeFor = 30, 1, time.Second, 2*time.Second
+		cfg.mounts, cfg.rounds, cfg.opsFor, cfg.kubeRounds, cfg.kubeFor = 30, 1, time.Second, 1, 2*time.Second
 	}
 	want := map[string]bool{}
 	for _, b := range strings.Split(*only, ",") {
@@ -167,7 +168,7 @@ func run() (err error) {
 		if err != nil {
 			return err
 		}
-		if err := benchKMS(ctx, plain, kmsKube, alias, rep, cfg); err != nil {
+		if err := benchKMS(ctx, st, plain, kmsKube, alias, rep, cfg); err != nil {
 			return fmt.Errorf("KMS v2 benchmark: %w", err)
 		}
 	}
