@@ -3,13 +3,17 @@
 package benchkit
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"os/exec"
+	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -231,4 +235,35 @@ func (s Samples) Sum() float64 {
 		t += v
 	}
 	return t
+}
+
+// Session is how every benchmark program runs: ctx is cancelled by Ctrl-C
+// and SIGTERM; u collects the cleanups; end, deferred with the program's
+// error, runs them whatever happened (on their own contexts, so an
+// interrupt still tears down) and joins their failures to the error. clean
+// says what a complete teardown leaves behind (nothing, in words).
+func Session() (ctx context.Context, u *UndoStack, end func(err *error, clean string)) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	u = &UndoStack{}
+	return ctx, u, func(err *error, clean string) {
+		defer stop()
+		Progress("tearing down")
+		if uerr := u.Run(); uerr != nil {
+			*err = errors.Join(*err, fmt.Errorf("teardown: %w", uerr))
+		} else {
+			Progress("teardown complete: %s", clean)
+		}
+	}
+}
+
+// Publish keeps the report as <dir>/<prefix>-<UTC time>.md and prints it on
+// stdout.
+func Publish(rep *Report, dir, prefix string) error {
+	path := filepath.Join(dir, prefix+"-"+time.Now().UTC().Format("20060102-150405")+".md")
+	if err := os.WriteFile(path, []byte(rep.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(rep.String())
+	Progress("report written to %s", path)
+	return nil
 }

@@ -20,16 +20,12 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/stowage-io/stowage/bench/benchkit"
@@ -85,7 +81,7 @@ func run() (err error) {
 	if err != nil {
 		return err
 	}
-	metricsPort, err := freePort()
+	metricsPort, err := benchkit.FreePort()
 	if err != nil {
 		return err
 	}
@@ -102,17 +98,10 @@ func run() (err error) {
 		return err
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	u := &undoStack{}
-	defer func() {
-		progress("tearing down")
-		if uerr := u.Run(); uerr != nil {
-			err = errors.Join(err, fmt.Errorf("teardown: %w", uerr))
-		} else {
-			progress("teardown complete: every process stopped, temporary directory removed")
-		}
-	}()
+	// Ctrl-C or SIGTERM cancels the run; the cleanups still run, on their
+	// own contexts, so nothing is left behind.
+	ctx, u, end := benchkit.Session()
+	defer end(&err, "every process stopped, temporary directory removed")
 
 	// Unix socket paths are limited to 108 bytes: keep the work dir short.
 	work, err := os.MkdirTemp("", "stwsb")
@@ -174,13 +163,7 @@ func run() (err error) {
 	}
 	rep.Para("Load average at the end: %s.", benchkit.LoadAvg())
 
-	path := filepath.Join(*outDir, "secrets-"+time.Now().UTC().Format("20060102-150405")+".md")
-	if err := os.WriteFile(path, []byte(rep.String()), 0o644); err != nil {
-		return err
-	}
-	fmt.Print(rep.String())
-	progress("report written to %s", path)
-	return nil
+	return benchkit.Publish(rep, *outDir, "secrets")
 }
 
 func findKubeBins(flagDir string) (string, error) {
@@ -200,15 +183,6 @@ func findKubeBins(flagDir string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no etcd and kube-apiserver in %s (bash hack/build-components.sh builds them; or -kube-bin-dir)", strings.Join(dirs, " or "))
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func portFree(p int) error {
