@@ -267,3 +267,12 @@ func Publish(rep *Report, dir, prefix string) error {
 	Progress("report written to %s", path)
 	return nil
 }
+
+// OutDir makes the directory the report and logs go to and returns its
+// absolute path (the daemons run elsewhere).
+func OutDir(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return filepath.Abs(dir)
+}

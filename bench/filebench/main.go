@@ -73,10 +73,7 @@ func run() (err error) {
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("the stowage binary: %w (bench/files.sh builds it)", err)
 	}
-	if err := os.MkdirAll(*outDir, 0o755); err != nil {
-		return err
-	}
-	logDir, err := filepath.Abs(*outDir)
+	logDir, err := benchkit.OutDir(*outDir)
 	if err != nil {
 		return err
 	}

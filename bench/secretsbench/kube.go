@@ -145,7 +145,13 @@ func (k *kube) do(ctx context.Context, method, path string, body any) ([]byte, e
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
-	resp, err := k.client.Do(req)
+	return send(k.client, req)
+}
+
+// send sends req and returns the body; a status other than 2xx is an error
+// naming the request.
+func send(c *http.Client, req *http.Request) ([]byte, error) {
+	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +161,7 @@ func (k *kube) do(ctx context.Context, method, path string, body any) ([]byte, e
 		return nil, err
 	}
 	if resp.StatusCode/100 != 2 {
-		return nil, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
+		return nil, fmt.Errorf("%s %s: %s: %s", req.Method, req.URL.Path, resp.Status, strings.TrimSpace(string(b)))
 	}
 	return b, nil
 }
@@ -223,17 +229,9 @@ func (k *kube) etcdGet(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	b, err := send(http.DefaultClient, req)
 	if err != nil {
 		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("etcd range %s: %s", key, resp.Status)
 	}
 	var r struct {
 		Kvs []struct {

@@ -90,10 +90,7 @@ func run() (err error) {
 			return err
 		}
 	}
-	if err := os.MkdirAll(*outDir, 0o755); err != nil {
-		return err
-	}
-	logDir, err := filepath.Abs(*outDir)
+	logDir, err := benchkit.OutDir(*outDir)
 	if err != nil {
 		return err
 	}

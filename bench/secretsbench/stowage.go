@@ -138,12 +138,7 @@ func (s *stowage) scrape(ctx context.Context, prefix string, labels ...string) (
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	b, err := send(http.DefaultClient, req)
 	if err != nil {
 		return nil, err
 	}
