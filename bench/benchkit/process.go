@@ -84,7 +84,10 @@ func WaitReady(ctx context.Context, what string, within time.Duration, probe fun
 		if err == nil {
 			return nil
 		}
-		if ctx.Err() != nil || time.Now().After(deadline) {
+		if ctx.Err() != nil {
+			return fmt.Errorf("interrupted while waiting for %s: %w", what, ctx.Err())
+		}
+		if time.Now().After(deadline) {
 			return fmt.Errorf("%s not ready after %s: %w", what, within, err)
 		}
 		time.Sleep(100 * time.Millisecond)
