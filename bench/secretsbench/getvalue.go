@@ -110,9 +110,9 @@ func benchGetValue(ctx context.Context, s *stowage, work string, rep *report, cf
 }
 
 func joinRatios(a, b []float64) string {
-	var out []string
+	r := make(samples, len(a))
 	for i := range a {
-		out = append(out, ratio(a[i], b[i]))
+		r[i] = a[i] / b[i]
 	}
-	return strings.Join(out, ", ")
+	return each(r)
 }
