@@ -316,17 +316,16 @@ func benchMount(ctx context.Context, s *stowage, k *kube, work string, rep *repo
 	rep.Table([]string{"objects", "server handler (histogram)", "provider + pod token, ms p50 / p99", "token principal with the policy, ms p50 / p99",
 		"admin, ms p50 / p99", "TokenReview alone, ms p50 / p99"}, rows)
 	big := cases[len(cases)-1]
-	_, hi := big.hist.bucketOf(0.5)
+	lo, hi := big.hist.bucketOf(0.5)
 	direct := p50(big.steps["batch"])
 	oneTrip := big.calls == big.hist.count && big.hist.count == float64(cfg.mounts)
 	rep.List(
 		fmt.Sprintf("**Goal: a %d-object mount in one round trip, p50 under 5 ms server side.** One round trip: **%s** (during the %d timed mounts "+
-			"the server answered %d API calls in all, %d of them BatchGetValues). Server side: **%s** — the handler's p50 is in the bucket up to %g ms, "+
-			"and the provider's call made directly (the handler plus one gRPC hop and the provider token's check) has p50 %s ms. "+
-			"The TokenReview alone takes %s ms (p50); the same batch without it (the token principal) %s ms end to end.",
-			maxObjects, met(oneTrip), cfg.mounts, int(big.calls), int(big.hist.count),
-			met(hi <= 0.005 || direct < 5*time.Millisecond), hi*1e3, ms(direct),
-			ms(p50(big.steps["review"])), ms(p50(big.steps["reader"]))),
+			"the server answered %d API calls in all, %d of them BatchGetValues). Under 5 ms server side: **%s** — the handler's p50 (its histogram) "+
+			"is in the bucket (%g, %g] ms. For comparison, the provider's call made directly, i.e. the handler plus one gRPC hop and the provider "+
+			"token's check, has p50 %s ms; the TokenReview alone %s ms; the same batch without a TokenReview (the token principal) %s ms end to end.",
+			maxObjects, met(oneTrip), cfg.mounts, int(big.calls), int(big.hist.count), met(hi <= 0.005), lo*1e3, hi*1e3,
+			ms(direct), ms(p50(big.steps["review"])), ms(p50(big.steps["reader"]))),
 		"The server verifies the pod's token with one TokenReview per call (it keeps no cache, docs/secrets.md), so every mount and every rotation "+
 			"poll pays an HTTPS round trip to the apiserver.",
 	)
