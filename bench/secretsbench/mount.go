@@ -191,13 +191,8 @@ func benchMount(ctx context.Context, s *stowage, k *kube, work string, rep *repo
 		if err != nil {
 			return fmt.Errorf("mount of %d objects: %w", n, err)
 		}
-		if len(first.Files) != n {
-			return fmt.Errorf("mount of %d objects returned %d files", n, len(first.Files))
-		}
-		for i, f := range first.Files {
-			if string(f.Contents) != string(objs[i].value) {
-				return fmt.Errorf("mount returned other bytes for %s than the bench stored", objs[i].name)
-			}
+		if err := sameFiles(first, objs[:n]); err != nil {
+			return fmt.Errorf("mount of %d objects: %w", n, err)
 		}
 		poll := &v1alpha1.MountRequest{Attributes: req.Attributes, Secrets: req.Secrets, TargetPath: req.TargetPath,
 			Permission: req.Permission, CurrentObjectVersion: first.ObjectVersion}
@@ -234,8 +229,8 @@ func benchMount(ctx context.Context, s *stowage, k *kube, work string, rep *repo
 				return fmt.Errorf("mount %d of %d objects: %w", i, n, err)
 			}
 			c.mount = append(c.mount, time.Since(t))
-			if len(r.Files) != n {
-				return fmt.Errorf("mount %d of %d objects returned %d files", i, n, len(r.Files))
+			if err := sameFiles(r, objs[:n]); err != nil {
+				return fmt.Errorf("mount %d of %d objects: %w", i, n, err)
 			}
 		}
 		after, err := s.apiHistogram(ctx, method)
@@ -329,6 +324,19 @@ func benchMount(ctx context.Context, s *stowage, k *kube, work string, rep *repo
 		"The server verifies the pod's token with one TokenReview per call (it keeps no cache, docs/secrets.md), so every mount and every rotation "+
 			"poll pays an HTTPS round trip to the apiserver.",
 	)
+	return nil
+}
+
+// sameFiles fails a mount whose files are not the objects' bytes.
+func sameFiles(r *v1alpha1.MountResponse, objs []object) error {
+	if len(r.Files) != len(objs) {
+		return fmt.Errorf("%d files for %d objects", len(r.Files), len(objs))
+	}
+	for i, f := range r.Files {
+		if string(f.Contents) != string(objs[i].value) {
+			return fmt.Errorf("other bytes for %s than the bench stored", objs[i].name)
+		}
+	}
 	return nil
 }
 
