@@ -3,11 +3,17 @@
 package benchkit
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -183,4 +189,90 @@ func (u *UndoStack) Run() error {
 	}
 	u.items = nil
 	return errors.Join(errs...)
+}
+
+// Quantile is the nearest-rank q-quantile of ds (0.5 is the lower median,
+// 0.99 the p99); 0 for no samples.
+func Quantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// Samples are one figure's values over the rounds of a run.
+type Samples []float64
+
+// Median is the middle value (the mean of the two middle ones for an even
+// count); 0 for none.
+func (s Samples) Median() float64 {
+	if len(s) == 0 {
+		return 0
+	}
+	c := slices.Clone(s)
+	slices.Sort(c)
+	if len(c)%2 == 1 {
+		return c[len(c)/2]
+	}
+	return (c[len(c)/2-1] + c[len(c)/2]) / 2
+}
+
+// Cell is "median (min–max)" in format, "—" for none.
+func (s Samples) Cell(format string) string {
+	if len(s) == 0 {
+		return "—"
+	}
+	return fmt.Sprintf(format+" ("+format+"–"+format+")", s.Median(), slices.Min(s), slices.Max(s))
+}
+
+// Sum is the total of the values.
+func (s Samples) Sum() float64 {
+	t := 0.0
+	for _, v := range s {
+		t += v
+	}
+	return t
+}
+
+// Session is how every benchmark program runs: ctx is cancelled by Ctrl-C
+// and SIGTERM; u collects the cleanups; end, deferred with the program's
+// error, runs them whatever happened (on their own contexts, so an
+// interrupt still tears down) and joins their failures to the error. clean
+// says what a complete teardown leaves behind (nothing, in words).
+func Session() (ctx context.Context, u *UndoStack, end func(err *error, clean string)) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	u = &UndoStack{}
+	return ctx, u, func(err *error, clean string) {
+		defer stop()
+		Progress("tearing down")
+		if uerr := u.Run(); uerr != nil {
+			*err = errors.Join(*err, fmt.Errorf("teardown: %w", uerr))
+		} else {
+			Progress("teardown complete: %s", clean)
+		}
+	}
+}
+
+// Publish keeps the report as <dir>/<prefix>-<UTC time>.md and prints it on
+// stdout.
+func Publish(rep *Report, dir, prefix string) error {
+	path := filepath.Join(dir, prefix+"-"+time.Now().UTC().Format("20060102-150405")+".md")
+	if err := os.WriteFile(path, []byte(rep.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(rep.String())
+	Progress("report written to %s", path)
+	return nil
+}
+
+// OutDir makes the directory the report and logs go to and returns its
+// absolute path (the daemons run elsewhere).
+func OutDir(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return filepath.Abs(dir)
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
+
+	"github.com/stowage-io/stowage/bench/benchkit"
 )
 
 type snapshotConfig struct {
@@ -353,8 +355,4 @@ func poolSnapshotTimes(serverLog string) map[string]time.Duration {
 	return out
 }
 
-func medianDur(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[(len(s)-1)/2]
-}
+func medianDur(ds []time.Duration) time.Duration { return benchkit.Quantile(ds, 0.5) }

@@ -5,19 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/bench/benchkit"
 	"github.com/stowage-io/stowage/internal/testutil/loopfs"
 	"github.com/stowage-io/stowage/pkg/loopdev"
 )
@@ -151,57 +149,17 @@ func (s *stack) settle(ctx context.Context) error {
 	return err
 }
 
-// daemon starts one stowage process in its own process group, so a Ctrl-C
-// at the terminal reaches only this program, which then tears down in order
-// (CSI unpublish before the driver stops). Pdeathsig stops it should this
-// program be killed outright.
+// daemon starts one stowage process (benchkit.Daemon) with its log in the
+// log directory.
 func (s *stack) daemon(u *undoStack, name, bin string, args ...string) error {
-	logf, err := os.Create(filepath.Join(s.logDir, name+".log"))
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("start %s: %w", name, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	u.Push("stop "+name, func() error {
-		defer logf.Close()
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-			return nil
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-			return fmt.Errorf("%s did not stop on SIGTERM within 15 s; killed (pid %d)", name, cmd.Process.Pid)
-		}
-	})
-	return nil
+	_, err := benchkit.Daemon(u, name, filepath.Join(s.logDir, name+".log"), bin, args...)
+	return err
 }
 
-func dialUnix(sock string) (*grpc.ClientConn, error) {
-	return grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-}
+var dialUnix = func(sock string) (*grpc.ClientConn, error) { return benchkit.DialUnix(sock) }
 
 func waitReady(ctx context.Context, what string, probe func(context.Context) error) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := probe(pctx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil || time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after 20 s: %w", what, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return benchkit.WaitReady(ctx, what, 20*time.Second, probe)
 }
 
 // cleanupUnder is stack.CleanupUnder without a testing.TB: it unmounts

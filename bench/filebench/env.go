@@ -17,6 +17,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/stowage-io/stowage/bench/benchkit"
 	"github.com/stowage-io/stowage/internal/files"
 	"github.com/stowage-io/stowage/internal/testutil/loopfs"
 )
@@ -132,17 +133,10 @@ func startClient(ctx context.Context, u *undoStack, bin, logPath string, args ..
 		}
 		exited <- cmd.Wait()
 	}()
+	stop := benchkit.Stopper("stowage nfs-mount", cmd.Process, exited)
 	u.Push(fmt.Sprintf("stop stowage nfs-mount (pid %d)", cmd.Process.Pid), func() error {
 		defer errf.Close()
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-			return nil
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-			return fmt.Errorf("stowage nfs-mount did not stop on SIGTERM within 15 s; killed (pid %d)", cmd.Process.Pid)
-		}
+		return stop()
 	})
 	select {
 	case <-mounted:

@@ -187,10 +187,10 @@ func benchLibnfs(ctx context.Context, e *env, rep *report, cfg config) error {
 	var rows [][]string
 	for _, c := range cfg.clients {
 		l, n := creates["local cp"][c], creates["nfs-cp"][c]
-		rows = append(rows, []string{fmt.Sprintf("creates/s, %d client(s), one process per file", c), l.cell("%.0f"), n.cell("%.0f"), ratio(n.median(), l.median())})
+		rows = append(rows, []string{fmt.Sprintf("creates/s, %d client(s), one process per file", c), l.Cell("%.0f"), n.Cell("%.0f"), ratio(n.Median(), l.Median())})
 	}
-	rows = append(rows, []string{"directory listing, entries/s (one process)", lists["local cp"].cell("%.0f"), lists["nfs-cp"].cell("%.0f"), ratio(lists["nfs-cp"].median(), lists["local cp"].median())})
-	rows = append(rows, []string{"1 MiB sequential read, cold, MB/s", reads["local"].cell("%.0f"), reads["nfs-cat"].cell("%.0f"), ratio(reads["nfs-cat"].median(), reads["local"].median())})
+	rows = append(rows, []string{"directory listing, entries/s (one process)", lists["local cp"].Cell("%.0f"), lists["nfs-cp"].Cell("%.0f"), ratio(lists["nfs-cp"].Median(), lists["local cp"].Median())})
+	rows = append(rows, []string{"1 MiB sequential read, cold, MB/s", reads["local"].Cell("%.0f"), reads["nfs-cat"].Cell("%.0f"), ratio(reads["nfs-cat"].Median(), reads["local"].Median())})
 	rep.Table([]string{"", "local (process per call)", "libnfs", "ratio"}, rows)
 	cant := "libnfs-utils 4.0 has no remove and no per-file stat command (only nfs-cp, nfs-cat, nfs-ls), so remove and stat rates are not measured through libnfs."
 	if writeErr != nil {

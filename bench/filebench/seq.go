@@ -118,8 +118,8 @@ func benchSeq(ctx context.Context, e *env, rep *report, cfg config) error {
 		s    map[string]samples
 	}{{"write + fsync", w}, {"read, cold", r}} {
 		l, f := x.s["local"], x.s["FUSE client"]
-		rows = append(rows, []string{x.name, l.cell("%.0f"), f.cell("%.0f"), ratio(f.median(), l.median()),
-			"≥ 0.5× local: " + yesNo(f.median() >= 0.5*l.median())})
+		rows = append(rows, []string{x.name, l.Cell("%.0f"), f.Cell("%.0f"), ratio(f.Median(), l.Median()),
+			"≥ 0.5× local: " + yesNo(f.Median() >= 0.5*l.Median())})
 	}
 	rep.Table([]string{"MB/s", "local", "FUSE client", "ratio", "goal"}, rows)
 	return nil

@@ -205,10 +205,10 @@ func benchSmall(ctx context.Context, e *env, rep *report, cfg config) error {
 			l, f := res["local"][c][p], res["FUSE client"][c][p]
 			goal := "—"
 			if p == 0 {
-				met := f.median() >= 0.3*l.median() && f.median() > 1410
+				met := f.Median() >= 0.3*l.Median() && f.Median() > 1410
 				goal = fmt.Sprintf("≥ 0.3× local and > 1,410/s: %s", yesNo(met))
 			}
-			rows = append(rows, []string{fmt.Sprintf("%s, %d client(s)", name, c), l.cell("%.0f"), f.cell("%.0f"), ratio(f.median(), l.median()), goal})
+			rows = append(rows, []string{fmt.Sprintf("%s, %d client(s)", name, c), l.Cell("%.0f"), f.Cell("%.0f"), ratio(f.Median(), l.Median()), goal})
 		}
 	}
 	rep.Table([]string{"ops/s", "local", "FUSE client", "ratio", "goal"}, rows)
