@@ -96,27 +96,59 @@ func (a *Authorizer) VerifyServiceAccount(ctx context.Context, token string) (Pr
 
 // Decide evaluates the principal's built-in and attached policies.
 func (a *Authorizer) Decide(ctx context.Context, p Principal, action string, resources ...string) (Decision, error) {
-	if p.Kind == Admin {
-		return Allowed, nil
-	}
-	var docs []Document
-	if d, ok := BuiltinPolicy(p); ok {
-		docs = append(docs, d)
-	}
-	attached, err := a.Records.AttachedDocuments(ctx, p.Name)
+	ps, err := a.PoliciesOf(ctx, p)
 	if err != nil {
 		return DefaultDeny, err
 	}
-	return Evaluate(append(docs, attached...), action, resources...), nil
+	return ps.Decide(action, resources...), nil
+}
+
+// Policies are the documents that decide for one principal, read once
+// for many decisions (the objects of one batch).
+type Policies struct {
+	a    *Authorizer
+	p    Principal
+	docs []Document
+}
+
+// PoliciesOf reads p's built-in and attached policies.
+func (a *Authorizer) PoliciesOf(ctx context.Context, p Principal) (*Policies, error) {
+	ps := &Policies{a: a, p: p}
+	if p.Kind == Admin {
+		return ps, nil
+	}
+	if d, ok := BuiltinPolicy(p); ok {
+		ps.docs = append(ps.docs, d)
+	}
+	attached, err := a.Records.AttachedDocuments(ctx, p.Name)
+	if err != nil {
+		return nil, err
+	}
+	ps.docs = append(ps.docs, attached...)
+	return ps, nil
+}
+
+// Decide evaluates action on resources.
+func (ps *Policies) Decide(action string, resources ...string) Decision {
+	if ps.p.Kind == Admin {
+		return Allowed
+	}
+	return Evaluate(ps.docs, action, resources...)
 }
 
 // Authorize returns nil when p may do action on the object named by
 // resources, else PermissionDenied naming principal, action and resource.
 func (a *Authorizer) Authorize(ctx context.Context, p Principal, action string, resources ...string) error {
-	d, err := a.Decide(ctx, p, action, resources...)
+	ps, err := a.PoliciesOf(ctx, p)
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "read the policies of %s: %v", p, err)
 	}
+	return ps.Authorize(action, resources...)
+}
+
+// Authorize is Authorizer.Authorize with the policies already read.
+func (ps *Policies) Authorize(action string, resources ...string) error {
+	d := ps.Decide(action, resources...)
 	if d == Allowed {
 		return nil
 	}
@@ -124,8 +156,8 @@ func (a *Authorizer) Authorize(ctx context.Context, p Principal, action string, 
 	if d == ExplicitDeny {
 		why = "a policy denies it"
 	}
-	a.Log.Info("call denied", "principal", p.Name, "action", action, "resource", resources[0])
-	return status.Errorf(codes.PermissionDenied, "%s may not %s on %s: %s", p, action, strings.Join(resources, " / "), why)
+	ps.a.Log.Info("call denied", "principal", ps.p.Name, "action", action, "resource", resources[0])
+	return status.Errorf(codes.PermissionDenied, "%s may not %s on %s: %s", ps.p, action, strings.Join(resources, " / "), why)
 }
 
 // UnaryInterceptor identifies and authorises every unary call, and puts
