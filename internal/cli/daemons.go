@@ -351,7 +351,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 	}
 	// Before the resignation above: a loop's last write still lands.
 	defer func() { stopLoops() }()
-	lis, err := csi.Listen(listen)
+	lis, err := csi.Listen(listenURL(listen))
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
@@ -408,6 +408,20 @@ func runServer(ctx context.Context, o serverOptions) error {
 			return nil
 		}
 	}
+}
+
+// listenURL makes --listen host:port a TCP address, as its help says;
+// csi.Listen would take a bare host:port for a unix socket's file name.
+func listenURL(listen string) string {
+	if strings.Contains(listen, "://") {
+		return listen
+	}
+	if _, port, err := net.SplitHostPort(listen); err == nil {
+		if _, err := strconv.Atoi(port); err == nil {
+			return "tcp://" + listen
+		}
+	}
+	return listen
 }
 
 // storeOptions are the --store flags.

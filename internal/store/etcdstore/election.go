@@ -113,3 +113,6 @@ func (e *Election) Resign(ctx context.Context) error {
 	}
 	return errors.Join(err, e.session.Close())
 }
+
+// Value is what this server campaigns with: its advertised address.
+func (e *Election) Value() string { return e.value }
