@@ -113,5 +113,3 @@ func TestDial_NoEndpointServes_UnavailableNamingEach(t *testing.T) {
 		}
 	}
 }
-
-

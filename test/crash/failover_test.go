@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,16 +42,6 @@ func newFailoverEnv(t *testing.T) *failoverEnv {
 	return &failoverEnv{etcd: etcdtest.Start(t), dataDir: dir}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func (e *failoverEnv) startServer(t *testing.T, name, addr string) *proc {
 	t.Helper()
 	return startProc(t, name, "", "server",
@@ -60,6 +49,20 @@ func (e *failoverEnv) startServer(t *testing.T, name, addr string) *proc {
 		"--listen", addr, "--advertise-address", addr,
 		"--data-dir", e.dataDir, "--node", "node-a",
 		"--pool", "name=p,dir="+filepath.Join(e.dataDir, "pool")+",zone=zone-a,node=node-a")
+}
+
+// startLeader starts the first server, which leads alone, and waits until
+// it serves; its token files are what the clients use.
+func (e *failoverEnv) startLeader(t *testing.T, name, addr string) (*proc, pb.VolumeServiceClient) {
+	t.Helper()
+	p := e.startServer(t, name, addr)
+	waitReady(t, p, func(ctx context.Context) error {
+		_, err := os.Stat(filepath.Join(e.dataDir, "tokens", "admin"))
+		return err
+	})
+	c := e.volumes(t, addr)
+	waitServing(t, p, c, 20*time.Second)
+	return p, c
 }
 
 // volumes is a Volume client to addr as the administrator.
@@ -138,14 +141,8 @@ func waitServing(t *testing.T, p *proc, c pb.VolumeServiceClient, within time.Du
 // after the failover must be there.
 func TestFailover_LeaderKilled_StandbyServesWithin10sNoRecordLost(t *testing.T) {
 	e := newFailoverEnv(t)
-	addrA, addrB := freeAddr(t), freeAddr(t)
-	a := e.startServer(t, "server a", addrA)
-	// a leads alone first; its token files are what the clients use.
-	waitReady(t, a, func(ctx context.Context) error {
-		_, err := os.Stat(filepath.Join(e.dataDir, "tokens", "admin"))
-		return err
-	})
-	waitServing(t, a, e.volumes(t, addrA), 20*time.Second)
+	addrA, addrB := etcdtest.FreeAddr(t), etcdtest.FreeAddr(t)
+	a, _ := e.startLeader(t, "server a", addrA)
 	b := e.startServer(t, "server b", addrB)
 	toB := e.volumes(t, addrB)
 	waitReady(t, b, func(ctx context.Context) error {
@@ -213,14 +210,8 @@ func TestFailover_LeaderKilled_StandbyServesWithin10sNoRecordLost(t *testing.T) 
 // resumes, must not land, and the old leader must stop.
 func TestFailover_PausedLeader_WriteRefused(t *testing.T) {
 	e := newFailoverEnv(t)
-	addrA, addrB := freeAddr(t), freeAddr(t)
-	a := e.startServer(t, "server a", addrA)
-	waitReady(t, a, func(ctx context.Context) error {
-		_, err := os.Stat(filepath.Join(e.dataDir, "tokens", "admin"))
-		return err
-	})
-	toA := e.volumes(t, addrA)
-	waitServing(t, a, toA, 20*time.Second)
+	addrA, addrB := etcdtest.FreeAddr(t), etcdtest.FreeAddr(t)
+	a, toA := e.startLeader(t, "server a", addrA)
 	b := e.startServer(t, "server b", addrB)
 	toB := e.volumes(t, addrB)
 

@@ -142,10 +142,7 @@ func TestElection_StandbyRefusedLeaderWrites(t *testing.T) {
 	if err := putKey(a, "from a again"); !errors.Is(err, store.ErrNotLeader) {
 		t.Fatalf("resigned leader's Update = %v, want ErrNotLeader", err)
 	}
-	var got []byte
-	if err := b.View(t.Context(), func(tx store.Tx) error { var err error; got, err = tx.Get("volumes", "vol-1"); return err }); err != nil {
-		t.Fatal(err)
-	}
+	got := getVol1(t, b)
 	if string(got) != "from b" {
 		t.Fatalf("vol-1 = %q, want the new leader's write", got)
 	}
@@ -181,10 +178,7 @@ func TestElection_DeposedLeaderUnaware_WriteRefused(t *testing.T) {
 	if !errors.Is(err, store.ErrNotLeader) {
 		t.Fatalf("deposed leader's Update = %v, want ErrNotLeader", err)
 	}
-	var got []byte
-	if err := b.View(t.Context(), func(tx store.Tx) error { var err error; got, err = tx.Get("volumes", "vol-1"); return err }); err != nil {
-		t.Fatal(err)
-	}
+	got := getVol1(t, b)
 	if string(got) != "from b" {
 		t.Fatalf("vol-1 = %q after the deposed leader's write, want %q", got, "from b")
 	}
@@ -207,4 +201,17 @@ func TestParseURL(t *testing.T) {
 			t.Errorf("ParseURL(%q) = %q, %v; want %q, error %v", tc.in, got, err, tc.want, tc.wantErr)
 		}
 	}
+}
+
+func getVol1(t *testing.T, s *Store) []byte {
+	t.Helper()
+	var got []byte
+	if err := s.View(t.Context(), func(tx store.Tx) error {
+		var err error
+		got, err = tx.Get("volumes", "vol-1")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return got
 }

@@ -62,7 +62,7 @@ func Start(t testing.TB) *Etcd {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	client, peer := freePort(t), freePort(t)
+	client, peer := FreeAddr(t), FreeAddr(t)
 	clientURL, peerURL := "http://"+client, "http://"+peer
 	e := &Etcd{Endpoint: client, done: make(chan struct{}), out: &logbuf.Buffer{}}
 	e.cmd = exec.Command(bin,
@@ -126,8 +126,8 @@ func (e *Etcd) stop() {
 	}
 }
 
-// freePort returns a loopback host:port nobody listens on now.
-func freePort(t testing.TB) string {
+// FreeAddr returns a loopback host:port nobody listens on now.
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
