@@ -113,3 +113,18 @@ func TestDial_NoEndpointServes_UnavailableNamingEach(t *testing.T) {
 		}
 	}
 }
+
+func TestListenURL_HostPortIsTCP(t *testing.T) {
+	for in, want := range map[string]string{
+		"127.0.0.1:7420":         "tcp://127.0.0.1:7420",
+		"[::1]:7420":             "tcp://[::1]:7420",
+		"tcp://127.0.0.1:7420":   "tcp://127.0.0.1:7420",
+		"unix:///run/api.sock":   "unix:///run/api.sock",
+		"/run/stowage/api.sock":  "/run/stowage/api.sock",
+		"relative/dir:name.sock": "relative/dir:name.sock",
+	} {
+		if got := listenURL(in); got != want {
+			t.Errorf("listenURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
