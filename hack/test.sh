@@ -18,17 +18,18 @@ leaks() {
 }
 before=$(leaks)
 
+# The pinned Kubernetes, etcd and CSI sidecars (a cold build takes 20-25
+# minutes on 2 cores, a warm one seconds): built before the unit tests
+# because the etcd store's tests run the pinned etcd (_output/bin/etcd);
+# the end-to-end suite needs all of them, brings a local cluster up with
+# `stowage up` if none runs and takes it down again at the end.
+echo "== building Kubernetes components (hack/build-components.sh)"
+bash hack/build-components.sh
 echo "== go vet"
 go vet ./...
 echo "== go test (unit, csi-sanity, crash recovery)"
 go test -count=1 -timeout 30m ./...
 
-# The end-to-end suite needs the pinned Kubernetes, etcd and CSI sidecars
-# (a cold build takes 20-25 minutes on 2 cores, a warm one seconds); it
-# brings a local cluster up with `stowage up` if none runs and takes it
-# down again at the end.
-echo "== building Kubernetes components (hack/build-components.sh)"
-bash hack/build-components.sh
 echo "== end-to-end tests on a local Kubernetes (test/e2e)"
 (cd test/e2e && go vet ./... && go test -count=1 -timeout 45m ./...)
 

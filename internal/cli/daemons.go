@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,7 +27,9 @@ import (
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/metrics"
 	"github.com/stowage-io/stowage/internal/server"
+	"github.com/stowage-io/stowage/internal/store"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
+	"github.com/stowage-io/stowage/internal/store/etcdstore"
 )
 
 // poolSpec is one --pool flag: name=N,dir=D,zone=Z,node=H[,size=S].
@@ -104,6 +107,7 @@ func newServerCmd() *cobra.Command {
 	var nfsListen string
 	var rotationCheck time.Duration
 	var a authOptions
+	var so storeOptions
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the Stowage API server with its storage pools (agent in-process)",
@@ -128,7 +132,7 @@ func newServerCmd() *cobra.Command {
 			defer cancel()
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node, metricsAddr: metricsAddr,
 				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, auth: a,
-				rotationCheck: rotationCheck})
+				rotationCheck: rotationCheck, store: so})
 		},
 	}
 	f := cmd.Flags()
@@ -150,6 +154,13 @@ func newServerCmd() *cobra.Command {
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
 	f.StringVar(&nfsListen, "nfs-listen", "", "serve access points over NFSv4 with nfs-ganesha at host:port (empty: access points are not exported)")
 	f.DurationVar(&rotationCheck, "rotation-check-interval", server.DefaultRotationCheck, "how often the server looks for secrets whose scheduled rotation is due")
+	f.StringVar(&so.url, "store", "", "metadata store: empty for the bbolt file <data-dir>/metadata.db (one server), or etcd://host:port[,host:port...] to share it with other servers, one of which leads (docs/metadata.md)")
+	f.StringVar(&so.prefix, "store-prefix", etcdstore.DefaultPrefix, "with --store etcd://: the key prefix of this installation's metadata")
+	f.StringVar(&so.caFile, "etcd-ca-file", "", "with --store etcd://: CA certificate to verify etcd's serving certificate (TLS)")
+	f.StringVar(&so.certFile, "etcd-cert-file", "", "with --store etcd://: client certificate for etcd (TLS)")
+	f.StringVar(&so.keyFile, "etcd-key-file", "", "with --store etcd://: key of --etcd-cert-file")
+	f.StringVar(&so.advertise, "advertise-address", "", "with --store etcd://: the API address clients reach this server at, which standbys name when they refuse a call (default: --listen)")
+	f.DurationVar(&so.leaseTTL, "leader-lease", etcdstore.DefaultLeaseTTL, "with --store etcd://: lease of the leadership; a dead leader is replaced this long after at most")
 	return cmd
 }
 
@@ -160,6 +171,7 @@ type serverOptions struct {
 	nfsListen                                string
 	auth                                     authOptions
 	rotationCheck                            time.Duration
+	store                                    storeOptions
 }
 
 type authOptions struct {
@@ -172,7 +184,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 	dataDir, listen, zone, node, metricsAddr, specs := o.dataDir, o.listen, o.zone, o.node, o.metricsAddr, o.pools
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	slog.SetDefault(log)
-	st, err := boltstore.Open(filepath.Join(dataDir, "metadata.db"))
+	st, election, err := openStore(ctx, o.store, dataDir, listen)
 	if err != nil {
 		return err
 	}
@@ -283,45 +295,70 @@ func runServer(ctx context.Context, o serverOptions) error {
 		verifier = auth.NewCachingVerifier(tr, o.auth.reviewCacheTTL)
 	}
 	authz := auth.New(st, verifier, log)
-	dir := o.auth.bootstrapTokensDir
-	if dir == "" {
-		dir = filepath.Join(dataDir, "tokens")
-	}
-	if dir != "none" {
-		issued, err := authz.Records.BootstrapTokens(ctx, dir, auth.ComponentPrincipals(node))
-		if err != nil {
-			return err
-		}
-		if len(issued) > 0 {
-			log.Info("component tokens issued", "dir", dir, "components", issued)
-		}
-	}
 	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys,
 		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit, NFSAddress: nfsAddress, Auth: authz})
 	if err != nil {
 		return err
 	}
-	if err := srv.Reconcile(ctx); err != nil {
-		return err
+	// lead is what only the server that leads does (the only one, on
+	// bbolt): every write of its start, the NFS exports and the loops.
+	// Its stop is called (and waited for) before the store closes.
+	lead := func(ctx context.Context) (stop func(), err error) {
+		dir := o.auth.bootstrapTokensDir
+		if dir == "" {
+			dir = filepath.Join(dataDir, "tokens")
+		}
+		if dir != "none" {
+			issued, err := authz.Records.BootstrapTokens(ctx, dir, auth.ComponentPrincipals(node))
+			if err != nil {
+				return nil, err
+			}
+			if len(issued) > 0 {
+				log.Info("component tokens issued", "dir", dir, "components", issued)
+			}
+		}
+		if err := srv.Reconcile(ctx); err != nil {
+			return nil, err
+		}
+		if ganesha != nil {
+			if err := ganesha.Start(ctx); err != nil {
+				return nil, err
+			}
+			log.Info("NFS serving", "address", nfsAddress)
+		}
+		if err := srv.RegisterPoolNodes(ctx); err != nil {
+			return nil, err
+		}
+		return srv.StartRotations(ctx, o.rotationCheck), nil
 	}
-	if ganesha != nil {
-		if err := ganesha.Start(ctx); err != nil {
+	stopLoops := func() {}
+	var gate *leaderGate
+	var opts []grpc.ServerOption
+	if election == nil {
+		if stopLoops, err = lead(ctx); err != nil {
 			return err
 		}
-		log.Info("NFS serving", "address", nfsAddress)
+	} else {
+		gate = &leaderGate{election: election}
+		opts = server.LeaderOnly(gate)
+		// On a clean stop the standby takes over at once, not after the
+		// lease's TTL.
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := election.Resign(rctx); err != nil {
+				log.Warn("could not resign the leadership; a standby takes over when the lease ends", "err", err)
+			}
+		}()
 	}
-	if err := srv.RegisterPoolNodes(ctx); err != nil {
-		return err
-	}
-	// Stopped (and waited for) before the store closes.
-	stopRotations := srv.StartRotations(ctx, o.rotationCheck)
-	defer stopRotations()
-	lis, err := csi.Listen(listen)
+	// Before the resignation above: a loop's last write still lands.
+	defer func() { stopLoops() }()
+	lis, err := csi.Listen(listenURL(listen))
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
 	// Authentication first: the metrics interceptor counts refused calls too.
-	opts := authz.ServerOptions()
+	opts = append(opts, authz.ServerOptions()...)
 	if metricsAddr != "" {
 		m := metrics.New()
 		m.WatchInventory(srv)
@@ -332,17 +369,122 @@ func runServer(ctx context.Context, o serverOptions) error {
 	}
 	g := grpc.NewServer(opts...)
 	srv.Register(g)
-	go func() {
-		<-ctx.Done()
-		g.GracefulStop()
-	}()
-	log.Info("Stowage API serving", "listen", listen, "dataDir", dataDir, "pools", len(pools))
-	if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return err
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- g.Serve(lis) }()
+	log.Info("Stowage API serving", "listen", listen, "dataDir", dataDir, "pools", len(pools), "store", st.String())
+	var won <-chan error
+	var lost <-chan struct{}
+	if election != nil {
+		c := make(chan error, 1)
+		go func() { c <- election.Campaign(ctx) }()
+		won, lost = c, election.Lost()
+		log.Info("standby: waiting to lead", "advertise", gate.election.Value())
 	}
-	log.Info("Stowage API stopped")
-	return nil
+	for {
+		select {
+		case err := <-serveErr:
+			if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return err
+			}
+			return nil
+		case err := <-won:
+			won = nil
+			if err != nil {
+				g.Stop()
+				return err
+			}
+			start := time.Now()
+			if stopLoops, err = lead(ctx); err != nil {
+				g.Stop()
+				return err
+			}
+			gate.serving.Store(true)
+			log.Info("leading: serving the API", "advertise", gate.election.Value(), "takeover", time.Since(start).Round(time.Millisecond))
+		case <-lost:
+			g.Stop()
+			return errors.New("the lease of this server's leadership in etcd ended (etcd unreachable, or this process was paused): stopping so that no write of a deposed leader lands; restart it to stand by again")
+		case <-ctx.Done():
+			g.GracefulStop()
+			<-serveErr
+			log.Info("Stowage API stopped")
+			return nil
+		}
+	}
 }
+
+// listenURL makes --listen host:port a TCP address, as its help says;
+// csi.Listen would take a bare host:port for a unix socket's file name.
+func listenURL(listen string) string {
+	if strings.Contains(listen, "://") {
+		return listen
+	}
+	if _, port, err := net.SplitHostPort(listen); err == nil {
+		if _, err := strconv.Atoi(port); err == nil {
+			return "tcp://" + listen
+		}
+	}
+	return listen
+}
+
+// storeOptions are the --store flags.
+type storeOptions struct {
+	url, prefix, caFile, certFile, keyFile, advertise string
+	leaseTTL                                          time.Duration
+}
+
+// namedStore is a store that says what it is in the start-up log.
+type namedStore interface {
+	store.Store
+	String() string
+}
+
+// openStore opens the bbolt file of dataDir, or etcd with an election
+// (nil on bbolt) that this server campaigns in.
+func openStore(ctx context.Context, o storeOptions, dataDir, listen string) (namedStore, *etcdstore.Election, error) {
+	if o.url == "" {
+		st, err := boltstore.Open(filepath.Join(dataDir, "metadata.db"))
+		if err != nil {
+			return nil, nil, err
+		}
+		return describedStore{st, "bbolt " + filepath.Join(dataDir, "metadata.db")}, nil, nil
+	}
+	eps, err := etcdstore.ParseURL(o.url)
+	if err != nil {
+		return nil, nil, usageErrorf("--store: %v", err)
+	}
+	advertise := o.advertise
+	if advertise == "" {
+		advertise = listen
+	}
+	st, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: eps, Prefix: o.prefix, CAFile: o.caFile, CertFile: o.certFile, KeyFile: o.keyFile})
+	if err != nil {
+		return nil, nil, err
+	}
+	el, err := st.NewElection(o.leaseTTL, advertise)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	return describedStore{st, "etcd " + o.url + " prefix " + o.prefix}, el, nil
+}
+
+type describedStore struct {
+	store.Store
+	what string
+}
+
+func (d describedStore) String() string { return d.what }
+
+// leaderGate is the server.Leadership of a server on etcd: it serves once
+// it leads and has finished taking over.
+type leaderGate struct {
+	election *etcdstore.Election
+	serving  atomic.Bool
+}
+
+func (l *leaderGate) Serving() bool { return l.serving.Load() && l.election.IsLeader() }
+
+func (l *leaderGate) Leader(ctx context.Context) (string, error) { return l.election.Leader(ctx) }
 
 func newCSICmd() *cobra.Command {
 	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper, tokenFile string
@@ -354,7 +496,7 @@ func newCSICmd() *cobra.Command {
 	pf.StringVar(&nfsClient, "nfs-client", "auto", "file driver node: how access points are mounted: kernel (mount -t nfs4), fuse (Stowage's FUSE NFS client, `stowage nfs-mount`), or auto (kernel when the node has an NFSv4 client, else fuse)")
 	pf.StringVar(&mountHelper, "mount-helper", "", "file driver node: the stowage binary whose nfs-mount command the FUSE client is (default: this binary)")
 	pf.StringVar(&endpoint, "endpoint", "unix:///csi/csi.sock", "CSI socket: unix:///path or tcp://host:port")
-	pf.StringVar(&api, "api", DefaultEndpoint, "Stowage API address")
+	pf.StringVar(&api, "api", DefaultEndpoint, apiUsage)
 	pf.StringVar(&tokenFile, "token-file", "", tokenFileUsage(auth.CSIController+", "+auth.CSINodePrefix+"<node> or "+auth.CSIFile))
 	pf.StringVar(&nodeID, "node-id", "", "this node's id (node plugin; default: hostname)")
 	pf.StringVar(&zone, "zone", "zone-a", "this node's zone (node plugin)")

@@ -14,11 +14,9 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
-	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/cluster"
 )
 
@@ -71,7 +69,7 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	root.SetOut(out)
 	root.SetErr(errOut)
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.endpoint, "endpoint", "", "Stowage API address: host:port or unix:///path (default: env STOWAGE_ENDPOINT, else the local cluster's socket if `stowage up` runs, else "+DefaultEndpoint+")")
+	pf.StringVar(&g.endpoint, "endpoint", "", "Stowage API address: host:port or unix:///path, or several separated by commas (servers sharing an etcd store: calls go to the one that leads) (default: env STOWAGE_ENDPOINT, else the local cluster's socket if `stowage up` runs, else "+DefaultEndpoint+")")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
 	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the Stowage API token to call with (mode 0600; default: env STOWAGE_TOKEN_FILE, else none: root over the server's unix socket is the administrator)")
@@ -149,29 +147,6 @@ func exitCode(err error) int {
 		return ExitInvalidInput
 	}
 	return ExitError
-}
-
-// dial connects to the Stowage API, sending the token in tokenFile (if
-// any) with every call. The token goes in call metadata only: never in
-// an argument list, a log line or an error.
-func dial(endpoint, tokenFile string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
-	target := endpoint
-	if strings.HasPrefix(endpoint, "tcp://") {
-		target = strings.TrimPrefix(endpoint, "tcp://")
-	}
-	opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if tokenFile != "" {
-		token, err := auth.ReadTokenFile(tokenFile)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, grpc.WithPerRPCCredentials(auth.TokenCredentials{Token: token}))
-	}
-	conn, err := grpc.NewClient(target, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to the Stowage API at %s: %w", endpoint, err)
-	}
-	return conn, nil
 }
 
 // client is an open connection with one client per service.

@@ -48,7 +48,7 @@ still decrypts. A disabled key makes Status unhealthy and Encrypt fail.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "unix:///var/run/stowage/kms.sock", "the socket kube-apiserver dials: unix:///path (or unix:///@name)")
-	f.StringVar(&api, "api", DefaultEndpoint, "Stowage API address")
+	f.StringVar(&api, "api", DefaultEndpoint, apiUsage)
 	f.StringVar(&key, "key", "", "the KMS key: a key id, alias/<name> or an ARN (required)")
 	f.DurationVar(&timeout, "timeout", 3*time.Second, "gRPC connection timeout of the plugin's server")
 	f.StringVar(&tokenFile, "token-file", "", tokenFileUsage(auth.KMSPlugin))
@@ -91,7 +91,7 @@ API with every fetch; it is never logged.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "providers-dir", "/var/run/secrets-store-csi-providers", "the driver's --provider-volume")
-	f.StringVar(&api, "api", DefaultEndpoint, "Stowage API address")
+	f.StringVar(&api, "api", DefaultEndpoint, apiUsage)
 	f.StringVar(&tokenFile, "token-file", "", tokenFileUsage(auth.SecretsProvider))
 	f.StringVar(&audience, "audience", provider.DefaultAudience, "audience of the pod's service-account token (list it in the CSIDriver's tokenRequests)")
 	return cmd

@@ -188,6 +188,9 @@ func internal(err error, format string, args ...any) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return status.FromContextError(err).Err()
 	}
+	if errors.Is(err, store.ErrNotLeader) {
+		return status.Error(codes.Unavailable, errNotLeaderMessage)
+	}
 	return status.Errorf(codes.Internal, "%s: %v", fmt.Sprintf(format, args...), err)
 }
 

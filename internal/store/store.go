@@ -19,6 +19,11 @@ import (
 // not exist; test for it with errors.Is.
 var ErrNotFound = errors.New("not found")
 
+// ErrNotLeader is returned (wrapped) by Update of a backend shared by several
+// servers when this server does not lead them (any more): its write did not
+// land, and the leader is the one to ask.
+var ErrNotLeader = errors.New("this server is not the leader")
+
 // ErrStopScan is returned by a Scan callback to end the scan early without
 // that being an error: Scan then returns nil.
 var ErrStopScan = errors.New("stop scan")
