@@ -37,6 +37,7 @@ type Client struct {
 	rr    atomic.Uint64
 	// dead is set once the client can never serve again (closed, fenced).
 	dead   atomic.Pointer[error]
+	dying  chan struct{} // closed when dead is set
 	closed chan struct{}
 	wg     sync.WaitGroup
 	log    *slog.Logger
@@ -58,7 +59,7 @@ func Dial(ctx context.Context, o ClientOptions) (*Client, error) {
 	if o.DialTimeout == 0 {
 		o.DialTimeout = 5 * time.Second
 	}
-	c := &Client{o: o, closed: make(chan struct{}), log: o.Logger}
+	c := &Client{o: o, closed: make(chan struct{}), dying: make(chan struct{}), log: o.Logger}
 	if c.log == nil {
 		c.log = slog.Default()
 	}
@@ -197,6 +198,7 @@ func (c *Client) kill(err error) {
 	if !c.dead.CompareAndSwap(nil, &err) {
 		return
 	}
+	close(c.dying)
 	for _, s := range c.slots {
 		s.mu.Lock()
 		cn := s.conn
@@ -253,7 +255,7 @@ func (c *Client) do(cmd, flags uint16, off int64, length int, data, dst []byte) 
 		if cn == nil {
 			select {
 			case <-ready:
-			case <-c.closed:
+			case <-c.dying:
 			}
 			continue
 		}
