@@ -1,0 +1,159 @@
+package attach
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// FUSELoop attaches a network target on a node whose kernel has no NBD
+// client: a process of its own (`stowage nbd-attach`, see RunNBDAttach)
+// connects to the export, exposes it as one FUSE file and puts a loop
+// device on it. The process is outside the caller (the CSI node plugin),
+// so restarting the caller leaves the device serving.
+type FUSELoop struct {
+	// Command starts the process; the flags are appended. Default: this
+	// executable's nbd-attach command.
+	Command []string
+	// StateDir holds one directory per attachment: the FUSE mountpoint,
+	// the process's PID and its log.
+	StateDir string
+	Logger   *slog.Logger
+}
+
+func (f FUSELoop) dir(t Target) string { return filepath.Join(f.StateDir, t.AttachmentID) }
+
+// Attach starts the process, hands it the secret on its stdin (never in
+// its arguments, which anyone on the node can read) and waits for its
+// device. If a live process already serves the attachment, its device is
+// returned.
+func (f FUSELoop) Attach(ctx context.Context, t Target) (string, error) {
+	if t.AttachmentID == "" || t.Address == "" || strings.ContainsAny(t.AttachmentID, "/\x00") {
+		return "", fmt.Errorf("fuse-loop attach: target needs an attachment id and an address")
+	}
+	dir := f.dir(t)
+	if dev, ok := f.running(dir); ok {
+		return dev, nil
+	}
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.MkdirAll(mnt, 0o700); err != nil {
+		return "", err
+	}
+	cmd := f.Command
+	if len(cmd) == 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return "", err
+		}
+		cmd = []string{self, "nbd-attach"}
+	}
+	args := append(cmd[1:len(cmd):len(cmd)], "--server", t.Address, "--export", t.AttachmentID,
+		"--generation", strconv.FormatUint(t.Generation, 10), "--mountpoint", mnt, "--secret-stdin")
+	logf, err := os.OpenFile(filepath.Join(dir, "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return "", err
+	}
+	defer logf.Close()
+	p := exec.Command(cmd[0], args...)
+	p.Stderr = logf
+	// Its own session: a signal to the caller's process group is not one
+	// to the device's server.
+	p.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	stdin, err := p.StdinPipe()
+	if err != nil {
+		return "", err
+	}
+	stdout, err := p.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := p.Start(); err != nil {
+		return "", fmt.Errorf("fuse-loop attach %s: start %s: %w", t.AttachmentID, cmd[0], err)
+	}
+	io.WriteString(stdin, t.Secret+"\n")
+	stdin.Close()
+	got := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		got <- strings.TrimSpace(line)
+		io.Copy(io.Discard, stdout)
+	}()
+	exited := make(chan error, 1)
+	go func() { exited <- p.Wait() }()
+	select {
+	case line := <-got:
+		dev, ok := strings.CutPrefix(line, "attached ")
+		if !ok {
+			p.Process.Signal(syscall.SIGTERM)
+			<-exited
+			return "", fmt.Errorf("fuse-loop attach %s: %s", t.AttachmentID, f.lastLog(dir))
+		}
+		os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(p.Process.Pid)), 0o600)
+		os.WriteFile(filepath.Join(dir, "device"), []byte(dev), 0o600)
+		return dev, nil
+	case <-ctx.Done():
+		p.Process.Signal(syscall.SIGTERM)
+		<-exited
+		return "", fmt.Errorf("fuse-loop attach %s: %w", t.AttachmentID, ctx.Err())
+	}
+}
+
+func (f FUSELoop) lastLog(dir string) string {
+	b, _ := os.ReadFile(filepath.Join(dir, "log"))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
+}
+
+// running returns the device of a live process serving dir's attachment.
+func (f FUSELoop) running(dir string) (string, bool) {
+	pid, err := readPID(dir)
+	if err != nil || syscall.Kill(pid, 0) != nil {
+		return "", false
+	}
+	dev, err := os.ReadFile(filepath.Join(dir, "device"))
+	return string(dev), err == nil
+}
+
+func readPID(dir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "pid"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// Detach stops the attachment's process (SIGTERM: it detaches its loop
+// device and unmounts), waits for it and removes its directory.
+func (f FUSELoop) Detach(ctx context.Context, t Target) error {
+	dir := f.dir(t)
+	pid, err := readPID(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return os.RemoveAll(dir)
+	}
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err == nil {
+		for syscall.Kill(pid, 0) == nil {
+			// Not our child after a restart of the caller: poll.
+			var ws syscall.WaitStatus
+			syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("fuse-loop detach %s: process %d still running: %w", t.AttachmentID, pid, ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	return os.RemoveAll(dir)
+}

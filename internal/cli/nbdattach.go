@@ -1,0 +1,52 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stowage-io/stowage/internal/attach"
+)
+
+func newNBDAttachCmd() *cobra.Command {
+	var o attach.NBDFileOptions
+	var secretStdin bool
+	cmd := &cobra.Command{
+		Use:   "nbd-attach",
+		Short: "Attach a block volume's NBD export as a loop device over a FUSE file; runs in the foreground",
+		Long: `Connects to an attachment's NBD export (presenting its secret and
+generation), exposes it as <mountpoint>/disk through FUSE with direct I/O and
+puts a loop device with direct I/O on it. Prints "attached <device>" when the
+device serves, then serves until SIGTERM or SIGINT (detaches the loop device,
+unmounts, exits 0). While the storage host is unreachable I/O waits and is
+sent again on reconnect; once the attachment is fenced, I/O fails with EIO.
+The secret is read from stdin (--secret-stdin), never from the arguments.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if o.Address == "" || o.AttachmentID == "" || o.Mountpoint == "" || !secretStdin {
+				return usageErrorf("--server, --export, --mountpoint and --secret-stdin are required")
+			}
+			line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+			if err != nil && line == "" {
+				return usageErrorf("no secret on stdin")
+			}
+			o.Secret = strings.TrimSpace(line)
+			o.Logger = slog.New(slog.NewTextHandler(c.ErrOrStderr(), nil))
+			ctx, cancel := signalContext(context.Background())
+			defer cancel()
+			return attach.RunNBDAttach(ctx, o, c.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Address, "server", "", "storage host's NBD address, host:port")
+	f.StringVar(&o.AttachmentID, "export", "", "attachment id (the NBD export name)")
+	f.Uint64Var(&o.Generation, "generation", 0, "the attachment's generation")
+	f.StringVar(&o.Mountpoint, "mountpoint", "", "empty directory for the FUSE file")
+	f.IntVar(&o.Connections, "connections", 4, "NBD connections")
+	f.BoolVar(&secretStdin, "secret-stdin", false, "read the attachment secret from the first line of stdin")
+	return cmd
+}
