@@ -30,9 +30,11 @@ func newUpCmd() *cobra.Command {
 	var cfg cluster.Config
 	var skipCheck, supervise bool
 	var timeout time.Duration
+	var nodes int
+	var zones []string
 	cmd := &cobra.Command{
 		Use:   "up",
-		Short: "Start a local single-node Kubernetes with Stowage installed",
+		Short: "Start a local Kubernetes (one node, or several with --nodes) with Stowage installed",
 		Long: `Starts containerd, etcd, the Kubernetes control plane, a kubelet and kube-proxy,
 the Stowage server with one storage pool, and the block CSI driver with its
 sidecars, all as processes on this machine (no Docker), then installs the
@@ -66,7 +68,7 @@ _output/bin. Needs root; installs missing Debian packages with apt-get.`,
 			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			return cluster.Up(ctx, &cfg, cluster.UpOptions{Out: cmd.OutOrStdout(), SkipCheck: skipCheck, Timeout: timeout})
+			return cluster.Up(ctx, &cfg, cluster.UpOptions{Out: cmd.OutOrStdout(), SkipCheck: skipCheck, Timeout: timeout, Nodes: nodes, Zones: zones})
 		},
 	}
 	f := cmd.Flags()
@@ -78,6 +80,8 @@ _output/bin. Needs root; installs missing Debian packages with apt-get.`,
 	f.StringVar(&cfg.ServiceCIDR, "service-cidr", cluster.DefaultServiceCIDR, "service addresses")
 	f.StringVar(&cfg.Zone, "zone", cluster.DefaultZone, "the node's and the pool's zone")
 	f.StringVar(&cfg.PoolSize, "pool-size", cluster.DefaultPoolSize, "size of the storage pool (a sparse xfs image in the data directory)")
+	f.IntVar(&nodes, "nodes", 0, "how many nodes: this machine's and N-1 more, each a network namespace with its own containerd, kubelet, kube-proxy and CSI node plugins (default: as the cluster was, else 1)")
+	f.StringSliceVar(&zones, "zones", nil, "the nodes' zones, round robin from the first node (e.g. zone-a,zone-b,zone-c; default: --zone for all)")
 	f.BoolVar(&skipCheck, "skip-check", false, "return once the node is Ready, without provisioning and mounting a test volume")
 	f.DurationVar(&timeout, "wait", 2*time.Minute, "how long to wait for each component, the node and the check")
 	// `up` starts itself with --supervise, detached, as the process that
