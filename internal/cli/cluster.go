@@ -169,3 +169,50 @@ func newPauseCmd() *cobra.Command {
 		},
 	}
 }
+
+// newNodeStopCmd and newNodeStartCmd simulate losing and regaining a node
+// of the local multi-node cluster.
+func newNodeStopCmd() *cobra.Command {
+	var dataDir string
+	var outOfService bool
+	cmd := &cobra.Command{
+		Use:   "stop NODE",
+		Short: "Simulate losing a node of the local cluster: its link down, all its processes killed (as by a power cut)",
+		Long: `For tests and demos of node loss on a cluster made by ` + "`stowage up --nodes N`" + `. The node's
+link goes down first, then every process in its network namespace (kubelet,
+containerd, the pods, kube-proxy, the CSI node plugins) is killed with SIGKILL.
+Its mounts stay, as on a node that is off. With --out-of-service the node is
+then tainted ` + cluster.OutOfServiceTaint + `, which tells Kubernetes the
+node is gone for good: its pods are deleted at once and start elsewhere.
+` + "`stowage node start`" + ` brings it back.`,
+		Example: `  stowage node stop vm-2 --out-of-service
+  stowage node start vm-2`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			return cluster.NodeStop(ctx, dataDir, args[0], cluster.NodeStopOptions{Out: cmd.OutOrStdout(), OutOfService: outOfService})
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", cluster.DefaultDataDir, "the cluster's data directory")
+	cmd.Flags().BoolVar(&outOfService, "out-of-service", false, "taint the node "+cluster.OutOfServiceTaint+" once it is down")
+	return cmd
+}
+
+func newNodeStartCmd() *cobra.Command {
+	var dataDir string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "start NODE",
+		Short: "Bring a node stopped with `stowage node stop` back: link up, taint removed, its processes started",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			return cluster.NodeStart(ctx, dataDir, args[0], cmd.OutOrStdout(), timeout)
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", cluster.DefaultDataDir, "the cluster's data directory")
+	cmd.Flags().DurationVar(&timeout, "wait", 2*time.Minute, "how long to wait for each component and the node")
+	return cmd
+}
