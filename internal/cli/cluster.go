@@ -30,9 +30,11 @@ func newUpCmd() *cobra.Command {
 	var cfg cluster.Config
 	var skipCheck, supervise bool
 	var timeout time.Duration
+	var nodes int
+	var zones []string
 	cmd := &cobra.Command{
 		Use:   "up",
-		Short: "Start a local single-node Kubernetes with Stowage installed",
+		Short: "Start a local Kubernetes (one node, or several with --nodes) with Stowage installed",
 		Long: `Starts containerd, etcd, the Kubernetes control plane, a kubelet and kube-proxy,
 the Stowage server with one storage pool, and the block CSI driver with its
 sidecars, all as processes on this machine (no Docker), then installs the
@@ -66,7 +68,7 @@ _output/bin. Needs root; installs missing Debian packages with apt-get.`,
 			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			return cluster.Up(ctx, &cfg, cluster.UpOptions{Out: cmd.OutOrStdout(), SkipCheck: skipCheck, Timeout: timeout})
+			return cluster.Up(ctx, &cfg, cluster.UpOptions{Out: cmd.OutOrStdout(), SkipCheck: skipCheck, Timeout: timeout, Nodes: nodes, Zones: zones})
 		},
 	}
 	f := cmd.Flags()
@@ -78,6 +80,8 @@ _output/bin. Needs root; installs missing Debian packages with apt-get.`,
 	f.StringVar(&cfg.ServiceCIDR, "service-cidr", cluster.DefaultServiceCIDR, "service addresses")
 	f.StringVar(&cfg.Zone, "zone", cluster.DefaultZone, "the node's and the pool's zone")
 	f.StringVar(&cfg.PoolSize, "pool-size", cluster.DefaultPoolSize, "size of the storage pool (a sparse xfs image in the data directory)")
+	f.IntVar(&nodes, "nodes", 0, "how many nodes: this machine's and N-1 more, each a network namespace with its own containerd, kubelet, kube-proxy and CSI node plugins (default: as the cluster was, else 1)")
+	f.StringSliceVar(&zones, "zones", nil, "the nodes' zones, round robin from the first node (e.g. zone-a,zone-b,zone-c; default: --zone for all)")
 	f.BoolVar(&skipCheck, "skip-check", false, "return once the node is Ready, without provisioning and mounting a test volume")
 	f.DurationVar(&timeout, "wait", 2*time.Minute, "how long to wait for each component, the node and the check")
 	// `up` starts itself with --supervise, detached, as the process that
@@ -164,4 +168,51 @@ func newPauseCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// newNodeStopCmd and newNodeStartCmd simulate losing and regaining a node
+// of the local multi-node cluster.
+func newNodeStopCmd() *cobra.Command {
+	var dataDir string
+	var outOfService bool
+	cmd := &cobra.Command{
+		Use:   "stop NODE",
+		Short: "Simulate losing a node of the local cluster: its link down, all its processes killed (as by a power cut)",
+		Long: `For tests and demos of node loss on a cluster made by ` + "`stowage up --nodes N`" + `. The node's
+link goes down first, then every process in its network namespace (kubelet,
+containerd, the pods, kube-proxy, the CSI node plugins) is killed with SIGKILL.
+Its mounts stay, as on a node that is off. With --out-of-service the node is
+then tainted ` + cluster.OutOfServiceTaint + `, which tells Kubernetes the
+node is gone for good: its pods are deleted at once and start elsewhere.
+` + "`stowage node start`" + ` brings it back.`,
+		Example: `  stowage node stop vm-2 --out-of-service
+  stowage node start vm-2`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			return cluster.NodeStop(ctx, dataDir, args[0], cluster.NodeStopOptions{Out: cmd.OutOrStdout(), OutOfService: outOfService})
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", cluster.DefaultDataDir, "the cluster's data directory")
+	cmd.Flags().BoolVar(&outOfService, "out-of-service", false, "taint the node "+cluster.OutOfServiceTaint+" once it is down")
+	return cmd
+}
+
+func newNodeStartCmd() *cobra.Command {
+	var dataDir string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "start NODE",
+		Short: "Bring a node stopped with `stowage node stop` back: link up, taint removed, its processes started",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			return cluster.NodeStart(ctx, dataDir, args[0], cmd.OutOrStdout(), timeout)
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", cluster.DefaultDataDir, "the cluster's data directory")
+	cmd.Flags().DurationVar(&timeout, "wait", 2*time.Minute, "how long to wait for each component and the node")
+	return cmd
 }

@@ -136,6 +136,7 @@ func newServerCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	f.StringSliceVar(&a.bootstrapNodes, "bootstrap-node-tokens", nil, "more nodes whose block node plugin gets a token file in --bootstrap-tokens-dir: csi-node@<node>, principal stowage:csi-node:<node> (comma-separated)")
 	f.StringVar(&a.bootstrapTokensDir, "bootstrap-tokens-dir", "", "at start, make sure this directory (mode 0700) holds a valid token file (mode 0600) for admin, csi-controller, csi-node (of --node), csi-file, secrets-provider and kms-plugin (default <data-dir>/tokens; none: make none)")
 	f.StringVar(&a.review.APIServer, "kube-apiserver", "", "verify Kubernetes service-account tokens with this apiserver's TokenReview API (https://host:port); empty: service-account tokens are refused")
 	f.StringVar(&a.review.CAFile, "kube-ca-file", "", "CA certificate of --kube-apiserver")
@@ -176,6 +177,7 @@ type serverOptions struct {
 
 type authOptions struct {
 	bootstrapTokensDir string
+	bootstrapNodes     []string
 	review             auth.TokenReviewConfig
 	reviewCacheTTL     time.Duration
 }
@@ -309,7 +311,11 @@ func runServer(ctx context.Context, o serverOptions) error {
 			dir = filepath.Join(dataDir, "tokens")
 		}
 		if dir != "none" {
-			issued, err := authz.Records.BootstrapTokens(ctx, dir, auth.ComponentPrincipals(node))
+			components := auth.ComponentPrincipals(node)
+			for _, n := range o.auth.bootstrapNodes {
+				components["csi-node@"+n] = auth.CSINodePrefix + n
+			}
+			issued, err := authz.Records.BootstrapTokens(ctx, dir, components)
 			if err != nil {
 				return nil, err
 			}

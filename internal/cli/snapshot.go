@@ -144,7 +144,7 @@ func newPoolCmd(g *globals) *cobra.Command {
 }
 
 func newNodeCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "node", Aliases: []string{"nodes"}, Short: "Show nodes known to the server"}
+	cmd := &cobra.Command{Use: "node", Aliases: []string{"nodes"}, Short: "Show nodes known to the server; stop and start nodes of the local cluster"}
 	list := &cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List registered nodes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -164,6 +164,6 @@ func newNodeCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(list)
+	cmd.AddCommand(list, newNodeStopCmd(), newNodeStartCmd())
 	return cmd
 }

@@ -74,6 +74,9 @@ type Config struct {
 	// FSType is the file system of the StorageClasses `up` installs:
 	// ext4, or xfs where ext4 cannot grow online (chooseFSType).
 	FSType string `json:"fsType,omitempty"`
+	// Workers are the nodes besides this machine's (SetNodes); none for a
+	// one-node cluster.
+	Workers []Worker `json:"workers,omitempty"`
 }
 
 // Validate fills defaults and checks the addresses.

@@ -189,7 +189,7 @@ func (c *Config) Components() []Component {
 	provisioner := sidecar("csi-provisioner", "--extra-create-metadata", "--timeout=60s", "--retry-interval-start=500ms", "--retry-interval-max=30s", vacGate,
 		"--enable-capacity", "--capacity-ownerref-level=-1", "--capacity-poll-interval=30s")
 	provisioner.Cmd.Env = append(provisioner.Cmd.Env, "NAMESPACE="+CapacityNamespace)
-	return []Component{
+	comps := []Component{
 		{Name: "containerd", Cmd: Command{Path: "containerd", Args: []string{"--config", filepath.Join(l.Configs(), "containerd.toml")}},
 			Ready: func(ctx context.Context) error { return dialUnix(l.ContainerdSocket()) }},
 		{Name: "etcd", Cmd: Command{Path: bin("etcd"), Args: []string{
@@ -219,7 +219,7 @@ func (c *Config) Components() []Component {
 			"--node=" + c.NodeName,
 			fmt.Sprintf("--pool=name=pool-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, c.PoolSize),
 			fmt.Sprintf("--file-pool=name=files-a,zone=%s,node=%s,size=%s", c.Zone, c.NodeName, FilePoolSize),
-			"--nfs-listen=" + NFSAddress,
+			"--nfs-listen=" + c.nfsListen(),
 			// Component tokens are made by the server before it listens, so
 			// they exist when the components (which need it ready) start.
 			"--bootstrap-tokens-dir=" + l.StowageTokens(),
@@ -395,19 +395,42 @@ func (c *Config) Components() []Component {
 			return dialUnix(filepath.Join(l.PluginsRegistry(), SecretsStoreDriverName+"-reg.sock"))
 		}},
 	}
+	if len(c.Workers) > 0 {
+		for i := range comps {
+			if comps[i].Name == "stowage-server" {
+				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--bootstrap-node-tokens="+strings.Join(c.workerNames(), ","))
+			}
+		}
+	}
+	for i := range c.Workers {
+		comps = append(comps, c.workerComponents(c.workerNode(i))...)
+	}
+	return comps
 }
 
-// ComponentNames are the names of Components, in start order.
-func ComponentNames() []string {
+// ComponentNames are the names of a one-node cluster's Components, in
+// start order.
+func ComponentNames() []string { return (&Config{}).componentNames() }
+
+func (c *Config) componentNames() []string {
 	var names []string
-	for _, c := range (&Config{}).Components() {
-		names = append(names, c.Name)
+	for _, comp := range c.Components() {
+		names = append(names, comp.Name)
 	}
 	return names
 }
 
 // processNames are the components and the supervisor.
-func processNames() []string { return append(ComponentNames(), Supervisor) }
+func (c *Config) processNames() []string { return append(c.componentNames(), Supervisor) }
+
+// workerNames are the workers' node names.
+func (c *Config) workerNames() []string {
+	var names []string
+	for _, w := range c.Workers {
+		names = append(names, w.Name)
+	}
+	return names
+}
 
 func dialUnix(sock string) error {
 	conn, err := net.DialTimeout("unix", sock, time.Second)

@@ -68,21 +68,38 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 	// The supervisor first, so that it restarts nothing; the controllers,
 	// so that nothing reacts to the node going away; then the kubelet, so
 	// that it does not restart the pods stopped next.
-	stop(Supervisor, "kube-controller-manager", "kube-scheduler", "snapshot-controller",
-		"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "csi-file-provisioner", "csi-file-resizer", "kubelet")
+	nodes := c.nodes()
+	onNodes := func(names ...string) []string {
+		var out []string
+		for _, n := range nodes {
+			for _, name := range names {
+				out = append(out, name+n.suffix())
+			}
+		}
+		return out
+	}
+	stop(append([]string{Supervisor, "kube-controller-manager", "kube-scheduler", "snapshot-controller",
+		"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "csi-file-provisioner", "csi-file-resizer"}, onNodes("kubelet")...)...)
 
-	if st, _ := c.process("containerd").State(); st == Running {
-		t := time.Now()
-		n, err := stopPods(ctx, l.ContainerdSocket())
-		keep(err)
-		p.line("✓", fmt.Sprintf("stopped %d pod sandboxes", n), "", time.Since(t))
+	for _, n := range nodes {
+		if st, _ := c.process("containerd" + n.suffix()).State(); st == Running {
+			t := time.Now()
+			k, err := stopPods(ctx, n.L.ContainerdSocket())
+			keep(err)
+			p.line("✓", fmt.Sprintf("stopped %d pod sandboxes of %s", k, n.Name), "", time.Since(t))
+		}
 	}
 	// A container whose stop failed would still hold its volumes open, and
 	// with them their loop devices: whatever still runs in a pod cgroup goes.
 	if k := killCgroupTree("kubepods"); k > 0 {
 		report("killed %d processes left in pod cgroups", k)
 	}
-	stop("kube-proxy", "csi-node", "csi-file", "csi-controller")
+	for _, n := range nodes[1:] {
+		if k := killCgroupTree(n.cgroupRoot()); k > 0 {
+			report("killed %d processes left in %s's pod cgroups", k, n.Name)
+		}
+	}
+	stop(append(onNodes("kube-proxy", "csi-node", "csi-file", "secrets-store-registrar", "secrets-store-csi-driver"), "secrets-provider", "csi-controller")...)
 
 	// Volumes: pods' mounts and the node plugin's staging mounts live under
 	// the kubelet's root; their loop devices are backed by images in the
@@ -91,10 +108,15 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 	// their backing paths still read as under the root. All must go before
 	// the server can unmount the pool.
 	t := time.Now()
-	loops, err := detachLoops(l.KubeletRoot())
-	keep(err)
-	n, err := unmountAll(l.KubeletRoot())
-	keep(err)
+	loops, n := 0, 0
+	for _, nd := range nodes {
+		k, err := detachLoops(nd.L.KubeletRoot())
+		keep(err)
+		loops += k
+		m, err := unmountAll(nd.L.KubeletRoot())
+		keep(err)
+		n += m
+	}
 	pool := filepath.Join(l.Stowage(), "pools")
 	for _, sub := range []string{"volumes", "snapshots"} {
 		matches, _ := filepath.Glob(filepath.Join(pool, "*", sub))
@@ -107,7 +129,11 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 	if n+loops > 0 {
 		p.line("✓", fmt.Sprintf("unmounted %d volume mounts, detached %d loop devices", n, loops), "", time.Since(t))
 	}
-	stop("stowage-server", "kube-apiserver", "etcd", "containerd")
+	stop(append([]string{"stowage-server", "kube-apiserver", "kms-plugin", "etcd"}, onNodes("containerd")...)...)
+	// Whatever else of ours runs (by the component list, in reverse).
+	rest := c.componentNames()
+	slices.Reverse(rest)
+	stop(rest...)
 
 	// Anything of ours still alive: shims of our containerd, and processes
 	// of this cluster whose pid file was lost.
@@ -123,6 +149,7 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 	if n+k > 0 {
 		p.line("✓", fmt.Sprintf("unmounted %d, detached %d loop devices", n, k), "", time.Since(t))
 	}
+	keep(teardownWorkers(ctx, c, report))
 	keep(teardownNetwork(ctx, report))
 	keep(cleanHostLeftovers(c, report))
 

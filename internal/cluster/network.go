@@ -64,6 +64,21 @@ func (c *Config) installGuard(ctx context.Context) error {
 	if _, err := run(ctx, "iptables", "-w", "-F", guardChain); err != nil {
 		return err
 	}
+	if len(c.Workers) > 0 {
+		// Other nodes are network namespaces behind links stw-*: traffic
+		// from them may go to another of them or to this node's pods, and
+		// pods may reach them; nothing from them goes anywhere else.
+		for _, r := range [][]string{
+			{"-i", "stw-+", "-o", "stw-+", "-j", "RETURN"},
+			{"-i", "stw-+", "-o", CNIBridge, "-j", "RETURN"},
+			{"-i", "stw-+", "-m", "comment", "--comment", "stowage: node traffic stays on this machine", "-j", "REJECT"},
+			{"-s", c.PodCIDR, "-o", "stw-+", "-j", "RETURN"},
+		} {
+			if _, err := run(ctx, "iptables", append([]string{"-w", "-A", guardChain}, r...)...); err != nil {
+				return err
+			}
+		}
+	}
 	if _, err := run(ctx, "iptables", "-w", "-A", guardChain, "-s", c.PodCIDR, "!", "-o", CNIBridge,
 		"-m", "comment", "--comment", "stowage: pod traffic stays on this machine", "-j", "REJECT"); err != nil {
 		return err

@@ -50,6 +50,15 @@ type CertSpec struct {
 // The client identities the components use; each gets a kubeconfig named
 // after it. RBAC binds the system ones by default; deploy/local/00-rbac.yaml
 // binds the stowage ones.
+// kubeconfigUsers are the static users plus each worker's kubelet.
+func (c *Config) kubeconfigUsers() []string {
+	users := append([]string(nil), kubeconfigUsers...)
+	for _, w := range c.Workers {
+		users = append(users, "kubelet@"+w.Name)
+	}
+	return users
+}
+
 var kubeconfigUsers = []string{
 	"admin", "kubelet", "controller-manager", "scheduler", "kube-proxy",
 	"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "snapshot-controller",
@@ -84,6 +93,14 @@ func (c *Config) CertSpecs() []CertSpec {
 	// TokenReview (deploy/local/06-stowage-server-tokenreview.yaml binds it
 	// to system:auth-delegator).
 	specs = append(specs, CertSpec{Name: StowageServerCert, Issuer: CA, CN: "stowage:stowage-server", Client: true})
+	// Each worker's kubelet has its own node identity (NodeRestriction
+	// lets it change only its own Node and pods).
+	for _, w := range c.Workers {
+		specs = append(specs,
+			CertSpec{Name: "kubelet@" + w.Name, Issuer: CA, CN: "system:node:" + w.Name, Orgs: []string{"system:nodes"}, Client: true},
+			CertSpec{Name: "kubelet-serving@" + w.Name, Issuer: CA, CN: "system:node:" + w.Name, Orgs: []string{"system:nodes"}, Server: true,
+				DNS: []string{w.Name}, IPs: []net.IP{net.ParseIP(w.IP)}})
+	}
 	// deploy/local/07-secrets-store.yaml gives the Secrets Store CSI driver
 	// its rights (SecretProviderClasses, their pod statuses, synced Secrets).
 	specs = append(specs, CertSpec{Name: "secrets-store-csi-driver", Issuer: CA, CN: "stowage:secrets-store-csi-driver", Client: true})

@@ -52,7 +52,9 @@ func (c *Config) Kubeconfig(user string) ([]byte, error) {
 
 // CNIConfig is the pods' network: one bridge, addresses from the pod range,
 // no masquerading (pod traffic never leaves the machine), host ports.
-func (c *Config) CNIConfig() ([]byte, error) {
+func (c *Config) CNIConfig() ([]byte, error) { return c.cniConfig(c.hostNode()) }
+
+func (c *Config) cniConfig(n nodeView) ([]byte, error) {
 	conf := map[string]any{
 		"cniVersion": "0.4.0",
 		"name":       CNINetwork,
@@ -66,8 +68,8 @@ func (c *Config) CNIConfig() ([]byte, error) {
 				"forceAddress": false,
 				"ipam": map[string]any{
 					"type":    "host-local",
-					"dataDir": c.Layout().CNIIPAMDir(),
-					"ranges":  []any{[]any{map[string]any{"subnet": c.PodCIDR, "gateway": c.PodGateway()}}},
+					"dataDir": n.L.CNIIPAMDir(),
+					"ranges":  []any{[]any{map[string]any{"subnet": n.PodCIDR, "gateway": gatewayOf(n.PodCIDR)}}},
 					"routes":  []any{map[string]any{"dst": "0.0.0.0/0"}},
 				},
 			},
@@ -119,7 +121,11 @@ oom_score = 0
 
 // ContainerdConfig renders containerd's config.toml.
 func (c *Config) ContainerdConfig(cniBinDir string) ([]byte, error) {
-	l := c.Layout()
+	return c.containerdConfig(c.hostNode(), cniBinDir)
+}
+
+func (c *Config) containerdConfig(n nodeView, cniBinDir string) ([]byte, error) {
+	l := n.L
 	var b bytes.Buffer
 	err := containerdTemplate.Execute(&b, map[string]string{
 		"Root":         filepath.Join(l.Containerd(), "root"),
@@ -135,16 +141,23 @@ func (c *Config) ContainerdConfig(cniBinDir string) ([]byte, error) {
 }
 
 // KubeletConfig renders the KubeletConfiguration.
-func (c *Config) KubeletConfig() ([]byte, error) {
-	l := c.Layout()
-	pki := PKI{Dir: l.PKI()}
+func (c *Config) KubeletConfig() ([]byte, error) { return c.kubeletConfig(c.hostNode()) }
+
+func (c *Config) kubeletConfig(n nodeView) ([]byte, error) {
+	l := n.L
+	pki := PKI{Dir: c.Layout().PKI()}
+	healthz := "127.0.0.1"
+	if n.Netns != "" {
+		// The machine probes it, from outside the worker's namespace.
+		healthz = n.IP
+	}
 	kc := map[string]any{
 		"apiVersion":         "kubelet.config.k8s.io/v1beta1",
 		"kind":               "KubeletConfiguration",
-		"address":            c.NodeIP,
+		"address":            n.IP,
 		"port":               10250,
 		"readOnlyPort":       0,
-		"healthzBindAddress": "127.0.0.1",
+		"healthzBindAddress": healthz,
 		"healthzPort":        10248,
 		"authentication": map[string]any{
 			"anonymous": map[string]any{"enabled": false},
@@ -152,8 +165,8 @@ func (c *Config) KubeletConfig() ([]byte, error) {
 			"x509":      map[string]any{"clientCAFile": pki.Cert(CA)},
 		},
 		"authorization":            map[string]any{"mode": "Webhook"},
-		"tlsCertFile":              pki.Cert("kubelet-serving"),
-		"tlsPrivateKeyFile":        pki.Key("kubelet-serving"),
+		"tlsCertFile":              pki.Cert("kubelet-serving" + n.suffix()),
+		"tlsPrivateKeyFile":        pki.Key("kubelet-serving" + n.suffix()),
 		"cgroupDriver":             "cgroupfs",
 		"containerRuntimeEndpoint": "unix://" + l.ContainerdSocket(),
 		// cgroup v1 machines are still common; 1.35+ refuses them unless told.
@@ -189,23 +202,32 @@ func (c *Config) KubeletConfig() ([]byte, error) {
 		// more. Unchanged status is still reported only every 5 minutes.
 		"nodeStatusUpdateFrequency": "2s",
 	}
+	if r := n.cgroupRoot(); r != "" {
+		kc["cgroupRoot"] = "/" + r
+	}
 	return yaml.Marshal(kc)
 }
 
 // KubeProxyConfig renders the KubeProxyConfiguration: iptables mode, node
 // ports only on the node address, no sysctl changes.
-func (c *Config) KubeProxyConfig() ([]byte, error) {
+func (c *Config) KubeProxyConfig() ([]byte, error) { return c.kubeProxyConfig(c.hostNode()) }
+
+func (c *Config) kubeProxyConfig(n nodeView) ([]byte, error) {
+	healthz := "127.0.0.1:10256"
+	if n.Netns != "" {
+		healthz = n.IP + ":10256"
+	}
 	kc := map[string]any{
 		"apiVersion":         "kubeproxy.config.k8s.io/v1alpha1",
 		"kind":               "KubeProxyConfiguration",
 		"clientConnection":   map[string]any{"kubeconfig": c.Layout().Kubeconfig("kube-proxy")},
 		"mode":               "iptables",
 		"clusterCIDR":        c.PodCIDR,
-		"hostnameOverride":   c.NodeName,
-		"bindAddress":        c.NodeIP,
-		"healthzBindAddress": "127.0.0.1:10256",
+		"hostnameOverride":   n.Name,
+		"bindAddress":        n.IP,
+		"healthzBindAddress": healthz,
 		"metricsBindAddress": "127.0.0.1:10249",
-		"nodePortAddresses":  []string{c.NodeIP + "/32"},
+		"nodePortAddresses":  []string{n.IP + "/32"},
 		"iptables":           map[string]any{"localhostNodePorts": false},
 		// Zero leaves the machine's conntrack settings as they are.
 		"conntrack": map[string]any{
@@ -221,7 +243,7 @@ func (c *Config) KubeProxyConfig() ([]byte, error) {
 // renderFiles writes every configuration file and kubeconfig.
 func (c *Config) renderFiles(cniBinDir string) error {
 	l := c.Layout()
-	for _, u := range kubeconfigUsers {
+	for _, u := range c.kubeconfigUsers() {
 		b, err := c.Kubeconfig(u)
 		if err != nil {
 			return fmt.Errorf("kubeconfig %s: %w", u, err)
@@ -234,13 +256,22 @@ func (c *Config) renderFiles(cniBinDir string) error {
 		path string
 		gen  func() ([]byte, error)
 	}{
-		{filepath.Join(l.Configs(), "containerd.toml"), func() ([]byte, error) { return c.ContainerdConfig(cniBinDir) }},
-		{filepath.Join(l.Configs(), "kubelet.yaml"), c.KubeletConfig},
-		{filepath.Join(l.Configs(), "kube-proxy.yaml"), c.KubeProxyConfig},
-		{filepath.Join(l.CNIConfDir(), "10-"+CNINetwork+".conflist"), c.CNIConfig},
 		{l.EncryptionConfigFile(), func() ([]byte, error) {
 			return EncryptionConfig(KMSProviderName, "unix://"+l.KMSPluginSocket(), 0)
 		}},
+	}
+	for _, n := range c.nodes() {
+		n := n
+		nl := n.L
+		files = append(files, []struct {
+			path string
+			gen  func() ([]byte, error)
+		}{
+			{filepath.Join(nl.Configs(), "containerd.toml"), func() ([]byte, error) { return c.containerdConfig(n, cniBinDir) }},
+			{filepath.Join(nl.Configs(), "kubelet.yaml"), func() ([]byte, error) { return c.kubeletConfig(n) }},
+			{filepath.Join(nl.Configs(), "kube-proxy.yaml"), func() ([]byte, error) { return c.kubeProxyConfig(n) }},
+			{filepath.Join(nl.CNIConfDir(), "10-"+CNINetwork+".conflist"), func() ([]byte, error) { return c.cniConfig(n) }},
+		}...)
 	}
 	for _, f := range files {
 		b, err := f.gen()

@@ -23,6 +23,8 @@ type Status struct {
 	Config     *Config
 	Components []ComponentStatus
 	NodeReady  string // "True", "False", "Unknown", or why it could not be read
+	// WorkersReady is each worker's Ready, in Config.Workers' order.
+	WorkersReady []string
 }
 
 // ErrNoCluster says that `up` never ran with this data directory.
@@ -39,7 +41,7 @@ func GetStatus(ctx context.Context, dataDir string) (*Status, error) {
 		return nil, err
 	}
 	s := &Status{Config: c}
-	for _, n := range processNames() {
+	for _, n := range c.processNames() {
 		st, pid := c.process(n).State()
 		s.Components = append(s.Components, ComponentStatus{Name: n, State: st, Pid: pid, Log: c.Layout().LogFile(n)})
 	}
@@ -47,14 +49,23 @@ func GetStatus(ctx context.Context, dataDir string) (*Status, error) {
 	if st, _ := c.process("kube-apiserver").State(); st == Running {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		out, err := c.kubectl().get(ctx, `{.status.conditions[?(@.type=="Ready")].status}`, "node", c.NodeName)
-		switch {
-		case err != nil:
-			s.NodeReady = "unknown (" + err.Error() + ")"
-		case out == "":
-			s.NodeReady = "not registered"
-		default:
-			s.NodeReady = out
+		ready := func(node string) string {
+			out, err := c.kubectl().get(ctx, `{.status.conditions[?(@.type=="Ready")].status}`, "node", node)
+			switch {
+			case err != nil:
+				return "unknown (" + err.Error() + ")"
+			case out == "":
+				return "not registered"
+			}
+			return out
+		}
+		s.NodeReady = ready(c.NodeName)
+		for _, w := range c.Workers {
+			s.WorkersReady = append(s.WorkersReady, ready(w.Name))
+		}
+	} else {
+		for range c.Workers {
+			s.WorkersReady = append(s.WorkersReady, s.NodeReady)
 		}
 	}
 	return s, nil
@@ -76,7 +87,11 @@ func (s *Status) Print(out io.Writer) {
 	l := c.Layout()
 	fmt.Fprintf(out, "Kubernetes API  %s   (export KUBECONFIG=%s)\n", c.APIServerURL(), l.AdminKubeconfig())
 	fmt.Fprintf(out, "Stowage API     unix://%s\n", l.StowageSocket())
-	fmt.Fprintf(out, "Node            %s (%s, zone %s): Ready=%s\n\n", c.NodeName, c.NodeIP, c.Zone, s.NodeReady)
+	fmt.Fprintf(out, "Node            %s (%s, zone %s, this machine's network): Ready=%s\n", c.NodeName, c.NodeIP, c.Zone, s.NodeReady)
+	for i, w := range c.Workers {
+		fmt.Fprintf(out, "Node            %s (%s, zone %s, network namespace %s): Ready=%s\n", w.Name, w.IP, w.Zone, workerNetns(w.Name), s.WorkersReady[i])
+	}
+	fmt.Fprintf(out, "Storage host    %s (pool pool-a, file pool files-a, zone %s; in the Stowage server)\n\n", c.NodeName, c.Zone)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "COMPONENT\tSTATE\tPID\tLOG")
 	for _, cs := range s.Components {

@@ -29,6 +29,10 @@ type UpOptions struct {
 	// Timeout bounds each wait (a component becoming ready, the node, the
 	// check).
 	Timeout time.Duration
+	// Nodes is how many nodes the cluster has (0: as cluster.json says, or
+	// one); Zones their zones, round robin (empty: Config.Zone for all).
+	Nodes int
+	Zones []string
 }
 
 // progress prints one line per finished step, with the step's own time and
@@ -132,6 +136,18 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
+	if o.Nodes == 0 && len(o.Zones) == 0 {
+		if old, err := LoadConfig(c.DataDir); err == nil && len(old.Workers) > 0 {
+			c.Workers, c.Zone = old.Workers, old.Zone
+		}
+	} else {
+		if o.Nodes == 0 {
+			o.Nodes = 1
+		}
+		if err := c.SetNodes(o.Nodes, o.Zones); err != nil {
+			return err
+		}
+	}
 	if missing := MissingBinaries(c.BinDir); len(missing) > 0 {
 		return fmt.Errorf("component binaries missing in %s: %s\n  build them from the source tree with: bash hack/build-components.sh (see docs/building.md),\n  or point --bin-dir at a directory that has them", c.BinDir, strings.Join(missing, ", "))
 	}
@@ -162,6 +178,16 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 	for _, d := range []string{l.Logs(), l.Run(), filepath.Dir(l.ContainerdSocket()), l.Configs(), l.CNIConfDir(), l.CNIIPAMDir(),
 		l.KubeletRoot(), l.PluginsRegistry(), filepath.Dir(l.CSINodeSocket()), filepath.Dir(l.SecretsStoreSocket()), l.SecretsProviders(), l.PodLogs(), l.Images(), l.Stowage(), l.CSINodeState(), l.Etcd()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	for _, n := range c.nodes()[1:] {
+		for _, d := range n.dirs() {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+		}
+		if err := ensureCgroupRoot(n.cgroupRoot()); err != nil {
 			return err
 		}
 	}
@@ -216,7 +242,7 @@ func (c *Config) checkSameCluster() error {
 		return nil
 	}
 	running := false
-	for _, n := range processNames() {
+	for _, n := range old.processNames() {
 		if st, _ := old.process(n).State(); st == Running {
 			running = true
 			break
@@ -225,8 +251,9 @@ func (c *Config) checkSameCluster() error {
 	if !running {
 		return nil
 	}
-	if old.NodeName != c.NodeName || old.NodeIP != c.NodeIP || old.PodCIDR != c.PodCIDR || old.ServiceCIDR != c.ServiceCIDR || old.Zone != c.Zone {
-		return fmt.Errorf("a cluster with other settings runs from %s (node %s, %s); run `stowage down` first", c.DataDir, old.NodeName, old.NodeIP)
+	if old.NodeName != c.NodeName || old.NodeIP != c.NodeIP || old.PodCIDR != c.PodCIDR || old.ServiceCIDR != c.ServiceCIDR || old.Zone != c.Zone ||
+		!slices.Equal(old.Workers, c.Workers) {
+		return fmt.Errorf("a cluster with other settings runs from %s (node %s, %s, %d nodes); run `stowage down` first", c.DataDir, old.NodeName, old.NodeIP, len(old.Workers)+1)
 	}
 	return nil
 }
@@ -243,7 +270,7 @@ func (c *Config) upSteps(o UpOptions) []step {
 		needs := comp.Needs
 		// The sidecars act on objects that `manifests` creates and are
 		// allowed to by its RBAC rules.
-		if strings.HasPrefix(comp.Name, "csi-") && comp.Name != "csi-controller" && comp.Name != "csi-node" && comp.Name != "csi-file" {
+		if strings.HasPrefix(comp.Name, "csi-") && comp.Name != "csi-controller" && !strings.HasPrefix(comp.Name, "csi-node") && !strings.HasPrefix(comp.Name, "csi-file") {
 			needs = append(needs, "manifests")
 		}
 		steps = append(steps, step{name: comp.Name, needs: needs, run: c.startComponent(comp, o.Timeout)})
@@ -253,11 +280,11 @@ func (c *Config) upSteps(o UpOptions) []step {
 		step{name: "network", run: func(ctx context.Context) (string, error) {
 			return c.NodeIP + " on " + NodeInterface + ", pods " + c.PodCIDR, c.setupNetwork(ctx)
 		}},
-		step{name: "images", needs: []string{"containerd"}, run: c.importImages},
+		step{name: "images", needs: []string{"containerd"}, run: func(ctx context.Context) (string, error) { return c.importImages(ctx, c.hostNode()) }},
 		step{name: "manifests", needs: []string{"kube-apiserver"}, run: c.applyManifests},
 		step{name: "file system", needs: []string{"stowage-server", "manifests"}, run: c.defaultFileSystem},
 		step{name: "kms key", needs: []string{"stowage-server"}, run: c.kubernetesKey},
-		step{name: "node ready", needs: []string{"kubelet", "csi-node", "csi-file", "secrets-store-registrar", "kube-proxy"}, run: func(ctx context.Context) (string, error) {
+		step{name: "node ready", needs: c.nodeReadyNeeds(), run: func(ctx context.Context) (string, error) {
 			return c.waitNode(ctx, o.Timeout)
 		}},
 		step{name: "default serviceaccount", needs: []string{"kube-controller-manager"}, run: func(ctx context.Context) (string, error) {
@@ -269,6 +296,17 @@ func (c *Config) upSteps(o UpOptions) []step {
 		}},
 	)
 	all = append(all, "network", "images", "manifests", "file system", "kms key", "node ready", "default serviceaccount")
+	for _, n := range c.nodes()[1:] {
+		n := n
+		s := n.suffix()
+		steps = append(steps,
+			step{name: "network" + s, needs: []string{"network"}, run: func(ctx context.Context) (string, error) {
+				return n.IP + " in network namespace " + n.Netns + ", pods " + n.PodCIDR, c.setupWorkerNetwork(ctx, n)
+			}},
+			step{name: "images" + s, needs: []string{"containerd" + s}, run: func(ctx context.Context) (string, error) { return c.importImages(ctx, n) }},
+		)
+		all = append(all, "network"+s, "images"+s)
+	}
 	steps = append(steps, step{name: Supervisor, needs: all, run: c.startComponent(c.supervisorComponent(), o.Timeout)})
 	if !o.SkipCheck {
 		steps = append(steps, step{name: "check", needs: all, run: func(ctx context.Context) (string, error) {
@@ -342,7 +380,7 @@ func (c *Config) startComponent(comp Component, timeout time.Duration) func(ctx 
 	}
 }
 
-func (c *Config) importImages(ctx context.Context) (string, error) {
+func (c *Config) importImages(ctx context.Context, n nodeView) (string, error) {
 	ctr, err := exec.LookPath("ctr")
 	if err != nil {
 		return "", fmt.Errorf("ctr (package containerd) is not installed: %w", err)
@@ -361,7 +399,7 @@ func (c *Config) importImages(ctx context.Context) (string, error) {
 	}
 	var did []string
 	for _, img := range []Image{pause, bb} {
-		imported, err := importImage(ctx, ctr, c.Layout().ContainerdSocket(), c.Layout().Images(), img)
+		imported, err := importImage(ctx, ctr, n.L.ContainerdSocket(), c.Layout().Images(), img)
 		if err != nil {
 			return "", err
 		}
@@ -428,34 +466,50 @@ func (c *Config) applyManifests(ctx context.Context) (string, error) {
 	return "snapshot and Secrets Store CRDs, CSIDrivers, StorageClasses, RBAC", nil
 }
 
-// waitNode waits for the node to be Ready and for the kubelet to have
-// registered the CSI driver (CSINode lists it).
+// nodeReadyNeeds are the processes every node must run before it can be
+// Ready with its drivers registered.
+func (c *Config) nodeReadyNeeds() []string {
+	var needs []string
+	for _, n := range c.nodes() {
+		for _, p := range []string{"kubelet", "csi-node", "csi-file", "secrets-store-registrar", "kube-proxy"} {
+			needs = append(needs, p+n.suffix())
+		}
+	}
+	return needs
+}
+
+// waitNode waits for every node to be Ready and for its kubelet to have
+// registered the CSI drivers (its CSINode lists them).
 func (c *Config) waitNode(ctx context.Context, timeout time.Duration) (string, error) {
 	k := c.kubectl()
-	err := poll(ctx, timeout, 300*time.Millisecond, "node "+c.NodeName+" to be Ready", func(ctx context.Context) (bool, error) {
-		out, err := k.get(ctx, `{.status.conditions[?(@.type=="Ready")].status}`, "node", c.NodeName)
-		return out == "True", err
-	})
-	if err != nil {
-		return "", err
-	}
 	drivers := []string{DriverName, FileDriverName, SecretsStoreDriverName}
 	names := strings.Join(drivers, ", ")
-	err = poll(ctx, timeout, 300*time.Millisecond, "the kubelet to register "+names+" (CSINode "+c.NodeName+")", func(ctx context.Context) (bool, error) {
-		out, err := k.get(ctx, "{.spec.drivers[*].name}", "csinode", c.NodeName)
-		have := strings.Fields(out)
-		for _, d := range drivers {
-			if !slices.Contains(have, d) {
-				return false, err
-			}
+	var ready []string
+	for _, n := range c.nodes() {
+		err := poll(ctx, timeout, 300*time.Millisecond, "node "+n.Name+" to be Ready", func(ctx context.Context) (bool, error) {
+			out, err := k.get(ctx, `{.status.conditions[?(@.type=="Ready")].status}`, "node", n.Name)
+			return out == "True", err
+		})
+		if err != nil {
+			return "", fmt.Errorf("%w (kubelet log: %s)", err, c.Layout().LogFile("kubelet"+n.suffix()))
 		}
-		return true, err
-	})
-	if err != nil {
-		l := c.Layout()
-		return "", fmt.Errorf("%w (node plugin logs: %s, %s, %s, %s; kubelet log: %s)", err, l.LogFile("csi-node"), l.LogFile("csi-file"), l.LogFile("secrets-store-csi-driver"), l.LogFile("secrets-store-registrar"), l.LogFile("kubelet"))
+		err = poll(ctx, timeout, 300*time.Millisecond, "the kubelet to register "+names+" (CSINode "+n.Name+")", func(ctx context.Context) (bool, error) {
+			out, err := k.get(ctx, "{.spec.drivers[*].name}", "csinode", n.Name)
+			have := strings.Fields(out)
+			for _, d := range drivers {
+				if !slices.Contains(have, d) {
+					return false, err
+				}
+			}
+			return true, err
+		})
+		if err != nil {
+			l, s := c.Layout(), n.suffix()
+			return "", fmt.Errorf("%w (node plugin logs: %s, %s, %s, %s; kubelet log: %s)", err, l.LogFile("csi-node"+s), l.LogFile("csi-file"+s), l.LogFile("secrets-store-csi-driver"+s), l.LogFile("secrets-store-registrar"+s), l.LogFile("kubelet"+s))
+		}
+		ready = append(ready, n.Name)
 	}
-	return c.NodeName + " Ready, " + names + " registered", nil
+	return strings.Join(ready, ", ") + " Ready, " + names + " registered", nil
 }
 
 const checkName = "stowage-up-check"

@@ -1,0 +1,123 @@
+package cluster
+
+import (
+	"fmt"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+func threeNodes(t *testing.T) *Config {
+	t.Helper()
+	c := &Config{DataDir: "/var/lib/stowage", NodeName: "vm", BinDir: "/bin", Stowage: "/usr/bin/stowage"}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetNodes(3, []string{"zone-a", "zone-b", "zone-c"}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestSetNodes_NamesAddressesRangesZones(t *testing.T) {
+	c := threeNodes(t)
+	want := []Worker{
+		{Name: "vm-2", Zone: "zone-b", IP: "198.51.100.12", PodCIDR: "198.18.1.0/24"},
+		{Name: "vm-3", Zone: "zone-c", IP: "198.51.100.13", PodCIDR: "198.18.2.0/24"},
+	}
+	if !slices.Equal(c.Workers, want) || c.Zone != "zone-a" {
+		t.Fatalf("workers %+v, zone %s; want %+v and zone-a", c.Workers, c.Zone, want)
+	}
+	if got := c.nodePodCIDR(); got != "198.18.0.0/24" {
+		t.Errorf("the machine's node's pod range %s, want 198.18.0.0/24 (the others' /24s must not overlap it)", got)
+	}
+	if got := c.nfsListen(); got != "198.51.100.2:12049" {
+		t.Errorf("nfs-ganesha listens on %s; other nodes' namespaces cannot reach loopback", got)
+	}
+	// Zones wrap around.
+	if err := c.SetNodes(4, []string{"a", "b"}); err != nil || c.Workers[2].Zone != "b" || c.Workers[1].Zone != "a" {
+		t.Errorf("4 nodes over 2 zones: %+v, %v", c.Workers, err)
+	}
+	// One node: no workers, the whole pod range, loopback NFS.
+	if err := c.SetNodes(1, nil); err != nil || len(c.Workers) != 0 || c.nodePodCIDR() != c.PodCIDR || c.nfsListen() != NFSAddress {
+		t.Errorf("one node: workers %v, pods %s, nfs %s, err %v", c.Workers, c.nodePodCIDR(), c.nfsListen(), err)
+	}
+}
+
+func TestSetNodes_TooMany_RefusedSayingTheLimitAndWhy(t *testing.T) {
+	c := &Config{DataDir: "/d", NodeName: "vm"}
+	c.Validate()
+	err := c.SetNodes(50, nil)
+	want := fmt.Sprintf("at most %d on this machine (%d CPUs", MaxNodesPerCPU*runtime.NumCPU(), runtime.NumCPU())
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "kubelet") {
+		t.Fatalf("--nodes 50: %v; want a refusal containing %q and what a node costs", err, want)
+	}
+	if err := c.SetNodes(0, nil); err == nil {
+		t.Error("--nodes 0 accepted")
+	}
+}
+
+func TestWorkers_OwnProcessesInTheirNamespace_OwnDirsAndIdentity(t *testing.T) {
+	c := threeNodes(t)
+	comps := map[string]Component{}
+	for _, comp := range c.Components() {
+		if _, dup := comps[comp.Name]; dup {
+			t.Fatalf("two components named %s", comp.Name)
+		}
+		comps[comp.Name] = comp
+	}
+	for _, name := range []string{"containerd", "kubelet", "kube-proxy", "csi-node", "csi-file", "secrets-store-csi-driver", "secrets-store-registrar"} {
+		if _, ok := comps[name]; !ok {
+			t.Errorf("the machine's node has no %s", name)
+		}
+		comp, ok := comps[name+"@vm-3"]
+		if !ok {
+			t.Errorf("worker vm-3 has no %s", name)
+			continue
+		}
+		if comp.Cmd.Path != "nsenter" || comp.Cmd.Args[0] != "--net=/run/netns/stowage-vm-3" {
+			t.Errorf("%s@vm-3 does not start in its namespace: %s %v", name, comp.Cmd.Path, comp.Cmd.Args)
+		}
+	}
+	args := strings.Join(comps["kubelet@vm-3"].Cmd.Args, " ")
+	for _, want := range []string{"--root-dir=/var/lib/stowage/nodes/vm-3/kubelet", "--node-ip=198.51.100.13", "--hostname-override=vm-3",
+		"kubelet@vm-3.kubeconfig", "zone=zone-c", "/var/lib/stowage/nodes/vm-3/config/kubelet.yaml"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("kubelet@vm-3 args %q lack %q", args, want)
+		}
+	}
+	if a := strings.Join(comps["csi-node@vm-3"].Cmd.Args, " "); !strings.Contains(a, "--node-id=vm-3") || !strings.Contains(a, "tokens/csi-node@vm-3") {
+		t.Errorf("csi-node@vm-3 args %q: want its own node id and token", a)
+	}
+	if a := strings.Join(comps["stowage-server"].Cmd.Args, " "); !strings.Contains(a, "--bootstrap-node-tokens=vm-2,vm-3") || !strings.Contains(a, "--nfs-listen=198.51.100.2:12049") {
+		t.Errorf("stowage-server args %q: want tokens for the workers and NFS on the node address", a)
+	}
+	var kubelet map[string]any
+	b, err := c.kubeletConfig(c.workerNode(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	yaml.Unmarshal(b, &kubelet)
+	if kubelet["cgroupRoot"] != "/stowage-vm-3" || kubelet["podLogsDir"] != "/var/lib/stowage/nodes/vm-3/pod-logs" ||
+		kubelet["containerRuntimeEndpoint"] != "unix:///var/lib/stowage/nodes/vm-3/run/containerd/containerd.sock" ||
+		kubelet["healthzBindAddress"] != "198.51.100.13" || !strings.HasSuffix(kubelet["tlsCertFile"].(string), "kubelet-serving@vm-3.crt") {
+		t.Errorf("vm-3's kubelet config: %s", b)
+	}
+	cni, _ := c.cniConfig(c.workerNode(1))
+	if !strings.Contains(string(cni), `"subnet": "198.18.2.0/24"`) || !strings.Contains(string(cni), "/var/lib/stowage/nodes/vm-3/cni/ipam") {
+		t.Errorf("vm-3's CNI config: %s", cni)
+	}
+	names := map[string]bool{}
+	for _, s := range c.CertSpecs() {
+		names[s.Name+" "+s.CN] = true
+	}
+	if !names["kubelet@vm-3 system:node:vm-3"] || !names["kubelet-serving@vm-3 system:node:vm-3"] {
+		t.Error("vm-3 has no kubelet client and serving certificates of its own node identity")
+	}
+	if !slices.Contains(c.nodeReadyNeeds(), "csi-file@vm-2") {
+		t.Error("node ready does not wait for the workers' plugins")
+	}
+}
