@@ -499,7 +499,7 @@ func newCSICmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "csi", Short: "Run a CSI driver: block (" + csi.DriverName + ") or file (" + filecsi.DriverName + ")"}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&driver, "driver", "block", "which driver: block ("+csi.DriverName+") or file ("+filecsi.DriverName+")")
-	pf.StringVar(&nfsClient, "nfs-client", "auto", "file driver node: how access points are mounted: kernel (mount -t nfs4), fuse (Stowage's FUSE NFS client, `stowage nfs-mount`), or auto (kernel when the node has an NFSv4 client, else fuse)")
+	pf.StringVar(&nfsClient, "nfs-client", "auto", "file driver node: how access points are mounted: kernel (mount -t nfs4), fuse (Stowage's FUSE NFS client, 'stowage nfs-mount'), or auto (kernel when the node has an NFSv4 client, else fuse)")
 	pf.StringVar(&mountHelper, "mount-helper", "", "file driver node: the stowage binary whose nfs-mount command the FUSE client is (default: this binary)")
 	pf.StringVar(&endpoint, "endpoint", "unix:///csi/csi.sock", "CSI socket: unix:///path or tcp://host:port")
 	pf.StringVar(&api, "api", DefaultEndpoint, apiUsage)

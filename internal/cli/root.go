@@ -69,7 +69,7 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	root.SetOut(out)
 	root.SetErr(errOut)
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.endpoint, "endpoint", "", "Stowage API address: host:port or unix:///path, or several separated by commas (servers sharing an etcd store: calls go to the one that leads) (default: env STOWAGE_ENDPOINT, else the local cluster's socket if `stowage up` runs, else "+DefaultEndpoint+")")
+	pf.StringVar(&g.endpoint, "endpoint", "", "Stowage API address: host:port or unix:///path, or several separated by commas (servers sharing an etcd store: calls go to the one that leads) (default: env STOWAGE_ENDPOINT, else the local cluster's socket if a cluster of stowage up runs, else "+DefaultEndpoint+")")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
 	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the Stowage API token to call with (mode 0600; default: env STOWAGE_TOKEN_FILE, else none: root over the server's unix socket is the administrator)")

@@ -105,5 +105,5 @@ func dialLarge(endpoint, tokenFile string) (*grpc.ClientConn, error) {
 
 // tokenFileUsage is the --token-file help of a component.
 func tokenFileUsage(principal string) string {
-	return "file holding this component's Stowage API token (principal " + principal + "; mode 0600; `stowage token create --principal " + principal + " --out-file F` makes one). Default none: root over the API's unix socket is the administrator"
+	return "file holding this component's Stowage API token (principal " + principal + "; mode 0600; 'stowage token create --principal " + principal + " --out-file F' makes one). Default none: root over the API's unix socket is the administrator"
 }
