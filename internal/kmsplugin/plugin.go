@@ -25,13 +25,16 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+	kmsapi "k8s.io/kms/apis/v2"
 	"k8s.io/kms/pkg/service"
 	"k8s.io/kms/pkg/util"
 
@@ -144,7 +147,13 @@ func (p *Plugin) Decrypt(ctx context.Context, uid string, req *service.DecryptRe
 // Serve serves plugin on listen (unix:///path, or unix:///@name for an
 // abstract socket, as kube-apiserver's EncryptionConfiguration endpoint
 // says) until ctx ends. A stale socket file from an earlier run is removed
-// first. ready, if not nil, is called once the socket exists.
+// first. ready, if not nil, is called once the socket listens.
+//
+// The listener and the gRPC server are ours (k8s.io/kms's GRPCService is
+// only the handler): its ListenAndServe sets its server in a goroutine
+// that Shutdown may not see, which left a plugin running after its
+// context ended. On ctx's end the server stops gracefully, and by force
+// after shutdownGrace.
 func Serve(ctx context.Context, listen string, timeout time.Duration, plugin *Plugin, ready func()) error {
 	addr, err := util.ParseEndpoint(listen)
 	if err != nil {
@@ -158,39 +167,32 @@ func Serve(ctx context.Context, listen string, timeout time.Duration, plugin *Pl
 			return fmt.Errorf("remove the stale socket %s: %w", addr, err)
 		}
 	}
-	svc := service.NewGRPCService(addr, timeout, plugin)
+	lis, err := net.Listen("unix", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", listen, err)
+	}
+	gs := grpc.NewServer(grpc.ConnectionTimeout(timeout))
+	kmsapi.RegisterKeyManagementServiceServer(gs, service.NewGRPCService(addr, timeout, plugin))
 	done := make(chan error, 1)
-	go func() { done <- svc.ListenAndServe() }()
+	go func() { done <- gs.Serve(lis) }()
 	if ready != nil {
-		if err := waitForSocket(ctx, addr, done); err != nil {
-			return err
-		}
 		ready()
 	}
 	select {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
-		svc.Shutdown()
+		stopped := make(chan struct{})
+		go func() { gs.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(shutdownGrace):
+			gs.Stop()
+		}
 		<-done
 		return nil
 	}
 }
 
-func waitForSocket(ctx context.Context, addr string, done chan error) error {
-	for {
-		if strings.HasPrefix(addr, "@") {
-			return nil
-		}
-		if _, err := os.Stat(addr); err == nil {
-			return nil
-		}
-		select {
-		case err := <-done:
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
+// shutdownGrace is how long Serve waits for calls in flight when it stops.
+const shutdownGrace = 5 * time.Second
