@@ -255,4 +255,3 @@ func TestFUSELoop_RealDevices(t *testing.T) {
 		t.Logf("fenced write: %v; fsync: %v", werr, serr)
 	})
 }
-

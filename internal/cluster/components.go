@@ -399,6 +399,11 @@ func (c *Config) Components() []Component {
 		for i := range comps {
 			if comps[i].Name == "stowage-server" {
 				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--bootstrap-node-tokens="+strings.Join(c.workerNames(), ","))
+				// Every node is the storage host of a block pool of its own
+				// (volumes attach by loop device on their pool's node).
+				for _, w := range c.Workers {
+					comps[i].Cmd.Args = append(comps[i].Cmd.Args, fmt.Sprintf("--pool=name=%s,zone=%s,node=%s,size=%s", workerPool(w.Name), w.Zone, w.Name, c.PoolSize))
+				}
 			}
 		}
 	}

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"time"
 )
 
 // Worker is a node of a multi-node cluster other than the first: a network
@@ -31,6 +30,9 @@ const MaxNodesPerCPU = 3
 
 // MaxNodes is the most nodes `up --nodes` allows on this machine.
 func MaxNodes() int { return MaxNodesPerCPU * runtime.NumCPU() }
+
+// workerPool is the block pool whose storage host is a worker.
+func workerPool(name string) string { return "pool-" + name }
 
 // workerNetns is the network namespace of a worker.
 func workerNetns(name string) string { return "stowage-" + name }
@@ -312,17 +314,6 @@ func teardownWorkers(ctx context.Context, c *Config, report func(string, ...any)
 		return fmt.Errorf("remove worker namespaces: %v", errs)
 	}
 	return nil
-}
-
-// waitTCP waits until addr accepts connections (a probe of a worker's
-// loopback-bound server is not possible from the machine).
-func waitTCP(ctx context.Context, addr string) error {
-	d := net.Dialer{Timeout: 2 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	return conn.Close()
 }
 
 // workerComponents are a worker's processes, each in its namespace.

@@ -92,8 +92,9 @@ func TestWorkers_OwnProcessesInTheirNamespace_OwnDirsAndIdentity(t *testing.T) {
 	if a := strings.Join(comps["csi-node@vm-3"].Cmd.Args, " "); !strings.Contains(a, "--node-id=vm-3") || !strings.Contains(a, "tokens/csi-node@vm-3") {
 		t.Errorf("csi-node@vm-3 args %q: want its own node id and token", a)
 	}
-	if a := strings.Join(comps["stowage-server"].Cmd.Args, " "); !strings.Contains(a, "--bootstrap-node-tokens=vm-2,vm-3") || !strings.Contains(a, "--nfs-listen=198.51.100.2:12049") {
-		t.Errorf("stowage-server args %q: want tokens for the workers and NFS on the node address", a)
+	if a := strings.Join(comps["stowage-server"].Cmd.Args, " "); !strings.Contains(a, "--bootstrap-node-tokens=vm-2,vm-3") || !strings.Contains(a, "--nfs-listen=198.51.100.2:12049") ||
+		!strings.Contains(a, "--pool=name=pool-vm-3,zone=zone-c,node=vm-3,size=") {
+		t.Errorf("stowage-server args %q: want tokens for the workers, NFS on the node address and a pool per node", a)
 	}
 	var kubelet map[string]any
 	b, err := c.kubeletConfig(c.workerNode(1))

@@ -91,7 +91,11 @@ func (s *Status) Print(out io.Writer) {
 	for i, w := range c.Workers {
 		fmt.Fprintf(out, "Node            %s (%s, zone %s, network namespace %s): Ready=%s\n", w.Name, w.IP, w.Zone, workerNetns(w.Name), s.WorkersReady[i])
 	}
-	fmt.Fprintf(out, "Storage host    %s (pool pool-a, file pool files-a, zone %s; in the Stowage server)\n\n", c.NodeName, c.Zone)
+	fmt.Fprintf(out, "Storage host    %s (block pool pool-a, file pool files-a, zone %s; in the Stowage server)\n", c.NodeName, c.Zone)
+	for _, w := range c.Workers {
+		fmt.Fprintf(out, "Storage host    %s (block pool %s, zone %s; in the Stowage server, attached on %s)\n", w.Name, workerPool(w.Name), w.Zone, w.Name)
+	}
+	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "COMPONENT\tSTATE\tPID\tLOG")
 	for _, cs := range s.Components {

@@ -84,58 +84,86 @@ spec:
 	}
 }
 
-// A block volume lives in its pool's zone (zone-a, the machine's node): a
-// WaitForFirstConsumer claim's pod is placed there, and a pod of another
-// zone that wants the same volume is never scheduled.
-func TestNodes_BlockVolume_StaysInItsPoolsZone(t *testing.T) {
+// Block volumes on three nodes in three zones, each node the storage host
+// of a pool of its own: a WaitForFirstConsumer claim's volume is made in
+// the zone of the node its pod was scheduled to; a class's
+// allowedTopologies places its pods' volumes (and so the pods) in that
+// zone; a pod of another zone that wants a volume is never scheduled.
+func TestNodes_BlockVolumes_InThePodsZone_AllowedTopologiesHonoured(t *testing.T) {
 	ns := namespace(t)
-	kubectl(t, `apiVersion: v1
+	class := "mn-only-zone-c"
+	kubectl(t, `apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: `+class+`}
+provisioner: block.csi.stowage.io
+parameters: {type: gp3}
+volumeBindingMode: WaitForFirstConsumer
+allowedTopologies:
+- matchLabelExpressions:
+  - key: topology.block.csi.stowage.io/zone
+    values: [zone-c]
+`, "apply", "-f", "-")
+	t.Cleanup(func() { kubectlErr("", "delete", "storageclass", class) })
+	claim := func(name, class string) string {
+		return fmt.Sprintf(`apiVersion: v1
 kind: PersistentVolumeClaim
-metadata: {name: data}
+metadata: {name: %s}
 spec:
   accessModes: [ReadWriteOnce]
-  storageClassName: stowage-gp3
+  storageClassName: %s
   resources: {requests: {storage: 1Gi}}
-`, "-n", ns, "apply", "-f", "-")
-	kubectl(t, `apiVersion: v1
+`, name, class)
+	}
+	pod := func(name, claim, nodeSelector string) string {
+		sel := ""
+		if nodeSelector != "" {
+			sel = "  nodeSelector: {topology.kubernetes.io/zone: " + nodeSelector + "}\n"
+		}
+		return fmt.Sprintf(`apiVersion: v1
 kind: Pod
-metadata: {name: anywhere}
+metadata: {name: %s}
 spec:
-  terminationGracePeriodSeconds: 1
+%s  terminationGracePeriodSeconds: 1
   containers:
   - name: c
     image: docker.io/library/busybox:1.36
     imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "echo data > /data/f; sync; sleep 3600"]
-    volumeMounts: [{name: d, mountPath: /data}]
-  volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]
-`, "-n", ns, "apply", "-f", "-")
-	waitRunning(t, ns, "anywhere")
-	if node := kubectl(t, "", "-n", ns, "get", "pod", "anywhere", "-o", "jsonpath={.spec.nodeName}"); node != nodeOf(t, "zone-a") {
-		t.Errorf("the claim's pod runs on %s; the only pool is in zone-a (%s)", node, nodeOf(t, "zone-a"))
-	}
-	pv := kubectl(t, "", "-n", ns, "get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}")
-	if aff := kubectl(t, "", "get", "pv", pv, "-o", "jsonpath={.spec.nodeAffinity.required.nodeSelectorTerms[*].matchExpressions[*].values}"); !strings.Contains(aff, "zone-a") {
-		t.Errorf("PV %s's node affinity %s does not name zone-a", pv, aff)
-	}
-	kubectl(t, "", "-n", ns, "delete", "pod", "anywhere", "--wait=true")
-	kubectl(t, fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata: {name: elsewhere}
-spec:
-  nodeSelector: {topology.kubernetes.io/zone: zone-b}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: docker.io/library/busybox:1.36
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "sleep 3600"]
+    command: ["sh", "-c", "echo %s > /data/f; sync; sleep 3600"]
     volumeMounts: [{name: d, mountPath: /data}]
   volumes: [{name: d, persistentVolumeClaim: {claimName: %s}}]
-`, "data"), "-n", ns, "apply", "-f", "-")
-	waitFor(t, "the scheduler to refuse pod elsewhere (zone-b) for a zone-a volume", time.Minute, func() (bool, error) {
+`, name, sel, name, claim)
+	}
+	zoneOfPV := func(claim string) string {
+		pv := kubectl(t, "", "-n", ns, "get", "pvc", claim, "-o", "jsonpath={.spec.volumeName}")
+		return kubectl(t, "", "get", "pv", pv, "-o", "jsonpath={.spec.nodeAffinity.required.nodeSelectorTerms[*].matchExpressions[?(@.key==\"topology.block.csi.stowage.io/zone\")].values[*]}")
+	}
+
+	// WaitForFirstConsumer: the pod goes to zone-b, so does its volume.
+	kubectl(t, claim("in-b", "stowage-gp3")+"---\n"+pod("writer-b", "in-b", "zone-b"), "-n", ns, "apply", "-f", "-")
+	waitRunning(t, ns, "writer-b")
+	if z := zoneOfPV("in-b"); z != "zone-b" {
+		t.Errorf("claim in-b, consumed by a pod in zone-b, got a volume in %q", z)
+	}
+	if got := kubectl(t, "", "-n", ns, "exec", "writer-b", "--", "cat", "/data/f"); got != "writer-b" {
+		t.Errorf("writer-b reads %q from its volume", got)
+	}
+
+	// allowedTopologies: a pod with no zone of its own lands in zone-c.
+	kubectl(t, claim("in-c", class)+"---\n"+pod("anywhere", "in-c", ""), "-n", ns, "apply", "-f", "-")
+	waitRunning(t, ns, "anywhere")
+	if z := zoneOfPV("in-c"); z != "zone-c" {
+		t.Errorf("a claim of a class allowed only zone-c got a volume in %q", z)
+	}
+	if node := kubectl(t, "", "-n", ns, "get", "pod", "anywhere", "-o", "jsonpath={.spec.nodeName}"); node != nodeOf(t, "zone-c") {
+		t.Errorf("the pod of the zone-c class's claim runs on %s, not in zone-c (%s)", node, nodeOf(t, "zone-c"))
+	}
+
+	// The zone-b volume, wanted by a pod of zone-a: never scheduled.
+	kubectl(t, "", "-n", ns, "delete", "pod", "writer-b", "--wait=true")
+	kubectl(t, pod("elsewhere", "in-b", "zone-a"), "-n", ns, "apply", "-f", "-")
+	waitFor(t, "the scheduler to refuse pod elsewhere (zone-a) for a zone-b volume", time.Minute, func() (bool, error) {
 		out, err := kubectlErr("", "-n", ns, "get", "events", "--field-selector", "involvedObject.name=elsewhere,reason=FailedScheduling", "-o", "jsonpath={.items[*].message}")
-		return strings.Contains(out, "volume node affinity conflict") || strings.Contains(out, "node affinity"), err
+		return strings.Contains(out, "volume node affinity conflict"), err
 	})
 	if phase := kubectl(t, "", "-n", ns, "get", "pod", "elsewhere", "-o", "jsonpath={.status.phase}"); phase != "Pending" {
 		t.Errorf("pod elsewhere is %s, want Pending", phase)
