@@ -163,7 +163,9 @@ spec:
 	kubectl(t, pod("elsewhere", "in-b", "zone-a"), "-n", ns, "apply", "-f", "-")
 	waitFor(t, "the scheduler to refuse pod elsewhere (zone-a) for a zone-b volume", time.Minute, func() (bool, error) {
 		out, err := kubectlErr("", "-n", ns, "get", "events", "--field-selector", "involvedObject.name=elsewhere,reason=FailedScheduling", "-o", "jsonpath={.items[*].message}")
-		return strings.Contains(out, "volume node affinity conflict"), err
+		// "didn't match PersistentVolume's node affinity" (1.33), or
+		// "volume node affinity conflict" (older schedulers).
+		return strings.Contains(out, "PersistentVolume's node affinity") || strings.Contains(out, "volume node affinity conflict"), err
 	})
 	if phase := kubectl(t, "", "-n", ns, "get", "pod", "elsewhere", "-o", "jsonpath={.status.phase}"); phase != "Pending" {
 		t.Errorf("pod elsewhere is %s, want Pending", phase)
