@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -39,7 +38,7 @@ func noteSecret(v string) {
 // stowageIn runs the stowage CLI with stdin (values never go in arguments).
 func stowageIn(t *testing.T, stdin string, args ...string) string {
 	t.Helper()
-	c := exec.Command(stowageBin, append(args, "--endpoint", apiSocket)...)
+	c := cluster.StowageCmd(args...)
 	c.Stdin = strings.NewReader(stdin)
 	out, err := c.CombinedOutput()
 	if err != nil {

@@ -14,24 +14,21 @@
 package multinode
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stowage-io/stowage/test/e2e/harness"
 )
 
 var (
-	repoRoot   string
+	cluster    *harness.Cluster
 	stowageBin string
-	kubectlBin string
 	dataDir    = "/var/lib/stowage"
-	kubeconfig string
-	apiSocket  string
 )
 
 // zones are the nodes' zones, the machine's node first.
@@ -40,57 +37,29 @@ var zones = []string{"zone-a", "zone-b", "zone-c"}
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) (code int) {
-	if os.Geteuid() != 0 {
-		fmt.Println("multinode: FAIL: not run: it needs root (it runs a local Kubernetes with network namespaces and mounts)")
-		return 1
-	}
-	var err error
-	if repoRoot, err = filepath.Abs("../../.."); err != nil {
+	repo, err := filepath.Abs("../../..")
+	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
-	kubeconfig = filepath.Join(dataDir, "kubeconfig", "admin.kubeconfig")
-	apiSocket = "unix://" + filepath.Join(dataDir, "run", "stowage-api.sock")
-	stowageBin = filepath.Join(repoRoot, "bin", "stowage")
-	kubectlBin = filepath.Join(repoRoot, "_output", "bin", "kubectl")
-	step("building bin/stowage")
-	if out, err := command(repoRoot, "go", "build", "-o", stowageBin, "./cmd/stowage").CombinedOutput(); err != nil {
-		fmt.Printf("multinode: build stowage: %v\n%s", err, out)
+	cluster = harness.New("multinode", repo, dataDir)
+	stowageBin = cluster.Stowage
+	enough := func() error {
+		if n := runningNodes(); n < len(zones) {
+			return fmt.Errorf("a cluster of %d node(s) runs from %s; these tests need %d: `stowage down` it first (this suite then brings up its own)", n, dataDir, len(zones))
+		}
+		return nil
+	}
+	if err := cluster.Setup(enough, "--nodes", fmt.Sprint(len(zones)), "--zones", strings.Join(zones, ",")); err != nil {
+		fmt.Println("multinode: FAIL:", err)
 		return 1
 	}
-	startedHere := false
-	if exec.Command(stowageBin, "status", "--data-dir", dataDir).Run() == nil {
-		if n := runningNodes(); n < len(zones) {
-			fmt.Printf("multinode: FAIL: a cluster of %d node(s) runs from %s; these tests need %d: `stowage down` it first (this suite then brings up its own)\n", n, dataDir, len(zones))
-			return 1
+	defer func() {
+		if problems := cluster.Teardown(); problems != "" {
+			fmt.Println("multinode: FAIL: " + problems)
+			code = 1
 		}
-	} else {
-		step("no cluster runs: stowage up --nodes 3 --zones " + strings.Join(zones, ","))
-		if out, err := command(repoRoot, "bash", "hack/build-components.sh").CombinedOutput(); err != nil {
-			fmt.Printf("multinode: build components: %v\n%s", err, out)
-			return 1
-		}
-		startedHere = true
-		up := exec.Command(stowageBin, "up", "--data-dir", dataDir, "--nodes", "3", "--zones", strings.Join(zones, ","))
-		up.Stdout, up.Stderr = os.Stdout, os.Stderr
-		if err := up.Run(); err != nil {
-			fmt.Println("multinode: stowage up:", err)
-			down()
-			return 1
-		}
-	}
-	if startedHere && os.Getenv("STOWAGE_E2E_KEEP") != "1" {
-		defer func() {
-			if err := down(); err != nil {
-				fmt.Println("multinode: FAIL: stowage down:", err)
-				code = 1
-			}
-			if left := leftovers(); left != "" {
-				fmt.Println("multinode: FAIL: left behind after stowage down:\n" + left)
-				code = 1
-			}
-		}()
-	}
+	}()
 	return m.Run()
 }
 
@@ -107,58 +76,8 @@ func runningNodes() int {
 	return 1 + len(c.Workers)
 }
 
-func down() error {
-	step("stowage down --wipe (this run started the cluster)")
-	d := exec.Command(stowageBin, "down", "--wipe", "--data-dir", dataDir)
-	d.Stdout, d.Stderr = os.Stdout, os.Stderr
-	return d.Run()
-}
-
-// leftovers lists what of the cluster is still in the kernel: mounts under
-// the data directory, loop devices backed by its files, network
-// namespaces stowage-*, links stw-*.
-func leftovers() string {
-	var b strings.Builder
-	mounts, _ := os.ReadFile("/proc/self/mounts")
-	for _, line := range strings.Split(string(mounts), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], dataDir+"/") {
-			fmt.Fprintf(&b, "mount %s (%s)\n", f[1], f[0])
-		}
-	}
-	if out, _ := exec.Command("losetup", "-a").Output(); strings.Contains(string(out), dataDir+"/") {
-		fmt.Fprintf(&b, "loop devices: %s\n", out)
-	}
-	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "stowage-") {
-		fmt.Fprintf(&b, "network namespaces: %s\n", out)
-	}
-	if out, _ := exec.Command("ip", "-o", "link").Output(); strings.Contains(string(out), " stw-") {
-		fmt.Fprintf(&b, "links: %s\n", out)
-	}
-	return b.String()
-}
-
-func step(msg string) { fmt.Printf("multinode %s: %s\n", time.Now().Format("15:04:05"), msg) }
-
-func command(dir, name string, args ...string) *exec.Cmd {
-	c := exec.Command(name, args...)
-	c.Dir = dir
-	return c
-}
-
 func kubectlErr(stdin string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c := exec.CommandContext(ctx, kubectlBin, append([]string{"--kubeconfig", kubeconfig}, args...)...)
-	if stdin != "" {
-		c.Stdin = strings.NewReader(stdin)
-	}
-	var stderr strings.Builder
-	c.Stderr = &stderr
-	out, err := c.Output()
-	if err != nil {
-		return strings.TrimSpace(string(out) + "\n" + stderr.String()), err
-	}
-	return strings.TrimSpace(string(out)), nil
+	return cluster.KubectlErr(stdin, args...)
 }
 
 func kubectl(t *testing.T, stdin string, args ...string) string {
@@ -172,7 +91,7 @@ func kubectl(t *testing.T, stdin string, args ...string) string {
 
 func stowage(t *testing.T, stdin string, args ...string) string {
 	t.Helper()
-	c := exec.Command(stowageBin, append(args, "--endpoint", apiSocket)...)
+	c := cluster.StowageCmd(args...)
 	c.Stdin = strings.NewReader(stdin)
 	out, err := c.CombinedOutput()
 	if err != nil {
