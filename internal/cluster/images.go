@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"crypto/sha256"
 	"bytes"
 	"context"
 	"debug/elf"
@@ -177,7 +178,8 @@ func importImage(ctx context.Context, ctr, socket, dir string, img Image) (bool,
 	if strings.Contains(string(out), digest) {
 		return false, nil
 	}
-	name := strings.NewReplacer("/", "_", ":", "_").Replace(img.Name) + ".tar"
+	// Several nodes import at once: each its own file (by its socket).
+	name := strings.NewReplacer("/", "_", ":", "_").Replace(img.Name) + "-" + fmt.Sprintf("%x", sha256.Sum256([]byte(socket)))[:12] + ".tar"
 	file := filepath.Join(dir, name)
 	if err := writeFileAtomic(file, buf.Bytes(), 0o644); err != nil {
 		return false, err

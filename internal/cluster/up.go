@@ -486,12 +486,20 @@ func (c *Config) waitNode(ctx context.Context, timeout time.Duration) (string, e
 	names := strings.Join(drivers, ", ")
 	var ready []string
 	for _, n := range c.nodes() {
+		kubelet := c.process("kubelet" + n.suffix())
 		err := poll(ctx, timeout, 300*time.Millisecond, "node "+n.Name+" to be Ready", func(ctx context.Context) (bool, error) {
+			if st, _ := kubelet.State(); st != Running {
+				return false, fmt.Errorf("its kubelet exited")
+			}
 			out, err := k.get(ctx, `{.status.conditions[?(@.type=="Ready")].status}`, "node", n.Name)
 			return out == "True", err
 		})
 		if err != nil {
-			return "", fmt.Errorf("%w (kubelet log: %s)", err, c.Layout().LogFile("kubelet"+n.suffix()))
+			// Say why: the node's Ready condition and the kubelet's last
+			// lines.
+			why, _ := k.get(ctx, `{.status.conditions[?(@.type=="Ready")].message}`, "node", n.Name)
+			log := c.Layout().LogFile("kubelet" + n.suffix())
+			return "", fmt.Errorf("%w; Ready condition: %q; last lines of %s:\n%s", err, why, log, indent(tail(log, 15)))
 		}
 		err = poll(ctx, timeout, 300*time.Millisecond, "the kubelet to register "+names+" (CSINode "+n.Name+")", func(ctx context.Context) (bool, error) {
 			out, err := k.get(ctx, "{.spec.drivers[*].name}", "csinode", n.Name)
