@@ -13,17 +13,17 @@ var (
 			"snapshot:*", "pool:ListPools", "node:ListNodes", "filesystem:*"),
 		// Spelled out so that an attached policy allowing secrets to the
 		// controller still cannot make it read them.
-		{Effect: "Deny", Action: []string{"secretsmanager:*", "ssm:*", "kms:Decrypt", "kms:GetVolumeDataKey"}, Resource: []string{"*"}},
+		{Effect: "Deny", Action: []string{"secretsmanager:*", "ssm:*", "kms:Decrypt", "kms:GetVolumeDataKey", "volume:GetAttachmentSecret"}, Resource: []string{"*"}},
 	}}
 	nodePolicy = Document{Version: PolicyVersion, Statement: []Statement{
-		// GetVolumeDataKey: the handler checks that the volume is attached
-		// to the principal's own node.
-		allow("node:RegisterNode", "volume:DescribeVolume", "volume:ListVolumes", "kms:GetVolumeDataKey",
+		// GetVolumeDataKey, GetAttachmentSecret: the handler checks that the
+		// volume is attached to the principal's own node.
+		allow("node:RegisterNode", "volume:DescribeVolume", "volume:ListVolumes", "kms:GetVolumeDataKey", "volume:GetAttachmentSecret",
 			"filesystem:DescribeFileSystem", "filesystem:DescribeAccessPoint", "filesystem:ListAccessPoints"),
 	}}
 	fileDriverPolicy = Document{Version: PolicyVersion, Statement: []Statement{
 		allow("filesystem:*", "pool:ListPools", "node:RegisterNode", "node:ListNodes"),
-		{Effect: "Deny", Action: []string{"secretsmanager:*", "ssm:*", "kms:Decrypt", "kms:GetVolumeDataKey"}, Resource: []string{"*"}},
+		{Effect: "Deny", Action: []string{"secretsmanager:*", "ssm:*", "kms:Decrypt", "kms:GetVolumeDataKey", "volume:GetAttachmentSecret"}, Resource: []string{"*"}},
 	}}
 	// The provider reads nothing for itself: BatchGetValues authorises each
 	// object for the pod whose token it forwards.

@@ -44,15 +44,16 @@ func all(any) []string { return []string{"*"} }
 // object it acts on. A method missing here is refused (the interceptor
 // fails closed); TestMethods_EveryRegisteredMethodHasARule keeps it whole.
 var Methods = map[string]Rule{
-	pb.VolumeService_CreateVolume_FullMethodName:     {Action: "volume:CreateVolume", Resources: res(func(r *pb.CreateVolumeRequest) string { return r.Name })},
-	pb.VolumeService_DescribeVolume_FullMethodName:   {Action: "volume:DescribeVolume", Resources: res(func(r *pb.DescribeVolumeRequest) string { return r.VolumeId })},
-	pb.VolumeService_ListVolumes_FullMethodName:      {Action: "volume:ListVolumes", Resources: all},
-	pb.VolumeService_DeleteVolume_FullMethodName:     {Action: "volume:DeleteVolume", Resources: res(func(r *pb.DeleteVolumeRequest) string { return r.VolumeId })},
-	pb.VolumeService_AttachVolume_FullMethodName:     {Action: "volume:AttachVolume", Resources: res(func(r *pb.AttachVolumeRequest) string { return r.VolumeId })},
-	pb.VolumeService_DetachVolume_FullMethodName:     {Action: "volume:DetachVolume", Resources: res(func(r *pb.DetachVolumeRequest) string { return r.VolumeId })},
-	pb.VolumeService_ResizeVolume_FullMethodName:     {Action: "volume:ResizeVolume", Resources: res(func(r *pb.ResizeVolumeRequest) string { return r.VolumeId })},
-	pb.VolumeService_ModifyVolume_FullMethodName:     {Action: "volume:ModifyVolume", Resources: res(func(r *pb.ModifyVolumeRequest) string { return r.VolumeId })},
-	pb.VolumeService_GetVolumeDataKey_FullMethodName: {Action: "kms:GetVolumeDataKey", Resources: res(func(r *pb.GetVolumeDataKeyRequest) string { return r.VolumeId })},
+	pb.VolumeService_CreateVolume_FullMethodName:        {Action: "volume:CreateVolume", Resources: res(func(r *pb.CreateVolumeRequest) string { return r.Name })},
+	pb.VolumeService_DescribeVolume_FullMethodName:      {Action: "volume:DescribeVolume", Resources: res(func(r *pb.DescribeVolumeRequest) string { return r.VolumeId })},
+	pb.VolumeService_ListVolumes_FullMethodName:         {Action: "volume:ListVolumes", Resources: all},
+	pb.VolumeService_DeleteVolume_FullMethodName:        {Action: "volume:DeleteVolume", Resources: res(func(r *pb.DeleteVolumeRequest) string { return r.VolumeId })},
+	pb.VolumeService_AttachVolume_FullMethodName:        {Action: "volume:AttachVolume", Resources: res(func(r *pb.AttachVolumeRequest) string { return r.VolumeId })},
+	pb.VolumeService_DetachVolume_FullMethodName:        {Action: "volume:DetachVolume", Resources: res(func(r *pb.DetachVolumeRequest) string { return r.VolumeId })},
+	pb.VolumeService_ResizeVolume_FullMethodName:        {Action: "volume:ResizeVolume", Resources: res(func(r *pb.ResizeVolumeRequest) string { return r.VolumeId })},
+	pb.VolumeService_ModifyVolume_FullMethodName:        {Action: "volume:ModifyVolume", Resources: res(func(r *pb.ModifyVolumeRequest) string { return r.VolumeId })},
+	pb.VolumeService_GetVolumeDataKey_FullMethodName:    {Action: "kms:GetVolumeDataKey", Resources: res(func(r *pb.GetVolumeDataKeyRequest) string { return r.VolumeId })},
+	pb.VolumeService_GetAttachmentSecret_FullMethodName: {Action: "volume:GetAttachmentSecret", Resources: res(func(r *pb.GetAttachmentSecretRequest) string { return r.VolumeId })},
 
 	pb.SnapshotService_CreateSnapshot_FullMethodName:   {Action: "snapshot:CreateSnapshot", Resources: res(func(r *pb.CreateSnapshotRequest) string { return r.VolumeId })},
 	pb.SnapshotService_DescribeSnapshot_FullMethodName: {Action: "snapshot:DescribeSnapshot", Resources: res(func(r *pb.DescribeSnapshotRequest) string { return r.SnapshotId })},

@@ -65,6 +65,9 @@ type Exporter struct {
 	exports map[string]*export // by attachment id
 	volumes map[string]*volume // by volume id; kept after the last export goes, for its generation
 	fenced  map[string]uint64  // attachment id -> the generation that fenced it
+	// detached are the attachments Unexport ended: a client of one that
+	// comes back is refused, not told to wait for the export.
+	detached map[string]bool
 }
 
 type volume struct {
@@ -96,7 +99,7 @@ func New(log *slog.Logger) *Exporter {
 	if log == nil {
 		log = slog.Default()
 	}
-	e := &Exporter{log: log, exports: map[string]*export{}, volumes: map[string]*volume{}, fenced: map[string]uint64{}}
+	e := &Exporter{log: log, exports: map[string]*export{}, volumes: map[string]*volume{}, fenced: map[string]uint64{}, detached: map[string]bool{}}
 	e.srv = &nbd.Server{Lookup: e.lookup, Authenticate: e.authenticate, Logger: log}
 	return e
 }
@@ -145,6 +148,9 @@ func (e *Exporter) Export(ctx context.Context, a Attachment) error {
 	}
 	if by, ok := e.fenced[a.ID]; ok {
 		return fmt.Errorf("export attachment %s of volume %s: fenced by generation %d: %w", a.ID, a.VolumeID, by, ErrStaleGeneration)
+	}
+	if e.detached[a.ID] {
+		return fmt.Errorf("export attachment %s of volume %s: it was detached, and a detached attachment does not come back (attach again for a new one): %w", a.ID, a.VolumeID, ErrStaleGeneration)
 	}
 	v := e.volumes[a.VolumeID]
 	if v == nil {
@@ -213,6 +219,7 @@ func (e *Exporter) Unexport(ctx context.Context, attachmentID string) error {
 	e.mu.Lock()
 	x, ok := e.exports[attachmentID]
 	delete(e.exports, attachmentID)
+	e.detached[attachmentID] = true
 	e.mu.Unlock()
 	if ok {
 		e.end(x)
@@ -256,6 +263,7 @@ func (e *Exporter) authenticate(_ context.Context, a nbd.Auth, remote net.Addr) 
 	e.mu.Lock()
 	x, ok := e.exports[a.Export]
 	by, fenced := e.fenced[a.Export]
+	detached := e.detached[a.Export]
 	e.mu.Unlock()
 	refuse := func(reason string, args ...any) error {
 		e.log.Warn("nbd client refused", append([]any{"attachment", a.Export, "generation", a.Generation,
@@ -265,6 +273,8 @@ func (e *Exporter) authenticate(_ context.Context, a nbd.Auth, remote net.Addr) 
 	switch {
 	case fenced:
 		return refuse("fenced by a newer attachment of the volume", "fenced_by_generation", by)
+	case detached && !ok:
+		return refuse("detached: the volume's attachment to this node has ended")
 	case !ok:
 		// Not (yet) declared: after a restart the server declares it again,
 		// so the client keeps trying.

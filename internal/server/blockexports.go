@@ -2,8 +2,13 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/blockexport"
 )
 
@@ -57,4 +62,119 @@ func (l LocalBlockExporter) Export(ctx context.Context, e BlockExport) error {
 
 func (l LocalBlockExporter) Unexport(ctx context.Context, attachmentID string) error {
 	return l.Exporter.Unexport(ctx, attachmentID)
+}
+
+// exportAddress is where the pool's volumes are exported; empty when it
+// has no exporter.
+func (s *Server) exportAddress(pool string) string {
+	if e, ok := s.blockExports[pool]; ok {
+		return e.Address()
+	}
+	return ""
+}
+
+func (s *Server) volumeProto(v *volumeRecord) *pb.Volume {
+	return v.toProto(s.pools[v.Pool], s.exportAddress(v.Pool))
+}
+
+func (s *Server) attachmentProto(v *volumeRecord, a attachmentRecord) *pb.Attachment {
+	return v.attachmentProto(a, s.pools[v.Pool], s.exportAddress(v.Pool))
+}
+
+// newNetworkAttachment gives a an export of its own, a secret and a
+// generation: one more than the volume's last, so that the storage host
+// fences every attachment before it, or the same as the attachments it
+// shares a multi-attach volume with.
+func (s *Server) newNetworkAttachment(v *volumeRecord, a *attachmentRecord) {
+	shared := false
+	for _, o := range v.Attachments {
+		if o.network() && o.Generation == v.AttachGeneration {
+			shared = true
+		}
+	}
+	if !shared || !v.MultiAttach {
+		v.AttachGeneration++
+	}
+	a.Generation = v.AttachGeneration
+	a.ExportName = fmt.Sprintf("%s.g%d.%s", v.ID, a.Generation, a.NodeID)
+	a.Secret = blockexport.NewSecret()
+}
+
+// export declares a network attachment's export with the volume's limits;
+// a local attachment needs none.
+func (s *Server) export(ctx context.Context, v *volumeRecord, a attachmentRecord) error {
+	if !a.network() {
+		return nil
+	}
+	e, ok := s.blockExports[v.Pool]
+	if !ok {
+		return status.Errorf(codes.FailedPrecondition,
+			"volume %s is attached to node %s over the network, but its pool %s has no exporter on this server (was it started without --nbd-listen?)", v.ID, a.NodeID, v.Pool)
+	}
+	err := e.Export(ctx, BlockExport{AttachmentID: a.ExportName, VolumeID: v.ID, Generation: a.Generation, Secret: a.Secret,
+		ReadOnly: a.ReadOnly, IOPS: v.IOPS, BytesPerSecond: v.Throughput << 20})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, blockexport.ErrStaleGeneration):
+		return status.Errorf(codes.FailedPrecondition, "volume %s: the attachment to node %s (generation %d) was fenced by a newer one: %v", v.ID, a.NodeID, a.Generation, err)
+	}
+	return status.Errorf(codes.Unavailable, "volume %s: the storage host of pool %s (node %s, NBD at %s) could not export it to node %s: %v",
+		v.ID, v.Pool, s.pools[v.Pool].Node(), e.Address(), a.NodeID, err)
+}
+
+// unexport ends a network attachment's export.
+func (s *Server) unexport(v *volumeRecord, a attachmentRecord) error {
+	e, ok := s.blockExports[v.Pool]
+	if !a.network() || !ok {
+		return nil
+	}
+	if err := e.Unexport(context.Background(), a.ExportName); err != nil {
+		return status.Errorf(codes.Unavailable, "volume %s: the storage host of pool %s (NBD at %s) could not end the export to node %s: %v",
+			v.ID, v.Pool, e.Address(), a.NodeID, err)
+	}
+	return nil
+}
+
+// reexport declares again the exports of every network attachment (an
+// exporter keeps no state across restarts). A failure is logged and left
+// to the next publish of that attachment, which declares it again.
+func (s *Server) reexport(ctx context.Context, volumes []volumeRecord) {
+	for i := range volumes {
+		v := &volumes[i]
+		for _, a := range v.Attachments {
+			if !a.network() {
+				continue
+			}
+			if err := s.export(ctx, v, a); err != nil {
+				s.log.Error("reconcile: could not export a network attachment again", "volume", v.ID, "node", a.NodeID, "export", a.ExportName, "err", err)
+				continue
+			}
+			s.log.Info("reconcile: network attachment exported again", "volume", v.ID, "node", a.NodeID, "export", a.ExportName, "generation", a.Generation)
+		}
+	}
+}
+
+// GetAttachmentSecret gives a node the secret of its own network
+// attachment of a volume, and nobody else.
+func (s *Server) GetAttachmentSecret(ctx context.Context, req *pb.GetAttachmentSecretRequest) (*pb.AttachmentSecret, error) {
+	node, err := s.callerNode(ctx, req.NodeId, "volume:GetAttachmentSecret", "the attachment secret of volume "+req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	if req.VolumeId == "" || node == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id and node id are required")
+	}
+	v, err := s.getVolume(ctx, req.VolumeId)
+	if err != nil {
+		return nil, err
+	}
+	a, ok := v.attachment(node)
+	if !ok {
+		return nil, status.Errorf(codes.PermissionDenied, "volume %s is not attached to node %s, so that node may not have its attachment secret", v.ID, node)
+	}
+	if !a.network() {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is attached to node %s locally (the node is its storage host), without a network export", v.ID, node)
+	}
+	return &pb.AttachmentSecret{VolumeId: v.ID, NodeId: node, ExportName: a.ExportName, Generation: a.Generation, Secret: a.Secret}, nil
 }

@@ -82,7 +82,7 @@ func kmsError(err error, ref string) error {
 // GetVolumeDataKey unwraps an encrypted volume's data key for the node it
 // is attached to, and for no one else.
 func (s *Server) GetVolumeDataKey(ctx context.Context, req *pb.GetVolumeDataKeyRequest) (*pb.VolumeDataKey, error) {
-	node, err := s.dataKeyNode(ctx, req)
+	node, err := s.callerNode(ctx, req.NodeId, "kms:GetVolumeDataKey", "the data key of volume "+req.VolumeId)
 	if err != nil {
 		return nil, err
 	}
@@ -110,26 +110,27 @@ func (s *Server) GetVolumeDataKey(ctx context.Context, req *pb.GetVolumeDataKeyR
 	return &pb.VolumeDataKey{VolumeId: v.ID, Key: key, KmsKeyId: keyID}, nil
 }
 
-// dataKeyNode is the node a data key is released to: the caller's own
-// node for a node plugin (whatever node id the request names), the
-// request's node for the administrator, nobody else.
-func (s *Server) dataKeyNode(ctx context.Context, req *pb.GetVolumeDataKeyRequest) (string, error) {
+// callerNode is the node something only a node may have (a data key, an
+// attachment secret) is released to: the caller's own node for a node
+// plugin (a request naming another node is refused), the request's node
+// for the administrator, nobody else.
+func (s *Server) callerNode(ctx context.Context, reqNode, action, what string) (string, error) {
 	if s.auth == nil {
-		return req.NodeId, nil
+		return reqNode, nil
 	}
 	p, ok := auth.FromContext(ctx)
 	switch {
 	case !ok:
 		return "", status.Error(codes.Unauthenticated, "no proven caller")
 	case p.Node() != "":
-		if req.NodeId != "" && req.NodeId != p.Node() {
-			return "", status.Errorf(codes.PermissionDenied, "%s may not have the data key of volume %s for node %s: a node plugin gets keys for its own node only", p, req.VolumeId, req.NodeId)
+		if reqNode != "" && reqNode != p.Node() {
+			return "", status.Errorf(codes.PermissionDenied, "%s may not have %s for node %s: a node plugin gets it for its own node only", p, what, reqNode)
 		}
 		return p.Node(), nil
 	case p.Kind == auth.Admin:
-		return req.NodeId, nil
+		return reqNode, nil
 	}
-	return "", status.Errorf(codes.PermissionDenied, "%s may not kms:GetVolumeDataKey on %s: only a node plugin (%s<node>) or the administrator may have a volume's data key", p, req.VolumeId, auth.CSINodePrefix)
+	return "", status.Errorf(codes.PermissionDenied, "%s may not %s (%s): only a node plugin (%s<node>) or the administrator may", p, action, what, auth.CSINodePrefix)
 }
 
 func (s *Server) requireKMS() error {

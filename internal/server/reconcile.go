@@ -118,5 +118,6 @@ func (s *Server) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
+	s.reexport(ctx, volumes)
 	return s.reconcileFiles(ctx)
 }

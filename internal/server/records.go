@@ -63,14 +63,25 @@ type volumeRecord struct {
 	MultiAttach    bool              `json:"multiAttach,omitempty"`
 	Encryption
 	Attachments []attachmentRecord `json:"attachments,omitempty"`
-	Created     time.Time          `json:"created"`
+	// AttachGeneration is the generation of the newest network attachment;
+	// each new one (but a second of a multi-attach volume) gets one more.
+	AttachGeneration uint64    `json:"attachGeneration,omitempty"`
+	Created          time.Time `json:"created"`
 }
 
 type attachmentRecord struct {
 	NodeID   string    `json:"nodeId"`
 	ReadOnly bool      `json:"readOnly,omitempty"`
 	Attached time.Time `json:"attached"`
+	// A network attachment (the node is not the storage host) has an NBD
+	// export of its own, a generation and the secret the node presents.
+	// A local one has none of them.
+	ExportName string `json:"exportName,omitempty"`
+	Generation uint64 `json:"generation,omitempty"`
+	Secret     string `json:"secret,omitempty"`
 }
+
+func (a attachmentRecord) network() bool { return a.ExportName != "" }
 
 type snapshotRecord struct {
 	ID          string            `json:"id"`
@@ -113,26 +124,34 @@ func newID(prefix string) string {
 	return prefix + "-" + hex.EncodeToString(b)[:17]
 }
 
-func (v *volumeRecord) toProto(p Pool) *pb.Volume {
+// toProto is the volume as the API shows it; exportAddr is where its
+// pool's storage host exports volumes over NBD (empty: it does not, and
+// the volume attaches only on its node).
+func (v *volumeRecord) toProto(p Pool, exportAddr string) *pb.Volume {
 	out := &pb.Volume{
 		Id: v.ID, Name: v.Name, Zone: v.Zone, SizeGib: v.SizeGiB, Type: v.Type,
 		Iops: v.IOPS, ThroughputMibps: v.Throughput, State: v.State, StateReason: v.StateReason,
 		Tags: v.Tags, SnapshotId: v.SnapshotID, SourceVolumeId: v.SourceVolumeID,
 		CreateTime: timestamppb.New(v.Created), Pool: v.Pool, Node: v.Node, MultiAttach: v.MultiAttach,
-		Encrypted: v.Encrypted, KmsKeyId: v.KMSKeyID,
+		Encrypted: v.Encrypted, KmsKeyId: v.KMSKeyID, Zonal: exportAddr != "",
 	}
 	for _, a := range v.Attachments {
-		out.Attachments = append(out.Attachments, v.attachmentProto(a, p))
+		out.Attachments = append(out.Attachments, v.attachmentProto(a, p, exportAddr))
 	}
 	return out
 }
 
-func (v *volumeRecord) attachmentProto(a attachmentRecord, p Pool) *pb.Attachment {
+// attachmentProto never holds the attachment's secret: that goes to the
+// attached node only, through GetAttachmentSecret.
+func (v *volumeRecord) attachmentProto(a attachmentRecord, p Pool, exportAddr string) *pb.Attachment {
 	att := &pb.Attachment{
 		VolumeId: v.ID, NodeId: a.NodeID, State: pb.AttachmentState_ATTACHMENT_STATE_ATTACHED,
 		AttachTime: timestamppb.New(a.Attached), ReadOnly: a.ReadOnly,
 	}
-	if p != nil {
+	switch {
+	case a.network():
+		att.ExportAddress, att.ExportName, att.Generation = exportAddr, a.ExportName, a.Generation
+	case p != nil:
 		att.ImagePath = p.ImagePath(v.ID)
 	}
 	return att

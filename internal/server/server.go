@@ -65,6 +65,10 @@ type Config struct {
 	// Exporters serve the access points of the file-tree pool of the same
 	// name over NFS; a pool without one makes access points unexported.
 	Exporters map[string]Exporter
+	// BlockExports serve the volumes of the pool of the same name over NBD
+	// to the nodes of its zone other than its own. A pool without one
+	// attaches only on its node.
+	BlockExports map[string]BlockExporter
 	// AccessPointLimit is the most access points a new file system may
 	// have. Default DefaultAccessPointLimit.
 	AccessPointLimit int
@@ -104,6 +108,7 @@ type Server struct {
 	filePools     map[string]FilePool
 	filePoolNames []string
 	exporters     map[string]Exporter
+	blockExports  map[string]BlockExporter
 	apLimit       int
 	nfsAddress    string
 	auth          *auth.Authorizer
@@ -130,12 +135,20 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS,
 		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit, nfsAddress: cfg.NFSAddress, auth: cfg.Auth,
-		now: time.Now}
+		blockExports: cfg.BlockExports, now: time.Now}
 	if s.filePools == nil {
 		s.filePools = map[string]FilePool{}
 	}
 	if s.exporters == nil {
 		s.exporters = map[string]Exporter{}
+	}
+	if s.blockExports == nil {
+		s.blockExports = map[string]BlockExporter{}
+	}
+	for name := range s.blockExports {
+		if _, ok := cfg.Pools[name]; !ok {
+			return nil, fmt.Errorf("server: a block exporter is given for pool %q, which is not configured", name)
+		}
 	}
 	if cfg.KMS != nil {
 		// One clock for the rotation loop and the dates it compares.

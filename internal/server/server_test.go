@@ -44,6 +44,8 @@ type envOptions struct {
 	wrap func(name string, p Pool) Pool
 	// wrapStore lets a test watch or fail the server's metadata writes.
 	wrapStore func(store.Store) store.Store
+	// networked pools export their volumes over NBD on 127.0.0.1.
+	networked []string
 }
 
 // testEnv is one running server and its clients.
@@ -51,6 +53,7 @@ type testEnv struct {
 	srv       *Server
 	store     store.Store
 	pools     map[string]*agent.Pool
+	exports   map[string]LocalBlockExporter
 	volumes   pb.VolumeServiceClient
 	snapshots pb.SnapshotServiceClient
 	nodes     pb.NodeServiceClient
@@ -92,7 +95,13 @@ func newEnv(t *testing.T, o envOptions) *testEnv {
 	if o.wrapStore != nil {
 		srvStore = o.wrapStore(st)
 	}
-	e.srv, err = New(Config{Store: srvStore, Pools: pools, LockWait: o.lockWait, Logger: logger, KMS: keys})
+	e.exports = map[string]LocalBlockExporter{}
+	blockExports := map[string]BlockExporter{}
+	for _, name := range o.networked {
+		x := startExporter(t, pools[name])
+		e.exports[name], blockExports[name] = x, x
+	}
+	e.srv, err = New(Config{Store: srvStore, Pools: pools, LockWait: o.lockWait, Logger: logger, KMS: keys, BlockExports: blockExports})
 	if err != nil {
 		t.Fatal(err)
 	}

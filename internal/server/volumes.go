@@ -55,7 +55,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 				return nil, status.Errorf(codes.AlreadyExists,
 					"volume name %q is already used by %s, created with other parameters (%s)", req.Name, existing.ID, existing.RequestKey)
 			}
-			return existing.toProto(s.pools[existing.Pool]), nil
+			return s.volumeProto(existing), nil
 		}
 	}
 
@@ -167,7 +167,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	s.log.Info("volume created", "volume", v.ID, "name", v.Name, "pool", poolName, "zone", v.Zone,
 		"sizeGiB", v.SizeGiB, "type", v.Type, "iops", v.IOPS, "throughputMiBps", v.Throughput,
 		"snapshot", v.SnapshotID, "sourceVolume", v.SourceVolumeID)
-	return v.toProto(p), nil
+	return s.volumeProto(v), nil
 }
 
 // rollbackUnrecorded removes the image of a create whose commit failed. A
@@ -245,11 +245,11 @@ func (s *Server) placeVolume(ctx context.Context, req *pb.CreateVolumeRequest, s
 }
 
 func (s *Server) checkSourcePool(req *pb.CreateVolumeRequest, pool, what string) error {
-	p, err := s.pool(pool)
-	if err != nil {
+	if _, err := s.pool(pool); err != nil {
 		return err
 	}
-	if !s.allowed(req, p) {
+	if !s.allowed(req, pool) {
+		p := s.pools[pool]
 		return status.Errorf(codes.ResourceExhausted,
 			"%s is stored in zone %s on node %s, outside the requested placement; restore or clone it there (cross-zone copies need the network data path)",
 			what, p.Zone(), p.Node())
@@ -257,27 +257,29 @@ func (s *Server) checkSourcePool(req *pb.CreateVolumeRequest, pool, what string)
 	return nil
 }
 
-// allowed reports whether pool p satisfies the zone/node/requisite constraints of req.
-func (s *Server) allowed(req *pb.CreateVolumeRequest, p Pool) bool {
-	if req.Zone != "" && p.Zone() != req.Zone {
-		return false
-	}
-	if req.Node != "" && p.Node() != req.Node {
+// allowed reports whether pool satisfies the zone/node/requisite constraints of req.
+func (s *Server) allowed(req *pb.CreateVolumeRequest, pool string) bool {
+	if !s.placementMatches(&pb.Placement{Zone: req.Zone, Node: req.Node}, pool) {
 		return false
 	}
 	if len(req.Requisite) == 0 {
 		return true
 	}
 	for _, pl := range req.Requisite {
-		if placementMatches(pl, p) {
+		if s.placementMatches(pl, pool) {
 			return true
 		}
 	}
 	return false
 }
 
-func placementMatches(pl *pb.Placement, p Pool) bool {
-	return (pl.Zone == "" || pl.Zone == p.Zone()) && (pl.Node == "" || pl.Node == p.Node())
+// placementMatches reports whether a volume of pool can be used where pl
+// says: in its zone, and on its node, or on any node of the zone when
+// the pool exports its volumes over the network.
+func (s *Server) placementMatches(pl *pb.Placement, pool string) bool {
+	p := s.pools[pool]
+	_, zonal := s.blockExports[pool]
+	return (pl.Zone == "" || pl.Zone == p.Zone()) && (pl.Node == "" || pl.Node == p.Node() || zonal)
 }
 
 // candidatePools lists the allowed pools, preferred ones first, then by free
@@ -290,13 +292,12 @@ func (s *Server) candidatePools(req *pb.CreateVolumeRequest) []string {
 	}
 	var cs []cand
 	for _, name := range s.poolNames {
-		p := s.pools[name]
-		if !s.allowed(req, p) {
+		if !s.allowed(req, name) {
 			continue
 		}
 		rank := len(req.Preferred)
 		for i, pl := range req.Preferred {
-			if placementMatches(pl, p) {
+			if s.placementMatches(pl, name) {
 				rank = i
 				break
 			}
@@ -356,7 +357,7 @@ func (s *Server) DescribeVolume(ctx context.Context, req *pb.DescribeVolumeReque
 	if err != nil {
 		return nil, err
 	}
-	return v.toProto(s.pools[v.Pool]), nil
+	return s.volumeProto(v), nil
 }
 
 const defaultPageSize = 100
@@ -398,7 +399,7 @@ func (s *Server) ListVolumes(ctx context.Context, req *pb.ListVolumesRequest) (*
 				resp.NextPageToken = resp.Volumes[len(resp.Volumes)-1].Id
 				return store.ErrStopScan
 			}
-			resp.Volumes = append(resp.Volumes, v.toProto(s.pools[v.Pool]))
+			resp.Volumes = append(resp.Volumes, s.volumeProto(&v))
 			return nil
 		})
 	})
@@ -507,7 +508,12 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 		if a.ReadOnly != req.ReadOnly {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already attached to node %s with read-only=%t", v.ID, node.ID, a.ReadOnly)
 		}
-		return v.attachmentProto(a, p), nil
+		// The exporter forgets its exports when it restarts; declaring
+		// again is how a retried publish repairs that.
+		if err := s.export(ctx, v, a); err != nil {
+			return nil, err
+		}
+		return s.attachmentProto(v, a), nil
 	}
 	if v.State != StateAvailable && v.State != StateInUse {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be attached", v.ID, v.State.Word())
@@ -517,10 +523,17 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 			"volume %s is already attached to node %s (a block volume is attached to one node at a time); detach it there first",
 			v.ID, strings.Join(v.attachedNodes(), ", "))
 	}
+	_, networked := s.blockExports[v.Pool]
 	if p.Node() != node.ID {
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"volume %s is stored on node %s and can only be attached there (this release has no network data path yet), not on node %s",
-			v.ID, p.Node(), node.ID)
+		if !networked {
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"volume %s is stored on node %s, whose storage host does not export volumes over the network (its server has no --nbd-listen), so it can only be attached there, not on node %s",
+				v.ID, p.Node(), node.ID)
+		}
+		if node.Zone != "" && node.Zone != v.Zone {
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"volume %s is in zone %s and node %s in zone %s: a volume attaches only to nodes of its own zone", v.ID, v.Zone, node.ID, node.Zone)
+		}
 	}
 	if node.MaxVolumes > 0 {
 		n, err := s.countAttached(ctx, node.ID)
@@ -532,13 +545,28 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 		}
 	}
 	a := attachmentRecord{NodeID: node.ID, ReadOnly: req.ReadOnly, Attached: time.Now().UTC()}
+	if p.Node() != node.ID {
+		s.newNetworkAttachment(v, &a)
+	}
+	// The export first: a crash after it leaves an export no record
+	// names, which ends with the exporter; a record whose export failed
+	// would send the node to an export that is not there.
+	if err := s.export(ctx, v, a); err != nil {
+		return nil, err
+	}
 	v.Attachments = append(v.Attachments, a)
 	v.State = StateInUse
 	if err := s.putVolume(ctx, v); err != nil {
+		s.unexport(v, a)
 		return nil, err
 	}
-	s.log.Info("volume attached", "volume", v.ID, "node", node.ID, "readOnly", req.ReadOnly)
-	return v.attachmentProto(a, p), nil
+	if a.network() {
+		s.log.Info("volume attached over the network", "volume", v.ID, "node", node.ID, "readOnly", req.ReadOnly,
+			"export", a.ExportName, "generation", a.Generation, "storageHost", p.Node())
+	} else {
+		s.log.Info("volume attached", "volume", v.ID, "node", node.ID, "readOnly", req.ReadOnly)
+	}
+	return s.attachmentProto(v, a), nil
 }
 
 func (s *Server) DetachVolume(ctx context.Context, req *pb.DetachVolumeRequest) (*pb.DetachVolumeResponse, error) {
@@ -550,7 +578,8 @@ func (s *Server) DetachVolume(ctx context.Context, req *pb.DetachVolumeRequest) 
 		return nil, err
 	}
 	defer unlock()
-	if _, ok := v.attachment(req.NodeId); !ok {
+	gone, ok := v.attachment(req.NodeId)
+	if !ok {
 		return &pb.DetachVolumeResponse{Detached: false}, nil
 	}
 	kept := v.Attachments[:0]
@@ -562,6 +591,11 @@ func (s *Server) DetachVolume(ctx context.Context, req *pb.DetachVolumeRequest) 
 	v.Attachments = kept
 	if len(kept) == 0 && v.State == StateInUse {
 		v.State = StateAvailable
+	}
+	// The export ends first: once the record says detached, the node may
+	// be attached elsewhere, and nothing of this attachment may still write.
+	if err := s.unexport(v, gone); err != nil {
+		return nil, err
 	}
 	if err := s.putVolume(ctx, v); err != nil {
 		return nil, err
@@ -583,7 +617,7 @@ func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) 
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s and cannot be resized", v.ID, v.State.Word())
 	}
 	if req.SizeGib == v.SizeGiB {
-		return v.toProto(s.pools[v.Pool]), nil
+		return s.volumeProto(v), nil
 	}
 	if req.SizeGib < v.SizeGiB {
 		return nil, status.Errorf(codes.InvalidArgument, "volume %s is %d GiB; it can grow but not shrink to %d GiB", v.ID, v.SizeGiB, req.SizeGib)
@@ -609,7 +643,7 @@ func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) 
 		return nil, err
 	}
 	s.log.Info("volume resized", "volume", v.ID, "fromGiB", old, "toGiB", v.SizeGiB, "iops", v.IOPS)
-	return v.toProto(p), nil
+	return s.volumeProto(v), nil
 }
 
 func (s *Server) ModifyVolume(ctx context.Context, req *pb.ModifyVolumeRequest) (*pb.Volume, error) {
@@ -636,9 +670,16 @@ func (s *Server) ModifyVolume(ctx context.Context, req *pb.ModifyVolumeRequest) 
 	if err := s.putVolume(ctx, v); err != nil {
 		return nil, err
 	}
+	// Network attachments get the new limits from their exporter (the
+	// node's throttle does not see their I/O).
+	for _, a := range v.Attachments {
+		if err := s.export(ctx, v, a); err != nil {
+			s.log.Error("volume modified, but its exporter could not apply the new limits", "volume", v.ID, "node", a.NodeID, "err", err)
+		}
+	}
 	s.log.Info("volume modified", "volume", v.ID, "fromType", old.Type, "toType", v.Type,
 		"fromIOPS", old.IOPS, "toIOPS", v.IOPS, "fromThroughput", old.ThroughputMiBps, "toThroughput", v.Throughput)
-	return v.toProto(s.pools[v.Pool]), nil
+	return s.volumeProto(v), nil
 }
 
 // lockVolume takes the volume's lock and then reads it, so the record cannot

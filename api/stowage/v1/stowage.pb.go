@@ -1199,7 +1199,10 @@ type Volume struct {
 	Node        string `protobuf:"bytes,17,opt,name=node,proto3" json:"node,omitempty"`
 	MultiAttach bool   `protobuf:"varint,18,opt,name=multi_attach,json=multiAttach,proto3" json:"multi_attach,omitempty"`
 	// Why the volume is in state error, in words.
-	StateReason   string `protobuf:"bytes,19,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	StateReason string `protobuf:"bytes,19,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	// The volume attaches over the network from any node of its zone (its
+	// storage host exports it over NBD); false: only on node.
+	Zonal         bool `protobuf:"varint,21,opt,name=zonal,proto3" json:"zonal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1367,16 +1370,30 @@ func (x *Volume) GetStateReason() string {
 	return ""
 }
 
+func (x *Volume) GetZonal() bool {
+	if x != nil {
+		return x.Zonal
+	}
+	return false
+}
+
 type Attachment struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	NodeId   string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	State    AttachmentState        `protobuf:"varint,7,opt,name=state,proto3,enum=stowage.v1.AttachmentState" json:"state,omitempty"`
-	// How the node reaches the volume's data: the image file for the local
-	// data path.
+	// How the node reaches the volume's data. On the storage host itself:
+	// the image file, for a local loop device. Elsewhere: the NBD export
+	// (export_name at export_address), at generation, with the secret of
+	// GetAttachmentSecret; image_path is empty.
 	ImagePath     string                 `protobuf:"bytes,4,opt,name=image_path,json=imagePath,proto3" json:"image_path,omitempty"`
 	AttachTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=attach_time,json=attachTime,proto3" json:"attach_time,omitempty"`
 	ReadOnly      bool                   `protobuf:"varint,6,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	ExportAddress string                 `protobuf:"bytes,8,opt,name=export_address,json=exportAddress,proto3" json:"export_address,omitempty"`
+	ExportName    string                 `protobuf:"bytes,9,opt,name=export_name,json=exportName,proto3" json:"export_name,omitempty"`
+	// Every attachment of a volume has a higher generation than the ones
+	// before; the storage host refuses the I/O of older ones (fencing).
+	Generation    uint64 `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1453,6 +1470,156 @@ func (x *Attachment) GetReadOnly() bool {
 	return false
 }
 
+func (x *Attachment) GetExportAddress() string {
+	if x != nil {
+		return x.ExportAddress
+	}
+	return ""
+}
+
+func (x *Attachment) GetExportName() string {
+	if x != nil {
+		return x.ExportName
+	}
+	return ""
+}
+
+func (x *Attachment) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type GetAttachmentSecretRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	// A node plugin may name only its own node (or leave it empty).
+	NodeId        string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAttachmentSecretRequest) Reset() {
+	*x = GetAttachmentSecretRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAttachmentSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAttachmentSecretRequest) ProtoMessage() {}
+
+func (x *GetAttachmentSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAttachmentSecretRequest.ProtoReflect.Descriptor instead.
+func (*GetAttachmentSecretRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetAttachmentSecretRequest) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *GetAttachmentSecretRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type AttachmentSecret struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	NodeId        string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	ExportName    string                 `protobuf:"bytes,3,opt,name=export_name,json=exportName,proto3" json:"export_name,omitempty"`
+	Generation    uint64                 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	Secret        string                 `protobuf:"bytes,5,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachmentSecret) Reset() {
+	*x = AttachmentSecret{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachmentSecret) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachmentSecret) ProtoMessage() {}
+
+func (x *AttachmentSecret) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachmentSecret.ProtoReflect.Descriptor instead.
+func (*AttachmentSecret) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AttachmentSecret) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *AttachmentSecret) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *AttachmentSecret) GetExportName() string {
+	if x != nil {
+		return x.ExportName
+	}
+	return ""
+}
+
+func (x *AttachmentSecret) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *AttachmentSecret) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
 type CreateVolumeRequest struct {
 	state                      protoimpl.MessageState `protogen:"open.v1"`
 	Name                       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1483,7 +1650,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1495,7 +1662,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[20]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1508,7 +1675,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{20}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateVolumeRequest) GetName() string {
@@ -1640,7 +1807,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1819,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[21]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1832,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{21}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Placement) GetZone() string {
@@ -1691,7 +1858,7 @@ type DescribeVolumeRequest struct {
 
 func (x *DescribeVolumeRequest) Reset() {
 	*x = DescribeVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1870,7 @@ func (x *DescribeVolumeRequest) String() string {
 func (*DescribeVolumeRequest) ProtoMessage() {}
 
 func (x *DescribeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[22]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1883,7 @@ func (x *DescribeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{22}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DescribeVolumeRequest) GetVolumeId() string {
@@ -1742,7 +1909,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1921,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[23]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1934,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{23}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListVolumesRequest) GetZone() string {
@@ -1829,7 +1996,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +2008,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[24]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2021,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{24}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -1880,7 +2047,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +2059,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[25]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +2072,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{25}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteVolumeRequest) GetVolumeId() string {
@@ -1924,7 +2091,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1936,7 +2103,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[26]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1949,7 +2116,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{26}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteVolumeResponse) GetDeleted() bool {
@@ -1970,7 +2137,7 @@ type AttachVolumeRequest struct {
 
 func (x *AttachVolumeRequest) Reset() {
 	*x = AttachVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2149,7 @@ func (x *AttachVolumeRequest) String() string {
 func (*AttachVolumeRequest) ProtoMessage() {}
 
 func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[27]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2162,7 @@ func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*AttachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{27}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AttachVolumeRequest) GetVolumeId() string {
@@ -2029,7 +2196,7 @@ type DetachVolumeRequest struct {
 
 func (x *DetachVolumeRequest) Reset() {
 	*x = DetachVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[28]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2208,7 @@ func (x *DetachVolumeRequest) String() string {
 func (*DetachVolumeRequest) ProtoMessage() {}
 
 func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[28]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2221,7 @@ func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DetachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{28}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DetachVolumeRequest) GetVolumeId() string {
@@ -2080,7 +2247,7 @@ type DetachVolumeResponse struct {
 
 func (x *DetachVolumeResponse) Reset() {
 	*x = DetachVolumeResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[29]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2259,7 @@ func (x *DetachVolumeResponse) String() string {
 func (*DetachVolumeResponse) ProtoMessage() {}
 
 func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[29]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2105,7 +2272,7 @@ func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DetachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{29}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DetachVolumeResponse) GetDetached() bool {
@@ -2125,7 +2292,7 @@ type ResizeVolumeRequest struct {
 
 func (x *ResizeVolumeRequest) Reset() {
 	*x = ResizeVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[30]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2304,7 @@ func (x *ResizeVolumeRequest) String() string {
 func (*ResizeVolumeRequest) ProtoMessage() {}
 
 func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[30]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2317,7 @@ func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{30}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ResizeVolumeRequest) GetVolumeId() string {
@@ -2180,7 +2347,7 @@ type ModifyVolumeRequest struct {
 
 func (x *ModifyVolumeRequest) Reset() {
 	*x = ModifyVolumeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[31]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2192,7 +2359,7 @@ func (x *ModifyVolumeRequest) String() string {
 func (*ModifyVolumeRequest) ProtoMessage() {}
 
 func (x *ModifyVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[31]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2205,7 +2372,7 @@ func (x *ModifyVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModifyVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ModifyVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{31}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ModifyVolumeRequest) GetVolumeId() string {
@@ -2264,7 +2431,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[32]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2443,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[32]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2456,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{32}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Snapshot) GetId() string {
@@ -2395,7 +2562,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[33]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2407,7 +2574,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[33]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2420,7 +2587,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{33}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateSnapshotRequest) GetName() string {
@@ -2460,7 +2627,7 @@ type DescribeSnapshotRequest struct {
 
 func (x *DescribeSnapshotRequest) Reset() {
 	*x = DescribeSnapshotRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[34]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2472,7 +2639,7 @@ func (x *DescribeSnapshotRequest) String() string {
 func (*DescribeSnapshotRequest) ProtoMessage() {}
 
 func (x *DescribeSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[34]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2485,7 +2652,7 @@ func (x *DescribeSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DescribeSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{34}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DescribeSnapshotRequest) GetSnapshotId() string {
@@ -2507,7 +2674,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[35]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +2686,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[35]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +2699,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{35}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListSnapshotsRequest) GetVolumeId() string {
@@ -2573,7 +2740,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[36]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2752,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[36]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2765,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{36}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -2624,7 +2791,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[37]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +2803,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[37]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +2816,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{37}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteSnapshotRequest) GetSnapshotId() string {
@@ -2668,7 +2835,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[38]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2680,7 +2847,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[38]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2693,7 +2860,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{38}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DeleteSnapshotResponse) GetDeleted() bool {
@@ -2723,7 +2890,7 @@ type Pool struct {
 
 func (x *Pool) Reset() {
 	*x = Pool{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[39]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2735,7 +2902,7 @@ func (x *Pool) String() string {
 func (*Pool) ProtoMessage() {}
 
 func (x *Pool) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[39]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2748,7 +2915,7 @@ func (x *Pool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pool.ProtoReflect.Descriptor instead.
 func (*Pool) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{39}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Pool) GetName() string {
@@ -2838,7 +3005,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[40]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2850,7 +3017,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[40]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2863,7 +3030,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{40}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListPoolsRequest) GetZone() string {
@@ -2889,7 +3056,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[41]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2901,7 +3068,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[41]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2914,7 +3081,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{41}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListPoolsResponse) GetPools() []*Pool {
@@ -2938,7 +3105,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[42]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2950,7 +3117,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[42]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2963,7 +3130,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{42}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Node) GetId() string {
@@ -3012,7 +3179,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3191,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3204,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{43}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RegisterNodeRequest) GetId() string {
@@ -3069,7 +3236,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3248,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3094,7 +3261,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{44}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{46}
 }
 
 type ListNodesResponse struct {
@@ -3106,7 +3273,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3285,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3298,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{45}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -3222,7 +3389,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x1c\n" +
 	"\n" +
-	"kms_key_id\x18\x03 \x01(\tR\bkmsKeyId\"\xba\x05\n" +
+	"kms_key_id\x18\x03 \x01(\tR\bkmsKeyId\"\xd0\x05\n" +
 	"\x06Volume\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -3246,10 +3413,11 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x04pool\x18\x10 \x01(\tR\x04pool\x12\x12\n" +
 	"\x04node\x18\x11 \x01(\tR\x04node\x12!\n" +
 	"\fmulti_attach\x18\x12 \x01(\bR\vmultiAttach\x12!\n" +
-	"\fstate_reason\x18\x13 \x01(\tR\vstateReason\x1a7\n" +
+	"\fstate_reason\x18\x13 \x01(\tR\vstateReason\x12\x14\n" +
+	"\x05zonal\x18\x15 \x01(\bR\x05zonal\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\b\x10\t\"\xf4\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\b\x10\t\"\xdc\x02\n" +
 	"\n" +
 	"Attachment\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
@@ -3259,7 +3427,26 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"image_path\x18\x04 \x01(\tR\timagePath\x12;\n" +
 	"\vattach_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"attachTime\x12\x1b\n" +
-	"\tread_only\x18\x06 \x01(\bR\breadOnlyJ\x04\b\x03\x10\x04\"\xb0\x05\n" +
+	"\tread_only\x18\x06 \x01(\bR\breadOnly\x12%\n" +
+	"\x0eexport_address\x18\b \x01(\tR\rexportAddress\x12\x1f\n" +
+	"\vexport_name\x18\t \x01(\tR\n" +
+	"exportName\x12\x1e\n" +
+	"\n" +
+	"generation\x18\n" +
+	" \x01(\x04R\n" +
+	"generationJ\x04\b\x03\x10\x04\"R\n" +
+	"\x1aGetAttachmentSecretRequest\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\xa1\x01\n" +
+	"\x10AttachmentSecret\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1f\n" +
+	"\vexport_name\x18\x03 \x01(\tR\n" +
+	"exportName\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x04R\n" +
+	"generation\x12\x16\n" +
+	"\x06secret\x18\x05 \x01(\tR\x06secret\"\xb0\x05\n" +
 	"\x13CreateVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bsize_gib\x18\x02 \x01(\x03R\asizeGib\x12\x12\n" +
@@ -3427,7 +3614,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x17SNAPSHOT_STATE_DELETING\x10\x03*R\n" +
 	"\x0fAttachmentState\x12 \n" +
 	"\x1cATTACHMENT_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
-	"\x19ATTACHMENT_STATE_ATTACHED\x10\x012\xba\x05\n" +
+	"\x19ATTACHMENT_STATE_ATTACHED\x10\x012\x97\x06\n" +
 	"\rVolumeService\x12C\n" +
 	"\fCreateVolume\x12\x1f.stowage.v1.CreateVolumeRequest\x1a\x12.stowage.v1.Volume\x12G\n" +
 	"\x0eDescribeVolume\x12!.stowage.v1.DescribeVolumeRequest\x1a\x12.stowage.v1.Volume\x12N\n" +
@@ -3437,7 +3624,8 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\fDetachVolume\x12\x1f.stowage.v1.DetachVolumeRequest\x1a .stowage.v1.DetachVolumeResponse\x12C\n" +
 	"\fResizeVolume\x12\x1f.stowage.v1.ResizeVolumeRequest\x1a\x12.stowage.v1.Volume\x12C\n" +
 	"\fModifyVolume\x12\x1f.stowage.v1.ModifyVolumeRequest\x1a\x12.stowage.v1.Volume\x12R\n" +
-	"\x10GetVolumeDataKey\x12#.stowage.v1.GetVolumeDataKeyRequest\x1a\x19.stowage.v1.VolumeDataKey2\xf4\x06\n" +
+	"\x10GetVolumeDataKey\x12#.stowage.v1.GetVolumeDataKeyRequest\x1a\x19.stowage.v1.VolumeDataKey\x12[\n" +
+	"\x13GetAttachmentSecret\x12&.stowage.v1.GetAttachmentSecretRequest\x1a\x1c.stowage.v1.AttachmentSecret2\xf4\x06\n" +
 	"\n" +
 	"KeyService\x12:\n" +
 	"\tCreateKey\x12\x1c.stowage.v1.CreateKeyRequest\x1a\x0f.stowage.v1.Key\x12>\n" +
@@ -3478,7 +3666,7 @@ func file_stowage_v1_stowage_proto_rawDescGZIP() []byte {
 }
 
 var file_stowage_v1_stowage_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_stowage_v1_stowage_proto_goTypes = []any{
 	(VolumeState)(0),                   // 0: stowage.v1.VolumeState
 	(SnapshotState)(0),                 // 1: stowage.v1.SnapshotState
@@ -3503,132 +3691,136 @@ var file_stowage_v1_stowage_proto_goTypes = []any{
 	(*VolumeDataKey)(nil),              // 20: stowage.v1.VolumeDataKey
 	(*Volume)(nil),                     // 21: stowage.v1.Volume
 	(*Attachment)(nil),                 // 22: stowage.v1.Attachment
-	(*CreateVolumeRequest)(nil),        // 23: stowage.v1.CreateVolumeRequest
-	(*Placement)(nil),                  // 24: stowage.v1.Placement
-	(*DescribeVolumeRequest)(nil),      // 25: stowage.v1.DescribeVolumeRequest
-	(*ListVolumesRequest)(nil),         // 26: stowage.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),        // 27: stowage.v1.ListVolumesResponse
-	(*DeleteVolumeRequest)(nil),        // 28: stowage.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),       // 29: stowage.v1.DeleteVolumeResponse
-	(*AttachVolumeRequest)(nil),        // 30: stowage.v1.AttachVolumeRequest
-	(*DetachVolumeRequest)(nil),        // 31: stowage.v1.DetachVolumeRequest
-	(*DetachVolumeResponse)(nil),       // 32: stowage.v1.DetachVolumeResponse
-	(*ResizeVolumeRequest)(nil),        // 33: stowage.v1.ResizeVolumeRequest
-	(*ModifyVolumeRequest)(nil),        // 34: stowage.v1.ModifyVolumeRequest
-	(*Snapshot)(nil),                   // 35: stowage.v1.Snapshot
-	(*CreateSnapshotRequest)(nil),      // 36: stowage.v1.CreateSnapshotRequest
-	(*DescribeSnapshotRequest)(nil),    // 37: stowage.v1.DescribeSnapshotRequest
-	(*ListSnapshotsRequest)(nil),       // 38: stowage.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),      // 39: stowage.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),      // 40: stowage.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),     // 41: stowage.v1.DeleteSnapshotResponse
-	(*Pool)(nil),                       // 42: stowage.v1.Pool
-	(*ListPoolsRequest)(nil),           // 43: stowage.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),          // 44: stowage.v1.ListPoolsResponse
-	(*Node)(nil),                       // 45: stowage.v1.Node
-	(*RegisterNodeRequest)(nil),        // 46: stowage.v1.RegisterNodeRequest
-	(*ListNodesRequest)(nil),           // 47: stowage.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),          // 48: stowage.v1.ListNodesResponse
-	nil,                                // 49: stowage.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                // 50: stowage.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                // 51: stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                // 52: stowage.v1.Volume.TagsEntry
-	nil,                                // 53: stowage.v1.CreateVolumeRequest.TagsEntry
-	nil,                                // 54: stowage.v1.ListVolumesRequest.TagsEntry
-	nil,                                // 55: stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	nil,                                // 56: stowage.v1.Snapshot.TagsEntry
-	nil,                                // 57: stowage.v1.CreateSnapshotRequest.TagsEntry
-	(*timestamppb.Timestamp)(nil),      // 58: google.protobuf.Timestamp
+	(*GetAttachmentSecretRequest)(nil), // 23: stowage.v1.GetAttachmentSecretRequest
+	(*AttachmentSecret)(nil),           // 24: stowage.v1.AttachmentSecret
+	(*CreateVolumeRequest)(nil),        // 25: stowage.v1.CreateVolumeRequest
+	(*Placement)(nil),                  // 26: stowage.v1.Placement
+	(*DescribeVolumeRequest)(nil),      // 27: stowage.v1.DescribeVolumeRequest
+	(*ListVolumesRequest)(nil),         // 28: stowage.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),        // 29: stowage.v1.ListVolumesResponse
+	(*DeleteVolumeRequest)(nil),        // 30: stowage.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),       // 31: stowage.v1.DeleteVolumeResponse
+	(*AttachVolumeRequest)(nil),        // 32: stowage.v1.AttachVolumeRequest
+	(*DetachVolumeRequest)(nil),        // 33: stowage.v1.DetachVolumeRequest
+	(*DetachVolumeResponse)(nil),       // 34: stowage.v1.DetachVolumeResponse
+	(*ResizeVolumeRequest)(nil),        // 35: stowage.v1.ResizeVolumeRequest
+	(*ModifyVolumeRequest)(nil),        // 36: stowage.v1.ModifyVolumeRequest
+	(*Snapshot)(nil),                   // 37: stowage.v1.Snapshot
+	(*CreateSnapshotRequest)(nil),      // 38: stowage.v1.CreateSnapshotRequest
+	(*DescribeSnapshotRequest)(nil),    // 39: stowage.v1.DescribeSnapshotRequest
+	(*ListSnapshotsRequest)(nil),       // 40: stowage.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),      // 41: stowage.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),      // 42: stowage.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),     // 43: stowage.v1.DeleteSnapshotResponse
+	(*Pool)(nil),                       // 44: stowage.v1.Pool
+	(*ListPoolsRequest)(nil),           // 45: stowage.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),          // 46: stowage.v1.ListPoolsResponse
+	(*Node)(nil),                       // 47: stowage.v1.Node
+	(*RegisterNodeRequest)(nil),        // 48: stowage.v1.RegisterNodeRequest
+	(*ListNodesRequest)(nil),           // 49: stowage.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),          // 50: stowage.v1.ListNodesResponse
+	nil,                                // 51: stowage.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                // 52: stowage.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                // 53: stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                // 54: stowage.v1.Volume.TagsEntry
+	nil,                                // 55: stowage.v1.CreateVolumeRequest.TagsEntry
+	nil,                                // 56: stowage.v1.ListVolumesRequest.TagsEntry
+	nil,                                // 57: stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	nil,                                // 58: stowage.v1.Snapshot.TagsEntry
+	nil,                                // 59: stowage.v1.CreateSnapshotRequest.TagsEntry
+	(*timestamppb.Timestamp)(nil),      // 60: google.protobuf.Timestamp
 }
 var file_stowage_v1_stowage_proto_depIdxs = []int32{
-	58, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	58, // 1: stowage.v1.Key.deletion_time:type_name -> google.protobuf.Timestamp
-	58, // 2: stowage.v1.Key.current_version_create_time:type_name -> google.protobuf.Timestamp
+	60, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	60, // 1: stowage.v1.Key.deletion_time:type_name -> google.protobuf.Timestamp
+	60, // 2: stowage.v1.Key.current_version_create_time:type_name -> google.protobuf.Timestamp
 	3,  // 3: stowage.v1.ListKeysResponse.keys:type_name -> stowage.v1.Key
-	49, // 4: stowage.v1.EncryptRequest.encryption_context:type_name -> stowage.v1.EncryptRequest.EncryptionContextEntry
-	50, // 5: stowage.v1.DecryptRequest.encryption_context:type_name -> stowage.v1.DecryptRequest.EncryptionContextEntry
-	51, // 6: stowage.v1.GenerateDataKeyRequest.encryption_context:type_name -> stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	51, // 4: stowage.v1.EncryptRequest.encryption_context:type_name -> stowage.v1.EncryptRequest.EncryptionContextEntry
+	52, // 5: stowage.v1.DecryptRequest.encryption_context:type_name -> stowage.v1.DecryptRequest.EncryptionContextEntry
+	53, // 6: stowage.v1.GenerateDataKeyRequest.encryption_context:type_name -> stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
 	0,  // 7: stowage.v1.Volume.state:type_name -> stowage.v1.VolumeState
-	52, // 8: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
+	54, // 8: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
 	22, // 9: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
-	58, // 10: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
+	60, // 10: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 11: stowage.v1.Attachment.state:type_name -> stowage.v1.AttachmentState
-	58, // 12: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
-	53, // 13: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
-	24, // 14: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
-	24, // 15: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
+	60, // 12: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
+	55, // 13: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
+	26, // 14: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
+	26, // 15: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
 	0,  // 16: stowage.v1.ListVolumesRequest.state:type_name -> stowage.v1.VolumeState
-	54, // 17: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
+	56, // 17: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
 	21, // 18: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
-	55, // 19: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	57, // 19: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
 	1,  // 20: stowage.v1.Snapshot.state:type_name -> stowage.v1.SnapshotState
-	58, // 21: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
-	56, // 22: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
-	57, // 23: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
-	35, // 24: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
-	42, // 25: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
-	58, // 26: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
-	45, // 27: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
-	23, // 28: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
-	25, // 29: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
-	26, // 30: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
-	28, // 31: stowage.v1.VolumeService.DeleteVolume:input_type -> stowage.v1.DeleteVolumeRequest
-	30, // 32: stowage.v1.VolumeService.AttachVolume:input_type -> stowage.v1.AttachVolumeRequest
-	31, // 33: stowage.v1.VolumeService.DetachVolume:input_type -> stowage.v1.DetachVolumeRequest
-	33, // 34: stowage.v1.VolumeService.ResizeVolume:input_type -> stowage.v1.ResizeVolumeRequest
-	34, // 35: stowage.v1.VolumeService.ModifyVolume:input_type -> stowage.v1.ModifyVolumeRequest
+	60, // 21: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	58, // 22: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
+	59, // 23: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
+	37, // 24: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
+	44, // 25: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
+	60, // 26: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
+	47, // 27: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
+	25, // 28: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
+	27, // 29: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
+	28, // 30: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
+	30, // 31: stowage.v1.VolumeService.DeleteVolume:input_type -> stowage.v1.DeleteVolumeRequest
+	32, // 32: stowage.v1.VolumeService.AttachVolume:input_type -> stowage.v1.AttachVolumeRequest
+	33, // 33: stowage.v1.VolumeService.DetachVolume:input_type -> stowage.v1.DetachVolumeRequest
+	35, // 34: stowage.v1.VolumeService.ResizeVolume:input_type -> stowage.v1.ResizeVolumeRequest
+	36, // 35: stowage.v1.VolumeService.ModifyVolume:input_type -> stowage.v1.ModifyVolumeRequest
 	19, // 36: stowage.v1.VolumeService.GetVolumeDataKey:input_type -> stowage.v1.GetVolumeDataKeyRequest
-	4,  // 37: stowage.v1.KeyService.CreateKey:input_type -> stowage.v1.CreateKeyRequest
-	5,  // 38: stowage.v1.KeyService.DescribeKey:input_type -> stowage.v1.DescribeKeyRequest
-	6,  // 39: stowage.v1.KeyService.ListKeys:input_type -> stowage.v1.ListKeysRequest
-	8,  // 40: stowage.v1.KeyService.EnableKey:input_type -> stowage.v1.KeyRequest
-	8,  // 41: stowage.v1.KeyService.DisableKey:input_type -> stowage.v1.KeyRequest
-	9,  // 42: stowage.v1.KeyService.ScheduleKeyDeletion:input_type -> stowage.v1.ScheduleKeyDeletionRequest
-	8,  // 43: stowage.v1.KeyService.CancelKeyDeletion:input_type -> stowage.v1.KeyRequest
-	8,  // 44: stowage.v1.KeyService.RotateKey:input_type -> stowage.v1.KeyRequest
-	10, // 45: stowage.v1.KeyService.CreateAlias:input_type -> stowage.v1.CreateAliasRequest
-	11, // 46: stowage.v1.KeyService.DeleteAlias:input_type -> stowage.v1.DeleteAliasRequest
-	13, // 47: stowage.v1.KeyService.Encrypt:input_type -> stowage.v1.EncryptRequest
-	15, // 48: stowage.v1.KeyService.Decrypt:input_type -> stowage.v1.DecryptRequest
-	17, // 49: stowage.v1.KeyService.GenerateDataKey:input_type -> stowage.v1.GenerateDataKeyRequest
-	36, // 50: stowage.v1.SnapshotService.CreateSnapshot:input_type -> stowage.v1.CreateSnapshotRequest
-	37, // 51: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
-	38, // 52: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
-	40, // 53: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
-	43, // 54: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
-	46, // 55: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
-	47, // 56: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
-	21, // 57: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
-	21, // 58: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
-	27, // 59: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
-	29, // 60: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
-	22, // 61: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
-	32, // 62: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
-	21, // 63: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
-	21, // 64: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
-	20, // 65: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
-	3,  // 66: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
-	3,  // 67: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
-	7,  // 68: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
-	3,  // 69: stowage.v1.KeyService.EnableKey:output_type -> stowage.v1.Key
-	3,  // 70: stowage.v1.KeyService.DisableKey:output_type -> stowage.v1.Key
-	3,  // 71: stowage.v1.KeyService.ScheduleKeyDeletion:output_type -> stowage.v1.Key
-	3,  // 72: stowage.v1.KeyService.CancelKeyDeletion:output_type -> stowage.v1.Key
-	3,  // 73: stowage.v1.KeyService.RotateKey:output_type -> stowage.v1.Key
-	3,  // 74: stowage.v1.KeyService.CreateAlias:output_type -> stowage.v1.Key
-	12, // 75: stowage.v1.KeyService.DeleteAlias:output_type -> stowage.v1.DeleteAliasResponse
-	14, // 76: stowage.v1.KeyService.Encrypt:output_type -> stowage.v1.EncryptResponse
-	16, // 77: stowage.v1.KeyService.Decrypt:output_type -> stowage.v1.DecryptResponse
-	18, // 78: stowage.v1.KeyService.GenerateDataKey:output_type -> stowage.v1.GenerateDataKeyResponse
-	35, // 79: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
-	35, // 80: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
-	39, // 81: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
-	41, // 82: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
-	44, // 83: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
-	45, // 84: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
-	48, // 85: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
-	57, // [57:86] is the sub-list for method output_type
-	28, // [28:57] is the sub-list for method input_type
+	23, // 37: stowage.v1.VolumeService.GetAttachmentSecret:input_type -> stowage.v1.GetAttachmentSecretRequest
+	4,  // 38: stowage.v1.KeyService.CreateKey:input_type -> stowage.v1.CreateKeyRequest
+	5,  // 39: stowage.v1.KeyService.DescribeKey:input_type -> stowage.v1.DescribeKeyRequest
+	6,  // 40: stowage.v1.KeyService.ListKeys:input_type -> stowage.v1.ListKeysRequest
+	8,  // 41: stowage.v1.KeyService.EnableKey:input_type -> stowage.v1.KeyRequest
+	8,  // 42: stowage.v1.KeyService.DisableKey:input_type -> stowage.v1.KeyRequest
+	9,  // 43: stowage.v1.KeyService.ScheduleKeyDeletion:input_type -> stowage.v1.ScheduleKeyDeletionRequest
+	8,  // 44: stowage.v1.KeyService.CancelKeyDeletion:input_type -> stowage.v1.KeyRequest
+	8,  // 45: stowage.v1.KeyService.RotateKey:input_type -> stowage.v1.KeyRequest
+	10, // 46: stowage.v1.KeyService.CreateAlias:input_type -> stowage.v1.CreateAliasRequest
+	11, // 47: stowage.v1.KeyService.DeleteAlias:input_type -> stowage.v1.DeleteAliasRequest
+	13, // 48: stowage.v1.KeyService.Encrypt:input_type -> stowage.v1.EncryptRequest
+	15, // 49: stowage.v1.KeyService.Decrypt:input_type -> stowage.v1.DecryptRequest
+	17, // 50: stowage.v1.KeyService.GenerateDataKey:input_type -> stowage.v1.GenerateDataKeyRequest
+	38, // 51: stowage.v1.SnapshotService.CreateSnapshot:input_type -> stowage.v1.CreateSnapshotRequest
+	39, // 52: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
+	40, // 53: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
+	42, // 54: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
+	45, // 55: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
+	48, // 56: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
+	49, // 57: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
+	21, // 58: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
+	21, // 59: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
+	29, // 60: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
+	31, // 61: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
+	22, // 62: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
+	34, // 63: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
+	21, // 64: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
+	21, // 65: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
+	20, // 66: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
+	24, // 67: stowage.v1.VolumeService.GetAttachmentSecret:output_type -> stowage.v1.AttachmentSecret
+	3,  // 68: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
+	3,  // 69: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
+	7,  // 70: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
+	3,  // 71: stowage.v1.KeyService.EnableKey:output_type -> stowage.v1.Key
+	3,  // 72: stowage.v1.KeyService.DisableKey:output_type -> stowage.v1.Key
+	3,  // 73: stowage.v1.KeyService.ScheduleKeyDeletion:output_type -> stowage.v1.Key
+	3,  // 74: stowage.v1.KeyService.CancelKeyDeletion:output_type -> stowage.v1.Key
+	3,  // 75: stowage.v1.KeyService.RotateKey:output_type -> stowage.v1.Key
+	3,  // 76: stowage.v1.KeyService.CreateAlias:output_type -> stowage.v1.Key
+	12, // 77: stowage.v1.KeyService.DeleteAlias:output_type -> stowage.v1.DeleteAliasResponse
+	14, // 78: stowage.v1.KeyService.Encrypt:output_type -> stowage.v1.EncryptResponse
+	16, // 79: stowage.v1.KeyService.Decrypt:output_type -> stowage.v1.DecryptResponse
+	18, // 80: stowage.v1.KeyService.GenerateDataKey:output_type -> stowage.v1.GenerateDataKeyResponse
+	37, // 81: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
+	37, // 82: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
+	41, // 83: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
+	43, // 84: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
+	46, // 85: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
+	47, // 86: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
+	50, // 87: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
+	58, // [58:88] is the sub-list for method output_type
+	28, // [28:58] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
 	28, // [28:28] is the sub-list for extension extendee
 	0,  // [0:28] is the sub-list for field type_name
@@ -3645,7 +3837,7 @@ func file_stowage_v1_stowage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stowage_v1_stowage_proto_rawDesc), len(file_stowage_v1_stowage_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   55,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

@@ -24,15 +24,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	VolumeService_CreateVolume_FullMethodName     = "/stowage.v1.VolumeService/CreateVolume"
-	VolumeService_DescribeVolume_FullMethodName   = "/stowage.v1.VolumeService/DescribeVolume"
-	VolumeService_ListVolumes_FullMethodName      = "/stowage.v1.VolumeService/ListVolumes"
-	VolumeService_DeleteVolume_FullMethodName     = "/stowage.v1.VolumeService/DeleteVolume"
-	VolumeService_AttachVolume_FullMethodName     = "/stowage.v1.VolumeService/AttachVolume"
-	VolumeService_DetachVolume_FullMethodName     = "/stowage.v1.VolumeService/DetachVolume"
-	VolumeService_ResizeVolume_FullMethodName     = "/stowage.v1.VolumeService/ResizeVolume"
-	VolumeService_ModifyVolume_FullMethodName     = "/stowage.v1.VolumeService/ModifyVolume"
-	VolumeService_GetVolumeDataKey_FullMethodName = "/stowage.v1.VolumeService/GetVolumeDataKey"
+	VolumeService_CreateVolume_FullMethodName        = "/stowage.v1.VolumeService/CreateVolume"
+	VolumeService_DescribeVolume_FullMethodName      = "/stowage.v1.VolumeService/DescribeVolume"
+	VolumeService_ListVolumes_FullMethodName         = "/stowage.v1.VolumeService/ListVolumes"
+	VolumeService_DeleteVolume_FullMethodName        = "/stowage.v1.VolumeService/DeleteVolume"
+	VolumeService_AttachVolume_FullMethodName        = "/stowage.v1.VolumeService/AttachVolume"
+	VolumeService_DetachVolume_FullMethodName        = "/stowage.v1.VolumeService/DetachVolume"
+	VolumeService_ResizeVolume_FullMethodName        = "/stowage.v1.VolumeService/ResizeVolume"
+	VolumeService_ModifyVolume_FullMethodName        = "/stowage.v1.VolumeService/ModifyVolume"
+	VolumeService_GetVolumeDataKey_FullMethodName    = "/stowage.v1.VolumeService/GetVolumeDataKey"
+	VolumeService_GetAttachmentSecret_FullMethodName = "/stowage.v1.VolumeService/GetAttachmentSecret"
 )
 
 // VolumeServiceClient is the client API for VolumeService service.
@@ -60,6 +61,9 @@ type VolumeServiceClient interface {
 	// GetVolumeDataKey returns the plaintext data key of an encrypted volume
 	// to the node it is attached to, so that node can unlock its files.
 	GetVolumeDataKey(ctx context.Context, in *GetVolumeDataKeyRequest, opts ...grpc.CallOption) (*VolumeDataKey, error)
+	// GetAttachmentSecret returns the secret a node presents to the storage
+	// host to reach a volume attached over the network, to that node only.
+	GetAttachmentSecret(ctx context.Context, in *GetAttachmentSecretRequest, opts ...grpc.CallOption) (*AttachmentSecret, error)
 }
 
 type volumeServiceClient struct {
@@ -160,6 +164,16 @@ func (c *volumeServiceClient) GetVolumeDataKey(ctx context.Context, in *GetVolum
 	return out, nil
 }
 
+func (c *volumeServiceClient) GetAttachmentSecret(ctx context.Context, in *GetAttachmentSecretRequest, opts ...grpc.CallOption) (*AttachmentSecret, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AttachmentSecret)
+	err := c.cc.Invoke(ctx, VolumeService_GetAttachmentSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VolumeServiceServer is the server API for VolumeService service.
 // All implementations must embed UnimplementedVolumeServiceServer
 // for forward compatibility.
@@ -185,6 +199,9 @@ type VolumeServiceServer interface {
 	// GetVolumeDataKey returns the plaintext data key of an encrypted volume
 	// to the node it is attached to, so that node can unlock its files.
 	GetVolumeDataKey(context.Context, *GetVolumeDataKeyRequest) (*VolumeDataKey, error)
+	// GetAttachmentSecret returns the secret a node presents to the storage
+	// host to reach a volume attached over the network, to that node only.
+	GetAttachmentSecret(context.Context, *GetAttachmentSecretRequest) (*AttachmentSecret, error)
 	mustEmbedUnimplementedVolumeServiceServer()
 }
 
@@ -221,6 +238,9 @@ func (UnimplementedVolumeServiceServer) ModifyVolume(context.Context, *ModifyVol
 }
 func (UnimplementedVolumeServiceServer) GetVolumeDataKey(context.Context, *GetVolumeDataKeyRequest) (*VolumeDataKey, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetVolumeDataKey not implemented")
+}
+func (UnimplementedVolumeServiceServer) GetAttachmentSecret(context.Context, *GetAttachmentSecretRequest) (*AttachmentSecret, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAttachmentSecret not implemented")
 }
 func (UnimplementedVolumeServiceServer) mustEmbedUnimplementedVolumeServiceServer() {}
 func (UnimplementedVolumeServiceServer) testEmbeddedByValue()                       {}
@@ -405,6 +425,24 @@ func _VolumeService_GetVolumeDataKey_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VolumeService_GetAttachmentSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAttachmentSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).GetAttachmentSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_GetAttachmentSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).GetAttachmentSecret(ctx, req.(*GetAttachmentSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // VolumeService_ServiceDesc is the grpc.ServiceDesc for VolumeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -447,6 +485,10 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetVolumeDataKey",
 			Handler:    _VolumeService_GetVolumeDataKey_Handler,
+		},
+		{
+			MethodName: "GetAttachmentSecret",
+			Handler:    _VolumeService_GetAttachmentSecret_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

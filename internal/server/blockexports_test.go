@@ -1,0 +1,189 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/blockexport"
+	"github.com/stowage-io/stowage/pkg/nbd"
+)
+
+// startExporter serves pool's volumes over NBD on a loopback port until
+// the test ends.
+func startExporter(t *testing.T, pool Pool) LocalBlockExporter {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := blockexport.New(slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	go x.Serve(l)
+	t.Cleanup(func() { x.Close() })
+	return LocalBlockExporter{Exporter: x, Pool: pool, Addr: l.Addr().String()}
+}
+
+// dialAttachment connects to a network attachment as its node would.
+func dialAttachment(t *testing.T, a *pb.Attachment, secret string) (*nbd.Client, error) {
+	t.Helper()
+	return nbd.Dial(testCtx(t), nbd.ClientOptions{Addr: a.ExportAddress, Export: a.ExportName, Connections: 1,
+		Auth: &nbd.Auth{Export: a.ExportName, Generation: a.Generation, Secret: []byte(secret)}})
+}
+
+func TestAttachVolume_OtherNodeOfZone_OverNBDWithSecretAndFencing(t *testing.T) {
+	e := newEnv(t, envOptions{networked: []string{"pool-a"}})
+	ctx := testCtx(t)
+	e.registerNode(t, "node-b", "zone-a", 0)
+	e.registerNode(t, "node-c", "zone-b", 0)
+	v := e.create(t, &pb.CreateVolumeRequest{Name: "net", SizeGib: 1, Zone: "zone-a"})
+	if !v.Zonal {
+		t.Fatalf("volume of a networked pool is not zonal: %v", v)
+	}
+
+	_, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-c"})
+	wantCode(t, err, codes.FailedPrecondition, v.Id, "zone-a", "node-c", "zone-b")
+
+	a, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.ImagePath != "" || a.ExportAddress != e.exports["pool-a"].Addr || a.ExportName == "" || a.Generation != 1 {
+		t.Fatalf("network attachment %v: want no image path, the exporter's address, an export name and generation 1", a)
+	}
+	again, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil || again.ExportName != a.ExportName || again.Generation != 1 {
+		t.Fatalf("attach again: %v, %v; want the same attachment", again, err)
+	}
+
+	// The secret goes to the attached node only, never with the volume.
+	_, err = e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-c"})
+	wantCode(t, err, codes.PermissionDenied, v.Id, "node-c")
+	sec, err := e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sec.Secret) < 32 || sec.ExportName != a.ExportName || sec.Generation != 1 {
+		t.Fatalf("attachment secret %v", sec)
+	}
+	if d := e.describe(t, v.Id); strings.Contains(d.String(), sec.Secret) {
+		t.Fatal("DescribeVolume shows the attachment secret")
+	}
+
+	if _, err := dialAttachment(t, a, "not-the-secret"); !errors.Is(err, nbd.ErrRefused) {
+		t.Fatalf("dial with a wrong secret: %v, want refused", err)
+	}
+	c, err := dialAttachment(t, a, sec.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	data := []byte("written by node-b over the network")
+	if _, err := c.WriteAt(data, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAt(t, e.imagePath(v.Id), 4096, len(data)); !bytes.Equal(got, data) {
+		t.Fatalf("image holds %q, want %q", got, data)
+	}
+
+	// A second node's attach of the RWO volume is refused, naming the holder.
+	_, err = e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-a"})
+	wantCode(t, err, codes.FailedPrecondition, v.Id, "already attached to node node-b")
+
+	// Detach ends the export: node-b's writes fail and it cannot come back.
+	if _, err := e.volumes.DetachVolume(ctx, &pb.DetachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteAt([]byte("stale"), 0); err == nil {
+		t.Fatal("a write of a detached attachment succeeded")
+	}
+	if _, err := dialAttachment(t, a, sec.Secret); !errors.Is(err, nbd.ErrRefused) {
+		t.Fatalf("dial a detached attachment: %v, want refused", err)
+	}
+	if got := readAt(t, e.imagePath(v.Id), 0, 5); bytes.Equal(got, []byte("stale")) {
+		t.Fatal("a write after detach reached the image")
+	}
+
+	// On its storage host the volume attaches locally, without an export.
+	local, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if local.ImagePath != e.imagePath(v.Id) || local.ExportName != "" || local.Generation != 0 {
+		t.Fatalf("local attachment %v", local)
+	}
+	_, err = e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-a"})
+	wantCode(t, err, codes.FailedPrecondition, "locally")
+	if _, err := e.volumes.DetachVolume(ctx, &pb.DetachVolumeRequest{VolumeId: v.Id, NodeId: "node-a"}); err != nil {
+		t.Fatal(err)
+	}
+	next, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Generation != 2 || next.ExportName == a.ExportName {
+		t.Fatalf("attach after detach: %v; want generation 2 and a new export", next)
+	}
+}
+
+func TestAttachVolume_PoolWithoutExporter_OnlyOnItsNode(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.registerNode(t, "node-b", "zone-a", 0)
+	v := e.create(t, &pb.CreateVolumeRequest{Name: "local", SizeGib: 1})
+	if v.Zonal {
+		t.Fatal("a volume of a pool without exporter is zonal")
+	}
+	_, err := e.volumes.AttachVolume(testCtx(t), &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
+	wantCode(t, err, codes.FailedPrecondition, v.Id, "node-a", "node-b", "--nbd-listen")
+}
+
+func TestCreateVolume_NetworkedPool_AnyNodeOfItsZoneMatches(t *testing.T) {
+	e := newEnv(t, envOptions{networked: []string{"pool-a", "pool-b"},
+		pools: []testPool{{"pool-a", "zone-a", "node-a"}, {"pool-b", "zone-b", "node-b"}}})
+	v := e.create(t, &pb.CreateVolumeRequest{Name: "wffc", SizeGib: 1,
+		Requisite: []*pb.Placement{{Zone: "zone-b", Node: "node-b2"}}, Preferred: []*pb.Placement{{Zone: "zone-b", Node: "node-b2"}}})
+	if v.Pool != "pool-b" || v.Zone != "zone-b" {
+		t.Fatalf("volume for node-b2 of zone-b placed in %s (%s)", v.Pool, v.Zone)
+	}
+	_, err := e.volumes.CreateVolume(testCtx(t), &pb.CreateVolumeRequest{Name: "nowhere", SizeGib: 1,
+		Requisite: []*pb.Placement{{Zone: "zone-c", Node: "node-c"}}})
+	wantCode(t, err, codes.ResourceExhausted)
+}
+
+func TestReconcile_NewExporter_NetworkAttachmentsExportedAgain(t *testing.T) {
+	e := newEnv(t, envOptions{networked: []string{"pool-a"}})
+	ctx := testCtx(t)
+	e.registerNode(t, "node-b", "zone-a", 0)
+	v := e.create(t, &pb.CreateVolumeRequest{Name: "restart", SizeGib: 1})
+	a, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A server start: a fresh exporter knows nothing until Reconcile.
+	x := startExporter(t, e.pools["pool-a"])
+	srv, err := New(Config{Store: e.store, Pools: map[string]Pool{"pool-a": e.pools["pool-a"]}, BlockExports: map[string]BlockExporter{"pool-a": x}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.ExportAddress = x.Addr
+	c, err := dialAttachment(t, a, sec.Secret)
+	if err != nil {
+		t.Fatalf("the attachment is not exported again after the restart: %v", err)
+	}
+	c.Close()
+}
