@@ -114,6 +114,9 @@ func (f FUSELoop) lastLog(dir string) string {
 	return lines[len(lines)-1]
 }
 
+// Device returns the loop device of a live attachment.
+func (f FUSELoop) Device(t Target) (string, bool) { return f.running(f.dir(t)) }
+
 // running returns the device of a live process serving dir's attachment.
 func (f FUSELoop) running(dir string) (string, bool) {
 	pid, err := readPID(dir)

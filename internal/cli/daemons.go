@@ -21,6 +21,7 @@ import (
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
 	"github.com/stowage-io/stowage/internal/auth"
+	"github.com/stowage-io/stowage/internal/blockexport"
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/csi/filecsi"
 	"github.com/stowage-io/stowage/internal/files"
@@ -104,7 +105,7 @@ func newServerCmd() *cobra.Command {
 	var dataDir, listen, zone, node, metricsAddr string
 	var pools, filePools []string
 	var apLimit int
-	var nfsListen string
+	var nfsListen, nbdListen string
 	var rotationCheck time.Duration
 	var a authOptions
 	var so storeOptions
@@ -131,7 +132,7 @@ func newServerCmd() *cobra.Command {
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node, metricsAddr: metricsAddr,
-				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, auth: a,
+				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, auth: a,
 				rotationCheck: rotationCheck, store: so})
 		},
 	}
@@ -153,6 +154,7 @@ func newServerCmd() *cobra.Command {
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
 	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
+	f.StringVar(&nbdListen, "nbd-listen", "", "export the block pools' volumes over NBD at host:port to the other nodes of their zones (empty: a volume attaches only on its pool's node)")
 	f.StringVar(&nfsListen, "nfs-listen", "", "serve access points over NFSv4 with nfs-ganesha at host:port (empty: access points are not exported)")
 	f.DurationVar(&rotationCheck, "rotation-check-interval", server.DefaultRotationCheck, "how often the server looks for secrets whose scheduled rotation is due")
 	f.StringVar(&so.url, "store", "", "metadata store: empty for the bbolt file <data-dir>/metadata.db (one server), or etcd://host:port[,host:port...] to share it with other servers, one of which leads (docs/metadata.md)")
@@ -170,6 +172,7 @@ type serverOptions struct {
 	pools, filePools                         []string
 	accessPointLimit                         int
 	nfsListen                                string
+	nbdListen                                string
 	auth                                     authOptions
 	rotationCheck                            time.Duration
 	store                                    storeOptions
@@ -288,6 +291,18 @@ func runServer(ctx context.Context, o serverOptions) error {
 		}
 		nfsAddress = g.Address()
 	}
+	blockExports := map[string]server.BlockExporter{}
+	var nbdExporter *blockexport.Exporter
+	if o.nbdListen != "" {
+		if _, _, err := net.SplitHostPort(o.nbdListen); err != nil {
+			return usageErrorf("--nbd-listen %q: %v", o.nbdListen, err)
+		}
+		nbdExporter = blockexport.New(log)
+		defer nbdExporter.Close()
+		for name, p := range pools {
+			blockExports[name] = server.LocalBlockExporter{Exporter: nbdExporter, Pool: p, Addr: o.nbdListen}
+		}
+	}
 	var verifier auth.Verifier
 	if o.auth.review.APIServer != "" {
 		tr, err := auth.NewTokenReview(o.auth.review)
@@ -298,7 +313,8 @@ func runServer(ctx context.Context, o serverOptions) error {
 	}
 	authz := auth.New(st, verifier, log)
 	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys,
-		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit, NFSAddress: nfsAddress, Auth: authz})
+		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit, NFSAddress: nfsAddress, Auth: authz,
+		BlockExports: blockExports})
 	if err != nil {
 		return err
 	}
@@ -322,6 +338,20 @@ func runServer(ctx context.Context, o serverOptions) error {
 			if len(issued) > 0 {
 				log.Info("component tokens issued", "dir", dir, "components", issued)
 			}
+		}
+		// The NBD listener opens before Reconcile declares the exports: a
+		// node that reconnects early is told to wait, not refused.
+		if nbdExporter != nil {
+			l, err := net.Listen("tcp", o.nbdListen)
+			if err != nil {
+				return nil, fmt.Errorf("--nbd-listen %s: %w", o.nbdListen, err)
+			}
+			go func() {
+				if err := nbdExporter.Serve(l); err != nil {
+					log.Error("NBD exporter stopped", "listen", o.nbdListen, "err", err)
+				}
+			}()
+			log.Info("NBD serving the block pools' volumes to other nodes", "listen", o.nbdListen)
 		}
 		if err := srv.Reconcile(ctx); err != nil {
 			return nil, err

@@ -175,7 +175,12 @@ func placements(ts []*csi.Topology) []*pb.Placement {
 	return out
 }
 
+// volumeTopology is where the volume can be used: any node of its zone
+// when its storage host exports it over the network, its node otherwise.
 func volumeTopology(v *pb.Volume) *csi.Topology {
+	if v.Zonal {
+		return &csi.Topology{Segments: map[string]string{TopologyZoneKey: v.Zone}}
+	}
 	return &csi.Topology{Segments: map[string]string{TopologyZoneKey: v.Zone, TopologyNodeKey: v.Node}}
 }
 

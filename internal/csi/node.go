@@ -35,6 +35,10 @@ type NodeConfig struct {
 	// LimitsInterval is how often the performance limits of attached volumes
 	// are re-read from the API and applied (ModifyVolume of a live volume).
 	LimitsInterval time.Duration
+	// NBDAttach is the command that attaches a volume exported over the
+	// network (attach.FUSELoop.Command); default: this executable's
+	// nbd-attach.
+	NBDAttach []string
 	// CgroupRoot is where I/O limits are written: a cgroup v1 blkio
 	// hierarchy or a cgroup v2 mount with the io controller. Empty means
 	// detect it (see detectLimiter).
@@ -50,9 +54,10 @@ type NodeService struct {
 	locks   *keylock.Set
 	// The host operations, behind interfaces so that the branches of the
 	// node RPCs can be tested without root (node_fakes_test.go).
-	loops  loopDevices
-	mounts mounter
-	limits limiter
+	loops   loopDevices
+	network networkAttacher
+	mounts  mounter
+	limits  limiter
 }
 
 // NewNodeService returns a node plugin for cfg.NodeID.
@@ -78,14 +83,15 @@ func NewNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.Nod
 	} else {
 		klog.InfoS("node plugin: WARNING: IOPS and throughput limits are NOT enforced on this node; volumes stage without them", "limits", lim)
 	}
-	return newNodeService(cfg, volumes, nodes, hostLoops{}, newHostMounts(), lim), nil
+	network := attach.FUSELoop{Command: cfg.NBDAttach, StateDir: filepath.Join(cfg.StateDir, "network")}
+	return newNodeService(cfg, volumes, nodes, hostLoops{}, network, newHostMounts(), lim), nil
 }
 
-func newNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient, loops loopDevices, mounts mounter, lim limiter) *NodeService {
+func newNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient, loops loopDevices, network networkAttacher, mounts mounter, lim limiter) *NodeService {
 	return &NodeService{
 		cfg: cfg, volumes: volumes, nodes: nodes,
 		locks: keylock.New(2 * time.Second),
-		loops: loops, mounts: mounts, limits: lim,
+		loops: loops, network: network, mounts: mounts, limits: lim,
 	}
 }
 
@@ -165,8 +171,12 @@ func limitsOf(v *pb.Volume) attach.Limits {
 
 // stagedVolume is what the node remembers about a staged volume.
 type stagedVolume struct {
-	VolumeID    string `json:"volumeId"`
-	ImagePath   string `json:"imagePath"`
+	VolumeID string `json:"volumeId"`
+	// ImagePath is the image of a volume attached locally (this node is
+	// its storage host); Export the NBD export of one attached over the
+	// network. One of the two is set.
+	ImagePath   string     `json:"imagePath,omitempty"`
+	Export      *exportRef `json:"export,omitempty"`
 	Device      string `json:"device,omitempty"`
 	StagingPath string `json:"stagingPath"`
 	Block       bool   `json:"block,omitempty"`
@@ -176,6 +186,33 @@ type stagedVolume struct {
 	// Targets are the paths the volume is published at, with whether that
 	// publish asked for a single writer (ReadWriteOncePod).
 	Targets map[string]bool `json:"targets,omitempty"`
+}
+
+// exportRef is a network attachment as the node remembers it: everything
+// but its secret, which is asked for again when needed.
+type exportRef struct {
+	Name       string `json:"name"`
+	Address    string `json:"address"`
+	Generation uint64 `json:"generation"`
+}
+
+func exportOf(a *pb.Attachment) *exportRef {
+	if a.ExportName == "" {
+		return nil
+	}
+	return &exportRef{Name: a.ExportName, Address: a.ExportAddress, Generation: a.Generation}
+}
+
+func (e *exportRef) target() attach.Target {
+	return attach.Target{AttachmentID: e.Name, Address: e.Address, Generation: e.Generation}
+}
+
+// source says what the volume's device is made from, for messages.
+func (st *stagedVolume) source() string {
+	if st.Export != nil {
+		return fmt.Sprintf("NBD export %s at %s", st.Export.Name, st.Export.Address)
+	}
+	return "image " + st.ImagePath
 }
 
 // targets is nil-safe: a volume without a record has no targets.
@@ -272,15 +309,15 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 	// would detach the loop device, which would then hold the image after
 	// the volume is deleted. A volume that was staged before this call
 	// stays as it was.
-	wasStaged := n.isStaged(att.ImagePath, staging, spec.block)
-	st := &stagedVolume{VolumeID: id, ImagePath: att.ImagePath, StagingPath: staging}
+	st := &stagedVolume{VolumeID: id, ImagePath: att.ImagePath, Export: exportOf(att), StagingPath: staging}
+	wasStaged := n.isStaged(st, spec.block)
 	mountedHere := false
 	defer func() {
 		if retErr != nil && !wasStaged {
 			n.abandonStage(st, mountedHere)
 		}
 	}()
-	attached, err := n.attachImage(ctx, id, att.ImagePath, staging, spec.block)
+	attached, err := n.attachDevice(ctx, st, spec.block)
 	if attached != nil {
 		st = attached
 	}
@@ -407,39 +444,84 @@ func stageSpecOf(req *csi.NodeStageVolumeRequest, v *pb.Volume) (stageSpec, erro
 	return stageSpec{fsType: fsType, flags: mnt.GetMountFlags(), formatOpts: fopts}, nil
 }
 
-// isStaged reports whether the image is staged already: a raw block volume
-// once its loop device exists, a file system once it is mounted at staging.
-func (n *NodeService) isStaged(image, staging string, block bool) bool {
-	if _, attached, _ := n.loops.Find(image); !attached {
+// isStaged reports whether the volume is staged already: a raw block
+// volume once its device exists, a file system once it is mounted at
+// staging.
+func (n *NodeService) isStaged(st *stagedVolume, block bool) bool {
+	if _, attached := n.device(st); !attached {
 		return false
 	}
 	if block {
 		return true
 	}
-	notMnt, err := n.mounts.IsLikelyNotMountPoint(staging)
+	notMnt, err := n.mounts.IsLikelyNotMountPoint(st.StagingPath)
 	return err == nil && !notMnt
 }
 
-// attachImage attaches the volume's image as a loop device and records it
-// in the volume's node state, keeping what the record already holds (the
-// targets of a staged volume that is staged again).
-func (n *NodeService) attachImage(ctx context.Context, id, image, staging string, block bool) (*stagedVolume, error) {
-	// Record the image before attaching: if we crash right after the
-	// attach, a retry or an unstage still knows which image to detach.
+// device returns the volume's block device on this node, if it has one:
+// the loop device of its image, or the device of its network attachment.
+func (n *NodeService) device(st *stagedVolume) (string, bool) {
+	if st.Export != nil {
+		return n.network.Device(st.Export.target())
+	}
+	dev, found, err := n.loops.Find(st.ImagePath)
+	return dev, err == nil && found
+}
+
+// attachDevice makes the volume's block device (a loop device of its
+// image, or its network attachment) and records it in the volume's node
+// state, keeping what the record already holds (the targets of a staged
+// volume that is staged again).
+func (n *NodeService) attachDevice(ctx context.Context, want *stagedVolume, block bool) (*stagedVolume, error) {
+	id := want.VolumeID
+	// Record the source before attaching: if we crash right after the
+	// attach, a retry or an unstage still knows what to detach.
 	if _, err := n.updateState(id, func(st *stagedVolume) {
-		st.ImagePath, st.StagingPath, st.Block = image, staging, block
+		st.ImagePath, st.Export, st.StagingPath, st.Block = want.ImagePath, want.Export, want.StagingPath, block
 	}); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
 	}
-	device, err := n.loops.Attach(ctx, image)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: attach image %s as a loop device: %v", id, image, err)
+	var device string
+	var err error
+	if want.Export != nil {
+		device, err = n.attachNetwork(ctx, id, want.Export)
+		if err != nil {
+			return nil, err
+		}
+	} else if device, err = n.loops.Attach(ctx, want.ImagePath); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: attach image %s as a loop device: %v", id, want.ImagePath, err)
 	}
 	st, err := n.updateState(id, func(st *stagedVolume) { st.Device = device })
 	if err != nil {
-		return &stagedVolume{VolumeID: id, ImagePath: image, StagingPath: staging, Device: device}, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
+		done := *want
+		done.Device = device
+		return &done, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
 	}
 	return st, nil
+}
+
+// attachNetwork attaches a volume exported over NBD by its storage host,
+// with the secret the server gives this node for the attachment.
+func (n *NodeService) attachNetwork(ctx context.Context, id string, e *exportRef) (string, error) {
+	if dev, ok := n.network.Device(e.target()); ok {
+		return dev, nil
+	}
+	sec, err := n.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: id, NodeId: n.cfg.NodeID})
+	if err != nil {
+		return "", apiError(err, "NodeStageVolume %s: get the secret of its network attachment", id)
+	}
+	if sec.ExportName != e.Name || sec.Generation != e.Generation {
+		return "", status.Errorf(codes.Aborted, "NodeStageVolume %s: the attachment changed while staging (export %s generation %d, now %s generation %d); retry",
+			id, e.Name, e.Generation, sec.ExportName, sec.Generation)
+	}
+	t := e.target()
+	t.Secret = sec.Secret
+	dev, err := n.network.Attach(ctx, t)
+	if err != nil {
+		return "", status.Errorf(codes.Unavailable, "NodeStageVolume %s: attach NBD export %s of the storage host at %s: %v", id, e.Name, e.Address, err)
+	}
+	klog.InfoS("NodeStageVolume: attached over the network", "volumeID", id, "export", e.Name, "storageHost", e.Address, "generation", e.Generation, "device", dev)
+	return dev, nil
 }
 
 // mountStaging puts a file system on device, if it has none, and mounts it
@@ -485,7 +567,7 @@ func (n *NodeService) mountStaging(ctx context.Context, id, device, staging stri
 func (n *NodeService) abandonStage(st *stagedVolume, mounted bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	log := klog.LoggerWithValues(klog.Background(), "volumeID", st.VolumeID, "image", st.ImagePath)
+	log := klog.LoggerWithValues(klog.Background(), "volumeID", st.VolumeID, "source", st.source())
 	if mounted {
 		if err := n.mounts.Unmount(st.StagingPath); err != nil {
 			log.Error(err, "NodeStageVolume failed; unmounting what it mounted failed too", "stagingPath", st.StagingPath)
@@ -496,7 +578,7 @@ func (n *NodeService) abandonStage(st *stagedVolume, mounted bool) {
 		log.Error(err, "NodeStageVolume failed; undoing its attach failed too")
 		return
 	}
-	log.Info("NodeStageVolume failed; detached the loop device it attached", "device", st.Device)
+	log.Info("NodeStageVolume failed; detached the device it attached", "device", st.Device)
 }
 
 // release lets go of a volume's loop device once nothing is mounted from
@@ -507,7 +589,11 @@ func (n *NodeService) release(ctx context.Context, st *stagedVolume) error {
 			klog.ErrorS(err, "clear volume limits", "volumeID", st.VolumeID, "device", st.Device)
 		}
 	}
-	if err := n.loops.Detach(ctx, st.ImagePath); err != nil {
+	if st.Export != nil {
+		if err := n.network.Detach(ctx, st.Export.target()); err != nil {
+			return fmt.Errorf("detach the device of %s: %w", st.source(), err)
+		}
+	} else if err := n.loops.Detach(ctx, st.ImagePath); err != nil {
 		return fmt.Errorf("detach loop device of %s: %w", st.ImagePath, err)
 	}
 	if err := os.Remove(n.statePath(st.VolumeID)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -727,6 +813,12 @@ func (n *NodeService) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandV
 	if _, err := os.Stat(path); err != nil {
 		return nil, status.Errorf(codes.NotFound, "NodeExpandVolume %s: volume path %s: %v", id, path, err)
 	}
+	if st.Export != nil {
+		// The NBD handshake fixes a device's size; the storage host's
+		// image has grown, and the next attach sees it.
+		return nil, status.Errorf(codes.FailedPrecondition, "NodeExpandVolume %s: the volume is attached to node %s over the network (%s), whose device keeps the size it was attached with; it grows when attached again (restart the pod so that it is staged anew)",
+			id, n.cfg.NodeID, st.source())
+	}
 	size, err := n.loops.Refresh(st.Device)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: make %s see the new size: %v", id, st.Device, err)
@@ -798,8 +890,8 @@ func (n *NodeService) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVo
 // condition reports an abnormal volume when its loop device is gone or its
 // file system is no longer mounted where the pod expects it.
 func (n *NodeService) condition(st *stagedVolume, path string, isDir bool) *csi.VolumeCondition {
-	if _, found, err := n.loops.Find(st.ImagePath); err != nil || !found {
-		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("the loop device of volume %s (%s) is gone", st.VolumeID, st.ImagePath)}
+	if _, found := n.device(st); !found {
+		return &csi.VolumeCondition{Abnormal: true, Message: fmt.Sprintf("the block device of volume %s (%s) is gone", st.VolumeID, st.source())}
 	}
 	if isDir {
 		if notMnt, err := n.mounts.IsLikelyNotMountPoint(path); err != nil || notMnt {

@@ -35,6 +35,48 @@ func (f *fakeVolumes) DescribeVolume(_ context.Context, in *pb.DescribeVolumeReq
 	return f.vol, nil
 }
 
+func (f *fakeVolumes) GetAttachmentSecret(_ context.Context, in *pb.GetAttachmentSecretRequest, _ ...grpc.CallOption) (*pb.AttachmentSecret, error) {
+	for _, a := range f.vol.GetAttachments() {
+		if a.NodeId == in.NodeId && a.ExportName != "" {
+			return &pb.AttachmentSecret{VolumeId: f.vol.Id, NodeId: a.NodeId, ExportName: a.ExportName, Generation: a.Generation, Secret: fakeSecret}, nil
+		}
+	}
+	return nil, status.Errorf(codes.PermissionDenied, "volume %s is not attached to node %s over the network", in.VolumeId, in.NodeId)
+}
+
+const fakeSecret = "fake-attachment-secret-0123456789abcdef"
+
+// fakeNetwork is attach.FUSELoop without processes: a device per export.
+type fakeNetwork struct {
+	devices   map[string]string // export -> device
+	secrets   []string          // the secrets Attach was given
+	attachErr error
+	detached  []string
+}
+
+func (f *fakeNetwork) Attach(_ context.Context, t attach.Target) (string, error) {
+	if f.attachErr != nil {
+		return "", f.attachErr
+	}
+	f.secrets = append(f.secrets, t.Secret)
+	dev := "/dev/loop9" + string(rune('0'+len(f.devices)))
+	f.devices[t.AttachmentID] = dev
+	return dev, nil
+}
+
+func (f *fakeNetwork) Detach(_ context.Context, t attach.Target) error {
+	if _, ok := f.devices[t.AttachmentID]; ok {
+		f.detached = append(f.detached, t.AttachmentID)
+	}
+	delete(f.devices, t.AttachmentID)
+	return nil
+}
+
+func (f *fakeNetwork) Device(t attach.Target) (string, bool) {
+	dev, ok := f.devices[t.AttachmentID]
+	return dev, ok
+}
+
 type fakeLoops struct {
 	devices   map[string]string // image -> device
 	attachErr error
@@ -167,6 +209,7 @@ type nodeFixture struct {
 	n       *NodeService
 	vols    *fakeVolumes
 	loops   *fakeLoops
+	network *fakeNetwork
 	mounts  *fakeMounts
 	lim     *fakeLimiter
 	image   string
@@ -183,6 +226,7 @@ func newNodeFixture(t *testing.T) *nodeFixture {
 		vols: &fakeVolumes{vol: &pb.Volume{Id: fakeVolumeID, Iops: 3000, ThroughputMibps: 125,
 			Attachments: []*pb.Attachment{{NodeId: "node-a", ImagePath: filepath.Join(dir, "vol-1.img")}}}},
 		loops:   &fakeLoops{devices: map[string]string{}},
+		network: &fakeNetwork{devices: map[string]string{}},
 		mounts:  &fakeMounts{mounted: map[string]string{}},
 		lim:     &fakeLimiter{enforced: true, applied: map[string]attach.Limits{}, pods: map[string][]string{}},
 		image:   filepath.Join(dir, "vol-1.img"),
@@ -198,7 +242,7 @@ func newNodeFixture(t *testing.T) *nodeFixture {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	f.n = newNodeService(cfg, f.vols, nil, f.loops, f.mounts, f.lim)
+	f.n = newNodeService(cfg, f.vols, nil, f.loops, f.network, f.mounts, f.lim)
 	return f
 }
 
@@ -598,4 +642,89 @@ func TestNodeGetVolumeStats_NoLimits_ConditionSaysSo(t *testing.T) {
 			t.Errorf("LimitsEnforced() = %v, want %v", f.n.LimitsEnforced(), enforced)
 		}
 	}
+}
+
+// networkFixture is a node whose volume is attached over the network: the
+// API names an NBD export, not an image.
+func networkFixture(t *testing.T) *nodeFixture {
+	f := newNodeFixture(t)
+	f.vols.vol.Zonal = true
+	f.vols.vol.Attachments = []*pb.Attachment{{NodeId: "node-a", ExportAddress: "198.51.100.1:10809", ExportName: "vol-1.g3.node-a", Generation: 3}}
+	return f
+}
+
+func TestNodeStageVolume_NetworkAttachment_AttachedWithSecretRememberedWithout(t *testing.T) {
+	f := networkFixture(t)
+	f.stage(t)
+	dev := f.network.devices["vol-1.g3.node-a"]
+	if dev == "" || len(f.loops.devices) != 0 {
+		t.Fatalf("network devices %v, loop devices %v: want the export attached over the network only", f.network.devices, f.loops.devices)
+	}
+	if !slices.Equal(f.network.secrets, []string{fakeSecret}) {
+		t.Errorf("attacher got secrets %v, want the attachment's", f.network.secrets)
+	}
+	if src, ok := f.mounts.mountedAt(f.staging); !ok || src != dev {
+		t.Errorf("staging has %q mounted, want %s", src, dev)
+	}
+	st := f.state(t)
+	if st.Export == nil || *st.Export != (exportRef{Name: "vol-1.g3.node-a", Address: "198.51.100.1:10809", Generation: 3}) || st.ImagePath != "" || st.Device != dev {
+		t.Errorf("node state %+v (export %+v)", st, st.Export)
+	}
+	b, err := os.ReadFile(f.n.statePath(fakeVolumeID))
+	if err != nil || strings.Contains(string(b), fakeSecret) {
+		t.Errorf("node state file holds the attachment secret (or is unreadable: %v)", err)
+	}
+	// Staged again: the same device, no second attach.
+	f.stage(t)
+	if len(f.network.secrets) != 1 {
+		t.Errorf("a repeated stage attached again (%d attaches)", len(f.network.secrets))
+	}
+	resp, err := f.n.NodeGetVolumeStats(context.Background(), &csi.NodeGetVolumeStatsRequest{VolumeId: fakeVolumeID, VolumePath: f.staging})
+	if err != nil || resp.VolumeCondition.Abnormal {
+		t.Errorf("volume stats %v, %v; want a normal condition", resp, err)
+	}
+	_, err = f.n.NodeExpandVolume(context.Background(), &csi.NodeExpandVolumeRequest{VolumeId: fakeVolumeID, VolumePath: f.staging})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "over the network") {
+		t.Errorf("NodeExpandVolume of a network attachment = %v, want FailedPrecondition saying why", err)
+	}
+	if _, err := f.n.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: fakeVolumeID, StagingTargetPath: f.staging}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(f.network.detached, []string{"vol-1.g3.node-a"}) || f.state(t) != nil {
+		t.Errorf("after unstage: detached %v, state %+v", f.network.detached, f.state(t))
+	}
+}
+
+func TestNodeStageVolume_NetworkAttachment_Failures(t *testing.T) {
+	t.Run("StorageHostUnreachable_UnavailableNamingIt", func(t *testing.T) {
+		f := networkFixture(t)
+		f.network.attachErr = errors.New("dial tcp 198.51.100.1:10809: connect: no route to host")
+		_, err := f.n.NodeStageVolume(context.Background(), f.stageReq(fsCap("xfs", csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)))
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "198.51.100.1:10809") || !strings.Contains(err.Error(), "vol-1.g3.node-a") {
+			t.Fatalf("stage = %v, want Unavailable naming the storage host and the export", err)
+		}
+		if f.state(t) != nil {
+			t.Errorf("a failed stage left node state %+v", f.state(t))
+		}
+	})
+	t.Run("MountFails_NetworkDeviceDetached", func(t *testing.T) {
+		f := networkFixture(t)
+		f.mounts.mountErr = errors.New("mount: wrong fs type")
+		if _, err := f.n.NodeStageVolume(context.Background(), f.stageReq(fsCap("xfs", csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER))); err == nil {
+			t.Fatal("stage succeeded with a failing mount")
+		}
+		if len(f.network.devices) != 0 || !slices.Equal(f.network.detached, []string{"vol-1.g3.node-a"}) {
+			t.Errorf("after a failed stage: devices %v, detached %v", f.network.devices, f.network.detached)
+		}
+	})
+	t.Run("AttachmentChanged_Aborted", func(t *testing.T) {
+		f := networkFixture(t)
+		real := f.vols.vol
+		f.vols.vol = &pb.Volume{Id: real.Id, Attachments: []*pb.Attachment{{NodeId: "node-a", ExportAddress: "198.51.100.1:10809", ExportName: "vol-1.g4.node-a", Generation: 4}}}
+		// The node read generation 3; the server now says 4.
+		_, err := f.n.attachNetwork(context.Background(), fakeVolumeID, exportOf(real.Attachments[0]))
+		if status.Code(err) != codes.Aborted {
+			t.Fatalf("attach with a stale generation = %v, want Aborted", err)
+		}
+	})
 }

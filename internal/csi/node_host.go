@@ -11,6 +11,7 @@ import (
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
+	"github.com/stowage-io/stowage/internal/attach"
 	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
@@ -24,6 +25,15 @@ type loopDevices interface {
 	Find(image string) (device string, found bool, err error)
 	// Refresh makes device see its grown image and returns its size in bytes.
 	Refresh(device string) (int64, error)
+}
+
+// networkAttacher makes block devices of volumes attached over the
+// network (attach.FUSELoop on nodes without a kernel NBD client).
+type networkAttacher interface {
+	Attach(ctx context.Context, t attach.Target) (device string, err error)
+	Detach(ctx context.Context, t attach.Target) error
+	// Device returns the device of a live attachment.
+	Device(t attach.Target) (device string, found bool)
 }
 
 // mounter formats, mounts and grows the file systems of staged volumes.

@@ -13,7 +13,18 @@ import (
 )
 
 func TestCSISanity(t *testing.T) {
-	s := stack.Start(t, stack.Options{})
+	runSanity(t, stack.Start(t, stack.Options{}))
+}
+
+// TestCSISanity_OverTheNetwork runs the same suite with the pool on a
+// storage host of its own: every volume the node stages is exported over
+// NBD and attached with `stowage nbd-attach` (FUSE and a loop device).
+func TestCSISanity_OverTheNetwork(t *testing.T) {
+	helper := stack.BuildStowage(t)
+	runSanity(t, stack.Start(t, stack.Options{StorageNode: "storage-1", MountHelper: helper}))
+}
+
+func runSanity(t *testing.T, s *stack.Stack) {
 	cfg := sanity.NewTestConfig()
 	cfg.Address = s.CSIEndpoint
 	cfg.TargetPath = filepath.Join(s.Dir, "target")

@@ -24,7 +24,9 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
+	"github.com/stowage-io/stowage/internal/attach"
 	"github.com/stowage-io/stowage/internal/auth"
+	"github.com/stowage-io/stowage/internal/blockexport"
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/csi/filecsi"
 	"github.com/stowage-io/stowage/internal/files"
@@ -50,6 +52,11 @@ type Options struct {
 	// stowage binary: BuildStowage) serves at FileCSIEndpoint.
 	FileDriver  bool
 	MountHelper string
+	// StorageNode, when not Node, puts the pool on a storage host of that
+	// name: the server exports volumes over NBD on loopback, and the node
+	// attaches them with `stowage nbd-attach` (the stowage binary
+	// MountHelper, a FUSE file with a loop device on top).
+	StorageNode string
 }
 
 // Stack is a running Stowage for one test.
@@ -110,7 +117,10 @@ func Start(t testing.TB, o Options) *Stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	pool, err := agent.Open(agent.Config{Dir: poolDir, Zone: o.Zone, Node: o.Node})
+	if o.StorageNode == "" {
+		o.StorageNode = o.Node
+	}
+	pool, err := agent.Open(agent.Config{Dir: poolDir, Zone: o.Zone, Node: o.StorageNode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,9 +155,17 @@ func Start(t testing.TB, o Options) *Stack {
 		exporters = map[string]server.Exporter{"files-a": g}
 		s.NFSAddress = g.Address()
 	}
+	var blockExports map[string]server.BlockExporter
+	if o.StorageNode != o.Node {
+		if o.MountHelper == "" {
+			t.Fatal("stack: StorageNode needs MountHelper (stack.BuildStowage)")
+		}
+		blockExports = map[string]server.BlockExporter{"pool-a": startBlockExporter(t, pool, logger)}
+	}
 	authz := auth.New(st, nil, logger)
 	s.Server, err = server.New(server.Config{Store: st, Pools: map[string]server.Pool{"pool-a": pool}, Logger: logger, KMS: keys,
-		FilePools: map[string]server.FilePool{"files-a": filePool}, Exporters: exporters, NFSAddress: s.NFSAddress, Auth: authz})
+		FilePools: map[string]server.FilePool{"files-a": filePool}, Exporters: exporters, NFSAddress: s.NFSAddress, Auth: authz,
+		BlockExports: blockExports})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,8 +196,14 @@ func Start(t testing.TB, o Options) *Stack {
 	}
 
 	ctrl := csi.NewControllerService(s.Volumes, s.Snapshots, pb.NewPoolServiceClient(s.Conn))
-	node, err := csi.NewNodeService(csi.NodeConfig{NodeID: o.Node, Zone: o.Zone, MaxVolumes: o.MaxVolumes, StateDir: s.StateDir, LimitsInterval: time.Second},
-		s.Volumes, pb.NewNodeServiceClient(s.Conn))
+	cfg := csi.NodeConfig{NodeID: o.Node, Zone: o.Zone, MaxVolumes: o.MaxVolumes, StateDir: s.StateDir, LimitsInterval: time.Second}
+	if blockExports != nil {
+		cfg.NBDAttach = []string{o.MountHelper, "nbd-attach"}
+		// Before the pool's cleanup: a network device holds no image
+		// open, but its FUSE mount is under the test's directory.
+		t.Cleanup(func() { cleanupNetworkAttachments(t, filepath.Join(s.StateDir, "network")) })
+	}
+	node, err := csi.NewNodeService(cfg, s.Volumes, pb.NewNodeServiceClient(s.Conn))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +224,38 @@ func Start(t testing.TB, o Options) *Stack {
 	t.Cleanup(func() { cancel(); <-done })
 	waitForSocket(t, strings.TrimPrefix(s.CSIEndpoint, "unix://"))
 	return s
+}
+
+// startBlockExporter serves pool's volumes over NBD on a loopback port.
+func startBlockExporter(t testing.TB, pool server.Pool, logger *slog.Logger) server.LocalBlockExporter {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := blockexport.New(logger)
+	go x.Serve(l)
+	t.Cleanup(func() { x.Close() })
+	return server.LocalBlockExporter{Exporter: x, Pool: pool, Addr: l.Addr().String()}
+}
+
+// cleanupNetworkAttachments stops the `stowage nbd-attach` processes a
+// failed test left (by the pids their state directories name); each
+// detaches its loop device and unmounts its FUSE file as it goes.
+func cleanupNetworkAttachments(t testing.TB, dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		f := attach.FUSELoop{StateDir: dir}
+		tg := attach.Target{AttachmentID: e.Name()}
+		if _, live := f.Device(tg); !live {
+			continue
+		}
+		t.Logf("cleanup: stopping the network attachment %s a test left", e.Name())
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := f.Detach(ctx, tg); err != nil {
+			t.Errorf("cleanup: detach network attachment %s: %v", e.Name(), err)
+		}
+		cancel()
+	}
 }
 
 func waitForSocket(t testing.TB, path string) {
