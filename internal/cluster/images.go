@@ -1,9 +1,9 @@
 package cluster
 
 import (
-	"crypto/sha256"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"debug/elf"
 	"fmt"
 	"os"

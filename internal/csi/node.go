@@ -177,9 +177,9 @@ type stagedVolume struct {
 	// network. One of the two is set.
 	ImagePath   string     `json:"imagePath,omitempty"`
 	Export      *exportRef `json:"export,omitempty"`
-	Device      string `json:"device,omitempty"`
-	StagingPath string `json:"stagingPath"`
-	Block       bool   `json:"block,omitempty"`
+	Device      string     `json:"device,omitempty"`
+	StagingPath string     `json:"stagingPath"`
+	Block       bool       `json:"block,omitempty"`
 	// DataDir is the encrypted directory of an encrypted volume, the one
 	// pods see; empty for unencrypted volumes (pods see the file system root).
 	DataDir string `json:"dataDir,omitempty"`
