@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -81,6 +81,13 @@ func (k KernelNBD) Attach(ctx context.Context, t Target) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
+	// The kernel side first: a node without the module fails before the
+	// storage host is dialled.
+	n, err := openNBDNetlink()
+	if err != nil {
+		return "", fmt.Errorf("kernel nbd attach %s: %w", t.AttachmentID, err)
+	}
+	defer n.Close()
 	socks, info, err := dialSockets(ctx, t, k.Connections, 0)
 	if err != nil {
 		return "", fmt.Errorf("kernel nbd attach %s from %s: %w", t.AttachmentID, t.Address, err)
@@ -89,13 +96,13 @@ func (k KernelNBD) Attach(ctx context.Context, t Target) (string, error) {
 	c := k.config(t)
 	c.SizeBytes, c.ServerFlags = uint64(info.Size), uint64(info.Flags)
 	c.FDs = fds(socks)
-	index, err := nbdConnect(c)
+	index, err := n.connect(c)
 	if err != nil {
 		return "", fmt.Errorf("kernel nbd attach %s: %w", t.AttachmentID, err)
 	}
 	dev := nbdDevice(index)
 	if err := os.WriteFile(filepath.Join(dir, "index"), []byte(strconv.Itoa(index)), 0o600); err != nil {
-		nbdDisconnect(index)
+		n.disconnect(index)
 		return "", err
 	}
 	os.WriteFile(filepath.Join(dir, "device"), []byte(dev), 0o600)
@@ -142,7 +149,7 @@ func (k KernelNBD) Detach(ctx context.Context, t Target) error {
 		return err
 	}
 	if deviceBackend(index) == t.AttachmentID {
-		if err := nbdDisconnect(index); err != nil && !errors.Is(err, unix.ENOENT) {
+		if err := withNBDNetlink(func(n *nbdNetlink) error { return n.disconnect(index) }); err != nil {
 			return fmt.Errorf("kernel nbd detach %s (%s): %w", t.AttachmentID, nbdDevice(index), err)
 		}
 		k.log().Info("detached", "attachment", t.AttachmentID, "device", nbdDevice(index))
@@ -168,7 +175,7 @@ func (k KernelNBD) Reconnect(ctx context.Context, t Target, index int) error {
 	}
 	defer closeAll(socks)
 	c.FDs = fds(socks)
-	if err := nbdReconfigure(c); err != nil {
+	if err := withNBDNetlink(func(n *nbdNetlink) error { return n.reconfigure(c) }); err != nil {
 		return fmt.Errorf("kernel nbd reconnect %s (%s): %w", t.AttachmentID, nbdDevice(index), err)
 	}
 	return nil
@@ -244,27 +251,56 @@ func closeAll(fs []*os.File) {
 	}
 }
 
-// nbdRequest resolves the nbd family and sends one request.
-func nbdRequest(cmd uint8, a attrs) ([]genlReply, error) {
+// nbdNetlink is a generic netlink socket with the nbd family resolved.
+type nbdNetlink struct {
+	*genlSocket
+	family genlFamily
+}
+
+func openNBDNetlink() (*nbdNetlink, error) {
 	s, err := openGenl()
 	if err != nil {
 		return nil, err
 	}
-	defer s.Close()
 	fam, err := s.resolveFamily(NBD_GENL_FAMILY_NAME)
 	if err != nil {
+		s.Close()
 		return nil, err
 	}
-	return s.request(fam.ID, cmd, NBD_GENL_VERSION, a)
+	return &nbdNetlink{genlSocket: s, family: fam}, nil
 }
 
-// nbdConnect configures a device with c's sockets and returns its index.
-func nbdConnect(c nbdConfig) (int, error) {
-	rs, err := nbdRequest(NBD_CMD_CONNECT, c.connectAttrs())
+// withNBDNetlink runs f on a fresh nbd netlink socket.
+func withNBDNetlink(f func(*nbdNetlink) error) error {
+	n, err := openNBDNetlink()
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	return f(n)
+}
+
+// connect configures a device with c's sockets and returns its index.
+func (n *nbdNetlink) connect(c nbdConfig) (int, error) {
+	rs, err := n.request(n.family.ID, NBD_CMD_CONNECT, NBD_GENL_VERSION, c.connectAttrs())
 	if err != nil {
 		return 0, fmt.Errorf("NBD_CMD_CONNECT: %w", err)
 	}
 	return connectReplyIndex(rs, c.Index)
+}
+
+func (n *nbdNetlink) disconnect(index int) error {
+	if _, err := n.request(n.family.ID, NBD_CMD_DISCONNECT, NBD_GENL_VERSION, indexAttrs(index)); err != nil {
+		return fmt.Errorf("NBD_CMD_DISCONNECT: %w", err)
+	}
+	return nil
+}
+
+func (n *nbdNetlink) reconfigure(c nbdConfig) error {
+	if _, err := n.request(n.family.ID, NBD_CMD_RECONFIGURE, NBD_GENL_VERSION, c.reconfigureAttrs()); err != nil {
+		return fmt.Errorf("NBD_CMD_RECONFIGURE: %w", err)
+	}
+	return nil
 }
 
 // connectReplyIndex reads the device index from CONNECT's reply; a
@@ -281,87 +317,74 @@ func connectReplyIndex(rs []genlReply, asked int) (int, error) {
 	return 0, errors.New("NBD_CMD_CONNECT: the reply has no NBD_ATTR_INDEX")
 }
 
-func nbdDisconnect(index int) error {
-	if _, err := nbdRequest(NBD_CMD_DISCONNECT, indexAttrs(index)); err != nil {
-		return fmt.Errorf("NBD_CMD_DISCONNECT: %w", err)
-	}
-	return nil
-}
-
-func nbdReconfigure(c nbdConfig) error {
-	if _, err := nbdRequest(NBD_CMD_RECONFIGURE, c.reconfigureAttrs()); err != nil {
-		return fmt.Errorf("NBD_CMD_RECONFIGURE: %w", err)
-	}
-	return nil
-}
-
 // Watch keeps device index of t connected until ctx ends: it listens for
-// the kernel's NBD_CMD_LINK_DEAD multicast and answers each with
-// Reconnect, retrying with backoff (0.1 s to 5 s) while the storage host
-// is away. Every minute, and once at the start (a link may have died
-// while nobody listened), it reconnects anyway; the kernel takes only
-// what replaces a dead socket. A refusal (fenced) disconnects the device
-// so its I/O fails at once rather than after DeadConnTimeout, and ends
-// Watch with the refusal.
+// the kernel's NBD_CMD_LINK_DEAD multicast and answers with Reconnect,
+// retrying with backoff (0.1 s to 5 s) while the storage host is away.
+// It also reconnects once at the start, and whenever the socket lost
+// multicast messages (ENOBUFS), as a link may have died unheard; the
+// kernel takes only sockets that replace dead ones. A refusal (fenced,
+// wrong secret) disconnects the device, so its I/O fails at once rather
+// than after DeadConnTimeout, and ends Watch with the refusal; so does
+// finding the device no longer configured for t.
 func (k KernelNBD) Watch(ctx context.Context, t Target, index int) error {
 	log := k.log().With("attachment", t.AttachmentID, "device", nbdDevice(index))
-	s, err := openGenl()
+	n, err := openNBDNetlink()
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	fam, err := s.resolveFamily(NBD_GENL_FAMILY_NAME)
-	if err != nil {
-		return err
-	}
-	grp, ok := fam.Groups[NBD_GENL_MCAST_GROUP_NAME]
+	defer n.Close()
+	grp, ok := n.family.Groups[NBD_GENL_MCAST_GROUP_NAME]
 	if !ok {
 		return fmt.Errorf("nbd family has no multicast group %q", NBD_GENL_MCAST_GROUP_NAME)
 	}
-	if err := unix.SetsockoptInt(s.fd, unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, int(grp)); err != nil {
+	if err := unix.SetsockoptInt(n.fd, unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, int(grp)); err != nil {
 		return os.NewSyscallError("NETLINK_ADD_MEMBERSHIP", err)
 	}
 	tv := unix.NsecToTimeval(time.Second.Nanoseconds()) // to notice ctx
-	unix.SetsockoptTimeval(s.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	dead := true // at the start, as if a link had died
-	next := time.Now()
+	unix.SetsockoptTimeval(n.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	dead, next := true, time.Now()
 	delay := 100 * time.Millisecond
 	buf := make([]byte, 64<<10)
 	for ctx.Err() == nil {
 		if dead && !time.Now().Before(next) {
+			if deviceBackend(index) != t.AttachmentID {
+				return fmt.Errorf("%s is no longer configured for attachment %s (disconnected by someone else)", nbdDevice(index), t.AttachmentID)
+			}
 			err := k.Reconnect(ctx, t, index)
 			switch {
 			case err == nil:
 				dead, delay = false, 100*time.Millisecond
-				next = time.Now().Add(time.Minute)
 			case errors.Is(err, nbd.ErrRefused):
 				log.Error("reconnect refused; disconnecting the device so its I/O fails", "err", err)
-				if derr := nbdDisconnect(index); derr != nil {
+				if derr := n.disconnect(index); derr != nil {
 					log.Error("disconnect", "err", derr)
 				}
 				return err
+			case ctx.Err() != nil:
+				return nil
 			default:
 				log.Warn("reconnect failed; I/O waits", "err", err, "retry in", delay)
 				next = time.Now().Add(delay)
 				delay = min(2*delay, 5*time.Second)
 			}
 		}
-		if !dead && !time.Now().Before(next) {
-			dead = true // the periodic check
-		}
-		n, _, err := unix.Recvfrom(s.fd, buf, 0)
-		if err == unix.EAGAIN || err == unix.EINTR {
+		got, _, err := unix.Recvfrom(n.fd, buf, 0)
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
 			continue
-		}
-		if err != nil {
+		case err == unix.ENOBUFS:
+			log.Warn("nbd multicast messages lost; reconnecting in case a link died")
+		case err != nil:
 			return os.NewSyscallError("recvfrom(netlink)", err)
-		}
-		rs, _ := parseGenl(buf[:n])
-		if linkDead(rs, index) {
-			log.Warn("nbd link dead; reconnecting, I/O waits")
-			if !dead {
-				dead, next = true, time.Now()
+		default:
+			rs, _ := parseGenl(buf[:got])
+			if !linkDead(rs, index) {
+				continue
 			}
+			log.Warn("nbd link dead; reconnecting, I/O waits")
+		}
+		if !dead {
+			dead, next = true, time.Now()
 		}
 	}
 	return nil
@@ -384,15 +407,7 @@ func nbdAvailable() error {
 	} else if err != nil {
 		return err
 	}
-	s, err := openGenl()
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	if _, err := s.resolveFamily(NBD_GENL_FAMILY_NAME); err != nil {
-		return err
-	}
-	return nil
+	return withNBDNetlink(func(*nbdNetlink) error { return nil })
 }
 
 // RunKernelNBDAttach is `stowage nbd-attach --kernel`: it attaches t with
@@ -401,7 +416,7 @@ func nbdAvailable() error {
 // until ctx ends; then it detaches. Its memory is locked (mlockall) and
 // PR_SET_IO_FLUSHER set because while a link is dead the device's
 // writeback waits on this process.
-func RunKernelNBDAttach(ctx context.Context, k KernelNBD, t Target, ready func(device string)) error {
+func RunKernelNBDAttach(ctx context.Context, k KernelNBD, t Target, ready io.Writer) error {
 	log := k.log()
 	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
 		log.Warn("PR_SET_IO_FLUSHER not set", "err", err)
@@ -413,7 +428,7 @@ func RunKernelNBDAttach(ctx context.Context, k KernelNBD, t Target, ready func(d
 	if err != nil {
 		return err
 	}
-	ready(dev)
+	fmt.Fprintf(ready, "attached %s\n", dev)
 	index, err := readIndex(k.dir(t))
 	if err != nil {
 		return err
@@ -424,8 +439,5 @@ func RunKernelNBDAttach(ctx context.Context, k KernelNBD, t Target, ready func(d
 	if err := k.Detach(dctx, t); err != nil {
 		return err
 	}
-	if werr != nil && !errors.Is(werr, syscall.EINTR) {
-		return werr
-	}
-	return nil
+	return werr
 }

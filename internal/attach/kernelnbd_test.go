@@ -253,6 +253,31 @@ func TestKernelNBD_DialSockets_RawReadAtTransmissionPhase(t *testing.T) {
 	})
 }
 
+// Without the nbd module, Attach gets as far as the netlink request and
+// fails with the kernel's answer; nothing is recorded as attached.
+func TestKernelNBD_AttachWithoutNBDModule_FailsRecordingNothing(t *testing.T) {
+	if _, err := os.Stat("/dev/nbd0"); err == nil {
+		t.Skip("this node has the nbd module")
+	}
+	dir := t.TempDir()
+	image := filepath.Join(dir, "vol-1.img")
+	os.WriteFile(image, make([]byte, 1<<20), 0o600)
+	secret := blockexport.NewSecret()
+	host := &storageHost{t: t, image: image, logs: &logbuf.Buffer{}}
+	host.start(blockexport.Attachment{ID: "att-1", VolumeID: "vol-1", ImagePath: image, Generation: 1, Secret: secret})
+	t.Cleanup(func() { host.ex.Close() })
+	k := KernelNBD{StateDir: filepath.Join(dir, "state")}
+	target := Target{AttachmentID: "att-1", Address: host.addr, Generation: 1, Secret: secret}
+	dev, err := k.Attach(context.Background(), target)
+	if err == nil || !errors.Is(err, unix.ENOENT) || !strings.Contains(err.Error(), `family "nbd"`) {
+		t.Fatalf("attach without the nbd module: %q, %v; want the nbd family not found", dev, err)
+	}
+	if _, err := readIndex(k.dir(target)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a failed attach recorded an index: %v", err)
+	}
+	t.Logf("attach: %v", err)
+}
+
 func TestKernelNBD_DetachOfMissingAttachment_Succeeds(t *testing.T) {
 	k := KernelNBD{StateDir: t.TempDir()}
 	if err := k.Detach(context.Background(), Target{AttachmentID: "never-attached"}); err != nil {
