@@ -183,6 +183,20 @@ func TestResolveFamily_RealKernel_NlctrlFoundNBDMissing(t *testing.T) {
 	}
 }
 
+// exported starts a storage host exporting image (written with data)
+// as attachment att-1 at generation 1 and returns its target.
+func exported(t *testing.T, image string, data []byte) Target {
+	t.Helper()
+	if err := os.WriteFile(image, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secret := blockexport.NewSecret()
+	host := &storageHost{t: t, image: image, logs: &logbuf.Buffer{}}
+	host.start(blockexport.Attachment{ID: "att-1", VolumeID: "vol-1", ImagePath: image, Generation: 1, Secret: secret})
+	t.Cleanup(func() { host.ex.Close() })
+	return Target{AttachmentID: "att-1", Address: host.addr, Generation: 1, Secret: secret}
+}
+
 // dialSockets must leave each socket authenticated and at the
 // transmission phase: a READ written on it by hand, the way the kernel
 // will, gets the image's bytes back.
@@ -191,16 +205,9 @@ func TestKernelNBD_DialSockets_RawReadAtTransmissionPhase(t *testing.T) {
 	image := filepath.Join(dir, "vol-1.img")
 	want := make([]byte, 1<<20)
 	rand.Read(want)
-	if err := os.WriteFile(image, want, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	secret := blockexport.NewSecret()
-	host := &storageHost{t: t, image: image, logs: &logbuf.Buffer{}}
-	host.start(blockexport.Attachment{ID: "att-1", VolumeID: "vol-1", ImagePath: image, Generation: 1, Secret: secret})
-	t.Cleanup(func() { host.ex.Close() })
+	target := exported(t, image, want)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	target := Target{AttachmentID: "att-1", Address: host.addr, Generation: 1, Secret: secret}
 
 	socks, info, err := dialSockets(ctx, target, 0, 0)
 	if err != nil {
@@ -253,21 +260,16 @@ func TestKernelNBD_DialSockets_RawReadAtTransmissionPhase(t *testing.T) {
 	})
 }
 
-// Without the nbd module, Attach gets as far as the netlink request and
-// fails with the kernel's answer; nothing is recorded as attached.
+// Without the nbd module, Attach fails on resolving the nbd netlink
+// family (before dialling the storage host); nothing is recorded.
 func TestKernelNBD_AttachWithoutNBDModule_FailsRecordingNothing(t *testing.T) {
 	if _, err := os.Stat("/dev/nbd0"); err == nil {
 		t.Skip("this node has the nbd module")
 	}
 	dir := t.TempDir()
 	image := filepath.Join(dir, "vol-1.img")
-	os.WriteFile(image, make([]byte, 1<<20), 0o600)
-	secret := blockexport.NewSecret()
-	host := &storageHost{t: t, image: image, logs: &logbuf.Buffer{}}
-	host.start(blockexport.Attachment{ID: "att-1", VolumeID: "vol-1", ImagePath: image, Generation: 1, Secret: secret})
-	t.Cleanup(func() { host.ex.Close() })
+	target := exported(t, image, make([]byte, 1<<20))
 	k := KernelNBD{StateDir: filepath.Join(dir, "state")}
-	target := Target{AttachmentID: "att-1", Address: host.addr, Generation: 1, Secret: secret}
 	dev, err := k.Attach(context.Background(), target)
 	if err == nil || !errors.Is(err, unix.ENOENT) || !strings.Contains(err.Error(), `family "nbd"`) {
 		t.Fatalf("attach without the nbd module: %q, %v; want the nbd family not found", dev, err)
@@ -342,16 +344,8 @@ func TestKernelNBD_RealKernel(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	image := filepath.Join(dir, "vol-1.img")
-	if err := os.WriteFile(image, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	os.Truncate(image, 64<<20)
-	secret := blockexport.NewSecret()
-	host := &storageHost{t: t, image: image, logs: &logbuf.Buffer{}}
-	host.start(blockexport.Attachment{ID: "att-1", VolumeID: "vol-1", ImagePath: image, Generation: 1, Secret: secret})
-	t.Cleanup(func() { host.ex.Close() })
+	target := exported(t, image, make([]byte, 64<<20))
 	k := KernelNBD{StateDir: filepath.Join(dir, "state")}
-	target := Target{AttachmentID: "att-1", Address: host.addr, Generation: 1, Secret: secret}
 	dev, err := k.Attach(ctx, target)
 	if err != nil {
 		t.Fatal(err)
