@@ -103,7 +103,7 @@ func signalContext(parent context.Context) (context.Context, context.CancelFunc)
 
 func newServerCmd() *cobra.Command {
 	var dataDir, listen, zone, node, metricsAddr string
-	var pools, filePools []string
+	var pools, filePools, agents []string
 	var apLimit int
 	var nfsListen, nbdListen string
 	var rotationCheck time.Duration
@@ -123,7 +123,7 @@ func newServerCmd() *cobra.Command {
 				}
 				node = h
 			}
-			if len(pools) == 0 {
+			if len(pools) == 0 && len(agents) == 0 {
 				pools = []string{"name=default"}
 			}
 			if len(filePools) == 0 {
@@ -132,7 +132,7 @@ func newServerCmd() *cobra.Command {
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node, metricsAddr: metricsAddr,
-				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, auth: a,
+				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, auth: a,
 				rotationCheck: rotationCheck, store: so})
 		},
 	}
@@ -152,6 +152,7 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&node, "node", "", "node of pools that do not name one (default: hostname)")
 	f.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
+	f.StringArrayVar(&agents, "agent", nil, "storage pool on a storage host of its own (stowage agent): name=N,address=host:port,token-file=F, F holding the agent's token (repeatable)")
 	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
 	f.StringVar(&nbdListen, "nbd-listen", "", "export the block pools' volumes over NBD at host:port to the other nodes of their zones (empty: a volume attaches only on its pool's node)")
@@ -170,6 +171,7 @@ func newServerCmd() *cobra.Command {
 type serverOptions struct {
 	dataDir, listen, zone, node, metricsAddr string
 	pools, filePools                         []string
+	agents                                   []string // --agent name=N,address=A,token-file=F
 	accessPointLimit                         int
 	nfsListen                                string
 	nbdListen                                string
@@ -199,15 +201,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 	var mounted []poolSpec
 	// Pools whose file system this server mounted are unmounted when it
 	// stops, so that a stopped server leaves no mount behind.
-	defer func() {
-		for _, spec := range mounted {
-			uctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if err := agent.UnmountImageFS(uctx, spec.dir, spec.dir+".img"); err != nil {
-				log.Error("could not unmount pool file system (are volumes still attached?)", "pool", spec.name, "dir", spec.dir, "err", err)
-			}
-			cancel()
-		}
-	}()
+	defer func() { unmountPools(log, mounted) }()
 	for _, s := range specs {
 		spec, err := parsePoolSpec(s, zone, node, dataDir)
 		if err != nil {
@@ -216,20 +210,13 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if _, dup := pools[spec.name]; dup {
 			return usageErrorf("pool %q is given twice", spec.name)
 		}
-		if spec.size > 0 {
-			wasMounted, err := agent.MountImageFS(ctx, spec.dir, spec.dir+".img", spec.size)
-			if err != nil {
-				return fmt.Errorf("pool %s: %w", spec.name, err)
-			}
-			if wasMounted {
-				mounted = append(mounted, spec)
-			}
+		p, wasMounted, err := openBlockPool(ctx, spec, log)
+		if wasMounted {
+			mounted = append(mounted, spec)
 		}
-		p, err := agent.Open(agent.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node})
 		if err != nil {
-			return fmt.Errorf("pool %s: %w", spec.name, err)
+			return err
 		}
-		log.Info("storage pool ready", "pool", spec.name, "dir", spec.dir, "zone", spec.zone, "node", spec.node, "cloneMode", p.CloneMode())
 		pools[spec.name] = p
 	}
 	keys, err := kms.Open(st, filepath.Join(dataDir, "kms", "master.key"))
@@ -303,6 +290,13 @@ func runServer(ctx context.Context, o serverOptions) error {
 			blockExports[name] = server.LocalBlockExporter{Exporter: nbdExporter, Pool: p, Addr: o.nbdListen}
 		}
 	}
+	// Pools on storage hosts of their own (stowage agent), after the local
+	// pools' exporters: an agent exports its own pool's volumes.
+	closeAgents, err := addAgentPools(ctx, o.agents, pools, blockExports, log)
+	if err != nil {
+		return err
+	}
+	defer closeAgents()
 	var verifier auth.Verifier
 	if o.auth.review.APIServer != "" {
 		tr, err := auth.NewTokenReview(o.auth.review)
