@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -121,23 +120,11 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 type agentSpec struct{ name, address, tokenFile string }
 
 func parseAgentSpec(s string) (agentSpec, error) {
-	var a agentSpec
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
-		if !ok {
-			return a, usageErrorf("--agent %q: %q is not key=value (keys: name, address, token-file)", s, kv)
-		}
-		switch k {
-		case "name":
-			a.name = v
-		case "address":
-			a.address = v
-		case "token-file":
-			a.tokenFile = v
-		default:
-			return a, usageErrorf("--agent %q: unknown key %q (keys: name, address, token-file)", s, k)
-		}
+	kv, err := keyValues("--agent", s, "name", "address", "token-file")
+	if err != nil {
+		return agentSpec{}, err
 	}
+	a := agentSpec{name: kv["name"], address: kv["address"], tokenFile: kv["token-file"]}
 	if a.name == "" || a.address == "" || a.tokenFile == "" {
 		return a, usageErrorf("--agent %q: name, address and token-file are all required", s)
 	}

@@ -43,28 +43,20 @@ type poolSpec struct {
 
 func parsePoolSpec(s, defaultZone, defaultNode, dataDir string) (poolSpec, error) {
 	p := poolSpec{zone: defaultZone, node: defaultNode}
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
-		if !ok {
-			return p, usageErrorf("--pool %q: %q is not key=value (keys: name, dir, zone, node, size)", s, kv)
-		}
-		switch k {
-		case "name":
-			p.name = v
-		case "dir":
-			p.dir = v
-		case "zone":
-			p.zone = v
-		case "node":
-			p.node = v
-		case "size":
-			n, err := parseSize(v)
-			if err != nil {
-				return p, usageErrorf("--pool %q: size: %v", s, err)
-			}
-			p.size = n
-		default:
-			return p, usageErrorf("--pool %q: unknown key %q (keys: name, dir, zone, node, size)", s, k)
+	kv, err := keyValues("--pool", s, "name", "dir", "zone", "node", "size")
+	if err != nil {
+		return p, err
+	}
+	p.name, p.dir = kv["name"], kv["dir"]
+	if v, ok := kv["zone"]; ok {
+		p.zone = v
+	}
+	if v, ok := kv["node"]; ok {
+		p.node = v
+	}
+	if v, ok := kv["size"]; ok {
+		if p.size, err = parseSize(v); err != nil {
+			return p, usageErrorf("--pool %q: size: %v", s, err)
 		}
 	}
 	if p.name == "" {

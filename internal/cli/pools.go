@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/stowage-io/stowage/internal/agent"
@@ -38,4 +40,21 @@ func unmountPools(log *slog.Logger, mounted []poolSpec) {
 		}
 		cancel()
 	}
+}
+
+// keyValues reads the value s of a flag like --pool: key=value pairs
+// separated by commas, of the given keys only.
+func keyValues(flag, s string, keys ...string) (map[string]string, error) {
+	kvs := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok {
+			return nil, usageErrorf("%s %q: %q is not key=value (keys: %s)", flag, s, kv, strings.Join(keys, ", "))
+		}
+		if !slices.Contains(keys, k) {
+			return nil, usageErrorf("%s %q: unknown key %q (keys: %s)", flag, s, k, strings.Join(keys, ", "))
+		}
+		kvs[k] = v
+	}
+	return kvs, nil
 }
