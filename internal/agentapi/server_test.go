@@ -1,7 +1,9 @@
 package agentapi
 
 import (
+	"bytes"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -14,10 +16,10 @@ import (
 	"github.com/stowage-io/stowage/internal/store/boltstore"
 )
 
-// The Stowage server with its only pool behind the agent API: what it does
-// to volumes and snapshots happens in the agent's pool.
-func TestServer_VolumeAndSnapshotLifecycle_ThroughTheRemotePool(t *testing.T) {
-	e := newEnv(t)
+// newRemoteServer is the Stowage server with its only pool, remote-b, behind
+// the agent API, and the agent as that pool's block exporter.
+func newRemoteServer(t *testing.T, e *env) *server.Server {
+	t.Helper()
 	ctx := testCtx(t)
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "metadata.db"))
 	if err != nil {
@@ -25,7 +27,8 @@ func TestServer_VolumeAndSnapshotLifecycle_ThroughTheRemotePool(t *testing.T) {
 	}
 	t.Cleanup(func() { st.Close() })
 	srv, err := server.New(server.Config{Store: st, Pools: map[string]server.Pool{"remote-b": e.client},
-		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		BlockExports: map[string]server.BlockExporter{"remote-b": e.client},
+		Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,6 +38,15 @@ func TestServer_VolumeAndSnapshotLifecycle_ThroughTheRemotePool(t *testing.T) {
 	if err := srv.RegisterPoolNodes(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return srv
+}
+
+// The Stowage server with its only pool behind the agent API: what it does
+// to volumes and snapshots happens in the agent's pool.
+func TestServer_VolumeAndSnapshotLifecycle_ThroughTheRemotePool(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t)
+	srv := newRemoteServer(t, e)
 	pools, err := srv.ListPools(ctx, &spb.ListPoolsRequest{})
 	if err != nil || len(pools.Pools) != 1 {
 		t.Fatalf("ListPools = %v, %v", pools, err)
@@ -93,5 +105,60 @@ func TestServer_VolumeAndSnapshotLifecycle_ThroughTheRemotePool(t *testing.T) {
 	_, err = srv.CreateVolume(ctx, &spb.CreateVolumeRequest{Name: "pvc-3", SizeGib: 2, SnapshotId: sn2.Id})
 	if c := status.Code(err); c != codes.NotFound {
 		t.Fatalf("restore from a snapshot the agent lost: %v, want NOT_FOUND", err)
+	}
+}
+
+// A volume of the remote pool attached to another node of its zone is
+// exported by the agent (the server asks over the API); on the storage
+// host's own node it attaches locally, at the agent's image path.
+func TestServer_NetworkAttachment_ExportedByTheAgent(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t)
+	srv := newRemoteServer(t, e)
+	if _, err := srv.RegisterNode(ctx, &spb.RegisterNodeRequest{Id: "compute-1", Zone: "zone-b"}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := srv.CreateVolume(ctx, &spb.CreateVolumeRequest{Name: "pvc-net", SizeGib: 1, Zone: "zone-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := srv.AttachVolume(ctx, &spb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "compute-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.ExportAddress != e.nbdAddr || a.ExportName == "" || a.ImagePath != "" {
+		t.Fatalf("attachment %v: want an export at the agent's NBD address %s and no image path", a, e.nbdAddr)
+	}
+	sec, err := srv.GetAttachmentSecret(ctx, &spb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "compute-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.nbdDial(t, a.ExportName, a.Generation, sec.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("written by compute-1 through the agent")
+	if _, err := c.WriteAt(data, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	img, err := os.ReadFile(e.pool.ImagePath(v.Id))
+	if err != nil || !bytes.Equal(img[8192:8192+len(data)], data) {
+		t.Fatalf("the agent's image does not hold the NBD write (%v)", err)
+	}
+	if _, err := srv.DetachVolume(ctx, &spb.DetachVolumeRequest{VolumeId: v.Id, NodeId: "compute-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteAt([]byte("stale"), 0); err == nil {
+		t.Fatal("a write of the detached attachment succeeded")
+	}
+	local, err := srv.AttachVolume(ctx, &spb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "storage-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if local.ImagePath != e.pool.ImagePath(v.Id) || local.ExportName != "" {
+		t.Fatalf("attachment on the storage host %v: want the agent's image path %s", local, e.pool.ImagePath(v.Id))
 	}
 }
