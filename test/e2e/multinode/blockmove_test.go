@@ -2,6 +2,7 @@ package multinode
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,7 +111,10 @@ spec:
 	checksum := func() {
 		t.Helper()
 		waitFor(t, "the blob and its checksum", time.Minute, func() (bool, error) {
-			_, err := kubectlErr("", "-n", ns, "exec", "db-0", "--", "md5sum", "-c", "/data/blob.md5")
+			out, err := kubectlErr("", "-n", ns, "exec", "db-0", "--", "sh", "-c", "cd /data && md5sum -c blob.md5")
+			if err != nil {
+				err = fmt.Errorf("%w: %s", err, out)
+			}
 			return err == nil, err
 		})
 	}
