@@ -22,7 +22,10 @@ func newNBDAttachCmd() *cobra.Command {
 generation), exposes it as <mountpoint>/disk through FUSE with direct I/O and
 puts a loop device with direct I/O on it. Prints "attached <device>" when the
 device serves, then serves until SIGTERM or SIGINT (detaches the loop device,
-unmounts, exits 0). While the storage host is unreachable I/O waits and is
+unmounts, exits 0). SIGHUP makes it take the export's size now (after the
+volume grew): the FUSE file's and then the loop device's; with --state-dir it
+reads the request's token from <state-dir>/refresh first and answers
+"<token> <bytes>" in <state-dir>/size. While the storage host is unreachable I/O waits and is
 sent again on reconnect; once the attachment is fenced, I/O fails with EIO.
 The secret is read from stdin (--secret-stdin), never from the arguments.`,
 		Args: cobra.NoArgs,
@@ -47,6 +50,7 @@ The secret is read from stdin (--secret-stdin), never from the arguments.`,
 	f.Uint64Var(&o.Generation, "generation", 0, "the attachment's generation")
 	f.StringVar(&o.Mountpoint, "mountpoint", "", "empty directory for the FUSE file")
 	f.IntVar(&o.Connections, "connections", 4, "NBD connections")
+	f.StringVar(&o.StateDir, "state-dir", "", "directory for the size file and refresh requests (SIGHUP)")
 	f.BoolVar(&secretStdin, "secret-stdin", false, "read the attachment secret from the first line of stdin")
 	return cmd
 }
