@@ -162,16 +162,7 @@ func TestCreateVolume_NetworkedPool_AnyNodeOfItsZoneMatches(t *testing.T) {
 func TestReconcile_NewExporter_NetworkAttachmentsExportedAgain(t *testing.T) {
 	e := newEnv(t, envOptions{networked: []string{"pool-a"}})
 	ctx := testCtx(t)
-	e.registerNode(t, "node-b", "zone-a", 0)
-	v := e.create(t, &pb.CreateVolumeRequest{Name: "restart", SizeGib: 1})
-	a, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec, err := e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-b"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a, sec := e.attachToNodeB(t, "restart")
 	// A server start: a fresh exporter knows nothing until Reconcile.
 	x := startExporter(t, e.pools["pool-a"])
 	srv, err := New(Config{Store: e.store, Pools: map[string]Pool{"pool-a": e.pools["pool-a"]}, BlockExports: map[string]BlockExporter{"pool-a": x}})
@@ -189,6 +180,25 @@ func TestReconcile_NewExporter_NetworkAttachmentsExportedAgain(t *testing.T) {
 	c.Close()
 }
 
+// attachToNodeB makes a volume and attaches it over the network to
+// node-b (not its storage host), returning it, the attachment and the
+// attachment's secret.
+func (e *testEnv) attachToNodeB(t *testing.T, name string) (*pb.Volume, *pb.Attachment, *pb.AttachmentSecret) {
+	t.Helper()
+	ctx := testCtx(t)
+	e.registerNode(t, "node-b", "zone-a", 0)
+	v := e.create(t, &pb.CreateVolumeRequest{Name: name, SizeGib: 1})
+	a, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, a, sec
+}
+
 // refreshFails is an exporter whose storage host cannot be reached for a
 // Refresh.
 type refreshFails struct{ LocalBlockExporter }
@@ -198,16 +208,7 @@ func (refreshFails) Refresh(context.Context, string) error { return errors.New("
 func TestResizeVolume_NetworkAttachment_ExportServesTheNewSize(t *testing.T) {
 	e := newEnv(t, envOptions{networked: []string{"pool-a"}})
 	ctx := testCtx(t)
-	e.registerNode(t, "node-b", "zone-a", 0)
-	v := e.create(t, &pb.CreateVolumeRequest{Name: "grow", SizeGib: 1})
-	a, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec, err := e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-b"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	v, a, sec := e.attachToNodeB(t, "grow")
 	c, err := dialAttachment(t, a, sec.Secret)
 	if err != nil {
 		t.Fatal(err)
