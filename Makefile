@@ -17,7 +17,7 @@ generate: tools
 	PATH=$(GOBIN):$$PATH protoc -I api --go_out=api --go_opt=paths=source_relative \
 		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
 		api/stowage/v1/stowage.proto api/stowage/v1/secrets.proto api/stowage/v1/files.proto api/stowage/v1/auth.proto \
-		api/pluginregistration/v1/registration.proto
+		api/pluginregistration/v1/registration.proto api/agent/v1/agent.proto
 
 test:
 	bash hack/test.sh

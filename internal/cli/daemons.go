@@ -43,28 +43,20 @@ type poolSpec struct {
 
 func parsePoolSpec(s, defaultZone, defaultNode, dataDir string) (poolSpec, error) {
 	p := poolSpec{zone: defaultZone, node: defaultNode}
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
-		if !ok {
-			return p, usageErrorf("--pool %q: %q is not key=value (keys: name, dir, zone, node, size)", s, kv)
-		}
-		switch k {
-		case "name":
-			p.name = v
-		case "dir":
-			p.dir = v
-		case "zone":
-			p.zone = v
-		case "node":
-			p.node = v
-		case "size":
-			n, err := parseSize(v)
-			if err != nil {
-				return p, usageErrorf("--pool %q: size: %v", s, err)
-			}
-			p.size = n
-		default:
-			return p, usageErrorf("--pool %q: unknown key %q (keys: name, dir, zone, node, size)", s, k)
+	kv, err := keyValues("--pool", s, "name", "dir", "zone", "node", "size")
+	if err != nil {
+		return p, err
+	}
+	p.name, p.dir = kv["name"], kv["dir"]
+	if v, ok := kv["zone"]; ok {
+		p.zone = v
+	}
+	if v, ok := kv["node"]; ok {
+		p.node = v
+	}
+	if v, ok := kv["size"]; ok {
+		if p.size, err = parseSize(v); err != nil {
+			return p, usageErrorf("--pool %q: size: %v", s, err)
 		}
 	}
 	if p.name == "" {
@@ -103,7 +95,7 @@ func signalContext(parent context.Context) (context.Context, context.CancelFunc)
 
 func newServerCmd() *cobra.Command {
 	var dataDir, listen, zone, node, metricsAddr string
-	var pools, filePools []string
+	var pools, filePools, agents []string
 	var apLimit int
 	var nfsListen, nbdListen string
 	var rotationCheck time.Duration
@@ -123,7 +115,7 @@ func newServerCmd() *cobra.Command {
 				}
 				node = h
 			}
-			if len(pools) == 0 {
+			if len(pools) == 0 && len(agents) == 0 {
 				pools = []string{"name=default"}
 			}
 			if len(filePools) == 0 {
@@ -132,7 +124,7 @@ func newServerCmd() *cobra.Command {
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node, metricsAddr: metricsAddr,
-				pools: pools, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, auth: a,
+				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, auth: a,
 				rotationCheck: rotationCheck, store: so})
 		},
 	}
@@ -152,6 +144,7 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&node, "node", "", "node of pools that do not name one (default: hostname)")
 	f.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
+	f.StringArrayVar(&agents, "agent", nil, "storage pool on a storage host of its own (stowage agent): name=N,address=host:port,token-file=F, F holding the agent's token (repeatable)")
 	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
 	f.StringVar(&nbdListen, "nbd-listen", "", "export the block pools' volumes over NBD at host:port to the other nodes of their zones (empty: a volume attaches only on its pool's node)")
@@ -170,6 +163,7 @@ func newServerCmd() *cobra.Command {
 type serverOptions struct {
 	dataDir, listen, zone, node, metricsAddr string
 	pools, filePools                         []string
+	agents                                   []string // --agent name=N,address=A,token-file=F
 	accessPointLimit                         int
 	nfsListen                                string
 	nbdListen                                string
@@ -199,15 +193,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 	var mounted []poolSpec
 	// Pools whose file system this server mounted are unmounted when it
 	// stops, so that a stopped server leaves no mount behind.
-	defer func() {
-		for _, spec := range mounted {
-			uctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if err := agent.UnmountImageFS(uctx, spec.dir, spec.dir+".img"); err != nil {
-				log.Error("could not unmount pool file system (are volumes still attached?)", "pool", spec.name, "dir", spec.dir, "err", err)
-			}
-			cancel()
-		}
-	}()
+	defer func() { unmountPools(log, mounted) }()
 	for _, s := range specs {
 		spec, err := parsePoolSpec(s, zone, node, dataDir)
 		if err != nil {
@@ -216,20 +202,13 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if _, dup := pools[spec.name]; dup {
 			return usageErrorf("pool %q is given twice", spec.name)
 		}
-		if spec.size > 0 {
-			wasMounted, err := agent.MountImageFS(ctx, spec.dir, spec.dir+".img", spec.size)
-			if err != nil {
-				return fmt.Errorf("pool %s: %w", spec.name, err)
-			}
-			if wasMounted {
-				mounted = append(mounted, spec)
-			}
+		p, wasMounted, err := openBlockPool(ctx, spec, log)
+		if wasMounted {
+			mounted = append(mounted, spec)
 		}
-		p, err := agent.Open(agent.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node})
 		if err != nil {
-			return fmt.Errorf("pool %s: %w", spec.name, err)
+			return err
 		}
-		log.Info("storage pool ready", "pool", spec.name, "dir", spec.dir, "zone", spec.zone, "node", spec.node, "cloneMode", p.CloneMode())
 		pools[spec.name] = p
 	}
 	keys, err := kms.Open(st, filepath.Join(dataDir, "kms", "master.key"))
@@ -303,6 +282,13 @@ func runServer(ctx context.Context, o serverOptions) error {
 			blockExports[name] = server.LocalBlockExporter{Exporter: nbdExporter, Pool: p, Addr: o.nbdListen}
 		}
 	}
+	// Pools on storage hosts of their own (stowage agent), after the local
+	// pools' exporters: an agent exports its own pool's volumes.
+	closeAgents, err := addAgentPools(ctx, o.agents, pools, blockExports, log)
+	if err != nil {
+		return err
+	}
+	defer closeAgents()
 	var verifier auth.Verifier
 	if o.auth.review.APIServer != "" {
 		tr, err := auth.NewTokenReview(o.auth.review)

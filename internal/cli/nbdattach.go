@@ -14,7 +14,8 @@ import (
 
 func newNBDAttachCmd() *cobra.Command {
 	var o attach.NBDFileOptions
-	var secretStdin bool
+	var secretStdin, kernel bool
+	var stateDir string
 	cmd := &cobra.Command{
 		Use:   "nbd-attach",
 		Short: "Attach a block volume's NBD export as a loop device over a FUSE file; runs in the foreground",
@@ -27,11 +28,21 @@ volume grew): the FUSE file's and then the loop device's; with --state-dir it
 reads the request's token from <state-dir>/refresh first and answers
 "<token> <bytes>" in <state-dir>/size. While the storage host is unreachable I/O waits and is
 sent again on reconnect; once the attachment is fenced, I/O fails with EIO.
-The secret is read from stdin (--secret-stdin), never from the arguments.`,
+The secret is read from stdin (--secret-stdin), never from the arguments.
+
+With --kernel it uses the kernel's NBD client instead (/dev/nbdN; needs the
+nbd module): it hands the authenticated sockets to the kernel, records the
+device under --state-dir, prints "attached <device>", replaces dead
+connections until SIGTERM or SIGINT and then disconnects the device.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if o.Address == "" || o.AttachmentID == "" || o.Mountpoint == "" || !secretStdin {
-				return usageErrorf("--server, --export, --mountpoint and --secret-stdin are required")
+			switch {
+			case o.Address == "" || o.AttachmentID == "" || !secretStdin:
+				return usageErrorf("--server, --export and --secret-stdin are required")
+			case kernel && (stateDir == "" || o.Mountpoint != ""):
+				return usageErrorf("--kernel takes --state-dir, not --mountpoint")
+			case !kernel && o.Mountpoint == "":
+				return usageErrorf("--mountpoint is required")
 			}
 			line, err := bufio.NewReader(os.Stdin).ReadString('\n')
 			if err != nil && line == "" {
@@ -41,6 +52,11 @@ The secret is read from stdin (--secret-stdin), never from the arguments.`,
 			o.Logger = slog.New(slog.NewTextHandler(c.ErrOrStderr(), nil))
 			ctx, cancel := signalContext(context.Background())
 			defer cancel()
+			if kernel {
+				k := attach.KernelNBD{StateDir: stateDir, Connections: o.Connections, Logger: o.Logger}
+				return attach.RunKernelNBDAttach(ctx, k, o.Target, c.OutOrStdout())
+			}
+			o.StateDir = stateDir
 			return attach.RunNBDAttach(ctx, o, c.OutOrStdout())
 		},
 	}
@@ -50,7 +66,8 @@ The secret is read from stdin (--secret-stdin), never from the arguments.`,
 	f.Uint64Var(&o.Generation, "generation", 0, "the attachment's generation")
 	f.StringVar(&o.Mountpoint, "mountpoint", "", "empty directory for the FUSE file")
 	f.IntVar(&o.Connections, "connections", 4, "NBD connections")
-	f.StringVar(&o.StateDir, "state-dir", "", "directory for the size file and refresh requests (SIGHUP)")
+	f.BoolVar(&kernel, "kernel", false, "use the kernel's NBD client (/dev/nbdN) instead of FUSE and a loop device")
+	f.StringVar(&stateDir, "state-dir", "", "the attachment's state directory: its device record with --kernel; the size file and refresh requests (SIGHUP) without")
 	f.BoolVar(&secretStdin, "secret-stdin", false, "read the attachment secret from the first line of stdin")
 	return cmd
 }

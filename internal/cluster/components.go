@@ -398,10 +398,14 @@ func (c *Config) Components() []Component {
 	if len(c.Workers) > 0 {
 		for i := range comps {
 			if comps[i].Name == "stowage-server" {
-				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--bootstrap-node-tokens="+strings.Join(c.workerNames(), ","))
-				// Every node is the storage host of a block pool of its own
-				// (volumes attach by loop device on their pool's node).
-				for _, w := range c.Workers {
+				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--bootstrap-node-tokens="+strings.Join(c.workerNames(), ","),
+					// Volumes attach over NBD to the other nodes of their zone.
+					"--nbd-listen="+c.nbdListen())
+				// The first node of each zone is the storage host of its
+				// block pool (the machine's node of the first zone's,
+				// pool-a); a volume attaches by loop device there and over
+				// the network on the zone's other nodes.
+				for _, w := range c.storageHostWorkers() {
 					comps[i].Cmd.Args = append(comps[i].Cmd.Args, fmt.Sprintf("--pool=name=%s,zone=%s,node=%s,size=%s", workerPool(w.Name), w.Zone, w.Name, c.PoolSize))
 				}
 			}

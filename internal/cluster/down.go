@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/stowage-io/stowage/internal/attach"
 )
 
 // DownOptions tune `stowage down`.
@@ -128,6 +130,20 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 	}
 	if n+loops > 0 {
 		p.line("✓", fmt.Sprintf("unmounted %d volume mounts, detached %d loop devices", n, loops), "", time.Since(t))
+	}
+	// Volumes attached over the network: each has a `stowage nbd-attach`
+	// process of its own (outside the node plugin), stopped while the
+	// server that exports the volume still runs, so it detaches its loop
+	// device and unmounts its FUSE file cleanly.
+	t = time.Now()
+	attached := 0
+	for _, nd := range nodes {
+		k, err := detachNetworkAttachments(ctx, nd.L.CSINodeState())
+		keep(err)
+		attached += k
+	}
+	if attached > 0 {
+		p.line("✓", fmt.Sprintf("detached %d volumes attached over the network", attached), "", time.Since(t))
 	}
 	stop(append([]string{"stowage-server", "kube-apiserver", "kms-plugin", "etcd"}, onNodes("containerd")...)...)
 	// Whatever else of ours runs (by the component list, in reverse).
@@ -375,4 +391,32 @@ func cgroupRoots(top string) []string {
 		roots = append(roots, "/sys/fs/cgroup/"+top)
 	}
 	return roots
+}
+
+// detachNetworkAttachments stops the network attachments a block node
+// plugin with state directory stateDir left (attach.FUSELoop's state,
+// under its network/ directory).
+func detachNetworkAttachments(ctx context.Context, stateDir string) (int, error) {
+	f := attach.FUSELoop{StateDir: filepath.Join(stateDir, "network")}
+	entries, err := os.ReadDir(f.StateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	n := 0
+	for _, e := range entries {
+		t := attach.Target{AttachmentID: e.Name()}
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, live := f.Device(t)
+		if err := f.Detach(dctx, t); err != nil {
+			errs = append(errs, fmt.Errorf("detach network attachment %s: %w", e.Name(), err))
+		} else if live {
+			n++
+		}
+		cancel()
+	}
+	return n, errors.Join(errs...)
 }

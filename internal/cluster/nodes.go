@@ -131,6 +131,28 @@ func gatewayOf(cidr string) string {
 
 // nfsListen is where nfs-ganesha serves: loopback for one node; the node
 // address when other nodes' namespaces must reach it.
+// NBDPort is where the Stowage server exports block volumes over NBD to
+// the nodes that are not their storage host (10809 is NBD's own port).
+const NBDPort = "10809"
+
+// nbdListen is the server's NBD address on a multi-node cluster: the
+// machine's node address, which every node's namespace reaches.
+func (c *Config) nbdListen() string { return net.JoinHostPort(c.NodeIP, NBDPort) }
+
+// storageHostWorkers are the workers that are the first node of their
+// zone; each is the storage host of that zone's block pool.
+func (c *Config) storageHostWorkers() []Worker {
+	seen := map[string]bool{c.Zone: true}
+	var hosts []Worker
+	for _, w := range c.Workers {
+		if !seen[w.Zone] {
+			seen[w.Zone] = true
+			hosts = append(hosts, w)
+		}
+	}
+	return hosts
+}
+
 func (c *Config) nfsListen() string {
 	if len(c.Workers) == 0 {
 		return NFSAddress

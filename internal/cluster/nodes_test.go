@@ -96,6 +96,32 @@ func TestWorkers_OwnProcessesInTheirNamespace_OwnDirsAndIdentity(t *testing.T) {
 		!strings.Contains(a, "--pool=name=pool-vm-3,zone=zone-c,node=vm-3,size=") {
 		t.Errorf("stowage-server args %q: want tokens for the workers, NFS on the node address and a pool per node", a)
 	}
+	if a := strings.Join(comps["stowage-server"].Cmd.Args, " "); !strings.Contains(a, "--nbd-listen=198.51.100.2:10809") {
+		t.Errorf("stowage-server args %q: want NBD on the node address", a)
+	}
+}
+
+// A zone's first node is its storage host: a fourth node in zone-a has no
+// pool of its own and attaches zone-a's volumes over NBD.
+func TestComponents_FourNodesThreeZones_APoolPerZone(t *testing.T) {
+	c := threeNodes(t)
+	if err := c.SetNodes(4, []string{"zone-a", "zone-b", "zone-c"}); err != nil {
+		t.Fatal(err)
+	}
+	var pools []string
+	for _, comp := range c.Components() {
+		if comp.Name != "stowage-server" {
+			continue
+		}
+		for _, a := range comp.Cmd.Args {
+			if p, ok := strings.CutPrefix(a, "--pool=name="); ok {
+				pools = append(pools, strings.SplitN(p, ",", 2)[0])
+			}
+		}
+	}
+	if want := []string{"pool-a", "pool-vm-2", "pool-vm-3"}; !slices.Equal(pools, want) {
+		t.Errorf("pools %v, want %v (one per zone; vm-4 shares zone-a's)", pools, want)
+	}
 	var kubelet map[string]any
 	b, err := c.kubeletConfig(c.workerNode(1))
 	if err != nil {

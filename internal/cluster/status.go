@@ -91,9 +91,13 @@ func (s *Status) Print(out io.Writer) {
 	for i, w := range c.Workers {
 		fmt.Fprintf(out, "Node            %s (%s, zone %s, network namespace %s): Ready=%s\n", w.Name, w.IP, w.Zone, workerNetns(w.Name), s.WorkersReady[i])
 	}
-	fmt.Fprintf(out, "Storage host    %s (block pool pool-a, file pool files-a, zone %s; in the Stowage server)\n", c.NodeName, c.Zone)
-	for _, w := range c.Workers {
-		fmt.Fprintf(out, "Storage host    %s (block pool %s, zone %s; in the Stowage server, attached on %s)\n", w.Name, workerPool(w.Name), w.Zone, w.Name)
+	if len(c.Workers) == 0 {
+		fmt.Fprintf(out, "Storage host    %s (block pool pool-a, file pool files-a, zone %s; in the Stowage server)\n", c.NodeName, c.Zone)
+	} else {
+		fmt.Fprintf(out, "Storage host    %s (block pool pool-a, file pool files-a, zone %s; in the Stowage server, NBD at %s)\n", c.NodeName, c.Zone, c.nbdListen())
+	}
+	for _, w := range c.storageHostWorkers() {
+		fmt.Fprintf(out, "Storage host    %s (block pool %s, zone %s; in the Stowage server, NBD at %s)\n", w.Name, workerPool(w.Name), w.Zone, c.nbdListen())
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

@@ -96,21 +96,8 @@ func Dial(ctx context.Context, o ClientOptions) (*Client, error) {
 }
 
 func (c *Client) dialOne(ctx context.Context) (*Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.o.DialTimeout)
-	defer cancel()
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", c.o.Addr)
+	nc, info, err := DialHandshake(ctx, c.o.Addr, c.o.Export, c.o.Auth, c.o.DialTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("nbd: dial %s: %w", c.o.Addr, err)
-	}
-	if tc, ok := nc.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
-		tc.SetKeepAlivePeriod(5 * time.Second)
-		tc.SetKeepAlive(true)
-	}
-	info, err := Handshake(ctx, nc, c.o.Export, c.o.Auth)
-	if err != nil {
-		nc.Close()
 		return nil, err
 	}
 	// An export may grow (RefreshSize takes the new size), never shrink.
@@ -119,6 +106,34 @@ func (c *Client) dialOne(ctx context.Context) (*Conn, error) {
 		return nil, fmt.Errorf("nbd: export %q shrank from %d to %d bytes", c.o.Export, size, info.Size)
 	}
 	return NewConn(nc, info), nil
+}
+
+// DialHandshake dials addr (within timeout, default 5 s), sets the TCP
+// options an NBD connection wants (no delay, 5 s keepalives) and opens
+// export with Handshake. The connection it returns is at the
+// transmission phase: Client puts a Conn on it; the kernel NBD attacher
+// hands its socket to the kernel.
+func DialHandshake(ctx context.Context, addr, export string, auth *Auth, timeout time.Duration) (*net.TCPConn, Info, error) {
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, Info{}, fmt.Errorf("nbd: dial %s: %w", addr, err)
+	}
+	tc := nc.(*net.TCPConn)
+	tc.SetNoDelay(true)
+	tc.SetKeepAlivePeriod(5 * time.Second)
+	tc.SetKeepAlive(true)
+	info, err := Handshake(ctx, tc, export, auth)
+	if err != nil {
+		tc.Close()
+		return nil, Info{}, err
+	}
+	return tc, info, nil
 }
 
 func (c *Client) install(s *slot, cn *Conn) {

@@ -31,8 +31,12 @@ var (
 	dataDir    = "/var/lib/stowage"
 )
 
-// zones are the nodes' zones, the machine's node first.
+// zones are the zones; node i (from 1, the machine's first) is in
+// zones[(i-1) % 3], so zone-a has two nodes: the machine's (its storage
+// host) and the fourth.
 var zones = []string{"zone-a", "zone-b", "zone-c"}
+
+const nodes = 4
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
@@ -45,12 +49,12 @@ func run(m *testing.M) (code int) {
 	cluster = harness.New("multinode", repo, dataDir)
 	stowageBin = cluster.Stowage
 	enough := func() error {
-		if n := runningNodes(); n < len(zones) {
-			return fmt.Errorf("a cluster of %d node(s) runs from %s; these tests need %d: `stowage down` it first (this suite then brings up its own)", n, dataDir, len(zones))
+		if n := runningNodes(); n < nodes {
+			return fmt.Errorf("a cluster of %d node(s) runs from %s; these tests need %d: `stowage down` it first (this suite then brings up its own)", n, dataDir, nodes)
 		}
 		return nil
 	}
-	if err := cluster.Setup(enough, "--nodes", fmt.Sprint(len(zones)), "--zones", strings.Join(zones, ",")); err != nil {
+	if err := cluster.Setup(enough, "--nodes", fmt.Sprint(nodes), "--zones", strings.Join(zones, ",")); err != nil {
 		fmt.Println("multinode: FAIL:", err)
 		return 1
 	}

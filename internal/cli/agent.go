@@ -1,0 +1,182 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stowage-io/stowage/internal/agentapi"
+	"github.com/stowage-io/stowage/internal/auth"
+	"github.com/stowage-io/stowage/internal/blockexport"
+	"github.com/stowage-io/stowage/internal/server"
+)
+
+type agentOptions struct {
+	listen, nbdListen, nbdAdvertise, pool, tokenFile, dataDir, zone, node string
+}
+
+func newAgentCmd() *cobra.Command {
+	var o agentOptions
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run a storage host apart from the server: one pool of volume images behind the agent API, exported over NBD",
+		Long: `stowage agent serves one pool of volume images to Stowage servers over the
+agent API (gRPC, every call authenticated with the token of --token-file) and
+exports the volumes of attachments over NBD. A server uses it with
+--agent name=N,address=<--listen>,token-file=F (F holding the same token).`,
+		Example: `  stowage agent --listen 10.0.0.5:7100 --nbd-listen 10.0.0.5:10809 --token-file /etc/stowage/agent.token \
+    --pool name=pool-b,dir=/srv/pool-b,zone=zone-b,size=500G`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			return runAgent(ctx, o, nil)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", "", "agent API address host:port (required)")
+	f.StringVar(&o.nbdListen, "nbd-listen", "", "serve the exports over NBD at host:port (empty: this agent exports nothing)")
+	f.StringVar(&o.nbdAdvertise, "nbd-advertise", "", "the host:port nodes reach the NBD exports at (default: --nbd-listen)")
+	f.StringVar(&o.pool, "pool", "", "the storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (size makes dir an xfs-with-reflink image)")
+	f.StringVar(&o.tokenFile, "token-file", "", "file (mode 0600) holding the token every caller of the agent API must present (required)")
+	f.StringVar(&o.dataDir, "data-dir", "/var/lib/stowage", "where the pool lives when --pool names no dir")
+	f.StringVar(&o.zone, "zone", "zone-a", "zone of the pool when --pool names none")
+	f.StringVar(&o.node, "node", "", "node of the pool when --pool names none (default: hostname)")
+	return cmd
+}
+
+// runAgent serves until ctx ends, then stops the API, ends the exports and
+// unmounts what it mounted. ready, when set, gets the API and NBD
+// addresses once both listen.
+func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) error {
+	if o.listen == "" {
+		return usageErrorf("--listen host:port is required: where servers reach the agent API")
+	}
+	if o.tokenFile == "" {
+		return usageErrorf("--token-file is required: the agent API is always authenticated")
+	}
+	if o.node == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("no --node given and the hostname is unknown: %w", err)
+		}
+		o.node = h
+	}
+	if o.pool == "" {
+		o.pool = "name=default"
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	token, err := auth.ReadTokenFile(o.tokenFile)
+	if err != nil {
+		return err
+	}
+	spec, err := parsePoolSpec(o.pool, o.zone, o.node, o.dataDir)
+	if err != nil {
+		return err
+	}
+	pool, mounted, err := openBlockPool(ctx, spec, log)
+	if mounted {
+		defer unmountPools(log, []poolSpec{spec})
+	}
+	if err != nil {
+		return err
+	}
+	var exporter *blockexport.Exporter
+	advertise := ""
+	if o.nbdListen != "" {
+		l, err := net.Listen("tcp", o.nbdListen)
+		if err != nil {
+			return fmt.Errorf("--nbd-listen %s: %w", o.nbdListen, err)
+		}
+		exporter = blockexport.New(log)
+		// Close ends every NBD connection and closes the images, before
+		// the pool's file system is unmounted.
+		defer exporter.Close()
+		go exporter.Serve(l)
+		advertise = o.nbdAdvertise
+		if advertise == "" {
+			advertise = l.Addr().String()
+		}
+	}
+	l, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", o.listen, err)
+	}
+	log.Info("agent serving", "listen", l.Addr().String(), "nbd", advertise, "pool", spec.name)
+	if ready != nil {
+		ready(l.Addr().String(), advertise)
+	}
+	err = agentapi.Serve(ctx, l, agentapi.NewServer(spec.name, pool, exporter, advertise), token, log)
+	log.Info("agent stopped")
+	return err
+}
+
+// agentSpec is one --agent flag of the server.
+type agentSpec struct{ name, address, tokenFile string }
+
+func parseAgentSpec(s string) (agentSpec, error) {
+	kv, err := keyValues("--agent", s, "name", "address", "token-file")
+	if err != nil {
+		return agentSpec{}, err
+	}
+	a := agentSpec{name: kv["name"], address: kv["address"], tokenFile: kv["token-file"]}
+	if a.name == "" || a.address == "" || a.tokenFile == "" {
+		return a, usageErrorf("--agent %q: name, address and token-file are all required", s)
+	}
+	return a, nil
+}
+
+// agentDialTimeout is how long the server waits at start for each agent.
+var agentDialTimeout = 15 * time.Second
+
+// addAgentPools connects to the --agent storage hosts and adds each as a
+// pool and, when it exports over NBD, as the BlockExporter of that pool. closeAll closes the
+// connections.
+func addAgentPools(ctx context.Context, specs []string, pools map[string]server.Pool,
+	exporters map[string]server.BlockExporter, log *slog.Logger) (closeAll func(), err error) {
+	var clients []*agentapi.Client
+	closeAll = func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeAll()
+		}
+	}()
+	for _, s := range specs {
+		a, err := parseAgentSpec(s)
+		if err != nil {
+			return closeAll, err
+		}
+		if _, dup := pools[a.name]; dup {
+			return closeAll, usageErrorf("pool %q is given twice (--pool or --agent)", a.name)
+		}
+		token, err := auth.ReadTokenFile(a.tokenFile)
+		if err != nil {
+			return closeAll, fmt.Errorf("--agent %s: %w", a.name, err)
+		}
+		dctx, cancel := context.WithTimeout(ctx, agentDialTimeout)
+		c, err := agentapi.Dial(dctx, agentapi.ClientConfig{Name: a.name, Address: a.address, Token: token})
+		cancel()
+		if err != nil {
+			return closeAll, fmt.Errorf("%w (is stowage agent running there, with the token of %s?)", err, a.tokenFile)
+		}
+		clients = append(clients, c)
+		pools[a.name] = c
+		// An agent without --nbd-listen exports nothing: its volumes attach
+		// only on its own node, as a local pool's without --nbd-listen.
+		if c.Address() != "" {
+			exporters[a.name] = c
+		}
+		log.Info("remote storage pool ready", "pool", a.name, "agent", a.address, "zone", c.Zone(), "node", c.Node(),
+			"cloneMode", c.CloneMode(), "nbd", c.Address())
+	}
+	return closeAll, nil
+}
