@@ -206,6 +206,11 @@ func (c *Client) Export(ctx context.Context, e server.BlockExport) error {
 	return c.fromStatus(err, exportErrors)
 }
 
+func (c *Client) Refresh(ctx context.Context, volumeID string) error {
+	_, err := c.api.RefreshExports(ctx, &pb.RefreshExportsRequest{VolumeId: volumeID})
+	return c.fromStatus(err, exportErrors)
+}
+
 func (c *Client) Unexport(ctx context.Context, attachmentID string) error {
 	_, err := c.api.Unexport(ctx, &pb.UnexportRequest{AttachmentId: attachmentID})
 	return c.fromStatus(err, exportErrors)

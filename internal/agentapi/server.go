@@ -200,6 +200,13 @@ func (s *Server) Export(ctx context.Context, r *pb.ExportRequest) (*pb.ExportRes
 	return &pb.ExportResponse{}, toStatus(err, exportErrors)
 }
 
+func (s *Server) RefreshExports(ctx context.Context, r *pb.RefreshExportsRequest) (*pb.RefreshExportsResponse, error) {
+	if s.local == nil {
+		return &pb.RefreshExportsResponse{}, nil
+	}
+	return &pb.RefreshExportsResponse{}, toStatus(s.local.Refresh(ctx, r.VolumeId), exportErrors)
+}
+
 func (s *Server) Unexport(ctx context.Context, r *pb.UnexportRequest) (*pb.UnexportResponse, error) {
 	if s.local == nil {
 		return &pb.UnexportResponse{}, nil

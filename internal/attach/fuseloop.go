@@ -26,7 +26,7 @@ type FUSELoop struct {
 	// executable's nbd-attach command.
 	Command []string
 	// StateDir holds one directory per attachment: the FUSE mountpoint,
-	// the process's PID and its log.
+	// the process's PID, its log and the files of a Refresh.
 	StateDir string
 	Logger   *slog.Logger
 }
@@ -58,7 +58,7 @@ func (f FUSELoop) Attach(ctx context.Context, t Target) (string, error) {
 		cmd = []string{self, "nbd-attach"}
 	}
 	args := append(cmd[1:len(cmd):len(cmd)], "--server", t.Address, "--export", t.AttachmentID,
-		"--generation", strconv.FormatUint(t.Generation, 10), "--mountpoint", mnt, "--secret-stdin")
+		"--generation", strconv.FormatUint(t.Generation, 10), "--mountpoint", mnt, "--state-dir", dir, "--secret-stdin")
 	logf, err := os.OpenFile(filepath.Join(dir, "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return "", err
@@ -133,6 +133,45 @@ func readPID(dir string) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// Refresh makes a live attachment's device take its export's size now,
+// after the volume grew on its storage host, and returns the device's
+// size. It asks the process (SIGHUP, with a request token; see refresh)
+// and waits for its answer, at most 30 s. Calls for one attachment must
+// not overlap.
+func (f FUSELoop) Refresh(ctx context.Context, t Target) (int64, error) {
+	dir := f.dir(t)
+	pid, err := readPID(dir)
+	if err != nil || syscall.Kill(pid, 0) != nil {
+		return 0, fmt.Errorf("fuse-loop refresh %s: not attached", t.AttachmentID)
+	}
+	if _, err := os.Stat(filepath.Join(dir, sizeFile)); err != nil {
+		return 0, fmt.Errorf("fuse-loop refresh %s: its process (%d) predates online growth and would exit on SIGHUP; unstage and stage the volume again", t.AttachmentID, pid)
+	}
+	token := strconv.FormatInt(time.Now().UnixNano(), 36)
+	if err := os.WriteFile(filepath.Join(dir, refreshFile), []byte(token+"\n"), 0o600); err != nil {
+		return 0, fmt.Errorf("fuse-loop refresh %s: %w", t.AttachmentID, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return 0, fmt.Errorf("fuse-loop refresh %s: signal process %d: %w", t.AttachmentID, pid, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		b, _ := os.ReadFile(filepath.Join(dir, sizeFile))
+		if reply, ok := strings.CutPrefix(strings.TrimSpace(string(b)), token+" "); ok {
+			if why, failed := strings.CutPrefix(reply, "error: "); failed {
+				return 0, fmt.Errorf("fuse-loop refresh %s: %s", t.AttachmentID, why)
+			}
+			return strconv.ParseInt(reply, 10, 64)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("fuse-loop refresh %s: no answer from process %d (its log: %s): %w", t.AttachmentID, pid, f.lastLog(dir), ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Detach stops the attachment's process (SIGTERM: it detaches its loop

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -25,7 +28,11 @@ type NBDFileOptions struct {
 	// Mountpoint/disk.
 	Mountpoint  string
 	Connections int // NBD connections (default 4)
-	Logger      *slog.Logger
+	// StateDir, for RunNBDAttach, is where it reports the device's size
+	// (sizeFile) at attach and after each refresh (SIGHUP) and reads the
+	// refresh's request (refreshFile). Empty: SIGHUP refreshes unreported.
+	StateDir string
+	Logger   *slog.Logger
 }
 
 // diskName is the one file of the FUSE mount.
@@ -34,6 +41,7 @@ const diskName = "disk"
 // NBDFile is a mounted FUSE file system whose one file is an NBD export.
 type NBDFile struct {
 	client *nbd.Client
+	disk   *diskNode
 	server *fuse.Server
 	path   string
 	log    *slog.Logger
@@ -53,7 +61,8 @@ func MountNBDFile(ctx context.Context, o NBDFileOptions) (*NBDFile, error) {
 		return nil, fmt.Errorf("attach %s from %s: %w", o.AttachmentID, o.Address, err)
 	}
 	disk := &diskNode{c: c}
-	timeout := time.Hour // the file's size never changes under us
+	// The file's size changes only through Refresh, which invalidates it.
+	timeout := time.Hour
 	server, err := fs.Mount(o.Mountpoint, &diskRoot{disk: disk}, &fs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther: true,
@@ -75,11 +84,32 @@ func MountNBDFile(ctx context.Context, o NBDFileOptions) (*NBDFile, error) {
 		c.Close()
 		return nil, fmt.Errorf("attach %s: fuse mount at %s: %w", o.AttachmentID, o.Mountpoint, err)
 	}
-	return &NBDFile{client: c, server: server, path: filepath.Join(o.Mountpoint, diskName), log: log}, nil
+	return &NBDFile{client: c, disk: disk, server: server, path: filepath.Join(o.Mountpoint, diskName), log: log}, nil
 }
 
 // Path is the file to put a loop device on.
 func (m *NBDFile) Path() string { return m.path }
+
+// Refresh learns the export's size now (after it grew) and makes the
+// kernel see it: the file's attributes are cached for an hour, so they
+// are invalidated and fetched again. It returns the file's size.
+func (m *NBDFile) Refresh(ctx context.Context) (int64, error) {
+	size, err := m.client.RefreshSize(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if errno := m.disk.NotifyContent(-1, 0); errno != 0 {
+		return 0, fmt.Errorf("invalidate the attributes of %s: %w", m.path, errno)
+	}
+	st, err := os.Stat(m.path)
+	if err != nil {
+		return 0, err
+	}
+	if st.Size() != size {
+		return 0, fmt.Errorf("%s is %d bytes after the refresh, the export %d", m.path, st.Size(), size)
+	}
+	return size, nil
+}
 
 // Wait returns when the file system is unmounted.
 func (m *NBDFile) Wait() { m.server.Wait() }
@@ -179,12 +209,17 @@ func (d *diskNode) Fsync(_ context.Context, _ fs.FileHandle, _ uint32) syscall.E
 // mlockall so it is never paged out while the kernel waits on it), mounts
 // the export as a file, puts a loop device with direct I/O on it, writes
 // "attached <device>" to ready and serves until ctx ends; then it
-// detaches the loop device and unmounts.
+// detaches the loop device and unmounts. SIGHUP makes it take the
+// export's size now (see refresh).
 func RunNBDAttach(ctx context.Context, o NBDFileOptions, ready io.Writer) error {
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
 	}
+	// Before anything else: SIGHUP's default is to exit.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
 		log.Warn("PR_SET_IO_FLUSHER not set", "err", err)
 	}
@@ -200,14 +235,26 @@ func RunNBDAttach(ctx context.Context, o NBDFileOptions, ready io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("attach %s: loop device on %s: %w", o.AttachmentID, m.Path(), err)
 	}
+	// The size file also says this process can refresh (one from before
+	// would be killed by the SIGHUP).
+	if err := o.report("attached", m.client.Size(), nil); err != nil {
+		log.Warn("could not write the size file", "err", err)
+	}
 	fmt.Fprintf(ready, "attached %s\n", dev)
 	log.Info("attached", "attachment", o.AttachmentID, "device", dev)
 	done := make(chan struct{})
 	go func() { m.Wait(); close(done) }()
-	select {
-	case <-ctx.Done():
-	case <-done:
-		log.Warn("FUSE file unmounted by someone else")
+serve:
+	for {
+		select {
+		case <-ctx.Done():
+			break serve
+		case <-done:
+			log.Warn("FUSE file unmounted by someone else")
+			break serve
+		case <-hup:
+			refresh(ctx, o, m, dev, log)
+		}
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -217,4 +264,57 @@ func RunNBDAttach(ctx context.Context, o NBDFileOptions, ready io.Writer) error 
 	}
 	log.Info("detached", "attachment", o.AttachmentID, "device", dev)
 	return nil
+}
+
+// The files of a refresh in NBDFileOptions.StateDir: the requester writes
+// a token to refreshFile and sends SIGHUP; the process reads the token
+// before it refreshes, so a reply with it in sizeFile ("<token> <bytes>"
+// or "<token> error: <why>") describes a refresh begun after the request.
+const (
+	refreshFile = "refresh"
+	sizeFile    = "size"
+)
+
+// refresh takes the export's size now: the client's, the FUSE file's,
+// then the loop device's (LOOP_SET_CAPACITY), and reports the device's.
+func refresh(ctx context.Context, o NBDFileOptions, m *NBDFile, dev string, log *slog.Logger) {
+	var token string
+	if o.StateDir != "" {
+		b, _ := os.ReadFile(filepath.Join(o.StateDir, refreshFile))
+		token = strings.TrimSpace(string(b))
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	size, err := m.Refresh(ctx)
+	if err == nil {
+		size, err = loopdev.Refresh(dev)
+	}
+	if err != nil {
+		log.Error("refresh of the size failed", "device", dev, "err", err)
+	} else {
+		log.Info("size refreshed", "device", dev, "size", size)
+	}
+	if token == "" {
+		return
+	}
+	if err := o.report(token, size, err); err != nil {
+		log.Error("could not write the size file", "err", err)
+	}
+}
+
+// report writes "<token> <size>" (or the error) to the size file, through
+// a rename so a reader never sees half of it.
+func (o NBDFileOptions) report(token string, size int64, failed error) error {
+	if o.StateDir == "" {
+		return nil
+	}
+	line := fmt.Sprintf("%s %d\n", token, size)
+	if failed != nil {
+		line = fmt.Sprintf("%s error: %v\n", token, failed)
+	}
+	path := filepath.Join(o.StateDir, sizeFile)
+	if err := os.WriteFile(path+".tmp", []byte(line), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
 }

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +40,7 @@ func nbdAttachMain(args []string) int {
 	fs.StringVar(&o.AttachmentID, "export", "", "")
 	fs.Uint64Var(&o.Generation, "generation", 0, "")
 	fs.StringVar(&o.Mountpoint, "mountpoint", "", "")
+	fs.StringVar(&o.StateDir, "state-dir", "", "")
 	fs.Bool("secret-stdin", false, "")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -218,6 +221,27 @@ func TestFUSELoop_RealDevices(t *testing.T) {
 		img2 := img[2<<20 : 3<<20]
 		if bytes.Equal(img2, make([]byte, len(img2))) {
 			t.Fatal("data fsynced before the restart is gone")
+		}
+	})
+
+	t.Run("image grows: Refresh grows the device, write at its new end", func(t *testing.T) {
+		if err := os.Truncate(image, 128<<20); err != nil {
+			t.Fatal(err)
+		}
+		if err := host.ex.Resize(ctx, "vol-1"); err != nil {
+			t.Fatal(err)
+		}
+		size, err := at.Refresh(ctx, target)
+		if err != nil || size != 128<<20 {
+			t.Fatalf("Refresh: %d, %v; want %d", size, err, 128<<20)
+		}
+		out, err := exec.Command("blockdev", "--getsize64", dev).Output()
+		if err != nil || strings.TrimSpace(string(out)) != strconv.Itoa(128<<20) {
+			t.Fatalf("blockdev --getsize64 %s: %s %v; want %d", dev, out, err, 128<<20)
+		}
+		writeAndCheck(t, 127<<20)
+		if _, err := at.Refresh(ctx, Target{AttachmentID: "att-none"}); err == nil {
+			t.Fatal("Refresh of an attachment not attached succeeded")
 		}
 	})
 

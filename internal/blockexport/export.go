@@ -83,6 +83,7 @@ type export struct {
 	hash   [32]byte
 	vol    *volume
 	file   *os.File
+	size   atomic.Int64 // the image's, as of Export or the last Resize
 	nbd    *nbd.Export
 	gone   chan struct{}
 	ended  atomic.Bool
@@ -180,10 +181,39 @@ func (e *Exporter) Export(ctx context.Context, a Attachment) error {
 	}
 	x := &export{a: a, hash: hash, vol: v, file: f, gone: make(chan struct{})}
 	x.setLimits(a.Limits)
-	x.nbd = &nbd.Export{Name: a.ID, Size: st.Size(), ReadOnly: a.ReadOnly, Backend: nbd.FileBackend{F: f}, Admit: x.admit, Gone: x.gone}
+	x.size.Store(st.Size())
+	x.nbd = &nbd.Export{Name: a.ID, SizeFunc: x.size.Load, ReadOnly: a.ReadOnly, Backend: nbd.FileBackend{F: f}, Admit: x.admit, Gone: x.gone}
 	e.exports[a.ID] = x
 	e.log.Info("volume exported", "attachment", a.ID, "volume", a.VolumeID, "generation", a.Generation,
 		"size", st.Size(), "read_only", a.ReadOnly, "iops_limit", a.Limits.IOPS, "bytes_per_second_limit", a.Limits.BytesPerSecond)
+	return nil
+}
+
+// Resize makes every export of a volume serve the size its image has
+// now, after it grew: new opens are told it, and requests up to the new
+// end are accepted on connections already open (their clients learn the
+// size with nbd.Client.RefreshSize). A volume with no exports is success;
+// an image smaller than its exports is an error and changes nothing.
+func (e *Exporter) Resize(ctx context.Context, volumeID string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for id, x := range e.exports {
+		if x.a.VolumeID != volumeID {
+			continue
+		}
+		st, err := x.file.Stat()
+		if err != nil {
+			return fmt.Errorf("resize export of attachment %s of volume %s: %w", id, volumeID, err)
+		}
+		old := x.size.Load()
+		if st.Size() < old {
+			return fmt.Errorf("resize export of attachment %s of volume %s: the image shrank from %d to %d bytes: %w", id, volumeID, old, st.Size(), ErrInvalid)
+		}
+		if st.Size() != old {
+			x.size.Store(st.Size())
+			e.log.Info("volume export grew", "attachment", id, "volume", volumeID, "from", old, "to", st.Size())
+		}
+	}
 	return nil
 }
 

@@ -270,3 +270,51 @@ func TestLimits_IOPSAndThroughput_EnforcedInTheServer(t *testing.T) {
 		})
 	}
 }
+
+func TestResize_ImageGrew_ClientsRefreshAndWriteAtTheNewEnd(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	s := NewSecret()
+	if err := e.ex.Export(ctx, e.attachment("att-1", 1, s)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.dial(t, "att-1", 1, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(e.image, 128<<20); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.RefreshSize(ctx); err != nil || got != 64<<20 {
+		t.Fatalf("RefreshSize before Resize: %d %v, want the old size", got, err)
+	}
+	if err := e.ex.Resize(ctx, "vol-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ex.Resize(ctx, "vol-without-exports"); err != nil {
+		t.Fatalf("Resize of a volume without exports: %v", err)
+	}
+	if !strings.Contains(e.logs.String(), "volume export grew") {
+		t.Errorf("no log of the growth:\n%s", e.logs)
+	}
+	if got, err := c.RefreshSize(ctx); err != nil || got != 128<<20 {
+		t.Fatalf("RefreshSize: %d %v, want %d", got, err, 128<<20)
+	}
+	end := bytes.Repeat([]byte("E"), 4096)
+	if _, err := c.WriteAt(end, 128<<20-4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	img, _ := os.ReadFile(e.image)
+	if !bytes.Equal(img[len(img)-4096:], end) {
+		t.Fatal("the write at the new end is not in the image")
+	}
+	if err := os.Truncate(e.image, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ex.Resize(ctx, "vol-1"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Resize after the image shrank: %v, want ErrInvalid", err)
+	}
+}

@@ -23,7 +23,10 @@ func newNBDAttachCmd() *cobra.Command {
 generation), exposes it as <mountpoint>/disk through FUSE with direct I/O and
 puts a loop device with direct I/O on it. Prints "attached <device>" when the
 device serves, then serves until SIGTERM or SIGINT (detaches the loop device,
-unmounts, exits 0). While the storage host is unreachable I/O waits and is
+unmounts, exits 0). SIGHUP makes it take the export's size now (after the
+volume grew): the FUSE file's and then the loop device's; with --state-dir it
+reads the request's token from <state-dir>/refresh first and answers
+"<token> <bytes>" in <state-dir>/size. While the storage host is unreachable I/O waits and is
 sent again on reconnect; once the attachment is fenced, I/O fails with EIO.
 The secret is read from stdin (--secret-stdin), never from the arguments.
 
@@ -38,8 +41,8 @@ connections until SIGTERM or SIGINT and then disconnects the device.`,
 				return usageErrorf("--server, --export and --secret-stdin are required")
 			case kernel && (stateDir == "" || o.Mountpoint != ""):
 				return usageErrorf("--kernel takes --state-dir, not --mountpoint")
-			case !kernel && (o.Mountpoint == "" || stateDir != ""):
-				return usageErrorf("--mountpoint is required (--state-dir goes with --kernel)")
+			case !kernel && o.Mountpoint == "":
+				return usageErrorf("--mountpoint is required")
 			}
 			line, err := bufio.NewReader(os.Stdin).ReadString('\n')
 			if err != nil && line == "" {
@@ -53,6 +56,7 @@ connections until SIGTERM or SIGINT and then disconnects the device.`,
 				k := attach.KernelNBD{StateDir: stateDir, Connections: o.Connections, Logger: o.Logger}
 				return attach.RunKernelNBDAttach(ctx, k, o.Target, c.OutOrStdout())
 			}
+			o.StateDir = stateDir
 			return attach.RunNBDAttach(ctx, o, c.OutOrStdout())
 		},
 	}
@@ -63,7 +67,7 @@ connections until SIGTERM or SIGINT and then disconnects the device.`,
 	f.StringVar(&o.Mountpoint, "mountpoint", "", "empty directory for the FUSE file")
 	f.IntVar(&o.Connections, "connections", 4, "NBD connections")
 	f.BoolVar(&kernel, "kernel", false, "use the kernel's NBD client (/dev/nbdN) instead of FUSE and a loop device")
-	f.StringVar(&stateDir, "state-dir", "", "with --kernel: directory for the attachment's device record")
+	f.StringVar(&stateDir, "state-dir", "", "the attachment's state directory: its device record with --kernel; the size file and refresh requests (SIGHUP) without")
 	f.BoolVar(&secretStdin, "secret-stdin", false, "read the attachment secret from the first line of stdin")
 	return cmd
 }

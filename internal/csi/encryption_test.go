@@ -32,8 +32,10 @@ type driver struct {
 	node csi.NodeClient
 }
 
-func newDriver(t *testing.T) *driver {
-	s := stack.Start(t, stack.Options{})
+func newDriver(t *testing.T) *driver { return newDriverWith(t, stack.Options{}) }
+
+func newDriverWith(t *testing.T, o stack.Options) *driver {
+	s := stack.Start(t, o)
 	conn, err := grpc.NewClient(s.CSIEndpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/stowage-io/stowage/internal/testutil/stack"
 )
 
 func fsSize(t *testing.T, path string) int64 {
@@ -27,9 +29,19 @@ func fsSize(t *testing.T, path string) int64 {
 // node has CAP_SYS_RESOURCE and otherwise says why and grows at the next
 // stage. Data stays either way.
 func TestExpand_OnlineXFSAndExt4NextStage_DataIntact(t *testing.T) {
-	d := newDriver(t)
+	expandOnline(t, newDriver(t), "xfs", "ext4")
+}
+
+// The same over the network: the node is not the storage host, so the
+// volume is attached through its NBD export (stowage nbd-attach), whose
+// device grows when the node asks for the export's size again.
+func TestExpand_OverTheNetwork_OnlineXFS_DataIntact(t *testing.T) {
+	expandOnline(t, newDriverWith(t, stack.Options{StorageNode: "storage-1", MountHelper: stack.BuildStowage(t)}), "xfs")
+}
+
+func expandOnline(t *testing.T, d *driver, fileSystems ...string) {
 	ctx := context.Background()
-	for _, fs := range []string{"xfs", "ext4"} {
+	for _, fs := range fileSystems {
 		t.Run(fs, func(t *testing.T) {
 			vol, err := d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{
 				Name: "grow-" + fs, CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 30},

@@ -813,14 +813,14 @@ func (n *NodeService) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandV
 	if _, err := os.Stat(path); err != nil {
 		return nil, status.Errorf(codes.NotFound, "NodeExpandVolume %s: volume path %s: %v", id, path, err)
 	}
+	var size int64
 	if st.Export != nil {
-		// The NBD handshake fixes a device's size; the storage host's
-		// image has grown, and the next attach sees it.
-		return nil, status.Errorf(codes.FailedPrecondition, "NodeExpandVolume %s: the volume is attached to node %s over the network (%s), whose device keeps the size it was attached with; it grows when attached again (restart the pod so that it is staged anew)",
-			id, n.cfg.NodeID, st.source())
-	}
-	size, err := n.loops.Refresh(st.Device)
-	if err != nil {
+		// The storage host's exports already serve the grown image
+		// (ControllerExpandVolume); the device asks for the new size.
+		if size, err = n.network.Refresh(ctx, st.Export.target()); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "NodeExpandVolume %s: make %s on node %s see the new size of %s: %v", id, st.Device, n.cfg.NodeID, st.source(), err)
+		}
+	} else if size, err = n.loops.Refresh(st.Device); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeExpandVolume %s: make %s see the new size: %v", id, st.Device, err)
 	}
 	isBlock := st.Block || req.GetVolumeCapability().GetBlock() != nil

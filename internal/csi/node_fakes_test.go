@@ -3,6 +3,7 @@ package csi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -52,6 +53,8 @@ type fakeNetwork struct {
 	secrets   []string          // the secrets Attach was given
 	attachErr error
 	detached  []string
+	refreshed []string // the exports Refresh was asked for
+	size      int64    // what Refresh returns
 }
 
 func (f *fakeNetwork) Attach(_ context.Context, t attach.Target) (string, error) {
@@ -75,6 +78,14 @@ func (f *fakeNetwork) Detach(_ context.Context, t attach.Target) error {
 func (f *fakeNetwork) Device(t attach.Target) (string, bool) {
 	dev, ok := f.devices[t.AttachmentID]
 	return dev, ok
+}
+
+func (f *fakeNetwork) Refresh(_ context.Context, t attach.Target) (int64, error) {
+	if _, ok := f.devices[t.AttachmentID]; !ok {
+		return 0, fmt.Errorf("fuse-loop refresh %s: not attached", t.AttachmentID)
+	}
+	f.refreshed = append(f.refreshed, t.AttachmentID)
+	return f.size, nil
 }
 
 type fakeLoops struct {
@@ -683,9 +694,15 @@ func TestNodeStageVolume_NetworkAttachment_AttachedWithSecretRememberedWithout(t
 	if err != nil || resp.VolumeCondition.Abnormal {
 		t.Errorf("volume stats %v, %v; want a normal condition", resp, err)
 	}
-	_, err = f.n.NodeExpandVolume(context.Background(), &csi.NodeExpandVolumeRequest{VolumeId: fakeVolumeID, VolumePath: f.staging})
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "over the network") {
-		t.Errorf("NodeExpandVolume of a network attachment = %v, want FailedPrecondition saying why", err)
+	// Expand: the network device is refreshed (not a loop device of an
+	// image), then the file system on it grows.
+	f.network.size = 2 << 30
+	exp, err := f.n.NodeExpandVolume(context.Background(), &csi.NodeExpandVolumeRequest{VolumeId: fakeVolumeID, VolumePath: f.staging})
+	if err != nil || exp.CapacityBytes != 2<<30 {
+		t.Errorf("NodeExpandVolume of a network attachment = %v, %v; want 2 GiB", exp, err)
+	}
+	if !slices.Equal(f.network.refreshed, []string{"vol-1.g3.node-a"}) || !slices.Equal(f.mounts.resized, []string{dev}) {
+		t.Errorf("expand refreshed %v and grew the file systems on %v; want the export and %s", f.network.refreshed, f.mounts.resized, dev)
 	}
 	if _, err := f.n.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: fakeVolumeID, StagingTargetPath: f.staging}); err != nil {
 		t.Fatal(err)

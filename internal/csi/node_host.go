@@ -34,6 +34,9 @@ type networkAttacher interface {
 	Detach(ctx context.Context, t attach.Target) error
 	// Device returns the device of a live attachment.
 	Device(t attach.Target) (device string, found bool)
+	// Refresh makes a live attachment's device take its export's size
+	// now (the volume grew on its storage host) and returns it.
+	Refresh(ctx context.Context, t attach.Target) (int64, error)
 }
 
 // mounter formats, mounts and grows the file systems of staged volumes.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,6 +26,10 @@ type BlockExporter interface {
 	Export(ctx context.Context, e BlockExport) error
 	// Unexport ends an attachment's export; a missing one is success.
 	Unexport(ctx context.Context, attachmentID string) error
+	// Refresh makes the volume's exports serve the size its image has now,
+	// after it grew, to new opens and to connections already open. A
+	// volume with no exports is success.
+	Refresh(ctx context.Context, volumeID string) error
 }
 
 // BlockExport is one attachment's export.
@@ -62,6 +67,10 @@ func (l LocalBlockExporter) Export(ctx context.Context, e BlockExport) error {
 
 func (l LocalBlockExporter) Unexport(ctx context.Context, attachmentID string) error {
 	return l.Exporter.Unexport(ctx, attachmentID)
+}
+
+func (l LocalBlockExporter) Refresh(ctx context.Context, volumeID string) error {
+	return l.Exporter.Resize(ctx, volumeID)
 }
 
 // exportAddress is where the pool's volumes are exported; empty when it
@@ -132,6 +141,20 @@ func (s *Server) unexport(v *volumeRecord, a attachmentRecord) error {
 	if err := e.Unexport(context.Background(), a.ExportName); err != nil {
 		return status.Errorf(codes.Unavailable, "volume %s: the storage host of pool %s (NBD at %s) could not end the export to node %s: %v",
 			v.ID, v.Pool, e.Address(), a.NodeID, err)
+	}
+	return nil
+}
+
+// refreshExports makes the exports of v's network attachments serve its
+// image's size now (after a grow); with none it does nothing.
+func (s *Server) refreshExports(ctx context.Context, v *volumeRecord) error {
+	e, ok := s.blockExports[v.Pool]
+	if !ok || !slices.ContainsFunc(v.Attachments, attachmentRecord.network) {
+		return nil
+	}
+	if err := e.Refresh(ctx, v.ID); err != nil {
+		return status.Errorf(codes.Unavailable, "volume %s: its image grew, but the storage host of pool %s (node %s, NBD at %s) could not make its exports serve the new size: %v",
+			v.ID, v.Pool, s.pools[v.Pool].Node(), e.Address(), err)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"net"
@@ -161,16 +162,7 @@ func TestCreateVolume_NetworkedPool_AnyNodeOfItsZoneMatches(t *testing.T) {
 func TestReconcile_NewExporter_NetworkAttachmentsExportedAgain(t *testing.T) {
 	e := newEnv(t, envOptions{networked: []string{"pool-a"}})
 	ctx := testCtx(t)
-	e.registerNode(t, "node-b", "zone-a", 0)
-	v := e.create(t, &pb.CreateVolumeRequest{Name: "restart", SizeGib: 1})
-	a, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec, err := e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-b"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a, sec := e.attachToNodeB(t, "restart")
 	// A server start: a fresh exporter knows nothing until Reconcile.
 	x := startExporter(t, e.pools["pool-a"])
 	srv, err := New(Config{Store: e.store, Pools: map[string]Pool{"pool-a": e.pools["pool-a"]}, BlockExports: map[string]BlockExporter{"pool-a": x}})
@@ -186,4 +178,63 @@ func TestReconcile_NewExporter_NetworkAttachmentsExportedAgain(t *testing.T) {
 		t.Fatalf("the attachment is not exported again after the restart: %v", err)
 	}
 	c.Close()
+}
+
+// attachToNodeB makes a volume and attaches it over the network to
+// node-b (not its storage host), returning it, the attachment and the
+// attachment's secret.
+func (e *testEnv) attachToNodeB(t *testing.T, name string) (*pb.Volume, *pb.Attachment, *pb.AttachmentSecret) {
+	t.Helper()
+	ctx := testCtx(t)
+	e.registerNode(t, "node-b", "zone-a", 0)
+	v := e.create(t, &pb.CreateVolumeRequest{Name: name, SizeGib: 1})
+	a, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, a, sec
+}
+
+// refreshFails is an exporter whose storage host cannot be reached for a
+// Refresh.
+type refreshFails struct{ LocalBlockExporter }
+
+func (refreshFails) Refresh(context.Context, string) error { return errors.New("connection refused") }
+
+func TestResizeVolume_NetworkAttachment_ExportServesTheNewSize(t *testing.T) {
+	e := newEnv(t, envOptions{networked: []string{"pool-a"}})
+	ctx := testCtx(t)
+	v, a, sec := e.attachToNodeB(t, "grow")
+	c, err := dialAttachment(t, a, sec.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// The storage host unreachable: the resize fails, Unavailable, and the
+	// volume keeps its recorded size, so the retry does it all again.
+	other, err := New(Config{Store: e.store, Pools: map[string]Pool{"pool-a": e.pools["pool-a"]},
+		BlockExports: map[string]BlockExporter{"pool-a": refreshFails{e.exports["pool-a"]}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = other.ResizeVolume(ctx, &pb.ResizeVolumeRequest{VolumeId: v.Id, SizeGib: 2})
+	wantCode(t, err, codes.Unavailable, v.Id, "pool-a", "connection refused")
+	if d := e.describe(t, v.Id); d.SizeGib != 1 {
+		t.Fatalf("after a failed refresh the volume is recorded at %d GiB, want 1", d.SizeGib)
+	}
+
+	if _, err := e.volumes.ResizeVolume(ctx, &pb.ResizeVolumeRequest{VolumeId: v.Id, SizeGib: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.RefreshSize(ctx); err != nil || got != 2<<30 {
+		t.Fatalf("the node's client sees %d bytes (%v), want 2 GiB", got, err)
+	}
+	if _, err := c.WriteAt([]byte("end"), 2<<30-3); err != nil {
+		t.Fatalf("write at the new end: %v", err)
+	}
 }

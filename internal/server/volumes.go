@@ -637,6 +637,11 @@ func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) 
 	// retry (the resizer's, or the user's) grows it to the same size, which
 	// is success, and records it.
 	faults.Point("resize-volume:image-grown")
+	// Before the record: if this fails, the retry grows the image to the
+	// same size and gets here again.
+	if err := s.refreshExports(ctx, v); err != nil {
+		return nil, err
+	}
 	old := v.SizeGiB
 	v.setPerf(perf)
 	if err := s.putVolume(ctx, v); err != nil {

@@ -32,7 +32,8 @@ type ClientOptions struct {
 // Client is an open export over one or more connections.
 type Client struct {
 	o     ClientOptions
-	info  Info
+	info  Info // as of Dial; size is the current size
+	size  atomic.Int64
 	slots []*slot
 	rr    atomic.Uint64
 	// dead is set once the client can never serve again (closed, fenced).
@@ -69,6 +70,7 @@ func Dial(ctx context.Context, o ClientOptions) (*Client, error) {
 		return nil, err
 	}
 	c.info = first.Info()
+	c.size.Store(c.info.Size)
 	if c.info.Flags&FlagCanMultiConn == 0 {
 		o.Connections, c.o.Connections = 1, 1
 	}
@@ -98,9 +100,10 @@ func (c *Client) dialOne(ctx context.Context) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.info.Size != 0 && info.Size != c.info.Size {
+	// An export may grow (RefreshSize takes the new size), never shrink.
+	if size := c.size.Load(); info.Size < size {
 		nc.Close()
-		return nil, fmt.Errorf("nbd: export %q changed size from %d to %d", c.o.Export, c.info.Size, info.Size)
+		return nil, fmt.Errorf("nbd: export %q shrank from %d to %d bytes", c.o.Export, size, info.Size)
 	}
 	return NewConn(nc, info), nil
 }
@@ -225,10 +228,37 @@ func (c *Client) kill(err error) {
 }
 
 // Info is the export's size and flags.
-func (c *Client) Info() Info { return c.info }
+func (c *Client) Info() Info {
+	i := c.info
+	i.Size = c.size.Load()
+	return i
+}
 
-// Size is the export's size in bytes.
-func (c *Client) Size() int64 { return c.info.Size }
+// Size is the export's size in bytes, as of Dial or the last RefreshSize.
+func (c *Client) Size() int64 { return c.size.Load() }
+
+// RefreshSize opens the export once more, on a connection of its own
+// (with the same Auth), to learn its size now, and makes that the
+// client's size: after an export grew, requests up to its new end are
+// allowed. It returns the size; an export that shrank is an error.
+func (c *Client) RefreshSize(ctx context.Context) (int64, error) {
+	cn, err := c.dialOne(ctx)
+	if err != nil {
+		return 0, err
+	}
+	size := cn.Info().Size
+	cn.Close()
+	for {
+		old := c.size.Load()
+		if size <= old {
+			return old, nil
+		}
+		if c.size.CompareAndSwap(old, size) {
+			c.log.Info("nbd export grew", "from", old, "to", size)
+			return size, nil
+		}
+	}
+}
 
 // Close disconnects every connection; waiting requests fail.
 func (c *Client) Close() error {
@@ -256,7 +286,7 @@ func (c *Client) Close() error {
 // command is positional and idempotent, and a caller has not been told
 // the first attempt finished.
 func (c *Client) do(cmd, flags uint16, off int64, length int, data, dst []byte) error {
-	if off < 0 || length < 0 || off+int64(length) > c.info.Size {
+	if off < 0 || length < 0 || off+int64(length) > c.size.Load() {
 		return EINVAL
 	}
 	for {

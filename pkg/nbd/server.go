@@ -24,8 +24,12 @@ type Request struct {
 
 // Export is what a client opens by name.
 type Export struct {
-	Name     string
-	Size     int64
+	Name string
+	Size int64
+	// SizeFunc, if set, is the size instead of Size, asked at every open
+	// and for every request's bounds check: an export that grows is seen
+	// at once by new opens and by connections already open.
+	SizeFunc func() int64
 	ReadOnly bool
 	Backend  Backend
 	// Admit, if set, runs before each request's I/O and may wait (rate
@@ -261,7 +265,7 @@ func (s *Server) negotiate(c net.Conn, br *bufio.Reader) (*Export, error) {
 				return nil, fmt.Errorf("export %q: %w", data, err)
 			}
 			b := make([]byte, 10, 134)
-			binary.BigEndian.PutUint64(b, uint64(exp.Size))
+			binary.BigEndian.PutUint64(b, uint64(exp.size()))
 			binary.BigEndian.PutUint16(b[8:], transmissionFlags(exp))
 			if !noZeroes {
 				b = b[:134]
@@ -287,7 +291,7 @@ func (s *Server) negotiate(c net.Conn, br *bufio.Reader) (*Export, error) {
 			}
 			info := make([]byte, 12)
 			binary.BigEndian.PutUint16(info, infoExport)
-			binary.BigEndian.PutUint64(info[2:], uint64(exp.Size))
+			binary.BigEndian.PutUint64(info[2:], uint64(exp.size()))
 			binary.BigEndian.PutUint16(info[10:], transmissionFlags(exp))
 			if err := optReply(c, opt, repInfo, info); err != nil {
 				return nil, err
@@ -353,6 +357,13 @@ func optReply(w io.Writer, opt, typ uint32, data []byte) error {
 	binary.BigEndian.PutUint32(b[16:], uint32(len(data)))
 	_, err := w.Write(append(b, data...))
 	return err
+}
+
+func (e *Export) size() int64 {
+	if e.SizeFunc != nil {
+		return e.SizeFunc()
+	}
+	return e.Size
 }
 
 func transmissionFlags(e *Export) uint16 {
@@ -489,7 +500,7 @@ func (s *Server) do(ctx context.Context, exp *Export, r Request, buf []byte) Err
 	}
 	switch r.Command {
 	case CmdRead, CmdWrite, CmdTrim, CmdWriteZeroes:
-		if r.Offset > uint64(exp.Size) || uint64(r.Length) > uint64(exp.Size)-r.Offset {
+		if size := uint64(exp.size()); r.Offset > size || uint64(r.Length) > size-r.Offset {
 			return EINVAL
 		}
 		if r.Command != CmdRead && exp.ReadOnly {

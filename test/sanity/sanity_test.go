@@ -4,6 +4,8 @@
 package sanity
 
 import (
+	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -13,15 +15,34 @@ import (
 )
 
 func TestCSISanity(t *testing.T) {
-	runSanity(t, stack.Start(t, stack.Options{}))
+	inOwnProcess(t, func() { runSanity(t, stack.Start(t, stack.Options{})) })
 }
 
 // TestCSISanity_OverTheNetwork runs the same suite with the pool on a
 // storage host of its own: every volume the node stages is exported over
 // NBD and attached with `stowage nbd-attach` (FUSE and a loop device).
 func TestCSISanity_OverTheNetwork(t *testing.T) {
-	helper := stack.BuildStowage(t)
-	runSanity(t, stack.Start(t, stack.Options{StorageNode: "storage-1", MountHelper: helper}))
+	inOwnProcess(t, func() {
+		helper := stack.BuildStowage(t)
+		runSanity(t, stack.Start(t, stack.Options{StorageNode: "storage-1", MountHelper: helper}))
+	})
+}
+
+// inOwnProcess runs a test's suite in this test binary started again for
+// that test alone: Ginkgo runs one suite per process, and a second
+// sanity.Test in the same one fails ("Rerunning Suite").
+func inOwnProcess(t *testing.T, suite func()) {
+	const env = "STOWAGE_SANITY_SUITE"
+	if os.Getenv(env) == t.Name() {
+		suite()
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^"+t.Name()+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), env+"="+t.Name())
+	cmd.Stdout, cmd.Stderr = t.Output(), t.Output()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s: %v", t.Name(), err)
+	}
 }
 
 func runSanity(t *testing.T, s *stack.Stack) {

@@ -1208,6 +1208,86 @@ func (*UnexportResponse) Descriptor() ([]byte, []int) {
 	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
+type RefreshExportsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshExportsRequest) Reset() {
+	*x = RefreshExportsRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshExportsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshExportsRequest) ProtoMessage() {}
+
+func (x *RefreshExportsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshExportsRequest.ProtoReflect.Descriptor instead.
+func (*RefreshExportsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RefreshExportsRequest) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+type RefreshExportsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshExportsResponse) Reset() {
+	*x = RefreshExportsResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshExportsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshExportsResponse) ProtoMessage() {}
+
+func (x *RefreshExportsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshExportsResponse.ProtoReflect.Descriptor instead.
+func (*RefreshExportsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
 var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
@@ -1290,7 +1370,11 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x0eExportResponse\"6\n" +
 	"\x0fUnexportRequest\x12#\n" +
 	"\rattachment_id\x18\x01 \x01(\tR\fattachmentId\"\x12\n" +
-	"\x10UnexportResponse2\xfc\t\n" +
+	"\x10UnexportResponse\"4\n" +
+	"\x15RefreshExportsRequest\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"\x18\n" +
+	"\x16RefreshExportsResponse2\xe1\n" +
+	"\n" +
 	"\fAgentService\x12O\n" +
 	"\vGetPoolInfo\x12$.stowage.agent.v1.GetPoolInfoRequest\x1a\x1a.stowage.agent.v1.PoolInfo\x12Z\n" +
 	"\vCreateImage\x12$.stowage.agent.v1.CreateImageRequest\x1a%.stowage.agent.v1.CreateImageResponse\x12r\n" +
@@ -1307,7 +1391,8 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"ListImages\x12#.stowage.agent.v1.ListImagesRequest\x1a\x1e.stowage.agent.v1.ListResponse\x12W\n" +
 	"\rListSnapshots\x12&.stowage.agent.v1.ListSnapshotsRequest\x1a\x1e.stowage.agent.v1.ListResponse\x12K\n" +
 	"\x06Export\x12\x1f.stowage.agent.v1.ExportRequest\x1a .stowage.agent.v1.ExportResponse\x12Q\n" +
-	"\bUnexport\x12!.stowage.agent.v1.UnexportRequest\x1a\".stowage.agent.v1.UnexportResponseB4Z2github.com/stowage-io/stowage/api/agent/v1;agentv1b\x06proto3"
+	"\bUnexport\x12!.stowage.agent.v1.UnexportRequest\x1a\".stowage.agent.v1.UnexportResponse\x12c\n" +
+	"\x0eRefreshExports\x12'.stowage.agent.v1.RefreshExportsRequest\x1a(.stowage.agent.v1.RefreshExportsResponseB4Z2github.com/stowage-io/stowage/api/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -1321,7 +1406,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(*GetPoolInfoRequest)(nil),             // 0: stowage.agent.v1.GetPoolInfoRequest
 	(*PoolInfo)(nil),                       // 1: stowage.agent.v1.PoolInfo
@@ -1347,6 +1432,8 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*ExportResponse)(nil),                 // 21: stowage.agent.v1.ExportResponse
 	(*UnexportRequest)(nil),                // 22: stowage.agent.v1.UnexportRequest
 	(*UnexportResponse)(nil),               // 23: stowage.agent.v1.UnexportResponse
+	(*RefreshExportsRequest)(nil),          // 24: stowage.agent.v1.RefreshExportsRequest
+	(*RefreshExportsResponse)(nil),         // 25: stowage.agent.v1.RefreshExportsResponse
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: stowage.agent.v1.AgentService.GetPoolInfo:input_type -> stowage.agent.v1.GetPoolInfoRequest
@@ -1363,22 +1450,24 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	18, // 11: stowage.agent.v1.AgentService.ListSnapshots:input_type -> stowage.agent.v1.ListSnapshotsRequest
 	20, // 12: stowage.agent.v1.AgentService.Export:input_type -> stowage.agent.v1.ExportRequest
 	22, // 13: stowage.agent.v1.AgentService.Unexport:input_type -> stowage.agent.v1.UnexportRequest
-	1,  // 14: stowage.agent.v1.AgentService.GetPoolInfo:output_type -> stowage.agent.v1.PoolInfo
-	5,  // 15: stowage.agent.v1.AgentService.CreateImage:output_type -> stowage.agent.v1.CreateImageResponse
-	5,  // 16: stowage.agent.v1.AgentService.CreateImageFromSnapshot:output_type -> stowage.agent.v1.CreateImageResponse
-	5,  // 17: stowage.agent.v1.AgentService.CloneImage:output_type -> stowage.agent.v1.CreateImageResponse
-	7,  // 18: stowage.agent.v1.AgentService.ResizeImage:output_type -> stowage.agent.v1.ResizeImageResponse
-	9,  // 19: stowage.agent.v1.AgentService.DeleteImage:output_type -> stowage.agent.v1.DeleteImageResponse
-	11, // 20: stowage.agent.v1.AgentService.SnapshotImage:output_type -> stowage.agent.v1.SnapshotImageResponse
-	13, // 21: stowage.agent.v1.AgentService.DeleteSnapshot:output_type -> stowage.agent.v1.DeleteSnapshotResponse
-	16, // 22: stowage.agent.v1.AgentService.ImageSize:output_type -> stowage.agent.v1.SizeResponse
-	16, // 23: stowage.agent.v1.AgentService.SnapshotSize:output_type -> stowage.agent.v1.SizeResponse
-	19, // 24: stowage.agent.v1.AgentService.ListImages:output_type -> stowage.agent.v1.ListResponse
-	19, // 25: stowage.agent.v1.AgentService.ListSnapshots:output_type -> stowage.agent.v1.ListResponse
-	21, // 26: stowage.agent.v1.AgentService.Export:output_type -> stowage.agent.v1.ExportResponse
-	23, // 27: stowage.agent.v1.AgentService.Unexport:output_type -> stowage.agent.v1.UnexportResponse
-	14, // [14:28] is the sub-list for method output_type
-	0,  // [0:14] is the sub-list for method input_type
+	24, // 14: stowage.agent.v1.AgentService.RefreshExports:input_type -> stowage.agent.v1.RefreshExportsRequest
+	1,  // 15: stowage.agent.v1.AgentService.GetPoolInfo:output_type -> stowage.agent.v1.PoolInfo
+	5,  // 16: stowage.agent.v1.AgentService.CreateImage:output_type -> stowage.agent.v1.CreateImageResponse
+	5,  // 17: stowage.agent.v1.AgentService.CreateImageFromSnapshot:output_type -> stowage.agent.v1.CreateImageResponse
+	5,  // 18: stowage.agent.v1.AgentService.CloneImage:output_type -> stowage.agent.v1.CreateImageResponse
+	7,  // 19: stowage.agent.v1.AgentService.ResizeImage:output_type -> stowage.agent.v1.ResizeImageResponse
+	9,  // 20: stowage.agent.v1.AgentService.DeleteImage:output_type -> stowage.agent.v1.DeleteImageResponse
+	11, // 21: stowage.agent.v1.AgentService.SnapshotImage:output_type -> stowage.agent.v1.SnapshotImageResponse
+	13, // 22: stowage.agent.v1.AgentService.DeleteSnapshot:output_type -> stowage.agent.v1.DeleteSnapshotResponse
+	16, // 23: stowage.agent.v1.AgentService.ImageSize:output_type -> stowage.agent.v1.SizeResponse
+	16, // 24: stowage.agent.v1.AgentService.SnapshotSize:output_type -> stowage.agent.v1.SizeResponse
+	19, // 25: stowage.agent.v1.AgentService.ListImages:output_type -> stowage.agent.v1.ListResponse
+	19, // 26: stowage.agent.v1.AgentService.ListSnapshots:output_type -> stowage.agent.v1.ListResponse
+	21, // 27: stowage.agent.v1.AgentService.Export:output_type -> stowage.agent.v1.ExportResponse
+	23, // 28: stowage.agent.v1.AgentService.Unexport:output_type -> stowage.agent.v1.UnexportResponse
+	25, // 29: stowage.agent.v1.AgentService.RefreshExports:output_type -> stowage.agent.v1.RefreshExportsResponse
+	15, // [15:30] is the sub-list for method output_type
+	0,  // [0:15] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name
@@ -1395,7 +1484,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

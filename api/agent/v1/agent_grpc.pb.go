@@ -47,6 +47,7 @@ const (
 	AgentService_ListSnapshots_FullMethodName           = "/stowage.agent.v1.AgentService/ListSnapshots"
 	AgentService_Export_FullMethodName                  = "/stowage.agent.v1.AgentService/Export"
 	AgentService_Unexport_FullMethodName                = "/stowage.agent.v1.AgentService/Unexport"
+	AgentService_RefreshExports_FullMethodName          = "/stowage.agent.v1.AgentService/RefreshExports"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -76,6 +77,9 @@ type AgentServiceClient interface {
 	Export(ctx context.Context, in *ExportRequest, opts ...grpc.CallOption) (*ExportResponse, error)
 	// Unexport ends an attachment's export; a missing one is success.
 	Unexport(ctx context.Context, in *UnexportRequest, opts ...grpc.CallOption) (*UnexportResponse, error)
+	// RefreshExports makes a volume's exports serve the size its image has
+	// now (after it grew); a volume with no exports is success.
+	RefreshExports(ctx context.Context, in *RefreshExportsRequest, opts ...grpc.CallOption) (*RefreshExportsResponse, error)
 }
 
 type agentServiceClient struct {
@@ -226,6 +230,16 @@ func (c *agentServiceClient) Unexport(ctx context.Context, in *UnexportRequest, 
 	return out, nil
 }
 
+func (c *agentServiceClient) RefreshExports(ctx context.Context, in *RefreshExportsRequest, opts ...grpc.CallOption) (*RefreshExportsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RefreshExportsResponse)
+	err := c.cc.Invoke(ctx, AgentService_RefreshExports_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -253,6 +267,9 @@ type AgentServiceServer interface {
 	Export(context.Context, *ExportRequest) (*ExportResponse, error)
 	// Unexport ends an attachment's export; a missing one is success.
 	Unexport(context.Context, *UnexportRequest) (*UnexportResponse, error)
+	// RefreshExports makes a volume's exports serve the size its image has
+	// now (after it grew); a volume with no exports is success.
+	RefreshExports(context.Context, *RefreshExportsRequest) (*RefreshExportsResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -304,6 +321,9 @@ func (UnimplementedAgentServiceServer) Export(context.Context, *ExportRequest) (
 }
 func (UnimplementedAgentServiceServer) Unexport(context.Context, *UnexportRequest) (*UnexportResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Unexport not implemented")
+}
+func (UnimplementedAgentServiceServer) RefreshExports(context.Context, *RefreshExportsRequest) (*RefreshExportsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshExports not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -578,6 +598,24 @@ func _AgentService_Unexport_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_RefreshExports_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RefreshExportsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).RefreshExports(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_RefreshExports_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).RefreshExports(ctx, req.(*RefreshExportsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -640,6 +678,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Unexport",
 			Handler:    _AgentService_Unexport_Handler,
+		},
+		{
+			MethodName: "RefreshExports",
+			Handler:    _AgentService_RefreshExports_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
