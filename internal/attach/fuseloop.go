@@ -10,10 +10,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // FUSELoop attaches a network target on a node whose kernel has no NBD
@@ -179,13 +184,12 @@ func (f FUSELoop) Refresh(ctx context.Context, t Target) (int64, error) {
 func (f FUSELoop) Detach(ctx context.Context, t Target) error {
 	dir := f.dir(t)
 	pid, err := readPID(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return os.RemoveAll(dir)
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if err := syscall.Kill(pid, syscall.SIGTERM); err == nil {
+	// A pid of a process that died may be someone else's by now: only
+	// this attachment's nbd-attach is signalled.
+	if err == nil && isAttachProcess(pid, t.AttachmentID) && syscall.Kill(pid, syscall.SIGTERM) == nil {
 		for syscall.Kill(pid, 0) == nil {
 			// Not our child after a restart of the caller: poll.
 			var ws syscall.WaitStatus
@@ -197,5 +201,27 @@ func (f FUSELoop) Detach(ctx context.Context, t Target) error {
 			}
 		}
 	}
+	// What a process that was killed leaves behind (a node that crashed):
+	// the loop device on its FUSE file and the FUSE mount, which no
+	// longer answers.
+	mnt := filepath.Join(dir, "mnt")
+	if err := loopdev.DetachUnder(ctx, mnt); err != nil {
+		return fmt.Errorf("fuse-loop detach %s: %w", t.AttachmentID, err)
+	}
+	if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("fuse-loop detach %s: unmount %s: %w", t.AttachmentID, mnt, err)
+	}
 	return os.RemoveAll(dir)
+}
+
+// isAttachProcess reports whether pid is the process Attach started for
+// the attachment (its arguments name the export).
+func isAttachProcess(pid int, attachmentID string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(string(b), "\x00")
+	i := slices.Index(args, "--export")
+	return i >= 0 && i+1 < len(args) && args[i+1] == attachmentID
 }

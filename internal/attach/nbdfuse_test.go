@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -278,4 +279,58 @@ func TestFUSELoop_RealDevices(t *testing.T) {
 		}
 		t.Logf("fenced write: %v; fsync: %v", werr, serr)
 	})
+}
+
+// A node that crashed leaves its attachment's loop device on a FUSE mount
+// whose process is dead; Detach after the node's restart removes both.
+func TestFUSELoop_ProcessKilled_DetachCleansUp(t *testing.T) {
+	needRealDevices(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	image := filepath.Join(dir, "vol-1.img")
+	if err := os.WriteFile(image, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(image, 16<<20)
+	secret := blockexport.NewSecret()
+	host := &storageHost{t: t, image: image, logs: &logbuf.Buffer{}}
+	host.start(blockexport.Attachment{ID: "att-k", VolumeID: "vol-1", ImagePath: image, Generation: 1, Secret: secret})
+	t.Cleanup(func() { host.ex.Close() })
+	t.Setenv("STOWAGE_TEST_NBD_ATTACH", "1")
+	at := FUSELoop{Command: []string{os.Args[0]}, StateDir: filepath.Join(dir, "state")}
+	target := Target{AttachmentID: "att-k", Address: host.addr, Generation: 1, Secret: secret}
+	mnt := filepath.Join(dir, "state", "att-k", "mnt")
+	t.Cleanup(func() {
+		loopdev.DetachUnder(context.Background(), dir)
+		unix.Unmount(mnt, unix.MNT_DETACH)
+	})
+	if _, err := at.Attach(ctx, target); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := readPID(filepath.Join(dir, "state", "att-k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	for syscall.Kill(pid, 0) == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, live := at.Device(target); live {
+		t.Fatal("a killed attachment reads as live")
+	}
+	if left, _ := loopdev.Under(dir); len(left) == 0 {
+		t.Fatal("the killed process took its loop device with it; this test needs one left behind")
+	}
+	if err := at.Detach(ctx, target); err != nil {
+		t.Fatalf("detach after the process was killed: %v", err)
+	}
+	if left, _ := loopdev.Under(dir); len(left) > 0 {
+		t.Errorf("loop devices left: %v", left)
+	}
+	if mounted, _ := mountinfo.Mounted(mnt); mounted {
+		t.Error("the dead FUSE mount is left")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state", "att-k")); !os.IsNotExist(err) {
+		t.Errorf("the attachment's state directory is left (%v)", err)
+	}
 }

@@ -331,6 +331,24 @@ func Under(dir string) ([]Device, error) {
 	return out, nil
 }
 
+// DetachUnder detaches every loop device whose backing file is dir or
+// below it, without touching the backing files (which may be on a file
+// system that no longer answers, like a FUSE mount whose server died).
+func DetachUnder(ctx context.Context, dir string) error {
+	if r, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = r
+	}
+	loops, err := Under(dir)
+	if err != nil {
+		return fmt.Errorf("detach loop devices under %s: %w", dir, err)
+	}
+	var errs []error
+	for _, l := range loops {
+		errs = append(errs, detachDevice(ctx, l.Number, l.BackingFile))
+	}
+	return errors.Join(errs...)
+}
+
 func isBound(n int) (bool, error) {
 	_, err := os.Stat(filepath.Join(sysBlock, "loop"+strconv.Itoa(n), "loop", "backing_file"))
 	if errors.Is(err, fs.ErrNotExist) {
