@@ -174,7 +174,7 @@ func newPauseCmd() *cobra.Command {
 // of the local multi-node cluster.
 func newNodeStopCmd() *cobra.Command {
 	var dataDir string
-	var outOfService bool
+	var outOfService, partition bool
 	cmd := &cobra.Command{
 		Use:   "stop NODE",
 		Short: "Simulate losing a node of the local cluster: its link down, all its processes killed (as by a power cut)",
@@ -183,7 +183,11 @@ link goes down first, then every process in its network namespace (kubelet,
 containerd, the pods, kube-proxy, the CSI node plugins) is killed with SIGKILL.
 Its mounts stay, as on a node that is off. With --out-of-service the node is
 then tainted ` + cluster.OutOfServiceTaint + `, which tells Kubernetes the
-node is gone for good: its pods are deleted at once and start elsewhere.
+node is gone for good: its pods are deleted and start elsewhere once it is
+NotReady. With --partition only the link goes down: everything on the node
+keeps running, cut off (a network partition); a volume attached there over
+the network is fenced when Kubernetes attaches it elsewhere, so the node's
+writes fail when its link comes back.
 ` + "`stowage node start`" + ` brings it back.`,
 		Example: `  stowage node stop vm-2 --out-of-service
   stowage node start vm-2`,
@@ -191,11 +195,12 @@ node is gone for good: its pods are deleted at once and start elsewhere.
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			return cluster.NodeStop(ctx, dataDir, args[0], cluster.NodeStopOptions{Out: cmd.OutOrStdout(), OutOfService: outOfService})
+			return cluster.NodeStop(ctx, dataDir, args[0], cluster.NodeStopOptions{Out: cmd.OutOrStdout(), OutOfService: outOfService, Partition: partition})
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", cluster.DefaultDataDir, "the cluster's data directory")
 	cmd.Flags().BoolVar(&outOfService, "out-of-service", false, "taint the node "+cluster.OutOfServiceTaint+" once it is down")
+	cmd.Flags().BoolVar(&partition, "partition", false, "only cut the node's link; its processes keep running (a network partition)")
 	return cmd
 }
 

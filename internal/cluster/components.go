@@ -138,6 +138,9 @@ const SecretsRotationInterval = 30 * time.Second
 // machine.
 const NFSAddress = "127.0.0.1:12049"
 
+// NodeGracePeriod is the controller manager's --node-monitor-grace-period.
+const NodeGracePeriod = 20 * time.Second
+
 // FilePoolSize is the size of the btrfs image holding the file systems'
 // trees (sparse: it takes only what is written).
 const FilePoolSize = "100G"
@@ -289,6 +292,11 @@ func (c *Config) Components() []Component {
 			"--cluster-name=" + clusterName,
 			"--service-cluster-ip-range=" + c.ServiceCIDR,
 			"--allocate-node-cidrs=false",
+			// A lost node is NotReady this long after its last heartbeat
+			// (default 50 s). Only a NotReady node's pods are force-deleted
+			// under the out-of-service taint, so this bounds how soon a
+			// StatefulSet's pod restarts elsewhere (docs/local-cluster.md).
+			"--node-monitor-grace-period=" + NodeGracePeriod.String(),
 			// Default 20/30: the PV controller and the attach/detach
 			// controller share it, a few calls per claim.
 			"--kube-api-qps=" + sidecarQPS, "--kube-api-burst=" + sidecarBurst,

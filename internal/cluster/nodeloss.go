@@ -25,6 +25,11 @@ type NodeStopOptions struct {
 	// OutOfService taints the node with OutOfServiceTaint once it is
 	// down, as an operator does after making sure it is.
 	OutOfService bool
+	// Partition only cuts the node's link: its processes (kubelet, pods,
+	// node plugins, network attachments) keep running, unreachable, as on
+	// the far side of a network partition. When the link comes back they
+	// find their work taken over — which fencing is for.
+	Partition bool
 }
 
 // worker finds a worker by name; the machine's own node cannot be
@@ -65,6 +70,10 @@ func NodeStop(ctx context.Context, dataDir, name string, o NodeStopOptions) erro
 		return fmt.Errorf("cut node %s's link: %w", name, err)
 	}
 	fmt.Fprintf(o.Out, "node %s: link %s down\n", name, workerLink(n.Index))
+	if o.Partition {
+		fmt.Fprintf(o.Out, "node %s: partitioned: its processes keep running, cut off\n", name)
+		return c.taintOutOfService(ctx, name, o)
+	}
 	for _, comp := range c.workerComponents(n) {
 		os.Remove(c.process(comp.Name).PidFile)
 	}
@@ -85,12 +94,17 @@ func NodeStop(ctx context.Context, dataDir, name string, o NodeStopOptions) erro
 		return fmt.Errorf("node %s: %d processes survived SIGKILL: %v", name, len(left), left)
 	}
 	fmt.Fprintf(o.Out, "node %s: killed %d processes (kubelet, containerd, pods, node plugins) in %s\n", name, killed, time.Since(start).Round(time.Millisecond))
-	if o.OutOfService {
-		if _, err := c.kubectl().run(ctx, nil, "taint", "node", name, OutOfServiceTaint, "--overwrite"); err != nil {
-			return fmt.Errorf("taint node %s out of service: %w", name, err)
-		}
-		fmt.Fprintf(o.Out, "node %s: tainted %s\n", name, OutOfServiceTaint)
+	return c.taintOutOfService(ctx, name, o)
+}
+
+func (c *Config) taintOutOfService(ctx context.Context, name string, o NodeStopOptions) error {
+	if !o.OutOfService {
+		return nil
 	}
+	if _, err := c.kubectl().run(ctx, nil, "taint", "node", name, OutOfServiceTaint, "--overwrite"); err != nil {
+		return fmt.Errorf("taint node %s out of service: %w", name, err)
+	}
+	fmt.Fprintf(o.Out, "node %s: tainted %s\n", name, OutOfServiceTaint)
 	return nil
 }
 

@@ -201,6 +201,10 @@ func (c *Config) kubeletConfig(n nodeView) ([]byte, error) {
 		// makes detaches (and so deletes) take seconds instead of ten or
 		// more. Unchanged status is still reported only every 5 minutes.
 		"nodeStatusUpdateFrequency": "2s",
+		// A node that stops renewing its lease is NotReady after the
+		// controller manager's --node-monitor-grace-period (NodeGracePeriod);
+		// a 16 s lease is renewed every 4 s, five renewals in that period.
+		"nodeLeaseDurationSeconds": 16,
 	}
 	if r := n.cgroupRoot(); r != "" {
 		kc["cgroupRoot"] = "/" + r

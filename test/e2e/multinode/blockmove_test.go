@@ -51,10 +51,13 @@ func attachmentsOf(t *testing.T, volumeID string) []attachment {
 //   - moved (cordon + delete) to zone-a's other node it is attached over
 //     NBD, the blob's checksum is the same, and an attach of the volume to
 //     a second node is refused, naming the holder;
-//   - that node lost (`stowage node stop --out-of-service`), the pod runs on
-//     the storage host again (time measured), with every fsynced line;
-//   - the lost node back (`stowage node start`), its stale attachment is
-//     refused by the storage host (fencing), and it cleans up after itself.
+//   - that node cut off (`stowage node stop --partition --out-of-service`:
+//     its link down, its pod still running and writing there), the pod
+//     runs on the storage host again (time measured), with every fsynced
+//     line;
+//   - the link back (`stowage node start`), the old pod's attachment
+//     reconnects and is refused by the storage host (fencing: its writes
+//     fail, none lands), and the node cleans up after itself.
 func TestNodes_BlockVolume_MovesInItsZone_SurvivesNodeLoss_StaleNodeFenced(t *testing.T) {
 	ns := namespace(t)
 	zoneA := nodesOf(t, "zone-a")
@@ -150,7 +153,7 @@ spec:
 		t.Fatalf("the journal has %d lines (%v)", acked, err)
 	}
 	start := time.Now()
-	if out, err := exec.Command(stowageBin, "node", "stop", other, "--out-of-service", "--data-dir", dataDir).CombinedOutput(); err != nil {
+	if out, err := exec.Command(stowageBin, "node", "stop", other, "--partition", "--out-of-service", "--data-dir", dataDir).CombinedOutput(); err != nil {
 		t.Fatalf("stowage node stop %s: %v\n%s", other, err, out)
 	}
 	restored := false
@@ -161,7 +164,7 @@ spec:
 	})
 	waitOn(host, 3*time.Minute)
 	failover := time.Since(start)
-	t.Logf("node %s lost: db-0 Running on %s %.1f s after `stowage node stop --out-of-service`", other, host, failover.Seconds())
+	t.Logf("node %s cut off: db-0 Running on %s %.1f s after `stowage node stop --partition --out-of-service`", other, host, failover.Seconds())
 	if failover > 60*time.Second {
 		t.Errorf("failover took %s, more than 60 s", failover)
 	}
