@@ -32,6 +32,7 @@ func newUpCmd() *cobra.Command {
 	var timeout time.Duration
 	var nodes int
 	var zones []string
+	var storageHosts int
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start a local Kubernetes (one node, or several with --nodes) with Stowage installed",
@@ -68,7 +69,7 @@ _output/bin. Needs root; installs missing Debian packages with apt-get.`,
 			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			return cluster.Up(ctx, &cfg, cluster.UpOptions{Out: cmd.OutOrStdout(), SkipCheck: skipCheck, Timeout: timeout, Nodes: nodes, Zones: zones})
+			return cluster.Up(ctx, &cfg, cluster.UpOptions{Out: cmd.OutOrStdout(), SkipCheck: skipCheck, Timeout: timeout, Nodes: nodes, Zones: zones, StorageHostsPerZone: storageHosts})
 		},
 	}
 	f := cmd.Flags()
@@ -81,6 +82,7 @@ _output/bin. Needs root; installs missing Debian packages with apt-get.`,
 	f.StringVar(&cfg.Zone, "zone", cluster.DefaultZone, "the node's and the pool's zone")
 	f.StringVar(&cfg.PoolSize, "pool-size", cluster.DefaultPoolSize, "size of the storage pool (a sparse xfs image in the data directory)")
 	f.IntVar(&nodes, "nodes", 0, "how many nodes: this machine's and N-1 more, each a network namespace with its own containerd, kubelet, kube-proxy and CSI node plugins (default: as the cluster was, else 1)")
+	f.IntVar(&storageHosts, "storage-hosts-per-zone", 1, "with --nodes: storage hosts (network namespaces with a Stowage agent and a block pool, apart from the nodes) in each zone but the first, whose storage host is this machine's node")
 	f.StringSliceVar(&zones, "zones", nil, "the nodes' zones, round robin from the first node (e.g. zone-a,zone-b,zone-c; default: --zone for all)")
 	f.BoolVar(&skipCheck, "skip-check", false, "return once the node is Ready, without provisioning and mounting a test volume")
 	f.DurationVar(&timeout, "wait", 2*time.Minute, "how long to wait for each component, the node and the check")

@@ -351,7 +351,9 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if err := srv.RegisterPoolNodes(ctx); err != nil {
 			return nil, err
 		}
-		return srv.StartRotations(ctx, o.rotationCheck), nil
+		stopRotations := srv.StartRotations(ctx, o.rotationCheck)
+		stopReexports := srv.StartReexports(ctx, 0)
+		return func() { stopReexports(); stopRotations() }, nil
 	}
 	stopLoops := func() {}
 	var gate *leaderGate

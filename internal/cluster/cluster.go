@@ -77,6 +77,9 @@ type Config struct {
 	// Workers are the nodes besides this machine's (SetNodes); none for a
 	// one-node cluster.
 	Workers []Worker `json:"workers,omitempty"`
+	// StorageHosts hold the block pools of the zones other than the
+	// machine's (SetStorageHosts); none for a one-node cluster.
+	StorageHosts []StorageHost `json:"storageHosts,omitempty"`
 }
 
 // Validate fills defaults and checks the addresses.

@@ -409,15 +409,18 @@ func (c *Config) Components() []Component {
 				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--bootstrap-node-tokens="+strings.Join(c.workerNames(), ","),
 					// Volumes attach over NBD to the other nodes of their zone.
 					"--nbd-listen="+c.nbdListen())
-				// The first node of each zone is the storage host of its
-				// block pool (the machine's node of the first zone's,
-				// pool-a); a volume attaches by loop device there and over
-				// the network on the zone's other nodes.
-				for _, w := range c.storageHostWorkers() {
-					comps[i].Cmd.Args = append(comps[i].Cmd.Args, fmt.Sprintf("--pool=name=%s,zone=%s,node=%s,size=%s", workerPool(w.Name), w.Zone, w.Name, c.PoolSize))
+				// The other zones' block pools are on storage hosts of their
+				// own, behind the agent API (the machine's node keeps pool-a
+				// of its zone, in the server).
+				comps[i].Cmd.Args = append(comps[i].Cmd.Args, c.serverAgentArgs()...)
+				for _, h := range c.StorageHosts {
+					comps[i].Needs = append(comps[i].Needs, "stowage-agent@"+h.Name)
 				}
 			}
 		}
+	}
+	for _, n := range c.storageHostNodes() {
+		comps = append(comps, c.storageHostComponents(n)...)
 	}
 	for i := range c.Workers {
 		comps = append(comps, c.workerComponents(c.workerNode(i))...)

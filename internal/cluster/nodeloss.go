@@ -43,7 +43,23 @@ func (c *Config) worker(name string) (int, error) {
 			return i, nil
 		}
 	}
-	return 0, fmt.Errorf("no node %s in the cluster of %s (its nodes: %s)", name, c.DataDir, strings.Join(append([]string{c.NodeName}, c.workerNames()...), ", "))
+	return 0, fmt.Errorf("no node %s in the cluster of %s (its nodes: %s; storage hosts: %s)", name, c.DataDir,
+		strings.Join(append([]string{c.NodeName}, c.workerNames()...), ", "), strings.Join(c.storageHostNames(), ", "))
+}
+
+// stoppable is the worker or storage host called name, and its processes.
+func (c *Config) stoppable(name string) (nodeView, []Component, error) {
+	for _, n := range c.storageHostNodes() {
+		if n.Name == name {
+			return n, c.storageHostComponents(n), nil
+		}
+	}
+	i, err := c.worker(name)
+	if err != nil {
+		return nodeView{}, nil, err
+	}
+	n := c.workerNode(i)
+	return n, c.workerComponents(n), nil
 }
 
 // NodeStop simulates losing a worker node: its link goes down (no packet
@@ -60,21 +76,23 @@ func NodeStop(ctx context.Context, dataDir, name string, o NodeStopOptions) erro
 	if err != nil {
 		return err
 	}
-	i, err := c.worker(name)
+	n, comps, err := c.stoppable(name)
 	if err != nil {
 		return err
 	}
-	n := c.workerNode(i)
+	if n.storage && o.OutOfService {
+		return fmt.Errorf("%s is a storage host, not a Kubernetes node: --out-of-service does not apply", name)
+	}
 	start := time.Now()
-	if _, err := run(ctx, "ip", "link", "set", workerLink(n.Index), "down"); err != nil {
+	if _, err := run(ctx, "ip", "link", "set", n.link(), "down"); err != nil {
 		return fmt.Errorf("cut node %s's link: %w", name, err)
 	}
-	fmt.Fprintf(o.Out, "node %s: link %s down\n", name, workerLink(n.Index))
+	fmt.Fprintf(o.Out, "node %s: link %s down\n", name, n.link())
 	if o.Partition {
 		fmt.Fprintf(o.Out, "node %s: partitioned: its processes keep running, cut off\n", name)
 		return c.taintOutOfService(ctx, name, o)
 	}
-	for _, comp := range c.workerComponents(n) {
+	for _, comp := range comps {
 		os.Remove(c.process(comp.Name).PidFile)
 	}
 	killed := 0
@@ -119,19 +137,20 @@ func NodeStart(ctx context.Context, dataDir, name string, out io.Writer, timeout
 	if err != nil {
 		return err
 	}
-	i, err := c.worker(name)
+	n, _, err := c.stoppable(name)
 	if err != nil {
 		return err
 	}
-	n := c.workerNode(i)
-	if _, err := run(ctx, "ip", "link", "set", workerLink(n.Index), "up"); err != nil {
+	if _, err := run(ctx, "ip", "link", "set", n.link(), "up"); err != nil {
 		return err
 	}
 	// The route via a link that was down is gone: put it back.
-	if err := c.setupWorkerNetwork(ctx, n); err != nil {
+	if err := c.setupNetns(ctx, n); err != nil {
 		return err
 	}
-	c.kubectl().run(ctx, nil, "taint", "node", name, "node.kubernetes.io/out-of-service-")
+	if !n.storage {
+		c.kubectl().run(ctx, nil, "taint", "node", name, "node.kubernetes.io/out-of-service-")
+	}
 	return Up(ctx, c, UpOptions{Out: out, SkipCheck: true, Timeout: timeout})
 }
 

@@ -31,9 +31,6 @@ const MaxNodesPerCPU = 3
 // MaxNodes is the most nodes `up --nodes` allows on this machine.
 func MaxNodes() int { return MaxNodesPerCPU * runtime.NumCPU() }
 
-// workerPool is the block pool whose storage host is a worker.
-func workerPool(name string) string { return "pool-" + name }
-
 // workerNetns is the network namespace of a worker.
 func workerNetns(name string) string { return "stowage-" + name }
 
@@ -139,20 +136,6 @@ const NBDPort = "10809"
 // machine's node address, which every node's namespace reaches.
 func (c *Config) nbdListen() string { return net.JoinHostPort(c.NodeIP, NBDPort) }
 
-// storageHostWorkers are the workers that are the first node of their
-// zone; each is the storage host of that zone's block pool.
-func (c *Config) storageHostWorkers() []Worker {
-	seen := map[string]bool{c.Zone: true}
-	var hosts []Worker
-	for _, w := range c.Workers {
-		if !seen[w.Zone] {
-			seen[w.Zone] = true
-			hosts = append(hosts, w)
-		}
-	}
-	return hosts
-}
-
 func (c *Config) nfsListen() string {
 	if len(c.Workers) == 0 {
 		return NFSAddress
@@ -174,6 +157,9 @@ type nodeView struct {
 	L Layout
 	// Netns is the worker's namespace; "" for the machine's node.
 	Netns string
+	// storage marks a storage host (no kubelet, no pods; Index counts
+	// storage hosts from 1).
+	storage bool
 }
 
 func (c *Config) hostNode() nodeView {
@@ -263,13 +249,19 @@ func ensureCgroupRoot(name string) error {
 // worker's pod range via its address), forwarding and bridge netfilter
 // inside the namespace. Traffic between nodes is routed by the machine.
 func (c *Config) setupWorkerNetwork(ctx context.Context, n nodeView) error {
+	return c.setupNetns(ctx, n)
+}
+
+// setupNetns makes the namespace and link of a worker or storage host (a
+// storage host has no pod range).
+func (c *Config) setupNetns(ctx context.Context, n nodeView) error {
 	ns := n.Netns
 	if !exists("/run/netns/" + ns) {
 		if _, err := run(ctx, "ip", "netns", "add", ns); err != nil {
 			return err
 		}
 	}
-	link := workerLink(n.Index)
+	link := n.link()
 	if _, err := net.InterfaceByName(link); err != nil {
 		if _, err := run(ctx, "ip", "link", "add", link, "type", "veth", "peer", "name", workerIface, "netns", ns); err != nil {
 			return err
@@ -294,10 +286,11 @@ func (c *Config) setupWorkerNetwork(ctx context.Context, n nodeView) error {
 			return err
 		}
 	}
-	for _, r := range [][]string{
-		{"route", "replace", n.IP + "/32", "dev", link},
-		{"route", "replace", n.PodCIDR, "via", n.IP, "dev", link},
-	} {
+	routes := [][]string{{"route", "replace", n.IP + "/32", "dev", link}}
+	if n.PodCIDR != "" {
+		routes = append(routes, []string{"route", "replace", n.PodCIDR, "via", n.IP, "dev", link})
+	}
+	for _, r := range routes {
 		if _, err := run(ctx, "ip", r...); err != nil {
 			return err
 		}
@@ -330,6 +323,18 @@ func teardownWorkers(ctx context.Context, c *Config, report func(string, ...any)
 		}
 		if k := removeCgroupTrees(c.workerNode(i).cgroupRoot()); k > 0 {
 			report("removed %d cgroups of %s", k, w.Name)
+		}
+	}
+	for _, n := range c.storageHostNodes() {
+		if exists("/run/netns/" + n.Netns) {
+			if _, err := run(ctx, "ip", "netns", "del", n.Netns); err != nil {
+				errs = append(errs, err)
+			} else {
+				report("removed network namespace %s", n.Netns)
+			}
+		}
+		if _, err := net.InterfaceByName(n.link()); err == nil {
+			run(ctx, "ip", "link", "del", n.link())
 		}
 	}
 	if len(errs) > 0 {

@@ -92,35 +92,11 @@ func TestWorkers_OwnProcessesInTheirNamespace_OwnDirsAndIdentity(t *testing.T) {
 	if a := strings.Join(comps["csi-node@vm-3"].Cmd.Args, " "); !strings.Contains(a, "--node-id=vm-3") || !strings.Contains(a, "tokens/csi-node@vm-3") {
 		t.Errorf("csi-node@vm-3 args %q: want its own node id and token", a)
 	}
-	if a := strings.Join(comps["stowage-server"].Cmd.Args, " "); !strings.Contains(a, "--bootstrap-node-tokens=vm-2,vm-3") || !strings.Contains(a, "--nfs-listen=198.51.100.2:12049") ||
-		!strings.Contains(a, "--pool=name=pool-vm-3,zone=zone-c,node=vm-3,size=") {
-		t.Errorf("stowage-server args %q: want tokens for the workers, NFS on the node address and a pool per node", a)
+	if a := strings.Join(comps["stowage-server"].Cmd.Args, " "); !strings.Contains(a, "--bootstrap-node-tokens=vm-2,vm-3") || !strings.Contains(a, "--nfs-listen=198.51.100.2:12049") {
+		t.Errorf("stowage-server args %q: want tokens for the workers and NFS on the node address", a)
 	}
 	if a := strings.Join(comps["stowage-server"].Cmd.Args, " "); !strings.Contains(a, "--nbd-listen=198.51.100.2:10809") {
 		t.Errorf("stowage-server args %q: want NBD on the node address", a)
-	}
-}
-
-// A zone's first node is its storage host: a fourth node in zone-a has no
-// pool of its own and attaches zone-a's volumes over NBD.
-func TestComponents_FourNodesThreeZones_APoolPerZone(t *testing.T) {
-	c := threeNodes(t)
-	if err := c.SetNodes(4, []string{"zone-a", "zone-b", "zone-c"}); err != nil {
-		t.Fatal(err)
-	}
-	var pools []string
-	for _, comp := range c.Components() {
-		if comp.Name != "stowage-server" {
-			continue
-		}
-		for _, a := range comp.Cmd.Args {
-			if p, ok := strings.CutPrefix(a, "--pool=name="); ok {
-				pools = append(pools, strings.SplitN(p, ",", 2)[0])
-			}
-		}
-	}
-	if want := []string{"pool-a", "pool-vm-2", "pool-vm-3"}; !slices.Equal(pools, want) {
-		t.Errorf("pools %v, want %v (one per zone; vm-4 shares zone-a's)", pools, want)
 	}
 	var kubelet map[string]any
 	b, err := c.kubeletConfig(c.workerNode(1))
@@ -146,5 +122,49 @@ func TestComponents_FourNodesThreeZones_APoolPerZone(t *testing.T) {
 	}
 	if !slices.Contains(c.nodeReadyNeeds(), "csi-file@vm-2") {
 		t.Error("node ready does not wait for the workers' plugins")
+	}
+}
+
+// The zones but the machine's get storage hosts of their own (agents in
+// namespaces apart from every node); the server reaches their pools over
+// the agent API, after they are up.
+func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T) {
+	c := threeNodes(t)
+	if err := c.SetNodes(4, []string{"zone-a", "zone-b", "zone-c"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetStorageHosts(1); err != nil {
+		t.Fatal(err)
+	}
+	want := []StorageHost{{Name: "vm-storage-1", Zone: "zone-b", IP: "198.51.100.43"}, {Name: "vm-storage-2", Zone: "zone-c", IP: "198.51.100.44"}}
+	if !slices.Equal(c.StorageHosts, want) {
+		t.Fatalf("storage hosts %+v, want %+v", c.StorageHosts, want)
+	}
+	comps := map[string]Component{}
+	for _, comp := range c.Components() {
+		comps[comp.Name] = comp
+	}
+	srv := comps["stowage-server"]
+	args := strings.Join(srv.Cmd.Args, " ")
+	var pools []string
+	for _, a := range srv.Cmd.Args {
+		if p, ok := strings.CutPrefix(a, "--pool=name="); ok {
+			pools = append(pools, strings.SplitN(p, ",", 2)[0])
+		}
+	}
+	if !slices.Equal(pools, []string{"pool-a"}) || !strings.Contains(args, "--agent=name=pool-vm-storage-1,address=198.51.100.43:7100,token-file=/var/lib/stowage/storage-hosts/vm-storage-1/agent.token") {
+		t.Errorf("server pools %v, args %q: want pool-a in the server and the storage hosts' pools over the agent API", pools, args)
+	}
+	if !slices.Contains(srv.Needs, "stowage-agent@vm-storage-2") {
+		t.Errorf("the server starts before the agents: needs %v", srv.Needs)
+	}
+	agent := strings.Join(comps["stowage-agent@vm-storage-1"].Cmd.Args, " ")
+	for _, w := range []string{"--net=/run/netns/stowage-vm-storage-1", "agent --listen=198.51.100.43:7100", "--nbd-listen=198.51.100.43:10809", "name=pool-vm-storage-1,dir=/var/lib/stowage/storage-hosts/vm-storage-1/pool,zone=zone-b,node=vm-storage-1"} {
+		if !strings.Contains(agent, w) {
+			t.Errorf("agent of vm-storage-1: %q lacks %q", agent, w)
+		}
+	}
+	if err := c.SetStorageHosts(0); err == nil {
+		t.Error("--storage-hosts-per-zone 0 accepted")
 	}
 }

@@ -96,8 +96,9 @@ func (s *Status) Print(out io.Writer) {
 	} else {
 		fmt.Fprintf(out, "Storage host    %s (block pool pool-a, file pool files-a, zone %s; in the Stowage server, NBD at %s)\n", c.NodeName, c.Zone, c.nbdListen())
 	}
-	for _, w := range c.storageHostWorkers() {
-		fmt.Fprintf(out, "Storage host    %s (block pool %s, zone %s; in the Stowage server, NBD at %s)\n", w.Name, workerPool(w.Name), w.Zone, c.nbdListen())
+	for _, n := range c.storageHostNodes() {
+		fmt.Fprintf(out, "Storage host    %s (%s, zone %s, network namespace %s; block pool %s, agent API %s, NBD at %s:%s)\n",
+			n.Name, n.IP, n.Zone, n.Netns, storageHostPool(n.Name), n.agentAddress(), n.IP, NBDPort)
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

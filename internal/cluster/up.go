@@ -33,6 +33,9 @@ type UpOptions struct {
 	// one); Zones their zones, round robin (empty: Config.Zone for all).
 	Nodes int
 	Zones []string
+	// StorageHostsPerZone is how many storage hosts each zone but the
+	// machine's gets on a multi-node cluster (0: 1).
+	StorageHostsPerZone int
 }
 
 // progress prints one line per finished step, with the step's own time and
@@ -138,13 +141,19 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 	}
 	if o.Nodes == 0 && len(o.Zones) == 0 {
 		if old, err := LoadConfig(c.DataDir); err == nil && len(old.Workers) > 0 {
-			c.Workers, c.Zone = old.Workers, old.Zone
+			c.Workers, c.Zone, c.StorageHosts = old.Workers, old.Zone, old.StorageHosts
 		}
 	} else {
 		if o.Nodes == 0 {
 			o.Nodes = 1
 		}
 		if err := c.SetNodes(o.Nodes, o.Zones); err != nil {
+			return err
+		}
+		if o.StorageHostsPerZone == 0 {
+			o.StorageHostsPerZone = 1
+		}
+		if err := c.SetStorageHosts(o.StorageHostsPerZone); err != nil {
 			return err
 		}
 	}
@@ -252,7 +261,7 @@ func (c *Config) checkSameCluster() error {
 		return nil
 	}
 	if old.NodeName != c.NodeName || old.NodeIP != c.NodeIP || old.PodCIDR != c.PodCIDR || old.ServiceCIDR != c.ServiceCIDR || old.Zone != c.Zone ||
-		!slices.Equal(old.Workers, c.Workers) {
+		!slices.Equal(old.Workers, c.Workers) || !slices.Equal(old.StorageHosts, c.StorageHosts) {
 		return fmt.Errorf("a cluster with other settings runs from %s (node %s, %s, %d nodes); run `stowage down` first", c.DataDir, old.NodeName, old.NodeIP, len(old.Workers)+1)
 	}
 	return nil
@@ -296,6 +305,12 @@ func (c *Config) upSteps(o UpOptions) []step {
 		}},
 	)
 	all = append(all, "network", "images", "manifests", "file system", "kms key", "node ready", "default serviceaccount")
+	for _, n := range c.storageHostNodes() {
+		steps = append(steps, step{name: "network" + n.suffix(), needs: []string{"network"}, run: func(ctx context.Context) (string, error) {
+			return n.IP + " in network namespace " + n.Netns + " (storage host)", c.setupStorageHost(ctx, n)
+		}})
+		all = append(all, "network"+n.suffix())
+	}
 	for _, n := range c.nodes()[1:] {
 		n := n
 		s := n.suffix()

@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"time"
 	"slices"
 
 	"google.golang.org/grpc/codes"
@@ -11,6 +14,7 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/blockexport"
+	"github.com/stowage-io/stowage/internal/store"
 )
 
 // BlockExporter exports the volumes of one pool over the network (NBD) to
@@ -200,4 +204,106 @@ func (s *Server) GetAttachmentSecret(ctx context.Context, req *pb.GetAttachmentS
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is attached to node %s locally (the node is its storage host), without a network export", v.ID, node)
 	}
 	return &pb.AttachmentSecret{VolumeId: v.ID, NodeId: node, ExportName: a.ExportName, Generation: a.Generation, Secret: a.Secret}, nil
+}
+
+// DefaultReexportInterval is how often the server declares every network
+// attachment's export again.
+const DefaultReexportInterval = 3 * time.Second
+
+// unreachablePrefix starts the state reason of a volume whose storage host
+// could not export an attachment of it.
+const unreachablePrefix = "storage host unreachable: "
+
+// StartReexports declares every network attachment's export again every
+// interval until stop: a storage host that restarted (its exporter keeps
+// no state) serves its attachments again within one interval, and the
+// nodes' clients, which retry an export that is not there, reconnect. A
+// volume whose storage host cannot be reached says so in its state
+// reason until it can.
+func (s *Server) StartReexports(ctx context.Context, interval time.Duration) (stop func()) {
+	if len(s.blockExports) == 0 {
+		return func() {}
+	}
+	if interval <= 0 {
+		interval = DefaultReexportInterval
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				s.reexportAll(ctx)
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+func (s *Server) reexportAll(ctx context.Context) {
+	var volumes []volumeRecord
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		return tx.Scan(bucketVolumes, "", "", func(_ string, value []byte) error {
+			var v volumeRecord
+			if err := json.Unmarshal(value, &v); err != nil {
+				return err
+			}
+			for _, a := range v.Attachments {
+				if a.network() {
+					volumes = append(volumes, v)
+					break
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Error("re-export: read volumes", "err", err)
+		}
+		return
+	}
+	for i := range volumes {
+		v := &volumes[i]
+		var failed error
+		for _, a := range v.Attachments {
+			if err := s.export(ctx, v, a); err != nil {
+				failed = err
+			}
+		}
+		reason := ""
+		if failed != nil {
+			reason = unreachablePrefix + status.Convert(failed).Message()
+		}
+		if was := strings.HasPrefix(v.StateReason, unreachablePrefix); (failed != nil) != was || (failed != nil && reason != v.StateReason) {
+			s.setUnreachable(ctx, v.ID, reason)
+		}
+	}
+}
+
+// setUnreachable records (or, with reason "", clears) that a volume's
+// storage host cannot export its attachments.
+func (s *Server) setUnreachable(ctx context.Context, id, reason string) {
+	v, unlock, err := s.lockVolume(ctx, id)
+	if err != nil {
+		return // busy or gone: the next round sees it
+	}
+	defer unlock()
+	if reason == "" && !strings.HasPrefix(v.StateReason, unreachablePrefix) {
+		return
+	}
+	v.StateReason = reason
+	if err := s.putVolume(ctx, v); err != nil {
+		return
+	}
+	if reason != "" {
+		s.log.Error("network attachments of a volume cannot be exported: its storage host is unreachable", "volume", v.ID, "pool", v.Pool, "reason", reason)
+	} else {
+		s.log.Info("network attachments of a volume exported again: its storage host is back", "volume", v.ID, "pool", v.Pool)
+	}
 }

@@ -238,3 +238,77 @@ func TestResizeVolume_NetworkAttachment_ExportServesTheNewSize(t *testing.T) {
 		t.Fatalf("write at the new end: %v", err)
 	}
 }
+
+// flakyExporter is a storage host that can restart (a fresh exporter,
+// knowing nothing) or be unreachable.
+type flakyExporter struct {
+	t    *testing.T
+	pool Pool
+	cur  LocalBlockExporter
+	down bool
+}
+
+func (f *flakyExporter) Address() string { return f.cur.Addr }
+func (f *flakyExporter) Export(ctx context.Context, e BlockExport) error {
+	if f.down {
+		return errors.New("dial tcp " + f.cur.Addr + ": connect: no route to host")
+	}
+	return f.cur.Export(ctx, e)
+}
+func (f *flakyExporter) Unexport(ctx context.Context, id string) error { return f.cur.Unexport(ctx, id) }
+func (f *flakyExporter) Refresh(ctx context.Context, id string) error  { return f.cur.Refresh(ctx, id) }
+func (f *flakyExporter) restart()                                      { f.cur = startExporter(f.t, f.pool) }
+
+func TestReexports_StorageHostRestartsOrIsUnreachable_ExportedAgainAndStateSaysSo(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ctx := testCtx(t)
+	f := &flakyExporter{t: t, pool: e.pools["pool-a"]}
+	f.restart()
+	srv, err := New(Config{Store: e.store, Pools: map[string]Pool{"pool-a": e.pools["pool-a"]}, BlockExports: map[string]BlockExporter{"pool-a": f}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.registerNode(t, "node-b", "zone-a", 0)
+	v := e.create(t, &pb.CreateVolumeRequest{Name: "flaky", SizeGib: 1})
+	a, err := srv.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := srv.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The storage host restarts: its new exporter knows nothing until the
+	// server declares the export again.
+	f.restart()
+	a.ExportAddress = f.cur.Addr
+	srv.reexportAll(ctx)
+	c, err := dialAttachment(t, a, sec.Secret)
+	if err != nil {
+		t.Fatalf("after the storage host restarted and one re-export round: %v", err)
+	}
+	c.Close()
+
+	// Unreachable: the volume says so, naming the pool and the address.
+	f.down = true
+	srv.reexportAll(ctx)
+	got, err := srv.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: v.Id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(got.StateReason, "storage host unreachable") || !strings.Contains(got.StateReason, "pool-a") || !strings.Contains(got.StateReason, f.cur.Addr) {
+		t.Errorf("state reason %q: want it to say the storage host of pool-a at %s is unreachable", got.StateReason, f.cur.Addr)
+	}
+	// An attach elsewhere fails the same way, naming it.
+	e.registerNode(t, "node-c", "zone-a", 0)
+	v2 := e.create(t, &pb.CreateVolumeRequest{Name: "flaky-2", SizeGib: 1})
+	_, err = srv.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v2.Id, NodeId: "node-c"})
+	wantCode(t, err, codes.Unavailable, "pool-a", f.cur.Addr)
+
+	f.down = false
+	srv.reexportAll(ctx)
+	if got, _ := srv.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: v.Id}); got.GetStateReason() != "" {
+		t.Errorf("state reason %q after the storage host came back, want none", got.GetStateReason())
+	}
+}

@@ -1,0 +1,155 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// StorageHost is a storage host of a multi-node cluster, apart from every
+// compute node as EBS is apart from EC2: a network namespace of its own
+// (stowage-<name>) with an address on a veth link to the machine and one
+// process, `stowage agent`, which owns one block pool of its zone and
+// exports its volumes over NBD. The server reaches it through the agent
+// API; nodes attach its volumes over the network.
+type StorageHost struct {
+	Name string `json:"name"`
+	Zone string `json:"zone"`
+	IP   string `json:"ip"`
+}
+
+// AgentPort is where a storage host's agent serves the agent API.
+const AgentPort = "7100"
+
+// SetStorageHosts gives every zone of the workers but the machine's own
+// perZone storage hosts (the machine's node stays its zone's storage host,
+// in the server). Storage host k (from 1) is <node name>-storage-<k> at
+// the node address + 40 + k.
+func (c *Config) SetStorageHosts(perZone int) error {
+	c.StorageHosts = nil
+	if len(c.Workers) == 0 {
+		return nil
+	}
+	if perZone < 1 {
+		return fmt.Errorf("--storage-hosts-per-zone %d: every zone needs at least one storage host for its block volumes", perZone)
+	}
+	ip := net.ParseIP(c.NodeIP).To4()
+	if ip == nil {
+		return fmt.Errorf("node IP %q is not an IPv4 address", c.NodeIP)
+	}
+	seen := map[string]bool{c.Zone: true}
+	k := 0
+	for _, w := range c.Workers {
+		if seen[w.Zone] {
+			continue
+		}
+		seen[w.Zone] = true
+		for j := 0; j < perZone; j++ {
+			k++
+			if int(ip[3])+40+k > 254 {
+				return fmt.Errorf("node IP %s leaves no room for %d storage host addresses after it", c.NodeIP, k)
+			}
+			hip := make(net.IP, 4)
+			copy(hip, ip)
+			hip[3] += byte(40 + k)
+			c.StorageHosts = append(c.StorageHosts, StorageHost{Name: fmt.Sprintf("%s-storage-%d", c.NodeName, k), Zone: w.Zone, IP: hip.String()})
+		}
+	}
+	return nil
+}
+
+// storageHostPool is the block pool of a storage host.
+func storageHostPool(name string) string { return "pool-" + name }
+
+// storageHostLink is the machine's end of the veth link to storage host k.
+func storageHostLink(k int) string { return fmt.Sprintf("stw-s%d", k) }
+
+// storageHostNode is a storage host seen as a node without pods: its
+// namespace, address and directory (<data dir>/storage-hosts/<name>).
+func (c *Config) storageHostNode(k int) nodeView {
+	h := c.StorageHosts[k]
+	return nodeView{Name: h.Name, IP: h.IP, Zone: h.Zone, Index: k + 1,
+		L: Layout(c.Layout().path("storage-hosts", h.Name)), Netns: workerNetns(h.Name), storage: true}
+}
+
+func (c *Config) storageHostNodes() []nodeView {
+	var out []nodeView
+	for k := range c.StorageHosts {
+		out = append(out, c.storageHostNode(k))
+	}
+	return out
+}
+
+// link is the machine's end of the node's veth link.
+func (n nodeView) link() string {
+	if n.storage {
+		return storageHostLink(n.Index)
+	}
+	return workerLink(n.Index)
+}
+
+// agentTokenFile is the token the storage host's agent requires and the
+// server presents (made by the host's network step).
+func (n nodeView) agentTokenFile() string { return filepath.Join(string(n.L), "agent.token") }
+
+func (n nodeView) agentAddress() string { return net.JoinHostPort(n.IP, AgentPort) }
+
+// storageHostComponents is a storage host's one process: its agent.
+func (c *Config) storageHostComponents(n nodeView) []Component {
+	return []Component{{Name: "stowage-agent" + n.suffix(), Needs: []string{"network" + n.suffix()}, Cmd: n.in(Command{Path: c.Stowage, Args: []string{
+		"agent",
+		"--listen=" + n.agentAddress(),
+		"--nbd-listen=" + net.JoinHostPort(n.IP, NBDPort),
+		"--token-file=" + n.agentTokenFile(),
+		"--data-dir=" + string(n.L),
+		fmt.Sprintf("--pool=name=%s,dir=%s,zone=%s,node=%s,size=%s", storageHostPool(n.Name), filepath.Join(string(n.L), "pool"), n.Zone, n.Name, c.PoolSize),
+	}}), Ready: func(ctx context.Context) error {
+		conn, err := net.DialTimeout("tcp", n.agentAddress(), time.Second)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}}}
+}
+
+// serverAgentArgs are the server's --agent flags, one per storage host.
+func (c *Config) serverAgentArgs() []string {
+	var args []string
+	for _, n := range c.storageHostNodes() {
+		args = append(args, fmt.Sprintf("--agent=name=%s,address=%s,token-file=%s", storageHostPool(n.Name), n.agentAddress(), n.agentTokenFile()))
+	}
+	return args
+}
+
+// setupStorageHost makes a storage host's namespace and link, and its
+// agent token if it has none.
+func (c *Config) setupStorageHost(ctx context.Context, n nodeView) error {
+	if err := c.setupNetns(ctx, n); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(string(n.L), 0o700); err != nil {
+		return err
+	}
+	if _, err := os.Stat(n.agentTokenFile()); err == nil {
+		return nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	b := make([]byte, 32)
+	rand.Read(b)
+	return os.WriteFile(n.agentTokenFile(), []byte(base64.RawURLEncoding.EncodeToString(b)+"\n"), 0o600)
+}
+
+func (c *Config) storageHostNames() []string {
+	var names []string
+	for _, h := range c.StorageHosts {
+		names = append(names, h.Name)
+	}
+	return names
+}
