@@ -154,7 +154,13 @@ func TestCreateVolume_NetworkedPool_AnyNodeOfItsZoneMatches(t *testing.T) {
 	if v.Pool != "pool-b" || v.Zone != "zone-b" {
 		t.Fatalf("volume for node-b2 of zone-b placed in %s (%s)", v.Pool, v.Zone)
 	}
-	_, err := e.volumes.CreateVolume(testCtx(t), &pb.CreateVolumeRequest{Name: "nowhere", SizeGib: 1,
+	// Capacity for a node of zone-b (CSIStorageCapacity per node) counts
+	// the zone's networked pool.
+	pools, err := e.poolSvc.ListPools(testCtx(t), &pb.ListPoolsRequest{Zone: "zone-b", Node: "node-b2"})
+	if err != nil || len(pools.Pools) != 1 || pools.Pools[0].Name != "pool-b" || !pools.Pools[0].Zonal {
+		t.Errorf("pools usable on node-b2 of zone-b: %v, %v; want the zonal pool-b", pools, err)
+	}
+	_, err = e.volumes.CreateVolume(testCtx(t), &pb.CreateVolumeRequest{Name: "nowhere", SizeGib: 1,
 		Requisite: []*pb.Placement{{Zone: "zone-c", Node: "node-c"}}})
 	wantCode(t, err, codes.ResourceExhausted)
 }

@@ -109,7 +109,7 @@ func (s *Server) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.L
 	resp := &pb.ListPoolsResponse{}
 	for _, name := range s.poolNames {
 		p := s.pools[name]
-		if (req.Zone != "" && p.Zone() != req.Zone) || (req.Node != "" && p.Node() != req.Node) {
+		if !s.placementMatches(&pb.Placement{Zone: req.Zone, Node: req.Node}, name) {
 			continue
 		}
 		c, err := p.Capacity()
@@ -120,6 +120,7 @@ func (s *Server) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.L
 			Name: name, Zone: p.Zone(), Node: p.Node(), Dir: p.Dir(), CloneMode: string(p.CloneMode()),
 			TotalBytes: c.TotalBytes, FreeBytes: c.FreeBytes, UsedBytes: c.UsedBytes,
 			ProvisionedBytes: provisioned[name], VolumeCount: volumes[name], SnapshotCount: snapshots[name],
+			Zonal: s.exportAddress(name) != "",
 		})
 	}
 	return resp, nil

@@ -2884,8 +2884,10 @@ type Pool struct {
 	ProvisionedBytes int64  `protobuf:"varint,9,opt,name=provisioned_bytes,json=provisionedBytes,proto3" json:"provisioned_bytes,omitempty"`
 	VolumeCount      int32  `protobuf:"varint,10,opt,name=volume_count,json=volumeCount,proto3" json:"volume_count,omitempty"`
 	SnapshotCount    int32  `protobuf:"varint,11,opt,name=snapshot_count,json=snapshotCount,proto3" json:"snapshot_count,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Its volumes attach over the network from any node of its zone.
+	Zonal         bool `protobuf:"varint,12,opt,name=zonal,proto3" json:"zonal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Pool) Reset() {
@@ -2995,10 +2997,19 @@ func (x *Pool) GetSnapshotCount() int32 {
 	return 0
 }
 
+func (x *Pool) GetZonal() bool {
+	if x != nil {
+		return x.Zonal
+	}
+	return false
+}
+
 type ListPoolsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Zone          string                 `protobuf:"bytes,1,opt,name=zone,proto3" json:"zone,omitempty"`
-	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Zone  string                 `protobuf:"bytes,1,opt,name=zone,proto3" json:"zone,omitempty"`
+	// The pools whose volumes can be used on this node: the pools on it, and
+	// the zonal pools of its zone.
+	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3562,7 +3573,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\vsnapshot_id\x18\x01 \x01(\tR\n" +
 	"snapshotId\"2\n" +
 	"\x16DeleteSnapshotResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\bR\adeleted\"\xc9\x02\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"\xdf\x02\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x12\n" +
@@ -3579,7 +3590,8 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x11provisioned_bytes\x18\t \x01(\x03R\x10provisionedBytes\x12!\n" +
 	"\fvolume_count\x18\n" +
 	" \x01(\x05R\vvolumeCount\x12%\n" +
-	"\x0esnapshot_count\x18\v \x01(\x05R\rsnapshotCount\":\n" +
+	"\x0esnapshot_count\x18\v \x01(\x05R\rsnapshotCount\x12\x14\n" +
+	"\x05zonal\x18\f \x01(\bR\x05zonal\":\n" +
 	"\x10ListPoolsRequest\x12\x12\n" +
 	"\x04zone\x18\x01 \x01(\tR\x04zone\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\";\n" +

@@ -149,13 +149,15 @@ func namespace(t *testing.T) string {
 }
 
 // podOn is a busybox pod pinned to node running script; mounts are the
-// container's volumeMounts lines, volumes the pod's (YAML, indented).
+// container's volumeMounts lines, volumes the pod's (YAML, indented). It
+// is pinned by a node selector, not nodeName: a WaitForFirstConsumer
+// claim binds only for a pod the scheduler places.
 func podOn(name, node, script, mounts, volumes string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata: {name: %s, labels: {app: %s}}
 spec:
-  nodeName: %s
+  nodeSelector: {kubernetes.io/hostname: %s}
   terminationGracePeriodSeconds: 1
   containers:
   - name: c
