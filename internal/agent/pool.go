@@ -45,6 +45,10 @@ type Config struct {
 	// Node is the machine whose loop devices can attach these images, i.e.
 	// where the local data path exists.
 	Node string
+	// KeepTmp leaves the pool's temporary files alone at Open: another
+	// process (the leading server, for a standby) may be using them. That
+	// process calls ClearTmp when it takes the pool over.
+	KeepTmp bool
 }
 
 // CloneMode is how the pool makes snapshots and clones.
@@ -98,8 +102,10 @@ func Open(cfg Config) (*Pool, error) {
 			return nil, fmt.Errorf("open pool: %w", err)
 		}
 	}
-	if err := p.clearTmp(); err != nil {
-		return nil, err
+	if !cfg.KeepTmp {
+		if err := p.ClearTmp(); err != nil {
+			return nil, err
+		}
 	}
 	mode, err := probeCloneMode(filepath.Join(dir, tmpDir))
 	if err != nil {
@@ -109,7 +115,9 @@ func Open(cfg Config) (*Pool, error) {
 	return p, nil
 }
 
-func (p *Pool) clearTmp() error {
+// ClearTmp removes what unfinished operations left in the pool's tmp
+// directory. Only the one process that acts on the pool may call it.
+func (p *Pool) ClearTmp() error {
 	tmp := filepath.Join(p.cfg.Dir, tmpDir)
 	entries, err := os.ReadDir(tmp)
 	if err != nil {

@@ -79,7 +79,7 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 	if err != nil {
 		return err
 	}
-	pool, mounted, err := openBlockPool(ctx, spec, log)
+	pool, mounted, err := openBlockPool(ctx, spec, false, log)
 	if mounted {
 		defer unmountPools(log, []poolSpec{spec})
 	}

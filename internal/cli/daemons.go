@@ -190,6 +190,9 @@ func runServer(ctx context.Context, o serverOptions) error {
 	defer st.Close()
 
 	pools := map[string]server.Pool{}
+	// A server that may stand by (on etcd) leaves the pools' temporary
+	// files to the leader, and clears them when it leads.
+	var local []*agent.Pool
 	var mounted []poolSpec
 	// Pools whose file system this server mounted are unmounted when it
 	// stops, so that a stopped server leaves no mount behind.
@@ -202,7 +205,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if _, dup := pools[spec.name]; dup {
 			return usageErrorf("pool %q is given twice", spec.name)
 		}
-		p, wasMounted, err := openBlockPool(ctx, spec, log)
+		p, wasMounted, err := openBlockPool(ctx, spec, election != nil, log)
 		if wasMounted {
 			mounted = append(mounted, spec)
 		}
@@ -210,6 +213,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 			return err
 		}
 		pools[spec.name] = p
+		local = append(local, p)
 	}
 	keys, err := kms.Open(st, filepath.Join(dataDir, "kms", "master.key"))
 	if err != nil {
@@ -338,6 +342,13 @@ func runServer(ctx context.Context, o serverOptions) error {
 				}
 			}()
 			log.Info("NBD serving the block pools' volumes to other nodes", "listen", o.nbdListen)
+		}
+		if election != nil {
+			for _, p := range local {
+				if err := p.ClearTmp(); err != nil {
+					return nil, err
+				}
+			}
 		}
 		if err := srv.Reconcile(ctx); err != nil {
 			return nil, err

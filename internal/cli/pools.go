@@ -16,13 +16,13 @@ import (
 // an xfs-with-reflink file system on a loop-mounted image; mounted says
 // whether this call mounted it (also when Open then fails), so that the
 // caller unmounts it when it stops (unmountPools).
-func openBlockPool(ctx context.Context, spec poolSpec, log *slog.Logger) (p *agent.Pool, mounted bool, err error) {
+func openBlockPool(ctx context.Context, spec poolSpec, keepTmp bool, log *slog.Logger) (p *agent.Pool, mounted bool, err error) {
 	if spec.size > 0 {
 		if mounted, err = agent.MountImageFS(ctx, spec.dir, spec.dir+".img", spec.size); err != nil {
 			return nil, false, fmt.Errorf("pool %s: %w", spec.name, err)
 		}
 	}
-	p, err = agent.Open(agent.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node})
+	p, err = agent.Open(agent.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node, KeepTmp: keepTmp})
 	if err != nil {
 		return nil, mounted, fmt.Errorf("pool %s: %w", spec.name, err)
 	}

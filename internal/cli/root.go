@@ -229,7 +229,12 @@ func resolveEndpoint(flag string, getenv func(string) string, exists func(string
 	}
 	sock := cluster.Layout(dir).StowageSocket()
 	if exists(sock) {
-		return endpointChoice{endpoint: "unix://" + sock, source: "the local cluster's API socket (" + dirSource + ")", passed: passed}
+		ep := "unix://" + sock
+		// A multi-node cluster runs two servers, one leading.
+		if sock2 := cluster.Layout(dir).StowageSocket2(); exists(sock2) {
+			ep += ",unix://" + sock2
+		}
+		return endpointChoice{endpoint: ep, source: "the local cluster's API socket (" + dirSource + ")", passed: passed}
 	}
 	passed = append(passed, fmt.Sprintf("no local cluster's API socket at %s (%s)", sock, dirSource))
 	return endpointChoice{endpoint: DefaultEndpoint, source: "the default address", passed: passed}

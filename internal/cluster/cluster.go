@@ -234,6 +234,9 @@ func (l Layout) Images() string           { return l.path("images") }
 func (l Layout) Stowage() string          { return l.path("stowage") }
 func (l Layout) CSINodeState() string     { return l.path("csi-node") }
 func (l Layout) StowageSocket() string    { return l.path("run", "stowage-api.sock") }
+
+// StowageSocket2 is the second server's API socket (multi-node clusters).
+func (l Layout) StowageSocket2() string { return l.path("run", "stowage-api-2.sock") }
 func (l Layout) CSIControllerSocket() string {
 	return l.path("run", "csi-controller.sock")
 }

@@ -116,6 +116,8 @@ const (
 	// The Secrets Store CSI driver's metrics (its default is :8095, every
 	// interface).
 	SecretsStoreMetricsAddress = "127.0.0.1:9424"
+	// Server2MetricsAddress is the second Stowage server's (multi-node).
+	Server2MetricsAddress = "127.0.0.1:9425"
 )
 
 // KubernetesKeyAlias is the KMS key kube-apiserver's KMS v2 plugin
@@ -137,6 +139,67 @@ const SecretsRotationInterval = 30 * time.Second
 // loopback, and not 2049, so that it never meets a kernel NFS server of the
 // machine.
 const NFSAddress = "127.0.0.1:12049"
+
+// StowageEtcdClientCert is the Stowage servers' client certificate for etcd.
+const StowageEtcdClientCert = "stowage-etcd-client"
+
+// StowageEtcdPrefix is where the Stowage servers of a multi-node cluster
+// keep their metadata in the cluster's etcd.
+const StowageEtcdPrefix = "/stowage"
+
+// StowageEndpoints is the Stowage API as its clients are told it: the
+// server's socket, and on a multi-node cluster both servers' (the one that
+// leads answers; the clients follow it).
+func (c *Config) StowageEndpoints() string {
+	l := c.Layout()
+	if len(c.Workers) == 0 {
+		return "unix://" + l.StowageSocket()
+	}
+	return "unix://" + l.StowageSocket() + ",unix://" + l.StowageSocket2()
+}
+
+// serverStoreArgs put a server of a multi-node cluster on the cluster's
+// etcd, advertising its socket to the clients a standby refuses.
+func (c *Config) serverStoreArgs(sock string) []string {
+	pki := PKI{Dir: c.Layout().PKI()}
+	return []string{
+		fmt.Sprintf("--store=etcd://127.0.0.1:%d", etcdPort),
+		"--store-prefix=" + StowageEtcdPrefix,
+		"--etcd-ca-file=" + pki.Cert(CA),
+		"--etcd-cert-file=" + pki.Cert(StowageEtcdClientCert),
+		"--etcd-key-file=" + pki.Key(StowageEtcdClientCert),
+		"--advertise-address=unix://" + sock,
+	}
+}
+
+// secondServer is the standby of a multi-node cluster: the first server's
+// command on its own socket and metrics address, started once the first
+// is ready (the first mounts the pools' file systems; the standby finds
+// them mounted). Whichever holds the lease in etcd leads.
+func (c *Config) secondServer(comps []Component) Component {
+	l := c.Layout()
+	for _, comp := range comps {
+		if comp.Name != "stowage-server" {
+			continue
+		}
+		var args []string
+		for _, a := range comp.Cmd.Args {
+			switch {
+			case strings.HasPrefix(a, "--listen="):
+				a = "--listen=unix://" + l.StowageSocket2()
+			case strings.HasPrefix(a, "--advertise-address="):
+				a = "--advertise-address=unix://" + l.StowageSocket2()
+			case strings.HasPrefix(a, "--metrics-address="):
+				a = "--metrics-address=" + Server2MetricsAddress
+			}
+			args = append(args, a)
+		}
+		return Component{Name: "stowage-server-2", Needs: append([]string{"stowage-server"}, comp.Needs...),
+			Cmd: Command{Path: comp.Cmd.Path, Args: args, Env: comp.Cmd.Env},
+			Ready: func(ctx context.Context) error { return dialUnix(l.StowageSocket2()) }}
+	}
+	panic("no stowage-server component")
+}
 
 // NodeGracePeriod is the controller manager's --node-monitor-grace-period.
 const NodeGracePeriod = 20 * time.Second
@@ -165,7 +228,7 @@ func (c *Config) Components() []Component {
 	kc := l.Kubeconfig
 	etcdURL := fmt.Sprintf("https://127.0.0.1:%d", etcdPort)
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPeerPort)
-	stowageAPI := "unix://" + l.StowageSocket()
+	stowageAPI := c.StowageEndpoints()
 	csiCtrl := l.CSIControllerSocket()
 	// VolumeAttributesClass is beta and off by default in 1.33; the driver
 	// implements ControllerModifyVolume, so turn it on end to end.
@@ -406,6 +469,8 @@ func (c *Config) Components() []Component {
 	if len(c.Workers) > 0 {
 		for i := range comps {
 			if comps[i].Name == "stowage-server" {
+				comps[i].Cmd.Args = append(comps[i].Cmd.Args, c.serverStoreArgs(l.StowageSocket())...)
+				comps[i].Needs = append(comps[i].Needs, "etcd")
 				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--bootstrap-node-tokens="+strings.Join(c.workerNames(), ","),
 					// Volumes attach over NBD to the other nodes of their zone.
 					"--nbd-listen="+c.nbdListen())
@@ -418,6 +483,9 @@ func (c *Config) Components() []Component {
 				}
 			}
 		}
+	}
+	if len(c.Workers) > 0 {
+		comps = append(comps, c.secondServer(comps))
 	}
 	for _, n := range c.storageHostNodes() {
 		comps = append(comps, c.storageHostComponents(n)...)

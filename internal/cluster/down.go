@@ -145,7 +145,7 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 	if attached > 0 {
 		p.line("✓", fmt.Sprintf("detached %d volumes attached over the network", attached), "", time.Since(t))
 	}
-	stop(append([]string{"stowage-server", "kube-apiserver", "kms-plugin", "etcd"}, onNodes("containerd")...)...)
+	stop(append([]string{"stowage-server-2", "stowage-server", "kube-apiserver", "kms-plugin", "etcd"}, onNodes("containerd")...)...)
 	// Whatever else of ours runs (by the component list, in reverse).
 	rest := c.componentNames()
 	slices.Reverse(rest)

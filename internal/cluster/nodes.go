@@ -348,7 +348,7 @@ func (c *Config) workerComponents(n nodeView) []Component {
 	l, nl := c.Layout(), n.L
 	bin := func(b string) string { return filepath.Join(c.BinDir, b) }
 	s := n.suffix()
-	stowageAPI := "unix://" + l.StowageSocket()
+	stowageAPI := c.StowageEndpoints()
 	netStep := "network" + s
 	return []Component{
 		{Name: "containerd" + s, Needs: []string{netStep}, Cmd: n.in(Command{Path: "containerd", Args: []string{"--config", filepath.Join(nl.Configs(), "containerd.toml")}}),

@@ -76,6 +76,9 @@ func (c *Config) CertSpecs() []CertSpec {
 			IPs: []net.IP{loopback, nodeIP, c.ServiceIP()}},
 		{Name: "apiserver-kubelet-client", Issuer: CA, CN: "kube-apiserver-kubelet-client", Orgs: []string{"system:masters"}, Client: true},
 		{Name: "apiserver-etcd-client", Issuer: CA, CN: "kube-apiserver-etcd-client", Client: true},
+		// The Stowage servers of a multi-node cluster keep their metadata in
+		// this etcd, under /stowage.
+		{Name: StowageEtcdClientCert, Issuer: CA, CN: "stowage-server-etcd-client", Client: true},
 		{Name: "etcd-server", Issuer: CA, CN: "etcd", Server: true, Client: true, DNS: []string{"localhost", node}, IPs: []net.IP{loopback}},
 		{Name: "front-proxy-client", Issuer: FrontProxyCA, CN: "front-proxy-client", Client: true},
 		{Name: "kubelet-serving", Issuer: CA, CN: "system:node:" + node, Orgs: []string{"system:nodes"}, Server: true,

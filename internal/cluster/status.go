@@ -86,7 +86,10 @@ func (s *Status) Print(out io.Writer) {
 	c := s.Config
 	l := c.Layout()
 	fmt.Fprintf(out, "Kubernetes API  %s   (export KUBECONFIG=%s)\n", c.APIServerURL(), l.AdminKubeconfig())
-	fmt.Fprintf(out, "Stowage API     unix://%s\n", l.StowageSocket())
+	fmt.Fprintf(out, "Stowage API     %s\n", c.StowageEndpoints())
+	if len(c.Workers) > 0 {
+		fmt.Fprintf(out, "Stowage servers stowage-server and stowage-server-2 on etcd (%s), one leading\n", StowageEtcdPrefix)
+	}
 	fmt.Fprintf(out, "Node            %s (%s, zone %s, this machine's network): Ready=%s\n", c.NodeName, c.NodeIP, c.Zone, s.NodeReady)
 	for i, w := range c.Workers {
 		fmt.Fprintf(out, "Node            %s (%s, zone %s, network namespace %s): Ready=%s\n", w.Name, w.IP, w.Zone, workerNetns(w.Name), s.WorkersReady[i])

@@ -229,7 +229,7 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 	if len(dead) > 0 {
 		return fmt.Errorf("components stopped during `up`: %s", strings.Join(dead, "\n"))
 	}
-	fmt.Fprintf(o.Out, "\nStowage is up in %.1fs: Kubernetes API %s, Stowage API unix://%s\n", time.Since(p.start).Seconds(), c.APIServerURL(), l.StowageSocket())
+	fmt.Fprintf(o.Out, "\nStowage is up in %.1fs: Kubernetes API %s, Stowage API %s\n", time.Since(p.start).Seconds(), c.APIServerURL(), c.StowageEndpoints())
 	fmt.Fprintf(o.Out, "\nexport KUBECONFIG=%s\n", l.AdminKubeconfig())
 	if c.DataDir != DefaultDataDir {
 		// The CLI finds the API socket of a cluster in the default data
@@ -653,7 +653,7 @@ allowVolumeExpansion: true
 // defaultFileSystem makes (or finds) the default file system and applies
 // the stowage-efs class for it.
 func (c *Config) defaultFileSystem(ctx context.Context) (string, error) {
-	cmd := exec.CommandContext(ctx, c.Stowage, "--endpoint=unix://"+c.Layout().StowageSocket(), "fs", "create", "--name", DefaultFileSystemName, "-o", "json")
+	cmd := exec.CommandContext(ctx, c.Stowage, "--endpoint="+c.StowageEndpoints(), "fs", "create", "--name", DefaultFileSystemName, "-o", "json")
 	out, err := cmd.Output()
 	if err != nil {
 		var stderr string
@@ -678,7 +678,7 @@ func (c *Config) defaultFileSystem(ctx context.Context) (string, error) {
 // plugin encrypts Secrets with.
 func (c *Config) kubernetesKey(ctx context.Context) (string, error) {
 	stowage := func(args ...string) ([]byte, error) {
-		cmd := exec.CommandContext(ctx, c.Stowage, append([]string{"--endpoint=unix://" + c.Layout().StowageSocket()}, args...)...)
+		cmd := exec.CommandContext(ctx, c.Stowage, append([]string{"--endpoint=" + c.StowageEndpoints()}, args...)...)
 		out, err := cmd.Output()
 		if ee, ok := err.(*exec.ExitError); ok {
 			err = fmt.Errorf("%v: %s", err, strings.TrimSpace(string(ee.Stderr)))

@@ -149,9 +149,13 @@ func (c *Cluster) KubectlErr(stdin string, args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// StowageCmd is the stowage CLI against the cluster's Stowage server.
+// StowageCmd is the stowage CLI against the cluster's Stowage servers:
+// it finds their sockets in the data directory (both, on a multi-node
+// cluster, and follows the one that leads).
 func (c *Cluster) StowageCmd(args ...string) *exec.Cmd {
-	return exec.Command(c.Stowage, append(args, "--endpoint", c.APISocket)...)
+	cmd := exec.Command(c.Stowage, args...)
+	cmd.Env = append(os.Environ(), "STOWAGE_DATA_DIR="+c.DataDir)
+	return cmd
 }
 
 func (c *Cluster) command(name string, args ...string) *exec.Cmd {
