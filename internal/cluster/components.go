@@ -279,7 +279,7 @@ func (c *Config) Components() []Component {
 		{Name: "stowage-server", Cmd: Command{Path: c.Stowage, Args: []string{
 			"server",
 			"--data-dir=" + l.Stowage(),
-			"--listen=" + stowageAPI,
+			"--listen=unix://" + l.StowageSocket(),
 			"--metrics-address=" + ServerMetricsAddress,
 			"--zone=" + c.Zone,
 			"--node=" + c.NodeName,

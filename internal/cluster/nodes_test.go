@@ -155,6 +155,15 @@ func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T)
 	if !slices.Equal(pools, []string{"pool-a"}) || !strings.Contains(args, "--agent=name=pool-vm-storage-1,address=198.51.100.43:7100,token-file=/var/lib/stowage/storage-hosts/vm-storage-1/agent.token") {
 		t.Errorf("server pools %v, args %q: want pool-a in the server and the storage hosts' pools over the agent API", pools, args)
 	}
+	srv2 := comps["stowage-server-2"]
+	if !slices.Contains(srv.Cmd.Args, "--listen=unix:///var/lib/stowage/run/stowage-api.sock") || !slices.Contains(srv2.Cmd.Args, "--listen=unix:///var/lib/stowage/run/stowage-api-2.sock") ||
+		!slices.Contains(srv2.Cmd.Args, "--advertise-address=unix:///var/lib/stowage/run/stowage-api-2.sock") || !slices.Contains(srv2.Needs, "stowage-server") ||
+		!strings.Contains(args, "--store=etcd://127.0.0.1:") {
+		t.Errorf("servers: %v / %v: want two on etcd, each on its own socket, the second after the first", srv.Cmd.Args, srv2.Cmd.Args)
+	}
+	if a := strings.Join(comps["csi-node@vm-2"].Cmd.Args, " "); !strings.Contains(a, "--api=unix:///var/lib/stowage/run/stowage-api.sock,unix:///var/lib/stowage/run/stowage-api-2.sock") {
+		t.Errorf("csi-node@vm-2 is not given both servers: %s", a)
+	}
 	if !slices.Contains(srv.Needs, "stowage-agent@vm-storage-2") {
 		t.Errorf("the server starts before the agents: needs %v", srv.Needs)
 	}
