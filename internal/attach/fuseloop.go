@@ -214,6 +214,33 @@ func (f FUSELoop) Detach(ctx context.Context, t Target) error {
 	return os.RemoveAll(dir)
 }
 
+// DetachAll detaches every attachment in StateDir (what a node plugin or
+// a failed test left, live or with a killed process) and reports how many
+// were live.
+func (f FUSELoop) DetachAll(ctx context.Context) (int, error) {
+	entries, err := os.ReadDir(f.StateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	n := 0
+	for _, e := range entries {
+		t := Target{AttachmentID: e.Name()}
+		_, live := f.Device(t)
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := f.Detach(dctx, t); err != nil {
+			errs = append(errs, fmt.Errorf("detach network attachment %s: %w", e.Name(), err))
+		} else if live {
+			n++
+		}
+		cancel()
+	}
+	return n, errors.Join(errs...)
+}
+
 // isAttachProcess reports whether pid is the process Attach started for
 // the attachment (its arguments name the export).
 func isAttachProcess(pid int, attachmentID string) bool {

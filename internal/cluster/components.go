@@ -195,7 +195,7 @@ func (c *Config) secondServer(comps []Component) Component {
 			args = append(args, a)
 		}
 		return Component{Name: "stowage-server-2", Needs: append([]string{"stowage-server"}, comp.Needs...),
-			Cmd: Command{Path: comp.Cmd.Path, Args: args, Env: comp.Cmd.Env},
+			Cmd:   Command{Path: comp.Cmd.Path, Args: args, Env: comp.Cmd.Env},
 			Ready: func(ctx context.Context) error { return dialUnix(l.StowageSocket2()) }}
 	}
 	panic("no stowage-server component")

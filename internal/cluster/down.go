@@ -397,26 +397,5 @@ func cgroupRoots(top string) []string {
 // plugin with state directory stateDir left (attach.FUSELoop's state,
 // under its network/ directory).
 func detachNetworkAttachments(ctx context.Context, stateDir string) (int, error) {
-	f := attach.FUSELoop{StateDir: filepath.Join(stateDir, "network")}
-	entries, err := os.ReadDir(f.StateDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	var errs []error
-	n := 0
-	for _, e := range entries {
-		t := attach.Target{AttachmentID: e.Name()}
-		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_, live := f.Device(t)
-		if err := f.Detach(dctx, t); err != nil {
-			errs = append(errs, fmt.Errorf("detach network attachment %s: %w", e.Name(), err))
-		} else if live {
-			n++
-		}
-		cancel()
-	}
-	return n, errors.Join(errs...)
+	return attach.FUSELoop{StateDir: filepath.Join(stateDir, "network")}.DetachAll(ctx)
 }

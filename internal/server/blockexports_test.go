@@ -261,9 +261,11 @@ func (f *flakyExporter) Export(ctx context.Context, e BlockExport) error {
 	}
 	return f.cur.Export(ctx, e)
 }
-func (f *flakyExporter) Unexport(ctx context.Context, id string) error { return f.cur.Unexport(ctx, id) }
-func (f *flakyExporter) Refresh(ctx context.Context, id string) error  { return f.cur.Refresh(ctx, id) }
-func (f *flakyExporter) restart()                                      { f.cur = startExporter(f.t, f.pool) }
+func (f *flakyExporter) Unexport(ctx context.Context, id string) error {
+	return f.cur.Unexport(ctx, id)
+}
+func (f *flakyExporter) Refresh(ctx context.Context, id string) error { return f.cur.Refresh(ctx, id) }
+func (f *flakyExporter) restart()                                     { f.cur = startExporter(f.t, f.pool) }
 
 func TestReexports_StorageHostRestartsOrIsUnreachable_ExportedAgainAndStateSaysSo(t *testing.T) {
 	e := newEnv(t, envOptions{})

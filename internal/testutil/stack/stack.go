@@ -242,19 +242,10 @@ func startBlockExporter(t testing.TB, pool server.Pool, logger *slog.Logger) ser
 // failed test left (by the pids their state directories name); each
 // detaches its loop device and unmounts its FUSE file as it goes.
 func cleanupNetworkAttachments(t testing.TB, dir string) {
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		f := attach.FUSELoop{StateDir: dir}
-		tg := attach.Target{AttachmentID: e.Name()}
-		if _, live := f.Device(tg); !live {
-			continue
-		}
-		t.Logf("cleanup: stopping the network attachment %s a test left", e.Name())
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if err := f.Detach(ctx, tg); err != nil {
-			t.Errorf("cleanup: detach network attachment %s: %v", e.Name(), err)
-		}
-		cancel()
+	if n, err := (attach.FUSELoop{StateDir: dir}).DetachAll(context.Background()); err != nil {
+		t.Errorf("cleanup: %v", err)
+	} else if n > 0 {
+		t.Logf("cleanup: stopped %d network attachments a test left", n)
 	}
 }
 
