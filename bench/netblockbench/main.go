@@ -66,6 +66,7 @@ func run() error {
 		conns   = flag.Int("connections", 4, "NBD connections of the network path")
 		only    = flag.String("only", "", "run only the jobs whose summary contains this (e.g. \"read QD32\")")
 		prof    = flag.String("cpuprofile", "", "write a CPU profile of this process (the NBD server) to this file")
+		warm    = flag.Bool("warm", false, "read the image into the host's page cache before the jobs (the NBD server reads through it)")
 		fuse    = flag.Bool("fuse-file", false, "also run fio on the network path's FUSE file itself (below its loop device)")
 	)
 	flag.Parse()
@@ -91,6 +92,12 @@ func run() error {
 	if out, err := exec.CommandContext(ctx, "fio", "--name=prefill", "--filename="+image, "--size="+strconv.FormatInt(*size, 10)+"m",
 		"--rw=write", "--bs=1m", "--iodepth=8", "--ioengine=libaio", "--direct=1", "--output-format=terse").CombinedOutput(); err != nil {
 		return fmt.Errorf("prefill: %v: %s", err, out)
+	}
+
+	if *warm {
+		if out, err := exec.CommandContext(ctx, "dd", "if="+image, "of=/dev/null", "bs=1M").CombinedOutput(); err != nil {
+			return fmt.Errorf("warm the page cache: %v: %s", err, out)
+		}
 	}
 
 	ex := blockexport.New(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
