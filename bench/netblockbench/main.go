@@ -271,7 +271,8 @@ func fio(ctx context.Context, j job, file string, sizeMiB int64, runtime time.Du
 }
 
 // cpuBusy is the machine's busy CPU time so far (all CPUs, from
-// /proc/stat: everything but idle and iowait).
+// /proc/stat: user, nice, system, irq, softirq; not idle, iowait, or
+// steal, which is the hypervisor's; guest time is in user already).
 func cpuBusy() time.Duration {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
@@ -281,7 +282,7 @@ func cpuBusy() time.Duration {
 	var ticks int64
 	for i, f := range strings.Fields(line)[1:] {
 		v, _ := strconv.ParseInt(f, 10, 64)
-		if i != 3 && i != 4 && i < 8 { // idle, iowait; guest is in user already
+		if i <= 2 || i == 5 || i == 6 {
 			ticks += v
 		}
 	}

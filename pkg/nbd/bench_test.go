@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"sync"
@@ -16,7 +17,7 @@ import (
 // connections. It reports IOPS and the process's CPU time per read.
 func BenchmarkClient_RandomRead4KiB(b *testing.B) {
 	for _, depth := range []int{1, 32} {
-		b.Run(map[int]string{1: "QD1", 32: "QD32"}[depth], func(b *testing.B) {
+		b.Run(fmt.Sprintf("QD%d", depth), func(b *testing.B) {
 			benchmarkIO(b, depth, func(c *Client, buf []byte, off int64) error {
 				_, err := c.ReadAt(buf, off)
 				return err
@@ -34,13 +35,12 @@ func BenchmarkClient_RandomWrite4KiB(b *testing.B) {
 }
 
 func benchmarkIO(b *testing.B, depth int, op func(*Client, []byte, int64) error) {
-	ts := startServer(&testing.T{}, "127.0.0.1:0", filepath.Join(b.TempDir(), "img"), false)
+	ts := startServer(b, "127.0.0.1:0", filepath.Join(b.TempDir(), "img"), false)
 	c, err := Dial(context.Background(), ClientOptions{Addr: ts.addr, Export: "vol", Connections: 4})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer c.Close()
-	defer ts.srv.Close()
 	var next sync.WaitGroup
 	ops := make(chan struct{}, depth)
 	cpu0 := cpuTime()
