@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"os"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,9 +22,38 @@ type Backend interface {
 }
 
 // FileBackend is a Backend on a file, typically a volume's sparse image.
-type FileBackend struct{ F *os.File }
+type FileBackend struct {
+	F *os.File
+	// Direct, if set, is the same file opened O_RDONLY|O_DIRECT. Reads
+	// whose offset, length and buffer are aligned to DirectAlign go
+	// through it, as a local loop device's do: a block device's random
+	// reads through the page cache cost a page-cache insertion per miss
+	// (about twice the CPU of a direct read here) for a cache the node's
+	// own page cache above the device already is. The kernel writes back
+	// dirty pages of the range first, so the buffered writes through F are
+	// read back.
+	Direct *os.File
+}
 
-func (b FileBackend) ReadAt(p []byte, off int64) (int, error)  { return b.F.ReadAt(p, off) }
+// DirectAlign is the alignment FileBackend.Direct's reads need (the
+// logical block size of any file system the images live on).
+const DirectAlign = 4096
+
+func (b FileBackend) ReadAt(p []byte, off int64) (int, error) {
+	if b.Direct == nil || len(p) == 0 || off%DirectAlign != 0 || len(p)%DirectAlign != 0 ||
+		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%DirectAlign != 0 {
+		return b.F.ReadAt(p, off)
+	}
+	n, err := b.Direct.ReadAt(p, off)
+	if err == nil {
+		return n, nil
+	}
+	// A short read at the image's end leaves an unaligned rest (EINVAL);
+	// whatever else direct I/O refused is tried through the page cache.
+	m, err := b.F.ReadAt(p[n:], off+int64(n))
+	return n + m, err
+}
+
 func (b FileBackend) WriteAt(p []byte, off int64) (int, error) { return b.F.WriteAt(p, off) }
 
 // Sync is fdatasync: the image's size never changes through NBD, so its

@@ -26,7 +26,7 @@ type testServer struct {
 // startServer serves one export "vol" on a file of testSize on addr
 // ("127.0.0.1:0" for any port). The export needs auth secret "s3cret"
 // at generation 1 when withAuth.
-func startServer(t *testing.T, addr string, file string, withAuth bool) *testServer {
+func startServer(t testing.TB, addr string, file string, withAuth bool) *testServer {
 	t.Helper()
 	f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {

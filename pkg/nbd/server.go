@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // Request is one transmission-phase request, as an Export's Admit sees it.
@@ -374,11 +375,18 @@ func transmissionFlags(e *Export) uint16 {
 	return f
 }
 
-// Buffers are pooled in two classes so a 4 KiB request does not pin 1 MiB.
+// Buffers are pooled in two classes so a 4 KiB request does not pin 1 MiB,
+// aligned for FileBackend's direct reads.
 var (
-	smallBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
-	largeBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+	smallBufs = sync.Pool{New: func() any { b := alignedBuf(64 << 10); return &b }}
+	largeBufs = sync.Pool{New: func() any { b := alignedBuf(1 << 20); return &b }}
 )
+
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+DirectAlign)
+	i := DirectAlign - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))%DirectAlign)
+	return b[i : i+n : i+n]
+}
 
 func getBuf(n int) (*[]byte, []byte) {
 	switch {
