@@ -43,6 +43,7 @@ func benchmarkIO(b *testing.B, depth int, op func(*Client, []byte, int64) error)
 	defer c.Close()
 	var next sync.WaitGroup
 	ops := make(chan struct{}, depth)
+	frames0, writes0 := batchFrames.Load(), batchWrites.Load()
 	cpu0 := cpuTime()
 	start := time.Now()
 	b.ResetTimer()
@@ -66,6 +67,7 @@ func benchmarkIO(b *testing.B, depth int, op func(*Client, []byte, int64) error)
 	next.Wait()
 	el := time.Since(start)
 	b.ReportMetric(float64(b.N)/el.Seconds(), "IOPS")
+	b.ReportMetric(float64(batchFrames.Load()-frames0)/float64(max(1, batchWrites.Load()-writes0)), "frames/write")
 	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/1e3, "cpu-µs/op")
 }
 

@@ -136,9 +136,9 @@ func readOptReply(r io.Reader, opt uint32) (uint32, []byte, error) {
 type Conn struct {
 	c    net.Conn
 	info Info
+	bw   *batchWriter
 
-	wmu sync.Mutex
-	mu  sync.Mutex
+	mu sync.Mutex
 	// pending is keyed by handle; nil once the connection is broken.
 	pending map[uint64]*call
 	next    uint64
@@ -147,7 +147,8 @@ type Conn struct {
 }
 
 type call struct {
-	dst  []byte // READ: where the data goes
+	hdr  [requestSize]byte // the request, until it is sent
+	dst  []byte            // READ: where the data goes
 	done chan error
 }
 
@@ -155,7 +156,7 @@ var callPool = sync.Pool{New: func() any { return &call{done: make(chan error, 1
 
 // NewConn starts the transmission phase on c after Handshake.
 func NewConn(c net.Conn, info Info) *Conn {
-	cn := &Conn{c: c, info: info, pending: map[uint64]*call{}, done: make(chan struct{})}
+	cn := &Conn{c: c, info: info, bw: newBatchWriter(c), pending: map[uint64]*call{}, done: make(chan struct{})}
 	go cn.readReplies()
 	return cn
 }
@@ -225,10 +226,8 @@ func (cn *Conn) Close() error {
 	h := make([]byte, requestSize)
 	binary.BigEndian.PutUint32(h, magicRequest)
 	binary.BigEndian.PutUint16(h[6:], CmdDisconnect)
-	cn.wmu.Lock()
 	cn.c.SetWriteDeadline(time.Now().Add(time.Second))
-	cn.c.Write(h)
-	cn.wmu.Unlock()
+	cn.bw.write(nil, h)
 	cn.fail(ErrDisconnected)
 	return nil
 }
@@ -251,20 +250,21 @@ func (cn *Conn) Do(cmd, flags uint16, off uint64, length uint32, data, dst []byt
 	cn.pending[handle] = cl
 	cn.mu.Unlock()
 
-	var h [requestSize]byte
-	binary.BigEndian.PutUint32(h[:], magicRequest)
+	h := cl.hdr[:]
+	binary.BigEndian.PutUint32(h, magicRequest)
 	binary.BigEndian.PutUint16(h[4:], flags)
 	binary.BigEndian.PutUint16(h[6:], cmd)
 	binary.BigEndian.PutUint64(h[8:], handle)
 	binary.BigEndian.PutUint64(h[16:], off)
 	binary.BigEndian.PutUint32(h[24:], length)
-	bufs := net.Buffers{h[:]}
+	// Sent now or by a concurrent Do's write (batchWriter); h and data
+	// stay ours until the reply, which cannot come before they are sent.
+	var err error
 	if len(data) > 0 {
-		bufs = append(bufs, data)
+		err = cn.bw.write(nil, h, data)
+	} else {
+		err = cn.bw.write(nil, h)
 	}
-	cn.wmu.Lock()
-	_, err := bufs.WriteTo(cn.c)
-	cn.wmu.Unlock()
 	if err != nil {
 		cn.fail(fmt.Errorf("%w: %v", ErrDisconnected, err))
 	}

@@ -414,7 +414,8 @@ func putBuf(p *[]byte) {
 
 // transmit reads requests and runs each in its own goroutine, so one slow
 // request (a FLUSH, a throttled READ) does not hold up the others; replies
-// go out in completion order, as the protocol allows.
+// go out in completion order, as the protocol allows, several in one
+// write when they complete together (batchWriter).
 func (s *Server) transmit(c net.Conn, br *bufio.Reader, exp *Export) {
 	max := s.MaxInFlight
 	if max <= 0 {
@@ -424,7 +425,7 @@ func (s *Server) transmit(c net.Conn, br *bufio.Reader, exp *Export) {
 	defer cancel()
 	sem := make(chan struct{}, max)
 	var wg sync.WaitGroup
-	var wmu sync.Mutex
+	bw := newBatchWriter(c)
 	var stopOnce sync.Once
 	// stop makes the reader return without closing the connection, so
 	// replies of requests in progress still go out.
@@ -476,19 +477,18 @@ func (s *Server) transmit(c net.Conn, br *bufio.Reader, exp *Export) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			defer putBuf(pooled)
 			errno := s.do(ctx, exp, r, buf)
 			rep := make([]byte, replySize)
 			binary.BigEndian.PutUint32(rep, magicSimpleReply)
 			binary.BigEndian.PutUint32(rep[4:], uint32(errno))
 			binary.BigEndian.PutUint64(rep[8:], handle)
-			bufs := net.Buffers{rep}
+			var err error
 			if r.Command == CmdRead && errno == 0 {
-				bufs = append(bufs, buf)
+				err = bw.write(pooled, rep, buf) // bw hands pooled back once sent
+			} else {
+				putBuf(pooled)
+				err = bw.write(nil, rep)
 			}
-			wmu.Lock()
-			_, err := bufs.WriteTo(c)
-			wmu.Unlock()
 			if err != nil || errno == ESHUTDOWN {
 				stop()
 			}
