@@ -25,6 +25,7 @@ import (
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/csi/filecsi"
 	"github.com/stowage-io/stowage/internal/files"
+	"github.com/stowage-io/stowage/internal/httpapi"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/metrics"
 	"github.com/stowage-io/stowage/internal/server"
@@ -97,7 +98,7 @@ func newServerCmd() *cobra.Command {
 	var dataDir, listen, zone, node, metricsAddr string
 	var pools, filePools, agents []string
 	var apLimit int
-	var nfsListen, nbdListen string
+	var nfsListen, nbdListen, httpListen string
 	var rotationCheck time.Duration
 	var a authOptions
 	var so storeOptions
@@ -124,7 +125,7 @@ func newServerCmd() *cobra.Command {
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node, metricsAddr: metricsAddr,
-				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, auth: a,
+				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, httpListen: httpListen, auth: a,
 				rotationCheck: rotationCheck, store: so})
 		},
 	}
@@ -148,6 +149,7 @@ func newServerCmd() *cobra.Command {
 	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
 	f.StringVar(&nbdListen, "nbd-listen", "", "export the block pools' volumes over NBD at host:port to the other nodes of their zones (empty: a volume attaches only on its pool's node)")
+	f.StringVar(&httpListen, "http-listen", "", "also serve the API as HTTP/JSON (the Connect protocol: POST /stowage.v1.VolumeService/ListVolumes with a JSON body; a bearer token is required) at host:port (docs/http-api.md; empty: gRPC only)")
 	f.StringVar(&nfsListen, "nfs-listen", "", "serve access points over NFSv4 with nfs-ganesha at host:port (empty: access points are not exported)")
 	f.DurationVar(&rotationCheck, "rotation-check-interval", server.DefaultRotationCheck, "how often the server looks for secrets whose scheduled rotation is due")
 	f.StringVar(&so.url, "store", "", "metadata store: empty for the bbolt file <data-dir>/metadata.db (one server), or etcd://host:port[,host:port...] to share it with other servers, one of which leads (docs/metadata.md)")
@@ -167,6 +169,7 @@ type serverOptions struct {
 	accessPointLimit                         int
 	nfsListen                                string
 	nbdListen                                string
+	httpListen                               string
 	auth                                     authOptions
 	rotationCheck                            time.Duration
 	store                                    storeOptions
@@ -404,6 +407,17 @@ func runServer(ctx context.Context, o serverOptions) error {
 	}
 	g := grpc.NewServer(opts...)
 	srv.Register(g)
+	if o.httpListen != "" {
+		h, err := httpapi.Handler(g)
+		if err != nil {
+			return err
+		}
+		addr, err := httpapi.Serve(ctx, o.httpListen, h, log)
+		if err != nil {
+			return err
+		}
+		log.Info("HTTP/JSON API serving", "url", "http://"+addr.String())
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- g.Serve(lis) }()
 	log.Info("Stowage API serving", "listen", listen, "dataDir", dataDir, "pools", len(pools), "store", st.String())

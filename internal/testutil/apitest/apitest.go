@@ -21,6 +21,7 @@ import (
 	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/files"
+	"github.com/stowage-io/stowage/internal/httpapi"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
@@ -66,6 +67,9 @@ type Auth struct {
 	// TCP also serves the API on a loopback TCP port, where no caller has
 	// peer credentials.
 	TCP bool
+	// HTTP also serves the HTTP/JSON API (internal/httpapi) on a loopback
+	// TCP port.
+	HTTP bool
 	// Log receives the server's log lines (default: discarded).
 	Log io.Writer
 }
@@ -74,8 +78,10 @@ type Auth struct {
 type API struct {
 	Endpoint   string
 	TCPAddress string
-	Auth       *auth.Authorizer
-	Server     *server.Server
+	// HTTPAddress is host:port of the HTTP/JSON API (with Auth.HTTP).
+	HTTPAddress string
+	Auth        *auth.Authorizer
+	Server      *server.Server
 }
 
 // StartAuth is Start with the authentication options.
@@ -168,6 +174,19 @@ func startAuth(t testing.TB, f *Files, a Auth, opts ...grpc.ServerOption) (*API,
 		}
 		go g.Serve(tl)
 		api.TCPAddress = tl.Addr().String()
+	}
+	if a.HTTP {
+		h, err := httpapi.Handler(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		addr, err := httpapi.Serve(ctx, "127.0.0.1:0", h, logger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		api.HTTPAddress = addr.String()
 	}
 	return api, fileDir
 }
