@@ -36,8 +36,8 @@ type NodeConfig struct {
 	// are re-read from the API and applied (ModifyVolume of a live volume).
 	LimitsInterval time.Duration
 	// NBDAttach is the command that attaches a volume exported over the
-	// network (attach.FUSELoop.Command); default: this executable's
-	// nbd-attach.
+	// network on a node without a kernel NBD client (attach.FUSELoop.Command);
+	// default: this executable's nbd-attach.
 	NBDAttach []string
 	// CgroupRoot is where I/O limits are written: a cgroup v1 blkio
 	// hierarchy or a cgroup v2 mount with the io controller. Empty means
@@ -60,8 +60,17 @@ type NodeService struct {
 	limits  limiter
 }
 
-// NewNodeService returns a node plugin for cfg.NodeID.
+// NewNodeService returns a node plugin for cfg.NodeID. Its network
+// attacher is the kernel's NBD client where the node has one, else
+// `stowage nbd-attach` (attach.Select).
 func NewNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient) (*NodeService, error) {
+	return newHostNodeService(cfg, volumes, nodes, attach.Select)
+}
+
+// newHostNodeService is NewNodeService with the choice of network attacher
+// given (tests inject attach.SelectWith with a probe of their own).
+func newHostNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient,
+	selectNetwork func(nodeStateDir string, fuseCommand []string) attach.Selection) (*NodeService, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("node plugin: node id is required")
 	}
@@ -83,8 +92,9 @@ func NewNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.Nod
 	} else {
 		klog.InfoS("node plugin: WARNING: IOPS and throughput limits are NOT enforced on this node; volumes stage without them", "limits", lim)
 	}
-	network := attach.FUSELoop{Command: cfg.NBDAttach, StateDir: filepath.Join(cfg.StateDir, "network")}
-	return newNodeService(cfg, volumes, nodes, hostLoops{}, network, newHostMounts(), lim), nil
+	sel := selectNetwork(cfg.StateDir, cfg.NBDAttach)
+	klog.InfoS("node plugin: network attachments use "+sel.Name, "attacher", sel.Name, "reason", sel.Reason)
+	return newNodeService(cfg, volumes, nodes, hostLoops{}, sel.Attacher, newHostMounts(), lim), nil
 }
 
 func newNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient, loops loopDevices, network networkAttacher, mounts mounter, lim limiter) *NodeService {

@@ -28,16 +28,8 @@ type loopDevices interface {
 }
 
 // networkAttacher makes block devices of volumes attached over the
-// network (attach.FUSELoop on nodes without a kernel NBD client).
-type networkAttacher interface {
-	Attach(ctx context.Context, t attach.Target) (device string, err error)
-	Detach(ctx context.Context, t attach.Target) error
-	// Device returns the device of a live attachment.
-	Device(t attach.Target) (device string, found bool)
-	// Refresh makes a live attachment's device take its export's size
-	// now (the volume grew on its storage host) and returns it.
-	Refresh(ctx context.Context, t attach.Target) (int64, error)
-}
+// network: attach.KernelNBD or attach.FUSELoop, as attach.Select chose.
+type networkAttacher = attach.Network
 
 // mounter formats, mounts and grows the file systems of staged volumes.
 type mounter interface {

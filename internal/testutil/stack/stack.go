@@ -201,7 +201,7 @@ func Start(t testing.TB, o Options) *Stack {
 		cfg.NBDAttach = []string{o.MountHelper, "nbd-attach"}
 		// Before the pool's cleanup: a network device holds no image
 		// open, but its FUSE mount is under the test's directory.
-		t.Cleanup(func() { cleanupNetworkAttachments(t, filepath.Join(s.StateDir, "network")) })
+		t.Cleanup(func() { cleanupNetworkAttachments(t, s.StateDir) })
 	}
 	node, err := csi.NewNodeService(cfg, s.Volumes, pb.NewNodeServiceClient(s.Conn))
 	if err != nil {
@@ -238,11 +238,13 @@ func startBlockExporter(t testing.TB, pool server.Pool, logger *slog.Logger) ser
 	return server.LocalBlockExporter{Exporter: x, Pool: pool, Addr: l.Addr().String()}
 }
 
-// cleanupNetworkAttachments stops the `stowage nbd-attach` processes a
-// failed test left (by the pids their state directories name); each
-// detaches its loop device and unmounts its FUSE file as it goes.
-func cleanupNetworkAttachments(t testing.TB, dir string) {
-	if n, err := (attach.FUSELoop{StateDir: dir}).DetachAll(context.Background()); err != nil {
+// cleanupNetworkAttachments detaches the network attachments a failed
+// test left under the node plugin's state directory: it stops the
+// `stowage nbd-attach` processes (by the pids their state directories
+// name; each detaches its loop device and unmounts its FUSE file as it
+// goes) and disconnects kernel NBD devices.
+func cleanupNetworkAttachments(t testing.TB, nodeStateDir string) {
+	if n, err := attach.DetachAllNetwork(context.Background(), nodeStateDir); err != nil {
 		t.Errorf("cleanup: %v", err)
 	} else if n > 0 {
 		t.Logf("cleanup: stopped %d network attachments a test left", n)
