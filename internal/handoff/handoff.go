@@ -84,6 +84,24 @@ func Listen(path string) (*net.UnixListener, error) {
 	return l, nil
 }
 
+// Start serves the handoff for root's processes (the node plugin) at
+// path with open until stop is called; stop waits for the listener.
+func Start(path string, open Opener, logger *slog.Logger) (stop func(), err error) {
+	l, err := Listen(path)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Open: open, PeerUID: 0, Logger: logger}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.Serve(l); err != nil {
+			s.log().Error("local handoff stopped", "socket", path, "err", err)
+		}
+	}()
+	return func() { l.Close(); <-done }, nil
+}
+
 // Serve answers connections on l until it is closed.
 func (s *Server) Serve(l *net.UnixListener) error {
 	for {

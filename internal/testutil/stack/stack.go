@@ -30,6 +30,7 @@ import (
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/csi/filecsi"
 	"github.com/stowage-io/stowage/internal/files"
+	"github.com/stowage-io/stowage/internal/handoff"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
@@ -66,8 +67,11 @@ type Stack struct {
 	FilePoolDir string // the file-tree pool (file systems)
 	APIEndpoint string // unix:///…
 	CSIEndpoint string // unix:///…
-	StateDir    string
-	Node, Zone  string
+	// LocalHandoff is the server's local handoff socket, the node
+	// plugin's --local-handoff.
+	LocalHandoff string
+	StateDir     string
+	Node, Zone   string
 	// FileCSIEndpoint and FileStateDir are the file driver's (FileDriver).
 	FileCSIEndpoint string
 	FileStateDir    string
@@ -111,7 +115,7 @@ func Start(t testing.TB, o Options) *Stack {
 
 	s := &Stack{Dir: dir, PoolDir: poolDir, Node: o.Node, Zone: o.Zone,
 		APIEndpoint: "unix://" + filepath.Join(dir, "api.sock"), CSIEndpoint: "unix://" + filepath.Join(dir, "csi.sock"),
-		StateDir: filepath.Join(dir, "node-state")}
+		StateDir: filepath.Join(dir, "node-state"), LocalHandoff: filepath.Join(dir, "handoff.sock")}
 	st, err := boltstore.Open(filepath.Join(dir, "meta", "metadata.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -172,6 +176,11 @@ func Start(t testing.TB, o Options) *Stack {
 	if err := s.Server.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
+	stopHandoff, err := handoff.Start(s.LocalHandoff, s.Server.OpenLocalImage, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopHandoff)
 	lis, err := csi.Listen(s.APIEndpoint)
 	if err != nil {
 		t.Fatal(err)
@@ -196,7 +205,7 @@ func Start(t testing.TB, o Options) *Stack {
 	}
 
 	ctrl := csi.NewControllerService(s.Volumes, s.Snapshots, pb.NewPoolServiceClient(s.Conn))
-	cfg := csi.NodeConfig{NodeID: o.Node, Zone: o.Zone, MaxVolumes: o.MaxVolumes, StateDir: s.StateDir, LimitsInterval: time.Second}
+	cfg := csi.NodeConfig{NodeID: o.Node, Zone: o.Zone, MaxVolumes: o.MaxVolumes, StateDir: s.StateDir, LimitsInterval: time.Second, LocalHandoff: s.LocalHandoff}
 	if blockExports != nil {
 		cfg.NBDAttach = []string{o.MountHelper, "nbd-attach"}
 		// Before the pool's cleanup: a network device holds no image
@@ -227,7 +236,7 @@ func Start(t testing.TB, o Options) *Stack {
 }
 
 // startBlockExporter serves pool's volumes over NBD on a loopback port.
-func startBlockExporter(t testing.TB, pool server.Pool, logger *slog.Logger) server.LocalBlockExporter {
+func startBlockExporter(t testing.TB, pool server.LocalPool, logger *slog.Logger) server.LocalBlockExporter {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
