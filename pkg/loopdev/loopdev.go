@@ -66,19 +66,23 @@ func Attach(ctx context.Context, backingFile string) (string, error) {
 		return "", fmt.Errorf("attach: open backing file: %w", err)
 	}
 	defer f.Close()
+	return attachOnce(ctx, f, path, func() (string, bool, error) { return Find(path) })
+}
+
+// attachOnce attaches f (named name) unless find finds its device, under
+// f's flock, so that one file never ends up on two devices.
+func attachOnce(ctx context.Context, f *os.File, name string, find func() (string, bool, error)) (string, error) {
 	unlock, err := lockFile(ctx, f)
 	if err != nil {
-		return "", fmt.Errorf("attach %s: %w", path, err)
+		return "", fmt.Errorf("attach %s: %w", name, err)
 	}
 	defer unlock()
-
-	if dev, found, err := Find(path); err != nil {
-		return "", fmt.Errorf("attach %s: %w", path, err)
+	if dev, found, err := find(); err != nil {
+		return "", fmt.Errorf("attach %s: %w", name, err)
 	} else if found {
 		return dev, nil
 	}
-
-	return attachFree(ctx, f, path)
+	return attachFree(ctx, f, name)
 }
 
 // attachFree binds f (named path in messages) to a free loop device; the
@@ -153,17 +157,7 @@ func AttachFile(ctx context.Context, f *os.File) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("attach: %w", err)
 	}
-	unlock, err := lockFile(ctx, f)
-	if err != nil {
-		return "", fmt.Errorf("attach %s: %w", b, err)
-	}
-	defer unlock()
-	if dev, found, err := FindFile(b); err != nil {
-		return "", fmt.Errorf("attach %s: %w", b, err)
-	} else if found {
-		return dev, nil
-	}
-	return attachFree(ctx, f, f.Name())
+	return attachOnce(ctx, f, f.Name(), func() (string, bool, error) { return FindFile(b) })
 }
 
 // FindFile returns the loop device whose backing file is b, if any. A
