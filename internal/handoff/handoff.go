@@ -133,14 +133,18 @@ func (s *Server) serve(c *net.UnixConn) {
 		s.answer(c, nil, reply{Code: codes.Internal, Message: "local handoff: cannot tell who is asking: " + err.Error()})
 		return
 	}
+	// The request is read before any answer, even one to a peer that is
+	// refused: an answer and a close before the client has written would
+	// make its write fail (EPIPE) instead of carrying the refusal.
+	var r Request
+	derr := json.NewDecoder(io.LimitReader(c, maxRequest)).Decode(&r)
 	if int(cred.Uid) != s.PeerUID {
 		s.log().Warn("local handoff refused", "peerPID", cred.Pid, "peerUID", cred.Uid, "reason", "not the node plugin's user")
 		s.answer(c, nil, reply{Code: codes.PermissionDenied, Message: fmt.Sprintf("local handoff: only uid %d (the node plugin) may ask; this process runs as uid %d", s.PeerUID, cred.Uid)})
 		return
 	}
-	var r Request
-	if err := json.NewDecoder(io.LimitReader(c, maxRequest)).Decode(&r); err != nil {
-		s.answer(c, nil, reply{Code: codes.InvalidArgument, Message: "local handoff: the request is not one JSON object: " + err.Error()})
+	if derr != nil {
+		s.answer(c, nil, reply{Code: codes.InvalidArgument, Message: "local handoff: the request is not one JSON object: " + derr.Error()})
 		return
 	}
 	f, ro, err := s.Open(ctx, r)
@@ -204,13 +208,19 @@ func Open(ctx context.Context, socket string, r Request) (image *os.File, readOn
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
-	if err := json.NewEncoder(c).Encode(r); err != nil {
-		return nil, false, status.Errorf(codes.Unavailable, "local handoff at %s: send the request: %v", socket, err)
-	}
+	// A failed write is reported only if no answer comes: a server that
+	// refused at once may have answered and closed already.
+	werr := json.NewEncoder(c).Encode(r)
 	buf := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
 	if err != nil {
+		if werr != nil {
+			return nil, false, status.Errorf(codes.Unavailable, "local handoff at %s: send the request: %v", socket, werr)
+		}
 		return nil, false, status.Errorf(codes.Unavailable, "local handoff at %s: read the answer: %v", socket, err)
 	}
 	fds := receivedFDs(oob[:oobn])
