@@ -57,9 +57,11 @@ func TestOpen_Authorized_ImageDescriptorArrivesReadableAndWritable(t *testing.T)
 	if err := os.WriteFile(img, []byte("image bytes"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var asked Request
+	// Channels, not variables: the race detector does not see the socket
+	// order the opener's writes before the client's reads.
+	askedC := make(chan Request, 1)
 	sock, logs := serve(t, func(_ context.Context, r Request) (*os.File, bool, error) {
-		asked = r
+		askedC <- r
 		f, err := os.OpenFile(img, os.O_RDWR, 0)
 		return f, false, err
 	}, os.Getuid())
@@ -72,7 +74,7 @@ func TestOpen_Authorized_ImageDescriptorArrivesReadableAndWritable(t *testing.T)
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if asked != req || ro {
+	if asked := <-askedC; asked != req || ro {
 		t.Fatalf("server was asked %+v (read-only %t), want %+v", asked, ro, req)
 	}
 	b, err := io.ReadAll(f)
@@ -124,11 +126,11 @@ func TestOpen_Refusals_CodeAndMessageReachTheNode(t *testing.T) {
 		}
 	})
 	t.Run("peer is not the node plugin's user", func(t *testing.T) {
-		opened := false
-		sock, _ := serve(t, func(context.Context, Request) (*os.File, bool, error) { opened = true; return nil, false, nil }, os.Getuid()+1)
+		opened := make(chan bool, 1)
+		sock, _ := serve(t, func(context.Context, Request) (*os.File, bool, error) { opened <- true; return nil, false, nil }, os.Getuid()+1)
 		_, _, err := Open(context.Background(), sock, Request{VolumeID: "vol-1"})
-		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "uid") || opened {
-			t.Fatalf("Open = %v (opener called: %t); want PermissionDenied naming the uid", err, opened)
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "uid") || len(opened) > 0 {
+			t.Fatalf("Open = %v (opener called: %t); want PermissionDenied naming the uid", err, len(opened) > 0)
 		}
 	})
 	t.Run("nobody listens", func(t *testing.T) {
