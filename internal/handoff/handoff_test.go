@@ -1,53 +1,35 @@
 package handoff
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/stowage-io/stowage/internal/testutil/logbuf"
 )
 
 // serve starts a handoff on a socket in a temp dir for this test's user
 // (no root needed) and returns the socket and the server's log.
-func serve(t *testing.T, open Opener, peerUID int) (string, *syncBuffer) {
+func serve(t *testing.T, open Opener, peerUID int) (string, *logbuf.Buffer) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "handoff.sock")
 	l, err := Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	s := &Server{Open: open, PeerUID: peerUID, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	done := make(chan struct{})
 	go func() { defer close(done); s.Serve(l) }()
 	t.Cleanup(func() { l.Close(); <-done })
 	return sock, logs
-}
-
-// syncBuffer is the server's log, written by its connections' goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 const secret = "the-attachment-secret"
