@@ -11,10 +11,9 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 
-	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/attach"
-	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 const gib = int64(1) << 30
@@ -31,7 +30,7 @@ type volume struct {
 	block     bool   // published as a raw block device rather than ext4
 	target    string // the published path: a mount point, or a device file
 	staging   string
-	imagePath string // from the API's attachment record
+	imagePath string // the file behind the loop device (backingOf)
 	device    string // the loop device the node attached
 	del       *undo  // DeleteVolume
 	unpublish *undo  // NodeUnpublish + NodeUnstage + ControllerUnpublish
@@ -124,23 +123,39 @@ func (s *stack) publish(ctx context.Context, u *undoStack, v *volume, asBlock bo
 		TargetPath: v.target, VolumeCapability: vc, PublishContext: pub.PublishContext}); err != nil {
 		return fmt.Errorf("NodePublishVolume %s: %w", v.id, err)
 	}
-	// The image path comes from the API's attachment record, the same place
-	// the node plugin takes it from; the benchmark never guesses pool layout.
-	desc, err := s.volumes.DescribeVolume(cctx, &pb.DescribeVolumeRequest{VolumeId: v.id})
+	// The API names no paths: the kernel says which device backs the
+	// published volume and which image file backs that loop device.
+	dev, image, err := backingOf(v.target, asBlock)
 	if err != nil {
-		return err
+		return fmt.Errorf("volume %s is published at %s: %w", v.id, v.target, err)
 	}
-	for _, a := range desc.Attachments {
-		if a.NodeId == benchNode {
-			v.imagePath = a.ImagePath
-		}
-	}
-	dev, found, err := loopdev.Find(v.imagePath)
-	if err != nil || !found {
-		return fmt.Errorf("volume %s is published but no loop device backs %s (%v)", v.id, v.imagePath, err)
-	}
+	v.imagePath = image
 	v.device = dev
 	return nil
+}
+
+// backingOf is the loop device behind a published target (the device
+// file itself for a block volume, the mounted file system's device
+// otherwise) and the image file behind that loop device.
+func backingOf(target string, block bool) (dev, image string, err error) {
+	var st unix.Stat_t
+	if err := unix.Stat(target, &st); err != nil {
+		return "", "", err
+	}
+	d := st.Dev
+	if block {
+		d = st.Rdev
+	}
+	sys := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(d), unix.Minor(d))
+	link, err := os.Readlink(sys)
+	if err != nil {
+		return "", "", fmt.Errorf("no block device %d:%d behind it: %w", unix.Major(d), unix.Minor(d), err)
+	}
+	b, err := os.ReadFile(filepath.Join(sys, "loop", "backing_file"))
+	if err != nil {
+		return "", "", fmt.Errorf("%s is not a loop device: %w", filepath.Base(link), err)
+	}
+	return "/dev/" + filepath.Base(link), strings.TrimSpace(string(b)), nil
 }
 
 func (s *stack) unpublish(v *volume) error {

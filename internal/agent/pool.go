@@ -177,6 +177,27 @@ func (p *Pool) ImagePath(volumeID string) string {
 	return filepath.Join(p.cfg.Dir, volumesDir, volumeID+imageSuffix)
 }
 
+// OpenImage opens volumeID's image, read-only if readOnly, for a caller
+// of this machine that is handed the descriptor instead of the path (the
+// local handoff). It does not follow a symlink in place of the image.
+func (p *Pool) OpenImage(volumeID string, readOnly bool) (*os.File, error) {
+	if err := validateID(volumeID); err != nil {
+		return nil, fmt.Errorf("open image: %w", err)
+	}
+	flag := os.O_RDWR
+	if readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(p.ImagePath(volumeID), flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("volume %s: %w", volumeID, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open image of volume %s: %w", volumeID, err)
+	}
+	return f, nil
+}
+
 // SnapshotPath is where snapshot snapshotID lives; "" for an invalid id.
 func (p *Pool) SnapshotPath(snapshotID string) string {
 	if validateID(snapshotID) != nil {

@@ -3,8 +3,6 @@ package agentapi
 import (
 	"context"
 	"fmt"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -31,13 +29,10 @@ type ClientConfig struct {
 }
 
 // Client is a remote pool: a server.Pool and a server.BlockExporter whose
-// pool is on an agent. The pool's zone, node, clone mode and paths are
-// read once, by Dial.
-//
-// Dir and ImagePath are paths on the storage host, as the agent reports
-// them: they mean something only there (a pod on the storage host's node
-// attaches an image with a local loop device). Nothing is ever sent to the
-// agent by path.
+// pool is on an agent. The pool's zone, node and clone mode are read once,
+// by Dial. Nothing crosses the agent API by path: images are named by
+// volume id, and even a node on the storage host's machine attaches them
+// over NBD (a Client is not a server.LocalPool).
 type Client struct {
 	name, address string
 	timeout       time.Duration
@@ -85,21 +80,10 @@ func (c *Client) Close() error { return c.conn.Close() }
 
 func (c *Client) Zone() string               { return c.info.Zone }
 func (c *Client) Node() string               { return c.info.Node }
-func (c *Client) Dir() string                { return c.info.Dir }
 func (c *Client) CloneMode() agent.CloneMode { return agent.CloneMode(c.info.CloneMode) }
 
 // Address is where nodes reach the agent's NBD exports.
 func (c *Client) Address() string { return c.info.NbdAddress }
-
-// ImagePath is where the image of volumeID is on the storage host; "" for
-// an id that could name a file outside the pool's image directory (the
-// agent validates ids fully when it is asked about one).
-func (c *Client) ImagePath(volumeID string) string {
-	if c.info.ImageDir == "" || volumeID == "" || volumeID == "." || volumeID == ".." || strings.ContainsAny(volumeID, `/\`+"\x00") {
-		return ""
-	}
-	return filepath.Join(c.info.ImageDir, volumeID+c.info.ImageSuffix)
-}
 
 // bounded is the context of a call of server.Pool that takes none.
 func (c *Client) bounded() (context.Context, context.CancelFunc) {

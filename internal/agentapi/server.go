@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -126,14 +125,7 @@ func (s *Server) GetPoolInfo(context.Context, *pb.GetPoolInfoRequest) (*pb.PoolI
 		return nil, toStatus(err, poolErrors)
 	}
 	info := &pb.PoolInfo{Name: s.name, Zone: s.pool.Zone(), Node: s.pool.Node(), CloneMode: string(s.pool.CloneMode()),
-		TotalBytes: c.TotalBytes, FreeBytes: c.FreeBytes, UsedBytes: c.UsedBytes, Dir: s.pool.Dir()}
-	// The layout of image paths, learnt from the pool itself rather than
-	// repeated here: the image of a valid id is <image_dir>/<id><suffix>.
-	const probe = "0"
-	if p := s.pool.ImagePath(probe); p != "" {
-		info.ImageDir = filepath.Dir(p)
-		info.ImageSuffix = strings.TrimPrefix(filepath.Base(p), probe)
-	}
+		TotalBytes: c.TotalBytes, FreeBytes: c.FreeBytes, UsedBytes: c.UsedBytes}
 	if s.local != nil {
 		info.NbdAddress = s.local.Address()
 	}

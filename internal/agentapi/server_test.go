@@ -126,8 +126,8 @@ func TestServer_NetworkAttachment_ExportedByTheAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.ExportAddress != e.nbdAddr || a.ExportName == "" || a.ImagePath != "" {
-		t.Fatalf("attachment %v: want an export at the agent's NBD address %s and no image path", a, e.nbdAddr)
+	if a.ExportAddress != e.nbdAddr || a.ExportName == "" || a.LocalTarget != "" {
+		t.Fatalf("attachment %v: want an export at the agent's NBD address %s and no local target", a, e.nbdAddr)
 	}
 	sec, err := srv.GetAttachmentSecret(ctx, &spb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "compute-1"})
 	if err != nil {
@@ -158,7 +158,9 @@ func TestServer_NetworkAttachment_ExportedByTheAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if local.ImagePath != e.pool.ImagePath(v.Id) || local.ExportName != "" {
-		t.Fatalf("attachment on the storage host %v: want the agent's image path %s", local, e.pool.ImagePath(v.Id))
+	// The storage host's own node too attaches over NBD: the agent hands
+	// nothing over by path.
+	if local.LocalTarget != "" || local.ExportAddress != e.nbdAddr || local.ExportName == "" {
+		t.Fatalf("attachment on the storage host's node %v: want an NBD export at %s, no local target", local, e.nbdAddr)
 	}
 }

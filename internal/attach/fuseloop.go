@@ -217,8 +217,12 @@ func (f FUSELoop) Detach(ctx context.Context, t Target) error {
 // DetachAll detaches every attachment in StateDir (what a node plugin or
 // a failed test left, live or with a killed process) and reports how many
 // were live.
-func (f FUSELoop) DetachAll(ctx context.Context) (int, error) {
-	entries, err := os.ReadDir(f.StateDir)
+func (f FUSELoop) DetachAll(ctx context.Context) (int, error) { return detachAll(ctx, f.StateDir, f) }
+
+// detachAll detaches every attachment that has a directory in dir, with
+// a, and reports how many were live.
+func detachAll(ctx context.Context, dir string, a Network) (int, error) {
+	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	}
@@ -229,9 +233,9 @@ func (f FUSELoop) DetachAll(ctx context.Context) (int, error) {
 	n := 0
 	for _, e := range entries {
 		t := Target{AttachmentID: e.Name()}
-		_, live := f.Device(t)
+		_, live := a.Device(t)
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		if err := f.Detach(dctx, t); err != nil {
+		if err := a.Detach(dctx, t); err != nil {
 			errs = append(errs, fmt.Errorf("detach network attachment %s: %w", e.Name(), err))
 		} else if live {
 			n++

@@ -135,6 +135,42 @@ func deviceBackend(index int) string {
 	return strings.TrimSpace(string(b))
 }
 
+// Device returns the device of a live attachment: its recorded device
+// still serves it.
+func (k KernelNBD) Device(t Target) (string, bool) {
+	index, ok := k.attached(t)
+	if !ok {
+		return "", false
+	}
+	return nbdDevice(index), true
+}
+
+// Refresh makes a live attachment's device take its export's size now,
+// after the volume grew on its storage host: one handshake learns the
+// size, and NBD_CMD_RECONFIGURE with NBD_ATTR_SIZE_BYTES (Linux 5.3 and
+// later) sets it. It returns the device's size.
+func (k KernelNBD) Refresh(ctx context.Context, t Target) (int64, error) {
+	index, ok := k.attached(t)
+	if !ok {
+		return 0, fmt.Errorf("kernel nbd refresh %s: not attached", t.AttachmentID)
+	}
+	socks, info, err := dialSockets(ctx, t, 1, 0)
+	if err != nil {
+		return 0, fmt.Errorf("kernel nbd refresh %s from %s: %w", t.AttachmentID, t.Address, err)
+	}
+	closeAll(socks)
+	c := k.config(t)
+	c.Index, c.SizeBytes = index, uint64(info.Size)
+	if err := withNBDNetlink(func(n *nbdNetlink) error { return n.reconfigure(c) }); err != nil {
+		return 0, fmt.Errorf("kernel nbd refresh %s (%s): %w", t.AttachmentID, nbdDevice(index), err)
+	}
+	return deviceSize(index)
+}
+
+// DetachAll detaches every attachment in StateDir and reports how many
+// were live.
+func (k KernelNBD) DetachAll(ctx context.Context) (int, error) { return detachAll(ctx, k.StateDir, k) }
+
 // Detach disconnects the attachment's device (NBD_CMD_DISCONNECT: the
 // kernel sends NBD_CMD_DISC on every socket and fails what is queued) and
 // removes its state. A device that serves something else now (the index

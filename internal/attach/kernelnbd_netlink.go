@@ -184,12 +184,19 @@ func (c nbdConfig) connectAttrs() attrs {
 }
 
 // reconfigureAttrs is the payload of NBD_CMD_RECONFIGURE: the device, its
-// backend (the kernel refuses a RECONFIGURE without it once set) and the
-// new sockets, each of which replaces a dead one.
+// backend (the kernel refuses a RECONFIGURE without it once set), a new
+// size if SizeBytes is set (a grown volume), and the new sockets, each of
+// which replaces a dead one.
 func (c nbdConfig) reconfigureAttrs() attrs {
 	a := attrs(nil).u32(NBD_ATTR_INDEX, uint32(c.Index))
 	if c.Backend != "" {
 		a = a.str(NBD_ATTR_BACKEND_IDENTIFIER, c.Backend)
+	}
+	if c.SizeBytes != 0 {
+		a = a.u64(NBD_ATTR_SIZE_BYTES, c.SizeBytes)
+	}
+	if len(c.FDs) == 0 {
+		return a
 	}
 	return a.nested(NBD_ATTR_SOCKETS, c.socketAttrs())
 }

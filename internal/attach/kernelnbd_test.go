@@ -55,8 +55,9 @@ func TestNBDNetlink_Messages_GoldenBytes(t *testing.T) {
 		FDs:             []int{3, 4},
 	}
 	reconf := cfg
-	reconf.Index = 5
+	reconf.Index, reconf.SizeBytes = 5, 0
 	reconf.FDs = []int{9}
+	resize := nbdConfig{Index: 5, SizeBytes: 128 << 20, Backend: "att-1"}
 	for _, tc := range []struct {
 		name string
 		cmd  uint8
@@ -88,6 +89,13 @@ func TestNBDNetlink_Messages_GoldenBytes(t *testing.T) {
 			0a00 0a00 6174742d3100 0000          | NBD_ATTR_BACKEND_IDENTIFIER "att-1\0"
 			1000 0780                            | NBD_ATTR_SOCKETS
 			  0c00 0180 0800 0100 09000000       |   NBD_SOCK_ITEM { NBD_SOCK_FD u32 9 }
+		`},
+		{"reconfigure to a new size (Refresh), no sockets", NBD_CMD_RECONFIGURE, resize.reconfigureAttrs(), `
+			34000000 2200 0500 07000000 00000000 | nlmsghdr: len 52
+			03 01 0000                           | NBD_CMD_RECONFIGURE
+			0800 0100 05000000                   | NBD_ATTR_INDEX u32 5
+			0a00 0a00 6174742d3100 0000          | NBD_ATTR_BACKEND_IDENTIFIER "att-1\0"
+			0c00 0200 0000000800000000           | NBD_ATTR_SIZE_BYTES u64 128 MiB
 		`},
 		{"connect on a given index", NBD_CMD_CONNECT, nbdConfig{Index: 2, SizeBytes: 4096, BlockSize: 4096, FDs: []int{3}}.connectAttrs(), `
 			68000000 2200 0500 07000000 00000000 | nlmsghdr: len 104
@@ -302,7 +310,7 @@ func TestSelect_PicksByKernelNBD(t *testing.T) {
 		{"kernel nbd", func() error { return nil }, "kernel-nbd", "/dev/nbd0 exists"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := selectWith("/state", tc.probe)
+			s := SelectWith("/state", []string{"/bin/stowage", "nbd-attach"}, tc.probe)
 			if s.Name != tc.want || !strings.Contains(s.Reason, tc.reason) {
 				t.Fatalf("%s (%s); want %s because %s", s.Name, s.Reason, tc.want, tc.reason)
 			}
@@ -312,7 +320,7 @@ func TestSelect_PicksByKernelNBD(t *testing.T) {
 					t.Fatalf("attacher %+v", a)
 				}
 			case FUSELoop:
-				if tc.want != "fuse-loop" || a.StateDir != "/state/fuse-loop" {
+				if tc.want != "fuse-loop" || a.StateDir != "/state/network" || a.Command[0] != "/bin/stowage" {
 					t.Fatalf("attacher %+v", a)
 				}
 			}
@@ -324,7 +332,7 @@ func TestSelect_ThisNodeWithoutNBD_FUSELoop(t *testing.T) {
 	if _, err := os.Stat("/dev/nbd0"); err == nil {
 		t.Skip("this node has /dev/nbd0")
 	}
-	s := Select(t.TempDir())
+	s := Select(t.TempDir(), nil)
 	if _, ok := s.Attacher.(FUSELoop); !ok || !strings.Contains(s.Reason, "no /dev/nbd0") {
 		t.Fatalf("selected %s (%s); want fuse-loop because there is no /dev/nbd0", s.Name, s.Reason)
 	}

@@ -183,7 +183,7 @@ func TestVolumeCommands_Lifecycle(t *testing.T) {
 			}
 		}},
 		{"attach", func() []string { return []string{"volume", "attach", id, "--node", s.Node} }, cli.ExitOK, func(t *testing.T, r cliResult) {
-			if h := tableHeader(r.stdout); h != "VOLUME NODE STATE IMAGE" || !strings.Contains(r.stdout, id) {
+			if h := tableHeader(r.stdout); h != "VOLUME NODE STATE TARGET" || !strings.Contains(r.stdout, id) {
 				t.Errorf("attach output:\n%s", r.stdout)
 			}
 		}},
@@ -373,7 +373,7 @@ func TestPoolAndNodeList_Tables(t *testing.T) {
 		wantHeader string
 		wantRow    []string
 	}{
-		{[]string{"pool", "list"}, "NAME ZONE NODE CLONE-MODE SIZE FREE PROVISIONED VOLUMES SNAPSHOTS DIR", []string{"pool-a", s.Zone, s.Node, "reflink"}},
+		{[]string{"pool", "list"}, "NAME ZONE NODE CLONE-MODE SIZE FREE PROVISIONED VOLUMES SNAPSHOTS", []string{"pool-a", s.Zone, s.Node, "reflink"}},
 		{[]string{"node", "list"}, "NODE ZONE ATTACHED MAX", []string{s.Node, s.Zone}},
 	}
 	for _, tt := range tests {

@@ -25,6 +25,7 @@ import (
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/csi/filecsi"
 	"github.com/stowage-io/stowage/internal/files"
+	"github.com/stowage-io/stowage/internal/handoff"
 	"github.com/stowage-io/stowage/internal/httpapi"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/metrics"
@@ -98,7 +99,7 @@ func newServerCmd() *cobra.Command {
 	var dataDir, listen, zone, node, metricsAddr string
 	var pools, filePools, agents []string
 	var apLimit int
-	var nfsListen, nbdListen, httpListen string
+	var nfsListen, nbdListen, httpListen, localHandoff string
 	var rotationCheck time.Duration
 	var a authOptions
 	var so storeOptions
@@ -125,7 +126,7 @@ func newServerCmd() *cobra.Command {
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node, metricsAddr: metricsAddr,
-				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, httpListen: httpListen, auth: a,
+				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, httpListen: httpListen, localHandoff: localHandoff, auth: a,
 				rotationCheck: rotationCheck, store: so})
 		},
 	}
@@ -148,6 +149,7 @@ func newServerCmd() *cobra.Command {
 	f.StringArrayVar(&agents, "agent", nil, "storage pool on a storage host of its own (stowage agent): name=N,address=host:port,token-file=F, F holding the agent's token (repeatable)")
 	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
+	f.StringVar(&localHandoff, "local-handoff", DefaultLocalHandoff, "unix socket where the node plugin of this machine gets the images of the volumes attached to it locally (its pools' node), as open descriptors; none: serve none")
 	f.StringVar(&nbdListen, "nbd-listen", "", "export the block pools' volumes over NBD at host:port to the other nodes of their zones (empty: a volume attaches only on its pool's node)")
 	f.StringVar(&httpListen, "http-listen", "", "also serve the API as HTTP/JSON (the Connect protocol: POST /stowage.v1.VolumeService/ListVolumes with a JSON body; a bearer token is required) at host:port (docs/http-api.md; empty: gRPC only)")
 	f.StringVar(&nfsListen, "nfs-listen", "", "serve access points over NFSv4 with nfs-ganesha at host:port (empty: access points are not exported)")
@@ -170,6 +172,7 @@ type serverOptions struct {
 	nfsListen                                string
 	nbdListen                                string
 	httpListen                               string
+	localHandoff                             string
 	auth                                     authOptions
 	rotationCheck                            time.Duration
 	store                                    storeOptions
@@ -286,7 +289,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 		nbdExporter = blockexport.New(log)
 		defer nbdExporter.Close()
 		for name, p := range pools {
-			blockExports[name] = server.LocalBlockExporter{Exporter: nbdExporter, Pool: p, Addr: o.nbdListen}
+			blockExports[name] = server.LocalBlockExporter{Exporter: nbdExporter, Pool: p.(server.LocalPool), Addr: o.nbdListen}
 		}
 	}
 	// Pools on storage hosts of their own (stowage agent), after the local
@@ -365,9 +368,18 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if err := srv.RegisterPoolNodes(ctx); err != nil {
 			return nil, err
 		}
+		// The local handoff only where the records are written: a
+		// standby's view of the attachments may be behind.
+		stopHandoff := func() {}
+		if o.localHandoff != "none" && o.localHandoff != "" && len(local) > 0 {
+			if stopHandoff, err = handoff.Start(o.localHandoff, srv.OpenLocalImage, log); err != nil {
+				return nil, fmt.Errorf("--local-handoff %s: %w", o.localHandoff, err)
+			}
+			log.Info("local handoff serving the images of local attachments to this machine's node plugin", "socket", o.localHandoff)
+		}
 		stopRotations := srv.StartRotations(ctx, o.rotationCheck)
 		stopReexports := srv.StartReexports(ctx, 0)
-		return func() { stopReexports(); stopRotations() }, nil
+		return func() { stopReexports(); stopRotations(); stopHandoff() }, nil
 	}
 	stopLoops := func() {}
 	var gate *leaderGate
@@ -536,7 +548,7 @@ func (l *leaderGate) Serving() bool { return l.serving.Load() && l.election.IsLe
 func (l *leaderGate) Leader(ctx context.Context) (string, error) { return l.election.Leader(ctx) }
 
 func newCSICmd() *cobra.Command {
-	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper, tokenFile string
+	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper, tokenFile, localHandoff string
 	var maxVolumes int64
 	var limitsInterval time.Duration
 	cmd := &cobra.Command{Use: "csi", Short: "Run a CSI driver: block (" + csi.DriverName + ") or file (" + filecsi.DriverName + ")"}
@@ -549,6 +561,7 @@ func newCSICmd() *cobra.Command {
 	pf.StringVar(&tokenFile, "token-file", "", tokenFileUsage(auth.CSIController+", "+auth.CSINodePrefix+"<node> or "+auth.CSIFile))
 	pf.StringVar(&nodeID, "node-id", "", "this node's id (node plugin; default: hostname)")
 	pf.StringVar(&zone, "zone", "zone-a", "this node's zone (node plugin)")
+	pf.StringVar(&localHandoff, "local-handoff", DefaultLocalHandoff, "block node plugin: the unix socket of this machine's local handoff (the Stowage server's --local-handoff), where volumes attached locally (this node holds their pool) get their images as open descriptors")
 	pf.StringVar(&stateDir, "state-dir", "", "node plugin state, one file per staged volume or mount (default /var/lib/stowage/csi-node, and /var/lib/stowage/csi-file-node for the file driver)")
 	pf.Int64Var(&maxVolumes, "max-volumes", 64, "most volumes attached to this node at once, reported to the scheduler")
 	pf.StringVar(&registrationDir, "kubelet-registration-dir", "", "the kubelet's plugins_registry directory: when set, the node plugin registers itself with the kubelet there (no node-driver-registrar needed)")
@@ -591,7 +604,7 @@ func newCSICmd() *cobra.Command {
 			ctrl = csi.NewControllerService(pb.NewVolumeServiceClient(conn), pb.NewSnapshotServiceClient(conn), pb.NewPoolServiceClient(conn))
 		}
 		if withNode {
-			node, err = csi.NewNodeService(csi.NodeConfig{NodeID: nodeID, Zone: zone, MaxVolumes: maxVolumes, StateDir: stateDir, LimitsInterval: limitsInterval, CgroupRoot: cgroupRoot},
+			node, err = csi.NewNodeService(csi.NodeConfig{NodeID: nodeID, Zone: zone, MaxVolumes: maxVolumes, StateDir: stateDir, LimitsInterval: limitsInterval, CgroupRoot: cgroupRoot, LocalHandoff: localHandoff},
 				pb.NewVolumeServiceClient(conn), pb.NewNodeServiceClient(conn))
 			if err != nil {
 				return err

@@ -24,6 +24,11 @@ import (
 // unless told otherwise.
 const DefaultEndpoint = "127.0.0.1:7420"
 
+// DefaultLocalHandoff is the unix socket where `stowage server` hands the
+// images of local attachments to the node plugin of its machine, and where
+// `stowage csi node` asks, unless told otherwise.
+const DefaultLocalHandoff = "/run/stowage/local-handoff.sock"
+
 // Exit codes, so that scripts can tell failures apart.
 const (
 	ExitOK           = 0

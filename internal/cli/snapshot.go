@@ -133,9 +133,9 @@ func newPoolCmd(g *globals) *cobra.Command {
 				var rows [][]string
 				for _, pl := range resp.Pools {
 					rows = append(rows, []string{pl.Name, pl.Zone, pl.Node, pl.CloneMode, block.FormatBytes(pl.TotalBytes), block.FormatBytes(pl.FreeBytes),
-						block.FormatBytes(pl.ProvisionedBytes), fmt.Sprint(pl.VolumeCount), fmt.Sprint(pl.SnapshotCount), pl.Dir})
+						block.FormatBytes(pl.ProvisionedBytes), fmt.Sprint(pl.VolumeCount), fmt.Sprint(pl.SnapshotCount)})
 				}
-				return p.table([]string{"NAME", "ZONE", "NODE", "CLONE-MODE", "SIZE", "FREE", "PROVISIONED", "VOLUMES", "SNAPSHOTS", "DIR"}, rows)
+				return p.table([]string{"NAME", "ZONE", "NODE", "CLONE-MODE", "SIZE", "FREE", "PROVISIONED", "VOLUMES", "SNAPSHOTS"}, rows)
 			})
 		},
 	}

@@ -196,7 +196,11 @@ func volumeAttachCmd(g *globals) *cobra.Command {
 				if done, err := p.structured(a); done {
 					return err
 				}
-				return p.table([]string{"VOLUME", "NODE", "STATE", "IMAGE"}, [][]string{{a.VolumeId, a.NodeId, a.State.Word(), a.ImagePath}})
+				target := a.LocalTarget
+				if a.ExportName != "" {
+					target = a.ExportName + " at " + a.ExportAddress
+				}
+				return p.table([]string{"VOLUME", "NODE", "STATE", "TARGET"}, [][]string{{a.VolumeId, a.NodeId, a.State.Word(), target}})
 			})
 		},
 	}

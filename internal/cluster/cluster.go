@@ -235,6 +235,10 @@ func (l Layout) Stowage() string          { return l.path("stowage") }
 func (l Layout) CSINodeState() string     { return l.path("csi-node") }
 func (l Layout) StowageSocket() string    { return l.path("run", "stowage-api.sock") }
 
+// LocalHandoffSocket is where the server (the one that leads) hands the
+// machine's node plugin the images of its local attachments.
+func (l Layout) LocalHandoffSocket() string { return l.path("run", "local-handoff.sock") }
+
 // StowageSocket2 is the second server's API socket (multi-node clusters).
 func (l Layout) StowageSocket2() string { return l.path("run", "stowage-api-2.sock") }
 func (l Layout) CSIControllerSocket() string {

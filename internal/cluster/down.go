@@ -131,14 +131,14 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 	if n+loops > 0 {
 		p.line("✓", fmt.Sprintf("unmounted %d volume mounts, detached %d loop devices", n, loops), "", time.Since(t))
 	}
-	// Volumes attached over the network: each has a `stowage nbd-attach`
-	// process of its own (outside the node plugin), stopped while the
-	// server that exports the volume still runs, so it detaches its loop
-	// device and unmounts its FUSE file cleanly.
+	// Volumes attached over the network, while the server that exports
+	// them still runs: each `stowage nbd-attach` process (outside the node
+	// plugin) is stopped, so it detaches its loop device and unmounts its
+	// FUSE file cleanly; kernel NBD devices are disconnected.
 	t = time.Now()
 	attached := 0
 	for _, nd := range nodes {
-		k, err := detachNetworkAttachments(ctx, nd.L.CSINodeState())
+		k, err := attach.DetachAllNetwork(ctx, nd.L.CSINodeState())
 		keep(err)
 		attached += k
 	}
@@ -391,11 +391,4 @@ func cgroupRoots(top string) []string {
 		roots = append(roots, "/sys/fs/cgroup/"+top)
 	}
 	return roots
-}
-
-// detachNetworkAttachments stops the network attachments a block node
-// plugin with state directory stateDir left (attach.FUSELoop's state,
-// under its network/ directory).
-func detachNetworkAttachments(ctx context.Context, stateDir string) (int, error) {
-	return attach.FUSELoop{StateDir: filepath.Join(stateDir, "network")}.DetachAll(ctx)
 }

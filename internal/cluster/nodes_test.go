@@ -164,6 +164,12 @@ func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T)
 	if a := strings.Join(comps["csi-node@vm-2"].Cmd.Args, " "); !strings.Contains(a, "--api=unix:///var/lib/stowage/run/stowage-api.sock,unix:///var/lib/stowage/run/stowage-api-2.sock") {
 		t.Errorf("csi-node@vm-2 is not given both servers: %s", a)
 	}
+	// The machine's node plugin and the servers (whichever leads) share
+	// one local handoff socket; the other nodes have no local pools.
+	const handoff = "--local-handoff=/var/lib/stowage/run/local-handoff.sock"
+	if !slices.Contains(srv.Cmd.Args, handoff) || !slices.Contains(srv2.Cmd.Args, handoff) || !slices.Contains(comps["csi-node"].Cmd.Args, handoff) {
+		t.Errorf("server %v, standby %v, csi-node %v: want all three given %s", srv.Cmd.Args, srv2.Cmd.Args, comps["csi-node"].Cmd.Args, handoff)
+	}
 	if !slices.Contains(srv.Needs, "stowage-agent@vm-storage-2") {
 		t.Errorf("the server starts before the agents: needs %v", srv.Needs)
 	}

@@ -21,7 +21,9 @@ import (
 	"github.com/stowage-io/stowage/internal/attach"
 	"github.com/stowage-io/stowage/internal/faults"
 	"github.com/stowage-io/stowage/internal/fscrypt"
+	"github.com/stowage-io/stowage/internal/handoff"
 	"github.com/stowage-io/stowage/internal/keylock"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // NodeConfig is what a node plugin is built from.
@@ -36,9 +38,15 @@ type NodeConfig struct {
 	// are re-read from the API and applied (ModifyVolume of a live volume).
 	LimitsInterval time.Duration
 	// NBDAttach is the command that attaches a volume exported over the
-	// network (attach.FUSELoop.Command); default: this executable's
-	// nbd-attach.
+	// network on a node without a kernel NBD client (attach.FUSELoop.Command);
+	// default: this executable's nbd-attach.
 	NBDAttach []string
+	// LocalHandoff is the unix socket of this machine's local handoff
+	// (served by the Stowage server whose pools are on this node): where
+	// the node gets the images of its local attachments, as open
+	// descriptors. Empty: local attachments cannot be staged (the error
+	// says so); a node without pools of its own needs none.
+	LocalHandoff string
 	// CgroupRoot is where I/O limits are written: a cgroup v1 blkio
 	// hierarchy or a cgroup v2 mount with the io controller. Empty means
 	// detect it (see detectLimiter).
@@ -55,13 +63,23 @@ type NodeService struct {
 	// The host operations, behind interfaces so that the branches of the
 	// node RPCs can be tested without root (node_fakes_test.go).
 	loops   loopDevices
+	images  localImages
 	network networkAttacher
 	mounts  mounter
 	limits  limiter
 }
 
-// NewNodeService returns a node plugin for cfg.NodeID.
+// NewNodeService returns a node plugin for cfg.NodeID. Its network
+// attacher is the kernel's NBD client where the node has one, else
+// `stowage nbd-attach` (attach.Select).
 func NewNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient) (*NodeService, error) {
+	return newHostNodeService(cfg, volumes, nodes, attach.Select)
+}
+
+// newHostNodeService is NewNodeService with the choice of network attacher
+// given (tests inject attach.SelectWith with a probe of their own).
+func newHostNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient,
+	selectNetwork func(nodeStateDir string, fuseCommand []string) attach.Selection) (*NodeService, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("node plugin: node id is required")
 	}
@@ -83,15 +101,18 @@ func NewNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.Nod
 	} else {
 		klog.InfoS("node plugin: WARNING: IOPS and throughput limits are NOT enforced on this node; volumes stage without them", "limits", lim)
 	}
-	network := attach.FUSELoop{Command: cfg.NBDAttach, StateDir: filepath.Join(cfg.StateDir, "network")}
-	return newNodeService(cfg, volumes, nodes, hostLoops{}, network, newHostMounts(), lim), nil
+	sel := selectNetwork(cfg.StateDir, cfg.NBDAttach)
+	klog.InfoS("node plugin: network attachments use "+sel.Name, "attacher", sel.Name, "reason", sel.Reason)
+	n := newNodeService(cfg, volumes, nodes, hostLoops{}, sel.Attacher, newHostMounts(), lim)
+	n.images = hostHandoff{socket: cfg.LocalHandoff}
+	return n, nil
 }
 
 func newNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient, loops loopDevices, network networkAttacher, mounts mounter, lim limiter) *NodeService {
 	return &NodeService{
 		cfg: cfg, volumes: volumes, nodes: nodes,
 		locks: keylock.New(2 * time.Second),
-		loops: loops, network: network, mounts: mounts, limits: lim,
+		loops: loops, images: hostHandoff{socket: cfg.LocalHandoff}, network: network, mounts: mounts, limits: lim,
 	}
 }
 
@@ -172,14 +193,18 @@ func limitsOf(v *pb.Volume) attach.Limits {
 // stagedVolume is what the node remembers about a staged volume.
 type stagedVolume struct {
 	VolumeID string `json:"volumeId"`
-	// ImagePath is the image of a volume attached locally (this node is
-	// its storage host); Export the NBD export of one attached over the
-	// network. One of the two is set.
-	ImagePath   string     `json:"imagePath,omitempty"`
-	Export      *exportRef `json:"export,omitempty"`
-	Device      string     `json:"device,omitempty"`
-	StagingPath string     `json:"stagingPath"`
-	Block       bool       `json:"block,omitempty"`
+	// Local is a volume attached locally (this node holds its pool),
+	// Export one attached over the network; one of the two is set.
+	Local  *localRef  `json:"local,omitempty"`
+	Export *exportRef `json:"export,omitempty"`
+	// ImagePath is what node plugins before the local handoff recorded
+	// for a local attachment: the image's path, from the API. It is read,
+	// never written, so that a volume staged by such a plugin is found and
+	// unstaged after an upgrade (upgrades keep volumes mounted).
+	ImagePath   string `json:"imagePath,omitempty"`
+	Device      string `json:"device,omitempty"`
+	StagingPath string `json:"stagingPath"`
+	Block       bool   `json:"block,omitempty"`
 	// DataDir is the encrypted directory of an encrypted volume, the one
 	// pods see; empty for unencrypted volumes (pods see the file system root).
 	DataDir string `json:"dataDir,omitempty"`
@@ -196,6 +221,23 @@ type exportRef struct {
 	Generation uint64 `json:"generation"`
 }
 
+// localRef is a local attachment as the node remembers it: its opaque
+// target, and the identity (device and inode, from fstat) of the image the
+// local handoff gave for it, by which its loop device is found and
+// detached after a restart. Backing is zero until the image was handed
+// over (nothing is attached then).
+type localRef struct {
+	Target  string          `json:"target"`
+	Backing loopdev.Backing `json:"backing"`
+}
+
+func localOf(a *pb.Attachment) *localRef {
+	if a.LocalTarget == "" {
+		return nil
+	}
+	return &localRef{Target: a.LocalTarget}
+}
+
 func exportOf(a *pb.Attachment) *exportRef {
 	if a.ExportName == "" {
 		return nil
@@ -209,8 +251,11 @@ func (e *exportRef) target() attach.Target {
 
 // source says what the volume's device is made from, for messages.
 func (st *stagedVolume) source() string {
-	if st.Export != nil {
+	switch {
+	case st.Export != nil:
 		return fmt.Sprintf("NBD export %s at %s", st.Export.Name, st.Export.Address)
+	case st.Local != nil:
+		return fmt.Sprintf("local attachment %s (image: %s)", st.Local.Target, st.Local.Backing)
 	}
 	return "image " + st.ImagePath
 }
@@ -309,7 +354,10 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 	// would detach the loop device, which would then hold the image after
 	// the volume is deleted. A volume that was staged before this call
 	// stays as it was.
-	st := &stagedVolume{VolumeID: id, ImagePath: att.ImagePath, Export: exportOf(att), StagingPath: staging}
+	st, err := n.stageSource(id, att, staging)
+	if err != nil {
+		return nil, err
+	}
 	wasStaged := n.isStaged(st, spec.block)
 	mountedHere := false
 	defer func() {
@@ -332,7 +380,7 @@ func (n *NodeService) NodeStageVolume(ctx context.Context, req *csi.NodeStageVol
 		klog.InfoS("NodeStageVolume: raw block volume attached", "volumeID", id, "device", st.Device)
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
-	if mountedHere, err = n.mountStaging(ctx, id, st.Device, staging, spec); err != nil {
+	if mountedHere, err = n.mountStaging(ctx, id, st.Device, staging, spec, att.ReadOnly); err != nil {
 		return nil, err
 	}
 	if v.Encrypted {
@@ -381,9 +429,36 @@ func validateStage(req *csi.NodeStageVolumeRequest) error {
 	return nil
 }
 
+// stageSource is what the volume's device is to be made from: the
+// attachment's NBD export or local target, with what the node recorded of
+// it before (the identity of a local image it was handed). A volume a
+// node plugin before the local handoff staged by its image path, whose
+// device is still there, stays as it is.
+func (n *NodeService) stageSource(id string, att *pb.Attachment, staging string) (*stagedVolume, error) {
+	st := &stagedVolume{VolumeID: id, Local: localOf(att), Export: exportOf(att), StagingPath: staging}
+	old, err := n.readState(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
+	}
+	switch {
+	case old != nil && old.Export == nil && old.Local == nil && old.ImagePath != "" && st.Export == nil:
+		if _, found := n.device(old); found {
+			st.Local, st.ImagePath = nil, old.ImagePath
+		}
+	case old != nil && old.Local != nil && st.Local != nil && old.Local.Target == st.Local.Target:
+		st.Local.Backing = old.Local.Backing
+	}
+	if st.Local == nil && st.Export == nil && st.ImagePath == "" {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"NodeStageVolume %s: its attachment to node %s has neither an NBD export nor a local target (it was made by an older Stowage server); ControllerPublishVolume again gives it one", id, n.cfg.NodeID)
+	}
+	return st, nil
+}
+
 // attachmentHere returns the volume and its attachment to this node. The
-// node works only on volumes the API says are attached to it: the image
-// path comes from the attachment record, never from the caller.
+// node works only on volumes the API says are attached to it: what it
+// attaches (an NBD export, a local target) comes from the attachment
+// record, never from the caller.
 func (n *NodeService) attachmentHere(ctx context.Context, id string) (*pb.Volume, *pb.Attachment, error) {
 	v, err := n.volumes.DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: id})
 	if err != nil {
@@ -461,35 +536,53 @@ func (n *NodeService) isStaged(st *stagedVolume, block bool) bool {
 // device returns the volume's block device on this node, if it has one:
 // the loop device of its image, or the device of its network attachment.
 func (n *NodeService) device(st *stagedVolume) (string, bool) {
-	if st.Export != nil {
+	var dev string
+	var found bool
+	var err error
+	switch {
+	case st.Export != nil:
 		return n.network.Device(st.Export.target())
+	case st.Local != nil:
+		dev, found, err = n.loops.FindFile(st.Local.Backing)
+	case st.ImagePath != "":
+		dev, found, err = n.loops.Find(st.ImagePath)
 	}
-	dev, found, err := n.loops.Find(st.ImagePath)
 	return dev, err == nil && found
 }
 
-// attachDevice makes the volume's block device (a loop device of its
-// image, or its network attachment) and records it in the volume's node
-// state, keeping what the record already holds (the targets of a staged
-// volume that is staged again).
+// attachDevice makes the volume's block device (a loop device of the image
+// the local handoff gives, or its network attachment) and records it in
+// the volume's node state, keeping what the record already holds (the
+// targets of a staged volume that is staged again).
 func (n *NodeService) attachDevice(ctx context.Context, want *stagedVolume, block bool) (*stagedVolume, error) {
 	id := want.VolumeID
 	// Record the source before attaching: if we crash right after the
 	// attach, a retry or an unstage still knows what to detach.
 	if _, err := n.updateState(id, func(st *stagedVolume) {
-		st.ImagePath, st.Export, st.StagingPath, st.Block = want.ImagePath, want.Export, want.StagingPath, block
+		st.ImagePath, st.Local, st.Export, st.StagingPath, st.Block = want.ImagePath, want.Local, want.Export, want.StagingPath, block
 	}); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
 	}
 	var device string
 	var err error
-	if want.Export != nil {
+	switch {
+	case want.Export != nil:
 		device, err = n.attachNetwork(ctx, id, want.Export)
-		if err != nil {
-			return nil, err
+	case want.Local != nil:
+		device, err = n.attachLocal(ctx, id, want)
+	default:
+		// Staged by a node plugin before the local handoff, and its loop
+		// device is there (stageSource): it stays.
+		var found bool
+		if device, found, err = n.loops.Find(want.ImagePath); err == nil && !found {
+			err = fmt.Errorf("loop device of %s is gone", want.ImagePath)
 		}
-	} else if device, err = n.loops.Attach(ctx, want.ImagePath); err != nil {
-		return nil, status.Errorf(codes.Internal, "NodeStageVolume %s: attach image %s as a loop device: %v", id, want.ImagePath, err)
+		if err != nil {
+			err = status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
+		}
+	}
+	if err != nil {
+		return nil, err
 	}
 	st, err := n.updateState(id, func(st *stagedVolume) { st.Device = device })
 	if err != nil {
@@ -498,6 +591,45 @@ func (n *NodeService) attachDevice(ctx context.Context, want *stagedVolume, bloc
 		return &done, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
 	}
 	return st, nil
+}
+
+// attachLocal makes the loop device of a locally attached volume: its
+// image comes from the local handoff of this machine as an open
+// descriptor, given the attachment's secret, and the loop device is found
+// again (a repeated stage, a restart) by the image's device and inode,
+// which are recorded (in want.Local and the node state) before the loop
+// device is made, so that a crash right after leaves it findable.
+func (n *NodeService) attachLocal(ctx context.Context, id string, want *stagedVolume) (string, error) {
+	l := want.Local
+	if dev, found, err := n.loops.FindFile(l.Backing); err == nil && found {
+		return dev, nil
+	}
+	sec, err := n.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: id, NodeId: n.cfg.NodeID})
+	if err != nil {
+		return "", apiError(err, "NodeStageVolume %s: get the secret of its local attachment", id)
+	}
+	if sec.LocalTarget != l.Target {
+		return "", status.Errorf(codes.Aborted, "NodeStageVolume %s: the attachment changed while staging (local target %s, now %q); retry", id, l.Target, sec.LocalTarget)
+	}
+	img, readOnly, err := n.images.Open(ctx, handoff.Request{VolumeID: id, NodeID: n.cfg.NodeID, Target: l.Target, Secret: sec.Secret})
+	if err != nil {
+		return "", status.Errorf(status.Code(err), "NodeStageVolume %s: get the image of its local attachment %s from this machine's local handoff: %s", id, l.Target, status.Convert(err).Message())
+	}
+	defer img.Close()
+	b, err := loopdev.BackingOf(img)
+	if err != nil {
+		return "", status.Errorf(codes.Internal, "NodeStageVolume %s: the image the local handoff gave: %v", id, err)
+	}
+	l.Backing = b
+	if _, err := n.updateState(id, func(st *stagedVolume) { st.Local = &localRef{Target: l.Target, Backing: b} }); err != nil {
+		return "", status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
+	}
+	dev, err := n.loops.AttachFile(ctx, img)
+	if err != nil {
+		return "", status.Errorf(codes.Internal, "NodeStageVolume %s: attach the image of local attachment %s (%s) as a loop device: %v", id, l.Target, b, err)
+	}
+	klog.InfoS("NodeStageVolume: attached locally", "volumeID", id, "localTarget", l.Target, "image", b.String(), "readOnly", readOnly, "device", dev)
+	return dev, nil
 }
 
 // attachNetwork attaches a volume exported over NBD by its storage host,
@@ -526,7 +658,7 @@ func (n *NodeService) attachNetwork(ctx context.Context, id string, e *exportRef
 
 // mountStaging puts a file system on device, if it has none, and mounts it
 // at staging; it reports whether it mounted (false when it was mounted).
-func (n *NodeService) mountStaging(ctx context.Context, id, device, staging string, spec stageSpec) (bool, error) {
+func (n *NodeService) mountStaging(ctx context.Context, id, device, staging string, spec stageSpec, readOnly bool) (bool, error) {
 	notMnt, err := n.mounts.IsLikelyNotMountPoint(staging)
 	if err != nil {
 		return false, status.Errorf(codes.Internal, "NodeStageVolume %s: check mount point %s: %v", id, staging, err)
@@ -543,7 +675,7 @@ func (n *NodeService) mountStaging(ctx context.Context, id, device, staging stri
 	if err := n.mounts.GrowOffline(ctx, device); err != nil {
 		return false, status.Errorf(codes.Internal, "NodeStageVolume %s: %v", id, err)
 	}
-	opts := mountOptions(spec.fsType, spec.flags, false)
+	opts := mountOptions(spec.fsType, spec.flags, readOnly)
 	if err := n.mounts.FormatAndMount(device, staging, spec.fsType, opts, spec.formatOpts); err != nil {
 		return false, status.Errorf(codes.Internal, "NodeStageVolume %s: format and mount %s (%s) at %s: %v", id, device, spec.fsType, staging, err)
 	}
@@ -589,12 +721,17 @@ func (n *NodeService) release(ctx context.Context, st *stagedVolume) error {
 			klog.ErrorS(err, "clear volume limits", "volumeID", st.VolumeID, "device", st.Device)
 		}
 	}
-	if st.Export != nil {
-		if err := n.network.Detach(ctx, st.Export.target()); err != nil {
-			return fmt.Errorf("detach the device of %s: %w", st.source(), err)
-		}
-	} else if err := n.loops.Detach(ctx, st.ImagePath); err != nil {
-		return fmt.Errorf("detach loop device of %s: %w", st.ImagePath, err)
+	var err error
+	switch {
+	case st.Export != nil:
+		err = n.network.Detach(ctx, st.Export.target())
+	case st.Local != nil:
+		err = n.loops.DetachFile(ctx, st.Local.Backing)
+	case st.ImagePath != "":
+		err = n.loops.Detach(ctx, st.ImagePath)
+	}
+	if err != nil {
+		return fmt.Errorf("detach the device of %s: %w", st.source(), err)
 	}
 	if err := os.Remove(n.statePath(st.VolumeID)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove node state: %w", err)

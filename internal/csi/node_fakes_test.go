@@ -17,6 +17,8 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/internal/handoff"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // These tests drive the node RPCs through hand-written fakes of the API,
@@ -38,11 +40,11 @@ func (f *fakeVolumes) DescribeVolume(_ context.Context, in *pb.DescribeVolumeReq
 
 func (f *fakeVolumes) GetAttachmentSecret(_ context.Context, in *pb.GetAttachmentSecretRequest, _ ...grpc.CallOption) (*pb.AttachmentSecret, error) {
 	for _, a := range f.vol.GetAttachments() {
-		if a.NodeId == in.NodeId && a.ExportName != "" {
-			return &pb.AttachmentSecret{VolumeId: f.vol.Id, NodeId: a.NodeId, ExportName: a.ExportName, Generation: a.Generation, Secret: fakeSecret}, nil
+		if a.NodeId == in.NodeId {
+			return &pb.AttachmentSecret{VolumeId: f.vol.Id, NodeId: a.NodeId, ExportName: a.ExportName, Generation: a.Generation, LocalTarget: a.LocalTarget, Secret: fakeSecret}, nil
 		}
 	}
-	return nil, status.Errorf(codes.PermissionDenied, "volume %s is not attached to node %s over the network", in.VolumeId, in.NodeId)
+	return nil, status.Errorf(codes.PermissionDenied, "volume %s is not attached to node %s", in.VolumeId, in.NodeId)
 }
 
 const fakeSecret = "fake-attachment-secret-0123456789abcdef"
@@ -88,23 +90,47 @@ func (f *fakeNetwork) Refresh(_ context.Context, t attach.Target) (int64, error)
 	return f.size, nil
 }
 
+// fakeLoops is the loop driver: a device per image, attached by an open
+// file (keyed by its path, found by its device and inode as the kernel
+// would) or, for volumes staged by older node plugins, found by path.
 type fakeLoops struct {
-	devices   map[string]string // image -> device
+	devices   map[string]string // image path -> device
+	backings  map[loopdev.Backing]string
 	attachErr error
 	detachErr error
 	detached  []string
 }
 
-func (f *fakeLoops) Attach(_ context.Context, image string) (string, error) {
+func (f *fakeLoops) AttachFile(_ context.Context, img *os.File) (string, error) {
 	if f.attachErr != nil {
 		return "", f.attachErr
 	}
-	if dev, ok := f.devices[image]; ok {
+	b, err := loopdev.BackingOf(img)
+	if err != nil {
+		return "", err
+	}
+	if f.backings == nil {
+		f.backings = map[loopdev.Backing]string{}
+	}
+	f.backings[b] = img.Name()
+	if dev, ok := f.devices[img.Name()]; ok {
 		return dev, nil
 	}
 	dev := "/dev/loop" + string(rune('0'+len(f.devices)))
-	f.devices[image] = dev
+	f.devices[img.Name()] = dev
 	return dev, nil
+}
+
+func (f *fakeLoops) FindFile(b loopdev.Backing) (string, bool, error) {
+	dev, ok := f.devices[f.backings[b]]
+	return dev, ok && !b.IsZero(), nil
+}
+
+func (f *fakeLoops) DetachFile(ctx context.Context, b loopdev.Backing) error {
+	if b.IsZero() {
+		return nil
+	}
+	return f.Detach(ctx, f.backings[b])
 }
 
 func (f *fakeLoops) Detach(_ context.Context, image string) error {
@@ -121,6 +147,27 @@ func (f *fakeLoops) Detach(_ context.Context, image string) error {
 func (f *fakeLoops) Find(image string) (string, bool, error) {
 	dev, ok := f.devices[image]
 	return dev, ok, nil
+}
+
+// fakeHandoff is the local handoff of the machine: it opens the image of
+// the fixture's local attachment for the right target and secret.
+type fakeHandoff struct {
+	image  string
+	target string
+	asked  []handoff.Request
+	err    error
+}
+
+func (f *fakeHandoff) Open(_ context.Context, r handoff.Request) (*os.File, bool, error) {
+	f.asked = append(f.asked, r)
+	if f.err != nil {
+		return nil, false, f.err
+	}
+	if r.Target != f.target || r.Secret != fakeSecret {
+		return nil, false, status.Errorf(codes.PermissionDenied, "local handoff: not this attachment's target or secret")
+	}
+	img, err := os.OpenFile(f.image, os.O_RDWR, 0)
+	return img, false, err
 }
 
 func (f *fakeLoops) Refresh(string) (int64, error) { return 3 << 30, nil }
@@ -220,6 +267,7 @@ type nodeFixture struct {
 	n       *NodeService
 	vols    *fakeVolumes
 	loops   *fakeLoops
+	images  *fakeHandoff
 	network *fakeNetwork
 	mounts  *fakeMounts
 	lim     *fakeLimiter
@@ -235,8 +283,9 @@ func newNodeFixture(t *testing.T) *nodeFixture {
 	dir := t.TempDir()
 	f := &nodeFixture{
 		vols: &fakeVolumes{vol: &pb.Volume{Id: fakeVolumeID, Iops: 3000, ThroughputMibps: 125,
-			Attachments: []*pb.Attachment{{NodeId: "node-a", ImagePath: filepath.Join(dir, "vol-1.img")}}}},
+			Attachments: []*pb.Attachment{{NodeId: "node-a", LocalTarget: fakeLocalTarget}}}},
 		loops:   &fakeLoops{devices: map[string]string{}},
+		images:  &fakeHandoff{image: filepath.Join(dir, "vol-1.img"), target: fakeLocalTarget},
 		network: &fakeNetwork{devices: map[string]string{}},
 		mounts:  &fakeMounts{mounted: map[string]string{}},
 		lim:     &fakeLimiter{enforced: true, applied: map[string]attach.Limits{}, pods: map[string][]string{}},
@@ -249,12 +298,33 @@ func newNodeFixture(t *testing.T) *nodeFixture {
 	if err := os.MkdirAll(f.staging, 0o750); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(f.image, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg := NodeConfig{NodeID: "node-a", StateDir: filepath.Join(dir, "state")}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	f.n = newNodeService(cfg, f.vols, nil, f.loops, f.network, f.mounts, f.lim)
+	f.n.images = f.images
 	return f
+}
+
+const fakeLocalTarget = "lat-1"
+
+// backing is the identity of the fixture's image.
+func (f *nodeFixture) backing(t *testing.T) loopdev.Backing {
+	t.Helper()
+	img, err := os.Open(f.image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	b, err := loopdev.BackingOf(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func (f *nodeFixture) stageReq(c *csi.VolumeCapability) *csi.NodeStageVolumeRequest {
@@ -327,8 +397,11 @@ func TestNodeStageVolume_Branches(t *testing.T) {
 				if len(f.mounts.formattedLimited) > 0 {
 					t.Errorf("%v formatted with the volume's limits already on; they go on after mkfs", f.mounts.formattedLimited)
 				}
-				if st := f.state(t); st.Device != dev || st.ImagePath != f.image {
-					t.Errorf("node state %+v, want device %s and image %s", st, dev, f.image)
+				if st := f.state(t); st.Device != dev || st.ImagePath != "" || st.Local == nil || *st.Local != (localRef{Target: fakeLocalTarget, Backing: f.backing(t)}) {
+					t.Errorf("node state %+v (local %+v), want device %s and the local target with the image's device and inode", st, st.Local, dev)
+				}
+				if len(f.images.asked) != 1 || f.images.asked[0] != (handoff.Request{VolumeID: fakeVolumeID, NodeID: "node-a", Target: fakeLocalTarget, Secret: fakeSecret}) {
+					t.Errorf("local handoff asked %+v", f.images.asked)
 				}
 			},
 		},
@@ -429,7 +502,11 @@ func TestNodeStageVolume_Branches(t *testing.T) {
 		{
 			name: "StagingHasAnotherDevice_AlreadyExists_NothingUndone",
 			setup: func(t *testing.T, f *nodeFixture) {
+				// Staged before (the node recorded the image it was
+				// handed), and the staging path has another device.
 				f.loops.devices[f.image] = "/dev/loop0"
+				f.loops.backings = map[loopdev.Backing]string{f.backing(t): f.image}
+				f.n.writeState(&stagedVolume{VolumeID: fakeVolumeID, Local: &localRef{Target: fakeLocalTarget, Backing: f.backing(t)}, StagingPath: f.staging, Device: "/dev/loop0"})
 				f.mounts.mounted[f.staging] = "/dev/loop9"
 			},
 			code: codes.AlreadyExists,

@@ -3,6 +3,7 @@ package csi
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -12,32 +13,31 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/internal/handoff"
 	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // loopDevices turns volume images into block devices on this node.
 type loopDevices interface {
-	// Attach returns the loop device of image, attaching it if need be.
-	Attach(ctx context.Context, image string) (device string, err error)
-	// Detach detaches every loop device of image; a missing one is no error.
-	Detach(ctx context.Context, image string) error
-	// Find returns the loop device of image, if it has one.
+	// AttachFile returns the loop device of the open image, attaching it
+	// if need be (the image was handed over, without a path).
+	AttachFile(ctx context.Context, image *os.File) (device string, err error)
+	// FindFile returns the loop device of the image b identifies, if any.
+	FindFile(b loopdev.Backing) (device string, found bool, err error)
+	// DetachFile detaches every loop device of the image b identifies; a
+	// missing one is no error.
+	DetachFile(ctx context.Context, b loopdev.Backing) error
+	// Find and Detach are by image path, for volumes that node plugins
+	// before the local handoff staged (their state names the path).
 	Find(image string) (device string, found bool, err error)
+	Detach(ctx context.Context, image string) error
 	// Refresh makes device see its grown image and returns its size in bytes.
 	Refresh(device string) (int64, error)
 }
 
 // networkAttacher makes block devices of volumes attached over the
-// network (attach.FUSELoop on nodes without a kernel NBD client).
-type networkAttacher interface {
-	Attach(ctx context.Context, t attach.Target) (device string, err error)
-	Detach(ctx context.Context, t attach.Target) error
-	// Device returns the device of a live attachment.
-	Device(t attach.Target) (device string, found bool)
-	// Refresh makes a live attachment's device take its export's size
-	// now (the volume grew on its storage host) and returns it.
-	Refresh(ctx context.Context, t attach.Target) (int64, error)
-}
+// network: attach.KernelNBD or attach.FUSELoop, as attach.Select chose.
+type networkAttacher = attach.Network
 
 // mounter formats, mounts and grows the file systems of staged volumes.
 type mounter interface {
@@ -64,11 +64,27 @@ type mounter interface {
 	NeedResize(device, path string) (bool, error)
 }
 
+// localImages hands this node the images of its local attachments.
+type localImages interface {
+	Open(ctx context.Context, r handoff.Request) (image *os.File, readOnly bool, err error)
+}
+
+// hostHandoff is localImages by this machine's local handoff socket.
+type hostHandoff struct{ socket string }
+
+func (h hostHandoff) Open(ctx context.Context, r handoff.Request) (*os.File, bool, error) {
+	return handoff.Open(ctx, h.socket, r)
+}
+
 // hostLoops is loopDevices on the host's loop driver.
 type hostLoops struct{}
 
-func (hostLoops) Attach(ctx context.Context, image string) (string, error) {
-	return loopdev.Attach(ctx, image)
+func (hostLoops) AttachFile(ctx context.Context, image *os.File) (string, error) {
+	return loopdev.AttachFile(ctx, image)
+}
+func (hostLoops) FindFile(b loopdev.Backing) (string, bool, error) { return loopdev.FindFile(b) }
+func (hostLoops) DetachFile(ctx context.Context, b loopdev.Backing) error {
+	return loopdev.DetachFile(ctx, b)
 }
 func (hostLoops) Detach(ctx context.Context, image string) error { return loopdev.Detach(ctx, image) }
 func (hostLoops) Find(image string) (string, bool, error)        { return loopdev.Find(image) }

@@ -2,9 +2,11 @@ package server
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -14,6 +16,7 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/blockexport"
+	"github.com/stowage-io/stowage/internal/handoff"
 	"github.com/stowage-io/stowage/internal/store"
 )
 
@@ -52,7 +55,7 @@ type BlockExport struct {
 // blockexport.Exporter listening at Addr.
 type LocalBlockExporter struct {
 	Exporter *blockexport.Exporter
-	Pool     Pool
+	Pool     LocalPool
 	Addr     string
 }
 
@@ -87,11 +90,11 @@ func (s *Server) exportAddress(pool string) string {
 }
 
 func (s *Server) volumeProto(v *volumeRecord) *pb.Volume {
-	return v.toProto(s.pools[v.Pool], s.exportAddress(v.Pool))
+	return v.toProto(s.exportAddress(v.Pool))
 }
 
 func (s *Server) attachmentProto(v *volumeRecord, a attachmentRecord) *pb.Attachment {
-	return v.attachmentProto(a, s.pools[v.Pool], s.exportAddress(v.Pool))
+	return v.attachmentProto(a, s.exportAddress(v.Pool))
 }
 
 // newNetworkAttachment gives a an export of its own, a secret and a
@@ -200,10 +203,58 @@ func (s *Server) GetAttachmentSecret(ctx context.Context, req *pb.GetAttachmentS
 	if !ok {
 		return nil, status.Errorf(codes.PermissionDenied, "volume %s is not attached to node %s, so that node may not have its attachment secret", v.ID, node)
 	}
-	if !a.network() {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is attached to node %s locally (the node is its storage host), without a network export", v.ID, node)
+	if !a.network() && a.LocalTarget == "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is attached to node %s locally by a server older than the local handoff, without a secret; ControllerPublishVolume again (the attacher retries it) gives it one", v.ID, node)
 	}
-	return &pb.AttachmentSecret{VolumeId: v.ID, NodeId: node, ExportName: a.ExportName, Generation: a.Generation, Secret: a.Secret}, nil
+	return &pb.AttachmentSecret{VolumeId: v.ID, NodeId: node, ExportName: a.ExportName, Generation: a.Generation, LocalTarget: a.LocalTarget, Secret: a.Secret}, nil
+}
+
+// newLocalAttachment gives a local attachment its opaque target and the
+// secret its node presents to the local handoff.
+func newLocalAttachment(a *attachmentRecord) {
+	a.LocalTarget = newID("lat")
+	a.Secret = blockexport.NewSecret()
+}
+
+// OpenLocalImage is the local handoff's authorization (handoff.Opener):
+// it opens the image of r's attachment when r names a local attachment
+// of the volume to r's node, that node is the one of the volume's pool
+// (this machine: the pool is in this process), and r carries the
+// attachment's secret. The image is opened read-only for a read-only
+// attachment. The handoff has checked already that the caller is root.
+func (s *Server) OpenLocalImage(ctx context.Context, r handoff.Request) (*os.File, bool, error) {
+	if r.VolumeID == "" || r.NodeID == "" || r.Target == "" {
+		return nil, false, status.Error(codes.InvalidArgument, "local handoff: volume id, node id and local target are required")
+	}
+	v, err := s.getVolume(ctx, r.VolumeID)
+	if err != nil {
+		return nil, false, err
+	}
+	a, ok := v.attachment(r.NodeID)
+	if !ok {
+		return nil, false, status.Errorf(codes.PermissionDenied, "local handoff: volume %s is not attached to node %s (attached to: %s)", v.ID, r.NodeID, strings.Join(v.attachedNodes(), ", "))
+	}
+	if a.network() {
+		return nil, false, status.Errorf(codes.FailedPrecondition, "local handoff: volume %s is attached to node %s over the network (NBD export %s), not locally; attach its export", v.ID, r.NodeID, a.ExportName)
+	}
+	if a.LocalTarget == "" || a.LocalTarget != r.Target {
+		return nil, false, status.Errorf(codes.NotFound, "local handoff: volume %s has no local attachment %s to node %s (it may have been detached and attached again); stage it again", v.ID, r.Target, r.NodeID)
+	}
+	p, ok := s.pools[v.Pool].(LocalPool)
+	if !ok {
+		return nil, false, status.Errorf(codes.FailedPrecondition, "local handoff: volume %s is in pool %s, which is not in this server's process", v.ID, v.Pool)
+	}
+	if p.Node() != r.NodeID {
+		return nil, false, status.Errorf(codes.PermissionDenied, "local handoff: volume %s is stored on node %s, not on node %s: only the node of its pool gets its image", v.ID, p.Node(), r.NodeID)
+	}
+	if subtle.ConstantTimeCompare([]byte(r.Secret), []byte(a.Secret)) != 1 {
+		return nil, false, status.Errorf(codes.PermissionDenied, "local handoff: the secret given for volume %s on node %s is not its attachment's", v.ID, r.NodeID)
+	}
+	f, err := p.OpenImage(v.ID, a.ReadOnly)
+	if err != nil {
+		return nil, false, s.poolError(err, v.Pool, "local handoff: open the image of volume %s", v.ID)
+	}
+	return f, a.ReadOnly, nil
 }
 
 // DefaultReexportInterval is how often the server declares every network

@@ -18,7 +18,7 @@ import (
 
 // startExporter serves pool's volumes over NBD on a loopback port until
 // the test ends.
-func startExporter(t *testing.T, pool Pool) LocalBlockExporter {
+func startExporter(t *testing.T, pool LocalPool) LocalBlockExporter {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -54,8 +54,8 @@ func TestAttachVolume_OtherNodeOfZone_OverNBDWithSecretAndFencing(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.ImagePath != "" || a.ExportAddress != e.exports["pool-a"].Addr || a.ExportName == "" || a.Generation != 1 {
-		t.Fatalf("network attachment %v: want no image path, the exporter's address, an export name and generation 1", a)
+	if a.LocalTarget != "" || a.ExportAddress != e.exports["pool-a"].Addr || a.ExportName == "" || a.Generation != 1 {
+		t.Fatalf("network attachment %v: want no local target, the exporter's address, an export name and generation 1", a)
 	}
 	again, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
 	if err != nil || again.ExportName != a.ExportName || again.Generation != 1 {
@@ -113,16 +113,19 @@ func TestAttachVolume_OtherNodeOfZone_OverNBDWithSecretAndFencing(t *testing.T) 
 		t.Fatal("a write after detach reached the image")
 	}
 
-	// On its storage host the volume attaches locally, without an export.
+	// On its storage host the volume attaches locally, without an export:
+	// an opaque local target and a secret, for the local handoff.
 	local, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if local.ImagePath != e.imagePath(v.Id) || local.ExportName != "" || local.Generation != 0 {
+	if local.LocalTarget == "" || local.ExportName != "" || local.Generation != 0 {
 		t.Fatalf("local attachment %v", local)
 	}
-	_, err = e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-a"})
-	wantCode(t, err, codes.FailedPrecondition, "locally")
+	lsec, err := e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-a"})
+	if err != nil || lsec.LocalTarget != local.LocalTarget || lsec.Secret == "" || lsec.ExportName != "" {
+		t.Fatalf("secret of the local attachment %v, %v", lsec, err)
+	}
 	if _, err := e.volumes.DetachVolume(ctx, &pb.DetachVolumeRequest{VolumeId: v.Id, NodeId: "node-a"}); err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +252,7 @@ func TestResizeVolume_NetworkAttachment_ExportServesTheNewSize(t *testing.T) {
 // knowing nothing) or be unreachable.
 type flakyExporter struct {
 	t    *testing.T
-	pool Pool
+	pool LocalPool
 	cur  LocalBlockExporter
 	down bool
 }

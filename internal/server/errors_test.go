@@ -18,7 +18,7 @@ import (
 // failingPool makes one pool operation fail with a chosen error, the way
 // the agent reports it (wrapped, with context).
 type failingPool struct {
-	Pool
+	LocalPool
 	mu  sync.Mutex
 	op  string
 	err error
@@ -45,42 +45,42 @@ func (f *failingPool) CreateImage(ctx context.Context, id string, size int64) er
 	if err := f.fail("create"); err != nil {
 		return err
 	}
-	return f.Pool.CreateImage(ctx, id, size)
+	return f.LocalPool.CreateImage(ctx, id, size)
 }
 
 func (f *failingPool) CreateImageFromSnapshot(ctx context.Context, id, snapshotID string, size int64) error {
 	if err := f.fail("restore"); err != nil {
 		return err
 	}
-	return f.Pool.CreateImageFromSnapshot(ctx, id, snapshotID, size)
+	return f.LocalPool.CreateImageFromSnapshot(ctx, id, snapshotID, size)
 }
 
 func (f *failingPool) CloneImage(ctx context.Context, id, sourceID string, size int64) error {
 	if err := f.fail("clone"); err != nil {
 		return err
 	}
-	return f.Pool.CloneImage(ctx, id, sourceID, size)
+	return f.LocalPool.CloneImage(ctx, id, sourceID, size)
 }
 
 func (f *failingPool) ResizeImage(ctx context.Context, id string, size int64) error {
 	if err := f.fail("resize"); err != nil {
 		return err
 	}
-	return f.Pool.ResizeImage(ctx, id, size)
+	return f.LocalPool.ResizeImage(ctx, id, size)
 }
 
 func (f *failingPool) SnapshotImage(ctx context.Context, volumeID, snapshotID string) error {
 	if err := f.fail("snapshot"); err != nil {
 		return err
 	}
-	return f.Pool.SnapshotImage(ctx, volumeID, snapshotID)
+	return f.LocalPool.SnapshotImage(ctx, volumeID, snapshotID)
 }
 
 func (f *failingPool) DeleteSnapshot(ctx context.Context, id string) error {
 	if err := f.fail("delete-snapshot"); err != nil {
 		return err
 	}
-	return f.Pool.DeleteSnapshot(ctx, id)
+	return f.LocalPool.DeleteSnapshot(ctx, id)
 }
 
 // TestPoolErrors_EverySentinel_MappedToActionableCode goes through every
@@ -89,8 +89,8 @@ func (f *failingPool) DeleteSnapshot(ctx context.Context, id string) error {
 // free space.
 func TestPoolErrors_EverySentinel_MappedToActionableCode(t *testing.T) {
 	var fp *failingPool
-	e := newEnv(t, envOptions{wrap: func(_ string, p Pool) Pool {
-		fp = &failingPool{Pool: p}
+	e := newEnv(t, envOptions{wrap: func(_ string, p LocalPool) LocalPool {
+		fp = &failingPool{LocalPool: p}
 		return fp
 	}})
 	ctx := testCtx(t)

@@ -16,33 +16,33 @@ import (
 // gatedPool calls gate before the pool operations a test may want to hold
 // in the middle, so the test can act while the server is inside one.
 type gatedPool struct {
-	Pool
+	LocalPool
 	gate func(op, id string)
 }
 
 func (g gatedPool) CreateImage(ctx context.Context, id string, size int64) error {
 	g.gate("create-image", id)
-	return g.Pool.CreateImage(ctx, id, size)
+	return g.LocalPool.CreateImage(ctx, id, size)
 }
 
 func (g gatedPool) CreateImageFromSnapshot(ctx context.Context, id, snapshotID string, size int64) error {
 	g.gate("restore-image", snapshotID)
-	return g.Pool.CreateImageFromSnapshot(ctx, id, snapshotID, size)
+	return g.LocalPool.CreateImageFromSnapshot(ctx, id, snapshotID, size)
 }
 
 func (g gatedPool) CloneImage(ctx context.Context, id, sourceID string, size int64) error {
 	g.gate("clone-image", sourceID)
-	return g.Pool.CloneImage(ctx, id, sourceID, size)
+	return g.LocalPool.CloneImage(ctx, id, sourceID, size)
 }
 
 func (g gatedPool) ResizeImage(ctx context.Context, id string, size int64) error {
 	g.gate("resize-image", id)
-	return g.Pool.ResizeImage(ctx, id, size)
+	return g.LocalPool.ResizeImage(ctx, id, size)
 }
 
 func (g gatedPool) SnapshotImage(ctx context.Context, volumeID, snapshotID string) error {
 	g.gate("snapshot-image", snapshotID)
-	return g.Pool.SnapshotImage(ctx, volumeID, snapshotID)
+	return g.LocalPool.SnapshotImage(ctx, volumeID, snapshotID)
 }
 
 // hold stops the first pool operation op until release is closed; entered
@@ -86,7 +86,7 @@ func (h *hold) wait(t *testing.T) string {
 	}
 }
 
-func (h *hold) wrap(_ string, p Pool) Pool { return gatedPool{Pool: p, gate: h.gate} }
+func (h *hold) wrap(_ string, p LocalPool) LocalPool { return gatedPool{LocalPool: p, gate: h.gate} }
 
 // otherOps are the calls that must wait for an operation in progress on the
 // same volume.

@@ -117,7 +117,7 @@ func (s *Server) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.L
 			return nil, internal(err, "capacity of pool %s", name)
 		}
 		resp.Pools = append(resp.Pools, &pb.Pool{
-			Name: name, Zone: p.Zone(), Node: p.Node(), Dir: p.Dir(), CloneMode: string(p.CloneMode()),
+			Name: name, Zone: p.Zone(), Node: p.Node(), CloneMode: string(p.CloneMode()),
 			TotalBytes: c.TotalBytes, FreeBytes: c.FreeBytes, UsedBytes: c.UsedBytes,
 			ProvisionedBytes: provisioned[name], VolumeCount: volumes[name], SnapshotCount: snapshots[name],
 			Zonal: s.exportAddress(name) != "",

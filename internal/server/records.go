@@ -74,11 +74,15 @@ type attachmentRecord struct {
 	ReadOnly bool      `json:"readOnly,omitempty"`
 	Attached time.Time `json:"attached"`
 	// A network attachment (the node is not the storage host) has an NBD
-	// export of its own, a generation and the secret the node presents.
-	// A local one has none of them.
-	ExportName string `json:"exportName,omitempty"`
-	Generation uint64 `json:"generation,omitempty"`
-	Secret     string `json:"secret,omitempty"`
+	// export of its own and a generation; a local one (the node of a pool
+	// in this process) an opaque local target, which the node presents to
+	// the local handoff. Both have the secret the node presents. Local
+	// attachments of servers before the handoff have neither target nor
+	// secret; AttachVolume gives them both.
+	ExportName  string `json:"exportName,omitempty"`
+	Generation  uint64 `json:"generation,omitempty"`
+	LocalTarget string `json:"localTarget,omitempty"`
+	Secret      string `json:"secret,omitempty"`
 }
 
 func (a attachmentRecord) network() bool { return a.ExportName != "" }
@@ -127,7 +131,7 @@ func newID(prefix string) string {
 // toProto is the volume as the API shows it; exportAddr is where its
 // pool's storage host exports volumes over NBD (empty: it does not, and
 // the volume attaches only on its node).
-func (v *volumeRecord) toProto(p Pool, exportAddr string) *pb.Volume {
+func (v *volumeRecord) toProto(exportAddr string) *pb.Volume {
 	out := &pb.Volume{
 		Id: v.ID, Name: v.Name, Zone: v.Zone, SizeGib: v.SizeGiB, Type: v.Type,
 		Iops: v.IOPS, ThroughputMibps: v.Throughput, State: v.State, StateReason: v.StateReason,
@@ -136,23 +140,22 @@ func (v *volumeRecord) toProto(p Pool, exportAddr string) *pb.Volume {
 		Encrypted: v.Encrypted, KmsKeyId: v.KMSKeyID, Zonal: exportAddr != "",
 	}
 	for _, a := range v.Attachments {
-		out.Attachments = append(out.Attachments, v.attachmentProto(a, p, exportAddr))
+		out.Attachments = append(out.Attachments, v.attachmentProto(a, exportAddr))
 	}
 	return out
 }
 
 // attachmentProto never holds the attachment's secret: that goes to the
 // attached node only, through GetAttachmentSecret.
-func (v *volumeRecord) attachmentProto(a attachmentRecord, p Pool, exportAddr string) *pb.Attachment {
+func (v *volumeRecord) attachmentProto(a attachmentRecord, exportAddr string) *pb.Attachment {
 	att := &pb.Attachment{
 		VolumeId: v.ID, NodeId: a.NodeID, State: pb.AttachmentState_ATTACHMENT_STATE_ATTACHED,
 		AttachTime: timestamppb.New(a.Attached), ReadOnly: a.ReadOnly,
 	}
-	switch {
-	case a.network():
+	if a.network() {
 		att.ExportAddress, att.ExportName, att.Generation = exportAddr, a.ExportName, a.Generation
-	case p != nil:
-		att.ImagePath = p.ImagePath(v.ID)
+	} else {
+		att.LocalTarget = a.LocalTarget
 	}
 	return att
 }

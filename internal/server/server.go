@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	"time"
 
@@ -25,14 +26,13 @@ import (
 	"github.com/stowage-io/stowage/internal/store"
 )
 
-// Pool is a storage pool as the server uses it: *agent.Pool in-process, a
-// remote agent later.
+// Pool is a storage pool as the server uses it: *agent.Pool in-process
+// (a LocalPool), or a storage host of its own behind the agent API
+// (agentapi.Client). It names images by volume and snapshot ids only.
 type Pool interface {
 	Zone() string
 	Node() string
-	Dir() string
 	CloneMode() agent.CloneMode
-	ImagePath(volumeID string) string
 	CreateImage(ctx context.Context, volumeID string, size int64) error
 	CreateImageFromSnapshot(ctx context.Context, volumeID, snapshotID string, size int64) error
 	CloneImage(ctx context.Context, volumeID, sourceVolumeID string, size int64) error
@@ -45,6 +45,17 @@ type Pool interface {
 	ListImages() ([]string, error)
 	ListSnapshots() ([]string, error)
 	Capacity() (agent.Capacity, error)
+}
+
+// LocalPool is a pool in this process (*agent.Pool): its images are files
+// here, which the NBD exporter serves (LocalBlockExporter) and the local
+// handoff opens for a node plugin on this machine (OpenLocalImage). Only
+// such a pool attaches volumes locally; a node on the machine of a
+// remote storage host attaches over NBD like any other.
+type LocalPool interface {
+	Pool
+	ImagePath(volumeID string) string
+	OpenImage(volumeID string, readOnly bool) (*os.File, error)
 }
 
 // Config is what a Server is built from.

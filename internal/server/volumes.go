@@ -513,6 +513,13 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 		if err := s.export(ctx, v, a); err != nil {
 			return nil, err
 		}
+		if !a.network() && a.LocalTarget == "" {
+			// Recorded by a server from before the local handoff: the
+			// node needs a target and a secret to get the image.
+			if a, err = s.upgradeLocalAttachment(ctx, v, node.ID); err != nil {
+				return nil, err
+			}
+		}
 		return s.attachmentProto(v, a), nil
 	}
 	if v.State != StateAvailable && v.State != StateInUse {
@@ -524,7 +531,14 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 			v.ID, strings.Join(v.attachedNodes(), ", "))
 	}
 	_, networked := s.blockExports[v.Pool]
-	if p.Node() != node.ID {
+	_, inProcess := p.(LocalPool)
+	local := p.Node() == node.ID && inProcess
+	if p.Node() == node.ID && !inProcess && !networked {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"volume %s is in pool %s on the storage host of node %s (stowage agent), which exports nothing (no --nbd-listen): a storage host's images are never handed over by path, so its volumes attach over NBD only, even on its own node; start the agent with --nbd-listen",
+			v.ID, v.Pool, p.Node())
+	}
+	if !local {
 		if !networked {
 			return nil, status.Errorf(codes.FailedPrecondition,
 				"volume %s is stored on node %s, whose storage host does not export volumes over the network (its server has no --nbd-listen), so it can only be attached there, not on node %s",
@@ -545,7 +559,9 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 		}
 	}
 	a := attachmentRecord{NodeID: node.ID, ReadOnly: req.ReadOnly, Attached: time.Now().UTC()}
-	if p.Node() != node.ID {
+	if local {
+		newLocalAttachment(&a)
+	} else {
 		s.newNetworkAttachment(v, &a)
 	}
 	// The export first: a crash after it leaves an export no record
@@ -567,6 +583,21 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 		s.log.Info("volume attached", "volume", v.ID, "node", node.ID, "readOnly", req.ReadOnly)
 	}
 	return s.attachmentProto(v, a), nil
+}
+
+// upgradeLocalAttachment gives the local attachment of v to node, made by
+// a server from before the local handoff, its target and secret.
+func (s *Server) upgradeLocalAttachment(ctx context.Context, v *volumeRecord, node string) (attachmentRecord, error) {
+	for i := range v.Attachments {
+		if v.Attachments[i].NodeID == node {
+			newLocalAttachment(&v.Attachments[i])
+			if err := s.putVolume(ctx, v); err != nil {
+				return attachmentRecord{}, err
+			}
+			return v.Attachments[i], nil
+		}
+	}
+	return attachmentRecord{}, status.Errorf(codes.Internal, "volume %s has no attachment to node %s", v.ID, node)
 }
 
 func (s *Server) DetachVolume(ctx context.Context, req *pb.DetachVolumeRequest) (*pb.DetachVolumeResponse, error) {

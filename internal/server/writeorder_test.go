@@ -39,12 +39,12 @@ func withCountingStore(c *countingStore) func(store.Store) store.Store {
 // afterPool makes the image operations a test names fail after (create)
 // or instead of (delete) doing them.
 type afterPool struct {
-	Pool
+	LocalPool
 	createErr, deleteErr error
 }
 
 func (f afterPool) CreateImage(ctx context.Context, id string, size int64) error {
-	if err := f.Pool.CreateImage(ctx, id, size); err != nil {
+	if err := f.LocalPool.CreateImage(ctx, id, size); err != nil {
 		return err
 	}
 	// As if the image's name were made and the directory sync then failed.
@@ -55,7 +55,7 @@ func (f afterPool) DeleteImage(ctx context.Context, id string) error {
 	if f.deleteErr != nil {
 		return f.deleteErr
 	}
-	return f.Pool.DeleteImage(ctx, id)
+	return f.LocalPool.DeleteImage(ctx, id)
 }
 
 func poolImages(t *testing.T, e *testEnv) []string {
@@ -141,8 +141,8 @@ func TestCreate_CommitFails_ImageRemovedNameFree(t *testing.T) {
 // image got its final name (a failed directory sync) leaves neither image
 // nor record.
 func TestCreate_ImageStepFails_NothingLeft(t *testing.T) {
-	e := newEnv(t, envOptions{wrap: func(_ string, p Pool) Pool {
-		return afterPool{Pool: p, createErr: errors.New("sync volumes/: input/output error (test)")}
+	e := newEnv(t, envOptions{wrap: func(_ string, p LocalPool) LocalPool {
+		return afterPool{LocalPool: p, createErr: errors.New("sync volumes/: input/output error (test)")}
 	}})
 	_, err := e.volumes.CreateVolume(testCtx(t), &pb.CreateVolumeRequest{Name: "half", SizeGib: 1})
 	wantCode(t, err, codes.Internal, "create image")
@@ -184,8 +184,8 @@ func TestCreate_NameTakenWhileImageMade_AbortedAndImageRemoved(t *testing.T) {
 // is the delete; an image that cannot be removed is logged and left for the
 // next start's Reconcile, and the delete (and its retry) succeed.
 func TestDelete_ImageRemovalFails_DeletedAndReconcileRemovesImage(t *testing.T) {
-	e := newEnv(t, envOptions{wrap: func(_ string, p Pool) Pool {
-		return afterPool{Pool: p, deleteErr: errors.New("unlink: input/output error (test)")}
+	e := newEnv(t, envOptions{wrap: func(_ string, p LocalPool) LocalPool {
+		return afterPool{LocalPool: p, deleteErr: errors.New("unlink: input/output error (test)")}
 	}})
 	ctx := testCtx(t)
 	v := e.create(t, &pb.CreateVolumeRequest{Name: "sticky", SizeGib: 1})

@@ -1,7 +1,8 @@
-// Package loopdev turns files into block devices: it attaches a file to a
-// loop device (with direct I/O, so data is not cached twice), finds and
-// lists loop devices by their backing files, detaches them and makes them
-// see a grown file. The CSI node plugin attaches volume images with it, the
+// Package loopdev turns files into block devices: it attaches a file (by
+// path, or an open file handed over without one) to a loop device (with
+// direct I/O, so data is not cached twice), finds and lists loop devices
+// by their backing files (path, or device and inode), detaches them and
+// makes them see a grown file. The CSI node plugin attaches volume images with it, the
 // storage host its pool image, and tests and "stowage down" find and
 // detach what is left.
 //
@@ -65,18 +66,28 @@ func Attach(ctx context.Context, backingFile string) (string, error) {
 		return "", fmt.Errorf("attach: open backing file: %w", err)
 	}
 	defer f.Close()
+	return attachOnce(ctx, f, path, func() (string, bool, error) { return Find(path) })
+}
+
+// attachOnce attaches f (named name) unless find finds its device, under
+// f's flock, so that one file never ends up on two devices.
+func attachOnce(ctx context.Context, f *os.File, name string, find func() (string, bool, error)) (string, error) {
 	unlock, err := lockFile(ctx, f)
 	if err != nil {
-		return "", fmt.Errorf("attach %s: %w", path, err)
+		return "", fmt.Errorf("attach %s: %w", name, err)
 	}
 	defer unlock()
-
-	if dev, found, err := Find(path); err != nil {
-		return "", fmt.Errorf("attach %s: %w", path, err)
+	if dev, found, err := find(); err != nil {
+		return "", fmt.Errorf("attach %s: %w", name, err)
 	} else if found {
 		return dev, nil
 	}
+	return attachFree(ctx, f, name)
+}
 
+// attachFree binds f (named path in messages) to a free loop device; the
+// caller holds f's lock and found no device of it.
+func attachFree(ctx context.Context, f *os.File, path string) (string, error) {
 	ctl, err := os.OpenFile(loopControl, os.O_RDWR, 0)
 	if err != nil {
 		return "", fmt.Errorf("attach %s: %w", path, err)
@@ -102,6 +113,128 @@ func Attach(ctx context.Context, backingFile string) (string, error) {
 		return dev, nil
 	}
 	return "", fmt.Errorf("attach %s: no free loop device after %d attempts (every LOOP_CONFIGURE lost a race)", path, configureAttempts)
+}
+
+// Backing identifies a backing file by its inode rather than its path: the
+// device and inode numbers fstat reports (st_dev, st_ino), which the
+// kernel keeps for a loop device as lo_device and lo_inode
+// (LOOP_GET_STATUS64). A node that was handed an open image, not its path,
+// finds and detaches its loop device by them.
+type Backing struct {
+	Dev   uint64 `json:"dev"`
+	Inode uint64 `json:"inode"`
+}
+
+// IsZero reports whether b names no file.
+func (b Backing) IsZero() bool { return b == Backing{} }
+
+func (b Backing) String() string {
+	return fmt.Sprintf("inode %d on device %d:%d", b.Inode, unix.Major(b.Dev), unix.Minor(b.Dev))
+}
+
+// BackingOf returns the identity of the open file f.
+func BackingOf(f *os.File) (Backing, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return Backing{}, fmt.Errorf("fstat %s: %w", f.Name(), err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return Backing{}, fmt.Errorf("%s is not a regular file", f.Name())
+	}
+	return Backing{Dev: uint64(st.Dev), Inode: st.Ino}, nil
+}
+
+// AttachFile is Attach of a file the caller has open (it may have been
+// handed over by another process, without a path): it attaches f to a
+// free loop device with direct I/O and returns the device. A file opened
+// read-only gives a read-only device (the kernel's rule). AttachFile is
+// idempotent like Attach: a file already attached (found by its Backing)
+// gets its device back; callers are serialized with the same flock on the
+// file as Attach. The caller keeps f and closes it; the device keeps its
+// own reference.
+func AttachFile(ctx context.Context, f *os.File) (string, error) {
+	b, err := BackingOf(f)
+	if err != nil {
+		return "", fmt.Errorf("attach: %w", err)
+	}
+	return attachOnce(ctx, f, f.Name(), func() (string, bool, error) { return FindFile(b) })
+}
+
+// FindFile returns the loop device whose backing file is b, if any. A
+// device whose backing file was deleted is not a match (as for Find).
+func FindFile(b Backing) (device string, found bool, err error) {
+	devs, err := devicesOf(b, false)
+	if err != nil || len(devs) == 0 {
+		return "", false, err
+	}
+	return devs[0].Path, true, nil
+}
+
+// DetachFile detaches every loop device whose backing file is b, deleted
+// since or not; none is no error. A mounted device is refused with ErrBusy,
+// as by Detach.
+func DetachFile(ctx context.Context, b Backing) error {
+	devs, err := devicesOf(b, true)
+	if err != nil {
+		return fmt.Errorf("detach %s: %w", b, err)
+	}
+	var errs []error
+	for _, d := range devs {
+		errs = append(errs, detachDevice(ctx, d.Number, d.BackingFile))
+	}
+	return errors.Join(errs...)
+}
+
+// devicesOf returns the bound loop devices backed by b (the kernel's
+// lo_device and lo_inode), with deleted backing files if withDeleted.
+func devicesOf(b Backing, withDeleted bool) ([]Device, error) {
+	if b.IsZero() {
+		return nil, nil
+	}
+	loops, err := List()
+	if err != nil {
+		return nil, err
+	}
+	var out []Device
+	for _, l := range loops {
+		if l.Deleted && !withDeleted {
+			continue
+		}
+		got, err := backingOfDevice(l.Number)
+		if errors.Is(err, unix.ENXIO) || errors.Is(err, fs.ErrNotExist) {
+			continue // unbound meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		if got == b {
+			l.Path, err = ensureNode(l.Number)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+// backingOfDevice is what LOOP_GET_STATUS64 says loop device n's backing
+// file is.
+func backingOfDevice(n int) (Backing, error) {
+	dev, err := ensureNode(n)
+	if err != nil {
+		return Backing{}, err
+	}
+	lf, err := os.OpenFile(dev, os.O_RDONLY, 0)
+	if err != nil {
+		return Backing{}, err
+	}
+	defer lf.Close()
+	info, err := unix.IoctlLoopGetStatus64(int(lf.Fd()))
+	if err != nil {
+		return Backing{}, fmt.Errorf("LOOP_GET_STATUS64 %s: %w", dev, err)
+	}
+	return Backing{Dev: info.Device, Inode: info.Inode}, nil
 }
 
 // BlockSize is the logical sector size of every volume's loop device.

@@ -427,3 +427,126 @@ func TestList_DeletedBackingFile_PathWithoutSuffix(t *testing.T) {
 		}
 	}
 }
+
+// An image handed over as an open file, without its path: attached by the
+// file, found and detached by its device and inode, idempotently.
+func TestAttachFile_FindAndDetachByBacking(t *testing.T) {
+	requireRoot(t)
+	img := newImage(t, "vol.img", 64<<20)
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := BackingOf(f)
+	if err != nil || b.IsZero() {
+		t.Fatalf("BackingOf = %v, %v", b, err)
+	}
+	dev, err := AttachFile(context.Background(), f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close() // the device keeps its own reference
+	if again, err := AttachFile(context.Background(), mustOpen(t, img, os.O_RDWR)); err != nil || again != dev {
+		t.Fatalf("second AttachFile = %s, %v; want %s", again, err, dev)
+	}
+	if got, found, err := FindFile(b); err != nil || !found || got != dev {
+		t.Fatalf("FindFile = %s, %t, %v; want %s", got, found, err, dev)
+	}
+	// The path-based view agrees: one device for the file.
+	if got, found, _ := Find(img); !found || got != dev || countBound(t, img) != 1 {
+		t.Fatalf("Find(path) = %s, %t; %d devices", got, found, countBound(t, img))
+	}
+	// Written through the device, read back from the image.
+	if err := os.WriteFile(dev, bytesOf('x', 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := DetachFile(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, _ := FindFile(b); found || countBound(t, img) != 0 {
+		t.Fatal("still attached after DetachFile")
+	}
+	if err := DetachFile(context.Background(), b); err != nil {
+		t.Fatalf("second DetachFile: %v", err)
+	}
+	got, _ := os.ReadFile(img)
+	if string(got[:4096]) != string(bytesOf('x', 4096)) {
+		t.Fatal("the write through the device is not in the image")
+	}
+}
+
+// A file opened read-only gives a read-only device.
+func TestAttachFile_ReadOnlyFile_ReadOnlyDevice(t *testing.T) {
+	requireRoot(t)
+	img := newImage(t, "ro.img", 64<<20)
+	f := mustOpen(t, img, os.O_RDONLY)
+	dev, err := AttachFile(context.Background(), f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := BackingOf(f)
+	t.Cleanup(func() { DetachFile(context.Background(), b) })
+	n, _ := loopNumber(filepath.Base(dev))
+	ro, err := os.ReadFile(fmt.Sprintf("/sys/block/loop%d/ro", n))
+	if err != nil || strings.TrimSpace(string(ro)) != "1" {
+		t.Fatalf("%s ro = %q, %v; want 1", dev, ro, err)
+	}
+	if w, err := os.OpenFile(dev, os.O_WRONLY, 0); err == nil {
+		_, err = w.Write(bytesOf('x', 4096))
+		w.Close()
+		if err == nil {
+			t.Fatal("wrote to a read-only loop device")
+		}
+	}
+}
+
+// A backing file replaced at its path is another file: the device of the
+// old one is not found for the new one, and is still detached by the old
+// one's identity.
+func TestFindFile_OtherInodeAtThePath_NotFound(t *testing.T) {
+	requireRoot(t)
+	img := newImage(t, "vol.img", 64<<20)
+	f := mustOpen(t, img, os.O_RDWR)
+	old, _ := BackingOf(f)
+	if _, err := AttachFile(context.Background(), f); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(img); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nf := mustOpen(t, img, os.O_RDWR)
+	now, _ := BackingOf(nf)
+	if _, found, _ := FindFile(now); found {
+		t.Fatal("the new file at the path was found attached")
+	}
+	if _, found, _ := FindFile(old); found {
+		t.Fatal("a device of a deleted file was found (it holds old data)")
+	}
+	if err := DetachFile(context.Background(), old); err != nil {
+		t.Fatal(err)
+	}
+	if devs, _ := devicesOf(old, true); len(devs) != 0 {
+		t.Fatalf("devices of the deleted file left: %v", devs)
+	}
+}
+
+func mustOpen(t testing.TB, path string, flag int) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func bytesOf(c byte, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = c
+	}
+	return b
+}

@@ -181,11 +181,16 @@ func newCrashEnv(t *testing.T) *crashEnv {
 
 func (e *crashEnv) apiSocket() string { return filepath.Join(e.dir, "api.sock") }
 
+// handoffSocket is the server's local handoff, which the node plugin is
+// given (the default, under /run, is the machine's).
+func (e *crashEnv) handoffSocket() string { return filepath.Join(e.dir, "handoff.sock") }
+
 func (e *crashEnv) startServer(t *testing.T, crashAt string) *proc {
 	t.Helper()
 	p := startProc(t, "stowage server", crashAt, "server",
 		"--data-dir", filepath.Join(e.dir, "data"),
 		"--listen", "unix://"+e.apiSocket(),
+		"--local-handoff", e.handoffSocket(),
 		"--node", "node-a",
 		"--pool", "name=p,dir="+e.poolDir+",zone=zone-a,node=node-a")
 	waitReady(t, p, func(ctx context.Context) error {
@@ -592,7 +597,12 @@ func TestNodePluginCrash_AfterAttach_RetryStagesAndUnstageLeavesNothing(t *testi
 	if err != nil {
 		t.Fatal(err)
 	}
-	image := att.ImagePath
+	if att.LocalTarget == "" {
+		t.Fatalf("attachment on the pool's node %+v: want a local target", att)
+	}
+	// The test runs on the storage host and knows its pool's layout; the
+	// API names no path.
+	image := filepath.Join(e.poolDir, "volumes", v.Id+".img")
 	staging := filepath.Join(e.dir, "staging")
 	if err := os.Mkdir(staging, 0o750); err != nil {
 		t.Fatal(err)
@@ -602,7 +612,8 @@ func TestNodePluginCrash_AfterAttach_RetryStagesAndUnstageLeavesNothing(t *testi
 	startNode := func(crashAt string) (*proc, csi.NodeClient) {
 		p := startProc(t, "stowage csi node", crashAt, "csi", "node",
 			"--endpoint", "unix://"+csiSock, "--api", "unix://"+e.apiSocket(),
-			"--node-id", "node-a", "--zone", "zone-a", "--state-dir", stateDir, "--limits-interval", "1h")
+			"--node-id", "node-a", "--zone", "zone-a", "--state-dir", stateDir, "--limits-interval", "1h",
+			"--local-handoff", e.handoffSocket())
 		conn := dialUnix(t, csiSock)
 		waitReady(t, p, func(ctx context.Context) error {
 			_, err := csi.NewIdentityClient(conn).Probe(ctx, &csi.ProbeRequest{})

@@ -47,7 +47,7 @@ func (e *failoverEnv) startServer(t *testing.T, name, addr string) *proc {
 	return startProc(t, name, "", "server",
 		"--store", "etcd://"+e.etcd.Endpoint, "--store-prefix", "/failover",
 		"--listen", addr, "--advertise-address", addr,
-		"--data-dir", e.dataDir, "--node", "node-a",
+		"--data-dir", e.dataDir, "--node", "node-a", "--local-handoff", filepath.Join(e.dataDir, "handoff.sock"),
 		"--pool", "name=p,dir="+filepath.Join(e.dataDir, "pool")+",zone=zone-a,node=node-a")
 }
 

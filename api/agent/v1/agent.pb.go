@@ -83,13 +83,6 @@ type PoolInfo struct {
 	TotalBytes int64  `protobuf:"varint,5,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
 	FreeBytes  int64  `protobuf:"varint,6,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
 	UsedBytes  int64  `protobuf:"varint,7,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
-	// dir, image_dir and image_suffix are paths on the storage host: they
-	// mean something only there (a pod on that node attaches an image with a
-	// local loop device, image_dir/<volume id><image_suffix>). They are never
-	// sent back.
-	Dir         string `protobuf:"bytes,8,opt,name=dir,proto3" json:"dir,omitempty"`
-	ImageDir    string `protobuf:"bytes,9,opt,name=image_dir,json=imageDir,proto3" json:"image_dir,omitempty"`
-	ImageSuffix string `protobuf:"bytes,10,opt,name=image_suffix,json=imageSuffix,proto3" json:"image_suffix,omitempty"`
 	// nbd_address is the host:port nodes reach the exports at; empty when the
 	// agent exports nothing.
 	NbdAddress    string `protobuf:"bytes,11,opt,name=nbd_address,json=nbdAddress,proto3" json:"nbd_address,omitempty"`
@@ -174,27 +167,6 @@ func (x *PoolInfo) GetUsedBytes() int64 {
 		return x.UsedBytes
 	}
 	return 0
-}
-
-func (x *PoolInfo) GetDir() string {
-	if x != nil {
-		return x.Dir
-	}
-	return ""
-}
-
-func (x *PoolInfo) GetImageDir() string {
-	if x != nil {
-		return x.ImageDir
-	}
-	return ""
-}
-
-func (x *PoolInfo) GetImageSuffix() string {
-	if x != nil {
-		return x.ImageSuffix
-	}
-	return ""
 }
 
 func (x *PoolInfo) GetNbdAddress() string {
@@ -1293,7 +1265,7 @@ var File_agent_v1_agent_proto protoreflect.FileDescriptor
 const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x14agent/v1/agent.proto\x12\x10stowage.agent.v1\"\x14\n" +
-	"\x12GetPoolInfoRequest\"\xb7\x02\n" +
+	"\x12GetPoolInfoRequest\"\x95\x02\n" +
 	"\bPoolInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x12\n" +
@@ -1305,13 +1277,11 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"free_bytes\x18\x06 \x01(\x03R\tfreeBytes\x12\x1d\n" +
 	"\n" +
-	"used_bytes\x18\a \x01(\x03R\tusedBytes\x12\x10\n" +
-	"\x03dir\x18\b \x01(\tR\x03dir\x12\x1b\n" +
-	"\timage_dir\x18\t \x01(\tR\bimageDir\x12!\n" +
-	"\fimage_suffix\x18\n" +
-	" \x01(\tR\vimageSuffix\x12\x1f\n" +
+	"used_bytes\x18\a \x01(\x03R\tusedBytes\x12\x1f\n" +
 	"\vnbd_address\x18\v \x01(\tR\n" +
-	"nbdAddress\"P\n" +
+	"nbdAddressJ\x04\b\b\x10\tJ\x04\b\t\x10\n" +
+	"J\x04\b\n" +
+	"\x10\vR\x03dirR\timage_dirR\fimage_suffix\"P\n" +
 	"\x12CreateImageRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x1d\n" +
 	"\n" +

@@ -1382,11 +1382,15 @@ type Attachment struct {
 	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	NodeId   string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	State    AttachmentState        `protobuf:"varint,7,opt,name=state,proto3,enum=stowage.v1.AttachmentState" json:"state,omitempty"`
-	// How the node reaches the volume's data. On the storage host itself:
-	// the image file, for a local loop device. Elsewhere: the NBD export
-	// (export_name at export_address), at generation, with the secret of
-	// GetAttachmentSecret; image_path is empty.
-	ImagePath     string                 `protobuf:"bytes,4,opt,name=image_path,json=imagePath,proto3" json:"image_path,omitempty"`
+	// How the node reaches the volume's data; one of the two is set. On the
+	// node of the volume's pool (pool in the server's process): local_target,
+	// an opaque id, which the node presents with the secret of
+	// GetAttachmentSecret to the local handoff of its machine (a unix socket
+	// the node plugin is configured with, never named by the API) and gets
+	// an open descriptor of the image for a loop device. Elsewhere: the NBD
+	// export (export_name at export_address), at generation, with the
+	// secret of GetAttachmentSecret.
+	LocalTarget   string                 `protobuf:"bytes,11,opt,name=local_target,json=localTarget,proto3" json:"local_target,omitempty"`
 	AttachTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=attach_time,json=attachTime,proto3" json:"attach_time,omitempty"`
 	ReadOnly      bool                   `protobuf:"varint,6,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
 	ExportAddress string                 `protobuf:"bytes,8,opt,name=export_address,json=exportAddress,proto3" json:"export_address,omitempty"`
@@ -1449,9 +1453,9 @@ func (x *Attachment) GetState() AttachmentState {
 	return AttachmentState_ATTACHMENT_STATE_UNSPECIFIED
 }
 
-func (x *Attachment) GetImagePath() string {
+func (x *Attachment) GetLocalTarget() string {
 	if x != nil {
-		return x.ImagePath
+		return x.LocalTarget
 	}
 	return ""
 }
@@ -1545,12 +1549,15 @@ func (x *GetAttachmentSecretRequest) GetNodeId() string {
 }
 
 type AttachmentSecret struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	VolumeId      string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	NodeId        string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	ExportName    string                 `protobuf:"bytes,3,opt,name=export_name,json=exportName,proto3" json:"export_name,omitempty"`
-	Generation    uint64                 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
-	Secret        string                 `protobuf:"bytes,5,opt,name=secret,proto3" json:"secret,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	NodeId   string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The attachment the secret is of: its NBD export and generation (a
+	// network attachment) or its local target (a local one).
+	ExportName    string `protobuf:"bytes,3,opt,name=export_name,json=exportName,proto3" json:"export_name,omitempty"`
+	Generation    uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	Secret        string `protobuf:"bytes,5,opt,name=secret,proto3" json:"secret,omitempty"`
+	LocalTarget   string `protobuf:"bytes,6,opt,name=local_target,json=localTarget,proto3" json:"local_target,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1616,6 +1623,13 @@ func (x *AttachmentSecret) GetGeneration() uint64 {
 func (x *AttachmentSecret) GetSecret() string {
 	if x != nil {
 		return x.Secret
+	}
+	return ""
+}
+
+func (x *AttachmentSecret) GetLocalTarget() string {
+	if x != nil {
+		return x.LocalTarget
 	}
 	return ""
 }
@@ -2875,7 +2889,6 @@ type Pool struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Zone  string                 `protobuf:"bytes,2,opt,name=zone,proto3" json:"zone,omitempty"`
 	Node  string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
-	Dir   string                 `protobuf:"bytes,4,opt,name=dir,proto3" json:"dir,omitempty"`
 	// reflink (O(1) snapshots and clones) or copy (sparse-aware copies).
 	CloneMode        string `protobuf:"bytes,5,opt,name=clone_mode,json=cloneMode,proto3" json:"clone_mode,omitempty"`
 	TotalBytes       int64  `protobuf:"varint,6,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
@@ -2937,13 +2950,6 @@ func (x *Pool) GetZone() string {
 func (x *Pool) GetNode() string {
 	if x != nil {
 		return x.Node
-	}
-	return ""
-}
-
-func (x *Pool) GetDir() string {
-	if x != nil {
-		return x.Dir
 	}
 	return ""
 }
@@ -3428,14 +3434,13 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x05zonal\x18\x15 \x01(\bR\x05zonal\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\b\x10\t\"\xdc\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\b\x10\t\"\xf2\x02\n" +
 	"\n" +
 	"Attachment\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x121\n" +
-	"\x05state\x18\a \x01(\x0e2\x1b.stowage.v1.AttachmentStateR\x05state\x12\x1d\n" +
-	"\n" +
-	"image_path\x18\x04 \x01(\tR\timagePath\x12;\n" +
+	"\x05state\x18\a \x01(\x0e2\x1b.stowage.v1.AttachmentStateR\x05state\x12!\n" +
+	"\flocal_target\x18\v \x01(\tR\vlocalTarget\x12;\n" +
 	"\vattach_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"attachTime\x12\x1b\n" +
 	"\tread_only\x18\x06 \x01(\bR\breadOnly\x12%\n" +
@@ -3445,10 +3450,11 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\n" +
 	" \x01(\x04R\n" +
-	"generationJ\x04\b\x03\x10\x04\"R\n" +
+	"generationJ\x04\b\x03\x10\x04J\x04\b\x04\x10\x05R\n" +
+	"image_path\"R\n" +
 	"\x1aGetAttachmentSecretRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
-	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\xa1\x01\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\xc4\x01\n" +
 	"\x10AttachmentSecret\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1f\n" +
@@ -3457,7 +3463,8 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x04 \x01(\x04R\n" +
 	"generation\x12\x16\n" +
-	"\x06secret\x18\x05 \x01(\tR\x06secret\"\xb0\x05\n" +
+	"\x06secret\x18\x05 \x01(\tR\x06secret\x12!\n" +
+	"\flocal_target\x18\x06 \x01(\tR\vlocalTarget\"\xb0\x05\n" +
 	"\x13CreateVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bsize_gib\x18\x02 \x01(\x03R\asizeGib\x12\x12\n" +
@@ -3573,12 +3580,11 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\vsnapshot_id\x18\x01 \x01(\tR\n" +
 	"snapshotId\"2\n" +
 	"\x16DeleteSnapshotResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\bR\adeleted\"\xdf\x02\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"\xd8\x02\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\x12\x10\n" +
-	"\x03dir\x18\x04 \x01(\tR\x03dir\x12\x1d\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x1d\n" +
 	"\n" +
 	"clone_mode\x18\x05 \x01(\tR\tcloneMode\x12\x1f\n" +
 	"\vtotal_bytes\x18\x06 \x01(\x03R\n" +
@@ -3591,7 +3597,7 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\fvolume_count\x18\n" +
 	" \x01(\x05R\vvolumeCount\x12%\n" +
 	"\x0esnapshot_count\x18\v \x01(\x05R\rsnapshotCount\x12\x14\n" +
-	"\x05zonal\x18\f \x01(\bR\x05zonal\":\n" +
+	"\x05zonal\x18\f \x01(\bR\x05zonalJ\x04\b\x04\x10\x05R\x03dir\":\n" +
 	"\x10ListPoolsRequest\x12\x12\n" +
 	"\x04zone\x18\x01 \x01(\tR\x04zone\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\";\n" +

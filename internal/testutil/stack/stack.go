@@ -30,6 +30,7 @@ import (
 	"github.com/stowage-io/stowage/internal/csi"
 	"github.com/stowage-io/stowage/internal/csi/filecsi"
 	"github.com/stowage-io/stowage/internal/files"
+	"github.com/stowage-io/stowage/internal/handoff"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
@@ -66,8 +67,11 @@ type Stack struct {
 	FilePoolDir string // the file-tree pool (file systems)
 	APIEndpoint string // unix:///…
 	CSIEndpoint string // unix:///…
-	StateDir    string
-	Node, Zone  string
+	// LocalHandoff is the server's local handoff socket, the node
+	// plugin's --local-handoff.
+	LocalHandoff string
+	StateDir     string
+	Node, Zone   string
 	// FileCSIEndpoint and FileStateDir are the file driver's (FileDriver).
 	FileCSIEndpoint string
 	FileStateDir    string
@@ -111,7 +115,7 @@ func Start(t testing.TB, o Options) *Stack {
 
 	s := &Stack{Dir: dir, PoolDir: poolDir, Node: o.Node, Zone: o.Zone,
 		APIEndpoint: "unix://" + filepath.Join(dir, "api.sock"), CSIEndpoint: "unix://" + filepath.Join(dir, "csi.sock"),
-		StateDir: filepath.Join(dir, "node-state")}
+		StateDir: filepath.Join(dir, "node-state"), LocalHandoff: filepath.Join(dir, "handoff.sock")}
 	st, err := boltstore.Open(filepath.Join(dir, "meta", "metadata.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -172,6 +176,11 @@ func Start(t testing.TB, o Options) *Stack {
 	if err := s.Server.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
+	stopHandoff, err := handoff.Start(s.LocalHandoff, s.Server.OpenLocalImage, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopHandoff)
 	lis, err := csi.Listen(s.APIEndpoint)
 	if err != nil {
 		t.Fatal(err)
@@ -196,12 +205,12 @@ func Start(t testing.TB, o Options) *Stack {
 	}
 
 	ctrl := csi.NewControllerService(s.Volumes, s.Snapshots, pb.NewPoolServiceClient(s.Conn))
-	cfg := csi.NodeConfig{NodeID: o.Node, Zone: o.Zone, MaxVolumes: o.MaxVolumes, StateDir: s.StateDir, LimitsInterval: time.Second}
+	cfg := csi.NodeConfig{NodeID: o.Node, Zone: o.Zone, MaxVolumes: o.MaxVolumes, StateDir: s.StateDir, LimitsInterval: time.Second, LocalHandoff: s.LocalHandoff}
 	if blockExports != nil {
 		cfg.NBDAttach = []string{o.MountHelper, "nbd-attach"}
 		// Before the pool's cleanup: a network device holds no image
 		// open, but its FUSE mount is under the test's directory.
-		t.Cleanup(func() { cleanupNetworkAttachments(t, filepath.Join(s.StateDir, "network")) })
+		t.Cleanup(func() { cleanupNetworkAttachments(t, s.StateDir) })
 	}
 	node, err := csi.NewNodeService(cfg, s.Volumes, pb.NewNodeServiceClient(s.Conn))
 	if err != nil {
@@ -227,7 +236,7 @@ func Start(t testing.TB, o Options) *Stack {
 }
 
 // startBlockExporter serves pool's volumes over NBD on a loopback port.
-func startBlockExporter(t testing.TB, pool server.Pool, logger *slog.Logger) server.LocalBlockExporter {
+func startBlockExporter(t testing.TB, pool server.LocalPool, logger *slog.Logger) server.LocalBlockExporter {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -238,11 +247,13 @@ func startBlockExporter(t testing.TB, pool server.Pool, logger *slog.Logger) ser
 	return server.LocalBlockExporter{Exporter: x, Pool: pool, Addr: l.Addr().String()}
 }
 
-// cleanupNetworkAttachments stops the `stowage nbd-attach` processes a
-// failed test left (by the pids their state directories name); each
-// detaches its loop device and unmounts its FUSE file as it goes.
-func cleanupNetworkAttachments(t testing.TB, dir string) {
-	if n, err := (attach.FUSELoop{StateDir: dir}).DetachAll(context.Background()); err != nil {
+// cleanupNetworkAttachments detaches the network attachments a failed
+// test left under the node plugin's state directory: it stops the
+// `stowage nbd-attach` processes (by the pids their state directories
+// name; each detaches its loop device and unmounts its FUSE file as it
+// goes) and disconnects kernel NBD devices.
+func cleanupNetworkAttachments(t testing.TB, nodeStateDir string) {
+	if n, err := attach.DetachAllNetwork(context.Background(), nodeStateDir); err != nil {
 		t.Errorf("cleanup: %v", err)
 	} else if n > 0 {
 		t.Logf("cleanup: stopped %d network attachments a test left", n)

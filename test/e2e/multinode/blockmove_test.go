@@ -23,7 +23,7 @@ func nodesOf(t *testing.T, zone string) []string {
 // shows it.
 type attachment struct {
 	NodeID        string `json:"nodeId"`
-	ImagePath     string `json:"imagePath"`
+	LocalTarget   string `json:"localTarget"`
 	ExportAddress string `json:"exportAddress"`
 	ExportName    string `json:"exportName"`
 	Generation    string `json:"generation"` // protojson writes uint64 as a string
@@ -136,7 +136,7 @@ spec:
 	waitOn(other, 2*time.Minute)
 	checksum()
 	a := attachmentsOf(t, vol)
-	if len(a) != 1 || a[0].NodeID != other || a[0].ExportName == "" || a[0].ImagePath != "" {
+	if len(a) != 1 || a[0].NodeID != other || a[0].ExportName == "" || a[0].LocalTarget != "" {
 		t.Fatalf("on %s the volume's attachments are %+v; want one NBD attachment", other, a)
 	}
 	stale := a[0].ExportName
