@@ -121,6 +121,19 @@ rule "deploys the volume-data-source-validator and hello-populator images of reg
 if $ci; then
 	focus+='.*\] (provisioning|volumes|volumeMode|multiVolume|snapshottable|volume-expand|volume-modify|read-write-once-pod|fsgroupchangepolicy|topology|volumeLimits|capacity) '
 fi
+# How many nodes the cluster has (or will have: --nodes), from cluster.json:
+# one "podCIDR" for the machine's node and one per worker (storage hosts
+# have none). Without cluster.json run.sh brings up --nodes (default 1).
+cluster_nodes() {
+	if [[ -r $data_dir/cluster.json ]]; then
+		grep -c '"podCIDR"' "$data_dir/cluster.json" || true
+	else
+		echo "${up_nodes:-1}"
+	fi
+}
+if [[ $(cluster_nodes) -gt 1 ]]; then
+	rule "several nodes: testdriver-multinode.yaml declares the zone key alone, and with one key the capacity spec expects one CSIStorageCapacity per zone; the node plugins report the zone and the node, so the provisioner publishes one per node (zone+node), which the one-node run's capacity spec checks" 'capacity provides storage capacity information'
+fi
 [[ -z $user_skip ]] || rule "--skip on the command line" "$user_skip"
 [[ -z $user_focus ]] || focus="($focus).*($user_focus)|($user_focus).*($focus)"
 
@@ -141,15 +154,9 @@ fi
 # The block driver's definition depends on the cluster's shape: on several
 # nodes (stowage up --nodes N) a volume's topology is its zone and its pod
 # may move to another node of the zone (testdriver-multinode.yaml says how
-# that file differs). The shape is cluster.json's: one "podCIDR" for the
-# machine's node and one per worker (storage hosts have none); without one,
-# the cluster run.sh is about to bring up (--nodes, default 1). Decided again
-# once the cluster runs.
+# that file differs). Decided again once the cluster runs.
 choose_block_driver() {
-	nodes=${up_nodes:-1}
-	if [[ -r $data_dir/cluster.json ]]; then
-		nodes=$(grep -c '"podCIDR"' "$data_dir/cluster.json" || true)
-	fi
+	nodes=$(cluster_nodes)
 	block_driver=$here/testdriver.yaml
 	[[ $nodes -le 1 ]] || block_driver=$here/testdriver-multinode.yaml
 	e2e_args[2]=-storage.testdriver="$block_driver"
@@ -252,12 +259,14 @@ for f in "$data_dir"/logs/*.log; do
 	log_offsets[$f]=$(stat -c %s "$f")
 done
 cleanup() {
+	# The run's exit status, before any command here replaces $? (taken
+	# after the loop below, it was the loop's 0: a failed suite exited 0).
+	local rc=$?
 	mkdir -p "$report_dir/logs"
 	for f in "$data_dir"/logs/*.log; do
 		tail -c +$((${log_offsets[$f]:-0} + 1)) "$f" >"$report_dir/logs/$(basename "$f")" 2>/dev/null || true
 	done
 	# A failed teardown fails the run: the machine must be left clean.
-	local rc=$?
 	teardown || rc=1
 	exit $rc
 }
