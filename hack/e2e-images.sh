@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the images the Kubernetes external storage suite runs its pods from
-# and import them into the containerd of the running `stowage up` cluster,
+# and import them into the containerd of every node of the running
+# `stowage up` cluster (one, or each of `up --nodes N`),
 # under the names e2e.test (v1.33.13) asks for:
 #   registry.k8s.io/e2e-test-images/busybox:1.36.1-1        busybox-static
 #   registry.k8s.io/e2e-test-images/agnhost:2.53            busybox + agnhost

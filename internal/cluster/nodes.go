@@ -181,6 +181,18 @@ func (c *Config) nodes() []nodeView {
 	return out
 }
 
+// ContainerdSockets are the sockets of every node's containerd, the
+// machine's first: one for a one-node cluster. Images a node's pods run
+// must be in that node's containerd (test/conformance/e2eimages imports the
+// external storage suite's images into each).
+func (c *Config) ContainerdSockets() []string {
+	var out []string
+	for _, n := range c.nodes() {
+		out = append(out, n.L.ContainerdSocket())
+	}
+	return out
+}
+
 // suffix names a worker's processes and files: "@<name>"; "" on the
 // machine's node, whose components keep their one-node names.
 func (n nodeView) suffix() string {

@@ -183,3 +183,21 @@ func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T)
 		t.Error("--storage-hosts-per-zone 0 accepted")
 	}
 }
+
+func TestContainerdSockets_EveryNode_TheMachinesFirst(t *testing.T) {
+	c := threeNodes(t)
+	want := []string{
+		"/var/lib/stowage/run/containerd/containerd.sock",
+		"/var/lib/stowage/nodes/vm-2/run/containerd/containerd.sock",
+		"/var/lib/stowage/nodes/vm-3/run/containerd/containerd.sock",
+	}
+	if got := c.ContainerdSockets(); !slices.Equal(got, want) {
+		t.Errorf("three nodes: %v, want %v", got, want)
+	}
+	if err := c.SetNodes(1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.ContainerdSockets(); !slices.Equal(got, want[:1]) {
+		t.Errorf("one node: %v, want %v", got, want[:1])
+	}
+}

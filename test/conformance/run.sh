@@ -17,7 +17,8 @@ source "$(dirname "$0")/../../hack/lib/root.sh"
 usage() {
 	cat <<'EOF'
 usage: test/conformance/run.sh [--ci] [--driver block|file] [--focus REGEX] [--skip REGEX] [--procs N]
-                               [--report-dir DIR] [--data-dir DIR] [--keep-cluster] [--dry-run]
+                               [--report-dir DIR] [--data-dir DIR] [--nodes N --zones Z,...]
+                               [--keep-cluster] [--dry-run]
 
   --ci          the CI subset: the suites provisioning, volumes, volumeMode,
                 multiVolume, snapshottable, volume-expand, volume-modify,
@@ -31,6 +32,10 @@ usage: test/conformance/run.sh [--ci] [--driver block|file] [--focus REGEX] [--s
                 run alone at the end)
   --report-dir  where reports go (default _output/conformance/<UTC time>)
   --data-dir    the cluster's data directory (default /var/lib/stowage)
+  --nodes, --zones  when run.sh brings the cluster up: stowage up --nodes N --zones Z,...
+                (a running cluster is used as it is). On several nodes the block
+                driver is testdriver-multinode.yaml (zone topology, pods move between
+                nodes of a zone)
   --keep-cluster  leave the cluster running at the end (default: as found --
                 a cluster this run created is removed with stowage down --wipe,
                 as test/e2e does; a stopped one is stopped again)
@@ -49,13 +54,15 @@ keep_cluster=false
 procs=
 user_focus=
 user_skip=
+up_nodes=
+up_zones=
 drivers='block|file'
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--ci) ci=true; shift ;;
 	--dry-run) dry_run=true; shift ;;
 	--keep-cluster) keep_cluster=true; shift ;;
-	--focus | --skip | --procs | --report-dir | --data-dir | --driver)
+	--focus | --skip | --procs | --report-dir | --data-dir | --driver | --nodes | --zones)
 		[[ $# -ge 2 ]] || { usage >&2; exit 2; }
 		case $1 in
 		--focus) user_focus=$2 ;;
@@ -63,6 +70,8 @@ while [[ $# -gt 0 ]]; do
 		--procs) procs=$2 ;;
 		--report-dir) report_dir=$2 ;;
 		--data-dir) data_dir=$2 ;;
+		--nodes) up_nodes=$2 ;;
+		--zones) up_zones=$2 ;;
 		--driver)
 			case $2 in block | file) drivers=$2 ;; *) echo "run.sh: --driver $2: use block or file" >&2; exit 2 ;; esac
 			;;
@@ -112,6 +121,19 @@ rule "deploys the volume-data-source-validator and hello-populator images of reg
 if $ci; then
 	focus+='.*\] (provisioning|volumes|volumeMode|multiVolume|snapshottable|volume-expand|volume-modify|read-write-once-pod|fsgroupchangepolicy|topology|volumeLimits|capacity) '
 fi
+# How many nodes the cluster has (or will have: --nodes), from cluster.json:
+# one "podCIDR" for the machine's node and one per worker (storage hosts
+# have none). Without cluster.json run.sh brings up --nodes (default 1).
+cluster_nodes() {
+	if [[ -r $data_dir/cluster.json ]]; then
+		grep -c '"podCIDR"' "$data_dir/cluster.json" || true
+	else
+		echo "${up_nodes:-1}"
+	fi
+}
+if [[ $(cluster_nodes) -gt 1 ]]; then
+	rule "several nodes: testdriver-multinode.yaml declares the zone key alone, and with one key the capacity spec expects one CSIStorageCapacity per zone; the node plugins report the zone and the node, so the provisioner publishes one per node (zone+node), which the one-node run's capacity spec checks" 'capacity provides storage capacity information'
+fi
 [[ -z $user_skip ]] || rule "--skip on the command line" "$user_skip"
 [[ -z $user_focus ]] || focus="($focus).*($user_focus)|($user_focus).*($focus)"
 
@@ -129,10 +151,20 @@ if [[ ! -x $bin/e2e.test || ! -x $bin/ginkgo ]]; then
 fi
 (cd "$repo" && GOWORK=off go build -o "$repo/_output/e2e/summarize" ./test/conformance/summarize)
 
+# The block driver's definition depends on the cluster's shape: on several
+# nodes (stowage up --nodes N) a volume's topology is its zone and its pod
+# may move to another node of the zone (testdriver-multinode.yaml says how
+# that file differs). Decided again once the cluster runs.
+choose_block_driver() {
+	nodes=$(cluster_nodes)
+	block_driver=$here/testdriver.yaml
+	[[ $nodes -le 1 ]] || block_driver=$here/testdriver-multinode.yaml
+	e2e_args[2]=-storage.testdriver="$block_driver"
+}
 e2e_args=(
 	--kubeconfig="$kubeconfig"
 	--provider=local
-	-storage.testdriver="$here/testdriver.yaml"
+	-storage.testdriver="$here/testdriver.yaml" # e2e_args[2], set by choose_block_driver
 	-storage.testdriver="$here/file-testdriver.yaml"
 	--repo-root="$repo"
 	--report-dir="$report_dir"
@@ -142,6 +174,7 @@ e2e_args=(
 	--dump-logs-on-failure=true
 	--disable-log-dump=true
 )
+choose_block_driver
 ginkgo_args=(
 	--procs="$procs"
 	--timeout=6h
@@ -210,9 +243,13 @@ teardown() {
 }
 trap teardown EXIT
 if [[ $found != running ]]; then
-	log "bringing the cluster up (bin/stowage up --data-dir $data_dir)"
-	"$repo/bin/stowage" up --data-dir "$data_dir"
+	up_args=(--data-dir "$data_dir")
+	[[ -z $up_nodes ]] || up_args+=(--nodes "$up_nodes")
+	[[ -z $up_zones ]] || up_args+=(--zones "$up_zones")
+	log "bringing the cluster up (bin/stowage up ${up_args[*]})"
+	"$repo/bin/stowage" up "${up_args[@]}"
 fi
+choose_block_driver
 log "building and importing the test images"
 bash "$repo/hack/e2e-images.sh" --data-dir "$data_dir"
 
@@ -222,18 +259,20 @@ for f in "$data_dir"/logs/*.log; do
 	log_offsets[$f]=$(stat -c %s "$f")
 done
 cleanup() {
+	# The run's exit status, before any command here replaces $? (taken
+	# after the loop below, it was the loop's 0: a failed suite exited 0).
+	local rc=$?
 	mkdir -p "$report_dir/logs"
 	for f in "$data_dir"/logs/*.log; do
 		tail -c +$((${log_offsets[$f]:-0} + 1)) "$f" >"$report_dir/logs/$(basename "$f")" 2>/dev/null || true
 	done
 	# A failed teardown fails the run: the machine must be left clean.
-	local rc=$?
 	teardown || rc=1
 	exit $rc
 }
 trap cleanup EXIT
 
-log "running the suite: $procs ginkgo processes, reports in $report_dir"
+log "running the suite: $procs ginkgo processes, $nodes node(s), block driver ${block_driver#$repo/}, reports in $report_dir"
 start=$SECONDS
 set +e
 "$bin/ginkgo" "${ginkgo_args[@]}" "$bin/e2e.test" -- "${e2e_args[@]}" >"$report_dir/ginkgo.log" 2>&1
@@ -258,8 +297,11 @@ leftovers=
 if [[ -z $others ]]; then
 	leftovers=$("${kubectl[@]}" get ns -l e2e-framework -o name 2>/dev/null || true)
 	leftovers+=$'\n'$("${kubectl[@]}" get pv -o name 2>/dev/null || true)
-	leftovers+=$'\n'$(losetup -l -n -O NAME,BACK-FILE 2>/dev/null | grep -F "$data_dir/stowage/pools/" | grep -F '/volumes/' || true)
-	leftovers+=$'\n'$(awk -v d="$data_dir/kubelet/" 'index($2, d) == 1 {print $2}' /proc/mounts || true)
+	# Volume images of any pool (the machine's, a storage host's), network
+	# attachments (a loop device on an NBD client's FUSE file), and mounts
+	# under any node's kubelet directory (up --nodes: <data dir>/nodes/<node>/kubelet).
+	leftovers+=$'\n'$(losetup -l -n -O NAME,BACK-FILE 2>/dev/null | grep -F "$data_dir/" | grep -E '/volumes/|/fuse-loop/' || true)
+	leftovers+=$'\n'$(awk -v d="$data_dir/" 'index($2, d) == 1 && (index($2, d "kubelet/") == 1 || $2 ~ "^" d "nodes/[^/]+/kubelet/") {print $2}' /proc/mounts || true)
 	leftovers=$(grep -v '^$' <<<"$leftovers" || true)
 fi
 {
