@@ -385,9 +385,11 @@ func runServer(ctx context.Context, o serverOptions) error {
 	var gate *leaderGate
 	var opts []grpc.ServerOption
 	if election == nil {
-		if stopLoops, err = lead(ctx); err != nil {
+		stop, err := lead(ctx)
+		if err != nil {
 			return err
 		}
+		stopLoops = stop
 	} else {
 		gate = &leaderGate{election: election}
 		opts = server.LeaderOnly(gate)
@@ -455,10 +457,14 @@ func runServer(ctx context.Context, o serverOptions) error {
 				return err
 			}
 			start := time.Now()
-			if stopLoops, err = lead(ctx); err != nil {
+			// Only a successful lead replaces stopLoops: the deferred call
+			// would otherwise run a nil func and hide lead's error.
+			stop, err := lead(ctx)
+			if err != nil {
 				g.Stop()
-				return err
+				return fmt.Errorf("take over the leadership: %w", err)
 			}
+			stopLoops = stop
 			gate.serving.Store(true)
 			log.Info("leading: serving the API", "advertise", gate.election.Value(), "takeover", time.Since(start).Round(time.Millisecond))
 		case <-lost:
