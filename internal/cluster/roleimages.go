@@ -1,0 +1,211 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// The images a cluster of the user's own needs to run Stowage (issue 10):
+// `stowage` itself with the tools its roles call, and the upstream
+// sidecars and the Secrets Store driver from the binaries the build makes.
+// No registry is reachable and there is no Docker engine: each is one
+// layer of files from this machine (Debian packages' installed files and
+// our binaries), written with fixed times and owners, so the same inputs
+// give the same digests.
+
+// ImageRepo is where the images are named; push them to your registry
+// under another name with `ctr images tag` + `ctr images push`.
+const ImageRepo = "localhost/stowage"
+
+// NodeTools are the programs the node plugin runs (mkfs, grow, check,
+// identify, loop devices, mounts); every one must be on this machine.
+var NodeTools = []string{
+	"mkfs.ext4", "mkfs.xfs", "resize2fs", "xfs_growfs", "e2fsck", "xfs_repair",
+	"blkid", "losetup", "mount", "umount",
+}
+
+// SidecarBinaries are the upstream components that get an image each,
+// named after the binary and tagged with the version it reports.
+var SidecarBinaries = []string{
+	"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter",
+	"snapshot-controller", "secrets-store-csi-driver",
+}
+
+// PackageOf is the Debian package that installed path and its version,
+// from dpkg's database (the pin the image records).
+type PackageOf func(path string) (pkg, version string, err error)
+
+// DpkgPackageOf asks dpkg-query.
+func DpkgPackageOf(p string) (string, string, error) {
+	// Debian 12 has merged /usr, and libraries are symlinks: dpkg may know
+	// the file as /usr/lib/…, /sbin/… or by the symlink's target.
+	cands := []string{p}
+	if real, err := filepath.EvalSymlinks(p); err == nil && real != p {
+		cands = append(cands, real)
+	}
+	for _, c := range cands[:len(cands):len(cands)] {
+		if alt, ok := strings.CutPrefix(c, "/usr"); ok {
+			cands = append(cands, alt)
+		} else {
+			cands = append(cands, "/usr"+c)
+		}
+	}
+	var out []byte
+	var err error
+	for _, c := range cands {
+		if out, err = exec.Command("dpkg-query", "-S", c).Output(); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("dpkg-query -S %s: no Debian package installed it (tried %s)", p, strings.Join(cands, ", "))
+	}
+	pkg, _, _ := strings.Cut(strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0]), ":")
+	pkg = strings.TrimSpace(strings.Split(pkg, ",")[0])
+	v, err := exec.Command("dpkg-query", "-W", "-f", "${Version}", pkg).Output()
+	if err != nil {
+		return "", "", fmt.Errorf("dpkg-query -W %s: %w", pkg, err)
+	}
+	return pkg, string(v), nil
+}
+
+// StowageImage is the multi-call binary at /usr/bin/stowage with the node
+// tools (each with its ELF loader and libraries) and
+// /usr/share/stowage/packages.json: every file from a Debian package, with
+// the package and its version. tag is the image's tag (the stowage
+// version).
+func StowageImage(stowage, tag string, tools []string, packageOf PackageOf) (Image, error) {
+	files, err := elfWithLibraries(stowage, "/usr/bin/stowage")
+	if err != nil {
+		return Image{}, err
+	}
+	for _, t := range tools {
+		p, err := exec.LookPath(t)
+		if err != nil {
+			return Image{}, fmt.Errorf("the stowage image needs %s: %w (install its Debian package: hack/setup.sh)", t, err)
+		}
+		p, err = filepath.Abs(p)
+		if err != nil {
+			return Image{}, err
+		}
+		more, err := elfWithLibraries(p, p)
+		if err != nil {
+			return Image{}, fmt.Errorf("tool %s: %w", t, err)
+		}
+		files = append(files, more...)
+	}
+	files = dedupe(files)
+	type pinned struct {
+		Path    string `json:"path"`
+		Package string `json:"package"`
+		Version string `json:"version"`
+	}
+	var pins []pinned
+	for _, f := range files {
+		if f.Path == "/usr/bin/stowage" || f.Symlink != "" || f.Dir {
+			continue
+		}
+		pkg, v, err := packageOf(f.Path)
+		if err != nil {
+			return Image{}, err
+		}
+		pins = append(pins, pinned{f.Path, pkg, v})
+	}
+	pj, err := json.MarshalIndent(pins, "", "  ")
+	if err != nil {
+		return Image{}, err
+	}
+	files = append(files,
+		ImageFile{Path: "/usr/share/stowage/packages.json", Mode: 0o644, Data: append(pj, '\n')},
+		ImageFile{Path: "/tmp", Mode: 0o1777, Dir: true},
+		ImageFile{Path: "/etc/mtab", Symlink: "/proc/mounts"},
+	)
+	return Image{
+		Name:       ImageRepo + "/stowage:" + tag,
+		Entrypoint: []string{"/usr/bin/stowage"},
+		Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+		Files:      files,
+	}, nil
+}
+
+// SidecarImage is one upstream binary of the build at /<name>, its
+// entrypoint, tagged with the version `<bin> --version` reports.
+func SidecarImage(bin string) (Image, error) {
+	name := filepath.Base(bin)
+	v, err := binaryVersion(bin)
+	if err != nil {
+		return Image{}, err
+	}
+	files, err := elfWithLibraries(bin, "/"+name)
+	if err != nil {
+		return Image{}, err
+	}
+	return Image{Name: ImageRepo + "/" + name + ":" + v, Entrypoint: []string{"/" + name}, Files: files}, nil
+}
+
+var versionRE = regexp.MustCompile(`v\d+\.\d+\.\d+[0-9A-Za-z.+-]*`)
+
+// binaryVersion is the first vX.Y.Z in `bin --version`'s output (the
+// sidecars print "csi-provisioner v5.1.0", the Secrets Store driver JSON).
+func binaryVersion(bin string) (string, error) {
+	out, err := exec.Command(bin, "--version").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w: %s", bin, err, out)
+	}
+	v := versionRE.FindString(string(out))
+	if v == "" {
+		return "", fmt.Errorf("%s --version printed no vX.Y.Z: %q", bin, out)
+	}
+	return strings.NewReplacer("+", "_").Replace(v), nil
+}
+
+// dedupe keeps the first file of each path (tools share libraries), in
+// path order.
+func dedupe(files []ImageFile) []ImageFile {
+	seen := map[string]bool{}
+	var out []ImageFile
+	for _, f := range files {
+		if !seen[f.Path] {
+			seen[f.Path] = true
+			out = append(out, f)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
+}
+
+// WriteImages writes each image as <dir>/<name>_<tag>.oci.tar and returns
+// the files with their manifest digests, for `ctr images import`.
+func WriteImages(dir string, imgs []Image) (map[string]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	written := map[string]string{}
+	for _, img := range imgs {
+		repo, tag, _ := splitRef(img.Name)
+		p := filepath.Join(dir, filepath.Base(repo)+"_"+tag+".oci.tar")
+		f, err := os.Create(p + ".tmp")
+		if err != nil {
+			return nil, err
+		}
+		d, err := WriteOCIArchive(f, img)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(p+".tmp", p)
+		}
+		if err != nil {
+			os.Remove(p + ".tmp")
+			return nil, fmt.Errorf("image %s: %w", img.Name, err)
+		}
+		written[p] = d
+	}
+	return written, nil
+}
