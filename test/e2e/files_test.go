@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // createFileSystem makes a file system with the CLI and deletes it when
@@ -92,6 +93,32 @@ func fuseMountsOf(t *testing.T, apID string) []string {
 	return out
 }
 
+// clientWarnings returns the lost sessions and client ids in the logs of
+// this node's FUSE NFS clients of an access point, a line each.
+func clientWarnings(t *testing.T, apID string) string {
+	t.Helper()
+	logs, _ := filepath.Glob(filepath.Join(dataDir, "csi-file-node", "logs", "*.log"))
+	var out []string
+	for _, f := range logs {
+		b, err := os.ReadFile(f)
+		if err != nil || !strings.Contains(string(b), "/"+apID+" ") {
+			continue
+		}
+		n := 0
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "session lost") || strings.Contains(l, "client id lost") || strings.Contains(l, "forgot this client") {
+				if n++; n <= 5 {
+					out = append(out, filepath.Base(f)+": "+l)
+				}
+			}
+		}
+		if n > 5 {
+			out = append(out, fmt.Sprintf("%s: ... %d in all", filepath.Base(f), n))
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func fileClass(t *testing.T, name string, params map[string]string) {
 	t.Helper()
 	del := corev1.PersistentVolumeReclaimDelete
@@ -132,10 +159,20 @@ func TestScenario3_EFSShared(t *testing.T) {
 	waitPodPhase(t, "default", "efs-app-1", corev1.PodRunning)
 	waitPodPhase(t, "default", "efs-app-2", corev1.PodRunning)
 	for _, pair := range [][2]string{{"efs-app-1", "out-2.txt"}, {"efs-app-2", "out-1.txt"}} {
-		waitFor(t, pair[0]+" reads "+pair[1], time.Minute, func() (bool, error) {
+		var last string
+		err := wait.PollUntilContextTimeout(context.Background(), pollEvery, time.Minute, true, func(context.Context) (bool, error) {
 			out, err := kubectlErr("", "exec", pair[0], "--", "cat", "/data/"+pair[1])
+			last = fmt.Sprintf("%v: %s", err, out)
 			return err == nil && strings.Contains(out, "from efs-app-"), nil
 		})
+		if err != nil {
+			t.Fatalf("%s does not read %s within a minute; last: %s\nthe FUSE NFS clients' warnings: %s", pair[0], pair[1], last, clientWarnings(t, ap.ID))
+		}
+	}
+	// Two clients of one server, each with state of its own: neither may
+	// have lost its session on the way (a shared client owner did that).
+	if w := clientWarnings(t, ap.ID); w != "" {
+		t.Errorf("the FUSE NFS clients of %s warned: %s", ap.ID, w)
 	}
 	want := fmt.Sprintf("%d %d", ap.PosixUser.UID, ap.PosixUser.GID)
 	for _, f := range []string{"out-1.txt", "out-2.txt"} {

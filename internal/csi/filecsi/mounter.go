@@ -65,6 +65,17 @@ func (f *FUSEMounter) writeRecord(r *mountRecord) error { return records(f.State
 // Mounts lists the records: target -> volume id.
 func (f *FUSEMounter) Mounts() (map[string]string, error) { return records(f.StateDir).list() }
 
+// clientOwner is the NFSv4 client owner of the mount of volume at target
+// on node. Each mount is a client with state of its own, so two mounts of
+// one volume on one node (two pods) must not share an owner: the server
+// would take each EXCHANGE_ID of one for the other restarting and drop
+// the other's session and opens, over and over. The same target keeps
+// its owner, so a restarted client replaces the state of the one before.
+func clientOwner(node, volume, target string) string {
+	sum := sha256.Sum256([]byte(filepath.Clean(target)))
+	return "stowage-csi/" + node + "/" + volume + "/" + hex.EncodeToString(sum[:12])
+}
+
 func (rs records) path(target string) string {
 	sum := sha256.Sum256([]byte(filepath.Clean(target)))
 	return filepath.Join(string(rs), "mounts", hex.EncodeToString(sum[:12])+".json")
@@ -117,7 +128,7 @@ func (f *FUSEMounter) Mount(ctx context.Context, m Mount) error {
 	}
 	logPath := filepath.Join(logDir, strings.TrimSuffix(filepath.Base(f.recordPath(m.Target)), ".json")+".log")
 	args := []string{"nfs-mount", "--server", m.Server, "--export", m.Export, "--target", m.Target,
-		"--client-id", "stowage-csi/" + f.NodeID + "/" + m.VolumeID, "--log-file", logPath}
+		"--client-id", clientOwner(f.NodeID, m.VolumeID, m.Target), "--log-file", logPath}
 	if m.ReadOnly {
 		args = append(args, "--read-only")
 	}

@@ -271,3 +271,25 @@ func TestKernelMountArgs_EFSOptions(t *testing.T) {
 		t.Error("a server without a port was accepted")
 	}
 }
+
+// Two pods of one volume on one node are two NFS clients: their owners
+// differ (a shared owner makes the server drop one's session for the
+// other's, over and over), while a mount started again at the same
+// target keeps its owner.
+func TestClientOwner_OnePerMount(t *testing.T) {
+	const vol = "fs-0123456789abcdef0::fsap-0123456789abcdef0"
+	a := clientOwner("node-1", vol, "/var/lib/kubelet/pods/a/volumes/kubernetes.io~csi/pv/mount")
+	b := clientOwner("node-1", vol, "/var/lib/kubelet/pods/b/volumes/kubernetes.io~csi/pv/mount")
+	if a == b {
+		t.Fatalf("two mounts of %s on one node share the NFS client owner %q", vol, a)
+	}
+	if again := clientOwner("node-1", vol, "/var/lib/kubelet/pods/a/volumes/kubernetes.io~csi/pv/mount/"); again != a {
+		t.Errorf("the same target's owner changed: %q, then %q", a, again)
+	}
+	if other := clientOwner("node-2", vol, "/var/lib/kubelet/pods/a/volumes/kubernetes.io~csi/pv/mount"); other == a {
+		t.Errorf("two nodes share the owner %q", a)
+	}
+	if len(a) > 1024 {
+		t.Errorf("owner of %d bytes; NFSv4 allows 1024", len(a))
+	}
+}
