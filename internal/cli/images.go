@@ -19,8 +19,8 @@ func newImagesCmd() *cobra.Command {
 		Use:   "build",
 		Short: "Write the stowage and sidecar images as OCI archives, and import them into containerd",
 		Long: `Builds, from this machine's files alone, one OCI image archive per image in --out:
-  ` + cluster.ImageRepo + `/stowage:<tag>   this binary and the node's tools (` + fmt.Sprint(cluster.NodeTools) + `)
-                                with their libraries; /usr/share/stowage/packages.json pins each
+  ` + cluster.ImageRepo + `/stowage:<tag>   this binary, the node's tools (` + fmt.Sprint(cluster.NodeTools) + `)
+                                and a storage host's nfs-ganesha (with its VFS back end), with their libraries; /usr/share/stowage/packages.json pins each
                                 file to its Debian package and version
   ` + cluster.ImageRepo + `/<sidecar>:<its version>   each upstream binary of --bin-dir
 Every timestamp and owner is fixed: the same inputs give the same digests.
@@ -35,7 +35,11 @@ To use them on another cluster, push them to your registry:
 				return err
 			}
 			imgs := []cluster.Image{}
-			img, err := cluster.StowageImage(self, tag, cluster.NodeTools, cluster.DpkgPackageOf)
+			host, err := cluster.StorageHostTools()
+			if err != nil {
+				return err
+			}
+			img, err := cluster.StowageImage(self, tag, append(cluster.NodeTools[:len(cluster.NodeTools):len(cluster.NodeTools)], host...), cluster.DpkgPackageOf)
 			if err != nil {
 				return err
 			}

@@ -66,7 +66,7 @@ func E2EImages(src E2EImageSources) ([]Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if interp, _, err := elfDeps(src.Agnhost); err != nil {
+	if interp, _, _, err := elfDeps(src.Agnhost); err != nil {
 		return nil, err
 	} else if interp != "" {
 		return nil, fmt.Errorf("%s is dynamically linked; build agnhost with CGO_ENABLED=0", src.Agnhost)

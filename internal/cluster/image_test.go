@@ -170,7 +170,7 @@ func TestPauseImageFiles_CarriesTheLoaderOfADynamicBinary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	interp, _, err := elfDeps(exe)
+	interp, _, _, err := elfDeps(exe)
 	if err != nil {
 		t.Fatal(err)
 	}

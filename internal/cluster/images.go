@@ -33,7 +33,7 @@ func BusyboxImageFiles(busybox string) (Image, error) {
 	if err != nil {
 		return Image{}, err
 	}
-	if interp, _, err := elfDeps(busybox); err != nil {
+	if interp, _, _, err := elfDeps(busybox); err != nil {
 		return Image{}, err
 	} else if interp != "" {
 		return Image{}, fmt.Errorf("%s is dynamically linked; the busybox image needs busybox-static's", busybox)
@@ -73,12 +73,12 @@ func elfWithLibraries(bin, dst string) ([]ImageFile, error) {
 		return nil, err
 	}
 	files := []ImageFile{{Path: dst, Mode: 0o755, Data: data}}
-	interp, needed, err := elfDeps(bin)
+	interp, needed, runpath, err := elfDeps(bin)
 	if err != nil {
 		return nil, err
 	}
-	if interp == "" {
-		return files, nil
+	if interp == "" && len(needed) == 0 {
+		return files, nil // static
 	}
 	seen := map[string]bool{}
 	add := func(p string) error {
@@ -93,16 +93,27 @@ func elfWithLibraries(bin, dst string) ([]ImageFile, error) {
 		files = append(files, ImageFile{Path: p, Mode: 0o755, Data: b})
 		return nil
 	}
-	if err := add(interp); err != nil {
-		return nil, fmt.Errorf("%s's interpreter: %w", bin, err)
+	// A shared object (a plugin loaded with dlopen) has no interpreter of
+	// its own; its libraries are still needed.
+	if interp != "" {
+		if err := add(interp); err != nil {
+			return nil, fmt.Errorf("%s's interpreter: %w", bin, err)
+		}
 	}
-	queue := needed
+	type want struct {
+		lib     string
+		runpath []string // of the object that needs it
+	}
+	var queue []want
+	for _, l := range needed {
+		queue = append(queue, want{l, runpath})
+	}
 	for len(queue) > 0 {
-		lib := queue[0]
+		w := queue[0]
 		queue = queue[1:]
-		p, err := findLibrary(lib)
+		p, err := findLibrary(w.lib, w.runpath)
 		if err != nil {
-			return nil, fmt.Errorf("%s needs %s: %w", bin, lib, err)
+			return nil, fmt.Errorf("%s needs %s: %w", bin, w.lib, err)
 		}
 		if seen[p] {
 			continue
@@ -110,37 +121,53 @@ func elfWithLibraries(bin, dst string) ([]ImageFile, error) {
 		if err := add(p); err != nil {
 			return nil, err
 		}
-		_, more, err := elfDeps(p)
+		_, more, rp, err := elfDeps(p)
 		if err != nil {
 			return nil, err
 		}
-		queue = append(queue, more...)
+		for _, l := range more {
+			queue = append(queue, want{l, rp})
+		}
 	}
 	return files, nil
 }
 
-// elfDeps returns an ELF file's interpreter ("" when static) and the
-// libraries it names directly.
-func elfDeps(p string) (interp string, needed []string, err error) {
+// elfDeps returns an ELF file's interpreter ("" when static or a shared
+// object), the libraries it names directly and where it says to look for
+// them first (DT_RUNPATH, or the older DT_RPATH).
+func elfDeps(p string) (interp string, needed, runpath []string, err error) {
 	f, err := elf.Open(p)
 	if err != nil {
-		return "", nil, fmt.Errorf("%s: %w", p, err)
+		return "", nil, nil, fmt.Errorf("%s: %w", p, err)
 	}
 	defer f.Close()
 	for _, prog := range f.Progs {
 		if prog.Type == elf.PT_INTERP {
 			b := make([]byte, prog.Filesz)
 			if _, err := prog.ReadAt(b, 0); err != nil {
-				return "", nil, fmt.Errorf("%s: interpreter: %w", p, err)
+				return "", nil, nil, fmt.Errorf("%s: interpreter: %w", p, err)
 			}
 			interp = string(bytes.TrimRight(b, "\x00"))
 		}
 	}
 	needed, err = f.ImportedLibraries()
 	if err != nil {
-		return "", nil, fmt.Errorf("%s: %w", p, err)
+		return "", nil, nil, fmt.Errorf("%s: %w", p, err)
 	}
-	return interp, needed, nil
+	for _, tag := range []elf.DynTag{elf.DT_RUNPATH, elf.DT_RPATH} {
+		vals, _ := f.DynString(tag)
+		for _, v := range vals {
+			for _, d := range strings.Split(v, ":") {
+				if d != "" && !strings.Contains(d, "$") { // $ORIGIN and friends: not used by Debian's binaries
+					runpath = append(runpath, d)
+				}
+			}
+		}
+		if len(runpath) > 0 {
+			break
+		}
+	}
+	return interp, needed, runpath, nil
 }
 
 var libraryDirs = []string{
@@ -149,17 +176,17 @@ var libraryDirs = []string{
 	"/lib64", "/usr/lib64", "/lib", "/usr/lib",
 }
 
-func findLibrary(name string) (string, error) {
+func findLibrary(name string, runpath []string) (string, error) {
 	if filepath.IsAbs(name) {
 		return name, nil
 	}
-	for _, d := range libraryDirs {
+	for _, d := range append(runpath[:len(runpath):len(runpath)], libraryDirs...) {
 		p := filepath.Join(d, name)
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("not found in %s", strings.Join(libraryDirs, ", "))
+	return "", fmt.Errorf("not found in %s", strings.Join(append(runpath[:len(runpath):len(runpath)], libraryDirs...), ", "))
 }
 
 // importImage writes img as an OCI archive under dir and imports it into

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -28,6 +29,19 @@ const ImageRepo = "localhost/stowage"
 var NodeTools = []string{
 	"mkfs.ext4", "mkfs.xfs", "resize2fs", "xfs_growfs", "e2fsck", "xfs_repair",
 	"blkid", "losetup", "mount", "umount",
+}
+
+// StorageHostTools are what a storage host (`stowage agent`, or the
+// server with its file pools) runs: nfs-ganesha with its VFS back end (a
+// plugin it loads by name, so no ELF names it) and libtirpc's
+// /etc/netconfig, without which ganesha cannot listen. The plugin's path
+// is found on this machine.
+func StorageHostTools() ([]string, error) {
+	plugins, _ := filepath.Glob("/usr/lib/*/ganesha/libfsalvfs.so")
+	if len(plugins) == 0 {
+		return nil, fmt.Errorf("the stowage image needs nfs-ganesha's VFS back end (libfsalvfs.so under /usr/lib/<arch>/ganesha): install nfs-ganesha-vfs (hack/setup.sh)")
+	}
+	return []string{"ganesha.nfsd", plugins[0], "/etc/netconfig"}, nil
 }
 
 // SidecarBinaries are the upstream components that get an image each,
@@ -75,8 +89,10 @@ func DpkgPackageOf(p string) (string, string, error) {
 	return pkg, string(v), nil
 }
 
-// StowageImage is the multi-call binary at /usr/bin/stowage with the node
-// tools (each with its ELF loader and libraries) and
+// StowageImage is the multi-call binary at /usr/bin/stowage with the
+// tools (each with its ELF loader and libraries; a tool given by its
+// absolute path is taken from there: a plugin with its libraries, or a
+// plain file as it is) and
 // /usr/share/stowage/packages.json: every file from a Debian package, with
 // the package and its version. tag is the image's tag (the stowage
 // version).
@@ -86,6 +102,14 @@ func StowageImage(stowage, tag string, tools []string, packageOf PackageOf) (Ima
 		return Image{}, err
 	}
 	for _, t := range tools {
+		if filepath.IsAbs(t) {
+			more, err := fileOrELF(t)
+			if err != nil {
+				return Image{}, fmt.Errorf("the stowage image needs %s: %w (install its Debian package: hack/setup.sh)", t, err)
+			}
+			files = append(files, more...)
+			continue
+		}
 		p, err := exec.LookPath(t)
 		if err != nil {
 			return Image{}, fmt.Errorf("the stowage image needs %s: %w (install its Debian package: hack/setup.sh)", t, err)
@@ -132,6 +156,25 @@ func StowageImage(stowage, tag string, tools []string, packageOf PackageOf) (Ima
 		Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 		Files:      files,
 	}, nil
+}
+
+// fileOrELF is p with its libraries when it is an ELF object, else p's
+// bytes with its permissions.
+func fileOrELF(p string) ([]ImageFile, error) {
+	f, err := elf.Open(p)
+	if err == nil {
+		f.Close()
+		return elfWithLibraries(p, p)
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	return []ImageFile{{Path: p, Mode: int64(st.Mode().Perm()), Data: b}}, nil
 }
 
 // SidecarImage is one upstream binary of the build at /<name>, its

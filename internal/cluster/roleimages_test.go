@@ -2,13 +2,19 @@ package cluster
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/stowage-io/stowage/internal/files"
+	"github.com/stowage-io/stowage/internal/nfsmount"
 )
 
 // layerFiles reads the single layer of an OCI archive back: path → content
@@ -156,29 +162,7 @@ func TestStowageImage_ToolsRunFromTheImageAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	if _, err := WriteOCIArchive(&buf, img); err != nil {
-		t.Fatal(err)
-	}
-	root := t.TempDir()
-	for p, data := range layerFiles(t, buf.Bytes()) {
-		dst := filepath.Join(root, p)
-		if strings.HasSuffix(p, "/tmp") || p == "/" {
-			os.MkdirAll(dst, 0o1777)
-			continue
-		}
-		if p == "/etc/mtab" {
-			continue
-		}
-		if len(data) == 0 {
-			os.MkdirAll(dst, 0o755)
-			continue
-		}
-		os.MkdirAll(filepath.Dir(dst), 0o755)
-		if err := os.WriteFile(dst, data, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	root := unpackImage(t, img)
 	if err := os.WriteFile(filepath.Join(root, "tmp", "fs.img"), make([]byte, 8<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -198,5 +182,125 @@ func TestStowageImage_ToolsRunFromTheImageAlone(t *testing.T) {
 	run(mkfs, "-q", "-F", "-L", "imgtest", "/tmp/fs.img")
 	if out := run(blkid, "/tmp/fs.img"); !strings.Contains(out, `LABEL="imgtest"`) || !strings.Contains(out, `TYPE="ext4"`) {
 		t.Fatalf("blkid in the image: %s", out)
+	}
+}
+
+// unpackImage writes img's one layer into a new directory, as a container
+// runtime would.
+func unpackImage(t *testing.T, img Image) string {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := WriteOCIArchive(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	for p, data := range layerFiles(t, buf.Bytes()) {
+		dst := filepath.Join(root, p)
+		if strings.HasSuffix(p, "/tmp") || p == "/" {
+			os.MkdirAll(dst, 0o1777)
+			continue
+		}
+		if target, ok := strings.CutPrefix(string(data), "-> "); ok {
+			os.MkdirAll(filepath.Dir(dst), 0o755)
+			if err := os.Symlink(target, dst); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if len(data) == 0 {
+			os.MkdirAll(dst, 0o755)
+			continue
+		}
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		if err := os.WriteFile(dst, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+// A storage host's nfs-ganesha runs from the image alone: chrooted into
+// the unpacked image (in a mount namespace of its own, with /proc and
+// /dev as a container runtime gives them, and the state directory bound
+// in at its own path), it serves an export that a FUSE NFS client mounts
+// and reads.
+func TestStowageImage_GaneshaServesFromTheImageAlone(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chroot, mount namespaces and FUSE need root")
+	}
+	if _, err := exec.LookPath("ganesha.nfsd"); err != nil {
+		t.Skip("needs ganesha.nfsd (Debian nfs-ganesha, nfs-ganesha-vfs; hack/setup.sh)")
+	}
+	host, err := StorageHostTools()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := StowageImage(self, "v0.test", host, func(string) (string, string, error) { return "p", "1", nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := unpackImage(t, img)
+	state := t.TempDir()
+	tree := filepath.Join(state, "tree")
+	if err := os.MkdirAll(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "hello"), []byte("served from the image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Only the daemon comes from the image; the wrapper sets up what the
+	// runtime would, in a mount namespace that ends with the daemon.
+	wrapper := filepath.Join(t.TempDir(), "ganesha-in-image")
+	script := `#!/bin/sh
+set -e
+r=$1; d=$2; shift 2
+mkdir -p "$r/proc" "$r/dev" "$r$d"
+mount -t proc proc "$r/proc"
+mount --rbind /dev "$r/dev"
+mount --bind "$d" "$r$d"
+exec chroot "$r" /usr/bin/ganesha.nfsd "$@"
+`
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(filepath.Dir(wrapper), "run")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexec unshare -m --propagation private "+wrapper+" "+root+" "+state+` "$@"`+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ex := files.Export{ID: 3, AccessPointID: "fsap-00000000000000003", Path: tree, Pseudo: "/fsap-00000000000000003", Squash: true, AnonUID: 0, AnonGID: 0, ReadOnly: true}
+	g, err := files.StartGanesha(ctx, files.GaneshaConfig{Binary: bin, StateDir: filepath.Join(state, "ganesha"), Port: port, Graceless: true}, []files.Export{ex})
+	if err != nil {
+		t.Fatalf("nfs-ganesha from the image: %v", err)
+	}
+	defer g.Stop()
+	target := filepath.Join(t.TempDir(), "mnt")
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m, err := nfsmount.New(ctx, nfsmount.Options{Server: g.Address(), Export: ex.Pseudo, Target: target, ReadOnly: true})
+	if err != nil {
+		log, _ := os.ReadFile(g.LogPath())
+		t.Fatalf("mount the image's nfs-ganesha export: %v\nnfs-ganesha's log:\n%s", err, log)
+	}
+	defer func() {
+		if err := m.Unmount(time.Second); err != nil {
+			t.Errorf("unmount %s: %v", target, err)
+		}
+		m.Close()
+	}()
+	if got, err := os.ReadFile(filepath.Join(target, "hello")); err != nil || string(got) != "served from the image" {
+		t.Fatalf("read through the image's nfs-ganesha: %q, %v", got, err)
 	}
 }

@@ -380,6 +380,9 @@ NFSv4 {
 	# Owners as numbers ("1234"), both ways: the access point's POSIX
 	# user is numeric and clients (Stowage's FUSE client) map them back.
 	Only_Numeric_Owners = true;
+	# No ID mapping service either: libnfsidmap (/etc/idmapd.conf and
+	# its plugins) is not needed, so ganesha runs from the stowage image.
+	UseGetpwnam = true;
 }
 NFS_KRB5 { Active_krb5 = false; }
 `, g.cfg.Address, g.cfg.Port, g.cfg.Graceless, filepath.Join(g.cfg.StateDir, "recovery"))
