@@ -1,6 +1,8 @@
 package auth
 
 import (
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 )
 
@@ -14,6 +16,17 @@ type Rule struct {
 	// Each: the resources are several objects, each to be allowed (not
 	// several names of one object, any of which may match).
 	Each bool
+	// AnyCaller: every authenticated caller may (no policy is asked);
+	// for calls that tell nothing about any object.
+	AnyCaller bool
+}
+
+// The gRPC health service: the drivers' readiness asks it with their own
+// tokens, so an answer proves the server answers and the token is good.
+func init() {
+	Methods[healthpb.Health_Check_FullMethodName] = Rule{Action: "health:Check", Resources: all, AnyCaller: true}
+	Methods[healthpb.Health_List_FullMethodName] = Rule{Action: "health:List", Resources: all, AnyCaller: true}
+	Methods[healthpb.Health_Watch_FullMethodName] = Rule{Action: "health:Watch", Resources: all, AnyCaller: true}
 }
 
 func res[T any](f func(T) string) func(any) []string {

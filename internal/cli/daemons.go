@@ -29,6 +29,7 @@ import (
 	"github.com/stowage-io/stowage/internal/httpapi"
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/metrics"
+	"github.com/stowage-io/stowage/internal/readiness"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
@@ -554,7 +555,7 @@ func (l *leaderGate) Serving() bool { return l.serving.Load() && l.election.IsLe
 func (l *leaderGate) Leader(ctx context.Context) (string, error) { return l.election.Leader(ctx) }
 
 func newCSICmd() *cobra.Command {
-	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper, tokenFile, localHandoff string
+	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper, tokenFile, localHandoff, healthAddr string
 	var maxVolumes int64
 	var limitsInterval time.Duration
 	cmd := &cobra.Command{Use: "csi", Short: "Run a CSI driver: block (" + csi.DriverName + ") or file (" + filecsi.DriverName + ")"}
@@ -572,6 +573,7 @@ func newCSICmd() *cobra.Command {
 	pf.Int64Var(&maxVolumes, "max-volumes", 64, "most volumes attached to this node at once, reported to the scheduler")
 	pf.StringVar(&registrationDir, "kubelet-registration-dir", "", "the kubelet's plugins_registry directory: when set, the node plugin registers itself with the kubelet there (no node-driver-registrar needed)")
 	pf.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
+	pf.StringVar(&healthAddr, "health-address", "", healthAddressUsage)
 	pf.DurationVar(&limitsInterval, "limits-interval", 2*time.Second, "how often the node re-applies IOPS/throughput limits of its volumes")
 	pf.StringVar(&cgroupRoot, "cgroup-root", "", "where the node plugin writes I/O limits: a cgroup v1 blkio hierarchy or a cgroup v2 mount with the io controller (default: detect /sys/fs/cgroup, /sys/fs/cgroup/blkio, other cgroup2 mounts; none found: volumes stage without limits)")
 
@@ -589,6 +591,9 @@ func newCSICmd() *cobra.Command {
 			return err
 		}
 		defer conn.Close()
+		if err := serveReadiness(ctx, conn, api, healthAddr); err != nil {
+			return err
+		}
 		if nodeID == "" && withNode {
 			if nodeID, err = os.Hostname(); err != nil {
 				return fmt.Errorf("no --node-id and no hostname: %w", err)
@@ -700,6 +705,22 @@ func runFileDriver(ctx context.Context, conn *grpc.ClientConn, o fileDriverOptio
 		}
 	}
 	return d.Serve(ctx, o.endpoint)
+}
+
+const healthAddressUsage = "serve http://<address>/readyz (200 while the Stowage API answers its health check with this component's token, else 503 saying which endpoint failed and why) and /healthz (200 while serving), host:port (empty: none)"
+
+// serveReadiness serves the readiness endpoint of a component that calls
+// the Stowage API through conn (dialled at api), when addr is set.
+func serveReadiness(ctx context.Context, conn *grpc.ClientConn, api, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	got, err := readiness.New(conn, api, slog.Default()).Serve(ctx, addr)
+	if err != nil {
+		return err
+	}
+	slog.Info("readiness serving", "url", "http://"+got.String()+"/readyz", "api", api)
+	return nil
 }
 
 const metricsAddressUsage = "serve Prometheus metrics on http://<address>/metrics, host:port (empty: no metrics; docs/metrics.md lists them)"

@@ -56,7 +56,7 @@ still decrypts. A disabled key makes Status unhealthy and Encrypt fail.`,
 }
 
 func newSecretsProviderCmd() *cobra.Command {
-	var dir, api, audience, tokenFile string
+	var dir, api, audience, tokenFile, healthAddr string
 	cmd := &cobra.Command{
 		Use:   "secrets-provider",
 		Short: "Run the Secrets Store CSI provider (provider name " + provider.Name + ")",
@@ -76,14 +76,17 @@ API with every fetch; it is never logged.`,
 			}
 			defer conn.Close()
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			if err := serveReadiness(ctx, conn, api, healthAddr); err != nil {
+				return err
+			}
 			lis, err := provider.Listen(dir)
 			if err != nil {
 				return err
 			}
 			g := grpc.NewServer()
 			provider.NewServer(pb.NewSecretServiceClient(conn), audience, csi.Version, log).Register(g)
-			ctx, cancel := signalContext(cmd.Context())
-			defer cancel()
 			go func() { <-ctx.Done(); g.GracefulStop() }()
 			log.Info("secrets-provider serving", "socket", provider.SocketPath(dir), "api", api, "audience", audience)
 			return g.Serve(lis)
@@ -93,6 +96,7 @@ API with every fetch; it is never logged.`,
 	f.StringVar(&dir, "providers-dir", "/var/run/secrets-store-csi-providers", "the driver's --provider-volume")
 	f.StringVar(&api, "api", DefaultEndpoint, apiUsage)
 	f.StringVar(&tokenFile, "token-file", "", tokenFileUsage(auth.SecretsProvider))
+	f.StringVar(&healthAddr, "health-address", "", healthAddressUsage)
 	f.StringVar(&audience, "audience", provider.DefaultAudience, "audience of the pod's service-account token (list it in the CSIDriver's tokenRequests)")
 	return cmd
 }

@@ -13,6 +13,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
@@ -189,6 +191,9 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterFileSystemServiceServer(g, s)
 	pb.RegisterAccessPointServiceServer(g, s)
 	pb.RegisterPolicyServiceServer(g, s)
+	// The standard health check (every authenticated caller may ask it):
+	// the drivers' readiness (internal/readiness).
+	healthpb.RegisterHealthServer(g, health.NewServer())
 }
 
 // lock takes the per-object locks or returns ABORTED naming the object.
