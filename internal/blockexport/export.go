@@ -65,10 +65,10 @@ type Exporter struct {
 	mu      sync.Mutex
 	exports map[string]*export // by attachment id
 	volumes map[string]*volume // by volume id; kept after the last export goes, for its generation
-	fenced  map[string]uint64  // attachment id -> the generation that fenced it
-	// detached are the attachments Unexport ended: a client of one that
-	// comes back is refused, not told to wait for the export.
-	detached map[string]bool
+	// ended are the attachments fenced (by the generation that fenced
+	// them) or ended by Unexport: a client of one that comes back is
+	// refused, not told to wait for the export. Bounded (maxEnded).
+	ended *ended
 }
 
 type volume struct {
@@ -102,7 +102,7 @@ func New(log *slog.Logger) *Exporter {
 	if log == nil {
 		log = slog.Default()
 	}
-	e := &Exporter{log: log, exports: map[string]*export{}, volumes: map[string]*volume{}, fenced: map[string]uint64{}, detached: map[string]bool{}}
+	e := &Exporter{log: log, exports: map[string]*export{}, volumes: map[string]*volume{}, ended: newEnded(maxEnded)}
 	e.srv = &nbd.Server{Lookup: e.lookup, Authenticate: e.authenticate, Logger: log}
 	return e
 }
@@ -149,10 +149,9 @@ func (e *Exporter) Export(ctx context.Context, a Attachment) error {
 		x.a.Limits = a.Limits
 		return nil
 	}
-	if by, ok := e.fenced[a.ID]; ok {
-		return fmt.Errorf("export attachment %s of volume %s: fenced by generation %d: %w", a.ID, a.VolumeID, by, ErrStaleGeneration)
-	}
-	if e.detached[a.ID] {
+	if r, ok := e.ended.get(a.ID); ok && r.fencedBy != 0 {
+		return fmt.Errorf("export attachment %s of volume %s: fenced by generation %d: %w", a.ID, a.VolumeID, r.fencedBy, ErrStaleGeneration)
+	} else if ok {
 		return fmt.Errorf("export attachment %s of volume %s: it was detached, and a detached attachment does not come back (attach again for a new one): %w", a.ID, a.VolumeID, ErrStaleGeneration)
 	}
 	v := e.volumes[a.VolumeID]
@@ -233,7 +232,7 @@ func (e *Exporter) fence(volumeID string, v *volume, gen uint64) {
 			continue
 		}
 		delete(e.exports, id)
-		e.fenced[id] = gen
+		e.ended.add(id, endReason{fencedBy: gen})
 		e.end(x)
 		e.log.Warn("attachment fenced: its requests now fail", "attachment", id, "volume", volumeID,
 			"generation", x.a.Generation, "fenced_by_generation", gen)
@@ -261,7 +260,7 @@ func (e *Exporter) Unexport(ctx context.Context, attachmentID string) error {
 	e.mu.Lock()
 	x, ok := e.exports[attachmentID]
 	delete(e.exports, attachmentID)
-	e.detached[attachmentID] = true
+	e.ended.add(attachmentID, endReason{})
 	e.mu.Unlock()
 	if ok {
 		e.end(x)
@@ -304,9 +303,10 @@ func (x *export) admit(ctx context.Context, r nbd.Request) (func(), error) {
 func (e *Exporter) authenticate(_ context.Context, a nbd.Auth, remote net.Addr) error {
 	e.mu.Lock()
 	x, ok := e.exports[a.Export]
-	by, fenced := e.fenced[a.Export]
-	detached := e.detached[a.Export]
+	r, gone := e.ended.get(a.Export)
 	e.mu.Unlock()
+	by, fenced := r.fencedBy, gone && r.fencedBy != 0
+	detached := gone && !fenced
 	refuse := func(reason string, args ...any) error {
 		e.log.Warn("nbd client refused", append([]any{"attachment", a.Export, "generation", a.Generation,
 			"remote", remote.String(), "reason", reason}, args...)...)
