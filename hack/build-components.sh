@@ -35,6 +35,7 @@ components=(
 	"snapshot-crds           external-snapshotter default"
 	"secrets-store-csi-driver secrets-store-csi-driver default"
 	"secrets-store-crds      secrets-store-csi-driver default"
+	"helm                    helm                 default"
 	"ginkgo                  kubernetes           optional"
 	"e2e.test                kubernetes           optional"
 )
@@ -208,6 +209,21 @@ build() {
 		(cd "$moddir" && go build -mod=readonly -trimpath \
 			-ldflags "-s -w -X sigs.k8s.io/secrets-store-csi-driver/pkg/version.BuildVersion=$(version_of "$dir" sigs.k8s.io/secrets-store-csi-driver)" \
 			-o "$tmp" sigs.k8s.io/secrets-store-csi-driver/cmd/secrets-store-csi-driver)
+		;;
+	helm)
+		# The same -X flags as helm's Makefile: the version it reports, and
+		# the Kubernetes version `helm template` and `helm lint` assume
+		# (1.<minor of the client-go it builds with>).
+		local hv kv kminor hp=helm.sh/helm/v3
+		hv=$(version_of "$dir" helm.sh/helm/v3)
+		kv=$(version_of "$dir" k8s.io/client-go)
+		kminor=${kv#v0.}
+		kminor=${kminor%%.*}
+		(cd "$moddir" && go build -mod=readonly -trimpath \
+			-ldflags "-s -w -X $hp/internal/version.version=$hv -X $hp/internal/version.gitTreeState=clean \
+-X $hp/pkg/lint/rules.k8sVersionMajor=1 -X $hp/pkg/lint/rules.k8sVersionMinor=$kminor \
+-X $hp/pkg/chartutil.k8sVersionMajor=1 -X $hp/pkg/chartutil.k8sVersionMinor=$kminor" \
+			-o "$tmp" "$hp/cmd/helm")
 		;;
 	snapshot-crds)
 		copy_crds "$moddir" github.com/kubernetes-csi/external-snapshotter/client/v8 config/crd "${snapshot_crds[@]}"

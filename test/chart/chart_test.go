@@ -1,0 +1,375 @@
+// Package chart tests the Helm chart in deploy/helm/stowage without a
+// cluster: helm lint and helm template with several value sets, every
+// rendered document decoded strictly into its client-go type, the
+// invariants a CSI driver install needs, the values schema, and that
+// deploy/manifests/stowage.yaml is a fresh render.
+package chart
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apiextv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes/scheme"
+)
+
+func repoRoot(t *testing.T) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+func helmBin(t *testing.T) string {
+	t.Helper()
+	h := filepath.Join(repoRoot(t), "_output", "bin", "helm")
+	if _, err := os.Stat(h); err != nil {
+		t.Skipf("no helm at %s (build it: hack/build-components.sh helm): %v", h, err)
+	}
+	return h
+}
+
+func chartDir(t *testing.T) string { return filepath.Join(repoRoot(t), "deploy", "helm", "stowage") }
+
+// helm runs helm with args; it returns stdout, and stderr in the error.
+func helm(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(helmBin(t), args...)
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("helm %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return out.String(), nil
+}
+
+func render(t *testing.T, set ...string) string {
+	t.Helper()
+	args := []string{"template", "stowage", chartDir(t), "--namespace", "stowage"}
+	out, err := helm(t, append(args, setFlags(set)...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// setFlags makes --set flags; a StorageClass parameter (.parameters.) is
+// a string in the StorageClass, so it goes as --set-string.
+func setFlags(set []string) []string {
+	var args []string
+	for _, s := range set {
+		if strings.Contains(s, ".parameters.") {
+			args = append(args, "--set-string", s)
+		} else {
+			args = append(args, "--set", s)
+		}
+	}
+	return args
+}
+
+var valueSets = map[string][]string{
+	"defaults":                 nil,
+	"external server":          {"server.external.address=stowage.example.com:7420"},
+	"snapshot controller off":  {"snapshotController.enabled=false", "snapshotController.installCRDs=false"},
+	"secrets store and agents": {"secretsStoreDriver.enabled=true", "secretsStoreDriver.installCRDs=true", "agents.enabled=true"},
+	"hostPath server, file class": {"server.inCluster.storage.type=hostPath",
+		"fileStorageClasses[0].name=stowage-efs", "fileStorageClasses[0].parameters.provisioningMode=efs-ap",
+		"fileStorageClasses[0].parameters.fileSystemId=fs-1234", "fileStorageClasses[0].parameters.directoryPerms=700"},
+}
+
+func TestLint(t *testing.T) {
+	if out, err := helm(t, "lint", "--strict", chartDir(t)); err != nil {
+		t.Fatalf("helm lint failed: %v\n%s", err, out)
+	}
+}
+
+// objects is a render decoded strictly: unknown or duplicate fields fail.
+type objects struct {
+	all []k8sruntime.Object
+}
+
+func decodeStrict(t *testing.T, manifest string) objects {
+	t.Helper()
+	sch := k8sruntime.NewScheme()
+	for _, add := range []func(*k8sruntime.Scheme) error{scheme.AddToScheme, apiextv1.AddToScheme, snapv1.AddToScheme} {
+		if err := add(sch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dec := serializer.NewCodecFactory(sch, serializer.EnableStrict).UniversalDeserializer()
+	r := utilyaml.NewYAMLReader(bufioReader(manifest))
+	var o objects
+	for i := 0; ; i++ {
+		doc, err := r.Read()
+		if errors.Is(err, ioEOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
+			continue
+		}
+		obj, gvk, err := dec.Decode(doc, nil, nil)
+		if err != nil {
+			t.Fatalf("document %d does not decode strictly (fix the template that made it): %v\n%s", i, err, doc)
+		}
+		if gvk.Kind == "" {
+			t.Fatalf("document %d has no kind", i)
+		}
+		o.all = append(o.all, obj)
+	}
+	if len(o.all) == 0 {
+		t.Fatal("the render has no documents")
+	}
+	return o
+}
+
+func TestTemplate_DecodesStrictlyAndKeepsInvariants(t *testing.T) {
+	for name, set := range valueSets {
+		t.Run(name, func(t *testing.T) {
+			o := decodeStrict(t, render(t, set...))
+			checkInvariants(t, o, set)
+		})
+	}
+}
+
+func checkInvariants(t *testing.T, o objects, set []string) {
+	t.Helper()
+	sas := map[string]bool{}
+	clusterRoles := map[string]bool{}
+	roles := map[string]bool{}
+	drivers := map[string]bool{}
+	kinds := map[string]int{}
+	var podSpecs []struct {
+		name string
+		spec corev1.PodSpec
+	}
+	for _, obj := range o.all {
+		switch v := obj.(type) {
+		case *corev1.ServiceAccount:
+			sas[v.Namespace+"/"+v.Name] = true
+		case *rbacv1.ClusterRole:
+			clusterRoles[v.Name] = true
+			checkRules(t, "ClusterRole "+v.Name, v.Rules)
+		case *rbacv1.Role:
+			roles[v.Namespace+"/"+v.Name] = true
+			checkRules(t, "Role "+v.Name, v.Rules)
+		case *storagev1.CSIDriver:
+			drivers[v.Name] = true
+		case *appsv1.Deployment:
+			kinds["Deployment"]++
+			podSpecs = append(podSpecs, struct {
+				name string
+				spec corev1.PodSpec
+			}{"Deployment " + v.Name, v.Spec.Template.Spec})
+		case *appsv1.DaemonSet:
+			kinds["DaemonSet"]++
+			podSpecs = append(podSpecs, struct {
+				name string
+				spec corev1.PodSpec
+			}{"DaemonSet " + v.Name, v.Spec.Template.Spec})
+			if v.Name == "stowage-csi-node" {
+				checkNodePlugin(t, v)
+			}
+		case *appsv1.StatefulSet:
+			kinds["StatefulSet"]++
+			podSpecs = append(podSpecs, struct {
+				name string
+				spec corev1.PodSpec
+			}{"StatefulSet " + v.Name, v.Spec.Template.Spec})
+		case *storagev1.StorageClass:
+			if v.Provisioner != "block.csi.stowage.io" && v.Provisioner != "file.csi.stowage.io" {
+				t.Errorf("StorageClass %s: provisioner %q is not one of Stowage's drivers", v.Name, v.Provisioner)
+			}
+		case *snapv1.VolumeSnapshotClass:
+			if v.Driver != "block.csi.stowage.io" {
+				t.Errorf("VolumeSnapshotClass %s: driver %q, want block.csi.stowage.io", v.Name, v.Driver)
+			}
+		}
+	}
+	for _, want := range []string{"block.csi.stowage.io", "file.csi.stowage.io"} {
+		if !drivers[want] {
+			t.Errorf("no CSIDriver %s (have %v)", want, drivers)
+		}
+	}
+	for d := range drivers {
+		if d != "block.csi.stowage.io" && d != "file.csi.stowage.io" && d != "secrets-store.csi.k8s.io" {
+			t.Errorf("CSIDriver %s is not a driver the chart runs", d)
+		}
+	}
+	for _, p := range podSpecs {
+		sa := "stowage/" + p.spec.ServiceAccountName
+		if p.spec.ServiceAccountName == "" || !sas[sa] {
+			t.Errorf("%s runs as service account %q, which the render does not create", p.name, p.spec.ServiceAccountName)
+		}
+	}
+	for _, obj := range o.all {
+		switch v := obj.(type) {
+		case *rbacv1.ClusterRoleBinding:
+			if v.RoleRef.Kind != "ClusterRole" || (!clusterRoles[v.RoleRef.Name] && !strings.HasPrefix(v.RoleRef.Name, "system:")) {
+				t.Errorf("ClusterRoleBinding %s names %s %s, which the render does not create", v.Name, v.RoleRef.Kind, v.RoleRef.Name)
+			}
+			checkSubjects(t, "ClusterRoleBinding "+v.Name, v.Subjects, sas)
+		case *rbacv1.RoleBinding:
+			if v.RoleRef.Kind != "Role" || !roles[v.Namespace+"/"+v.RoleRef.Name] {
+				t.Errorf("RoleBinding %s names %s %s, which the render does not create", v.Name, v.RoleRef.Kind, v.RoleRef.Name)
+			}
+			checkSubjects(t, "RoleBinding "+v.Name, v.Subjects, sas)
+		}
+	}
+	external := hasSet(set, "server.external.address=")
+	if got := kinds["StatefulSet"]; external && got != 0 || !external && got != 1 {
+		t.Errorf("%d StatefulSets (the in-cluster server) with external server %v", got, external)
+	}
+	snapOff := hasSet(set, "snapshotController.enabled=false")
+	wantDeploy := 2
+	if snapOff {
+		wantDeploy = 1
+	}
+	if kinds["Deployment"] != wantDeploy {
+		t.Errorf("%d Deployments, want %d (controller, and the snapshot controller unless it is off)", kinds["Deployment"], wantDeploy)
+	}
+}
+
+func hasSet(set []string, prefix string) bool {
+	for _, s := range set {
+		if strings.HasPrefix(s, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func checkRules(t *testing.T, what string, rules []rbacv1.PolicyRule) {
+	t.Helper()
+	for _, r := range rules {
+		for _, l := range [][]string{r.Verbs, r.Resources, r.APIGroups} {
+			for _, x := range l {
+				if x == "*" {
+					t.Errorf("%s: rule %v has a wildcard; name the verbs and resources the component needs", what, r)
+				}
+			}
+		}
+	}
+}
+
+func checkSubjects(t *testing.T, what string, subjects []rbacv1.Subject, sas map[string]bool) {
+	t.Helper()
+	for _, s := range subjects {
+		if s.Kind == "ServiceAccount" && !sas[s.Namespace+"/"+s.Name] {
+			t.Errorf("%s binds service account %s/%s, which the render does not create", what, s.Namespace, s.Name)
+		}
+	}
+}
+
+func checkNodePlugin(t *testing.T, ds *appsv1.DaemonSet) {
+	t.Helper()
+	kubeletDir := ""
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if v.Name == "kubelet-dir" && v.HostPath != nil {
+			kubeletDir = v.HostPath.Path
+		}
+	}
+	if kubeletDir != "/var/lib/kubelet" {
+		t.Errorf("node DaemonSet: kubelet-dir hostPath %q, want /var/lib/kubelet", kubeletDir)
+	}
+	if len(ds.Spec.Template.Spec.Containers) == 0 {
+		t.Fatal("node DaemonSet has no containers")
+	}
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
+			t.Errorf("node DaemonSet container %s is not privileged; it attaches devices and mounts", c.Name)
+		}
+		bidi := false
+		for _, m := range c.VolumeMounts {
+			if m.Name == "kubelet-dir" && m.MountPath == kubeletDir && m.MountPropagation != nil && *m.MountPropagation == corev1.MountPropagationBidirectional {
+				bidi = true
+			}
+		}
+		if !bidi {
+			t.Errorf("node DaemonSet container %s does not mount %s with Bidirectional propagation; its mounts would not reach the kubelet", c.Name, kubeletDir)
+		}
+		reg := false
+		for _, a := range c.Args {
+			if a == "--kubelet-registration-dir="+kubeletDir+"/plugins_registry" {
+				reg = true
+			}
+		}
+		if !reg {
+			t.Errorf("node DaemonSet container %s does not register with the kubelet (--kubelet-registration-dir=%s/plugins_registry); args %v", c.Name, kubeletDir, c.Args)
+		}
+	}
+}
+
+func TestTemplate_KubeletDirValue(t *testing.T) {
+	out := render(t, "kubeletDir=/data/kubelet")
+	if strings.Contains(out, "/var/lib/kubelet") {
+		t.Error("with kubeletDir=/data/kubelet the render still names /var/lib/kubelet")
+	}
+	if !strings.Contains(out, "--kubelet-registration-dir=/data/kubelet/plugins_registry") {
+		t.Error("with kubeletDir=/data/kubelet the node plugins do not register in /data/kubelet/plugins_registry")
+	}
+}
+
+// Bad values fail helm template with the offending key's name (the
+// schema), as they fail helm install.
+func TestSchema_BadValuesFailWithKeyName(t *testing.T) {
+	cases := []struct {
+		name string
+		set  []string
+		want string
+	}{
+		{"unknown top-level key", []string{"replicaCount=2"}, "'replicaCount'"},
+		{"unknown nested key", []string{"controller.replica=2"}, "'replica'"},
+		{"unknown block parameter", []string{"blockStorageClasses[0].name=c", "blockStorageClasses[0].parameters.fstyp=ext4"}, "'fstyp'"},
+		{"invalid block type", []string{"blockStorageClasses[0].name=c", "blockStorageClasses[0].parameters.type=gp9"}, "/blockStorageClasses/0/parameters/type"},
+		{"invalid fsType", []string{"blockStorageClasses[0].name=c", "blockStorageClasses[0].parameters.csi\\.storage\\.k8s\\.io/fstype=ntfs"}, "fstype"},
+		{"iops not a number", []string{"blockStorageClasses[0].name=c", "blockStorageClasses[0].parameters.iops=fast"}, "/parameters/iops"},
+		{"invalid provisioningMode", []string{"fileStorageClasses[0].name=f", "fileStorageClasses[0].parameters.provisioningMode=efs-x",
+			"fileStorageClasses[0].parameters.fileSystemId=fs-1", "fileStorageClasses[0].parameters.directoryPerms=700"}, "/parameters/provisioningMode"},
+		{"directoryPerms not octal", []string{"fileStorageClasses[0].name=f", "fileStorageClasses[0].parameters.provisioningMode=efs-ap",
+			"fileStorageClasses[0].parameters.fileSystemId=fs-1", "fileStorageClasses[0].parameters.directoryPerms=800"}, "/parameters/directoryPerms"},
+		{"file class without fileSystemId", []string{"fileStorageClasses[0].name=f", "fileStorageClasses[0].parameters.provisioningMode=efs-ap",
+			"fileStorageClasses[0].parameters.directoryPerms=700"}, "fileSystemId"},
+		{"invalid pull policy", []string{"image.pullPolicy=Sometimes"}, "/image/pullPolicy"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			args := []string{"template", "stowage", chartDir(t)}
+			_, err := helm(t, append(args, setFlags(c.set)...)...)
+			if err == nil {
+				t.Fatalf("helm template --set %v succeeded; the schema must refuse it", c.set)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("the error does not name %s: %v", c.want, err)
+			}
+		})
+	}
+}
+
+func TestRenderedManifests_AreFresh(t *testing.T) {
+	path := filepath.Join(repoRoot(t), "deploy", "manifests", "stowage.yaml")
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run deploy/render.sh)", err)
+	}
+	want := "# Generated by deploy/render.sh from deploy/helm/stowage with its default values; do not edit.\n" + render(t)
+	if string(got) != want {
+		t.Fatalf("%s is stale: run deploy/render.sh and commit it", path)
+	}
+	decodeStrict(t, string(got))
+}
