@@ -212,6 +212,7 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 		}
 	}
 	for _, p := range podSpecs {
+		checkReadiness(t, p.name, p.spec)
 		sa := "stowage/" + p.spec.ServiceAccountName
 		if p.spec.ServiceAccountName == "" || !sas[sa] {
 			t.Errorf("%s runs as service account %q, which the render does not create", p.name, p.spec.ServiceAccountName)
@@ -242,6 +243,31 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 	}
 	if kinds["Deployment"] != wantDeploy {
 		t.Errorf("%d Deployments, want %d (controller, and the snapshot controller unless it is off)", kinds["Deployment"], wantDeploy)
+	}
+}
+
+// checkReadiness: every Stowage container that calls the Stowage API (a
+// CSI driver or the secrets provider) serves --health-address and is
+// probed there on /readyz, so a driver that cannot reach its server stays
+// not-Ready.
+func checkReadiness(t *testing.T, what string, spec corev1.PodSpec) {
+	t.Helper()
+	for _, c := range spec.Containers {
+		if len(c.Args) == 0 || (c.Args[0] != "csi" && c.Args[0] != "secrets-provider") {
+			continue
+		}
+		port := ""
+		for _, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, "--health-address="); ok {
+				port = v[strings.LastIndex(v, ":")+1:]
+			}
+		}
+		switch {
+		case port == "":
+			t.Errorf("%s container %s calls the Stowage API but has no --health-address", what, c.Name)
+		case c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.ReadinessProbe.HTTPGet.Port.String() != port:
+			t.Errorf("%s container %s: readinessProbe %+v, want GET /readyz on port %s (its --health-address)", what, c.Name, c.ReadinessProbe, port)
+		}
 	}
 }
 
