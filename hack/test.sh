@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run). Installs what is missing,
 # then runs go vet and every test: unit tests, csi-sanity against the real
-# driver and server, crash-recovery tests, the end-to-end suite on a local
+# driver and server, crash-recovery tests, the Helm chart's render and
+# schema tests, the end-to-end suite on a local
 # Kubernetes made by `stowage up`, and the CI subset of the upstream
 # external storage suite on the same kind of cluster. Tests use real loop devices and
 # mounts, so this runs as root. It fails if a test leaked a loop device or
@@ -25,6 +26,8 @@ before=$(leaks)
 # `stowage up` if none runs and takes it down again at the end.
 echo "== building Kubernetes components (hack/build-components.sh)"
 bash hack/build-components.sh
+echo "== the Helm chart (test/chart: helm lint, helm template with strict decoding, the schema)"
+(cd test/chart && go vet ./... && go test -count=1 .)
 echo "== go vet"
 go vet ./...
 echo "== go test (unit, csi-sanity, crash recovery)"
