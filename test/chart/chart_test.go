@@ -22,8 +22,8 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apiextv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 )
@@ -85,7 +85,7 @@ var valueSets = map[string][]string{
 	"external server":          {"server.external.address=stowage.example.com:7420"},
 	"snapshot controller off":  {"snapshotController.enabled=false", "snapshotController.installCRDs=false"},
 	"secrets store and agents": {"secretsStoreDriver.enabled=true", "secretsStoreDriver.installCRDs=true", "agents.enabled=true"},
-	"hostPath server, file class": {"server.inCluster.storage.type=hostPath",
+	"hostPath server, file class": {"server.inCluster.storage.type=hostPath", `server.inCluster.filePools[0]=name=files-a\,zone=zone-a\,size=10G`,
 		"fileStorageClasses[0].name=stowage-efs", "fileStorageClasses[0].parameters.provisioningMode=efs-ap",
 		"fileStorageClasses[0].parameters.fileSystemId=fs-1234", "fileStorageClasses[0].parameters.directoryPerms=700"},
 }
@@ -187,6 +187,7 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 			}
 		case *appsv1.StatefulSet:
 			kinds["StatefulSet"]++
+			checkServerNFS(t, v, hasSet(set, "server.inCluster.filePools"))
 			podSpecs = append(podSpecs, struct {
 				name string
 				spec corev1.PodSpec
@@ -244,6 +245,36 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 	if kinds["Deployment"] != wantDeploy {
 		t.Errorf("%d Deployments, want %d (controller, and the snapshot controller unless it is off)", kinds["Deployment"], wantDeploy)
 	}
+}
+
+// checkServerNFS: the in-cluster server serves its file pools' access
+// points over NFS (nfs-ganesha from the stowage image) exactly when it has
+// file pools, on the port it declares.
+func checkServerNFS(t *testing.T, ss *appsv1.StatefulSet, filePools bool) {
+	t.Helper()
+	for _, c := range ss.Spec.Template.Spec.Containers {
+		if len(c.Args) == 0 || c.Args[0] != "server" {
+			continue
+		}
+		listen := ""
+		for _, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, "--nfs-listen="); ok {
+				listen = v
+			}
+		}
+		declared := false
+		for _, p := range c.Ports {
+			declared = declared || (p.Name == "nfs" && strings.HasSuffix(listen, fmt.Sprintf(":%d", p.ContainerPort)))
+		}
+		switch {
+		case filePools && (listen == "" || !declared):
+			t.Errorf("server with file pools: --nfs-listen %q, declared nfs port %v; want both", listen, declared)
+		case !filePools && listen != "":
+			t.Errorf("server without file pools serves NFS at %s", listen)
+		}
+		return
+	}
+	t.Errorf("StatefulSet %s has no server container", ss.Name)
 }
 
 // checkReadiness: every Stowage container that calls the Stowage API (a
