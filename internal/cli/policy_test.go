@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,5 +65,56 @@ func TestTokenAndPolicyCommands_TokenFileRestrictsTheCaller(t *testing.T) {
 	mustRun(t, admin, "policy", "delete", "shop-db")
 	if out := mustRun(t, admin, "token", "list"); !strings.Contains(out, "stowage:csi-controller") || strings.Contains(out, token) {
 		t.Errorf("token list: %s", out)
+	}
+}
+
+// token secret issues the chart's component tokens as one Secret: a key per
+// component and per node, each a token the server accepts for its
+// principal; stderr counts them and shows none.
+func TestTokenSecret_TheChartsTokensAsASecret(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the administrator is root over the unix socket")
+	}
+	api := apitest.StartAuth(t, apitest.Auth{TCP: true})
+	if r := run(t, api.Endpoint, "token", "secret"); r.code != cli.ExitUsage || !strings.Contains(r.stderr, "--nodes") {
+		t.Errorf("without --nodes: exit %d %s", r.code, r.stderr)
+	}
+	r := run(t, api.Endpoint, "token", "secret", "--nodes", "node-a,node-b", "--namespace", "storage")
+	if r.code != cli.ExitOK {
+		t.Fatalf("token secret: %d %s", r.code, r.stderr)
+	}
+	var s struct {
+		APIVersion, Kind string
+		Metadata         struct{ Name, Namespace string }
+		StringData       map[string]string
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		t.Fatalf("not a JSON Secret: %v\n%s", err, r.stdout)
+	}
+	if s.APIVersion != "v1" || s.Kind != "Secret" || s.Metadata.Name != "stowage-tokens" || s.Metadata.Namespace != "storage" {
+		t.Errorf("Secret %+v", s.Metadata)
+	}
+	want := []string{"csi-controller", "csi-file", "secrets-provider", "csi-node-node-a", "csi-node-node-b"}
+	if len(s.StringData) != len(want) {
+		t.Errorf("keys %v, want %v", s.StringData, want)
+	}
+	for _, k := range want {
+		tok := s.StringData[k]
+		if !strings.HasPrefix(tok, "stw_") || strings.Contains(r.stderr, tok) {
+			t.Errorf("key %s: %q... (or in stderr)", k, tok[:min(4, len(tok))])
+		}
+	}
+	if !strings.Contains(r.stderr, "5 tokens issued for Secret storage/stowage-tokens") {
+		t.Errorf("stderr: %q", r.stderr)
+	}
+	// Each token is its principal's: the controller's lists volumes over
+	// TCP, and the server knows the node tokens by their nodes.
+	tf := writeFile(t, s.StringData["csi-controller"])
+	mustRun(t, "tcp://"+api.TCPAddress, "--token-file", tf, "volume", "list")
+	out := mustRun(t, api.Endpoint, "token", "list")
+	for _, p := range []string{"stowage:csi-node:node-a", "stowage:csi-node:node-b", "stowage:secrets-provider", "stowage:csi-file"} {
+		if !strings.Contains(out, p) {
+			t.Errorf("token list has no %s:\n%s", p, out)
+		}
 	}
 }
