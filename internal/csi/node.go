@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -67,6 +68,11 @@ type NodeService struct {
 	network networkAttacher
 	mounts  mounter
 	limits  limiter
+	// nodeTopology: report the node key as well as the zone (some pool on
+	// this node attaches only here), as the server said at Register. Until
+	// then, and for a server that does not say, true: the node key never
+	// hides a volume that needs it.
+	nodeTopology atomic.Bool
 }
 
 // NewNodeService returns a node plugin for cfg.NodeID. Its network
@@ -109,11 +115,13 @@ func newHostNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb
 }
 
 func newNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb.NodeServiceClient, loops loopDevices, network networkAttacher, mounts mounter, lim limiter) *NodeService {
-	return &NodeService{
+	n := &NodeService{
 		cfg: cfg, volumes: volumes, nodes: nodes,
 		locks: keylock.New(2 * time.Second),
 		loops: loops, images: hostHandoff{socket: cfg.LocalHandoff}, network: network, mounts: mounts, limits: lim,
 	}
+	n.nodeTopology.Store(true)
+	return n
 }
 
 // LimitsEnforced reports whether this node can enforce the IOPS and
@@ -125,9 +133,10 @@ func (n *NodeService) LimitsEnforced() bool { return n.limits.Enforced() }
 // the server answers or ctx ends.
 func (n *NodeService) Register(ctx context.Context) error {
 	for {
-		_, err := n.nodes.RegisterNode(ctx, &pb.RegisterNodeRequest{Id: n.cfg.NodeID, Zone: n.cfg.Zone, MaxVolumes: int32(n.cfg.MaxVolumes)})
+		node, err := n.nodes.RegisterNode(ctx, &pb.RegisterNodeRequest{Id: n.cfg.NodeID, Zone: n.cfg.Zone, MaxVolumes: int32(n.cfg.MaxVolumes)})
 		if err == nil {
-			klog.InfoS("node registered with the Stowage server", "node", n.cfg.NodeID, "zone", n.cfg.Zone)
+			n.nodeTopology.Store(node.GetNodeLocalPools())
+			klog.InfoS("node registered with the Stowage server", "node", n.cfg.NodeID, "zone", n.cfg.Zone, "nodeLocalPools", node.GetNodeLocalPools())
 			return nil
 		}
 		klog.ErrorS(err, "cannot register node with the Stowage server; retrying", "node", n.cfg.NodeID)
@@ -1073,10 +1082,22 @@ func (n *NodeService) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilit
 	return resp, nil
 }
 
+// topology is the node's: its zone, and itself when some pool on it
+// attaches only here. Where every pool of the zone is exported over the
+// network a volume's topology is its zone alone, and so is the node's, so
+// that the provisioner publishes one CSIStorageCapacity per zone, as EBS.
+func (n *NodeService) topology() *csi.Topology {
+	seg := map[string]string{TopologyZoneKey: n.cfg.Zone}
+	if n.nodeTopology.Load() {
+		seg[TopologyNodeKey] = n.cfg.NodeID
+	}
+	return &csi.Topology{Segments: seg}
+}
+
 func (n *NodeService) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
 	return &csi.NodeGetInfoResponse{
 		NodeId:             n.cfg.NodeID,
 		MaxVolumesPerNode:  n.cfg.MaxVolumes,
-		AccessibleTopology: &csi.Topology{Segments: map[string]string{TopologyZoneKey: n.cfg.Zone, TopologyNodeKey: n.cfg.NodeID}},
+		AccessibleTopology: n.topology(),
 	}, nil
 }

@@ -323,3 +323,37 @@ func TestReexports_StorageHostRestartsOrIsUnreachable_ExportedAgainAndStateSaysS
 		t.Errorf("state reason %q after the storage host came back, want none", got.GetStateReason())
 	}
 }
+
+// A node tells its node plugin whether some pool on it attaches only
+// there: then its volumes' topology names the node, and the node plugin
+// reports the node key; where its pools are exported over the network, the
+// zone alone.
+func TestRegisterNode_NodeLocalPools(t *testing.T) {
+	for _, tc := range []struct {
+		networked []string
+		want      bool
+	}{{nil, true}, {[]string{"pool-a"}, false}} {
+		e := newEnv(t, envOptions{networked: tc.networked})
+		n, err := e.nodes.RegisterNode(testCtx(t), &pb.RegisterNodeRequest{Id: "node-a", Zone: "zone-a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.NodeLocalPools != tc.want {
+			t.Errorf("networked pools %v: node-a's NodeLocalPools %v, want %v", tc.networked, n.NodeLocalPools, tc.want)
+		}
+		// A node with no pool of its own: the zone alone.
+		other, err := e.nodes.RegisterNode(testCtx(t), &pb.RegisterNodeRequest{Id: "node-b", Zone: "zone-a"})
+		if err != nil || other.NodeLocalPools {
+			t.Errorf("node-b (no pool): NodeLocalPools %v, %v", other.GetNodeLocalPools(), err)
+		}
+		list, err := e.nodes.ListNodes(testCtx(t), &pb.ListNodesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range list.Nodes {
+			if l.Id == "node-a" && l.NodeLocalPools != tc.want {
+				t.Errorf("ListNodes: node-a's NodeLocalPools %v, want %v", l.NodeLocalPools, tc.want)
+			}
+		}
+	}
+}

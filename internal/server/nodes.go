@@ -32,7 +32,25 @@ func (s *Server) RegisterNode(ctx context.Context, req *pb.RegisterNodeRequest) 
 		return nil, internal(err, "register node %s", n.ID)
 	}
 	s.log.Info("node registered", "node", n.ID, "zone", n.Zone, "maxVolumes", n.MaxVolumes)
-	return n.toProto(0), nil
+	return s.nodeProto(n, 0), nil
+}
+
+// nodeProto is n with what the server knows of its pools.
+func (s *Server) nodeProto(n *nodeRecord, attached int) *pb.Node {
+	out := n.toProto(attached)
+	out.NodeLocalPools = s.nodeLocalPools(n.ID)
+	return out
+}
+
+// nodeLocalPools: some block pool on node attaches only there (no NBD
+// export), so its volumes' topology names the node.
+func (s *Server) nodeLocalPools(node string) bool {
+	for _, name := range s.poolNames {
+		if s.pools[name].Node() == node && s.exportAddress(name) == "" {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *nodeRecord) toProto(attached int) *pb.Node {
@@ -47,7 +65,7 @@ func (s *Server) ListNodes(ctx context.Context, _ *pb.ListNodesRequest) (*pb.Lis
 			if err := json.Unmarshal(value, &n); err != nil {
 				return err
 			}
-			resp.Nodes = append(resp.Nodes, n.toProto(0))
+			resp.Nodes = append(resp.Nodes, s.nodeProto(&n, 0))
 			return nil
 		})
 	})

@@ -131,9 +131,6 @@ cluster_nodes() {
 		echo "${up_nodes:-1}"
 	fi
 }
-if [[ $(cluster_nodes) -gt 1 ]]; then
-	rule "several nodes: testdriver-multinode.yaml declares the zone key alone, and with one key the capacity spec expects one CSIStorageCapacity per zone; the node plugins report the zone and the node, so the provisioner publishes one per node (zone+node), which the one-node run's capacity spec checks" 'capacity provides storage capacity information'
-fi
 [[ -z $user_skip ]] || rule "--skip on the command line" "$user_skip"
 [[ -z $user_focus ]] || focus="($focus).*($user_focus)|($user_focus).*($focus)"
 

@@ -3115,9 +3115,13 @@ type Node struct {
 	RegisterTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=register_time,json=registerTime,proto3" json:"register_time,omitempty"`
 	AttachedVolumes int32                  `protobuf:"varint,4,opt,name=attached_volumes,json=attachedVolumes,proto3" json:"attached_volumes,omitempty"`
 	// Most volumes the node may have attached at once; 0 = no limit.
-	MaxVolumes    int32 `protobuf:"varint,5,opt,name=max_volumes,json=maxVolumes,proto3" json:"max_volumes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxVolumes int32 `protobuf:"varint,5,opt,name=max_volumes,json=maxVolumes,proto3" json:"max_volumes,omitempty"`
+	// A pool on this node attaches only here (it is not exported over the
+	// network): its volumes' topology names the node, so the node plugin
+	// reports the node as well as the zone. Otherwise the zone alone.
+	NodeLocalPools bool `protobuf:"varint,6,opt,name=node_local_pools,json=nodeLocalPools,proto3" json:"node_local_pools,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -3183,6 +3187,13 @@ func (x *Node) GetMaxVolumes() int32 {
 		return x.MaxVolumes
 	}
 	return 0
+}
+
+func (x *Node) GetNodeLocalPools() bool {
+	if x != nil {
+		return x.NodeLocalPools
+	}
+	return false
 }
 
 type RegisterNodeRequest struct {
@@ -3602,14 +3613,15 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x04zone\x18\x01 \x01(\tR\x04zone\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\";\n" +
 	"\x11ListPoolsResponse\x12&\n" +
-	"\x05pools\x18\x01 \x03(\v2\x10.stowage.v1.PoolR\x05pools\"\xb7\x01\n" +
+	"\x05pools\x18\x01 \x03(\v2\x10.stowage.v1.PoolR\x05pools\"\xe1\x01\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12?\n" +
 	"\rregister_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\fregisterTime\x12)\n" +
 	"\x10attached_volumes\x18\x04 \x01(\x05R\x0fattachedVolumes\x12\x1f\n" +
 	"\vmax_volumes\x18\x05 \x01(\x05R\n" +
-	"maxVolumes\"Z\n" +
+	"maxVolumes\x12(\n" +
+	"\x10node_local_pools\x18\x06 \x01(\bR\x0enodeLocalPools\"Z\n" +
 	"\x13RegisterNodeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x1f\n" +
