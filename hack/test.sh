@@ -50,9 +50,10 @@ bash test/conformance/run.sh --ci
 # Its multi-node specs, which skip on one node, on 4 nodes in 3 zones (run.sh
 # brings the cluster up and takes it down): two volumes' pod recreated on the
 # other node of its zone (multiVolume "on different node", attached there over
-# NBD) and allowedTopologies in both binding modes; about 3.5 minutes.
+# NBD), allowedTopologies in both binding modes, and the CSIStorageCapacity
+# objects of the zones (capacity); about 4 minutes.
 echo "== Kubernetes external storage suite, multi-node specs (test/conformance/run.sh --nodes 4)"
-bash test/conformance/run.sh --driver block --nodes 4 --zones zone-a,zone-b,zone-c --focus 'on different node|topology'
+bash test/conformance/run.sh --driver block --nodes 4 --zones zone-a,zone-b,zone-c --focus 'on different node|topology|capacity'
 
 after=$(leaks)
 if [ "$after" != "$before" ]; then
