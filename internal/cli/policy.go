@@ -58,56 +58,6 @@ func newPolicyCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	var secretName, secretNamespace string
-	var secretNodes []string
-	secret := &cobra.Command{
-		Use:   "secret --nodes N1,N2,...",
-		Short: "Issue the chart's component tokens and print them as a Kubernetes Secret (for kubectl apply -f -)",
-		Long: `Issues one token for each component the Helm chart runs (stowage:csi-controller,
-stowage:csi-file, stowage:secrets-provider, and stowage:csi-node:<node> for each node of
---nodes) and prints a Secret with keys csi-controller, csi-file, secrets-provider and
-csi-node-<node>: the chart's server.tokensSecret. The tokens are printed once, nowhere else;
-pipe them to kubectl. A node that joins later: run it again with that node alone and
-merge the key (kubectl patch), or issue its token with 'token create'.`,
-		Example: `  stowage token secret --nodes node-a,node-b | kubectl apply -f -`,
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(secretNodes) == 0 {
-				return usageErrorf("--nodes is required: the names of the nodes the node plugin runs on (kubectl get nodes)")
-			}
-			keys := [][2]string{{"csi-controller", auth.CSIController}, {"csi-file", auth.CSIFile}, {"secrets-provider", auth.SecretsProvider}}
-			for _, n := range secretNodes {
-				if n == "" || strings.ContainsAny(n, " /") {
-					return usageErrorf("--nodes: %q is not a node name", n)
-				}
-				keys = append(keys, [2]string{"csi-node-" + n, auth.CSINodePrefix + n})
-			}
-			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
-				data := map[string]string{}
-				for _, k := range keys {
-					resp, err := c.policies.CreateToken(ctx, &pb.CreateTokenRequest{Principal: k[1], Description: "Helm chart, Secret " + secretNamespace + "/" + secretName})
-					if err != nil {
-						return fmt.Errorf("token for %s: %w", k[1], err)
-					}
-					data[k[0]] = resp.Secret
-				}
-				doc := map[string]any{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-					"metadata": map[string]any{"name": secretName, "namespace": secretNamespace}, "stringData": data}
-				b, err := json.MarshalIndent(doc, "", "  ")
-				if err != nil {
-					return err
-				}
-				if _, err := fmt.Fprintln(p.out, string(b)); err != nil {
-					return err
-				}
-				_, err = fmt.Fprintf(cmd.ErrOrStderr(), "%d tokens issued for Secret %s/%s\n", len(keys), secretNamespace, secretName)
-				return err
-			})
-		},
-	}
-	secret.Flags().StringSliceVar(&secretNodes, "nodes", nil, "the nodes the node plugin runs on (required)")
-	secret.Flags().StringVar(&secretName, "name", "stowage-tokens", "the Secret's name (the chart's server.tokensSecret)")
-	secret.Flags().StringVar(&secretNamespace, "namespace", "stowage", "the Secret's namespace (the release's)")
 	var listPrincipal string
 	list := &cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List policies", Args: cobra.NoArgs,

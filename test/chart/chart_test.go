@@ -154,10 +154,11 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 	roles := map[string]bool{}
 	drivers := map[string]bool{}
 	kinds := map[string]int{}
-	var podSpecs []struct {
+	type podSpec struct {
 		name string
 		spec corev1.PodSpec
 	}
+	var podSpecs []podSpec
 	for _, obj := range o.all {
 		switch v := obj.(type) {
 		case *corev1.ServiceAccount:
@@ -172,26 +173,17 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 			drivers[v.Name] = true
 		case *appsv1.Deployment:
 			kinds["Deployment"]++
-			podSpecs = append(podSpecs, struct {
-				name string
-				spec corev1.PodSpec
-			}{"Deployment " + v.Name, v.Spec.Template.Spec})
+			podSpecs = append(podSpecs, podSpec{"Deployment " + v.Name, v.Spec.Template.Spec})
 		case *appsv1.DaemonSet:
 			kinds["DaemonSet"]++
-			podSpecs = append(podSpecs, struct {
-				name string
-				spec corev1.PodSpec
-			}{"DaemonSet " + v.Name, v.Spec.Template.Spec})
+			podSpecs = append(podSpecs, podSpec{"DaemonSet " + v.Name, v.Spec.Template.Spec})
 			if v.Name == "stowage-csi-node" {
 				checkNodePlugin(t, v)
 			}
 		case *appsv1.StatefulSet:
 			kinds["StatefulSet"]++
 			checkServerNFS(t, v, hasSet(set, "server.inCluster.filePools"))
-			podSpecs = append(podSpecs, struct {
-				name string
-				spec corev1.PodSpec
-			}{"StatefulSet " + v.Name, v.Spec.Template.Spec})
+			podSpecs = append(podSpecs, podSpec{"StatefulSet " + v.Name, v.Spec.Template.Spec})
 		case *storagev1.StorageClass:
 			if v.Provisioner != "block.csi.stowage.io" && v.Provisioner != "file.csi.stowage.io" {
 				t.Errorf("StorageClass %s: provisioner %q is not one of Stowage's drivers", v.Name, v.Provisioner)
