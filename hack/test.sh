@@ -12,6 +12,23 @@ source "$(dirname "$0")/../hack/lib/root.sh"
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
+# One test run at a time on a machine: two would share the one local
+# cluster (/var/lib/stowage) and each other's objects. A second run waits.
+# (A pid file, not flock: an inherited lock descriptor would stay held by
+# every daemon the run starts.)
+lock=/run/lock/stowage-tests.pid
+while ! (set -o noclobber; echo $$ >"$lock") 2>/dev/null; do
+  holder=$(cat "$lock" 2>/dev/null || true)
+  if [[ -n $holder ]] && ! kill -0 "$holder" 2>/dev/null; then
+    rm -f "$lock" # its run ended without removing it
+    continue
+  fi
+  echo "== another test run (pid ${holder:-?}) holds $lock; waiting for it to end"
+  sleep 1
+  while [[ -n $holder ]] && kill -0 "$holder" 2>/dev/null; do sleep 5; done
+done
+trap 'rm -f "$lock"' EXIT
+
 bash hack/setup.sh
 
 leaks() {
