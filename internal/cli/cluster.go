@@ -69,7 +69,8 @@ _output/bin. Needs root; installs missing Debian packages with apt-get.`,
 			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			return cluster.Up(ctx, &cfg, cluster.UpOptions{Out: cmd.OutOrStdout(), SkipCheck: skipCheck, Timeout: timeout, Nodes: nodes, Zones: zones, StorageHostsPerZone: storageHosts})
+			return cluster.Up(ctx, &cfg, cluster.UpOptions{Out: cmd.OutOrStdout(), SkipCheck: skipCheck, Timeout: timeout, Nodes: nodes, Zones: zones, StorageHostsPerZone: storageHosts,
+				InstallGiven: cmd.Flags().Changed("install")})
 		},
 	}
 	f := cmd.Flags()
@@ -84,6 +85,8 @@ _output/bin. Needs root; installs missing Debian packages with apt-get.`,
 	f.IntVar(&nodes, "nodes", 0, "how many nodes: this machine's and N-1 more, each a network namespace with its own containerd, kubelet, kube-proxy and CSI node plugins (default: as the cluster was, else 1)")
 	f.IntVar(&storageHosts, "storage-hosts-per-zone", 1, "with --nodes: storage hosts (network namespaces with a Stowage agent and a block pool, apart from the nodes) in each zone but the first, whose storage host is this machine's node")
 	f.StringSliceVar(&zones, "zones", nil, "the nodes' zones, round robin from the first node (e.g. zone-a,zone-b,zone-c; default: --zone for all)")
+	f.StringVar(&cfg.Install, "install", "", "how the CSI drivers and the secrets provider run: "+cluster.InstallProcesses+" (host processes the supervisor restarts) or "+cluster.InstallChart+
+		" (the Helm chart deploy/helm/stowage, from images built here; the server stays on the host) (default: as the cluster was, else "+cluster.InstallProcesses+")")
 	f.BoolVar(&skipCheck, "skip-check", false, "return once the node is Ready, without provisioning and mounting a test volume")
 	f.DurationVar(&timeout, "wait", 2*time.Minute, "how long to wait for each component, the node and the check")
 	// `up` starts itself with --supervise, detached, as the process that

@@ -97,7 +97,8 @@ func signalContext(parent context.Context) (context.Context, context.CancelFunc)
 }
 
 func newServerCmd() *cobra.Command {
-	var dataDir, listen, zone, node, metricsAddr string
+	var dataDir, zone, node, metricsAddr string
+	var listens []string
 	var pools, filePools, agents []string
 	var apLimit int
 	var nfsListen, nbdListen, httpListen, localHandoff string
@@ -126,7 +127,10 @@ func newServerCmd() *cobra.Command {
 			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listen, zone: zone, node: node, metricsAddr: metricsAddr,
+			if len(listens) == 0 {
+				return errors.New("--listen: give at least one API address")
+			}
+			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listens[0], alsoListen: listens[1:], zone: zone, node: node, metricsAddr: metricsAddr,
 				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, httpListen: httpListen, localHandoff: localHandoff, auth: a,
 				rotationCheck: rotationCheck, store: so})
 		},
@@ -142,7 +146,7 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&a.review.Audience, "token-audience", auth.DefaultAudience, "audience service-account tokens must be issued for")
 	f.DurationVar(&a.reviewCacheTTL, "token-review-cache-ttl", auth.DefaultReviewCacheTTL, "how long a service-account token the apiserver proved is believed without asking again (never past the token's expiry; refusals are not cached; 0: ask every time)")
 	f.StringVar(&dataDir, "data-dir", "/var/lib/stowage", "where the metadata file and default pools live")
-	f.StringVar(&listen, "listen", DefaultEndpoint, "API address: host:port or unix:///path")
+	f.StringArrayVar(&listens, "listen", []string{DefaultEndpoint}, "API address: host:port or unix:///path (repeatable: the server answers on each; the first is the one it advertises)")
 	f.StringVar(&zone, "zone", "zone-a", "zone of pools that do not name one")
 	f.StringVar(&node, "node", "", "node of pools that do not name one (default: hostname)")
 	f.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
@@ -167,6 +171,7 @@ func newServerCmd() *cobra.Command {
 
 type serverOptions struct {
 	dataDir, listen, zone, node, metricsAddr string
+	alsoListen                               []string // more API addresses, served like listen
 	pools, filePools                         []string
 	agents                                   []string // --agent name=N,address=A,token-file=F
 	accessPointLimit                         int
@@ -406,9 +411,16 @@ func runServer(ctx context.Context, o serverOptions) error {
 	}
 	// Before the resignation above: a loop's last write still lands.
 	defer func() { stopLoops() }()
-	lis, err := csi.Listen(listenURL(listen))
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", listen, err)
+	var listeners []net.Listener
+	for _, a := range append([]string{listen}, o.alsoListen...) {
+		lis, err := csi.Listen(listenURL(a))
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return fmt.Errorf("listen on %s: %w", a, err)
+		}
+		listeners = append(listeners, lis)
 	}
 	// Authentication first: the metrics interceptor counts refused calls too.
 	opts = append(opts, authz.ServerOptions()...)
@@ -433,9 +445,11 @@ func runServer(ctx context.Context, o serverOptions) error {
 		}
 		log.Info("HTTP/JSON API serving", "url", "http://"+addr.String())
 	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- g.Serve(lis) }()
-	log.Info("Stowage API serving", "listen", listen, "dataDir", dataDir, "pools", len(pools), "store", st.String())
+	serveErr := make(chan error, len(listeners))
+	for _, lis := range listeners {
+		go func() { serveErr <- g.Serve(lis) }()
+	}
+	log.Info("Stowage API serving", "listen", append([]string{listen}, o.alsoListen...), "dataDir", dataDir, "pools", len(pools), "store", st.String())
 	var won <-chan error
 	var lost <-chan struct{}
 	if election != nil {

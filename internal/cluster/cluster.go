@@ -80,6 +80,9 @@ type Config struct {
 	// StorageHosts hold the block pools of the zones other than the
 	// machine's (SetStorageHosts); none for a one-node cluster.
 	StorageHosts []StorageHost `json:"storageHosts,omitempty"`
+	// Install is how the drivers run: InstallProcesses (also "") or
+	// InstallChart.
+	Install string `json:"install,omitempty"`
 }
 
 // Validate fills defaults and checks the addresses.
@@ -109,6 +112,14 @@ func (c *Config) Validate() error {
 	}
 	if c.PoolSize == "" {
 		c.PoolSize = DefaultPoolSize
+	}
+	switch c.Install {
+	case "", InstallProcesses, InstallChart:
+	default:
+		return fmt.Errorf("--install %q: want %s (host processes) or %s (the Helm chart's pods)", c.Install, InstallProcesses, InstallChart)
+	}
+	if c.Install == InstallProcesses {
+		c.Install = ""
 	}
 	if c.NodeName == "" {
 		h, err := os.Hostname()

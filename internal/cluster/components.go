@@ -489,6 +489,14 @@ func (c *Config) Components() []Component {
 	if len(c.Workers) > 0 {
 		comps = append(comps, c.secondServer(comps))
 	}
+	if c.chartInstall() {
+		comps = withoutChartReplaced(comps)
+		for i := range comps {
+			if comps[i].Name == "stowage-server" {
+				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--listen="+c.ServerTCPAddress())
+			}
+		}
+	}
 	for _, n := range c.storageHostNodes() {
 		comps = append(comps, c.storageHostComponents(n)...)
 	}

@@ -136,8 +136,9 @@ const NBDPort = "10809"
 // machine's node address, which every node's namespace reaches.
 func (c *Config) nbdListen() string { return net.JoinHostPort(c.NodeIP, NBDPort) }
 
+// The file node plugin's pods of a chart install reach it there too.
 func (c *Config) nfsListen() string {
-	if len(c.Workers) == 0 {
+	if len(c.Workers) == 0 && !c.chartInstall() {
 		return NFSAddress
 	}
 	_, port, _ := net.SplitHostPort(NFSAddress)

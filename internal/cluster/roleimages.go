@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"regexp"
 	"sort"
 	"strings"
@@ -25,10 +26,15 @@ import (
 const ImageRepo = "localhost/stowage"
 
 // NodeTools are the programs the node plugin runs (mkfs, grow, check,
-// identify, loop devices, mounts); every one must be on this machine.
+// identify, loop devices, mounts), its own and mount-utils' (blockdev for
+// the read-only bit and sizes, fsck and its helpers before a mount);
+// every one must be on this machine.
 var NodeTools = []string{
-	"mkfs.ext4", "mkfs.xfs", "resize2fs", "xfs_growfs", "e2fsck", "xfs_repair",
+	"mkfs.ext4", "mkfs.xfs", "resize2fs", "xfs_growfs", "e2fsck", "xfs_repair", "dumpe2fs",
+	"fsck", "fsck.ext4", "fsck.xfs", "blockdev",
 	"blkid", "losetup", "mount", "umount",
+	// fsck.xfs is a /bin/sh script.
+	"dash",
 }
 
 // StorageHostTools are what a storage host (`stowage agent`, or the
@@ -118,7 +124,7 @@ func StowageImage(stowage, tag string, tools []string, packageOf PackageOf) (Ima
 		if err != nil {
 			return Image{}, err
 		}
-		more, err := elfWithLibraries(p, p)
+		more, err := fileOrELF(p)
 		if err != nil {
 			return Image{}, fmt.Errorf("tool %s: %w", t, err)
 		}
@@ -150,6 +156,9 @@ func StowageImage(stowage, tag string, tools []string, packageOf PackageOf) (Ima
 		ImageFile{Path: "/tmp", Mode: 0o1777, Dir: true},
 		ImageFile{Path: "/etc/mtab", Symlink: "/proc/mounts"},
 	)
+	if slices.ContainsFunc(files, func(f ImageFile) bool { return f.Path == "/usr/bin/dash" }) {
+		files = append(files, ImageFile{Path: "/bin/sh", Symlink: "/usr/bin/dash"})
+	}
 	return Image{
 		Name:       ImageRepo + "/stowage:" + tag,
 		Entrypoint: []string{"/usr/bin/stowage"},

@@ -36,6 +36,9 @@ type UpOptions struct {
 	// StorageHostsPerZone is how many storage hosts each zone but the
 	// machine's gets on a multi-node cluster (0: 1).
 	StorageHostsPerZone int
+	// InstallGiven says Config.Install was chosen for this `up`; otherwise
+	// the cluster keeps how it was installed.
+	InstallGiven bool
 }
 
 // progress prints one line per finished step, with the step's own time and
@@ -139,6 +142,9 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
+	if old, err := LoadConfig(c.DataDir); err == nil && !o.InstallGiven {
+		c.Install = old.Install
+	}
 	if o.Nodes == 0 && len(o.Zones) == 0 {
 		if old, err := LoadConfig(c.DataDir); err == nil && len(old.Workers) > 0 {
 			c.Workers, c.Zone, c.StorageHosts = old.Workers, old.Zone, old.StorageHosts
@@ -157,7 +163,14 @@ func Up(ctx context.Context, c *Config, o UpOptions) error {
 			return err
 		}
 	}
-	if missing := MissingBinaries(c.BinDir); len(missing) > 0 {
+	if c.chartInstall() && len(c.Workers) > 0 {
+		return fmt.Errorf("--install=%s runs on one node for now: the chart's agents and in-cluster server are not brought up on a multi-node cluster; drop --nodes or --install", InstallChart)
+	}
+	missing := MissingBinaries(c.BinDir)
+	if c.chartInstall() && !exists(filepath.Join(c.BinDir, "helm")) {
+		missing = append(missing, "helm")
+	}
+	if len(missing) > 0 {
 		return fmt.Errorf("component binaries missing in %s: %s\n  build them from the source tree with: bash hack/build-components.sh (see docs/building.md),\n  or point --bin-dir at a directory that has them", c.BinDir, strings.Join(missing, ", "))
 	}
 	if err := c.checkSameCluster(); err != nil {
@@ -261,7 +274,7 @@ func (c *Config) checkSameCluster() error {
 		return nil
 	}
 	if old.NodeName != c.NodeName || old.NodeIP != c.NodeIP || old.PodCIDR != c.PodCIDR || old.ServiceCIDR != c.ServiceCIDR || old.Zone != c.Zone ||
-		!slices.Equal(old.Workers, c.Workers) || !slices.Equal(old.StorageHosts, c.StorageHosts) {
+		!slices.Equal(old.Workers, c.Workers) || !slices.Equal(old.StorageHosts, c.StorageHosts) || old.Install != c.Install {
 		return fmt.Errorf("a cluster with other settings runs from %s (node %s, %s, %d nodes); run `stowage down` first", c.DataDir, old.NodeName, old.NodeIP, len(old.Workers)+1)
 	}
 	return nil
@@ -305,6 +318,11 @@ func (c *Config) upSteps(o UpOptions) []step {
 		}},
 	)
 	all = append(all, "network", "images", "manifests", "file system", "kms key", "node ready", "default serviceaccount")
+	if c.chartInstall() {
+		steps = append(steps, step{name: "chart", needs: []string{"stowage-server", "manifests", "kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler"},
+			run: c.installChart})
+		all = append(all, "chart")
+	}
 	for _, n := range c.storageHostNodes() {
 		steps = append(steps, step{name: "network" + n.suffix(), needs: []string{"network"}, run: func(ctx context.Context) (string, error) {
 			return n.IP + " in network namespace " + n.Netns + " (storage host)", c.setupStorageHost(ctx, n)
@@ -431,10 +449,14 @@ func (c *Config) importImages(ctx context.Context, n nodeView) (string, error) {
 // manifestBundle is deploy/local's files, in name order, as one document
 // stream.
 // The StorageClasses get fsType as their file system.
-func manifestBundle(fsType string) ([]byte, error) {
+// With only, just those files.
+func manifestBundle(fsType string, only ...string) ([]byte, error) {
 	names, err := fs.Glob(local.Manifests, "*.yaml")
 	if err != nil {
 		return nil, err
+	}
+	if len(only) > 0 {
+		names = slices.DeleteFunc(names, func(n string) bool { return !slices.Contains(only, n) })
 	}
 	sort.Strings(names)
 	var b bytes.Buffer
@@ -456,9 +478,20 @@ func manifestBundle(fsType string) ([]byte, error) {
 }
 
 // applyManifests applies the snapshot CRDs, waits until they are served,
-// then applies deploy/local.
+// then applies deploy/local. A chart install applies only chartManifests:
+// the chart has the rest.
 func (c *Config) applyManifests(ctx context.Context) (string, error) {
 	k := c.kubectl()
+	if c.chartInstall() {
+		bundle, err := manifestBundle(c.FSType, chartManifests...)
+		if err != nil {
+			return "", err
+		}
+		if _, err := k.run(ctx, bundle, "apply", "--server-side", "--force-conflicts", "--field-manager=stowage-up", "-f", "-"); err != nil {
+			return "", err
+		}
+		return "RBAC of the host's server and of the nodes (the chart has the rest)", nil
+	}
 	crds := []string{}
 	args := []string{"apply", "--server-side", "--force-conflicts", "--field-manager=stowage-up"}
 	for _, f := range append(slices.Clone(SnapshotCRDs), SecretsStoreCRDs...) {
@@ -484,6 +517,9 @@ func (c *Config) applyManifests(ctx context.Context) (string, error) {
 // nodeReadyNeeds are the processes every node must run before it can be
 // Ready with its drivers registered.
 func (c *Config) nodeReadyNeeds() []string {
+	if c.chartInstall() {
+		return []string{"kubelet", "kube-proxy", "chart"}
+	}
 	var needs []string
 	for _, n := range c.nodes() {
 		for _, p := range []string{"kubelet", "csi-node", "csi-file", "secrets-store-registrar", "kube-proxy"} {
