@@ -82,7 +82,7 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g), newSecretCmd(g), newParamCmd(g),
 		newFileSystemCmd(g), newAccessPointCmd(g), newPolicyCmd(g), newTokenCmd(g),
 		newServerCmd(), newAgentCmd(), newCSICmd(), newKMSPluginCmd(), newSecretsProviderCmd(), newKubeletRegisterCmd(), newVersionCmd(), newNFSMountCmd(), newNBDAttachCmd(),
-		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(), newImagesCmd(),
+		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(), newImagesCmd(), newReadyzCmd(),
 	)
 	markUsageErrors(root)
 	return root

@@ -142,8 +142,11 @@ func (c *Config) ChartValues(imgs []Image) (map[string]any, error) {
 			"external":     map[string]any{"address": c.ServerTCPAddress()},
 		},
 		// One node: one controller, which still elects itself leader.
-		"controller":         map[string]any{"replicas": 1},
-		"node":               map[string]any{"stateDir": c.DataDir},
+		"controller": map[string]any{"replicas": 1},
+		// Not the data directory: it holds the kubelet's, and a plugin
+		// whose state mount held the pods' volume mounts too could not
+		// remove a mount point it had unmounted (EBUSY: its hidden copy).
+		"node":               map[string]any{"stateDir": l.path("csi-pods")},
 		"secretsProvider":    map[string]any{"providersDir": l.SecretsProviders()},
 		"secretsStoreDriver": map[string]any{"enabled": true, "rotationPollInterval": SecretsRotationInterval.String()},
 		"snapshotController": map[string]any{"enabled": true},

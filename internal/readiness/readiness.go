@@ -8,9 +8,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -125,4 +127,27 @@ func (c *Checker) Serve(ctx context.Context, addr string) (net.Addr, error) {
 		}
 	}()
 	return l.Addr(), nil
+}
+
+// Probe asks the /readyz of a Checker served at addr (host:port), as a
+// kubelet's exec probe does through `stowage readyz`: nil when ready,
+// else an error with the reason the endpoint gave, which the kubelet puts
+// in the pod's Unhealthy event.
+func Probe(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("the readiness endpoint %s does not answer: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("not ready: %s", strings.TrimSpace(string(body)))
+	}
+	return nil
 }

@@ -157,3 +157,29 @@ func TestChecker_Serve(t *testing.T) {
 		t.Errorf("/healthz while the API is away: %d, want 200", code)
 	}
 }
+
+// Probe (the exec probe's `stowage readyz`) gives the reason, which names
+// the endpoint, while the API is away, and nil once it answers.
+func TestProbe_ReasonNamesTheEndpoint(t *testing.T) {
+	f := &flaky{down: true}
+	c := readiness.New(f, "198.51.100.2:7420", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr, err := c.Serve(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Check(ctx)
+	err = readiness.Probe(ctx, addr.String())
+	if err == nil || !strings.Contains(err.Error(), "not ready") || !strings.Contains(err.Error(), "198.51.100.2:7420") {
+		t.Fatalf("Probe while the API is away = %v, want not ready naming 198.51.100.2:7420", err)
+	}
+	f.down = false
+	c.Check(ctx)
+	if err := readiness.Probe(ctx, addr.String()); err != nil {
+		t.Fatalf("Probe once the API answers = %v, want nil", err)
+	}
+	if err := readiness.Probe(ctx, "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("Probe of nothing = %v, want an error naming 127.0.0.1:1", err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -274,8 +275,9 @@ func checkServerNFS(t *testing.T, ss *appsv1.StatefulSet, filePools bool) {
 
 // checkReadiness: every Stowage container that calls the Stowage API (a
 // CSI driver or the secrets provider) serves --health-address and is
-// probed there on /readyz, so a driver that cannot reach its server stays
-// not-Ready.
+// probed there by `stowage readyz` (an exec probe, whose output names the
+// endpoint in the pod's event), so a driver that cannot reach its server
+// stays not-Ready.
 func checkReadiness(t *testing.T, what string, spec corev1.PodSpec) {
 	t.Helper()
 	for _, c := range spec.Containers {
@@ -291,8 +293,9 @@ func checkReadiness(t *testing.T, what string, spec corev1.PodSpec) {
 		switch {
 		case port == "":
 			t.Errorf("%s container %s calls the Stowage API but has no --health-address", what, c.Name)
-		case c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.ReadinessProbe.HTTPGet.Port.String() != port:
-			t.Errorf("%s container %s: readinessProbe %+v, want GET /readyz on port %s (its --health-address)", what, c.Name, c.ReadinessProbe, port)
+		case c.ReadinessProbe == nil || c.ReadinessProbe.Exec == nil ||
+			!slices.Equal(c.ReadinessProbe.Exec.Command, []string{"/usr/bin/stowage", "readyz", "--address=127.0.0.1:" + port}):
+			t.Errorf("%s container %s: readinessProbe %+v, want exec stowage readyz on port %s (its --health-address)", what, c.Name, c.ReadinessProbe, port)
 		}
 	}
 }
@@ -398,6 +401,7 @@ func TestSchema_BadValuesFailWithKeyName(t *testing.T) {
 		{"file class without fileSystemId", []string{"fileStorageClasses[0].name=f", "fileStorageClasses[0].parameters.provisioningMode=efs-ap",
 			"fileStorageClasses[0].parameters.directoryPerms=700"}, "fileSystemId"},
 		{"invalid pull policy", []string{"image.pullPolicy=Sometimes"}, "/image/pullPolicy"},
+		{"node state holding the kubelet's directory", []string{"node.stateDir=/var/lib"}, "node.stateDir /var/lib holds kubeletDir /var/lib/kubelet"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

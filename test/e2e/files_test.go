@@ -268,6 +268,7 @@ func sequenceLines(t *testing.T, ns, podName, path string) int {
 // restart and a storage host (server) restart without losing writes, and a killed FUSE client fails its pod's
 // I/O with an error (not a hang) that the node plugin reports by volume.
 func TestFiles_Faults(t *testing.T) {
+	needsHostProcesses(t)
 	ns := namespace(t)
 	createPVC(t, ns, claim("shared", "stowage-efs", "1Gi", corev1.ReadWriteMany))
 	// The writer keeps one file open and appends a counter, each line

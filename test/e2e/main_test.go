@@ -8,9 +8,16 @@
 //	sudo go test ./... -count=1 -timeout 60m        # from test/e2e
 //	STOWAGE_E2E_DATA_DIR=/var/lib/stowage           # the cluster's data dir (default)
 //	STOWAGE_E2E_KEEP=1                              # keep a cluster this run started
+//	STOWAGE_E2E_INSTALL=chart                       # the drivers as the Helm chart's pods
+//	                                                # (stowage up --install=chart)
+//
+// With STOWAGE_E2E_INSTALL=chart, CI runs the block scenarios and the
+// chart's own tests (hack/test.sh names them); the tests that stop or read
+// the drivers' host processes skip, saying so.
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -37,6 +44,8 @@ var (
 	restCfg    *rest.Config
 	dyn        *dynamic.DynamicClient
 	cluster    *harness.Cluster
+	// chartInstall: the drivers are the chart's pods (STOWAGE_E2E_INSTALL=chart).
+	chartInstall bool
 )
 
 func TestMain(m *testing.M) {
@@ -52,8 +61,35 @@ func run(m *testing.M) (code int) {
 	dataDir = envOr("STOWAGE_E2E_DATA_DIR", "/var/lib/stowage")
 	cluster = harness.New("e2e", repoRoot, dataDir)
 	kubeconfig, apiSocket, stowageBin, kubectlBin = cluster.Kubeconfig, cluster.APISocket, cluster.Stowage, cluster.Kubectl
+	var upArgs []string
+	switch v := os.Getenv("STOWAGE_E2E_INSTALL"); v {
+	case "", "processes":
+	case "chart":
+		chartInstall = true
+		upArgs = append(upArgs, "--install=chart")
+	default:
+		fmt.Printf("e2e: FAIL: STOWAGE_E2E_INSTALL=%q: want chart or processes\n", v)
+		return 1
+	}
+	// A running cluster is used only when it was installed the same way.
+	sameInstall := func() error {
+		b, err := os.ReadFile(filepath.Join(dataDir, "cluster.json"))
+		if err != nil {
+			return err
+		}
+		var c struct {
+			Install string `json:"install"`
+		}
+		if err := json.Unmarshal(b, &c); err != nil {
+			return err
+		}
+		if (c.Install == "chart") != chartInstall {
+			return fmt.Errorf("the cluster that runs from %s has install %q, and this run wants STOWAGE_E2E_INSTALL=%q: `stowage down` it first", dataDir, c.Install, os.Getenv("STOWAGE_E2E_INSTALL"))
+		}
+		return nil
+	}
 	// Not a silent "ok": a run that tested nothing must not pass.
-	if err := cluster.Setup(nil); err != nil {
+	if err := cluster.Setup(sameInstall, upArgs...); err != nil {
 		fmt.Println("e2e: FAIL:", err)
 		return 1
 	}

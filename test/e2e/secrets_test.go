@@ -332,7 +332,9 @@ func checkLogsHoldNoSecrets() string {
 		}
 	}
 	logs, _ := filepath.Glob(filepath.Join(dataDir, "logs", "*.log"))
-	for _, f := range logs {
+	// The drivers' pods of a chart install: their containers' logs.
+	pods, _ := filepath.Glob(filepath.Join(dataDir, "pod-logs", chartNamespace+"_*", "*", "*.log"))
+	for _, f := range append(logs, pods...) {
 		if b, err := os.ReadFile(f); err == nil {
 			scan("log "+f, b)
 		}
