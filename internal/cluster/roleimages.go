@@ -188,6 +188,7 @@ func fileOrELF(p string) ([]ImageFile, error) {
 
 // SidecarImage is one upstream binary of the build at /<name>, its
 // entrypoint, tagged with the version `<bin> --version` reports.
+// With it go the programs it runs (SidecarTools).
 func SidecarImage(bin string) (Image, error) {
 	name := filepath.Base(bin)
 	v, err := binaryVersion(bin)
@@ -198,7 +199,27 @@ func SidecarImage(bin string) (Image, error) {
 	if err != nil {
 		return Image{}, err
 	}
-	return Image{Name: ImageRepo + "/" + name + ":" + v, Entrypoint: []string{"/" + name}, Files: files}, nil
+	img := Image{Name: ImageRepo + "/" + name + ":" + v, Entrypoint: []string{"/" + name}}
+	for _, t := range SidecarTools[name] {
+		p, err := exec.LookPath(t)
+		if err != nil {
+			return Image{}, fmt.Errorf("the %s image needs %s: %w (install its Debian package: hack/setup.sh)", name, t, err)
+		}
+		more, err := elfWithLibraries(p, p)
+		if err != nil {
+			return Image{}, fmt.Errorf("tool %s: %w", t, err)
+		}
+		files = append(files, more...)
+		img.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	}
+	img.Files = dedupe(files)
+	return img, nil
+}
+
+// SidecarTools are the programs an upstream sidecar runs: the Secrets
+// Store driver mounts each pod's secrets volume as a tmpfs with mount(8).
+var SidecarTools = map[string][]string{
+	"secrets-store-csi-driver": {"mount", "umount"},
 }
 
 var versionRE = regexp.MustCompile(`v\d+\.\d+\.\d+[0-9A-Za-z.+-]*`)

@@ -126,6 +126,35 @@ func TestSidecarImage_TaggedWithTheBinarysVersion(t *testing.T) {
 	}
 }
 
+// The Secrets Store driver's image has the mount(8) it runs for each
+// pod's tmpfs, with its libraries, on its PATH.
+func TestSidecarImage_SecretsStoreDriverHasMount(t *testing.T) {
+	bin := filepath.Join("..", "..", "_output", "bin", "secrets-store-csi-driver")
+	if _, err := os.Stat(bin); err != nil {
+		t.Skip("secrets-store-csi-driver is not built (hack/build-components.sh builds it): " + err.Error())
+	}
+	img, err := SidecarImage(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := map[string]bool{}
+	for _, f := range img.Files {
+		paths[f.Path] = true
+	}
+	for _, tool := range []string{"mount", "umount"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !paths[p] {
+			t.Errorf("the image lacks %s (%s)", tool, p)
+		}
+	}
+	if len(img.Env) == 0 || !strings.Contains(img.Env[0], "/usr/bin") {
+		t.Errorf("the image's PATH: %v", img.Env)
+	}
+}
+
 func TestBinaryVersion_FirstSemver(t *testing.T) {
 	dir := t.TempDir()
 	for out, want := range map[string]string{
