@@ -54,6 +54,12 @@ go test -count=1 -timeout 30m ./...
 # storage hosts, brought up and taken down by the suite itself).
 echo "== end-to-end tests on a local Kubernetes (test/e2e)"
 (cd test/e2e && go vet ./... && go test -count=1 -timeout 45m .)
+# The same one-node cluster with the drivers and the secrets provider as the
+# Helm chart's pods (stowage up --install=chart, images built here): the
+# chart's own faults and the block, file and snapshot scenarios, about 5
+# minutes (the whole suite passes there too: docs/install.md).
+echo "== end-to-end tests on the Helm chart's install (STOWAGE_E2E_INSTALL=chart)"
+(cd test/e2e && STOWAGE_E2E_INSTALL=chart go test -count=1 -timeout 20m -run '^(TestChart_.*|TestScenario[1235]_.*|TestK11_.*|TestK13_.*)$' .)
 echo "== end-to-end tests on a multi-node local Kubernetes (test/e2e/multinode)"
 (cd test/e2e && go test -count=1 -timeout 30m ./multinode/)
 

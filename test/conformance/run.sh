@@ -18,7 +18,7 @@ usage() {
 	cat <<'EOF'
 usage: test/conformance/run.sh [--ci] [--driver block|file] [--focus REGEX] [--skip REGEX] [--procs N]
                                [--report-dir DIR] [--data-dir DIR] [--nodes N --zones Z,...]
-                               [--keep-cluster] [--dry-run]
+                               [--install processes|chart] [--keep-cluster] [--dry-run]
 
   --ci          the CI subset: the suites provisioning, volumes, volumeMode,
                 multiVolume, snapshottable, volume-expand, volume-modify,
@@ -33,6 +33,8 @@ usage: test/conformance/run.sh [--ci] [--driver block|file] [--focus REGEX] [--s
   --report-dir  where reports go (default _output/conformance/<UTC time>)
   --data-dir    the cluster's data directory (default /var/lib/stowage)
   --nodes, --zones  when run.sh brings the cluster up: stowage up --nodes N --zones Z,...
+  --install     when run.sh brings the cluster up: stowage up --install (chart: the
+                drivers as the Helm chart's pods)
                 (a running cluster is used as it is). On several nodes the block
                 driver is testdriver-multinode.yaml (zone topology, pods move between
                 nodes of a zone)
@@ -56,13 +58,14 @@ user_focus=
 user_skip=
 up_nodes=
 up_zones=
+up_install=
 drivers='block|file'
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--ci) ci=true; shift ;;
 	--dry-run) dry_run=true; shift ;;
 	--keep-cluster) keep_cluster=true; shift ;;
-	--focus | --skip | --procs | --report-dir | --data-dir | --driver | --nodes | --zones)
+	--focus | --skip | --procs | --report-dir | --data-dir | --driver | --nodes | --zones | --install)
 		[[ $# -ge 2 ]] || { usage >&2; exit 2; }
 		case $1 in
 		--focus) user_focus=$2 ;;
@@ -72,6 +75,7 @@ while [[ $# -gt 0 ]]; do
 		--data-dir) data_dir=$2 ;;
 		--nodes) up_nodes=$2 ;;
 		--zones) up_zones=$2 ;;
+		--install) up_install=$2 ;;
 		--driver)
 			case $2 in block | file) drivers=$2 ;; *) echo "run.sh: --driver $2: use block or file" >&2; exit 2 ;; esac
 			;;
@@ -243,6 +247,7 @@ if [[ $found != running ]]; then
 	up_args=(--data-dir "$data_dir")
 	[[ -z $up_nodes ]] || up_args+=(--nodes "$up_nodes")
 	[[ -z $up_zones ]] || up_args+=(--zones "$up_zones")
+	[[ -z $up_install ]] || up_args+=(--install "$up_install")
 	log "bringing the cluster up (bin/stowage up ${up_args[*]})"
 	"$repo/bin/stowage" up "${up_args[@]}"
 fi
