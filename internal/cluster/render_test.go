@@ -26,6 +26,8 @@ func TestConfigValidate(t *testing.T) {
 		{name: "IPv6 node", cfg: Config{DataDir: "/d", NodeName: "n", NodeIP: "fd00::2"}, wantErr: "IPv4"},
 		{name: "root data dir", cfg: Config{DataDir: "/", NodeName: "n"}, wantErr: "cannot be /"},
 		{name: "long data dir", cfg: Config{DataDir: "/" + strings.Repeat("d", 80), NodeName: "n"}, wantErr: "too long"},
+		{name: "chart install", cfg: Config{DataDir: "/d", NodeName: "n", Install: InstallChart}},
+		{name: "unknown install", cfg: Config{DataDir: "/d", NodeName: "n", Install: "helm"}, wantErr: `--install "helm": want processes (host processes) or chart`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
