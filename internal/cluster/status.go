@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -25,6 +26,9 @@ type Status struct {
 	NodeReady  string // "True", "False", "Unknown", or why it could not be read
 	// WorkersReady is each worker's Ready, in Config.Workers' order.
 	WorkersReady []string
+	// ChartPods is, on a chart install, how many of the release's pods are
+	// Ready ("3 of 5 pods Ready"), or why that is unknown.
+	ChartPods string
 }
 
 // ErrNoCluster says that `up` never ran with this data directory.
@@ -60,6 +64,15 @@ func GetStatus(ctx context.Context, dataDir string) (*Status, error) {
 			return out
 		}
 		s.NodeReady = ready(c.NodeName)
+		if c.chartInstall() {
+			out, err := c.kubectl().get(ctx, `{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{" "}{end}`, "pods", "-n", ChartNamespace)
+			if err != nil {
+				s.ChartPods = "unknown (" + err.Error() + ")"
+			} else {
+				f := strings.Fields(out)
+				s.ChartPods = fmt.Sprintf("%d of %d pods Ready", strings.Count(out, "True"), len(f))
+			}
+		}
 		for _, w := range c.Workers {
 			s.WorkersReady = append(s.WorkersReady, ready(w.Name))
 		}
@@ -89,6 +102,9 @@ func (s *Status) Print(out io.Writer) {
 	fmt.Fprintf(out, "Stowage API     %s\n", c.StowageEndpoints())
 	if len(c.Workers) > 0 {
 		fmt.Fprintf(out, "Stowage servers stowage-server and stowage-server-2 on etcd (%s), one leading\n", StowageEtcdPrefix)
+	}
+	if c.chartInstall() {
+		fmt.Fprintf(out, "Drivers         the Helm chart's pods: release %s in namespace %s, %s (the server on the host at %s)\n", ChartRelease, ChartNamespace, s.ChartPods, c.ServerTCPAddress())
 	}
 	fmt.Fprintf(out, "Node            %s (%s, zone %s, this machine's network): Ready=%s\n", c.NodeName, c.NodeIP, c.Zone, s.NodeReady)
 	for i, w := range c.Workers {
