@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -221,4 +223,40 @@ func TestChart_ServerUnreachable_DriversNotReady(t *testing.T) {
 	step("resume the Stowage server")
 	waitReady(t, nodePluginSel, true, time.Minute)
 	waitReady(t, controllerSel, true, time.Minute)
+}
+
+// Each Stowage container of the chart serves Prometheus metrics on its
+// port named "metrics" (metrics.enabled): the host reaches the pods'
+// addresses, as a Prometheus in the cluster would.
+func TestChart_MetricsOnThePodsPorts(t *testing.T) {
+	needsChart(t)
+	for sel, want := range map[string]string{
+		nodePluginSel: "stowage_node_limits_enforced",
+		controllerSel: "stowage_",
+	} {
+		p := releasePod(t, sel)
+		for _, c := range p.Spec.Containers {
+			for _, port := range c.Ports {
+				if port.Name != "metrics" {
+					continue
+				}
+				url := fmt.Sprintf("http://%s:%d/metrics", p.Status.PodIP, port.ContainerPort)
+				resp, err := http.Get(url)
+				if err != nil {
+					t.Errorf("pod %s container %s: %v", p.Name, c.Name, err)
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "stowage_") {
+					t.Errorf("%s (pod %s container %s): %d, %d bytes without a stowage_ metric", url, p.Name, c.Name, resp.StatusCode, len(body))
+				}
+				if c.Name == "block-node" {
+					if !strings.Contains(string(body), want) {
+						t.Errorf("%s lacks %s", url, want)
+					}
+				}
+			}
+		}
+	}
 }
