@@ -210,6 +210,7 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 	}
 	for _, p := range podSpecs {
 		checkReadiness(t, p.name, p.spec)
+		checkMetricsPorts(t, p.name, p.spec)
 		sa := "stowage/" + p.spec.ServiceAccountName
 		if p.spec.ServiceAccountName == "" || !sas[sa] {
 			t.Errorf("%s runs as service account %q, which the render does not create", p.name, p.spec.ServiceAccountName)
@@ -296,6 +297,28 @@ func checkReadiness(t *testing.T, what string, spec corev1.PodSpec) {
 		case c.ReadinessProbe == nil || c.ReadinessProbe.Exec == nil ||
 			!slices.Equal(c.ReadinessProbe.Exec.Command, []string{"/usr/bin/stowage", "readyz", "--address=127.0.0.1:" + port}):
 			t.Errorf("%s container %s: readinessProbe %+v, want exec stowage readyz on port %s (its --health-address)", what, c.Name, c.ReadinessProbe, port)
+		}
+	}
+}
+
+// checkMetricsPorts: a container serving --metrics-address declares that
+// port, named "metrics", for a scraper to find.
+func checkMetricsPorts(t *testing.T, what string, spec corev1.PodSpec) {
+	t.Helper()
+	for _, c := range spec.Containers {
+		for _, a := range c.Args {
+			v, ok := strings.CutPrefix(a, "--metrics-address=")
+			if !ok {
+				continue
+			}
+			port := v[strings.LastIndex(v, ":")+1:]
+			found := false
+			for _, p := range c.Ports {
+				found = found || (p.Name == "metrics" && fmt.Sprint(p.ContainerPort) == port)
+			}
+			if !found {
+				t.Errorf("%s container %s serves metrics on %s but declares no port named metrics with it", what, c.Name, v)
+			}
 		}
 	}
 }
