@@ -112,15 +112,23 @@ func TestDpkgPackageOf_NamesTheRealPackage(t *testing.T) {
 	}
 }
 
-func TestSidecarImage_TaggedWithTheBinarysVersion(t *testing.T) {
-	bin := filepath.Join("..", "..", "_output", "bin", "csi-provisioner")
+// builtSidecarImage is the image of sidecar name from the build's
+// _output/bin; the test skips when it is not built.
+func builtSidecarImage(t *testing.T, name string) Image {
+	t.Helper()
+	bin := filepath.Join("..", "..", "_output", "bin", name)
 	if _, err := os.Stat(bin); err != nil {
-		t.Skip("csi-provisioner is not built (hack/build-components.sh builds it): " + err.Error())
+		t.Skip(name + " is not built (hack/build-components.sh builds it): " + err.Error())
 	}
 	img, err := SidecarImage(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return img
+}
+
+func TestSidecarImage_TaggedWithTheBinarysVersion(t *testing.T) {
+	img := builtSidecarImage(t, "csi-provisioner")
 	if !strings.HasPrefix(img.Name, ImageRepo+"/csi-provisioner:v") || img.Entrypoint[0] != "/csi-provisioner" {
 		t.Fatalf("image %s entrypoint %v", img.Name, img.Entrypoint)
 	}
@@ -129,14 +137,7 @@ func TestSidecarImage_TaggedWithTheBinarysVersion(t *testing.T) {
 // The Secrets Store driver's image has the mount(8) it runs for each
 // pod's tmpfs, with its libraries, on its PATH.
 func TestSidecarImage_SecretsStoreDriverHasMount(t *testing.T) {
-	bin := filepath.Join("..", "..", "_output", "bin", "secrets-store-csi-driver")
-	if _, err := os.Stat(bin); err != nil {
-		t.Skip("secrets-store-csi-driver is not built (hack/build-components.sh builds it): " + err.Error())
-	}
-	img, err := SidecarImage(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := builtSidecarImage(t, "secrets-store-csi-driver")
 	paths := map[string]bool{}
 	for _, f := range img.Files {
 		paths[f.Path] = true
