@@ -36,6 +36,9 @@ type TokenReview struct {
 	// BearerToken, when set, authenticates the server to the apiserver
 	// (instead of, or beside, a client certificate in Client).
 	BearerToken string
+	// BearerTokenFile, when set, is read again for each review: a pod's
+	// projected service-account token is rotated by the kubelet.
+	BearerTokenFile string
 }
 
 // TokenReviewConfig is what NewTokenReview reads: file paths, so that no
@@ -83,7 +86,7 @@ func NewTokenReview(c TokenReviewConfig) (*TokenReview, error) {
 		if err != nil {
 			return nil, err
 		}
-		tr.BearerToken = t
+		tr.BearerToken, tr.BearerTokenFile = t, c.TokenFile
 	}
 	return tr, nil
 }
@@ -118,8 +121,16 @@ func (t *TokenReview) Verify(ctx context.Context, token string) (string, string,
 		return "", "", fmt.Errorf("token review: %v", err)
 	}
 	hr.Header.Set("Content-Type", "application/json")
-	if t.BearerToken != "" {
-		hr.Header.Set("Authorization", "Bearer "+t.BearerToken)
+	bearer := t.BearerToken
+	if t.BearerTokenFile != "" {
+		// The last token read stays in use when the file is briefly gone
+		// (the kubelet replaces it by a symlink swap).
+		if b, err := ReadTokenFile(t.BearerTokenFile); err == nil {
+			bearer = b
+		}
+	}
+	if bearer != "" {
+		hr.Header.Set("Authorization", "Bearer "+bearer)
 	}
 	resp, err := t.Client.Do(hr)
 	if err != nil {

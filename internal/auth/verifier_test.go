@@ -78,6 +78,29 @@ func TestTokenReview_VerifiesAgainstTheAPIServer(t *testing.T) {
 	}
 }
 
+// The server's own token file is read for each review: a pod's projected
+// service-account token is rotated by the kubelet, and the old one expires.
+func TestTokenReview_RereadsItsTokenFile(t *testing.T) {
+	srv, ca := fakeAPIServer(t)
+	cred := filepath.Join(t.TempDir(), "cred")
+	if err := auth.WriteTokenFile(cred, "expired-cred"); err != nil {
+		t.Fatal(err)
+	}
+	v, err := auth.NewTokenReview(auth.TokenReviewConfig{APIServer: srv.URL, CAFile: ca, TokenFile: cred})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := v.Verify(context.Background(), "good-token"); err == nil {
+		t.Fatal("the fake apiserver took a credential it does not know")
+	}
+	if err := auth.WriteTokenFile(cred, "server-cred"); err != nil {
+		t.Fatal(err)
+	}
+	if ns, name, err := v.Verify(context.Background(), "good-token"); err != nil || ns != "shop" || name != "web" {
+		t.Fatalf("after the token file was rotated, Verify = %q %q %v", ns, name, err)
+	}
+}
+
 func TestReadTokenFile_RefusesFilesOthersCanRead(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "tok")
 	if err := os.WriteFile(p, []byte("stw_secret\n"), 0o644); err != nil {

@@ -40,14 +40,16 @@ var NodeTools = []string{
 // StorageHostTools are what a storage host (`stowage agent`, or the
 // server with its file pools) runs: nfs-ganesha with its VFS back end (a
 // plugin it loads by name, so no ELF names it) and libtirpc's
-// /etc/netconfig, without which ganesha cannot listen. The plugin's path
+// /etc/netconfig, without which ganesha cannot listen, and mkfs.btrfs for
+// a file pool given a size. The plugin's path
 // is found on this machine.
 func StorageHostTools() ([]string, error) {
 	plugins, _ := filepath.Glob("/usr/lib/*/ganesha/libfsalvfs.so")
 	if len(plugins) == 0 {
 		return nil, fmt.Errorf("the stowage image needs nfs-ganesha's VFS back end (libfsalvfs.so under /usr/lib/<arch>/ganesha): install nfs-ganesha-vfs (hack/setup.sh)")
 	}
-	return []string{"ganesha.nfsd", plugins[0], "/etc/netconfig"}, nil
+	// A file pool given a size is a btrfs image the server makes.
+	return []string{"ganesha.nfsd", plugins[0], "/etc/netconfig", "mkfs.btrfs"}, nil
 }
 
 // SidecarBinaries are the upstream components that get an image each,

@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -259,4 +261,99 @@ func TestChart_MetricsOnThePodsPorts(t *testing.T) {
 			}
 		}
 	}
+}
+
+// The chart's in-cluster server (server.external.address empty): its
+// StatefulSet, rendered by the chart alone (the release's drivers already
+// run on this cluster, so the test applies only templates/server.yaml, in
+// a namespace of its own), runs in a privileged pod on a claim of the
+// cluster's own block storage; its sized pools become xfs images inside
+// the pod, it answers its components' tokens over its Service, and its
+// volumes outlive the pod's restart (bbolt on the claim).
+func TestChart_InClusterServer(t *testing.T) {
+	needsChart(t)
+	ns := namespace(t)
+	image := kubectl(t, "", "-n", chartNamespace, "get", "daemonset", "stowage-csi-node", "-o", "jsonpath={.spec.template.spec.containers[0].image}")
+	repo, tag, ok := strings.Cut(strings.TrimPrefix(image, "localhost/stowage/"), ":")
+	if !ok || repo != "stowage" {
+		t.Fatalf("the node plugin's image %q is not localhost/stowage/stowage:<tag>", image)
+	}
+	runDir := filepath.Join(dataDir, "e2e-in-cluster-server-run")
+	t.Cleanup(func() { os.RemoveAll(runDir) })
+	out, err := exec.Command(filepath.Join(repoRoot, "_output", "bin", "helm"), "template", "srv", filepath.Join(repoRoot, "deploy", "helm", "stowage"),
+		"--namespace", ns, "--show-only", "templates/server.yaml",
+		"--set", "image.stowage.tag="+tag, "--set", "runDir="+runDir, "--set", "metrics.enabled=false",
+		"--set", "server.inCluster.storage.storageClassName="+defaultClass, "--set", "server.inCluster.storage.size=3Gi",
+		"--set", `server.inCluster.pools[0]=name=pool-x\,zone=zone-a\,size=1G`,
+		"--set", `server.inCluster.filePools[0]=name=files-x\,zone=zone-a\,size=1G`).CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm template: %v\n%s", err, out)
+	}
+	kubectl(t, string(out), "-n", ns, "apply", "-f", "-")
+	t.Cleanup(func() {
+		kubectlErr(string(out), "-n", ns, "delete", "-f", "-", "--wait=true")
+		kubectlErr("", "-n", ns, "delete", "pvc", "data-srv-server-0", "--wait=true")
+	})
+	// Through its Service (by address: the local cluster runs no cluster
+	// DNS), with a token the server made at its start: the block
+	// controller's, which may create volumes.
+	svcIP := kubectl(t, "", "-n", ns, "get", "service", "srv-server", "-o", "jsonpath={.spec.clusterIP}")
+	cli := func(args ...string) (string, error) {
+		return kubectlErr("", append([]string{"-n", ns, "exec", "srv-server-0", "--", "stowage", "--endpoint", svcIP + ":7420",
+			"--token-file", "/var/lib/stowage/tokens/csi-controller", "--timeout", "10s"}, args...)...)
+	}
+	serving := func() {
+		waitPodPhase(t, ns, "srv-server-0", corev1.PodRunning)
+		var last string
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("the last pool list: %s\nthe server's log:\n%s", last, must(kubectlErr("", "-n", ns, "logs", "srv-server-0", "--tail=30")))
+			}
+		})
+		waitFor(t, "the in-cluster server to answer with its pools", 2*time.Minute, func() (bool, error) {
+			out, err := cli("pool", "list")
+			last = fmt.Sprint(out, err)
+			return err == nil && strings.Contains(out, "pool-x"), nil
+		})
+		// Its file pool, a btrfs image, served by nfs-ganesha from the image.
+		logs := must(kubectlErr("", "-n", ns, "logs", "srv-server-0"))
+		for _, want := range []string{`msg="file-tree pool ready" pool=files-x`, `msg="NFS serving"`} {
+			if !strings.Contains(logs, want) {
+				t.Errorf("the in-cluster server's log lacks %s:\n%s", want, logs)
+			}
+		}
+	}
+	serving()
+	created, err := cli("volume", "create", "--name", "in-cluster", "--size", "1", "--zone", "zone-a", "-o", "json")
+	if err != nil {
+		t.Fatalf("volume create on the in-cluster server: %v\n%s", err, created)
+	}
+	var vol struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(created), &vol); err != nil || vol.ID == "" {
+		t.Fatalf("volume create printed %q (%v)", created, err)
+	}
+	// Its pool is an xfs image the server made and mounted inside its pod:
+	// clones by reflink.
+	if out, err := cli("pool", "list"); err != nil || !strings.Contains(out, "reflink") {
+		t.Errorf("the in-cluster server's pool does not clone by reflink (an xfs image): %v\n%s", err, out)
+	}
+	step("restart the in-cluster server's pod; its volume must still be there")
+	kubectl(t, "", "-n", ns, "delete", "pod", "srv-server-0", "--wait=true")
+	serving()
+	if out, err := cli("volume", "describe", vol.ID); err != nil || !strings.Contains(out, "in-cluster") {
+		t.Fatalf("after the restart, volume %s: %v\n%s", vol.ID, err, out)
+	}
+	if out, err := cli("volume", "delete", vol.ID); err != nil {
+		t.Errorf("volume delete: %v\n%s", err, out)
+	}
+}
+
+// must is s, with err appended when there is one (for test logs).
+func must(s string, err error) string {
+	if err != nil {
+		return s + " (" + err.Error() + ")"
+	}
+	return s
 }
