@@ -59,7 +59,7 @@ echo "== end-to-end tests on a local Kubernetes (test/e2e)"
 # chart's own faults and the block, file and snapshot scenarios, about 5
 # minutes (the whole suite passes there too: docs/install.md).
 echo "== end-to-end tests on the Helm chart's install (STOWAGE_E2E_INSTALL=chart)"
-(cd test/e2e && STOWAGE_E2E_INSTALL=chart go test -count=1 -timeout 20m -run '^(TestChart_.*|TestScenario[1235]_.*|TestK11_.*|TestK13_.*)$' .)
+(cd test/e2e && STOWAGE_E2E_INSTALL=chart go test -count=1 -timeout 20m -run '^(TestChart_.*|TestScenario[1235]_.*|TestK11_.*)$' .)
 echo "== end-to-end tests on a multi-node local Kubernetes (test/e2e/multinode)"
 (cd test/e2e && go test -count=1 -timeout 30m ./multinode/)
 
