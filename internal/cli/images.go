@@ -3,7 +3,6 @@ package cli
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 
 	"github.com/spf13/cobra"
@@ -34,26 +33,9 @@ To use them on another cluster, push them to your registry:
 			if err != nil {
 				return err
 			}
-			imgs := []cluster.Image{}
-			host, err := cluster.StorageHostTools()
+			imgs, err := cluster.RoleImages(self, binDir, tag)
 			if err != nil {
 				return err
-			}
-			img, err := cluster.StowageImage(self, tag, append(cluster.NodeTools[:len(cluster.NodeTools):len(cluster.NodeTools)], host...), cluster.DpkgPackageOf)
-			if err != nil {
-				return err
-			}
-			imgs = append(imgs, img)
-			for _, b := range cluster.SidecarBinaries {
-				p := filepath.Join(binDir, b)
-				if _, err := os.Stat(p); err != nil {
-					return fmt.Errorf("sidecar %s: %w (hack/build-components.sh builds it into %s)", b, err, binDir)
-				}
-				img, err := cluster.SidecarImage(p)
-				if err != nil {
-					return err
-				}
-				imgs = append(imgs, img)
 			}
 			written, err := cluster.WriteImages(out, imgs)
 			if err != nil {

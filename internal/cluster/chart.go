@@ -66,27 +66,11 @@ func withoutChartReplaced(comps []Component) []Component {
 // with a digest of the binary so that a new build rolls the pods, and one
 // per upstream sidecar.
 func (c *Config) chartImages() ([]Image, error) {
-	host, err := StorageHostTools()
-	if err != nil {
-		return nil, err
-	}
 	sum, err := fileSHA256(c.Stowage)
 	if err != nil {
 		return nil, err
 	}
-	img, err := StowageImage(c.Stowage, "up-"+sum[:12], append(slices.Clone(NodeTools), host...), DpkgPackageOf)
-	if err != nil {
-		return nil, err
-	}
-	imgs := []Image{img}
-	for _, b := range SidecarBinaries {
-		img, err := SidecarImage(filepath.Join(c.BinDir, b))
-		if err != nil {
-			return nil, fmt.Errorf("image of %s: %w", b, err)
-		}
-		imgs = append(imgs, img)
-	}
-	return imgs, nil
+	return RoleImages(c.Stowage, c.BinDir, "up-"+sum[:12])
 }
 
 func fileSHA256(p string) (string, error) {

@@ -110,25 +110,9 @@ func StowageImage(stowage, tag string, tools []string, packageOf PackageOf) (Ima
 		return Image{}, err
 	}
 	for _, t := range tools {
-		if filepath.IsAbs(t) {
-			more, err := fileOrELF(t)
-			if err != nil {
-				return Image{}, fmt.Errorf("the stowage image needs %s: %w (install its Debian package: hack/setup.sh)", t, err)
-			}
-			files = append(files, more...)
-			continue
-		}
-		p, err := exec.LookPath(t)
-		if err != nil {
-			return Image{}, fmt.Errorf("the stowage image needs %s: %w (install its Debian package: hack/setup.sh)", t, err)
-		}
-		p, err = filepath.Abs(p)
+		more, err := toolFiles("stowage", t)
 		if err != nil {
 			return Image{}, err
-		}
-		more, err := fileOrELF(p)
-		if err != nil {
-			return Image{}, fmt.Errorf("tool %s: %w", t, err)
 		}
 		files = append(files, more...)
 	}
@@ -169,6 +153,29 @@ func StowageImage(stowage, tag string, tools []string, packageOf PackageOf) (Ima
 	}, nil
 }
 
+// toolFiles are the files of tool t in image: found on PATH unless t is an
+// absolute path, with its libraries when it is an ELF object.
+func toolFiles(image, t string) ([]ImageFile, error) {
+	p := t
+	if !filepath.IsAbs(t) {
+		var err error
+		if p, err = exec.LookPath(t); err == nil {
+			p, err = filepath.Abs(p)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("the %s image needs %s: %w (install its Debian package: hack/setup.sh)", image, t, err)
+		}
+	}
+	files, err := fileOrELF(p)
+	if err != nil {
+		if filepath.IsAbs(t) {
+			return nil, fmt.Errorf("the %s image needs %s: %w (install its Debian package: hack/setup.sh)", image, t, err)
+		}
+		return nil, fmt.Errorf("tool %s: %w", t, err)
+	}
+	return files, nil
+}
+
 // fileOrELF is p with its libraries when it is an ELF object, else p's
 // bytes with its permissions.
 func fileOrELF(p string) ([]ImageFile, error) {
@@ -203,19 +210,43 @@ func SidecarImage(bin string) (Image, error) {
 	}
 	img := Image{Name: ImageRepo + "/" + name + ":" + v, Entrypoint: []string{"/" + name}}
 	for _, t := range SidecarTools[name] {
-		p, err := exec.LookPath(t)
+		more, err := toolFiles(name, t)
 		if err != nil {
-			return Image{}, fmt.Errorf("the %s image needs %s: %w (install its Debian package: hack/setup.sh)", name, t, err)
-		}
-		more, err := elfWithLibraries(p, p)
-		if err != nil {
-			return Image{}, fmt.Errorf("tool %s: %w", t, err)
+			return Image{}, err
 		}
 		files = append(files, more...)
 		img.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	}
 	img.Files = dedupe(files)
 	return img, nil
+}
+
+// RoleImages are the images the chart runs: the stowage image of binary
+// stowage, tagged tag, with the node's and a storage host's tools, and one
+// image per upstream sidecar of binDir. `stowage images build` and
+// `stowage up --install=chart` make them.
+func RoleImages(stowage, binDir, tag string) ([]Image, error) {
+	host, err := StorageHostTools()
+	if err != nil {
+		return nil, err
+	}
+	img, err := StowageImage(stowage, tag, append(slices.Clone(NodeTools), host...), DpkgPackageOf)
+	if err != nil {
+		return nil, err
+	}
+	imgs := []Image{img}
+	for _, b := range SidecarBinaries {
+		p := filepath.Join(binDir, b)
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("sidecar %s: %w (hack/build-components.sh builds it into %s)", b, err, binDir)
+		}
+		img, err := SidecarImage(p)
+		if err != nil {
+			return nil, err
+		}
+		imgs = append(imgs, img)
+	}
+	return imgs, nil
 }
 
 // SidecarTools are the programs an upstream sidecar runs: the Secrets
