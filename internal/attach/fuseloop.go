@@ -5,10 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -18,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/stowage-io/stowage/internal/runner"
 	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
@@ -34,6 +33,9 @@ type FUSELoop struct {
 	// the process's PID, its log and the files of a Refresh.
 	StateDir string
 	Logger   *slog.Logger
+	// Starter starts the process; default runner.Local. With a
+	// runner.Remote the caller must see the runner's pids (hostPID).
+	Starter runner.Starter
 }
 
 func (f FUSELoop) dir(t Target) string { return filepath.Join(f.StateDir, t.AttachmentID) }
@@ -64,51 +66,41 @@ func (f FUSELoop) Attach(ctx context.Context, t Target) (string, error) {
 	}
 	args := append(cmd[1:len(cmd):len(cmd)], "--server", t.Address, "--export", t.AttachmentID,
 		"--generation", strconv.FormatUint(t.Generation, 10), "--mountpoint", mnt, "--state-dir", dir, "--secret-stdin")
-	logf, err := os.OpenFile(filepath.Join(dir, "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return "", err
+	starter := f.Starter
+	if starter == nil {
+		starter = runner.Local{}
 	}
-	defer logf.Close()
-	p := exec.Command(cmd[0], args...)
-	p.Stderr = logf
-	// Its own session: a signal to the caller's process group is not one
-	// to the device's server.
-	p.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	stdin, err := p.StdinPipe()
+	p, err := starter.Start(ctx, runner.Spec{Command: append(cmd[:1:1], args...), Stdin: t.Secret + "\n",
+		Log: filepath.Join(dir, "log"), PipeStdout: true})
 	if err != nil {
-		return "", err
-	}
-	stdout, err := p.StdoutPipe()
-	if err != nil {
-		return "", err
-	}
-	if err := p.Start(); err != nil {
 		return "", fmt.Errorf("fuse-loop attach %s: start %s: %w", t.AttachmentID, cmd[0], err)
 	}
-	io.WriteString(stdin, t.Secret+"\n")
-	stdin.Close()
+	defer p.Release()
 	got := make(chan string, 1)
 	go func() {
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		line, _ := bufio.NewReader(p.Stdout).ReadString('\n')
 		got <- strings.TrimSpace(line)
-		io.Copy(io.Discard, stdout)
 	}()
-	exited := make(chan error, 1)
-	go func() { exited <- p.Wait() }()
+	stop := func() {
+		syscall.Kill(p.PID, syscall.SIGTERM)
+		select {
+		case <-p.Exited:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(p.PID, syscall.SIGKILL)
+		}
+	}
 	select {
 	case line := <-got:
 		dev, ok := strings.CutPrefix(line, "attached ")
 		if !ok {
-			p.Process.Signal(syscall.SIGTERM)
-			<-exited
+			stop()
 			return "", fmt.Errorf("fuse-loop attach %s: %s", t.AttachmentID, f.lastLog(dir))
 		}
-		os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(p.Process.Pid)), 0o600)
+		os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(p.PID)), 0o600)
 		os.WriteFile(filepath.Join(dir, "device"), []byte(dev), 0o600)
 		return dev, nil
 	case <-ctx.Done():
-		p.Process.Signal(syscall.SIGTERM)
-		<-exited
+		stop()
 		return "", fmt.Errorf("fuse-loop attach %s: %w", t.AttachmentID, ctx.Err())
 	}
 }

@@ -41,13 +41,8 @@ func (peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, er
 	if !ok {
 		return c, none, nil
 	}
-	raw, err := uc.SyscallConn()
+	cred, err := UnixPeer(uc)
 	if err != nil {
-		return c, none, nil
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil || cerr != nil {
 		return c, none, nil
 	}
 	return c, PeerCredInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}, nil
@@ -71,3 +66,18 @@ func (t TokenCredentials) GetRequestMetadata(context.Context, ...string) (map[st
 
 // RequireTransportSecurity implements credentials.PerRPCCredentials.
 func (TokenCredentials) RequireTransportSecurity() bool { return false }
+
+// UnixPeer is the kernel's word (SO_PEERCRED) for the process at the
+// other end of c.
+func UnixPeer(c *net.UnixConn) (*unix.Ucred, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var serr error
+	if err := rc.Control(func(fd uintptr) { cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return nil, err
+	}
+	return cred, serr
+}

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stowage-io/stowage/internal/auth"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -128,7 +130,7 @@ func (s *Server) serve(c *net.UnixConn) {
 	ctx, cancel := context.WithTimeout(context.Background(), exchangeTimeout)
 	defer cancel()
 	c.SetDeadline(time.Now().Add(exchangeTimeout))
-	cred, err := peerCred(c)
+	cred, err := auth.UnixPeer(c)
 	if err != nil {
 		s.answer(c, nil, reply{Code: codes.Internal, Message: "local handoff: cannot tell who is asking: " + err.Error()})
 		return
@@ -173,19 +175,6 @@ func (s *Server) answer(c *net.UnixConn, f *os.File, rep reply) bool {
 		return false
 	}
 	return true
-}
-
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var serr error
-	if err := rc.Control(func(fd uintptr) { cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
-		return nil, err
-	}
-	return cred, serr
 }
 
 // Open asks the handoff at socket for r's image and returns it, open

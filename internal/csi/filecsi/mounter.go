@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -19,6 +18,8 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/stowage-io/stowage/internal/runner"
 )
 
 func slicesSort(s []string) { slices.Sort(s) }
@@ -28,10 +29,10 @@ func slicesSort(s []string) { slices.Sort(s) }
 const FUSEType = "fuse.stowage-nfs"
 
 // FUSEMounter mounts with Stowage's FUSE NFS client (`stowage nfs-mount`),
-// one client process per mount. The processes run in sessions of their
-// own, so they outlive a restart of the node plugin; a record per mount in
-// StateDir names the volume and the client's pid, so a restarted plugin
-// finds them.
+// one client process per mount. Starter starts them so that they outlive
+// a restart of the node plugin (sessions of their own, or the node
+// runner's children); a record per mount in StateDir names the volume and
+// the client's pid, so a restarted plugin finds them.
 type FUSEMounter struct {
 	// Helper is the stowage binary (its nfs-mount command).
 	Helper string
@@ -41,6 +42,9 @@ type FUSEMounter struct {
 	NodeID string
 	// ReadyTimeout bounds how long a mount may take; default 60 s.
 	ReadyTimeout time.Duration
+	// Starter starts the clients; default runner.Local. With a
+	// runner.Remote the plugin must see the runner's pids (hostPID).
+	Starter runner.Starter
 }
 
 type mountRecord struct {
@@ -132,37 +136,32 @@ func (f *FUSEMounter) Mount(ctx context.Context, m Mount) error {
 	if m.ReadOnly {
 		args = append(args, "--read-only")
 	}
-	cmd := exec.Command(f.Helper, args...)
-	// A session of its own: the client is not in the plugin's process
-	// group, so stopping the plugin does not stop it. Its output goes to
-	// its log, not to a pipe that would break when the plugin exits.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
+	starter := f.Starter
+	if starter == nil {
+		starter = runner.Local{}
 	}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		out.Close()
+	p, err := starter.Start(ctx, runner.Spec{Command: append([]string{f.Helper}, args...), Log: logPath})
+	if err != nil {
 		return fmt.Errorf("start the FUSE NFS client %s: %w", f.Helper, err)
 	}
-	out.Close()
 	exited := make(chan struct{})
 	go func() {
-		err := cmd.Wait()
+		err, ok := <-p.Exited
 		close(exited)
-		if err != nil {
-			klog.ErrorS(err, "FUSE NFS client exited", "volume", m.VolumeID, "target", m.Target, "pid", cmd.Process.Pid, "log", logPath)
-		} else {
-			klog.InfoS("FUSE NFS client exited", "volume", m.VolumeID, "target", m.Target, "pid", cmd.Process.Pid)
+		switch {
+		case !ok:
+		case err != nil:
+			klog.ErrorS(err, "FUSE NFS client exited", "volume", m.VolumeID, "target", m.Target, "pid", p.PID, "log", logPath)
+		default:
+			klog.InfoS("FUSE NFS client exited", "volume", m.VolumeID, "target", m.Target, "pid", p.PID)
 		}
 	}()
 	fail := func(why error) error {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = syscall.Kill(p.PID, syscall.SIGTERM)
 		select {
 		case <-exited:
 		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
+			_ = syscall.Kill(p.PID, syscall.SIGKILL)
 		}
 		_ = unix.Unmount(m.Target, unix.MNT_DETACH)
 		return fmt.Errorf("%w (client log %s: %s)", why, logPath, lastLines(logPath, 5))
@@ -188,7 +187,7 @@ func (f *FUSEMounter) Mount(ctx context.Context, m Mount) error {
 			return fail(fmt.Errorf("the FUSE NFS client did not mount within %s (is the NFS server %s up?)", timeout, m.Server))
 		}
 	}
-	r := &mountRecord{VolumeID: m.VolumeID, Target: filepath.Clean(m.Target), Server: m.Server, Export: m.Export, ReadOnly: m.ReadOnly, PID: cmd.Process.Pid, Log: logPath}
+	r := &mountRecord{VolumeID: m.VolumeID, Target: filepath.Clean(m.Target), Server: m.Server, Export: m.Export, ReadOnly: m.ReadOnly, PID: p.PID, Log: logPath}
 	if err := f.writeRecord(r); err != nil {
 		return fail(fmt.Errorf("record the mount: %w", err))
 	}
