@@ -2,7 +2,11 @@ package auth
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
@@ -80,4 +84,40 @@ func UnixPeer(c *net.UnixConn) (*unix.Ucred, error) {
 		return nil, err
 	}
 	return cred, serr
+}
+
+// ListenOwnerOnly makes a unix socket at path (a stale one is removed) of
+// mode 0600, in a directory it makes if missing (dirMode): only its owner
+// reaches it at all, and the server checks the peer again (UnixPeer).
+func ListenOwnerOnly(path string, dirMode os.FileMode) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), dirMode); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// ServeUnix hands each connection on l to serve, in a goroutine of its
+// own, until l is closed.
+func ServeUnix(l *net.UnixListener, serve func(*net.UnixConn)) error {
+	for {
+		c, err := l.AcceptUnix()
+		if errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		go serve(c)
+	}
 }

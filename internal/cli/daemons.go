@@ -30,6 +30,7 @@ import (
 	"github.com/stowage-io/stowage/internal/kms"
 	"github.com/stowage-io/stowage/internal/metrics"
 	"github.com/stowage-io/stowage/internal/readiness"
+	"github.com/stowage-io/stowage/internal/runner"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/store"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
@@ -569,7 +570,7 @@ func (l *leaderGate) Serving() bool { return l.serving.Load() && l.election.IsLe
 func (l *leaderGate) Leader(ctx context.Context) (string, error) { return l.election.Leader(ctx) }
 
 func newCSICmd() *cobra.Command {
-	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper, tokenFile, localHandoff, healthAddr string
+	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper, tokenFile, localHandoff, healthAddr, nodeRunner string
 	var maxVolumes int64
 	var limitsInterval time.Duration
 	cmd := &cobra.Command{Use: "csi", Short: "Run a CSI driver: block (" + csi.DriverName + ") or file (" + filecsi.DriverName + ")"}
@@ -577,6 +578,7 @@ func newCSICmd() *cobra.Command {
 	pf.StringVar(&driver, "driver", "block", "which driver: block ("+csi.DriverName+") or file ("+filecsi.DriverName+")")
 	pf.StringVar(&nfsClient, "nfs-client", "auto", "file driver node: how access points are mounted: kernel (mount -t nfs4), fuse (Stowage's FUSE NFS client, 'stowage nfs-mount'), or auto (kernel when the node has an NFSv4 client, else fuse)")
 	pf.StringVar(&mountHelper, "mount-helper", "", "file driver node: the stowage binary whose nfs-mount command the FUSE client is (default: this binary)")
+	pf.StringVar(&nodeRunner, "node-runner", "", "node plugin: the socket of the node runner (stowage node-runner) that starts the FUSE NFS clients and FUSE block devices, so that they outlive this plugin's pod; the plugin must see the runner's processes (hostPID). Empty: the plugin starts them itself, each in a session of its own (enough for a host process)")
 	pf.StringVar(&endpoint, "endpoint", "unix:///csi/csi.sock", "CSI socket: unix:///path or tcp://host:port")
 	pf.StringVar(&api, "api", DefaultEndpoint, apiUsage)
 	pf.StringVar(&tokenFile, "token-file", "", tokenFileUsage(auth.CSIController+", "+auth.CSINodePrefix+"<node> or "+auth.CSIFile))
@@ -613,12 +615,16 @@ func newCSICmd() *cobra.Command {
 				return fmt.Errorf("no --node-id and no hostname: %w", err)
 			}
 		}
+		var starter runner.Starter
+		if nodeRunner != "" {
+			starter = runner.Remote{Socket: nodeRunner}
+		}
 		if driver == "file" {
 			if stateDir == "" {
 				stateDir = "/var/lib/stowage/csi-file-node"
 			}
 			return runFileDriver(ctx, conn, fileDriverOptions{controller: withController, node: withNode, endpoint: endpoint, metricsAddr: metricsAddr,
-				nodeID: nodeID, zone: zone, stateDir: stateDir, registrationDir: registrationDir, nfsClient: nfsClient, mountHelper: mountHelper})
+				nodeID: nodeID, zone: zone, stateDir: stateDir, registrationDir: registrationDir, nfsClient: nfsClient, mountHelper: mountHelper, starter: starter})
 		}
 		if stateDir == "" {
 			stateDir = "/var/lib/stowage/csi-node"
@@ -629,7 +635,7 @@ func newCSICmd() *cobra.Command {
 			ctrl = csi.NewControllerService(pb.NewVolumeServiceClient(conn), pb.NewSnapshotServiceClient(conn), pb.NewPoolServiceClient(conn))
 		}
 		if withNode {
-			node, err = csi.NewNodeService(csi.NodeConfig{NodeID: nodeID, Zone: zone, MaxVolumes: maxVolumes, StateDir: stateDir, LimitsInterval: limitsInterval, CgroupRoot: cgroupRoot, LocalHandoff: localHandoff},
+			node, err = csi.NewNodeService(csi.NodeConfig{NodeID: nodeID, Zone: zone, MaxVolumes: maxVolumes, StateDir: stateDir, LimitsInterval: limitsInterval, CgroupRoot: cgroupRoot, LocalHandoff: localHandoff, Starter: starter},
 				pb.NewVolumeServiceClient(conn), pb.NewNodeServiceClient(conn))
 			if err != nil {
 				return err
@@ -671,6 +677,7 @@ func newCSICmd() *cobra.Command {
 type fileDriverOptions struct {
 	controller, node                                                                       bool
 	endpoint, metricsAddr, nodeID, zone, stateDir, registrationDir, nfsClient, mountHelper string
+	starter                                                                                runner.Starter
 }
 
 func runFileDriver(ctx context.Context, conn *grpc.ClientConn, o fileDriverOptions) error {
@@ -697,7 +704,7 @@ func runFileDriver(ctx context.Context, conn *grpc.ClientConn, o fileDriverOptio
 				}
 				helper = self
 			}
-			m = &filecsi.FUSEMounter{Helper: helper, StateDir: o.stateDir, NodeID: o.nodeID}
+			m = &filecsi.FUSEMounter{Helper: helper, StateDir: o.stateDir, NodeID: o.nodeID, Starter: o.starter}
 		default:
 			return usageErrorf("--nfs-client %q: use auto, kernel or fuse", o.nfsClient)
 		}

@@ -81,7 +81,7 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	root.AddCommand(
 		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g), newSecretCmd(g), newParamCmd(g),
 		newFileSystemCmd(g), newAccessPointCmd(g), newPolicyCmd(g), newTokenCmd(g),
-		newServerCmd(), newAgentCmd(), newCSICmd(), newKMSPluginCmd(), newSecretsProviderCmd(), newKubeletRegisterCmd(), newVersionCmd(), newNFSMountCmd(), newNBDAttachCmd(),
+		newServerCmd(), newAgentCmd(), newCSICmd(), newKMSPluginCmd(), newSecretsProviderCmd(), newKubeletRegisterCmd(), newVersionCmd(), newNFSMountCmd(), newNBDAttachCmd(), newNodeRunnerCmd(),
 		newUpCmd(), newDownCmd(), newStatusCmd(), newPauseCmd(), newImagesCmd(), newReadyzCmd(),
 	)
 	markUsageErrors(root)

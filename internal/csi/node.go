@@ -24,6 +24,7 @@ import (
 	"github.com/stowage-io/stowage/internal/fscrypt"
 	"github.com/stowage-io/stowage/internal/handoff"
 	"github.com/stowage-io/stowage/internal/keylock"
+	"github.com/stowage-io/stowage/internal/runner"
 	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
@@ -52,6 +53,9 @@ type NodeConfig struct {
 	// hierarchy or a cgroup v2 mount with the io controller. Empty means
 	// detect it (see detectLimiter).
 	CgroupRoot string
+	// Starter starts the FUSE block devices of network attachments (the
+	// node runner of a plugin in a pod); nil: the plugin starts them.
+	Starter runner.Starter
 }
 
 // NodeService is the CSI node plugin of the block driver.
@@ -108,6 +112,10 @@ func newHostNodeService(cfg NodeConfig, volumes pb.VolumeServiceClient, nodes pb
 		klog.InfoS("node plugin: WARNING: IOPS and throughput limits are NOT enforced on this node; volumes stage without them", "limits", lim)
 	}
 	sel := selectNetwork(cfg.StateDir, cfg.NBDAttach)
+	if fl, ok := sel.Attacher.(attach.FUSELoop); ok && cfg.Starter != nil {
+		fl.Starter = cfg.Starter
+		sel.Attacher = fl
+	}
 	klog.InfoS("node plugin: network attachments use "+sel.Name, "attacher", sel.Name, "reason", sel.Reason)
 	n := newNodeService(cfg, volumes, nodes, hostLoops{}, sel.Attacher, newHostMounts(), lim)
 	n.images = hostHandoff{socket: cfg.LocalHandoff}

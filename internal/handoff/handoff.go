@@ -14,13 +14,11 @@ package handoff
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -69,18 +67,8 @@ const exchangeTimeout = 10 * time.Second
 // Listen makes the socket at path (a stale one is removed), mode 0600:
 // only root reaches it at all, and Serve checks the peer again.
 func Listen(path string) (*net.UnixListener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("local handoff: %w", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("local handoff: remove stale socket %s: %w", path, err)
-	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	l, err := auth.ListenOwnerOnly(path, 0o750)
 	if err != nil {
-		return nil, fmt.Errorf("local handoff: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
 		return nil, fmt.Errorf("local handoff: %w", err)
 	}
 	return l, nil
@@ -105,18 +93,7 @@ func Start(path string, open Opener, logger *slog.Logger) (stop func(), err erro
 }
 
 // Serve answers connections on l until it is closed.
-func (s *Server) Serve(l *net.UnixListener) error {
-	for {
-		c, err := l.AcceptUnix()
-		if errors.Is(err, net.ErrClosed) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		go s.serve(c)
-	}
-}
+func (s *Server) Serve(l *net.UnixListener) error { return auth.ServeUnix(l, s.serve) }
 
 func (s *Server) log() *slog.Logger {
 	if s.Logger == nil {

@@ -9,8 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -48,18 +46,8 @@ func (s *Server) log() *slog.Logger {
 // Listen makes the socket at path (replacing a stale one), readable and
 // writable by its owner only.
 func Listen(path string) (*net.UnixListener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("node runner: %w", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("node runner: remove the stale socket: %w", err)
-	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	l, err := auth.ListenOwnerOnly(path, 0o700)
 	if err != nil {
-		return nil, fmt.Errorf("node runner: listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
 		return nil, fmt.Errorf("node runner: %w", err)
 	}
 	return l, nil
@@ -67,18 +55,7 @@ func Listen(path string) (*net.UnixListener, error) {
 
 // Serve answers connections on l until it is closed. The processes it
 // started run on; Wait waits for them.
-func (s *Server) Serve(l *net.UnixListener) error {
-	for {
-		c, err := l.AcceptUnix()
-		if errors.Is(err, net.ErrClosed) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		go s.serve(c)
-	}
-}
+func (s *Server) Serve(l *net.UnixListener) error { return auth.ServeUnix(l, s.serve) }
 
 // Wait waits for every process the server started to end.
 func (s *Server) Wait() { s.wg.Wait() }

@@ -87,6 +87,7 @@ var valueSets = map[string][]string{
 	"external server":          {"server.external.address=stowage.example.com:7420"},
 	"snapshot controller off":  {"snapshotController.enabled=false"},
 	"secrets store and agents": {"secretsStoreDriver.enabled=true", "agents.enabled=true"},
+	"node runner off":          {"node.runner.enabled=false"},
 	"hostPath server, file class": {"server.inCluster.storage.type=hostPath", `server.inCluster.filePools[0]=name=files-a\,zone=zone-a\,size=10G`,
 		"fileStorageClasses[0].name=stowage-efs", "fileStorageClasses[0].parameters.provisioningMode=efs-ap",
 		"fileStorageClasses[0].parameters.fileSystemId=fs-1234", "fileStorageClasses[0].parameters.directoryPerms=700"},
@@ -163,6 +164,7 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 		spec corev1.PodSpec
 	}
 	var podSpecs []podSpec
+	var nodePlugin, nodeRunner *appsv1.DaemonSet
 	for _, obj := range o.all {
 		switch v := obj.(type) {
 		case *corev1.ServiceAccount:
@@ -181,8 +183,12 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 		case *appsv1.DaemonSet:
 			kinds["DaemonSet"]++
 			podSpecs = append(podSpecs, podSpec{"DaemonSet " + v.Name, v.Spec.Template.Spec})
-			if v.Name == "stowage-csi-node" {
+			switch v.Name {
+			case "stowage-csi-node":
 				checkNodePlugin(t, v)
+				nodePlugin = v
+			case "stowage-node-runner":
+				nodeRunner = v
 			}
 		case *appsv1.StatefulSet:
 			kinds["StatefulSet"]++
@@ -230,6 +236,7 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 			checkSubjects(t, "RoleBinding "+v.Name, v.Subjects, sas)
 		}
 	}
+	checkNodeRunner(t, nodePlugin, nodeRunner, !hasSet(set, "node.runner.enabled=false"))
 	external := hasSet(set, "server.external.address=")
 	if got := kinds["StatefulSet"]; external && got != 0 || !external && got != 1 {
 		t.Errorf("%d StatefulSets (the in-cluster server) with external server %v", got, external)
@@ -389,6 +396,80 @@ func checkNodePlugin(t *testing.T, ds *appsv1.DaemonSet) {
 		}
 		if !reg {
 			t.Errorf("node DaemonSet container %s does not register with the kubelet (--kubelet-registration-dir=%s/plugins_registry); args %v", c.Name, kubeletDir, c.Args)
+		}
+	}
+}
+
+// checkNodeRunner: with the node runner on, both node plugins start their
+// FUSE clients through it (--node-runner names the socket it listens on,
+// in the state directory all three mount from one host path), share its
+// pid namespace (the host's: they check and stop the clients by pid), and
+// the runner is updated only on delete (its clients stop with it) and
+// mounts the kubelet directory with Bidirectional propagation (the
+// clients' mounts must reach the kubelet). Off: no runner, no flag.
+func checkNodeRunner(t *testing.T, plugin, r *appsv1.DaemonSet, enabled bool) {
+	t.Helper()
+	if plugin == nil {
+		t.Fatal("no node plugin DaemonSet stowage-csi-node")
+	}
+	flagOf := func(c corev1.Container, name string) string {
+		for _, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	if !enabled {
+		if r != nil {
+			t.Error("node.runner.enabled=false renders the node runner")
+		}
+		for _, c := range plugin.Spec.Template.Spec.Containers {
+			if v := flagOf(c, "node-runner"); v != "" {
+				t.Errorf("node.runner.enabled=false: node plugin container %s still has --node-runner=%s", c.Name, v)
+			}
+		}
+		return
+	}
+	if r == nil {
+		t.Fatal("no node runner DaemonSet stowage-node-runner")
+	}
+	rs := r.Spec.Template.Spec
+	if r.Spec.UpdateStrategy.Type != appsv1.OnDeleteDaemonSetStrategyType {
+		t.Errorf("node runner update strategy %q, want OnDelete (an update would stop every FUSE client of the node)", r.Spec.UpdateStrategy.Type)
+	}
+	if !rs.HostPID || !plugin.Spec.Template.Spec.HostPID {
+		t.Errorf("hostPID: node runner %v, node plugins %v; want both (the plugins check and stop the runner's clients by pid)", rs.HostPID, plugin.Spec.Template.Spec.HostPID)
+	}
+	stateHost := func(spec corev1.PodSpec) string {
+		for _, v := range spec.Volumes {
+			if v.Name == "state" && v.HostPath != nil {
+				return v.HostPath.Path
+			}
+		}
+		return ""
+	}
+	if a, b := stateHost(rs), stateHost(plugin.Spec.Template.Spec); a == "" || a != b {
+		t.Errorf("state host path: node runner %q, node plugins %q; want one directory", a, b)
+	}
+	if len(rs.Containers) != 1 {
+		t.Fatalf("node runner has %d containers, want 1", len(rs.Containers))
+	}
+	rc := rs.Containers[0]
+	socket := flagOf(rc, "socket")
+	if !strings.HasPrefix(socket, "/var/lib/stowage/") {
+		t.Errorf("node runner --socket=%q is not in the state directory (/var/lib/stowage) the plugins mount", socket)
+	}
+	bidi := false
+	for _, m := range rc.VolumeMounts {
+		bidi = bidi || (m.Name == "kubelet-dir" && m.MountPropagation != nil && *m.MountPropagation == corev1.MountPropagationBidirectional)
+	}
+	if !bidi {
+		t.Error("node runner does not mount the kubelet directory with Bidirectional propagation; its clients' mounts would not reach the kubelet")
+	}
+	for _, c := range plugin.Spec.Template.Spec.Containers {
+		if v := flagOf(c, "node-runner"); v != socket {
+			t.Errorf("node plugin container %s: --node-runner=%q, want the runner's socket %q", c.Name, v, socket)
 		}
 	}
 }

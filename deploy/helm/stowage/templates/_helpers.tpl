@@ -44,3 +44,8 @@ app.kubernetes.io/component: {{ .name }}
     fieldRef:
       fieldPath: spec.nodeName
 {{- end -}}
+
+{{/* The node runner's socket, in the state directory the node plugins and the runner share (mounted at /var/lib/stowage in each). */}}
+{{- define "stowage.nodeRunnerSocket" -}}
+/var/lib/stowage/node-runner/runner.sock
+{{- end -}}
