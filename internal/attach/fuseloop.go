@@ -66,11 +66,7 @@ func (f FUSELoop) Attach(ctx context.Context, t Target) (string, error) {
 	}
 	args := append(cmd[1:len(cmd):len(cmd)], "--server", t.Address, "--export", t.AttachmentID,
 		"--generation", strconv.FormatUint(t.Generation, 10), "--mountpoint", mnt, "--state-dir", dir, "--secret-stdin")
-	starter := f.Starter
-	if starter == nil {
-		starter = runner.Local{}
-	}
-	p, err := starter.Start(ctx, runner.Spec{Command: append(cmd[:1:1], args...), Stdin: t.Secret + "\n",
+	p, err := runner.OrLocal(f.Starter).Start(ctx, runner.Spec{Command: append(cmd[:1:1], args...), Stdin: t.Secret + "\n",
 		Log: filepath.Join(dir, "log"), PipeStdout: true})
 	if err != nil {
 		return "", fmt.Errorf("fuse-loop attach %s: start %s: %w", t.AttachmentID, cmd[0], err)
@@ -81,26 +77,18 @@ func (f FUSELoop) Attach(ctx context.Context, t Target) (string, error) {
 		line, _ := bufio.NewReader(p.Stdout).ReadString('\n')
 		got <- strings.TrimSpace(line)
 	}()
-	stop := func() {
-		syscall.Kill(p.PID, syscall.SIGTERM)
-		select {
-		case <-p.Exited:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(p.PID, syscall.SIGKILL)
-		}
-	}
 	select {
 	case line := <-got:
 		dev, ok := strings.CutPrefix(line, "attached ")
 		if !ok {
-			stop()
+			p.Stop(10 * time.Second)
 			return "", fmt.Errorf("fuse-loop attach %s: %s", t.AttachmentID, f.lastLog(dir))
 		}
 		os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(p.PID)), 0o600)
 		os.WriteFile(filepath.Join(dir, "device"), []byte(dev), 0o600)
 		return dev, nil
 	case <-ctx.Done():
-		stop()
+		p.Stop(10 * time.Second)
 		return "", fmt.Errorf("fuse-loop attach %s: %w", t.AttachmentID, ctx.Err())
 	}
 }

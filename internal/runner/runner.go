@@ -29,6 +29,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Spec says which client to start.
@@ -68,6 +69,25 @@ func (p *Proc) Release() {
 	if p.release != nil {
 		p.release()
 	}
+}
+
+// Stop ends a process that is still followed: SIGTERM, and SIGKILL if it
+// has not exited within grace.
+func (p *Proc) Stop(grace time.Duration) {
+	_ = syscall.Kill(p.PID, syscall.SIGTERM)
+	select {
+	case <-p.Exited:
+	case <-time.After(grace):
+		_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	}
+}
+
+// OrLocal is s, or Local when s is nil.
+func OrLocal(s Starter) Starter {
+	if s == nil {
+		return Local{}
+	}
+	return s
 }
 
 // Starter starts clients that outlive the caller.
@@ -147,14 +167,6 @@ type message struct {
 	Error string  `json:"error,omitempty"`
 	Out   *string `json:"out,omitempty"`
 	Exit  *string `json:"exit,omitempty"`
-}
-
-// exitText is how an end travels: "" for exit status 0.
-func exitText(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
 
 // lines copies r to w a line at a time as messages; it returns at r's end.

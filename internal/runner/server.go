@@ -30,8 +30,6 @@ type Server struct {
 	// PeerUID is the only user whose processes may ask (SO_PEERCRED).
 	PeerUID int
 	Logger  *slog.Logger
-	// Starter starts the processes; default Local.
-	Starter Starter
 
 	wg sync.WaitGroup
 }
@@ -102,11 +100,7 @@ func (s *Server) serve(c *net.UnixConn) {
 	}
 	// The runner's own binary, whatever the plugin's is called.
 	sp.Command = append([]string{s.Binary}, sp.Command[1:]...)
-	starter := s.Starter
-	if starter == nil {
-		starter = Local{}
-	}
-	p, err := starter.Start(context.Background(), sp)
+	p, err := Local{}.Start(context.Background(), sp)
 	if err != nil {
 		s.log().Error("node runner: client not started", "command", sp.Command[1], "log", sp.Log, "err", err)
 		send(message{Error: err.Error()})
@@ -146,7 +140,10 @@ func (s *Server) serve(c *net.UnixConn) {
 	select {
 	case <-hungUp:
 	default:
-		exit := exitText(err)
+		exit := "" // exit status 0
+		if err != nil {
+			exit = err.Error()
+		}
 		send(message{Exit: &exit})
 	}
 }

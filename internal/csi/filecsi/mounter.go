@@ -136,11 +136,7 @@ func (f *FUSEMounter) Mount(ctx context.Context, m Mount) error {
 	if m.ReadOnly {
 		args = append(args, "--read-only")
 	}
-	starter := f.Starter
-	if starter == nil {
-		starter = runner.Local{}
-	}
-	p, err := starter.Start(ctx, runner.Spec{Command: append([]string{f.Helper}, args...), Log: logPath})
+	p, err := runner.OrLocal(f.Starter).Start(ctx, runner.Spec{Command: append([]string{f.Helper}, args...), Log: logPath})
 	if err != nil {
 		return fmt.Errorf("start the FUSE NFS client %s: %w", f.Helper, err)
 	}
@@ -157,12 +153,8 @@ func (f *FUSEMounter) Mount(ctx context.Context, m Mount) error {
 		}
 	}()
 	fail := func(why error) error {
-		_ = syscall.Kill(p.PID, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(p.PID, syscall.SIGKILL)
-		}
+		// Exited is closed once the goroutine above has its value.
+		p.Stop(5 * time.Second)
 		_ = unix.Unmount(m.Target, unix.MNT_DETACH)
 		return fmt.Errorf("%w (client log %s: %s)", why, logPath, lastLines(logPath, 5))
 	}
