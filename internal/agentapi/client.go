@@ -78,6 +78,9 @@ func Dial(ctx context.Context, c ClientConfig) (*Client, error) {
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 
+// PoolName is the pool's name on the agent.
+func (c *Client) PoolName() string { return c.info.Name }
+
 func (c *Client) Zone() string               { return c.info.Zone }
 func (c *Client) Node() string               { return c.info.Node }
 func (c *Client) CloneMode() agent.CloneMode { return agent.CloneMode(c.info.CloneMode) }

@@ -25,6 +25,9 @@ var (
 		allow("filesystem:*", "pool:ListPools", "node:RegisterNode", "node:ListNodes"),
 		{Effect: "Deny", Action: []string{"secretsmanager:*", "ssm:*", "kms:Decrypt", "kms:GetVolumeDataKey", "volume:GetAttachmentSecret"}, Resource: []string{"*"}},
 	}}
+	// A storage host registers its own pool (the handler checks the pool
+	// is the principal's).
+	storageHostPolicy = Document{Version: PolicyVersion, Statement: []Statement{allow("pool:RegisterStorageHost")}}
 	// The provider reads nothing for itself: BatchGetValues authorises each
 	// object for the pod whose token it forwards.
 	providerPolicy = Document{Version: PolicyVersion, Statement: []Statement{allow("secretsmanager:BatchGetValues")}}
@@ -46,6 +49,8 @@ func BuiltinPolicy(p Principal) (Document, bool) {
 		return nodePolicy, true
 	case p.Name == CSIFile:
 		return fileDriverPolicy, true
+	case strings.HasPrefix(p.Name, StorageHostPrefix):
+		return storageHostPolicy, true
 	case p.Name == SecretsProvider:
 		return providerPolicy, true
 	case p.Name == KMSPlugin:

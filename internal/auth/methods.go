@@ -74,6 +74,8 @@ var Methods = map[string]Rule{
 	pb.SnapshotService_DeleteSnapshot_FullMethodName:   {Action: "snapshot:DeleteSnapshot", Resources: res(func(r *pb.DeleteSnapshotRequest) string { return r.SnapshotId })},
 
 	pb.PoolService_ListPools_FullMethodName: {Action: "pool:ListPools", Resources: all},
+	pb.PoolService_RegisterStorageHost_FullMethodName: {Action: "pool:RegisterStorageHost",
+		Resources: res(func(r *pb.RegisterStorageHostRequest) string { return r.Pool })},
 
 	pb.NodeService_RegisterNode_FullMethodName: {Action: "node:RegisterNode", Resources: res(func(r *pb.RegisterNodeRequest) string { return r.Id })},
 	pb.NodeService_ListNodes_FullMethodName:    {Action: "node:ListNodes", Resources: all},

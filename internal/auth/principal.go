@@ -30,10 +30,13 @@ const (
 
 // Names of the components with built-in policies.
 const (
-	AdminName            = "stowage:admin"
-	CSIController        = "stowage:csi-controller"
-	CSINodePrefix        = "stowage:csi-node:"
-	CSIFile              = "stowage:csi-file"
+	AdminName     = "stowage:admin"
+	CSIController = "stowage:csi-controller"
+	CSINodePrefix = "stowage:csi-node:"
+	CSIFile       = "stowage:csi-file"
+	// StorageHostPrefix + <pool> is the storage host (stowage agent) that
+	// serves that pool and registers it with the server.
+	StorageHostPrefix    = "stowage:storage-host:"
 	SecretsProvider      = "stowage:secrets-provider"
 	KMSPlugin            = "stowage:kms-plugin"
 	serviceAccountPrefix = "system:serviceaccount:"
@@ -49,6 +52,15 @@ type Principal struct {
 }
 
 func (p Principal) String() string { return p.Name }
+
+// StorageHost is the pool of a stowage:storage-host:<pool> principal, ""
+// for others.
+func (p Principal) StorageHost() string {
+	if p.Kind == Component && strings.HasPrefix(p.Name, StorageHostPrefix) {
+		return strings.TrimPrefix(p.Name, StorageHostPrefix)
+	}
+	return ""
+}
 
 // Node is the node of a stowage:csi-node:<node> principal, "" for others.
 func (p Principal) Node() string {

@@ -9,6 +9,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	stowagepb "github.com/stowage-io/stowage/api/stowage/v1"
 
 	"github.com/stowage-io/stowage/internal/agentapi"
 	"github.com/stowage-io/stowage/internal/auth"
@@ -18,6 +22,9 @@ import (
 
 type agentOptions struct {
 	listen, nbdListen, nbdAdvertise, pool, tokenFile, dataDir, zone, node string
+	// server, serverTokenFile, advertise: registration with the servers.
+	server, serverTokenFile, advertise string
+	registerInterval                   time.Duration
 }
 
 func newAgentCmd() *cobra.Command {
@@ -27,10 +34,16 @@ func newAgentCmd() *cobra.Command {
 		Short: "Run a storage host apart from the server: one pool of volume images behind the agent API, exported over NBD",
 		Long: `stowage agent serves one pool of volume images to Stowage servers over the
 agent API (gRPC, every call authenticated with the token of --token-file) and
-exports the volumes of attachments over NBD. A server uses it with
---agent name=N,address=<--listen>,token-file=F (F holding the same token).`,
+exports the volumes of attachments over NBD.
+
+With --server the agent registers its pool with the Stowage servers there
+(again every --register-interval, so a server that lost its records or a
+new leader learns it); the servers connect back to --advertise with the
+token of their --agent-token-file, which must be the token of --token-file.
+Without --server a server names it instead: --agent name=N,address=<--listen>,token-file=F.`,
 		Example: `  stowage agent --listen 10.0.0.5:7100 --nbd-listen 10.0.0.5:10809 --token-file /etc/stowage/agent.token \
-    --pool name=pool-b,dir=/srv/pool-b,zone=zone-b,size=500G`,
+    --pool name=pool-b,dir=/srv/pool-b,zone=zone-b,size=500G \
+    --server 10.0.0.2:7000 --server-token-file /etc/stowage/storage-host.token`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := signalContext(cmd.Context())
@@ -47,6 +60,10 @@ exports the volumes of attachments over NBD. A server uses it with
 	f.StringVar(&o.dataDir, "data-dir", "/var/lib/stowage", "where the pool lives when --pool names no dir")
 	f.StringVar(&o.zone, "zone", "zone-a", "zone of the pool when --pool names none")
 	f.StringVar(&o.node, "node", "", "node of the pool when --pool names none (default: hostname)")
+	f.StringVar(&o.server, "server", "", "register the pool with the Stowage servers at this endpoint (host:port, several separated by commas)")
+	f.StringVar(&o.serverTokenFile, "server-token-file", "", "token of this storage host's principal stowage:storage-host:<pool> for --server")
+	f.StringVar(&o.advertise, "advertise", "", "the agent API's host:port the servers connect to (default: --listen)")
+	f.DurationVar(&o.registerInterval, "register-interval", 30*time.Second, "how often the agent registers again with --server")
 	return cmd
 }
 
@@ -69,6 +86,9 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 	}
 	if o.pool == "" {
 		o.pool = "name=default"
+	}
+	if o.server != "" && o.serverTokenFile == "" {
+		return usageErrorf("--server needs --server-token-file: the token of this storage host's principal stowage:storage-host:<pool>")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	token, err := auth.ReadTokenFile(o.tokenFile)
@@ -111,9 +131,88 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 	if ready != nil {
 		ready(l.Addr().String(), advertise)
 	}
+	if o.server != "" {
+		api := o.advertise
+		if api == "" {
+			api = l.Addr().String()
+		}
+		stopped := make(chan struct{})
+		rctx, stop := context.WithCancel(ctx)
+		go func() {
+			defer close(stopped)
+			registerLoop(rctx, o, spec.name, api, log)
+		}()
+		defer func() { stop(); <-stopped }()
+	}
 	err = agentapi.Serve(ctx, l, agentapi.NewServer(spec.name, pool, exporter, advertise), token, log)
 	log.Info("agent stopped")
 	return err
+}
+
+// registerLoop registers the pool with the servers until ctx ends: at
+// once, again every interval, and every few seconds while they refuse or
+// cannot be reached.
+// The token file is read when the first registration is tried, so that it
+// may be provisioned after the agent starts.
+func registerLoop(ctx context.Context, o agentOptions, pool, api string, log *slog.Logger) {
+	server, interval := o.server, o.registerInterval
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	var conn *grpc.ClientConn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	registered := false
+	for {
+		var err error
+		if conn == nil {
+			conn, err = dial(server, o.serverTokenFile)
+		}
+		if err == nil {
+			rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			_, err = stowagepb.NewPoolServiceClient(conn).RegisterStorageHost(rctx, &stowagepb.RegisterStorageHostRequest{Pool: pool, Address: api})
+			cancel()
+		}
+		wait := interval
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			log.Warn("could not register the pool with the Stowage server; retrying", "pool", pool, "server", server, "advertise", api, "err", status.Convert(err).Message())
+			registered, wait = false, min(interval, 5*time.Second)
+		case !registered:
+			log.Info("pool registered with the Stowage server", "pool", pool, "server", server, "advertise", api)
+			registered = true
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// agentDialer connects a server to the storage hosts that register, with
+// the one agent token every storage host of the cluster accepts.
+type agentDialer struct{ token string }
+
+func (d agentDialer) DialStorageHost(ctx context.Context, pool, address string) (server.StorageHostConn, error) {
+	c, err := agentapi.Dial(ctx, agentapi.ClientConfig{Name: pool, Address: address, Token: d.token})
+	if err != nil {
+		return server.StorageHostConn{}, err
+	}
+	if c.PoolName() != pool {
+		c.Close()
+		return server.StorageHostConn{}, fmt.Errorf("the agent at %s serves pool %s, not %s", address, c.PoolName(), pool)
+	}
+	out := server.StorageHostConn{Pool: c, Close: c.Close}
+	if c.Address() != "" {
+		out.Exporter = c
+	}
+	return out, nil
 }
 
 // agentSpec is one --agent flag of the server.

@@ -102,7 +102,7 @@ func newServerCmd() *cobra.Command {
 	var listens []string
 	var pools, filePools, agents []string
 	var apLimit int
-	var nfsListen, nbdListen, httpListen, localHandoff string
+	var nfsListen, nbdListen, httpListen, localHandoff, agentTokenFile string
 	var rotationCheck time.Duration
 	var a authOptions
 	var so storeOptions
@@ -120,7 +120,7 @@ func newServerCmd() *cobra.Command {
 				}
 				node = h
 			}
-			if len(pools) == 0 && len(agents) == 0 {
+			if len(pools) == 0 && len(agents) == 0 && agentTokenFile == "" {
 				pools = []string{"name=default"}
 			}
 			if len(filePools) == 0 {
@@ -133,10 +133,11 @@ func newServerCmd() *cobra.Command {
 			}
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listens[0], alsoListen: listens[1:], zone: zone, node: node, metricsAddr: metricsAddr,
 				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, httpListen: httpListen, localHandoff: localHandoff, auth: a,
-				rotationCheck: rotationCheck, store: so})
+				rotationCheck: rotationCheck, store: so, agentTokenFile: agentTokenFile})
 		},
 	}
 	f := cmd.Flags()
+	f.StringSliceVar(&a.bootstrapStorageHosts, "bootstrap-storage-host-tokens", nil, "pools whose storage host (stowage agent --server) gets a token file in --bootstrap-tokens-dir: storage-host@<pool>, principal stowage:storage-host:<pool> (comma-separated)")
 	f.StringSliceVar(&a.bootstrapNodes, "bootstrap-node-tokens", nil, "more nodes whose block node plugin gets a token file in --bootstrap-tokens-dir: csi-node@<node>, principal stowage:csi-node:<node> (comma-separated)")
 	f.StringVar(&a.bootstrapTokensDir, "bootstrap-tokens-dir", "", "at start, make sure this directory (mode 0700) holds a valid token file (mode 0600) for admin, csi-controller, csi-node (of --node), csi-file, secrets-provider and kms-plugin (default <data-dir>/tokens; none: make none)")
 	f.StringVar(&a.review.APIServer, "kube-apiserver", "", "verify Kubernetes service-account tokens with this apiserver's TokenReview API (https://host:port); empty: service-account tokens are refused")
@@ -153,6 +154,7 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
 	f.StringArrayVar(&agents, "agent", nil, "storage pool on a storage host of its own (stowage agent): name=N,address=host:port,token-file=F, F holding the agent's token (repeatable)")
+	f.StringVar(&agentTokenFile, "agent-token-file", "", "take registrations of storage hosts (stowage agent --server): connect to each with the token in this file (mode 0600), which every registering agent's --token-file holds (empty: registrations are refused)")
 	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
 	f.StringVar(&localHandoff, "local-handoff", DefaultLocalHandoff, "unix socket where the node plugin of this machine gets the images of the volumes attached to it locally (its pools' node), as open descriptors; none: serve none")
@@ -175,6 +177,7 @@ type serverOptions struct {
 	alsoListen                               []string // more API addresses, served like listen
 	pools, filePools                         []string
 	agents                                   []string // --agent name=N,address=A,token-file=F
+	agentTokenFile                           string   // registrations of storage hosts
 	accessPointLimit                         int
 	nfsListen                                string
 	nbdListen                                string
@@ -188,8 +191,10 @@ type serverOptions struct {
 type authOptions struct {
 	bootstrapTokensDir string
 	bootstrapNodes     []string
-	review             auth.TokenReviewConfig
-	reviewCacheTTL     time.Duration
+	// bootstrapStorageHosts are pools whose storage host gets a token.
+	bootstrapStorageHosts []string
+	review                auth.TokenReviewConfig
+	reviewCacheTTL        time.Duration
 }
 
 func runServer(ctx context.Context, o serverOptions) error {
@@ -315,7 +320,15 @@ func runServer(ctx context.Context, o serverOptions) error {
 		verifier = auth.NewCachingVerifier(tr, o.auth.reviewCacheTTL)
 	}
 	authz := auth.New(st, verifier, log)
-	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys,
+	var hosts server.StorageHostDialer
+	if o.agentTokenFile != "" {
+		token, err := auth.ReadTokenFile(o.agentTokenFile)
+		if err != nil {
+			return fmt.Errorf("--agent-token-file: %w", err)
+		}
+		hosts = agentDialer{token: token}
+	}
+	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys, StorageHosts: hosts,
 		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit, NFSAddress: nfsAddress, Auth: authz,
 		BlockExports: blockExports})
 	if err != nil {
@@ -333,6 +346,9 @@ func runServer(ctx context.Context, o serverOptions) error {
 			components := auth.ComponentPrincipals(node)
 			for _, n := range o.auth.bootstrapNodes {
 				components["csi-node@"+n] = auth.CSINodePrefix + n
+			}
+			for _, p := range o.auth.bootstrapStorageHosts {
+				components["storage-host@"+p] = auth.StorageHostPrefix + p
 			}
 			issued, err := authz.Records.BootstrapTokens(ctx, dir, components)
 			if err != nil {
@@ -385,8 +401,11 @@ func runServer(ctx context.Context, o serverOptions) error {
 			log.Info("local handoff serving the images of local attachments to this machine's node plugin", "socket", o.localHandoff)
 		}
 		stopRotations := srv.StartRotations(ctx, o.rotationCheck)
+		// The recorded storage hosts before the re-export loop: their
+		// attachments are exported again once they are connected.
+		stopHosts := srv.StartStorageHosts(ctx)
 		stopReexports := srv.StartReexports(ctx, 0)
-		return func() { stopReexports(); stopRotations(); stopHandoff() }, nil
+		return func() { stopReexports(); stopHosts(); stopRotations(); stopHandoff() }, nil
 	}
 	stopLoops := func() {}
 	var gate *leaderGate

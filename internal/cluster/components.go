@@ -477,12 +477,9 @@ func (c *Config) Components() []Component {
 					// Volumes attach over NBD to the other nodes of their zone.
 					"--nbd-listen="+c.nbdListen())
 				// The other zones' block pools are on storage hosts of their
-				// own, behind the agent API (the machine's node keeps pool-a
+				// own, which register with the servers (the machine's node keeps pool-a
 				// of its zone, in the server).
-				comps[i].Cmd.Args = append(comps[i].Cmd.Args, c.serverAgentArgs()...)
-				for _, h := range c.StorageHosts {
-					comps[i].Needs = append(comps[i].Needs, "stowage-agent@"+h.Name)
-				}
+				comps[i].Cmd.Args = append(comps[i].Cmd.Args, c.serverStorageHostArgs()...)
 			}
 		}
 	}

@@ -152,8 +152,9 @@ func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T)
 			pools = append(pools, strings.SplitN(p, ",", 2)[0])
 		}
 	}
-	if !slices.Equal(pools, []string{"pool-a"}) || !strings.Contains(args, "--agent=name=pool-vm-storage-1,address=198.51.100.43:7100,token-file=/var/lib/stowage/storage-hosts/vm-storage-1/agent.token") {
-		t.Errorf("server pools %v, args %q: want pool-a in the server and the storage hosts' pools over the agent API", pools, args)
+	if !slices.Equal(pools, []string{"pool-a"}) || !strings.Contains(args, "--agent-token-file=/var/lib/stowage/stowage/agent.token") ||
+		!strings.Contains(args, "--bootstrap-storage-host-tokens=pool-vm-storage-1,pool-vm-storage-2") || strings.Contains(args, "--agent=") {
+		t.Errorf("server pools %v, args %q: want pool-a in the server, and the storage hosts' pools registered by them with a token each", pools, args)
 	}
 	srv2 := comps["stowage-server-2"]
 	if !slices.Contains(srv.Cmd.Args, "--listen=unix:///var/lib/stowage/run/stowage-api.sock") || !slices.Contains(srv2.Cmd.Args, "--listen=unix:///var/lib/stowage/run/stowage-api-2.sock") ||
@@ -170,11 +171,13 @@ func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T)
 	if !slices.Contains(srv.Cmd.Args, handoff) || !slices.Contains(srv2.Cmd.Args, handoff) || !slices.Contains(comps["csi-node"].Cmd.Args, handoff) {
 		t.Errorf("server %v, standby %v, csi-node %v: want all three given %s", srv.Cmd.Args, srv2.Cmd.Args, comps["csi-node"].Cmd.Args, handoff)
 	}
-	if !slices.Contains(srv.Needs, "stowage-agent@vm-storage-2") {
-		t.Errorf("the server starts before the agents: needs %v", srv.Needs)
+	if !slices.Contains(comps["stowage-agent@vm-storage-2"].Needs, "stowage-server") {
+		t.Errorf("an agent starts before the server it registers with: needs %v", comps["stowage-agent@vm-storage-2"].Needs)
 	}
 	agent := strings.Join(comps["stowage-agent@vm-storage-1"].Cmd.Args, " ")
-	for _, w := range []string{"--net=/run/netns/stowage-vm-storage-1", "agent --listen=198.51.100.43:7100", "--nbd-listen=198.51.100.43:10809", "name=pool-vm-storage-1,dir=/var/lib/stowage/storage-hosts/vm-storage-1/pool,zone=zone-b,node=vm-storage-1"} {
+	for _, w := range []string{"--net=/run/netns/stowage-vm-storage-1", "agent --listen=198.51.100.43:7100", "--nbd-listen=198.51.100.43:10809", "name=pool-vm-storage-1,dir=/var/lib/stowage/storage-hosts/vm-storage-1/pool,zone=zone-b,node=vm-storage-1",
+		"--token-file=/var/lib/stowage/stowage/agent.token", "--server=unix:///var/lib/stowage/run/stowage-api.sock,unix:///var/lib/stowage/run/stowage-api-2.sock",
+		"--server-token-file=/var/lib/stowage/stowage/tokens/storage-host@pool-vm-storage-1"} {
 		if !strings.Contains(agent, w) {
 			t.Errorf("agent of vm-storage-1: %q lacks %q", agent, w)
 		}

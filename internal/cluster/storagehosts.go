@@ -4,20 +4,24 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"time"
+	"strings"
 )
 
 // StorageHost is a storage host of a multi-node cluster, apart from every
 // compute node as EBS is apart from EC2: a network namespace of its own
 // (stowage-<name>) with an address on a veth link to the machine and one
 // process, `stowage agent`, which owns one block pool of its zone and
-// exports its volumes over NBD. The server reaches it through the agent
-// API; nodes attach its volumes over the network.
+// exports its volumes over NBD. The agent registers its pool with the
+// servers (through their sockets, which every namespace sees); the servers
+// reach it through the agent API; nodes attach its volumes over the
+// network.
 type StorageHost struct {
 	Name string `json:"name"`
 	Zone string `json:"zone"`
@@ -94,37 +98,68 @@ func (n nodeView) link() string {
 	return workerLink(n.Index)
 }
 
-// agentTokenFile is the token the storage host's agent requires and the
-// server presents (made by the host's network step).
-func (n nodeView) agentTokenFile() string { return filepath.Join(string(n.L), "agent.token") }
+// AgentTokenFile is the one token every storage host's agent requires and
+// the servers present (made by the first storage host's network step).
+func (l Layout) AgentTokenFile() string { return l.path("stowage", "agent.token") }
 
 func (n nodeView) agentAddress() string { return net.JoinHostPort(n.IP, AgentPort) }
 
 // storageHostComponents is a storage host's one process: its agent.
 func (c *Config) storageHostComponents(n nodeView) []Component {
-	return []Component{{Name: "stowage-agent" + n.suffix(), Needs: []string{"network" + n.suffix()}, Cmd: n.in(Command{Path: c.Stowage, Args: []string{
+	return []Component{{Name: "stowage-agent" + n.suffix(), Needs: []string{"network" + n.suffix(), "stowage-server"}, Cmd: n.in(Command{Path: c.Stowage, Args: []string{
 		"agent",
 		"--listen=" + n.agentAddress(),
 		"--nbd-listen=" + net.JoinHostPort(n.IP, NBDPort),
-		"--token-file=" + n.agentTokenFile(),
+		"--token-file=" + c.Layout().AgentTokenFile(),
 		"--data-dir=" + string(n.L),
 		fmt.Sprintf("--pool=name=%s,dir=%s,zone=%s,node=%s,size=%s", storageHostPool(n.Name), filepath.Join(string(n.L), "pool"), n.Zone, n.Name, c.PoolSize),
-	}}), Ready: func(ctx context.Context) error {
-		conn, err := net.DialTimeout("tcp", n.agentAddress(), time.Second)
-		if err != nil {
-			return err
-		}
-		return conn.Close()
-	}}}
+		"--server=" + c.StowageEndpoints(),
+		"--server-token-file=" + c.Layout().StowageToken(storageHostTokenName(n.Name)),
+	}}), Ready: func(ctx context.Context) error { return c.poolRegistered(ctx, storageHostPool(n.Name)) }}}
 }
 
-// serverAgentArgs are the server's --agent flags, one per storage host.
-func (c *Config) serverAgentArgs() []string {
-	var args []string
-	for _, n := range c.storageHostNodes() {
-		args = append(args, fmt.Sprintf("--agent=name=%s,address=%s,token-file=%s", storageHostPool(n.Name), n.agentAddress(), n.agentTokenFile()))
+// storageHostTokenName is the token file (in the servers' tokens
+// directory) of a storage host's principal stowage:storage-host:<pool>.
+func storageHostTokenName(name string) string { return "storage-host@" + storageHostPool(name) }
+
+// poolRegistered is nil once the servers list pool: its agent registered.
+func (c *Config) poolRegistered(ctx context.Context, pool string) error {
+	cmd := exec.CommandContext(ctx, c.Stowage, "--endpoint="+c.StowageEndpoints(), "pool", "list", "-o", "json")
+	out, err := cmd.Output()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			err = fmt.Errorf("%v: %s", err, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return fmt.Errorf("list pools: %w", err)
 	}
-	return args
+	var resp struct {
+		Pools []struct {
+			Name string `json:"name"`
+		} `json:"pools"`
+	}
+	if err := json.Unmarshal(out, &resp); err != nil {
+		return fmt.Errorf("list pools: %w (output %q)", err, out)
+	}
+	for _, p := range resp.Pools {
+		if p.Name == pool {
+			return nil
+		}
+	}
+	return fmt.Errorf("pool %s is not registered with the servers yet", pool)
+}
+
+// serverStorageHostArgs let the servers take the storage hosts'
+// registrations: the agent token they present, and a token for each
+// storage host's principal.
+func (c *Config) serverStorageHostArgs() []string {
+	if len(c.StorageHosts) == 0 {
+		return nil
+	}
+	var pools []string
+	for _, h := range c.StorageHosts {
+		pools = append(pools, storageHostPool(h.Name))
+	}
+	return []string{"--agent-token-file=" + c.Layout().AgentTokenFile(), "--bootstrap-storage-host-tokens=" + strings.Join(pools, ",")}
 }
 
 // setupStorageHost makes a storage host's namespace and link, and its
@@ -136,14 +171,30 @@ func (c *Config) setupStorageHost(ctx context.Context, n nodeView) error {
 	if err := os.MkdirAll(string(n.L), 0o700); err != nil {
 		return err
 	}
-	if _, err := os.Stat(n.agentTokenFile()); err == nil {
-		return nil
-	} else if !errors.Is(err, os.ErrNotExist) {
+	return writeAgentToken(c.Layout().AgentTokenFile())
+}
+
+// writeAgentToken makes the agent token file unless it is there; of
+// storage hosts set up at once, one writes it and the others keep it.
+func writeAgentToken(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
 	b := make([]byte, 32)
 	rand.Read(b)
-	return os.WriteFile(n.agentTokenFile(), []byte(base64.RawURLEncoding.EncodeToString(b)+"\n"), 0o600)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(base64.RawURLEncoding.EncodeToString(b) + "\n"); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
 }
 
 func (c *Config) storageHostNames() []string {

@@ -83,7 +83,7 @@ func (l LocalBlockExporter) Refresh(ctx context.Context, volumeID string) error 
 // exportAddress is where the pool's volumes are exported; empty when it
 // has no exporter.
 func (s *Server) exportAddress(pool string) string {
-	if e, ok := s.blockExports[pool]; ok {
+	if e, ok := s.pools.exporter(pool); ok {
 		return e.Address()
 	}
 	return ""
@@ -122,8 +122,11 @@ func (s *Server) export(ctx context.Context, v *volumeRecord, a attachmentRecord
 	if !a.network() {
 		return nil
 	}
-	e, ok := s.blockExports[v.Pool]
+	e, ok := s.pools.exporter(v.Pool)
 	if !ok {
+		if err := s.hosts.notConnected(v.Pool); err != nil {
+			return err
+		}
 		return status.Errorf(codes.FailedPrecondition,
 			"volume %s is attached to node %s over the network, but its pool %s has no exporter on this server (was it started without --nbd-listen?)", v.ID, a.NodeID, v.Pool)
 	}
@@ -136,12 +139,12 @@ func (s *Server) export(ctx context.Context, v *volumeRecord, a attachmentRecord
 		return status.Errorf(codes.FailedPrecondition, "volume %s: the attachment to node %s (generation %d) was fenced by a newer one: %v", v.ID, a.NodeID, a.Generation, err)
 	}
 	return status.Errorf(codes.Unavailable, "volume %s: the storage host of pool %s (node %s, NBD at %s) could not export it to node %s: %v",
-		v.ID, v.Pool, s.pools[v.Pool].Node(), e.Address(), a.NodeID, err)
+		v.ID, v.Pool, s.pools.get(v.Pool).Node(), e.Address(), a.NodeID, err)
 }
 
 // unexport ends a network attachment's export.
 func (s *Server) unexport(v *volumeRecord, a attachmentRecord) error {
-	e, ok := s.blockExports[v.Pool]
+	e, ok := s.pools.exporter(v.Pool)
 	if !a.network() || !ok {
 		return nil
 	}
@@ -155,13 +158,13 @@ func (s *Server) unexport(v *volumeRecord, a attachmentRecord) error {
 // refreshExports makes the exports of v's network attachments serve its
 // image's size now (after a grow); with none it does nothing.
 func (s *Server) refreshExports(ctx context.Context, v *volumeRecord) error {
-	e, ok := s.blockExports[v.Pool]
+	e, ok := s.pools.exporter(v.Pool)
 	if !ok || !slices.ContainsFunc(v.Attachments, attachmentRecord.network) {
 		return nil
 	}
 	if err := e.Refresh(ctx, v.ID); err != nil {
 		return status.Errorf(codes.Unavailable, "volume %s: its image grew, but the storage host of pool %s (node %s, NBD at %s) could not make its exports serve the new size: %v",
-			v.ID, v.Pool, s.pools[v.Pool].Node(), e.Address(), err)
+			v.ID, v.Pool, s.pools.get(v.Pool).Node(), e.Address(), err)
 	}
 	return nil
 }
@@ -240,7 +243,7 @@ func (s *Server) OpenLocalImage(ctx context.Context, r handoff.Request) (*os.Fil
 	if a.LocalTarget == "" || a.LocalTarget != r.Target {
 		return nil, false, status.Errorf(codes.NotFound, "local handoff: volume %s has no local attachment %s to node %s (it may have been detached and attached again); stage it again", v.ID, r.Target, r.NodeID)
 	}
-	p, ok := s.pools[v.Pool].(LocalPool)
+	p, ok := s.pools.get(v.Pool).(LocalPool)
 	if !ok {
 		return nil, false, status.Errorf(codes.FailedPrecondition, "local handoff: volume %s is in pool %s, which is not in this server's process", v.ID, v.Pool)
 	}
@@ -272,7 +275,7 @@ const unreachablePrefix = "storage host unreachable: "
 // volume whose storage host cannot be reached says so in its state
 // reason until it can.
 func (s *Server) StartReexports(ctx context.Context, interval time.Duration) (stop func()) {
-	if len(s.blockExports) == 0 {
+	if !s.pools.anyExporter() && s.storageHosts == nil {
 		return func() {}
 	}
 	if interval <= 0 {

@@ -45,8 +45,8 @@ func (s *Server) nodeProto(n *nodeRecord, attached int) *pb.Node {
 // nodeLocalPools: some block pool on node attaches only there (no NBD
 // export), so its volumes' topology names the node.
 func (s *Server) nodeLocalPools(node string) bool {
-	for _, name := range s.poolNames {
-		if s.pools[name].Node() == node && s.exportAddress(name) == "" {
+	for _, name := range s.pools.list() {
+		if s.pools.get(name).Node() == node && s.exportAddress(name) == "" {
 			return true
 		}
 	}
@@ -125,8 +125,8 @@ func (s *Server) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.L
 		return nil, internal(err, "list pools")
 	}
 	resp := &pb.ListPoolsResponse{}
-	for _, name := range s.poolNames {
-		p := s.pools[name]
+	for _, name := range s.pools.list() {
+		p := s.pools.get(name)
 		if !s.placementMatches(&pb.Placement{Zone: req.Zone, Node: req.Node}, name) {
 			continue
 		}
@@ -147,8 +147,8 @@ func (s *Server) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.L
 // RegisterPoolNodes registers the node of every pool that is not known yet,
 // so that the CLI can attach volumes on a machine without a node plugin.
 func (s *Server) RegisterPoolNodes(ctx context.Context) error {
-	for _, name := range s.poolNames {
-		p := s.pools[name]
+	for _, name := range s.pools.list() {
+		p := s.pools.get(name)
 		if _, err := s.getNode(ctx, p.Node()); status.Code(err) != codes.NotFound {
 			if err != nil {
 				return err

@@ -46,7 +46,7 @@ func (s *Server) Reconcile(ctx context.Context) error {
 
 	knownVolumes := map[string]map[string]bool{}
 	knownSnapshots := map[string]map[string]bool{}
-	for name := range s.pools {
+	for _, name := range s.pools.list() {
 		knownVolumes[name] = map[string]bool{}
 		knownSnapshots[name] = map[string]bool{}
 	}
@@ -69,7 +69,7 @@ func (s *Server) Reconcile(ctx context.Context) error {
 		}
 		if m, ok := knownVolumes[v.Pool]; ok {
 			m[v.ID] = true
-			if _, err := s.pools[v.Pool].ImageSize(v.ID); err != nil && v.State != StateError {
+			if _, err := s.pools.get(v.Pool).ImageSize(v.ID); err != nil && v.State != StateError {
 				s.log.Error("reconcile: volume image is missing", "volume", v.ID, "pool", v.Pool, "err", err)
 				v.State, v.StateReason = StateError, fmt.Sprintf("image missing from pool %s: %v", v.Pool, err)
 				if err := s.putVolume(ctx, v); err != nil {
@@ -92,7 +92,8 @@ func (s *Server) Reconcile(ctx context.Context) error {
 		}
 	}
 
-	for name, p := range s.pools {
+	for _, name := range s.pools.list() {
+		p := s.pools.get(name)
 		images, err := p.ListImages()
 		if err != nil {
 			return fmt.Errorf("reconcile: list images of pool %s: %w", name, err)

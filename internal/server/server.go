@@ -94,6 +94,9 @@ type Config struct {
 	// per object (GetVolumeDataKey, BatchGetValues) and the PolicyService
 	// use it. Without it the API trusts every caller, as before issue 8.
 	Auth *auth.Authorizer
+	// StorageHosts, when set, connects the storage hosts that register
+	// (RegisterStorageHost); without it registrations are refused.
+	StorageHosts StorageHostDialer
 }
 
 // Server serves the Stowage API.
@@ -110,8 +113,7 @@ type Server struct {
 	pb.UnimplementedPolicyServiceServer
 
 	store     store.Store
-	pools     map[string]Pool
-	poolNames []string
+	pools     *poolSet
 	locks     *keylock.Set
 	log       *slog.Logger
 	kms       *kms.Service
@@ -121,8 +123,10 @@ type Server struct {
 	filePools     map[string]FilePool
 	filePoolNames []string
 	exporters     map[string]Exporter
-	blockExports  map[string]BlockExporter
 	apLimit       int
+	storageHosts  StorageHostDialer
+	// hosts are the registered storage hosts' connections (storagehosts.go).
+	hosts hostConns
 	nfsAddress    string
 	auth          *auth.Authorizer
 	// now is the clock of scheduled rotations (tests move it).
@@ -134,8 +138,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("server: no metadata store")
 	}
-	if len(cfg.Pools) == 0 && len(cfg.FilePools) == 0 {
-		return nil, errors.New("server: no storage pool configured (give at least one --pool or --file-pool)")
+	if len(cfg.Pools) == 0 && len(cfg.FilePools) == 0 && cfg.StorageHosts == nil {
+		return nil, errors.New("server: no storage pool configured (give at least one --pool or --file-pool, or let storage hosts register with --agent-token-file)")
 	}
 	if cfg.LockWait == 0 {
 		cfg.LockWait = 5 * time.Second
@@ -146,19 +150,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AccessPointLimit <= 0 {
 		cfg.AccessPointLimit = DefaultAccessPointLimit
 	}
-	s := &Server{store: cfg.Store, pools: cfg.Pools, locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS,
+	s := &Server{store: cfg.Store, pools: newPoolSet(cfg.Pools, cfg.BlockExports), locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS,
 		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit, nfsAddress: cfg.NFSAddress, auth: cfg.Auth,
-		blockExports: cfg.BlockExports, now: time.Now}
+		storageHosts: cfg.StorageHosts, now: time.Now}
 	if s.filePools == nil {
 		s.filePools = map[string]FilePool{}
 	}
 	if s.exporters == nil {
 		s.exporters = map[string]Exporter{}
 	}
-	if s.blockExports == nil {
-		s.blockExports = map[string]BlockExporter{}
-	}
-	for name := range s.blockExports {
+	for name := range cfg.BlockExports {
 		if _, ok := cfg.Pools[name]; !ok {
 			return nil, fmt.Errorf("server: a block exporter is given for pool %q, which is not configured", name)
 		}
@@ -168,10 +169,6 @@ func New(cfg Config) (*Server, error) {
 		s.secrets = secrets.New(cfg.Store, cfg.KMS, secrets.Options{Now: func() time.Time { return s.now() }})
 		s.params = params.New(cfg.Store, cfg.KMS, params.Options{})
 	}
-	for name := range cfg.Pools {
-		s.poolNames = append(s.poolNames, name)
-	}
-	sort.Strings(s.poolNames)
 	for name := range s.filePools {
 		s.filePoolNames = append(s.filePoolNames, name)
 	}
@@ -238,7 +235,7 @@ func (s *Server) poolError(err error, poolName string, format string, args ...an
 		return status.Errorf(codes.InvalidArgument, "%s: %v", what, err)
 	case errors.Is(err, agent.ErrNoSpace):
 		free := "unknown"
-		if p, ok := s.pools[poolName]; ok {
+		if p, ok := s.pools.lookup(poolName); ok {
 			if c, cerr := p.Capacity(); cerr == nil {
 				free = fmt.Sprintf("%s of %s", block.FormatBytes(c.FreeBytes), block.FormatBytes(c.TotalBytes))
 			}
@@ -290,9 +287,9 @@ func (s *Server) getSnapshot(ctx context.Context, id string) (*snapshotRecord, e
 }
 
 func (s *Server) pool(name string) (Pool, error) {
-	p, ok := s.pools[name]
+	p, ok := s.pools.lookup(name)
 	if !ok {
-		return nil, status.Errorf(codes.FailedPrecondition, "storage pool %q is not configured on this server (was it removed from --pool?)", name)
+		return nil, s.errNotServed(name)
 	}
 	return p, nil
 }

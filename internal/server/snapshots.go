@@ -110,7 +110,7 @@ func (s *Server) putSnapshot(ctx context.Context, sn *snapshotRecord) error {
 func (s *Server) rollbackSnapshot(sn *snapshotRecord) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if p, ok := s.pools[sn.Pool]; ok {
+	if p, ok := s.pools.lookup(sn.Pool); ok {
 		if err := p.DeleteSnapshot(ctx, sn.ID); err != nil {
 			s.log.Error("rollback: delete snapshot image failed; the next start removes it", "snapshot", sn.ID, "err", err)
 			return
@@ -208,7 +208,7 @@ func (s *Server) deleteSnapshot(ctx context.Context, sn *snapshotRecord) error {
 		return err
 	}
 	faults.Point("delete-snapshot:marked")
-	if p, ok := s.pools[sn.Pool]; ok {
+	if p, ok := s.pools.lookup(sn.Pool); ok {
 		if err := p.DeleteSnapshot(ctx, sn.ID); err != nil {
 			return s.poolError(err, sn.Pool, "delete image of snapshot %s", sn.ID)
 		}

@@ -86,7 +86,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 	if err != nil {
 		return nil, err
 	}
-	p := s.pools[poolName]
+	p := s.pools.get(poolName)
 	id := newID("vol")
 	// The new id is locked until the create ends. Nothing else knows the id
 	// before the record is in; the lock keeps it so should that change.
@@ -249,7 +249,7 @@ func (s *Server) checkSourcePool(req *pb.CreateVolumeRequest, pool, what string)
 		return err
 	}
 	if !s.allowed(req, pool) {
-		p := s.pools[pool]
+		p := s.pools.get(pool)
 		return status.Errorf(codes.ResourceExhausted,
 			"%s is stored in zone %s on node %s, outside the requested placement; restore or clone it there (cross-zone copies need the network data path)",
 			what, p.Zone(), p.Node())
@@ -277,8 +277,8 @@ func (s *Server) allowed(req *pb.CreateVolumeRequest, pool string) bool {
 // says: in its zone, and on its node, or on any node of the zone when
 // the pool exports its volumes over the network.
 func (s *Server) placementMatches(pl *pb.Placement, pool string) bool {
-	p := s.pools[pool]
-	_, zonal := s.blockExports[pool]
+	p := s.pools.get(pool)
+	_, zonal := s.pools.exporter(pool)
 	return (pl.Zone == "" || pl.Zone == p.Zone()) && (pl.Node == "" || pl.Node == p.Node() || zonal)
 }
 
@@ -291,7 +291,7 @@ func (s *Server) candidatePools(req *pb.CreateVolumeRequest) []string {
 		free int64
 	}
 	var cs []cand
-	for _, name := range s.poolNames {
+	for _, name := range s.pools.list() {
 		if !s.allowed(req, name) {
 			continue
 		}
@@ -308,7 +308,7 @@ func (s *Server) candidatePools(req *pb.CreateVolumeRequest) []string {
 	// per create).
 	if len(cs) > 1 {
 		for i := range cs {
-			if c, err := s.pools[cs[i].name].Capacity(); err == nil {
+			if c, err := s.pools.get(cs[i].name).Capacity(); err == nil {
 				cs[i].free = c.FreeBytes
 			}
 		}
@@ -328,8 +328,8 @@ func (s *Server) candidatePools(req *pb.CreateVolumeRequest) []string {
 
 func (s *Server) noPoolError(req *pb.CreateVolumeRequest) error {
 	var have []string
-	for _, name := range s.poolNames {
-		p := s.pools[name]
+	for _, name := range s.pools.list() {
+		p := s.pools.get(name)
 		have = append(have, fmt.Sprintf("%s (zone %s, node %s)", name, p.Zone(), p.Node()))
 	}
 	want := []string{}
@@ -471,7 +471,7 @@ func (s *Server) deleteVolume(ctx context.Context, v *volumeRecord) error {
 		return internal(err, "delete record of volume %s", v.ID)
 	}
 	faults.Point("delete-volume:forgotten")
-	if p, ok := s.pools[v.Pool]; ok {
+	if p, ok := s.pools.lookup(v.Pool); ok {
 		if err := p.DeleteImage(ctx, v.ID); err != nil {
 			s.log.Error("volume deleted, but removing its image failed; the next start's reconcile removes it",
 				"volume", v.ID, "pool", v.Pool, "err", err)
@@ -530,7 +530,7 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 			"volume %s is already attached to node %s (a block volume is attached to one node at a time); detach it there first",
 			v.ID, strings.Join(v.attachedNodes(), ", "))
 	}
-	_, networked := s.blockExports[v.Pool]
+	_, networked := s.pools.exporter(v.Pool)
 	_, inProcess := p.(LocalPool)
 	local := p.Node() == node.ID && inProcess
 	if p.Node() == node.ID && !inProcess && !networked {

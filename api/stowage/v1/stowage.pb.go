@@ -3010,6 +3010,61 @@ func (x *Pool) GetZonal() bool {
 	return false
 }
 
+type RegisterStorageHostRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pool the storage host serves; a storage host's own principal
+	// (stowage:storage-host:<pool>) registers that pool only.
+	Pool string `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// host:port of its agent API, reachable from the servers.
+	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterStorageHostRequest) Reset() {
+	*x = RegisterStorageHostRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterStorageHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterStorageHostRequest) ProtoMessage() {}
+
+func (x *RegisterStorageHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterStorageHostRequest.ProtoReflect.Descriptor instead.
+func (*RegisterStorageHostRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RegisterStorageHostRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *RegisterStorageHostRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
 type ListPoolsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Zone  string                 `protobuf:"bytes,1,opt,name=zone,proto3" json:"zone,omitempty"`
@@ -3022,7 +3077,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[42]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3034,7 +3089,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[42]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3047,7 +3102,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{42}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListPoolsRequest) GetZone() string {
@@ -3073,7 +3128,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3085,7 +3140,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3098,7 +3153,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{43}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListPoolsResponse) GetPools() []*Pool {
@@ -3126,7 +3181,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3138,7 +3193,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3151,7 +3206,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{44}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Node) GetId() string {
@@ -3207,7 +3262,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3219,7 +3274,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3232,7 +3287,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{45}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RegisterNodeRequest) GetId() string {
@@ -3264,7 +3319,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[46]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3276,7 +3331,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[46]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3289,7 +3344,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{46}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{47}
 }
 
 type ListNodesResponse struct {
@@ -3301,7 +3356,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[47]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3313,7 +3368,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[47]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3326,7 +3381,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{47}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -3608,7 +3663,10 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\fvolume_count\x18\n" +
 	" \x01(\x05R\vvolumeCount\x12%\n" +
 	"\x0esnapshot_count\x18\v \x01(\x05R\rsnapshotCount\x12\x14\n" +
-	"\x05zonal\x18\f \x01(\bR\x05zonalJ\x04\b\x04\x10\x05R\x03dir\":\n" +
+	"\x05zonal\x18\f \x01(\bR\x05zonalJ\x04\b\x04\x10\x05R\x03dir\"J\n" +
+	"\x1aRegisterStorageHostRequest\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\":\n" +
 	"\x10ListPoolsRequest\x12\x12\n" +
 	"\x04zone\x18\x01 \x01(\tR\x04zone\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\";\n" +
@@ -3676,9 +3734,10 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x0eCreateSnapshot\x12!.stowage.v1.CreateSnapshotRequest\x1a\x14.stowage.v1.Snapshot\x12M\n" +
 	"\x10DescribeSnapshot\x12#.stowage.v1.DescribeSnapshotRequest\x1a\x14.stowage.v1.Snapshot\x12T\n" +
 	"\rListSnapshots\x12 .stowage.v1.ListSnapshotsRequest\x1a!.stowage.v1.ListSnapshotsResponse\x12W\n" +
-	"\x0eDeleteSnapshot\x12!.stowage.v1.DeleteSnapshotRequest\x1a\".stowage.v1.DeleteSnapshotResponse2W\n" +
+	"\x0eDeleteSnapshot\x12!.stowage.v1.DeleteSnapshotRequest\x1a\".stowage.v1.DeleteSnapshotResponse2\xa8\x01\n" +
 	"\vPoolService\x12H\n" +
-	"\tListPools\x12\x1c.stowage.v1.ListPoolsRequest\x1a\x1d.stowage.v1.ListPoolsResponse2\x9a\x01\n" +
+	"\tListPools\x12\x1c.stowage.v1.ListPoolsRequest\x1a\x1d.stowage.v1.ListPoolsResponse\x12O\n" +
+	"\x13RegisterStorageHost\x12&.stowage.v1.RegisterStorageHostRequest\x1a\x10.stowage.v1.Pool2\x9a\x01\n" +
 	"\vNodeService\x12A\n" +
 	"\fRegisterNode\x12\x1f.stowage.v1.RegisterNodeRequest\x1a\x10.stowage.v1.Node\x12H\n" +
 	"\tListNodes\x12\x1c.stowage.v1.ListNodesRequest\x1a\x1d.stowage.v1.ListNodesResponseB8Z6github.com/stowage-io/stowage/api/stowage/v1;stowagev1b\x06proto3"
@@ -3696,7 +3755,7 @@ func file_stowage_v1_stowage_proto_rawDescGZIP() []byte {
 }
 
 var file_stowage_v1_stowage_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_stowage_v1_stowage_proto_goTypes = []any{
 	(VolumeState)(0),                   // 0: stowage.v1.VolumeState
 	(SnapshotState)(0),                 // 1: stowage.v1.SnapshotState
@@ -3743,52 +3802,53 @@ var file_stowage_v1_stowage_proto_goTypes = []any{
 	(*DeleteSnapshotRequest)(nil),      // 42: stowage.v1.DeleteSnapshotRequest
 	(*DeleteSnapshotResponse)(nil),     // 43: stowage.v1.DeleteSnapshotResponse
 	(*Pool)(nil),                       // 44: stowage.v1.Pool
-	(*ListPoolsRequest)(nil),           // 45: stowage.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),          // 46: stowage.v1.ListPoolsResponse
-	(*Node)(nil),                       // 47: stowage.v1.Node
-	(*RegisterNodeRequest)(nil),        // 48: stowage.v1.RegisterNodeRequest
-	(*ListNodesRequest)(nil),           // 49: stowage.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),          // 50: stowage.v1.ListNodesResponse
-	nil,                                // 51: stowage.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                // 52: stowage.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                // 53: stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                // 54: stowage.v1.Volume.TagsEntry
-	nil,                                // 55: stowage.v1.CreateVolumeRequest.TagsEntry
-	nil,                                // 56: stowage.v1.ListVolumesRequest.TagsEntry
-	nil,                                // 57: stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	nil,                                // 58: stowage.v1.Snapshot.TagsEntry
-	nil,                                // 59: stowage.v1.CreateSnapshotRequest.TagsEntry
-	(*timestamppb.Timestamp)(nil),      // 60: google.protobuf.Timestamp
+	(*RegisterStorageHostRequest)(nil), // 45: stowage.v1.RegisterStorageHostRequest
+	(*ListPoolsRequest)(nil),           // 46: stowage.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),          // 47: stowage.v1.ListPoolsResponse
+	(*Node)(nil),                       // 48: stowage.v1.Node
+	(*RegisterNodeRequest)(nil),        // 49: stowage.v1.RegisterNodeRequest
+	(*ListNodesRequest)(nil),           // 50: stowage.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),          // 51: stowage.v1.ListNodesResponse
+	nil,                                // 52: stowage.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                // 53: stowage.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                // 54: stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                // 55: stowage.v1.Volume.TagsEntry
+	nil,                                // 56: stowage.v1.CreateVolumeRequest.TagsEntry
+	nil,                                // 57: stowage.v1.ListVolumesRequest.TagsEntry
+	nil,                                // 58: stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	nil,                                // 59: stowage.v1.Snapshot.TagsEntry
+	nil,                                // 60: stowage.v1.CreateSnapshotRequest.TagsEntry
+	(*timestamppb.Timestamp)(nil),      // 61: google.protobuf.Timestamp
 }
 var file_stowage_v1_stowage_proto_depIdxs = []int32{
-	60, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	60, // 1: stowage.v1.Key.deletion_time:type_name -> google.protobuf.Timestamp
-	60, // 2: stowage.v1.Key.current_version_create_time:type_name -> google.protobuf.Timestamp
+	61, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	61, // 1: stowage.v1.Key.deletion_time:type_name -> google.protobuf.Timestamp
+	61, // 2: stowage.v1.Key.current_version_create_time:type_name -> google.protobuf.Timestamp
 	3,  // 3: stowage.v1.ListKeysResponse.keys:type_name -> stowage.v1.Key
-	51, // 4: stowage.v1.EncryptRequest.encryption_context:type_name -> stowage.v1.EncryptRequest.EncryptionContextEntry
-	52, // 5: stowage.v1.DecryptRequest.encryption_context:type_name -> stowage.v1.DecryptRequest.EncryptionContextEntry
-	53, // 6: stowage.v1.GenerateDataKeyRequest.encryption_context:type_name -> stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	52, // 4: stowage.v1.EncryptRequest.encryption_context:type_name -> stowage.v1.EncryptRequest.EncryptionContextEntry
+	53, // 5: stowage.v1.DecryptRequest.encryption_context:type_name -> stowage.v1.DecryptRequest.EncryptionContextEntry
+	54, // 6: stowage.v1.GenerateDataKeyRequest.encryption_context:type_name -> stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
 	0,  // 7: stowage.v1.Volume.state:type_name -> stowage.v1.VolumeState
-	54, // 8: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
+	55, // 8: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
 	22, // 9: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
-	60, // 10: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
+	61, // 10: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 11: stowage.v1.Attachment.state:type_name -> stowage.v1.AttachmentState
-	60, // 12: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
-	55, // 13: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
+	61, // 12: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
+	56, // 13: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
 	26, // 14: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
 	26, // 15: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
 	0,  // 16: stowage.v1.ListVolumesRequest.state:type_name -> stowage.v1.VolumeState
-	56, // 17: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
+	57, // 17: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
 	21, // 18: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
-	57, // 19: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	58, // 19: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
 	1,  // 20: stowage.v1.Snapshot.state:type_name -> stowage.v1.SnapshotState
-	60, // 21: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
-	58, // 22: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
-	59, // 23: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
+	61, // 21: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	59, // 22: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
+	60, // 23: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
 	37, // 24: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
 	44, // 25: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
-	60, // 26: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
-	47, // 27: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
+	61, // 26: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
+	48, // 27: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
 	25, // 28: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
 	27, // 29: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
 	28, // 30: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
@@ -3816,41 +3876,43 @@ var file_stowage_v1_stowage_proto_depIdxs = []int32{
 	39, // 52: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
 	40, // 53: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
 	42, // 54: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
-	45, // 55: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
-	48, // 56: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
-	49, // 57: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
-	21, // 58: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
-	21, // 59: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
-	29, // 60: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
-	31, // 61: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
-	22, // 62: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
-	34, // 63: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
-	21, // 64: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
-	21, // 65: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
-	20, // 66: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
-	24, // 67: stowage.v1.VolumeService.GetAttachmentSecret:output_type -> stowage.v1.AttachmentSecret
-	3,  // 68: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
-	3,  // 69: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
-	7,  // 70: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
-	3,  // 71: stowage.v1.KeyService.EnableKey:output_type -> stowage.v1.Key
-	3,  // 72: stowage.v1.KeyService.DisableKey:output_type -> stowage.v1.Key
-	3,  // 73: stowage.v1.KeyService.ScheduleKeyDeletion:output_type -> stowage.v1.Key
-	3,  // 74: stowage.v1.KeyService.CancelKeyDeletion:output_type -> stowage.v1.Key
-	3,  // 75: stowage.v1.KeyService.RotateKey:output_type -> stowage.v1.Key
-	3,  // 76: stowage.v1.KeyService.CreateAlias:output_type -> stowage.v1.Key
-	12, // 77: stowage.v1.KeyService.DeleteAlias:output_type -> stowage.v1.DeleteAliasResponse
-	14, // 78: stowage.v1.KeyService.Encrypt:output_type -> stowage.v1.EncryptResponse
-	16, // 79: stowage.v1.KeyService.Decrypt:output_type -> stowage.v1.DecryptResponse
-	18, // 80: stowage.v1.KeyService.GenerateDataKey:output_type -> stowage.v1.GenerateDataKeyResponse
-	37, // 81: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
-	37, // 82: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
-	41, // 83: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
-	43, // 84: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
-	46, // 85: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
-	47, // 86: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
-	50, // 87: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
-	58, // [58:88] is the sub-list for method output_type
-	28, // [28:58] is the sub-list for method input_type
+	46, // 55: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
+	45, // 56: stowage.v1.PoolService.RegisterStorageHost:input_type -> stowage.v1.RegisterStorageHostRequest
+	49, // 57: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
+	50, // 58: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
+	21, // 59: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
+	21, // 60: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
+	29, // 61: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
+	31, // 62: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
+	22, // 63: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
+	34, // 64: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
+	21, // 65: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
+	21, // 66: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
+	20, // 67: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
+	24, // 68: stowage.v1.VolumeService.GetAttachmentSecret:output_type -> stowage.v1.AttachmentSecret
+	3,  // 69: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
+	3,  // 70: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
+	7,  // 71: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
+	3,  // 72: stowage.v1.KeyService.EnableKey:output_type -> stowage.v1.Key
+	3,  // 73: stowage.v1.KeyService.DisableKey:output_type -> stowage.v1.Key
+	3,  // 74: stowage.v1.KeyService.ScheduleKeyDeletion:output_type -> stowage.v1.Key
+	3,  // 75: stowage.v1.KeyService.CancelKeyDeletion:output_type -> stowage.v1.Key
+	3,  // 76: stowage.v1.KeyService.RotateKey:output_type -> stowage.v1.Key
+	3,  // 77: stowage.v1.KeyService.CreateAlias:output_type -> stowage.v1.Key
+	12, // 78: stowage.v1.KeyService.DeleteAlias:output_type -> stowage.v1.DeleteAliasResponse
+	14, // 79: stowage.v1.KeyService.Encrypt:output_type -> stowage.v1.EncryptResponse
+	16, // 80: stowage.v1.KeyService.Decrypt:output_type -> stowage.v1.DecryptResponse
+	18, // 81: stowage.v1.KeyService.GenerateDataKey:output_type -> stowage.v1.GenerateDataKeyResponse
+	37, // 82: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
+	37, // 83: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
+	41, // 84: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
+	43, // 85: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
+	47, // 86: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
+	44, // 87: stowage.v1.PoolService.RegisterStorageHost:output_type -> stowage.v1.Pool
+	48, // 88: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
+	51, // 89: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
+	59, // [59:90] is the sub-list for method output_type
+	28, // [28:59] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
 	28, // [28:28] is the sub-list for extension extendee
 	0,  // [0:28] is the sub-list for field type_name
@@ -3867,7 +3929,7 @@ func file_stowage_v1_stowage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stowage_v1_stowage_proto_rawDesc), len(file_stowage_v1_stowage_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   57,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

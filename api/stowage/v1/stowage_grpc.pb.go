@@ -1304,7 +1304,8 @@ var SnapshotService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	PoolService_ListPools_FullMethodName = "/stowage.v1.PoolService/ListPools"
+	PoolService_ListPools_FullMethodName           = "/stowage.v1.PoolService/ListPools"
+	PoolService_RegisterStorageHost_FullMethodName = "/stowage.v1.PoolService/RegisterStorageHost"
 )
 
 // PoolServiceClient is the client API for PoolService service.
@@ -1314,6 +1315,11 @@ const (
 // PoolService reports the storage pools (one per storage host and zone).
 type PoolServiceClient interface {
 	ListPools(ctx context.Context, in *ListPoolsRequest, opts ...grpc.CallOption) (*ListPoolsResponse, error)
+	// A storage host (stowage agent) announces the address of its agent API;
+	// the server connects to it with its agent token and serves its pool
+	// from then on, after restarts too. Idempotent: agents call it again
+	// periodically, and when their address changes.
+	RegisterStorageHost(ctx context.Context, in *RegisterStorageHostRequest, opts ...grpc.CallOption) (*Pool, error)
 }
 
 type poolServiceClient struct {
@@ -1334,6 +1340,16 @@ func (c *poolServiceClient) ListPools(ctx context.Context, in *ListPoolsRequest,
 	return out, nil
 }
 
+func (c *poolServiceClient) RegisterStorageHost(ctx context.Context, in *RegisterStorageHostRequest, opts ...grpc.CallOption) (*Pool, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Pool)
+	err := c.cc.Invoke(ctx, PoolService_RegisterStorageHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PoolServiceServer is the server API for PoolService service.
 // All implementations must embed UnimplementedPoolServiceServer
 // for forward compatibility.
@@ -1341,6 +1357,11 @@ func (c *poolServiceClient) ListPools(ctx context.Context, in *ListPoolsRequest,
 // PoolService reports the storage pools (one per storage host and zone).
 type PoolServiceServer interface {
 	ListPools(context.Context, *ListPoolsRequest) (*ListPoolsResponse, error)
+	// A storage host (stowage agent) announces the address of its agent API;
+	// the server connects to it with its agent token and serves its pool
+	// from then on, after restarts too. Idempotent: agents call it again
+	// periodically, and when their address changes.
+	RegisterStorageHost(context.Context, *RegisterStorageHostRequest) (*Pool, error)
 	mustEmbedUnimplementedPoolServiceServer()
 }
 
@@ -1353,6 +1374,9 @@ type UnimplementedPoolServiceServer struct{}
 
 func (UnimplementedPoolServiceServer) ListPools(context.Context, *ListPoolsRequest) (*ListPoolsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListPools not implemented")
+}
+func (UnimplementedPoolServiceServer) RegisterStorageHost(context.Context, *RegisterStorageHostRequest) (*Pool, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterStorageHost not implemented")
 }
 func (UnimplementedPoolServiceServer) mustEmbedUnimplementedPoolServiceServer() {}
 func (UnimplementedPoolServiceServer) testEmbeddedByValue()                     {}
@@ -1393,6 +1417,24 @@ func _PoolService_ListPools_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PoolService_RegisterStorageHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterStorageHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolServiceServer).RegisterStorageHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolService_RegisterStorageHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolServiceServer).RegisterStorageHost(ctx, req.(*RegisterStorageHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PoolService_ServiceDesc is the grpc.ServiceDesc for PoolService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1403,6 +1445,10 @@ var PoolService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPools",
 			Handler:    _PoolService_ListPools_Handler,
+		},
+		{
+			MethodName: "RegisterStorageHost",
+			Handler:    _PoolService_RegisterStorageHost_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,173 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+)
+
+// startAgent runs stowage agent until the test ends and returns its API
+// address.
+func startAgent(t *testing.T, o agentOptions) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- runAgent(ctx, o, func(api, _ string) { ready <- api }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent %s: %v", o.pool, err)
+		}
+	})
+	select {
+	case api := <-ready:
+		return api
+	case err := <-done:
+		t.Fatalf("agent did not start: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not start in 10 s")
+	}
+	return ""
+}
+
+// startServer runs stowage server until stop (or the test's end).
+func startServer(t *testing.T, o serverOptions) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runServer(ctx, o) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s did not appear in 20 s", path)
+}
+
+// waitPool waits until the server lists pool, and returns it.
+func waitPool(t *testing.T, c pb.PoolServiceClient, pool string) *pb.Pool {
+	t.Helper()
+	var last error
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := c.ListPools(ctx, &pb.ListPoolsRequest{}, grpc.WaitForReady(true))
+		cancel()
+		last = err
+		for _, p := range resp.GetPools() {
+			if p.Name == pool {
+				return p
+			}
+		}
+	}
+	t.Fatalf("the server did not list pool %s in 20 s (last error: %v)", pool, last)
+	return nil
+}
+
+// A storage host that registers over the network is served: its pool is
+// listed and takes volumes, and a restarted server connects to it again
+// from its record without waiting for the next registration. A storage
+// host registers its own pool only; an agent that refuses the server's
+// agent token is not added, and the error names its address.
+func TestStorageHostRegisters_ServerServesItsPool_AfterARestartToo(t *testing.T) {
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	agentToken := writeToken(t, "the-clusters-agent-token")
+	sock := filepath.Join(dir, "api.sock")
+	so := serverOptions{dataDir: dir, listen: "unix://" + sock, zone: "zone-a", node: "node-a", agentTokenFile: agentToken,
+		auth: authOptions{bootstrapTokensDir: tokens, bootstrapStorageHosts: []string{"pool-r"}}}
+	stop := startServer(t, so)
+	hostToken := filepath.Join(tokens, "storage-host@pool-r")
+	waitFile(t, hostToken)
+
+	poolDir := filepath.Join(dir, "storage-1", "pool")
+	startAgent(t, agentOptions{listen: "127.0.0.1:0", nbdListen: "127.0.0.1:0", tokenFile: agentToken,
+		pool: "name=pool-r,dir=" + poolDir + ",zone=zone-b,node=storage-1", server: "unix://" + sock, serverTokenFile: hostToken,
+		registerInterval: time.Hour})
+
+	admin, err := dial("unix://"+sock, filepath.Join(tokens, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	pools := pb.NewPoolServiceClient(admin)
+	p := waitPool(t, pools, "pool-r")
+	if p.Zone != "zone-b" || p.Node != "storage-1" || !p.Zonal {
+		t.Fatalf("registered pool: %+v, want zone-b, node storage-1, zonal (the agent exports over NBD)", p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vol, err := pb.NewVolumeServiceClient(admin).CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "on-the-host", SizeGib: 1, Zone: "zone-b"})
+	if err != nil {
+		t.Fatalf("create a volume in the registered pool's zone: %v", err)
+	}
+	if vol.Pool != "pool-r" {
+		t.Fatalf("volume in pool %q, want pool-r", vol.Pool)
+	}
+	if _, err := os.Stat(filepath.Join(poolDir, "volumes", vol.Id+".img")); err != nil {
+		t.Fatalf("the volume's image is not on the storage host: %v", err)
+	}
+
+	// Its principal registers pool-r only.
+	host, err := dial("unix://"+sock, hostToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	_, err = pb.NewPoolServiceClient(host).RegisterStorageHost(ctx, &pb.RegisterStorageHostRequest{Pool: "pool-x", Address: "127.0.0.1:1"})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("storage host of pool-r registering pool-x: %v, want PermissionDenied", err)
+	}
+	// An agent that does not hold the server's agent token is refused.
+	wrong := startAgent(t, agentOptions{listen: "127.0.0.1:0", tokenFile: writeToken(t, "another-token"),
+		pool: "name=pool-w,dir=" + filepath.Join(dir, "w") + ",zone=zone-b,node=storage-2"})
+	_, err = pools.RegisterStorageHost(ctx, &pb.RegisterStorageHostRequest{Pool: "pool-w", Address: wrong})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), wrong) || !strings.Contains(err.Error(), "agent token") {
+		t.Fatalf("registering an agent with another token: %v, want Unavailable naming %s and the agent token", err, wrong)
+	}
+	// Nor is an address whose agent serves another pool; pool-r stays
+	// served where it was.
+	_, err = pools.RegisterStorageHost(ctx, &pb.RegisterStorageHostRequest{Pool: "pool-r", Address: wrong})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("re-registering pool-r at an agent serving another pool: %v, want Unavailable", err)
+	}
+	if got := waitPool(t, pools, "pool-r"); got.Zone != "zone-b" {
+		t.Fatalf("pool-r after a failed re-registration: %+v", got)
+	}
+
+	// Restarted, the server serves pool-r from its record: the agent
+	// registers again only in an hour.
+	stop()
+	startServer(t, so)
+	waitPool(t, pools, "pool-r")
+	d, err := pb.NewVolumeServiceClient(admin).DescribeVolume(ctx, &pb.DescribeVolumeRequest{VolumeId: vol.Id}, grpc.WaitForReady(true))
+	if err != nil || d.StateReason != "" {
+		t.Fatalf("the volume after the restart: %v %v, want it without a state reason", d, err)
+	}
+}

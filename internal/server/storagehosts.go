@@ -1,0 +1,285 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/auth"
+	"github.com/stowage-io/stowage/internal/store"
+)
+
+// bucketStorageHosts holds the storage hosts that registered, by pool, so
+// that a server that restarts (or a standby that takes over) connects to
+// them again before they next register.
+const bucketStorageHosts = "storage-hosts"
+
+// StorageHostDialer connects the server to a storage host that registered
+// its pool (the agent API client, with the server's agent token).
+type StorageHostDialer interface {
+	DialStorageHost(ctx context.Context, pool, address string) (StorageHostConn, error)
+}
+
+// StorageHostConn is a connection to a storage host: its pool, the
+// exporter of its volumes when it exports over NBD (nil when it does not),
+// and how to close it.
+type StorageHostConn struct {
+	Pool     Pool
+	Exporter BlockExporter
+	Close    func() error
+}
+
+type storageHostRecord struct {
+	Pool       string    `json:"pool"`
+	Address    string    `json:"address"`
+	Zone       string    `json:"zone"`
+	Node       string    `json:"node"`
+	Registered time.Time `json:"registered"`
+}
+
+// hostConns are the connections to the registered storage hosts, and the
+// last error of each one not connected.
+type hostConns struct {
+	mu      sync.Mutex
+	conns   map[string]hostConn
+	pending map[string]error
+}
+
+type hostConn struct {
+	address string
+	close   func() error
+}
+
+// connected says whether pool is a registered storage host's, connected
+// at address.
+func (h *hostConns) connected(pool, address string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c, ok := h.conns[pool]
+	return ok && c.address == address
+}
+
+// notConnected is why a registered storage host's pool is not served, nil
+// when it is not one waiting to be connected.
+func (h *hostConns) notConnected(pool string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.pending[pool]
+}
+
+func (h *hostConns) setPending(pool string, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pending == nil {
+		h.pending = map[string]error{}
+	}
+	h.pending[pool] = err
+}
+
+// RegisterStorageHost connects to the storage host's agent API at
+// req.Address, checks that it serves req.Pool, records it and serves the
+// pool. Again with the same address it only reports the pool.
+func (s *Server) RegisterStorageHost(ctx context.Context, req *pb.RegisterStorageHostRequest) (*pb.Pool, error) {
+	if req.Pool == "" || req.Address == "" {
+		return nil, status.Error(codes.InvalidArgument, "a storage host registers with its pool's name and its agent API address (host:port)")
+	}
+	if p, ok := auth.FromContext(ctx); ok && p.StorageHost() != "" && p.StorageHost() != req.Pool {
+		return nil, status.Errorf(codes.PermissionDenied, "%s may not pool:RegisterStorageHost on %s: a storage host registers its own pool only", p, req.Pool)
+	}
+	if _, _, err := net.SplitHostPort(req.Address); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "agent API address %q of pool %s is not host:port: %v", req.Address, req.Pool, err)
+	}
+	if s.storageHosts == nil {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"this Stowage server takes no storage host registrations (start it with --agent-token-file, the token it presents to the agents); pool %s was not added", req.Pool)
+	}
+	unlock, err := s.lock(ctx, "storage host "+req.Pool, "storage-host/"+req.Pool)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if !s.hosts.connected(req.Pool, req.Address) {
+		if err := s.connectStorageHost(ctx, req.Pool, req.Address); err != nil {
+			return nil, err
+		}
+	}
+	p := s.pools.get(req.Pool)
+	return &pb.Pool{Name: req.Pool, Zone: p.Zone(), Node: p.Node(), CloneMode: string(p.CloneMode()), Zonal: s.exportAddress(req.Pool) != ""}, nil
+}
+
+// connectStorageHost dials a storage host, records it and serves its pool
+// in place of any earlier connection to it.
+func (s *Server) connectStorageHost(ctx context.Context, pool, address string) error {
+	s.hosts.mu.Lock()
+	_, registered := s.hosts.conns[pool]
+	s.hosts.mu.Unlock()
+	if _, ok := s.pools.lookup(pool); ok && !registered {
+		return status.Errorf(codes.AlreadyExists,
+			"pool %s is configured on this server's command line (--pool or --agent); a storage host may not register it too: rename its pool", pool)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, err := s.storageHosts.DialStorageHost(dctx, pool, address)
+	cancel()
+	if err != nil {
+		err = status.Errorf(codes.Unavailable, "the server could not reach the agent API of pool %s at %s (is the address reachable from the server, and does the agent hold the server's agent token?): %v", pool, address, err)
+		if !registered {
+			s.hosts.setPending(pool, err)
+		}
+		return err
+	}
+	rec := &storageHostRecord{Pool: pool, Address: address, Zone: c.Pool.Zone(), Node: c.Pool.Node(), Registered: time.Now().UTC()}
+	if err := s.store.Update(ctx, func(tx store.Tx) error { return store.PutJSON(tx, bucketStorageHosts, pool, rec) }); err != nil {
+		c.Close()
+		return internal(err, "record storage host of pool %s", pool)
+	}
+	s.hosts.mu.Lock()
+	old, had := s.hosts.conns[pool]
+	if s.hosts.conns == nil {
+		s.hosts.conns = map[string]hostConn{}
+	}
+	s.hosts.conns[pool] = hostConn{address: address, close: c.Close}
+	delete(s.hosts.pending, pool)
+	s.pools.put(pool, c.Pool, c.Exporter)
+	s.hosts.mu.Unlock()
+	if had {
+		old.close()
+	}
+	s.log.Info("storage host registered: serving its pool", "pool", pool, "agent", address, "zone", rec.Zone, "node", rec.Node,
+		"nbd", s.exportAddress(pool), "replaced", had && old.address != address)
+	s.adoptPool(ctx, pool)
+	return nil
+}
+
+// adoptPool does for a pool that joined while serving what the start does
+// for every pool: its node is registered, and a volume whose image it
+// lacks says so. Images the store does not know are logged, never removed:
+// a storage host registered under the wrong pool name loses nothing.
+func (s *Server) adoptPool(ctx context.Context, pool string) {
+	p := s.pools.get(pool)
+	if _, err := s.getNode(ctx, p.Node()); status.Code(err) == codes.NotFound {
+		if _, err := s.RegisterNode(ctx, &pb.RegisterNodeRequest{Id: p.Node(), Zone: p.Zone()}); err != nil {
+			s.log.Error("register the node of a storage host's pool", "pool", pool, "node", p.Node(), "err", err)
+		}
+	}
+	known := map[string]bool{}
+	var missing []volumeRecord
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		return tx.Scan(bucketVolumes, "", "", func(_ string, value []byte) error {
+			var v volumeRecord
+			if err := json.Unmarshal(value, &v); err != nil {
+				return err
+			}
+			if v.Pool != pool {
+				return nil
+			}
+			known[v.ID] = true
+			if _, err := p.ImageSize(v.ID); err != nil && v.State != StateError && v.State != StateCreating && v.State != StateDeleting {
+				missing = append(missing, v)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		s.log.Error("check the volumes of a storage host's pool", "pool", pool, "err", err)
+		return
+	}
+	for i := range missing {
+		s.log.Error("volume image is missing from its storage host", "volume", missing[i].ID, "pool", pool)
+	}
+	if images, err := p.ListImages(); err == nil {
+		for _, id := range images {
+			if !known[id] {
+				s.log.Warn("storage host holds an image no volume of this server names (left in place)", "pool", pool, "volume", id)
+			}
+		}
+	}
+}
+
+// StartStorageHosts connects, in the background, to every storage host
+// that registered before this server led, retrying each until it answers
+// or stop. stop also closes every storage host connection.
+func (s *Server) StartStorageHosts(ctx context.Context) (stop func()) {
+	if s.storageHosts == nil {
+		return func() {}
+	}
+	var recs []storageHostRecord
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		return tx.Scan(bucketStorageHosts, "", "", func(_ string, value []byte) error {
+			var r storageHostRecord
+			if err := json.Unmarshal(value, &r); err != nil {
+				return err
+			}
+			recs = append(recs, r)
+			return nil
+		})
+	})
+	if err != nil {
+		s.log.Error("read the registered storage hosts; they are served again when they register", "err", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, r := range recs {
+		s.hosts.setPending(r.Pool, status.Errorf(codes.Unavailable, "the storage host of pool %s (registered at %s) is not connected yet", r.Pool, r.Address))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.reconnect(ctx, r)
+		}()
+	}
+	return func() {
+		cancel()
+		wg.Wait()
+		s.hosts.mu.Lock()
+		defer s.hosts.mu.Unlock()
+		for pool, c := range s.hosts.conns {
+			c.close()
+			delete(s.hosts.conns, pool)
+		}
+	}
+}
+
+// reconnect dials a recorded storage host until it answers, backing off
+// to 30 s; a registration in the meantime wins.
+func (s *Server) reconnect(ctx context.Context, r storageHostRecord) {
+	wait := time.Second
+	for {
+		unlock, err := s.lock(ctx, "storage host "+r.Pool, "storage-host/"+r.Pool)
+		if err == nil {
+			s.hosts.mu.Lock()
+			_, done := s.hosts.conns[r.Pool]
+			s.hosts.mu.Unlock()
+			if !done {
+				err = s.connectStorageHost(ctx, r.Pool, r.Address)
+			}
+			unlock()
+			if err == nil {
+				return
+			}
+			if ctx.Err() == nil {
+				s.log.Warn("registered storage host unreachable; retrying", "pool", r.Pool, "agent", r.Address, "in", wait, "err", status.Convert(err).Message())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
+}
+
+// errNotServed is why pool is not served: a registered storage host not
+// connected, or a pool this server does not know.
+func (s *Server) errNotServed(pool string) error {
+	if err := s.hosts.notConnected(pool); err != nil {
+		return err
+	}
+	return status.Errorf(codes.FailedPrecondition, "storage pool %q is not configured on this server (was it removed from --pool or --agent, or has its storage host not registered?)", pool)
+}
+
