@@ -112,13 +112,13 @@ type Server struct {
 	pb.UnimplementedAccessPointServiceServer
 	pb.UnimplementedPolicyServiceServer
 
-	store     store.Store
-	pools     *poolSet
-	locks     *keylock.Set
-	log       *slog.Logger
-	kms       *kms.Service
-	secrets   *secrets.Service
-	params    *params.Service
+	store   store.Store
+	pools   *poolSet
+	locks   *keylock.Set
+	log     *slog.Logger
+	kms     *kms.Service
+	secrets *secrets.Service
+	params  *params.Service
 
 	filePools     map[string]FilePool
 	filePoolNames []string
@@ -126,9 +126,9 @@ type Server struct {
 	apLimit       int
 	storageHosts  StorageHostDialer
 	// hosts are the registered storage hosts' connections (storagehosts.go).
-	hosts hostConns
-	nfsAddress    string
-	auth          *auth.Authorizer
+	hosts      hostConns
+	nfsAddress string
+	auth       *auth.Authorizer
 	// now is the clock of scheduled rotations (tests move it).
 	now func() time.Time
 }

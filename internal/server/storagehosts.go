@@ -282,4 +282,3 @@ func (s *Server) errNotServed(pool string) error {
 	}
 	return status.Errorf(codes.FailedPrecondition, "storage pool %q is not configured on this server (was it removed from --pool or --agent, or has its storage host not registered?)", pool)
 }
-
