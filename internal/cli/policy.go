@@ -167,14 +167,16 @@ func newTokenCmd(g *globals) *cobra.Command {
 	create.Flags().StringVar(&description, "description", "", "free text")
 	create.Flags().StringVar(&outFile, "out-file", "", "write the token to this file (mode 0600) instead of stdout")
 	var secretName, secretNamespace string
-	var secretNodes []string
+	var secretNodes, secretHosts []string
 	secret := &cobra.Command{
 		Use:   "secret --nodes N1,N2,...",
 		Short: "Issue the chart's component tokens and print them as a Kubernetes Secret (for kubectl apply -f -)",
 		Long: `Issues one token for each component the Helm chart runs (stowage:csi-controller,
 stowage:csi-file, stowage:secrets-provider, and stowage:csi-node:<node> for each node of
 --nodes) and prints a Secret with keys csi-controller, csi-file, secrets-provider and
-csi-node-<node>: the chart's server.tokensSecret. The tokens are printed once, nowhere else;
+csi-node-<node>, and with --storage-hosts storage-host-<node> for each storage host (principal
+stowage:storage-host:pool-<node>: the pool the chart's agent on that node registers): the
+chart's server.tokensSecret. The tokens are printed once, nowhere else;
 pipe them to kubectl. A node that joins later: run it again with that node alone and
 merge the key (kubectl patch), or issue its token with 'token create'.`,
 		Example: `  stowage token secret --nodes node-a,node-b | kubectl apply -f -`,
@@ -189,6 +191,12 @@ merge the key (kubectl patch), or issue its token with 'token create'.`,
 					return usageErrorf("--nodes: %q is not a node name", n)
 				}
 				keys = append(keys, [2]string{"csi-node-" + n, auth.CSINodePrefix + n})
+			}
+			for _, n := range secretHosts {
+				if n == "" || strings.ContainsAny(n, " /") {
+					return usageErrorf("--storage-hosts: %q is not a node name", n)
+				}
+				keys = append(keys, [2]string{"storage-host-" + n, auth.StorageHostPrefix + "pool-" + n})
 			}
 			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
 				data := map[string]string{}
@@ -214,6 +222,7 @@ merge the key (kubectl patch), or issue its token with 'token create'.`,
 		},
 	}
 	secret.Flags().StringSliceVar(&secretNodes, "nodes", nil, "the nodes the node plugin runs on (required)")
+	secret.Flags().StringSliceVar(&secretHosts, "storage-hosts", nil, "the nodes the chart's agents run on (agents.nodeSelector): each registers its pool pool-<node>")
 	secret.Flags().StringVar(&secretName, "name", "stowage-tokens", "the Secret's name (the chart's server.tokensSecret)")
 	secret.Flags().StringVar(&secretNamespace, "namespace", "stowage", "the Secret's namespace (the release's)")
 	var listPrincipal string

@@ -79,7 +79,7 @@ func TestTokenSecret_TheChartsTokensAsASecret(t *testing.T) {
 	if r := run(t, api.Endpoint, "token", "secret"); r.code != cli.ExitUsage || !strings.Contains(r.stderr, "--nodes") {
 		t.Errorf("without --nodes: exit %d %s", r.code, r.stderr)
 	}
-	r := run(t, api.Endpoint, "token", "secret", "--nodes", "node-a,node-b", "--namespace", "storage")
+	r := run(t, api.Endpoint, "token", "secret", "--nodes", "node-a,node-b", "--storage-hosts", "node-b", "--namespace", "storage")
 	if r.code != cli.ExitOK {
 		t.Fatalf("token secret: %d %s", r.code, r.stderr)
 	}
@@ -94,7 +94,7 @@ func TestTokenSecret_TheChartsTokensAsASecret(t *testing.T) {
 	if s.APIVersion != "v1" || s.Kind != "Secret" || s.Metadata.Name != "stowage-tokens" || s.Metadata.Namespace != "storage" {
 		t.Errorf("Secret %+v", s.Metadata)
 	}
-	want := []string{"csi-controller", "csi-file", "secrets-provider", "csi-node-node-a", "csi-node-node-b"}
+	want := []string{"csi-controller", "csi-file", "secrets-provider", "csi-node-node-a", "csi-node-node-b", "storage-host-node-b"}
 	if len(s.StringData) != len(want) {
 		t.Errorf("keys %v, want %v", s.StringData, want)
 	}
@@ -104,7 +104,7 @@ func TestTokenSecret_TheChartsTokensAsASecret(t *testing.T) {
 			t.Errorf("key %s: %q... (or in stderr)", k, tok[:min(4, len(tok))])
 		}
 	}
-	if !strings.Contains(r.stderr, "5 tokens issued for Secret storage/stowage-tokens") {
+	if !strings.Contains(r.stderr, "6 tokens issued for Secret storage/stowage-tokens") {
 		t.Errorf("stderr: %q", r.stderr)
 	}
 	// Each token is its principal's: the controller's lists volumes over
@@ -112,7 +112,7 @@ func TestTokenSecret_TheChartsTokensAsASecret(t *testing.T) {
 	tf := writeFile(t, s.StringData["csi-controller"])
 	mustRun(t, "tcp://"+api.TCPAddress, "--token-file", tf, "volume", "list")
 	out := mustRun(t, api.Endpoint, "token", "list")
-	for _, p := range []string{"stowage:csi-node:node-a", "stowage:csi-node:node-b", "stowage:secrets-provider", "stowage:csi-file"} {
+	for _, p := range []string{"stowage:csi-node:node-a", "stowage:csi-node:node-b", "stowage:secrets-provider", "stowage:csi-file", "stowage:storage-host:pool-node-b"} {
 		if !strings.Contains(out, p) {
 			t.Errorf("token list has no %s:\n%s", p, out)
 		}

@@ -164,7 +164,8 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 		spec corev1.PodSpec
 	}
 	var podSpecs []podSpec
-	var nodePlugin, nodeRunner *appsv1.DaemonSet
+	var nodePlugin, nodeRunner, agents *appsv1.DaemonSet
+	var server *appsv1.StatefulSet
 	for _, obj := range o.all {
 		switch v := obj.(type) {
 		case *corev1.ServiceAccount:
@@ -189,9 +190,12 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 				nodePlugin = v
 			case "stowage-node-runner":
 				nodeRunner = v
+			case "stowage-agent":
+				agents = v
 			}
 		case *appsv1.StatefulSet:
 			kinds["StatefulSet"]++
+			server = v
 			checkServerNFS(t, v, hasSet(set, "server.inCluster.filePools"))
 			podSpecs = append(podSpecs, podSpec{"StatefulSet " + v.Name, v.Spec.Template.Spec})
 		case *storagev1.StorageClass:
@@ -237,6 +241,7 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 		}
 	}
 	checkNodeRunner(t, nodePlugin, nodeRunner, !hasSet(set, "node.runner.enabled=false"))
+	checkAgents(t, agents, server, hasSet(set, "agents.enabled=true"))
 	external := hasSet(set, "server.external.address=")
 	if got := kinds["StatefulSet"]; external && got != 0 || !external && got != 1 {
 		t.Errorf("%d StatefulSets (the in-cluster server) with external server %v", got, external)
@@ -396,6 +401,44 @@ func checkNodePlugin(t *testing.T, ds *appsv1.DaemonSet) {
 		}
 		if !reg {
 			t.Errorf("node DaemonSet container %s does not register with the kubelet (--kubelet-registration-dir=%s/plugins_registry); args %v", c.Name, kubeletDir, c.Args)
+		}
+	}
+}
+
+// checkAgents: the chart's agents register their pools with the server
+// (--server, with the token of their own principal from the tokens
+// Secret), and the in-cluster server takes registrations with the agents'
+// token (--agent-token-file from the Secret the agents read theirs from).
+func checkAgents(t *testing.T, agents *appsv1.DaemonSet, server *appsv1.StatefulSet, enabled bool) {
+	t.Helper()
+	if !enabled {
+		if agents != nil {
+			t.Error("agents.enabled=false renders the agents")
+		}
+		return
+	}
+	if agents == nil {
+		t.Fatal("agents.enabled=true renders no DaemonSet stowage-agent")
+	}
+	args := strings.Join(agents.Spec.Template.Spec.Containers[0].Args, " ")
+	for _, w := range []string{"--server=", "--server-token-file=/etc/stowage/tokens/storage-host-$(NODE_NAME)", "--token-file=/etc/stowage/agent/token", "--pool=name=pool-$(NODE_NAME),"} {
+		if !strings.Contains(args, w) {
+			t.Errorf("agent args %q lack %q", args, w)
+		}
+	}
+	mounts := map[string]string{}
+	for _, m := range agents.Spec.Template.Spec.Containers[0].VolumeMounts {
+		mounts[m.MountPath] = m.Name
+	}
+	if mounts["/etc/stowage/tokens"] == "" || mounts["/etc/stowage/agent"] == "" {
+		t.Errorf("agent mounts %v: want the tokens Secret at /etc/stowage/tokens and the agent token at /etc/stowage/agent", mounts)
+	}
+	if server == nil {
+		return
+	}
+	for _, c := range server.Spec.Template.Spec.Containers {
+		if len(c.Args) > 0 && c.Args[0] == "server" && !slices.Contains(c.Args, "--agent-token-file=/etc/stowage/agent/token") {
+			t.Errorf("in-cluster server with agents: args %v lack --agent-token-file=/etc/stowage/agent/token", c.Args)
 		}
 	}
 }
