@@ -480,6 +480,10 @@ func (c *Config) Components() []Component {
 				// own, which register with the servers (the machine's node keeps pool-a
 				// of its zone, in the server).
 				comps[i].Cmd.Args = append(comps[i].Cmd.Args, c.serverStorageHostArgs()...)
+				if len(c.StorageHosts) > 0 {
+					// The network step writes the agent token it reads.
+					comps[i].Needs = append(comps[i].Needs, "network")
+				}
 			}
 		}
 	}

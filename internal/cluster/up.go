@@ -300,7 +300,17 @@ func (c *Config) upSteps(o UpOptions) []step {
 	}
 	steps = append(steps,
 		step{name: "network", run: func(ctx context.Context) (string, error) {
-			return c.NodeIP + " on " + NodeInterface + ", pods " + c.PodCIDR, c.setupNetwork(ctx)
+			if err := c.setupNetwork(ctx); err != nil {
+				return "", err
+			}
+			// Before the servers, which read it at start to present it to
+			// the storage hosts that register.
+			if len(c.StorageHosts) > 0 {
+				if err := writeAgentToken(c.Layout().AgentTokenFile()); err != nil {
+					return "", fmt.Errorf("agent token: %w", err)
+				}
+			}
+			return c.NodeIP + " on " + NodeInterface + ", pods " + c.PodCIDR, nil
 		}},
 		step{name: "images", needs: []string{"containerd"}, run: func(ctx context.Context) (string, error) { return c.importImages(ctx, c.hostNode()) }},
 		step{name: "manifests", needs: []string{"kube-apiserver"}, run: c.applyManifests},
