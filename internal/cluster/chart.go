@@ -36,6 +36,15 @@ const (
 	ServerTCPPort = 7420
 	// chartTokensSecret holds the components' tokens in ChartNamespace.
 	chartTokensSecret = "stowage-tokens"
+	// chartAgentTokenSecret holds the token the agent pods require.
+	chartAgentTokenSecret = "stowage-agent-token"
+	// ChartAgentZone is the zone of the agent pods' pools: a zone of its
+	// own, so that the node's volumes stay in the server's pool (zone
+	// c.Zone) and only a volume asked for in it goes to an agent.
+	ChartAgentZone = "zone-agents"
+	// ChartStorageHostLabel marks a node whose agent pod runs (the
+	// chart's agents.nodeSelector).
+	ChartStorageHostLabel = "stowage.io/storage-host"
 )
 
 // chartReplaces are the host processes whose work the chart's pods do.
@@ -134,6 +143,13 @@ func (c *Config) ChartValues(imgs []Image) (map[string]any, error) {
 		"secretsProvider":    map[string]any{"providersDir": l.SecretsProviders()},
 		"secretsStoreDriver": map[string]any{"enabled": true, "rotationPollInterval": SecretsRotationInterval.String()},
 		"snapshotController": map[string]any{"enabled": true},
+		// A storage host's agent as a pod, on the node once it is labelled
+		// ChartStorageHostLabel=true: it registers pool-<node> with the
+		// host's server. Ports apart from the server's own agent and NBD
+		// listeners.
+		"agents": map[string]any{"enabled": true, "zone": ChartAgentZone, "port": 7109, "nbdPort": 10819,
+			"poolSize": "10G", "dataDir": l.path("agent-pods"), "tokenSecret": chartAgentTokenSecret,
+			"nodeSelector": map[string]any{ChartStorageHostLabel: "true"}},
 		"blockStorageClasses": []any{
 			block("stowage-gp3", "gp3", map[string]any{}, true),
 			block("stowage-io2", "io2", map[string]any{"iops": "10000"}, false),
@@ -209,22 +225,40 @@ func (c *Config) chartPods(ctx context.Context) string {
 	return "\n" + indent(strings.TrimSpace(out))
 }
 
-// chartTokens is the Secret of the chart's tokens, from the tokens the
-// server made at its start: csi-controller, csi-file, secrets-provider and
-// csi-node-<node>.
+// chartTokens are the Secrets of the chart's tokens, as a List: the
+// components' (chartTokensSecret), from the tokens the server made at its
+// start: csi-controller, csi-file, secrets-provider, csi-node-<node> and
+// storage-host-<node> (the agent pod's, which registers pool-<node>); and
+// the agent token (chartAgentTokenSecret) that the agent pods require and
+// the server presents.
 func (c *Config) chartTokens() ([]byte, error) {
 	l := c.Layout()
+	read := func(p string) ([]byte, error) {
+		tok, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("token %s (the server writes it at its start, the network step the agent token): %w", filepath.Base(p), err)
+		}
+		return []byte(strings.TrimSpace(string(tok))), nil
+	}
 	data := map[string][]byte{}
 	for key, file := range map[string]string{"csi-controller": "csi-controller", "csi-file": "csi-file", "secrets-provider": "secrets-provider",
-		"csi-node-" + c.NodeName: "csi-node"} {
-		tok, err := os.ReadFile(l.StowageToken(file))
+		"csi-node-" + c.NodeName: "csi-node", "storage-host-" + c.NodeName: storageHostTokenName(c.NodeName)} {
+		tok, err := read(l.StowageToken(file))
 		if err != nil {
-			return nil, fmt.Errorf("token of %s (the server writes it at its start): %w", file, err)
+			return nil, err
 		}
-		data[key] = []byte(strings.TrimSpace(string(tok)))
+		data[key] = tok
 	}
-	return json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-		"metadata": map[string]any{"name": chartTokensSecret, "namespace": ChartNamespace}, "data": data})
+	agent, err := read(l.AgentTokenFile())
+	if err != nil {
+		return nil, err
+	}
+	secret := func(name string, data map[string][]byte) map[string]any {
+		return map[string]any{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+			"metadata": map[string]any{"name": name, "namespace": ChartNamespace}, "data": data}
+	}
+	return json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": []any{
+		secret(chartTokensSecret, data), secret(chartAgentTokenSecret, map[string][]byte{"token": agent})}})
 }
 
 // writeChart writes the embedded chart to dir, replacing what is there.

@@ -34,10 +34,15 @@ func TestComponents_ChartInstall_DriversArePods(t *testing.T) {
 			continue
 		}
 		args := strings.Join(comp.Cmd.Args, " ")
-		for _, want := range []string{"--listen=unix://", "--listen=198.51.100.2:7420", "--nfs-listen=198.51.100.2:"} {
+		// It takes the registration of the chart's agent pod on the node.
+		for _, want := range []string{"--listen=unix://", "--listen=198.51.100.2:7420", "--nfs-listen=198.51.100.2:",
+			"--agent-token-file=/var/lib/stowage/stowage/agent.token", "--bootstrap-storage-host-tokens=pool-vm"} {
 			if !strings.Contains(args, want) {
 				t.Errorf("the server's arguments lack %s: %s", want, args)
 			}
+		}
+		if !slices.Contains(comp.Needs, "network") {
+			t.Errorf("the server does not wait for the network step, which writes the agent token it reads: needs %v", comp.Needs)
 		}
 	}
 	if got := c.nodeReadyNeeds(); !slices.Equal(got, []string{"kubelet", "kube-proxy", "chart"}) {
@@ -96,6 +101,12 @@ func TestChartValues_RenderWithTheChart(t *testing.T) {
 		"name: stowage-gp3",
 		"csi.storage.k8s.io/fstype: \"xfs\"",
 		"--rotation-poll-interval=30s",
+		// The agent pod, on a labelled node, in a zone of its own.
+		"--pool=name=pool-$(NODE_NAME),zone=zone-agents,node=$(NODE_NAME),size=10G",
+		"--listen=$(HOST_IP):7109",
+		"--server-token-file=/etc/stowage/tokens/storage-host-$(NODE_NAME)",
+		"secretName: stowage-agent-token",
+		`stowage.io/storage-host: "true"`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("the rendered chart lacks %q", want)

@@ -495,6 +495,10 @@ func (c *Config) Components() []Component {
 		for i := range comps {
 			if comps[i].Name == "stowage-server" {
 				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--listen="+c.ServerTCPAddress())
+				// The chart's agent pods register with it; the network
+				// step writes the agent token it reads.
+				comps[i].Cmd.Args = append(comps[i].Cmd.Args, c.serverStorageHostArgs()...)
+				comps[i].Needs = append(comps[i].Needs, "network")
 			}
 		}
 	}

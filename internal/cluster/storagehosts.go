@@ -118,6 +118,12 @@ func (c *Config) storageHostComponents(n nodeView) []Component {
 	}}), Ready: func(ctx context.Context) error { return c.poolRegistered(ctx, storageHostPool(n.Name)) }}}
 }
 
+// takesRegistrations: storage hosts register with the servers, which
+// then need the agent token (written by the network step) and a token per
+// storage host: the multi-node cluster's storage hosts, or the chart's
+// agent pods.
+func (c *Config) takesRegistrations() bool { return len(c.StorageHosts) > 0 || c.chartInstall() }
+
 // storageHostTokenName is the token file (in the servers' tokens
 // directory) of a storage host's principal stowage:storage-host:<pool>.
 func storageHostTokenName(name string) string { return "storage-host@" + storageHostPool(name) }
@@ -152,12 +158,17 @@ func (c *Config) poolRegistered(ctx context.Context, pool string) error {
 // registrations: the agent token they present, and a token for each
 // storage host's principal.
 func (c *Config) serverStorageHostArgs() []string {
-	if len(c.StorageHosts) == 0 {
+	if !c.takesRegistrations() {
 		return nil
 	}
 	var pools []string
 	for _, h := range c.StorageHosts {
 		pools = append(pools, storageHostPool(h.Name))
+	}
+	if c.chartInstall() {
+		// The chart's agent pod on the node (agents.enabled), once the
+		// node is labelled a storage host.
+		pools = append(pools, storageHostPool(c.NodeName))
 	}
 	return []string{"--agent-token-file=" + c.Layout().AgentTokenFile(), "--bootstrap-storage-host-tokens=" + strings.Join(pools, ",")}
 }

@@ -305,7 +305,7 @@ func (c *Config) upSteps(o UpOptions) []step {
 			}
 			// Before the servers, which read it at start to present it to
 			// the storage hosts that register.
-			if len(c.StorageHosts) > 0 {
+			if c.takesRegistrations() {
 				if err := writeAgentToken(c.Layout().AgentTokenFile()); err != nil {
 					return "", fmt.Errorf("agent token: %w", err)
 				}

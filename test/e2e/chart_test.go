@@ -384,3 +384,115 @@ func must(s string, err error) string {
 	}
 	return s
 }
+
+// The chart's agent pod (agents.enabled, which stowage up --install=chart
+// sets, on nodes labelled stowage.io/storage-host=true) is a storage host:
+// it registers its pool pool-<node> with the server on the host, which
+// connects back to it through the agent API and places volumes of its zone
+// there. The volume lives in the pod's pool, and after the pod is deleted
+// and recreated the server reconnects and acts on it again.
+func TestChart_AgentPodRegistersItsPool(t *testing.T) {
+	needsChart(t)
+	const (
+		label    = "stowage.io/storage-host"
+		zone     = "zone-agents"
+		agentSel = "app.kubernetes.io/instance=stowage,app.kubernetes.io/component=agent"
+	)
+	nodes, err := kube.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil || len(nodes.Items) != 1 {
+		t.Fatalf("want the chart cluster's one node: %v (%d nodes)", err, len(nodes.Items))
+	}
+	node := nodes.Items[0].Name
+	pool := "pool-" + node
+	step("label node " + node + " " + label + "=true: the agent DaemonSet runs a pod there")
+	kubectl(t, "", "label", "node", node, label+"=true", "--overwrite")
+	t.Cleanup(func() {
+		kubectlErr("", "label", "node", node, label+"-")
+		waitFor(t, "the agent pod gone after the label", podTimeout, func() (bool, error) {
+			pl, err := kube.CoreV1().Pods(chartNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: agentSel})
+			return err == nil && len(pl.Items) == 0, err
+		})
+	})
+	agentLog := func(p corev1.Pod) string { return must(kubectlErr("", "-n", chartNamespace, "logs", p.Name, "--tail=40")) }
+	registered := func(p corev1.Pod) {
+		t.Helper()
+		var last string
+		defer func() {
+			if t.Failed() {
+				t.Logf("the last pool list: %s\nthe agent's log:\n%s", last, agentLog(p))
+			}
+		}()
+		waitFor(t, pool+" listed by the server in "+zone, 2*time.Minute, func() (bool, error) {
+			out, code := stowage("pool", "list", "-o", "json")
+			last = out
+			if code != 0 {
+				return false, nil
+			}
+			var resp struct {
+				Pools []struct{ Name, Zone string } `json:"pools"`
+			}
+			if err := json.Unmarshal([]byte(out), &resp); err != nil {
+				return false, fmt.Errorf("pool list -o json: %v: %s", err, out)
+			}
+			for _, p := range resp.Pools {
+				if p.Name == pool {
+					if p.Zone != zone {
+						return false, fmt.Errorf("pool %s is in zone %q, want %q", pool, p.Zone, zone)
+					}
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+	}
+	p := releasePod(t, agentSel)
+	registered(p)
+
+	out, code := stowage("volume", "create", "--name", "on-agent-pod", "--size", "1", "--zone", zone, "-o", "json")
+	if code != 0 {
+		t.Fatalf("volume create in %s: exit %d: %s", zone, code, out)
+	}
+	var vol struct{ ID, Pool string }
+	if err := json.Unmarshal([]byte(out), &vol); err != nil || vol.ID == "" {
+		t.Fatalf("volume create printed %q (%v)", out, err)
+	}
+	t.Cleanup(func() { stowage("volume", "delete", vol.ID) })
+	if vol.Pool != pool {
+		t.Fatalf("volume %s in %s went to pool %q, want the agent pod's %s", vol.ID, zone, vol.Pool, pool)
+	}
+	// The image is in the pool the pod mounted (an xfs image in its own
+	// mount namespace, not seen from the host).
+	dir := filepath.Join(dataDir, "agent-pods", "pools", pool, "volumes")
+	inPod := func(p corev1.Pod) string {
+		return must(kubectlErr("", "-n", chartNamespace, "exec", p.Name, "--", "sh", "-c", "echo "+dir+"/*"))
+	}
+	if got := inPod(p); !strings.Contains(got, vol.ID) {
+		t.Errorf("the agent pod's %s does not hold volume %s: %s", dir, vol.ID, got)
+	}
+
+	step("delete the agent pod " + p.Name + "; its DaemonSet recreates it and the server reconnects")
+	kubectl(t, "", "-n", chartNamespace, "delete", "pod", p.Name, "--wait=true")
+	p = waitReady(t, agentSel, true, podTimeout)
+	registered(p)
+	var snap struct{ ID string }
+	waitFor(t, "a snapshot of "+vol.ID+" through the recreated agent pod", time.Minute, func() (bool, error) {
+		out, code := stowage("snapshot", "create", vol.ID, "--name", "after-restart", "-o", "json")
+		if code != 0 {
+			t.Logf("snapshot create: exit %d: %s", code, out)
+			return false, nil
+		}
+		return json.Unmarshal([]byte(out), &snap) == nil && snap.ID != "", nil
+	})
+	if got := inPod(p); !strings.Contains(got, vol.ID) {
+		t.Errorf("after the restart, the agent pod's %s does not hold volume %s: %s", dir, vol.ID, got)
+	}
+	if out, code := stowage("snapshot", "delete", snap.ID); code != 0 {
+		t.Errorf("snapshot delete %s: exit %d: %s", snap.ID, code, out)
+	}
+	if out, code := stowage("volume", "delete", vol.ID); code != 0 {
+		t.Errorf("volume delete %s: exit %d: %s", vol.ID, code, out)
+	}
+	if got := inPod(p); strings.Contains(got, vol.ID) {
+		t.Errorf("after volume delete, the agent pod's %s still holds %s: %s", dir, vol.ID, got)
+	}
+}
