@@ -413,7 +413,9 @@ func TestChart_AgentPodRegistersItsPool(t *testing.T) {
 			return err == nil && len(pl.Items) == 0, err
 		})
 	})
-	agentLog := func(p corev1.Pod) string { return must(kubectlErr("", "-n", chartNamespace, "logs", p.Name, "--tail=40")) }
+	agentLog := func(p corev1.Pod) string {
+		return must(kubectlErr("", "-n", chartNamespace, "logs", p.Name, "--tail=40"))
+	}
 	registered := func(p corev1.Pod) {
 		t.Helper()
 		var last string
