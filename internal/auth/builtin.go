@@ -27,7 +27,7 @@ var (
 	}}
 	// A storage host registers its own pool (the handler checks the pool
 	// is the principal's).
-	storageHostPolicy = Document{Version: PolicyVersion, Statement: []Statement{allow("pool:RegisterStorageHost")}}
+	storageHostPolicy = Document{Version: PolicyVersion, Statement: []Statement{allow("pool:RegisterStorageHost", "pool:DeregisterStorageHost")}}
 	// The provider reads nothing for itself: BatchGetValues authorises each
 	// object for the pod whose token it forwards.
 	providerPolicy = Document{Version: PolicyVersion, Statement: []Statement{allow("secretsmanager:BatchGetValues")}}

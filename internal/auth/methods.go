@@ -76,6 +76,8 @@ var Methods = map[string]Rule{
 	pb.PoolService_ListPools_FullMethodName: {Action: "pool:ListPools", Resources: all},
 	pb.PoolService_RegisterStorageHost_FullMethodName: {Action: "pool:RegisterStorageHost",
 		Resources: res(func(r *pb.RegisterStorageHostRequest) string { return r.Pool })},
+	pb.PoolService_DeregisterStorageHost_FullMethodName: {Action: "pool:DeregisterStorageHost",
+		Resources: res(func(r *pb.DeregisterStorageHostRequest) string { return r.Pool })},
 
 	pb.NodeService_RegisterNode_FullMethodName: {Action: "node:RegisterNode", Resources: res(func(r *pb.RegisterNodeRequest) string { return r.Id })},
 	pb.NodeService_ListNodes_FullMethodName:    {Action: "node:ListNodes", Resources: all},

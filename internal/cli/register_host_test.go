@@ -171,3 +171,102 @@ func TestStorageHostRegisters_ServerServesItsPool_AfterARestartToo(t *testing.T)
 		t.Fatalf("the volume after the restart: %v %v, want it without a state reason", d, err)
 	}
 }
+
+// A registered storage host is forgotten by DeregisterStorageHost (stowage
+// pool deregister) only once no volume or snapshot is in its pool: the
+// refusal names them. Then its pool is no longer listed, the call is a
+// no-op again, a restarted server does not reconnect to it, and a pool of
+// the server's command line is not one to deregister.
+func TestDeregisterStorageHost_RefusedWhileInUse_ThenForgotten_AfterARestartToo(t *testing.T) {
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	agentToken := writeToken(t, "the-clusters-agent-token")
+	sock := filepath.Join(dir, "api.sock")
+	so := serverOptions{dataDir: dir, listen: "unix://" + sock, zone: "zone-a", node: "node-a", agentTokenFile: agentToken,
+		pools: []string{"name=pool-a,zone=zone-a,node=node-a"},
+		auth:  authOptions{bootstrapTokensDir: tokens, bootstrapStorageHosts: []string{"pool-r"}}}
+	stop := startServer(t, so)
+	hostToken := filepath.Join(tokens, "storage-host@pool-r")
+	waitFile(t, hostToken)
+	agentCtx, stopAgent := context.WithCancel(context.Background())
+	agentDone := make(chan error, 1)
+	registered := make(chan struct{})
+	go func() {
+		agentDone <- runAgent(agentCtx, agentOptions{listen: "127.0.0.1:0", nbdListen: "127.0.0.1:0", tokenFile: agentToken,
+			pool: "name=pool-r,dir=" + filepath.Join(dir, "host", "pool") + ",zone=zone-b,node=storage-1", server: "unix://" + sock,
+			serverTokenFile: hostToken, registerInterval: time.Hour}, func(string, string) { close(registered) })
+	}()
+	agentStopped := false
+	halt := func() {
+		if !agentStopped {
+			agentStopped = true
+			stopAgent()
+			if err := <-agentDone; err != nil {
+				t.Errorf("agent: %v", err)
+			}
+		}
+	}
+	t.Cleanup(halt)
+	<-registered
+
+	admin, err := dial("unix://"+sock, filepath.Join(tokens, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	pools := pb.NewPoolServiceClient(admin)
+	waitPool(t, pools, "pool-r")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vols := pb.NewVolumeServiceClient(admin)
+	vol, err := vols.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "on-the-host", SizeGib: 1, Zone: "zone-b"})
+	if err != nil || vol.Pool != "pool-r" {
+		t.Fatalf("create a volume in pool-r: %v %v", vol, err)
+	}
+	_, err = pools.DeregisterStorageHost(ctx, &pb.DeregisterStorageHostRequest{Pool: "pool-r"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), vol.Id) {
+		t.Fatalf("deregistering pool-r with volume %s in it: %v, want FailedPrecondition naming the volume", vol.Id, err)
+	}
+	waitPool(t, pools, "pool-r")
+	_, err = pools.DeregisterStorageHost(ctx, &pb.DeregisterStorageHostRequest{Pool: "pool-a"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "command line") {
+		t.Fatalf("deregistering the server's own pool-a: %v, want FailedPrecondition saying it is on the command line", err)
+	}
+	if _, err := vols.DeleteVolume(ctx, &pb.DeleteVolumeRequest{VolumeId: vol.Id}); err != nil {
+		t.Fatal(err)
+	}
+	// The agent goes first, or it would register again.
+	halt()
+	resp, err := pools.DeregisterStorageHost(ctx, &pb.DeregisterStorageHostRequest{Pool: "pool-r"})
+	if err != nil || !resp.Deregistered || resp.Address == "" {
+		t.Fatalf("deregister pool-r once empty: %v %v", resp, err)
+	}
+	listed := func() bool {
+		resp, err := pools.ListPools(ctx, &pb.ListPoolsRequest{}, grpc.WaitForReady(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range resp.Pools {
+			if p.Name == "pool-r" {
+				return true
+			}
+		}
+		return false
+	}
+	if listed() {
+		t.Fatal("pool-r is still listed after its storage host was deregistered")
+	}
+	if resp, err := pools.DeregisterStorageHost(ctx, &pb.DeregisterStorageHostRequest{Pool: "pool-r"}); err != nil || resp.Deregistered {
+		t.Fatalf("deregister pool-r again: %v %v, want a no-op", resp, err)
+	}
+	_, err = vols.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "nowhere", SizeGib: 1, Zone: "zone-b"})
+	if err == nil {
+		t.Fatal("a volume was created in zone-b with its only storage host deregistered")
+	}
+	stop()
+	startServer(t, so)
+	waitPool(t, pools, "pool-a")
+	if listed() {
+		t.Fatal("a restarted server serves pool-r again from a record deregistration removed")
+	}
+}

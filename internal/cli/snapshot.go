@@ -139,7 +139,29 @@ func newPoolCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(list)
+	deregister := &cobra.Command{
+		Use:   "deregister POOL",
+		Short: "Forget a storage host's registered pool (refused while volumes or snapshots are in it; stop its agent first, or it registers again)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
+				resp, err := c.pools.DeregisterStorageHost(ctx, &pb.DeregisterStorageHostRequest{Pool: args[0]})
+				if err != nil {
+					return err
+				}
+				if done, err := p.structured(resp); done {
+					return err
+				}
+				if resp.Deregistered {
+					fmt.Fprintf(p.out, "deregistered the storage host of pool %s (agent API at %s)\n", args[0], resp.Address)
+				} else {
+					fmt.Fprintf(p.out, "no storage host registered pool %s; nothing to do\n", args[0])
+				}
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(list, deregister)
 	return cmd
 }
 

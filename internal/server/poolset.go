@@ -1,6 +1,7 @@
 package server
 
 import (
+	"slices"
 	"sort"
 	"sync"
 )
@@ -82,4 +83,17 @@ func (ps *poolSet) put(name string, p Pool, e BlockExporter) (old Pool) {
 		sort.Strings(ps.names)
 	}
 	return old
+}
+
+// remove drops pool name and its exporter; it says whether it was there.
+func (ps *poolSet) remove(name string) bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if _, had := ps.pools[name]; !had {
+		return false
+	}
+	delete(ps.pools, name)
+	delete(ps.exports, name)
+	ps.names = slices.DeleteFunc(ps.names, func(n string) bool { return n == name })
+	return true
 }

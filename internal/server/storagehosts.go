@@ -3,7 +3,10 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,6 +57,15 @@ type hostConns struct {
 type hostConn struct {
 	address string
 	close   func() error
+}
+
+// registered says whether pool is a registered storage host's with a
+// connection (at any address).
+func (h *hostConns) registered(pool string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.conns[pool]
+	return ok
 }
 
 // connected says whether pool is a registered storage host's, connected
@@ -113,12 +125,85 @@ func (s *Server) RegisterStorageHost(ctx context.Context, req *pb.RegisterStorag
 	return &pb.Pool{Name: req.Pool, Zone: p.Zone(), Node: p.Node(), CloneMode: string(p.CloneMode()), Zonal: s.exportAddress(req.Pool) != ""}, nil
 }
 
+// DeregisterStorageHost forgets the storage host of req.Pool: its record,
+// its connection and its pool, once no volume or snapshot of this server
+// is in it.
+func (s *Server) DeregisterStorageHost(ctx context.Context, req *pb.DeregisterStorageHostRequest) (*pb.DeregisterStorageHostResponse, error) {
+	if req.Pool == "" {
+		return nil, status.Error(codes.InvalidArgument, "name the pool whose storage host to deregister")
+	}
+	if p, ok := auth.FromContext(ctx); ok && p.StorageHost() != "" && p.StorageHost() != req.Pool {
+		return nil, status.Errorf(codes.PermissionDenied, "%s may not pool:DeregisterStorageHost on %s: a storage host deregisters its own pool only", p, req.Pool)
+	}
+	unlock, err := s.lock(ctx, "storage host "+req.Pool, "storage-host/"+req.Pool)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	var rec storageHostRecord
+	var users []string
+	err = s.store.View(ctx, func(tx store.Tx) error {
+		if err := store.GetJSON(tx, bucketStorageHosts, req.Pool, &rec); err != nil {
+			return err
+		}
+		for _, bucket := range []string{bucketVolumes, bucketSnapshots} {
+			err := tx.Scan(bucket, "", "", func(key string, value []byte) error {
+				var r struct {
+					Pool string `json:"pool"`
+				}
+				if err := json.Unmarshal(value, &r); err != nil {
+					return err
+				}
+				if r.Pool == req.Pool {
+					users = append(users, key)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		if _, ok := s.pools.lookup(req.Pool); ok {
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"pool %s is configured on this server's command line (--pool or --agent), not registered by a storage host: remove it there", req.Pool)
+		}
+		return &pb.DeregisterStorageHostResponse{}, nil
+	}
+	if err != nil {
+		return nil, internal(err, "read the storage host of pool %s", req.Pool)
+	}
+	if len(users) > 0 {
+		shown := users[:min(len(users), 5)]
+		more := ""
+		if len(users) > len(shown) {
+			more = fmt.Sprintf(" and %d more", len(users)-len(shown))
+		}
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"pool %s still holds %d volumes and snapshots (%s%s): delete them first; its storage host stays registered", req.Pool, len(users), strings.Join(shown, ", "), more)
+	}
+	if err := s.store.Update(ctx, func(tx store.Tx) error { return tx.Delete(bucketStorageHosts, req.Pool) }); err != nil {
+		return nil, internal(err, "remove the storage host record of pool %s", req.Pool)
+	}
+	s.hosts.mu.Lock()
+	c, had := s.hosts.conns[req.Pool]
+	delete(s.hosts.conns, req.Pool)
+	delete(s.hosts.pending, req.Pool)
+	s.pools.remove(req.Pool)
+	s.hosts.mu.Unlock()
+	if had {
+		c.close()
+	}
+	s.log.Info("storage host deregistered: its pool is no longer served", "pool", req.Pool, "agent", rec.Address, "was_connected", had)
+	return &pb.DeregisterStorageHostResponse{Deregistered: true, Address: rec.Address}, nil
+}
+
 // connectStorageHost dials a storage host, records it and serves its pool
 // in place of any earlier connection to it.
 func (s *Server) connectStorageHost(ctx context.Context, pool, address string) error {
-	s.hosts.mu.Lock()
-	_, registered := s.hosts.conns[pool]
-	s.hosts.mu.Unlock()
+	registered := s.hosts.registered(pool)
 	if _, ok := s.pools.lookup(pool); ok && !registered {
 		return status.Errorf(codes.AlreadyExists,
 			"pool %s is configured on this server's command line (--pool or --agent); a storage host may not register it too: rename its pool", pool)
@@ -251,11 +336,15 @@ func (s *Server) reconnect(ctx context.Context, r storageHostRecord) {
 	for {
 		unlock, err := s.lock(ctx, "storage host "+r.Pool, "storage-host/"+r.Pool)
 		if err == nil {
-			s.hosts.mu.Lock()
-			_, done := s.hosts.conns[r.Pool]
-			s.hosts.mu.Unlock()
-			if !done {
-				err = s.connectStorageHost(ctx, r.Pool, r.Address)
+			var rec storageHostRecord
+			err = s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketStorageHosts, r.Pool, &rec) })
+			if errors.Is(err, store.ErrNotFound) {
+				// Deregistered meanwhile.
+				unlock()
+				return
+			}
+			if err == nil && !s.hosts.registered(r.Pool) {
+				err = s.connectStorageHost(ctx, r.Pool, rec.Address)
 			}
 			unlock()
 			if err == nil {

@@ -412,6 +412,11 @@ func TestChart_AgentPodRegistersItsPool(t *testing.T) {
 			pl, err := kube.CoreV1().Pods(chartNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: agentSel})
 			return err == nil && len(pl.Items) == 0, err
 		})
+		// Its agent gone, the server forgets its pool, and stops trying
+		// to reconnect to it.
+		if out, code := stowage("pool", "deregister", pool); code != 0 || !strings.Contains(out, "deregistered") {
+			t.Errorf("stowage pool deregister %s: exit %d: %s", pool, code, out)
+		}
 	})
 	agentLog := func(p corev1.Pod) string {
 		return must(kubectlErr("", "-n", chartNamespace, "logs", p.Name, "--tail=40"))

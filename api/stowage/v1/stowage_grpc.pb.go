@@ -1304,8 +1304,9 @@ var SnapshotService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	PoolService_ListPools_FullMethodName           = "/stowage.v1.PoolService/ListPools"
-	PoolService_RegisterStorageHost_FullMethodName = "/stowage.v1.PoolService/RegisterStorageHost"
+	PoolService_ListPools_FullMethodName             = "/stowage.v1.PoolService/ListPools"
+	PoolService_RegisterStorageHost_FullMethodName   = "/stowage.v1.PoolService/RegisterStorageHost"
+	PoolService_DeregisterStorageHost_FullMethodName = "/stowage.v1.PoolService/DeregisterStorageHost"
 )
 
 // PoolServiceClient is the client API for PoolService service.
@@ -1320,6 +1321,13 @@ type PoolServiceClient interface {
 	// from then on, after restarts too. Idempotent: agents call it again
 	// periodically, and when their address changes.
 	RegisterStorageHost(ctx context.Context, in *RegisterStorageHostRequest, opts ...grpc.CallOption) (*Pool, error)
+	// DeregisterStorageHost forgets a registered storage host: the server
+	// closes its connection, stops serving and listing its pool and no
+	// longer reconnects after restarts. Refused while a volume or snapshot
+	// of this server is in the pool. Idempotent: a pool no storage host
+	// registered is not an error. An agent still running registers again
+	// at its next interval: stop it first.
+	DeregisterStorageHost(ctx context.Context, in *DeregisterStorageHostRequest, opts ...grpc.CallOption) (*DeregisterStorageHostResponse, error)
 }
 
 type poolServiceClient struct {
@@ -1350,6 +1358,16 @@ func (c *poolServiceClient) RegisterStorageHost(ctx context.Context, in *Registe
 	return out, nil
 }
 
+func (c *poolServiceClient) DeregisterStorageHost(ctx context.Context, in *DeregisterStorageHostRequest, opts ...grpc.CallOption) (*DeregisterStorageHostResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeregisterStorageHostResponse)
+	err := c.cc.Invoke(ctx, PoolService_DeregisterStorageHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PoolServiceServer is the server API for PoolService service.
 // All implementations must embed UnimplementedPoolServiceServer
 // for forward compatibility.
@@ -1362,6 +1380,13 @@ type PoolServiceServer interface {
 	// from then on, after restarts too. Idempotent: agents call it again
 	// periodically, and when their address changes.
 	RegisterStorageHost(context.Context, *RegisterStorageHostRequest) (*Pool, error)
+	// DeregisterStorageHost forgets a registered storage host: the server
+	// closes its connection, stops serving and listing its pool and no
+	// longer reconnects after restarts. Refused while a volume or snapshot
+	// of this server is in the pool. Idempotent: a pool no storage host
+	// registered is not an error. An agent still running registers again
+	// at its next interval: stop it first.
+	DeregisterStorageHost(context.Context, *DeregisterStorageHostRequest) (*DeregisterStorageHostResponse, error)
 	mustEmbedUnimplementedPoolServiceServer()
 }
 
@@ -1377,6 +1402,9 @@ func (UnimplementedPoolServiceServer) ListPools(context.Context, *ListPoolsReque
 }
 func (UnimplementedPoolServiceServer) RegisterStorageHost(context.Context, *RegisterStorageHostRequest) (*Pool, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterStorageHost not implemented")
+}
+func (UnimplementedPoolServiceServer) DeregisterStorageHost(context.Context, *DeregisterStorageHostRequest) (*DeregisterStorageHostResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeregisterStorageHost not implemented")
 }
 func (UnimplementedPoolServiceServer) mustEmbedUnimplementedPoolServiceServer() {}
 func (UnimplementedPoolServiceServer) testEmbeddedByValue()                     {}
@@ -1435,6 +1463,24 @@ func _PoolService_RegisterStorageHost_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PoolService_DeregisterStorageHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeregisterStorageHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolServiceServer).DeregisterStorageHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolService_DeregisterStorageHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolServiceServer).DeregisterStorageHost(ctx, req.(*DeregisterStorageHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PoolService_ServiceDesc is the grpc.ServiceDesc for PoolService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1449,6 +1495,10 @@ var PoolService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RegisterStorageHost",
 			Handler:    _PoolService_RegisterStorageHost_Handler,
+		},
+		{
+			MethodName: "DeregisterStorageHost",
+			Handler:    _PoolService_DeregisterStorageHost_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
