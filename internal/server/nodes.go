@@ -97,32 +97,9 @@ func (s *Server) getNode(ctx context.Context, id string) (*nodeRecord, error) {
 // ListPools reports every pool with its capacity and how much of it volumes
 // have been promised (thin provisioning).
 func (s *Server) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.ListPoolsResponse, error) {
-	provisioned := map[string]int64{}
-	volumes := map[string]int32{}
-	snapshots := map[string]int32{}
-	err := s.store.View(ctx, func(tx store.Tx) error {
-		if err := tx.Scan(bucketVolumes, "", "", func(_ string, value []byte) error {
-			var v volumeRecord
-			if err := json.Unmarshal(value, &v); err != nil {
-				return err
-			}
-			provisioned[v.Pool] += v.SizeGiB << 30
-			volumes[v.Pool]++
-			return nil
-		}); err != nil {
-			return err
-		}
-		return tx.Scan(bucketSnapshots, "", "", func(_ string, value []byte) error {
-			var sn snapshotRecord
-			if err := json.Unmarshal(value, &sn); err != nil {
-				return err
-			}
-			snapshots[sn.Pool]++
-			return nil
-		})
-	})
+	uses, err := s.poolUses(ctx)
 	if err != nil {
-		return nil, internal(err, "list pools")
+		return nil, err
 	}
 	resp := &pb.ListPoolsResponse{}
 	for _, name := range s.pools.list() {
@@ -137,11 +114,53 @@ func (s *Server) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.L
 		resp.Pools = append(resp.Pools, &pb.Pool{
 			Name: name, Zone: p.Zone(), Node: p.Node(), CloneMode: string(p.CloneMode()),
 			TotalBytes: c.TotalBytes, FreeBytes: c.FreeBytes, UsedBytes: c.UsedBytes,
-			ProvisionedBytes: provisioned[name], VolumeCount: volumes[name], SnapshotCount: snapshots[name],
+			ProvisionedBytes: uses[name].provisioned, VolumeCount: int32(len(uses[name].volumes)), SnapshotCount: int32(len(uses[name].snapshots)),
 			Zonal: s.exportAddress(name) != "",
 		})
 	}
 	return resp, nil
+}
+
+// poolUse is what the store puts in a pool: its volumes' provisioned
+// bytes, and its volumes and snapshots by id.
+type poolUse struct {
+	provisioned        int64
+	volumes, snapshots []string
+}
+
+// poolUses is every pool's use, by pool name (a pool without volumes or
+// snapshots has none).
+func (s *Server) poolUses(ctx context.Context) (map[string]poolUse, error) {
+	uses := map[string]poolUse{}
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		if err := tx.Scan(bucketVolumes, "", "", func(_ string, value []byte) error {
+			var v volumeRecord
+			if err := json.Unmarshal(value, &v); err != nil {
+				return err
+			}
+			u := uses[v.Pool]
+			u.provisioned += v.SizeGiB << 30
+			u.volumes = append(u.volumes, v.ID)
+			uses[v.Pool] = u
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Scan(bucketSnapshots, "", "", func(_ string, value []byte) error {
+			var sn snapshotRecord
+			if err := json.Unmarshal(value, &sn); err != nil {
+				return err
+			}
+			u := uses[sn.Pool]
+			u.snapshots = append(u.snapshots, sn.ID)
+			uses[sn.Pool] = u
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, internal(err, "read the pools' volumes and snapshots")
+	}
+	return uses, nil
 }
 
 // RegisterPoolNodes registers the node of every pool that is not known yet,

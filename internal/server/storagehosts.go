@@ -141,30 +141,7 @@ func (s *Server) DeregisterStorageHost(ctx context.Context, req *pb.DeregisterSt
 	}
 	defer unlock()
 	var rec storageHostRecord
-	var users []string
-	err = s.store.View(ctx, func(tx store.Tx) error {
-		if err := store.GetJSON(tx, bucketStorageHosts, req.Pool, &rec); err != nil {
-			return err
-		}
-		for _, bucket := range []string{bucketVolumes, bucketSnapshots} {
-			err := tx.Scan(bucket, "", "", func(key string, value []byte) error {
-				var r struct {
-					Pool string `json:"pool"`
-				}
-				if err := json.Unmarshal(value, &r); err != nil {
-					return err
-				}
-				if r.Pool == req.Pool {
-					users = append(users, key)
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	err = s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketStorageHosts, req.Pool, &rec) })
 	if errors.Is(err, store.ErrNotFound) {
 		if _, ok := s.pools.lookup(req.Pool); ok {
 			return nil, status.Errorf(codes.FailedPrecondition,
@@ -175,23 +152,45 @@ func (s *Server) DeregisterStorageHost(ctx context.Context, req *pb.DeregisterSt
 	if err != nil {
 		return nil, internal(err, "read the storage host of pool %s", req.Pool)
 	}
-	if len(users) > 0 {
+	// Out of placement first, so that no volume goes to it while its use
+	// is read; back in when it is in use.
+	s.hosts.mu.Lock()
+	pool, served := s.pools.lookup(req.Pool)
+	exporter, _ := s.pools.exporter(req.Pool)
+	s.pools.remove(req.Pool)
+	s.hosts.mu.Unlock()
+	restore := func() {
+		if served {
+			s.hosts.mu.Lock()
+			s.pools.put(req.Pool, pool, exporter)
+			s.hosts.mu.Unlock()
+		}
+	}
+	uses, err := s.poolUses(ctx)
+	if err != nil {
+		restore()
+		return nil, err
+	}
+	if u := uses[req.Pool]; len(u.volumes)+len(u.snapshots) > 0 {
+		restore()
+		users := append(u.volumes, u.snapshots...)
 		shown := users[:min(len(users), 5)]
 		more := ""
 		if len(users) > len(shown) {
 			more = fmt.Sprintf(" and %d more", len(users)-len(shown))
 		}
 		return nil, status.Errorf(codes.FailedPrecondition,
-			"pool %s still holds %d volumes and snapshots (%s%s): delete them first; its storage host stays registered", req.Pool, len(users), strings.Join(shown, ", "), more)
+			"pool %s still holds %d volumes and %d snapshots (%s%s): delete them first; its storage host stays registered",
+			req.Pool, len(u.volumes), len(u.snapshots), strings.Join(shown, ", "), more)
 	}
 	if err := s.store.Update(ctx, func(tx store.Tx) error { return tx.Delete(bucketStorageHosts, req.Pool) }); err != nil {
+		restore()
 		return nil, internal(err, "remove the storage host record of pool %s", req.Pool)
 	}
 	s.hosts.mu.Lock()
 	c, had := s.hosts.conns[req.Pool]
 	delete(s.hosts.conns, req.Pool)
 	delete(s.hosts.pending, req.Pool)
-	s.pools.remove(req.Pool)
 	s.hosts.mu.Unlock()
 	if had {
 		c.close()
