@@ -1,18 +1,15 @@
 package auth
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strings"
-	"time"
+
+	"github.com/stowage-io/stowage/internal/kubeapi"
 )
 
 // DefaultAudience is the audience Stowage asks of projected
@@ -26,19 +23,10 @@ type Verifier interface {
 }
 
 // TokenReview verifies tokens with the apiserver's TokenReview API
-// (authentication.k8s.io/v1), asking for Audience. It is plain net/http:
-// the main module does not depend on client-go.
+// (authentication.k8s.io/v1), asking for Audience.
 type TokenReview struct {
-	// APIServer is https://host:port.
-	APIServer string
-	Audience  string
-	Client    *http.Client
-	// BearerToken, when set, authenticates the server to the apiserver
-	// (instead of, or beside, a client certificate in Client).
-	BearerToken string
-	// BearerTokenFile, when set, is read again for each review: a pod's
-	// projected service-account token is rotated by the kubelet.
-	BearerTokenFile string
+	API      *kubeapi.Client
+	Audience string
 }
 
 // TokenReviewConfig is what NewTokenReview reads: file paths, so that no
@@ -48,45 +36,21 @@ type TokenReviewConfig struct {
 	CAFile    string
 	CertFile  string
 	KeyFile   string
+	// TokenFile is read again for each review: a pod's projected
+	// service-account token is rotated by the kubelet.
 	TokenFile string
 	Audience  string
 }
 
 // NewTokenReview builds a TokenReview verifier from files.
 func NewTokenReview(c TokenReviewConfig) (*TokenReview, error) {
-	if c.APIServer == "" {
-		return nil, errors.New("token review: no apiserver address")
+	api, err := kubeapi.New(kubeapi.Config{APIServer: c.APIServer, CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile, TokenFile: c.TokenFile})
+	if err != nil {
+		return nil, fmt.Errorf("token review: %w", err)
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("token review: read CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("token review: %s holds no PEM certificate", c.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if c.CertFile != "" || c.KeyFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("token review: load client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	tr := &TokenReview{APIServer: strings.TrimRight(c.APIServer, "/"), Audience: c.Audience,
-		Client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}}
+	tr := &TokenReview{API: api, Audience: c.Audience}
 	if tr.Audience == "" {
 		tr.Audience = DefaultAudience
-	}
-	if c.TokenFile != "" {
-		t, err := ReadTokenFile(c.TokenFile)
-		if err != nil {
-			return nil, err
-		}
-		tr.BearerToken, tr.BearerTokenFile = t, c.TokenFile
 	}
 	return tr, nil
 }
@@ -113,33 +77,12 @@ func (t *TokenReview) Verify(ctx context.Context, token string) (string, string,
 	var req tokenReview
 	req.APIVersion, req.Kind = "authentication.k8s.io/v1", "TokenReview"
 	req.Spec.Token, req.Spec.Audiences = token, []string{t.Audience}
-	body, _ := json.Marshal(req)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, t.APIServer+"/apis/authentication.k8s.io/v1/tokenreviews", bytes.NewReader(body))
+	code, b, err := t.API.Do(ctx, http.MethodPost, "/apis/authentication.k8s.io/v1/tokenreviews", req)
 	if err != nil {
 		return "", "", fmt.Errorf("token review: %v", err)
 	}
-	hr.Header.Set("Content-Type", "application/json")
-	bearer := t.BearerToken
-	if t.BearerTokenFile != "" {
-		// The last token read stays in use when the file is briefly gone
-		// (the kubelet replaces it by a symlink swap).
-		if b, err := ReadTokenFile(t.BearerTokenFile); err == nil {
-			bearer = b
-		}
-	}
-	if bearer != "" {
-		hr.Header.Set("Authorization", "Bearer "+bearer)
-	}
-	resp, err := t.Client.Do(hr)
-	if err != nil {
-		return "", "", fmt.Errorf("token review at %s: %v", t.APIServer, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
-		return "", "", fmt.Errorf("token review at %s: HTTP %d", t.APIServer, resp.StatusCode)
+	if code != http.StatusCreated && code != http.StatusOK {
+		return "", "", fmt.Errorf("token review at %s: HTTP %d", t.API.APIServer, code)
 	}
 	var out tokenReview
 	if err := json.Unmarshal(b, &out); err != nil {
@@ -179,24 +122,7 @@ func (f FakeVerifier) Verify(_ context.Context, token string) (string, string, e
 
 // ReadTokenFile reads a token from a file, refusing one others can read.
 // Errors name the file, never its content.
-func ReadTokenFile(path string) (string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("token file %s can be read by group or others (mode %o): chmod 600 it", path, fi.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	t := strings.TrimSpace(string(b))
-	if t == "" {
-		return "", fmt.Errorf("token file %s is empty", path)
-	}
-	return t, nil
-}
+func ReadTokenFile(path string) (string, error) { return kubeapi.ReadTokenFile(path) }
 
 // WriteTokenFile writes a token 0600 (through a temporary file renamed
 // into place).

@@ -28,6 +28,7 @@ import (
 	"github.com/stowage-io/stowage/internal/handoff"
 	"github.com/stowage-io/stowage/internal/httpapi"
 	"github.com/stowage-io/stowage/internal/kms"
+	"github.com/stowage-io/stowage/internal/kubeapi"
 	"github.com/stowage-io/stowage/internal/metrics"
 	"github.com/stowage-io/stowage/internal/readiness"
 	"github.com/stowage-io/stowage/internal/runner"
@@ -589,6 +590,7 @@ func (l *leaderGate) Serving() bool { return l.serving.Load() && l.election.IsLe
 func (l *leaderGate) Leader(ctx context.Context) (string, error) { return l.election.Leader(ctx) }
 
 func newCSICmd() *cobra.Command {
+	var zoneLabel, kubeDir string
 	var endpoint, api, nodeID, zone, stateDir, registrationDir, metricsAddr, cgroupRoot, driver, nfsClient, mountHelper, tokenFile, localHandoff, healthAddr, nodeRunner string
 	var maxVolumes int64
 	var limitsInterval time.Duration
@@ -603,6 +605,8 @@ func newCSICmd() *cobra.Command {
 	pf.StringVar(&tokenFile, "token-file", "", tokenFileUsage(auth.CSIController+", "+auth.CSINodePrefix+"<node> or "+auth.CSIFile))
 	pf.StringVar(&nodeID, "node-id", "", "this node's id (node plugin; default: hostname)")
 	pf.StringVar(&zone, "zone", "zone-a", "this node's zone (node plugin)")
+	pf.StringVar(&zoneLabel, "zone-label", "", "node plugin in a pod: read this node's zone from its label of this key (topology.kubernetes.io/zone) through the Kubernetes API, with the pod's service account (get on nodes), instead of --zone")
+	pf.StringVar(&kubeDir, "kube-token-dir", kubeapi.ServiceAccountDir, "with --zone-label: the directory of the pod's service-account token and ca.crt (mode 0400; a projected volume)")
 	pf.StringVar(&localHandoff, "local-handoff", DefaultLocalHandoff, "block node plugin: the unix socket of this machine's local handoff (the Stowage server's --local-handoff), where volumes attached locally (this node holds their pool) get their images as open descriptors")
 	pf.StringVar(&stateDir, "state-dir", "", "node plugin state, one file per staged volume or mount (default /var/lib/stowage/csi-node, and /var/lib/stowage/csi-file-node for the file driver)")
 	pf.Int64Var(&maxVolumes, "max-volumes", 64, "most volumes attached to this node at once, reported to the scheduler")
@@ -632,6 +636,11 @@ func newCSICmd() *cobra.Command {
 		if nodeID == "" && withNode {
 			if nodeID, err = os.Hostname(); err != nil {
 				return fmt.Errorf("no --node-id and no hostname: %w", err)
+			}
+		}
+		if zoneLabel != "" && withNode {
+			if zone, err = nodeZone(ctx, nodeID, zoneLabel, kubeDir); err != nil {
+				return err
 			}
 		}
 		var starter runner.Starter
@@ -780,4 +789,34 @@ func newVersionCmd() *cobra.Command {
 			fmt.Fprintln(cmd.OutOrStdout(), "stowage", csi.Version)
 			return nil
 		}}
+}
+
+// nodeZone is node's label zoneLabel, read through the Kubernetes API as
+// the pod whose token and CA are in dir; it retries for 30 s while the
+// apiserver does not answer or the label is not there yet.
+func nodeZone(ctx context.Context, node, zoneLabel, dir string) (string, error) {
+	cfg, err := kubeapi.InCluster(dir)
+	if err != nil {
+		return "", fmt.Errorf("--zone-label %s: %w; give --zone instead", zoneLabel, err)
+	}
+	c, err := kubeapi.New(cfg)
+	if err != nil {
+		return "", fmt.Errorf("--zone-label %s: %w", zoneLabel, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		zone, err := c.NodeLabel(ctx, node, zoneLabel)
+		if err == nil {
+			slog.Info("zone read from the node's label", "node", node, "label", zoneLabel, "zone", zone)
+			return zone, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return "", fmt.Errorf("the zone of node %s (--zone-label %s): %w", node, zoneLabel, err)
+		}
+		slog.Warn("cannot read the node's zone yet; retrying", "node", node, "label", zoneLabel, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * time.Second):
+		}
+	}
 }

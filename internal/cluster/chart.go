@@ -130,6 +130,9 @@ func (c *Config) ChartValues(imgs []Image) (map[string]any, error) {
 		"kubeletDir": l.KubeletRoot(),
 		"runDir":     l.Run(),
 		"zone":       c.Zone,
+		// The node plugins read their zone from the node's label, which
+		// the kubelet sets (--node-labels), as on a cluster of several zones.
+		"nodeZoneLabel": "topology.kubernetes.io/zone",
 		"server": map[string]any{
 			"tokensSecret": chartTokensSecret,
 			"external":     map[string]any{"address": c.ServerTCPAddress()},

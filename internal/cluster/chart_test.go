@@ -101,6 +101,7 @@ func TestChartValues_RenderWithTheChart(t *testing.T) {
 		"name: stowage-gp3",
 		"csi.storage.k8s.io/fstype: \"xfs\"",
 		"--rotation-poll-interval=30s",
+		"--zone-label=topology.kubernetes.io/zone",
 		// The agent pod, on a labelled node, in a zone of its own.
 		"--pool=name=pool-$(NODE_NAME),zone=zone-agents,node=$(NODE_NAME),size=10G",
 		"--listen=$(HOST_IP):7109",

@@ -88,6 +88,7 @@ var valueSets = map[string][]string{
 	"snapshot controller off":  {"snapshotController.enabled=false"},
 	"secrets store and agents": {"secretsStoreDriver.enabled=true", "agents.enabled=true"},
 	"node runner off":          {"node.runner.enabled=false"},
+	"zone from node labels":    {"nodeZoneLabel=topology.kubernetes.io/zone"},
 	"hostPath server, file class": {"server.inCluster.storage.type=hostPath", `server.inCluster.filePools[0]=name=files-a\,zone=zone-a\,size=10G`,
 		"fileStorageClasses[0].name=stowage-efs", "fileStorageClasses[0].parameters.provisioningMode=efs-ap",
 		"fileStorageClasses[0].parameters.fileSystemId=fs-1234", "fileStorageClasses[0].parameters.directoryPerms=700"},
@@ -173,6 +174,11 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 		case *rbacv1.ClusterRole:
 			clusterRoles[v.Name] = true
 			checkRules(t, "ClusterRole "+v.Name, v.Rules)
+			if v.Name == "stowage-csi-node" {
+				if len(v.Rules) != 1 || strings.Join(v.Rules[0].Resources, ",") != "nodes" || strings.Join(v.Rules[0].Verbs, ",") != "get" {
+					t.Errorf("ClusterRole stowage-csi-node: rules %v, want get on nodes and nothing else", v.Rules)
+				}
+			}
 		case *rbacv1.Role:
 			roles[v.Namespace+"/"+v.Name] = true
 			checkRules(t, "Role "+v.Name, v.Rules)
@@ -187,6 +193,7 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 			switch v.Name {
 			case "stowage-csi-node":
 				checkNodePlugin(t, v)
+				checkNodeZone(t, v, setValue(set, "nodeZoneLabel="))
 				nodePlugin = v
 			case "stowage-node-runner":
 				nodeRunner = v
@@ -239,6 +246,9 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 			}
 			checkSubjects(t, "RoleBinding "+v.Name, v.Subjects, sas)
 		}
+	}
+	if want := setValue(set, "nodeZoneLabel=") != ""; clusterRoles["stowage-csi-node"] != want {
+		t.Errorf("ClusterRole stowage-csi-node rendered: %v, want %v (only to read the node's zone label)", clusterRoles["stowage-csi-node"], want)
 	}
 	checkNodeRunner(t, nodePlugin, nodeRunner, !hasSet(set, "node.runner.enabled=false"))
 	checkAgents(t, agents, server, hasSet(set, "agents.enabled=true"))
@@ -342,6 +352,54 @@ func hasSet(set []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// setValue is the value of the first of set with prefix ("key="), "" when
+// there is none.
+func setValue(set []string, prefix string) string {
+	for _, s := range set {
+		if v, ok := strings.CutPrefix(s, prefix); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// checkNodeZone: with nodeZoneLabel the node plugins read their zone from
+// the node's label, with a projected token of mode 0400; without it they
+// are given the release's zone and have no token.
+func checkNodeZone(t *testing.T, ds *appsv1.DaemonSet, label string) {
+	t.Helper()
+	spec := ds.Spec.Template.Spec
+	var projected *corev1.ProjectedVolumeSource
+	for _, v := range spec.Volumes {
+		if v.Name == "kube-api-access" {
+			projected = v.Projected
+		}
+	}
+	if label == "" {
+		if projected != nil {
+			t.Error("node DaemonSet mounts a service-account token without nodeZoneLabel")
+		}
+	} else if projected == nil || projected.DefaultMode == nil || *projected.DefaultMode != 0o400 {
+		t.Errorf("node DaemonSet with nodeZoneLabel: token volume %+v, want a projected one of mode 0400", projected)
+	}
+	for _, c := range spec.Containers {
+		args := strings.Join(c.Args, " ")
+		if label == "" {
+			if !strings.Contains(args, "--zone=zone-a") || strings.Contains(args, "--zone-label") {
+				t.Errorf("node container %s without nodeZoneLabel: args %s, want --zone=zone-a", c.Name, args)
+			}
+			continue
+		}
+		mounted := false
+		for _, m := range c.VolumeMounts {
+			mounted = mounted || m.Name == "kube-api-access" && strings.Contains(args, "--kube-token-dir="+m.MountPath)
+		}
+		if !strings.Contains(args, "--zone-label="+label) || strings.Contains(args, "--zone=") || !mounted {
+			t.Errorf("node container %s with nodeZoneLabel %s: args %s (token mounted at --kube-token-dir: %v), want --zone-label and no --zone", c.Name, label, args, mounted)
+		}
+	}
 }
 
 func checkRules(t *testing.T, what string, rules []rbacv1.PolicyRule) {
