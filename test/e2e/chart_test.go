@@ -503,3 +503,29 @@ func TestChart_AgentPodRegistersItsPool(t *testing.T) {
 		t.Errorf("after volume delete, the agent pod's %s still holds %s: %s", dir, vol.ID, got)
 	}
 }
+
+// The chart's node plugins (nodeZoneLabel, which stowage up --install=chart
+// sets) take their zone from their node's topology.kubernetes.io/zone
+// label through the Kubernetes API, and report it to the kubelet: the
+// node's driver topology label is that zone.
+func TestChart_NodePluginsZoneFromTheNodesLabel(t *testing.T) {
+	needsChart(t)
+	p := waitReady(t, nodePluginSel, true, podTimeout)
+	n, err := kube.CoreV1().Nodes().Get(context.Background(), p.Spec.NodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zone := n.Labels["topology.kubernetes.io/zone"]
+	if zone == "" {
+		t.Fatalf("node %s has no topology.kubernetes.io/zone label", n.Name)
+	}
+	if got := n.Labels["topology.block.csi.stowage.io/zone"]; got != zone {
+		t.Errorf("node %s: the block driver's topology label is %q, want its zone %q", n.Name, got, zone)
+	}
+	for _, c := range []string{"block-node", "file-node"} {
+		logs := must(kubectlErr("", "-n", chartNamespace, "logs", p.Name, "-c", c))
+		if !strings.Contains(logs, "zone read from the node's label") || !strings.Contains(logs, "zone="+zone) {
+			t.Errorf("the %s container of %s does not log the zone %s it read from its node's label:\n%s", c, p.Name, zone, logs[:min(len(logs), 2000)])
+		}
+	}
+}
