@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,11 +19,14 @@ import (
 	"github.com/stowage-io/stowage/internal/agentapi"
 	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/blockexport"
+	"github.com/stowage-io/stowage/internal/kubeapi"
 	"github.com/stowage-io/stowage/internal/server"
 )
 
 type agentOptions struct {
 	listen, nbdListen, nbdAdvertise, pool, tokenFile, dataDir, zone, node string
+	// zoneLabel, kubeDir: the pool's zone from its node's label.
+	zoneLabel, kubeDir string
 	// server, serverTokenFile, advertise: registration with the servers.
 	server, serverTokenFile, advertise string
 	registerInterval                   time.Duration
@@ -59,6 +64,8 @@ Without --server a server names it instead: --agent name=N,address=<--listen>,to
 	f.StringVar(&o.tokenFile, "token-file", "", "file (mode 0600) holding the token every caller of the agent API must present (required)")
 	f.StringVar(&o.dataDir, "data-dir", "/var/lib/stowage", "where the pool lives when --pool names no dir")
 	f.StringVar(&o.zone, "zone", "zone-a", "zone of the pool when --pool names none")
+	f.StringVar(&o.zoneLabel, "zone-label", "", "in a pod: the pool's zone is its node's label of this key (topology.kubernetes.io/zone), read through the Kubernetes API with the pod's service account (get on nodes); --pool then names no zone")
+	f.StringVar(&o.kubeDir, "kube-token-dir", kubeapi.ServiceAccountDir, "with --zone-label: the directory of the pod's service-account token and ca.crt (mode 0400; a projected volume)")
 	f.StringVar(&o.node, "node", "", "node of the pool when --pool names none (default: hostname)")
 	f.StringVar(&o.server, "server", "", "register the pool with the Stowage servers at this endpoint (host:port, several separated by commas)")
 	f.StringVar(&o.serverTokenFile, "server-token-file", "", "token of this storage host's principal stowage:storage-host:<pool> for --server")
@@ -98,6 +105,14 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 	spec, err := parsePoolSpec(o.pool, o.zone, o.node, o.dataDir)
 	if err != nil {
 		return err
+	}
+	if o.zoneLabel != "" {
+		if slices.ContainsFunc(strings.Split(o.pool, ","), func(kv string) bool { return strings.HasPrefix(kv, "zone=") }) {
+			return usageErrorf("--zone-label %s and a zone in --pool %q: give one of them", o.zoneLabel, o.pool)
+		}
+		if spec.zone, err = nodeZone(ctx, spec.node, o.zoneLabel, o.kubeDir); err != nil {
+			return err
+		}
 	}
 	pool, mounted, err := openBlockPool(ctx, spec, false, log)
 	if mounted {

@@ -2,10 +2,14 @@ package cli
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -147,5 +151,48 @@ func TestRunServer_AgentUnreachable_ErrorNamesAgentAndAddress(t *testing.T) {
 		agents: []string{"name=remote-x,address=" + addr + ",token-file=" + writeToken(t, "t")}})
 	if err == nil || !strings.Contains(err.Error(), "agent remote-x at "+addr) {
 		t.Fatalf("runServer = %v, want an error naming agent remote-x at %s", err, addr)
+	}
+}
+
+// An agent in a pod with --zone-label takes its pool's zone from its
+// node's label through the Kubernetes API (here a fake apiserver, found as
+// a pod finds it: KUBERNETES_SERVICE_HOST/PORT and the token directory),
+// and refuses a --pool that names a zone too.
+func TestRunAgent_ZoneLabel_ThePoolsZoneIsItsNodes(t *testing.T) {
+	apiserver := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/nodes/storage-1" || r.Header.Get("Authorization") != "Bearer pod-token" {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		w.Write([]byte(`{"metadata":{"labels":{"topology.kubernetes.io/zone":"zone-from-label"}}}`))
+	}))
+	defer apiserver.Close()
+	u, _ := url.Parse(apiserver.URL)
+	t.Setenv("KUBERNETES_SERVICE_HOST", u.Hostname())
+	t.Setenv("KUBERNETES_SERVICE_PORT", u.Port())
+	kubeDir := t.TempDir()
+	os.WriteFile(filepath.Join(kubeDir, "ca.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: apiserver.Certificate().Raw}), 0o644)
+	os.WriteFile(filepath.Join(kubeDir, "token"), []byte("pod-token"), 0o400)
+
+	dir := t.TempDir()
+	tokenFile := writeToken(t, "the-agent-token")
+	bad := agentOptions{listen: "127.0.0.1:0", tokenFile: tokenFile, zoneLabel: "topology.kubernetes.io/zone", kubeDir: kubeDir,
+		pool: "name=pool-z,dir=" + filepath.Join(dir, "bad") + ",zone=zone-b,node=storage-1"}
+	var ue usageError
+	if err := runAgent(context.Background(), bad, nil); !errors.As(err, &ue) || !strings.Contains(err.Error(), "give one of them") {
+		t.Fatalf("--zone-label with a zone in --pool: %v, want a usage error", err)
+	}
+	api := startAgent(t, agentOptions{listen: "127.0.0.1:0", tokenFile: tokenFile, zoneLabel: "topology.kubernetes.io/zone", kubeDir: kubeDir,
+		pool: "name=pool-z,dir=" + filepath.Join(dir, "pool") + ",node=storage-1"})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pools := map[string]server.Pool{}
+	closeAll, err := addAgentPools(ctx, []string{"name=pool-z,address=" + api + ",token-file=" + tokenFile}, pools, map[string]server.BlockExporter{}, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAll()
+	if z := pools["pool-z"].Zone(); z != "zone-from-label" {
+		t.Fatalf("the agent's pool is in zone %q, want zone-from-label (its node's label)", z)
 	}
 }

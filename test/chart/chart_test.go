@@ -88,7 +88,7 @@ var valueSets = map[string][]string{
 	"snapshot controller off":  {"snapshotController.enabled=false"},
 	"secrets store and agents": {"secretsStoreDriver.enabled=true", "agents.enabled=true"},
 	"node runner off":          {"node.runner.enabled=false"},
-	"zone from node labels":    {"nodeZoneLabel=topology.kubernetes.io/zone"},
+	"zone from node labels":    {"nodeZoneLabel=topology.kubernetes.io/zone", "agents.enabled=true"},
 	"hostPath server, file class": {"server.inCluster.storage.type=hostPath", `server.inCluster.filePools[0]=name=files-a\,zone=zone-a\,size=10G`,
 		"fileStorageClasses[0].name=stowage-efs", "fileStorageClasses[0].parameters.provisioningMode=efs-ap",
 		"fileStorageClasses[0].parameters.fileSystemId=fs-1234", "fileStorageClasses[0].parameters.directoryPerms=700"},
@@ -174,9 +174,9 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 		case *rbacv1.ClusterRole:
 			clusterRoles[v.Name] = true
 			checkRules(t, "ClusterRole "+v.Name, v.Rules)
-			if v.Name == "stowage-csi-node" {
+			if v.Name == "stowage-node-reader" {
 				if len(v.Rules) != 1 || strings.Join(v.Rules[0].Resources, ",") != "nodes" || strings.Join(v.Rules[0].Verbs, ",") != "get" {
-					t.Errorf("ClusterRole stowage-csi-node: rules %v, want get on nodes and nothing else", v.Rules)
+					t.Errorf("ClusterRole stowage-node-reader: rules %v, want get on nodes and nothing else", v.Rules)
 				}
 			}
 		case *rbacv1.Role:
@@ -247,11 +247,11 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 			checkSubjects(t, "RoleBinding "+v.Name, v.Subjects, sas)
 		}
 	}
-	if want := setValue(set, "nodeZoneLabel=") != ""; clusterRoles["stowage-csi-node"] != want {
-		t.Errorf("ClusterRole stowage-csi-node rendered: %v, want %v (only to read the node's zone label)", clusterRoles["stowage-csi-node"], want)
+	if want := setValue(set, "nodeZoneLabel=") != ""; clusterRoles["stowage-node-reader"] != want {
+		t.Errorf("ClusterRole stowage-node-reader rendered: %v, want %v (only to read the node's zone label)", clusterRoles["stowage-node-reader"], want)
 	}
 	checkNodeRunner(t, nodePlugin, nodeRunner, !hasSet(set, "node.runner.enabled=false"))
-	checkAgents(t, agents, server, hasSet(set, "agents.enabled=true"))
+	checkAgents(t, agents, server, hasSet(set, "agents.enabled=true"), setValue(set, "nodeZoneLabel="))
 	external := hasSet(set, "server.external.address=")
 	if got := kinds["StatefulSet"]; external && got != 0 || !external && got != 1 {
 		t.Errorf("%d StatefulSets (the in-cluster server) with external server %v", got, external)
@@ -467,7 +467,7 @@ func checkNodePlugin(t *testing.T, ds *appsv1.DaemonSet) {
 // (--server, with the token of their own principal from the tokens
 // Secret), and the in-cluster server takes registrations with the agents'
 // token (--agent-token-file from the Secret the agents read theirs from).
-func checkAgents(t *testing.T, agents *appsv1.DaemonSet, server *appsv1.StatefulSet, enabled bool) {
+func checkAgents(t *testing.T, agents *appsv1.DaemonSet, server *appsv1.StatefulSet, enabled bool, zoneLabel string) {
 	t.Helper()
 	if !enabled {
 		if agents != nil {
@@ -490,6 +490,15 @@ func checkAgents(t *testing.T, agents *appsv1.DaemonSet, server *appsv1.Stateful
 	}
 	if mounts["/etc/stowage/tokens"] == "" || mounts["/etc/stowage/agent"] == "" {
 		t.Errorf("agent mounts %v: want the tokens Secret at /etc/stowage/tokens and the agent token at /etc/stowage/agent", mounts)
+	}
+	// With nodeZoneLabel (and no agents.zone) the pool's zone is the
+	// node's, read with a token of its own; else the pool names it.
+	if zoneLabel != "" {
+		if !strings.Contains(args, "--zone-label="+zoneLabel) || strings.Contains(args, ",zone=") || mounts["/var/run/secrets/stowage/kube"] != "kube-api-access" {
+			t.Errorf("agents with nodeZoneLabel: args %q, mounts %v: want --zone-label, no zone in --pool, the token at /var/run/secrets/stowage/kube", args, mounts)
+		}
+	} else if !strings.Contains(args, ",zone=") || strings.Contains(args, "--zone-label") {
+		t.Errorf("agents without nodeZoneLabel: args %q, want a zone in --pool", args)
 	}
 	if server == nil {
 		return
