@@ -116,8 +116,13 @@ func (s *Server) serve(c *net.UnixConn) {
 		io.Copy(io.Discard, c)
 		close(hungUp)
 	}()
-	if p.Stdout != nil {
+	// The client's last lines go out before its exit is reported.
+	linesSent := make(chan struct{})
+	if p.Stdout == nil {
+		close(linesSent)
+	} else {
 		go func() {
+			defer close(linesSent)
 			lines(p.Stdout, func(m message) error {
 				if !following {
 					return errors.New("not following")
@@ -131,6 +136,10 @@ func (s *Server) serve(c *net.UnixConn) {
 		p.Release()
 	}()
 	err = <-p.Exited
+	select {
+	case <-linesSent:
+	case <-hungUp:
+	}
 	s.wg.Done()
 	if err != nil {
 		log.Warn("node runner: client exited", "err", err)
