@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/agent"
+	"github.com/stowage-io/stowage/internal/apitls"
 	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/blockexport"
 	"github.com/stowage-io/stowage/internal/csi"
@@ -103,7 +105,7 @@ func newServerCmd() *cobra.Command {
 	var listens []string
 	var pools, filePools, agents []string
 	var apLimit int
-	var nfsListen, nbdListen, httpListen, localHandoff, agentTokenFile string
+	var nfsListen, nbdListen, httpListen, localHandoff, agentTokenFile, tlsCert, tlsKey string
 	var rotationCheck time.Duration
 	var a authOptions
 	var so storeOptions
@@ -134,7 +136,7 @@ func newServerCmd() *cobra.Command {
 			}
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listens[0], alsoListen: listens[1:], zone: zone, node: node, metricsAddr: metricsAddr,
 				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, httpListen: httpListen, localHandoff: localHandoff, auth: a,
-				rotationCheck: rotationCheck, store: so, agentTokenFile: agentTokenFile})
+				rotationCheck: rotationCheck, store: so, agentTokenFile: agentTokenFile, tlsCertFile: tlsCert, tlsKeyFile: tlsKey})
 		},
 	}
 	f := cmd.Flags()
@@ -161,6 +163,8 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&localHandoff, "local-handoff", DefaultLocalHandoff, "unix socket where the node plugin of this machine gets the images of the volumes attached to it locally (its pools' node), as open descriptors; none: serve none")
 	f.StringVar(&nbdListen, "nbd-listen", "", "export the block pools' volumes over NBD at host:port to the other nodes of their zones (empty: a volume attaches only on its pool's node)")
 	f.StringVar(&httpListen, "http-listen", "", "also serve the API as HTTP/JSON (the Connect protocol: POST /stowage.v1.VolumeService/ListVolumes with a JSON body; a bearer token is required) at host:port (docs/http-api.md; empty: gRPC only)")
+	f.StringVar(&tlsCert, "tls-cert-file", "", "serve the API's TCP addresses (--listen host:port, --http-listen) with TLS, with this PEM certificate (chain), read again when the file changes; clients then need --ca-file (unix sockets stay in clear)")
+	f.StringVar(&tlsKey, "tls-key-file", "", "the PEM key of --tls-cert-file (mode 0600)")
 	f.StringVar(&nfsListen, "nfs-listen", "", "serve access points over NFSv4 with nfs-ganesha at host:port (empty: access points are not exported)")
 	f.DurationVar(&rotationCheck, "rotation-check-interval", server.DefaultRotationCheck, "how often the server looks for secrets whose scheduled rotation is due")
 	f.StringVar(&so.url, "store", "", "metadata store: empty for the bbolt file <data-dir>/metadata.db (one server), or etcd://host:port[,host:port...] to share it with other servers, one of which leads (docs/metadata.md)")
@@ -183,6 +187,7 @@ type serverOptions struct {
 	nfsListen                                string
 	nbdListen                                string
 	httpListen                               string
+	tlsCertFile, tlsKeyFile                  string // TLS on the TCP listeners
 	localHandoff                             string
 	auth                                     authOptions
 	rotationCheck                            time.Duration
@@ -432,14 +437,27 @@ func runServer(ctx context.Context, o serverOptions) error {
 	}
 	// Before the resignation above: a loop's last write still lands.
 	defer func() { stopLoops() }()
+	var tlsConfig *tls.Config
+	if o.tlsCertFile != "" || o.tlsKeyFile != "" {
+		if o.tlsCertFile == "" || o.tlsKeyFile == "" {
+			return usageErrorf("--tls-cert-file and --tls-key-file go together")
+		}
+		if tlsConfig, err = apitls.ServerConfig(o.tlsCertFile, o.tlsKeyFile); err != nil {
+			return err
+		}
+	}
 	var listeners []net.Listener
 	for _, a := range append([]string{listen}, o.alsoListen...) {
-		lis, err := csi.Listen(listenURL(a))
+		u := listenURL(a)
+		lis, err := csi.Listen(u)
 		if err != nil {
 			for _, l := range listeners {
 				l.Close()
 			}
 			return fmt.Errorf("listen on %s: %w", a, err)
+		}
+		if tlsConfig != nil && strings.HasPrefix(u, "tcp://") {
+			lis = tls.NewListener(lis, tlsConfig)
 		}
 		listeners = append(listeners, lis)
 	}
@@ -460,17 +478,21 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if err != nil {
 			return err
 		}
-		addr, err := httpapi.Serve(ctx, o.httpListen, h, log)
+		addr, err := httpapi.Serve(ctx, o.httpListen, h, tlsConfig, log)
 		if err != nil {
 			return err
 		}
-		log.Info("HTTP/JSON API serving", "url", "http://"+addr.String())
+		scheme := "http://"
+		if tlsConfig != nil {
+			scheme = "https://"
+		}
+		log.Info("HTTP/JSON API serving", "url", scheme+addr.String())
 	}
 	serveErr := make(chan error, len(listeners))
 	for _, lis := range listeners {
 		go func() { serveErr <- g.Serve(lis) }()
 	}
-	log.Info("Stowage API serving", "listen", append([]string{listen}, o.alsoListen...), "dataDir", dataDir, "pools", len(pools), "store", st.String())
+	log.Info("Stowage API serving", "listen", append([]string{listen}, o.alsoListen...), "tls", tlsConfig != nil, "dataDir", dataDir, "pools", len(pools), "store", st.String())
 	var won <-chan error
 	var lost <-chan struct{}
 	if election != nil {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/stowage-io/stowage/internal/apitls"
 	"github.com/stowage-io/stowage/internal/auth"
 )
 
@@ -27,7 +29,6 @@ import (
 // while none serves (a failover under way) it tries them again for up to
 // failoverWait, within the call's deadline.
 func dial(endpoint, tokenFile string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
-	opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if tokenFile != "" {
 		token, err := auth.ReadTokenFile(tokenFile)
 		if err != nil {
@@ -68,8 +69,34 @@ func dial(endpoint, tokenFile string, opts ...grpc.DialOption) (*grpc.ClientConn
 	return first, nil
 }
 
+// apiCAFile is the root flag --ca-file: with it (or env STOWAGE_CA_FILE),
+// TCP endpoints are dialled with TLS, trusting the certificates it signs.
+var apiCAFile string
+
+// transport is endpoint's transport security: TLS for a TCP endpoint when
+// a CA file is given, else none (a unix socket always: its peer is the
+// kernel's to vouch for).
+func transport(endpoint string) (grpc.DialOption, error) {
+	ca := apiCAFile
+	if ca == "" {
+		ca = os.Getenv("STOWAGE_CA_FILE")
+	}
+	if ca == "" || strings.HasPrefix(endpoint, "unix:") {
+		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
+	}
+	creds, err := apitls.ClientCredentials(ca)
+	if err != nil {
+		return nil, err
+	}
+	return grpc.WithTransportCredentials(creds), nil
+}
+
 func newConn(endpoint string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(strings.TrimPrefix(endpoint, "tcp://"), opts...)
+	tr, err := transport(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(strings.TrimPrefix(endpoint, "tcp://"), append(opts, tr)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the Stowage API at %s: %w", endpoint, err)
 	}

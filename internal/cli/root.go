@@ -77,6 +77,7 @@ in use, busy), 5 server unreachable, 6 invalid value.`,
 	pf.StringVar(&g.endpoint, "endpoint", "", "Stowage API address: host:port or unix:///path, or several separated by commas (servers sharing an etcd store: calls go to the one that leads) (default: env STOWAGE_ENDPOINT, else the local cluster's socket if a cluster of stowage up runs, else "+DefaultEndpoint+")")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 60*time.Second, "how long to wait for the server")
+	pf.StringVar(&apiCAFile, "ca-file", "", "PEM CA bundle that signs the Stowage API server's certificate (its --tls-cert-file): TCP endpoints are then dialled with TLS and the server's name or address checked (default: env STOWAGE_CA_FILE, else none: TCP in clear)")
 	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the Stowage API token to call with (mode 0600; default: env STOWAGE_TOKEN_FILE, else none: root over the server's unix socket is the administrator)")
 	root.AddCommand(
 		newVolumeCmd(g), newSnapshotCmd(g), newPoolCmd(g), newNodeCmd(g), newKeyCmd(g), newSecretCmd(g), newParamCmd(g),
@@ -129,7 +130,13 @@ func Execute(args []string, out, errOut io.Writer) int {
 func errorMessage(err error) string {
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 		if st.Code() == codes.Unavailable && !strings.HasPrefix(st.Message(), "the Stowage server is not reachable") {
-			return "the Stowage server is not reachable (is `stowage server` running? check --endpoint): " + st.Message()
+			hint, m := "is `stowage server` running? check --endpoint", st.Message()
+			if strings.Contains(m, "certificate") || strings.Contains(m, "tls:") {
+				hint = "its TLS certificate is not one --ca-file (or STOWAGE_CA_FILE) trusts for this address"
+			} else if strings.Contains(m, "server preface") || strings.Contains(m, "connection reset") || strings.Contains(m, "EOF") {
+				hint += "; a server with --tls-cert-file needs --ca-file (or STOWAGE_CA_FILE)"
+			}
+			return "the Stowage server is not reachable (" + hint + "): " + m
 		}
 		return st.Message()
 	}

@@ -16,6 +16,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -59,10 +60,13 @@ func connectByDefault(h http.Handler) http.Handler {
 
 // Serve listens on addr (host:port) and serves h until ctx ends; it
 // returns the address it listens on (addr with port 0 picks one).
-func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (net.Addr, error) {
+func Serve(ctx context.Context, addr string, h http.Handler, tlsConfig *tls.Config, log *slog.Logger) (net.Addr, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("HTTP/JSON API: listen on %s: %w", addr, err)
+	}
+	if tlsConfig != nil {
+		l = tls.NewListener(l, tlsConfig)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {

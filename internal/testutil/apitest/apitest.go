@@ -182,7 +182,7 @@ func startAuth(t testing.TB, f *Files, a Auth, opts ...grpc.ServerOption) (*API,
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
-		addr, err := httpapi.Serve(ctx, "127.0.0.1:0", h, logger)
+		addr, err := httpapi.Serve(ctx, "127.0.0.1:0", h, nil, logger)
 		if err != nil {
 			t.Fatal(err)
 		}
