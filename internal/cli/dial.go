@@ -73,14 +73,19 @@ func dial(endpoint, tokenFile string, opts ...grpc.DialOption) (*grpc.ClientConn
 // TCP endpoints are dialled with TLS, trusting the certificates it signs.
 var apiCAFile string
 
+// caFileInUse is --ca-file, else env STOWAGE_CA_FILE ("": none).
+func caFileInUse() string {
+	if apiCAFile != "" {
+		return apiCAFile
+	}
+	return os.Getenv("STOWAGE_CA_FILE")
+}
+
 // transport is endpoint's transport security: TLS for a TCP endpoint when
 // a CA file is given, else none (a unix socket always: its peer is the
 // kernel's to vouch for).
 func transport(endpoint string) (grpc.DialOption, error) {
-	ca := apiCAFile
-	if ca == "" {
-		ca = os.Getenv("STOWAGE_CA_FILE")
-	}
+	ca := caFileInUse()
 	if ca == "" || strings.HasPrefix(endpoint, "unix:") {
 		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
 	}

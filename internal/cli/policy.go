@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -178,7 +179,9 @@ csi-node-<node>, and with --storage-hosts storage-host-<node> for each storage h
 stowage:storage-host:pool-<node>: the pool the chart's agent on that node registers): the
 chart's server.tokensSecret. The tokens are printed once, nowhere else;
 pipe them to kubectl. A node that joins later: run it again with that node alone and
-merge the key (kubectl patch), or issue its token with 'token create'.`,
+merge the key (kubectl patch), or issue its token with 'token create'. With --ca-file (or
+STOWAGE_CA_FILE: the server serves TLS) the Secret holds that CA as ca.crt too, which the
+chart's components trust with apiTLS.enabled.`,
 		Example: `  stowage token secret --nodes node-a,node-b | kubectl apply -f -`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -206,6 +209,15 @@ merge the key (kubectl patch), or issue its token with 'token create'.`,
 						return fmt.Errorf("token for %s: %w", k[1], err)
 					}
 					data[k[0]] = resp.Secret
+				}
+				// The CA this command trusted the server with: the one the
+				// chart's components need (apiTLS.enabled).
+				if ca := caFileInUse(); ca != "" {
+					pem, err := os.ReadFile(ca)
+					if err != nil {
+						return fmt.Errorf("--ca-file: %w", err)
+					}
+					data["ca.crt"] = string(pem)
 				}
 				doc := map[string]any{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
 					"metadata": map[string]any{"name": secretName, "namespace": secretNamespace}, "stringData": data}

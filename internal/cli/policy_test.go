@@ -111,6 +111,13 @@ func TestTokenSecret_TheChartsTokensAsASecret(t *testing.T) {
 	// TCP, and the server knows the node tokens by their nodes.
 	tf := writeFile(t, s.StringData["csi-controller"])
 	mustRun(t, "tcp://"+api.TCPAddress, "--token-file", tf, "volume", "list")
+	// With --ca-file (the server's TLS CA) the Secret holds it as ca.crt,
+	// which the chart's components trust with apiTLS.enabled.
+	ca := writeFile(t, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+	r = run(t, api.Endpoint, "--ca-file", ca, "token", "secret", "--nodes", "node-c")
+	if err := json.Unmarshal([]byte(r.stdout), &s); r.code != cli.ExitOK || err != nil || !strings.HasPrefix(s.StringData["ca.crt"], "-----BEGIN CERTIFICATE-----") {
+		t.Errorf("token secret --ca-file: exit %d, ca.crt %q (%v) %s", r.code, s.StringData["ca.crt"], err, r.stderr)
+	}
 	out := mustRun(t, api.Endpoint, "token", "list")
 	for _, p := range []string{"stowage:csi-node:node-a", "stowage:csi-node:node-b", "stowage:secrets-provider", "stowage:csi-file", "stowage:storage-host:pool-node-b"} {
 		if !strings.Contains(out, p) {

@@ -146,6 +146,9 @@ func (c *Config) ChartValues(imgs []Image) (map[string]any, error) {
 		"secretsProvider":    map[string]any{"providersDir": l.SecretsProviders()},
 		"secretsStoreDriver": map[string]any{"enabled": true, "rotationPollInterval": SecretsRotationInterval.String()},
 		"snapshotController": map[string]any{"enabled": true},
+		// The pods dial the server's TCP address with TLS (its certificate
+		// StowageAPICert), trusting ca.crt of the tokens Secret.
+		"apiTLS": map[string]any{"enabled": true},
 		// A storage host's agent as a pod, on the node once it is labelled
 		// ChartStorageHostLabel=true: it registers pool-<node> with the
 		// host's server. Ports apart from the server's own agent and NBD
@@ -231,7 +234,8 @@ func (c *Config) chartPods(ctx context.Context) string {
 // chartTokens are the Secrets of the chart's tokens, as a List: the
 // components' (chartTokensSecret), from the tokens the server made at its
 // start: csi-controller, csi-file, secrets-provider, csi-node-<node> and
-// storage-host-<node> (the agent pod's, which registers pool-<node>); and
+// storage-host-<node> (the agent pod's, which registers pool-<node>), with
+// ca.crt, the CA of the server's TLS certificate; and
 // the agent token (chartAgentTokenSecret) that the agent pods require and
 // the server presents.
 func (c *Config) chartTokens() ([]byte, error) {
@@ -256,6 +260,13 @@ func (c *Config) chartTokens() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The CA of the server's TLS certificate (apiTLS.enabled): not a
+	// secret, but every component that reads its token reads it there.
+	ca, err := os.ReadFile(PKI{Dir: l.PKI()}.Cert(CA))
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's CA: %w", err)
+	}
+	data["ca.crt"] = ca
 	secret := func(name string, data map[string][]byte) map[string]any {
 		return map[string]any{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
 			"metadata": map[string]any{"name": name, "namespace": ChartNamespace}, "data": data}

@@ -494,7 +494,8 @@ func (c *Config) Components() []Component {
 		comps = withoutChartReplaced(comps)
 		for i := range comps {
 			if comps[i].Name == "stowage-server" {
-				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--listen="+c.ServerTCPAddress())
+				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--listen="+c.ServerTCPAddress(),
+					"--tls-cert-file="+pki.Cert(StowageAPICert), "--tls-key-file="+pki.Key(StowageAPICert))
 				// The chart's agent pods register with it; the network
 				// step writes the agent token it reads.
 				comps[i].Cmd.Args = append(comps[i].Cmd.Args, c.serverStorageHostArgs()...)

@@ -107,8 +107,17 @@ func (c *Config) CertSpecs() []CertSpec {
 	// deploy/local/07-secrets-store.yaml gives the Secrets Store CSI driver
 	// its rights (SecretProviderClasses, their pod statuses, synced Secrets).
 	specs = append(specs, CertSpec{Name: "secrets-store-csi-driver", Issuer: CA, CN: "stowage:secrets-store-csi-driver", Client: true})
+	if c.chartInstall() {
+		// The chart's pods reach the Stowage API over TCP, with TLS.
+		specs = append(specs, CertSpec{Name: StowageAPICert, Issuer: CA, CN: "stowage-api", Server: true,
+			DNS: []string{"localhost"}, IPs: []net.IP{net.ParseIP(c.NodeIP), net.IPv4(127, 0, 0, 1)}})
+	}
 	return specs
 }
+
+// StowageAPICert is the serving certificate of the Stowage API's TCP
+// address (a chart install's), signed by CA.
+const StowageAPICert = "stowage-api"
 
 // StowageServerCert is the client certificate the Stowage server calls the
 // apiserver with.

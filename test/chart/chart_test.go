@@ -89,6 +89,7 @@ var valueSets = map[string][]string{
 	"secrets store and agents": {"secretsStoreDriver.enabled=true", "agents.enabled=true"},
 	"node runner off":          {"node.runner.enabled=false"},
 	"zone from node labels":    {"nodeZoneLabel=topology.kubernetes.io/zone", "agents.enabled=true"},
+	"api TLS":                  {"apiTLS.enabled=true", "apiTLS.serverSecret=stowage-api-tls", "agents.enabled=true"},
 	"hostPath server, file class": {"server.inCluster.storage.type=hostPath", `server.inCluster.filePools[0]=name=files-a\,zone=zone-a\,size=10G`,
 		"fileStorageClasses[0].name=stowage-efs", "fileStorageClasses[0].parameters.provisioningMode=efs-ap",
 		"fileStorageClasses[0].parameters.fileSystemId=fs-1234", "fileStorageClasses[0].parameters.directoryPerms=700"},
@@ -226,6 +227,7 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 		}
 	}
 	for _, p := range podSpecs {
+		checkAPITLS(t, p.name, p.spec, hasSet(set, "apiTLS.enabled=true"))
 		checkReadiness(t, p.name, p.spec)
 		checkMetricsPorts(t, p.name, p.spec)
 		sa := "stowage/" + p.spec.ServiceAccountName
@@ -352,6 +354,31 @@ func hasSet(set []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// checkAPITLS: with apiTLS every client of the Stowage API (--api, or
+// an agent's --server) trusts the CA in the tokens Secret it mounts, and
+// the in-cluster server serves its certificate; without it none does.
+func checkAPITLS(t *testing.T, what string, spec corev1.PodSpec, enabled bool) {
+	t.Helper()
+	for _, c := range spec.Containers {
+		args := strings.Join(c.Args, " ")
+		client := strings.Contains(args, "--api=") || strings.Contains(args, "--server=")
+		ca := slices.Contains(c.Args, "--ca-file=/etc/stowage/tokens/ca.crt")
+		tokens := false
+		for _, m := range c.VolumeMounts {
+			tokens = tokens || m.MountPath == "/etc/stowage/tokens"
+		}
+		if client && ca != enabled || !client && ca {
+			t.Errorf("%s container %s: --ca-file %v with apiTLS.enabled=%v (a Stowage API client: %v)", what, c.Name, ca, enabled, client)
+		}
+		if ca && !tokens {
+			t.Errorf("%s container %s: --ca-file in the tokens Secret, which it does not mount", what, c.Name)
+		}
+		if len(c.Args) > 0 && c.Args[0] == "server" && strings.Contains(args, "--tls-cert-file=") != enabled {
+			t.Errorf("%s: the in-cluster server's --tls-cert-file with apiTLS.enabled=%v: args %s", what, enabled, args)
+		}
+	}
 }
 
 // setValue is the value of the first of set with prefix ("key="), "" when

@@ -211,13 +211,7 @@ func TestChart_ServerUnreachable_DriversNotReady(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	endpoint := strings.TrimSpace(kubectl(t, "", "-n", chartNamespace, "get", "daemonset", "stowage-csi-node", "-o",
-		`jsonpath={.spec.template.spec.containers[0].args[?(@)]}`))
-	if i := strings.Index(endpoint, "--api="); i >= 0 {
-		endpoint = strings.Fields(endpoint[i+len("--api="):])[0]
-	} else {
-		t.Fatalf("the node plugin has no --api argument: %s", endpoint)
-	}
+	endpoint := nodePluginArg(t, "--api=")
 	step(fmt.Sprintf("pause the Stowage server (pid %d, %s)", pid, endpoint))
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -252,6 +246,47 @@ func TestChart_ServerUnreachable_DriversNotReady(t *testing.T) {
 	step("resume the Stowage server")
 	waitReady(t, nodePluginSel, true, time.Minute)
 	waitReady(t, controllerSel, true, time.Minute)
+}
+
+// nodePluginArg is the value of the block node plugin's argument flag
+// ("--api="); the test fails when it has none.
+func nodePluginArg(t *testing.T, flag string) string {
+	t.Helper()
+	args := strings.TrimSpace(kubectl(t, "", "-n", chartNamespace, "get", "daemonset", "stowage-csi-node", "-o",
+		`jsonpath={.spec.template.spec.containers[0].args[?(@)]}`))
+	i := strings.Index(args, flag)
+	if i < 0 {
+		t.Fatalf("the node plugin has no %s argument: %s", flag, args)
+	}
+	return strings.Fields(args[i+len(flag):])[0]
+}
+
+// The chart's pods dial the server's TCP address with TLS (apiTLS, which
+// stowage up --install=chart sets): they trust ca.crt of the tokens
+// Secret, the cluster's CA, which signs the server's certificate. A
+// client with that CA is served there; one without it is told to give
+// --ca-file.
+func TestChart_DriversDialTheServerWithTLS(t *testing.T) {
+	needsChart(t)
+	waitReady(t, nodePluginSel, true, podTimeout)
+	endpoint := nodePluginArg(t, "--api=")
+	if ca := nodePluginArg(t, "--ca-file="); ca != "/etc/stowage/tokens/ca.crt" {
+		t.Errorf("the node plugin trusts %s, want the tokens Secret's ca.crt", ca)
+	}
+	if got := kubectl(t, "", "-n", chartNamespace, "get", "secret", "stowage-tokens", "-o", `jsonpath={.data.ca\.crt}`); got == "" {
+		t.Error("the tokens Secret has no ca.crt")
+	}
+	admin := filepath.Join(dataDir, "stowage", "tokens", "admin")
+	ca := filepath.Join(dataDir, "pki", "ca.crt")
+	out, code := stowage("--endpoint", endpoint, "--token-file", admin, "--ca-file", ca, "pool", "list")
+	if code != 0 || !strings.Contains(out, "pool-a") {
+		t.Fatalf("pool list at %s over TLS with the cluster's CA: exit %d: %s", endpoint, code, out)
+	}
+	t.Setenv("STOWAGE_CA_FILE", "")
+	out, code = stowage("--endpoint", endpoint, "--token-file", admin, "--timeout", "5s", "pool", "list")
+	if code != 5 || !strings.Contains(out, "--ca-file") {
+		t.Fatalf("pool list at %s in clear: exit %d: %s; want exit 5 (unreachable) saying to give --ca-file", endpoint, code, out)
+	}
 }
 
 // Each Stowage container of the chart serves Prometheus metrics on its

@@ -31,6 +31,14 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- end -}}
 
+{{/* The flag of a Stowage API client with apiTLS: the CA it trusts,
+     key ca.crt of the tokens Secret, which every client mounts. */}}
+{{- define "stowage.apiCA" -}}
+{{- if .Values.apiTLS.enabled -}}
+- --ca-file=/etc/stowage/tokens/ca.crt
+{{- end -}}
+{{- end -}}
+
 {{- define "stowage.tokensVolume" -}}
 - name: tokens
   secret:
