@@ -130,13 +130,11 @@ func Execute(args []string, out, errOut io.Writer) int {
 func errorMessage(err error) string {
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 		if st.Code() == codes.Unavailable && !strings.HasPrefix(st.Message(), "the Stowage server is not reachable") {
-			hint, m := "is `stowage server` running? check --endpoint", st.Message()
-			if strings.Contains(m, "certificate") || strings.Contains(m, "tls:") {
-				hint = "its TLS certificate is not one --ca-file (or STOWAGE_CA_FILE) trusts for this address"
-			} else if strings.Contains(m, "server preface") || strings.Contains(m, "connection reset") || strings.Contains(m, "EOF") {
-				hint += "; a server with --tls-cert-file needs --ca-file (or STOWAGE_CA_FILE)"
+			hint := "is `stowage server` running? check --endpoint"
+			if h := tlsHint(st.Message()); h != "" {
+				hint = h
 			}
-			return "the Stowage server is not reachable (" + hint + "): " + m
+			return "the Stowage server is not reachable (" + hint + "): " + st.Message()
 		}
 		return st.Message()
 	}
@@ -252,7 +250,23 @@ func resolveEndpoint(flag string, getenv func(string) string, exists func(string
 	return endpointChoice{endpoint: DefaultEndpoint, source: "the default address", passed: passed}
 }
 
+// tlsHint is what to fix when a connection failed the way a TLS mismatch
+// does ("" when it did not): a certificate not trusted, or a client in
+// clear whose connection the TLS server closed.
+func tlsHint(detail string) string {
+	switch {
+	case strings.Contains(detail, "certificate") || strings.Contains(detail, "tls:"):
+		return "its TLS certificate is not one that --ca-file (or STOWAGE_CA_FILE) trusts for this address"
+	case caFileInUse() == "" && (strings.Contains(detail, "server preface") || strings.Contains(detail, "connection reset") || strings.Contains(detail, "EOF")):
+		return "it closed the connection: if it serves TLS (--tls-cert-file), give the CA of its certificate with --ca-file (or STOWAGE_CA_FILE)"
+	}
+	return ""
+}
+
 func (e endpointChoice) unreachable(detail string) string {
+	if h := tlsHint(detail); h != "" {
+		return fmt.Sprintf("the Stowage server is not reachable at %s, from %s: %s: %s", e.endpoint, e.source, h, detail)
+	}
 	msg := fmt.Sprintf("the Stowage server is not reachable at %s, from %s", e.endpoint, e.source)
 	if len(e.passed) > 0 {
 		msg += "; looked first at: " + strings.Join(e.passed, "; ")

@@ -77,8 +77,18 @@ func TestServerTLS_TCPWithTLS_UnixInClear(t *testing.T) {
 	}
 	if err := list(tcp, other.File, false); err == nil {
 		t.Fatal("TCP trusting another CA was served")
-	} else if m := errorMessage(err); !strings.Contains(m, "TLS certificate is not one --ca-file") {
+	} else if m := errorMessage(err); !strings.Contains(m, "TLS certificate is not one that --ca-file") {
 		t.Errorf("trusting another CA: %q does not say the certificate is not trusted", m)
+	}
+	// The CLI says the same: exit 5 (unreachable), naming --ca-file.
+	var out, errOut strings.Builder
+	if code := Execute([]string{"--endpoint", tcp, "--token-file", admin, "--timeout", "5s", "pool", "list"}, &out, &errOut); code != ExitUnavailable ||
+		!strings.Contains(errOut.String(), "give the CA of its certificate with --ca-file") {
+		t.Errorf("stowage pool list in clear to a TLS server: exit %d: %s", code, errOut.String())
+	}
+	out.Reset()
+	if code := Execute([]string{"--endpoint", tcp, "--token-file", admin, "--ca-file", ca.File, "pool", "list"}, &out, &errOut); code != ExitOK || !strings.Contains(out.String(), "pool-a") {
+		t.Errorf("stowage --ca-file pool list: exit %d: %s", code, out.String())
 	}
 	t.Setenv("STOWAGE_CA_FILE", ca.File)
 	if err := list(tcp, "", true); err != nil {
