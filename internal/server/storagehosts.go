@@ -152,8 +152,11 @@ func (s *Server) DeregisterStorageHost(ctx context.Context, req *pb.DeregisterSt
 	if err != nil {
 		return nil, internal(err, "read the storage host of pool %s", req.Pool)
 	}
-	// Out of placement first, so that no volume goes to it while its use
-	// is read; back in when it is in use.
+	if err := s.poolUnused(ctx, req.Pool); err != nil {
+		return nil, err
+	}
+	// Out of placement, then its use read again: a volume placed there
+	// meanwhile keeps it (a pool in use is never out of service).
 	s.hosts.mu.Lock()
 	pool, served := s.pools.lookup(req.Pool)
 	exporter, _ := s.pools.exporter(req.Pool)
@@ -166,22 +169,9 @@ func (s *Server) DeregisterStorageHost(ctx context.Context, req *pb.DeregisterSt
 			s.hosts.mu.Unlock()
 		}
 	}
-	uses, err := s.poolUses(ctx)
-	if err != nil {
+	if err := s.poolUnused(ctx, req.Pool); err != nil {
 		restore()
 		return nil, err
-	}
-	if u := uses[req.Pool]; len(u.volumes)+len(u.snapshots) > 0 {
-		restore()
-		users := append(u.volumes, u.snapshots...)
-		shown := users[:min(len(users), 5)]
-		more := ""
-		if len(users) > len(shown) {
-			more = fmt.Sprintf(" and %d more", len(users)-len(shown))
-		}
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"pool %s still holds %d volumes and %d snapshots (%s%s): delete them first; its storage host stays registered",
-			req.Pool, len(u.volumes), len(u.snapshots), strings.Join(shown, ", "), more)
 	}
 	if err := s.store.Update(ctx, func(tx store.Tx) error { return tx.Delete(bucketStorageHosts, req.Pool) }); err != nil {
 		restore()
@@ -197,6 +187,28 @@ func (s *Server) DeregisterStorageHost(ctx context.Context, req *pb.DeregisterSt
 	}
 	s.log.Info("storage host deregistered: its pool is no longer served", "pool", req.Pool, "agent", rec.Address, "was_connected", had)
 	return &pb.DeregisterStorageHostResponse{Deregistered: true, Address: rec.Address}, nil
+}
+
+// poolUnused is nil when no volume or snapshot of this server is in
+// pool, else FAILED_PRECONDITION naming up to five of them.
+func (s *Server) poolUnused(ctx context.Context, pool string) error {
+	uses, err := s.poolUses(ctx)
+	if err != nil {
+		return err
+	}
+	u := uses[pool]
+	if len(u.volumes)+len(u.snapshots) == 0 {
+		return nil
+	}
+	users := append(u.volumes, u.snapshots...)
+	shown := users[:min(len(users), 5)]
+	more := ""
+	if len(users) > len(shown) {
+		more = fmt.Sprintf(" and %d more", len(users)-len(shown))
+	}
+	return status.Errorf(codes.FailedPrecondition,
+		"pool %s still holds %d volumes and %d snapshots (%s%s): delete them first; its storage host stays registered",
+		pool, len(u.volumes), len(u.snapshots), strings.Join(shown, ", "), more)
 }
 
 // connectStorageHost dials a storage host, records it and serves its pool
