@@ -2,10 +2,12 @@ package agentapi
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/stowage-io/stowage/api/agent/v1"
@@ -23,6 +25,9 @@ type ClientConfig struct {
 	Name    string // what the server calls the pool; in every error
 	Address string // host:port of the agent API
 	Token   string // the agent's bearer token; never logged
+	// TLS, when set, is how the agent's certificate is trusted (the agent
+	// serves TLS: stowage agent --tls-cert-file); nil: in clear.
+	TLS *tls.Config
 	// CallTimeout bounds calls that take no context. Default
 	// DefaultCallTimeout.
 	CallTimeout time.Duration
@@ -56,7 +61,11 @@ func Dial(ctx context.Context, c ClientConfig) (*Client, error) {
 	if c.CallTimeout <= 0 {
 		c.CallTimeout = DefaultCallTimeout
 	}
-	conn, err := grpc.NewClient(c.Address, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	creds := insecure.NewCredentials()
+	if c.TLS != nil {
+		creds = credentials.NewTLS(c.TLS)
+	}
+	conn, err := grpc.NewClient(c.Address, grpc.WithTransportCredentials(creds),
 		grpc.WithPerRPCCredentials(auth.TokenCredentials{Token: c.Token}))
 	if err != nil {
 		return nil, fmt.Errorf("agent %s at %s: %w", c.Name, c.Address, err)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	stowagepb "github.com/stowage-io/stowage/api/stowage/v1"
 
 	"github.com/stowage-io/stowage/internal/agentapi"
+	"github.com/stowage-io/stowage/internal/apitls"
 	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/blockexport"
 	"github.com/stowage-io/stowage/internal/kubeapi"
@@ -27,6 +29,8 @@ type agentOptions struct {
 	listen, nbdListen, nbdAdvertise, pool, tokenFile, dataDir, zone, node string
 	// zoneLabel, kubeDir: the pool's zone from its node's label.
 	zoneLabel, kubeDir string
+	// tlsCertFile, tlsKeyFile: the agent API over TLS.
+	tlsCertFile, tlsKeyFile string
 	// server, serverTokenFile, advertise: registration with the servers.
 	server, serverTokenFile, advertise string
 	registerInterval                   time.Duration
@@ -66,6 +70,8 @@ Without --server a server names it instead: --agent name=N,address=<--listen>,to
 	f.StringVar(&o.zone, "zone", "zone-a", "zone of the pool when --pool names none")
 	f.StringVar(&o.zoneLabel, "zone-label", "", "in a pod: the pool's zone is its node's label of this key (topology.kubernetes.io/zone), read through the Kubernetes API with the pod's service account (get on nodes); --pool then names no zone")
 	f.StringVar(&o.kubeDir, "kube-token-dir", kubeapi.ServiceAccountDir, "with --zone-label: the directory of the pod's service-account token and ca.crt (mode 0400; a projected volume)")
+	f.StringVar(&o.tlsCertFile, "tls-cert-file", "", "serve the agent API with TLS with this PEM certificate (read again when renewed); the servers then need its CA (--agent-ca-file, or ca-file= of --agent)")
+	f.StringVar(&o.tlsKeyFile, "tls-key-file", "", "the PEM key of --tls-cert-file")
 	f.StringVar(&o.node, "node", "", "node of the pool when --pool names none (default: hostname)")
 	f.StringVar(&o.server, "server", "", "register the pool with the Stowage servers at this endpoint (host:port, several separated by commas)")
 	f.StringVar(&o.serverTokenFile, "server-token-file", "", "token of this storage host's principal stowage:storage-host:<pool> for --server")
@@ -138,11 +144,23 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 			advertise = l.Addr().String()
 		}
 	}
+	var tlsConfig *tls.Config
+	if o.tlsCertFile != "" || o.tlsKeyFile != "" {
+		if o.tlsCertFile == "" || o.tlsKeyFile == "" {
+			return usageErrorf("--tls-cert-file and --tls-key-file go together")
+		}
+		if tlsConfig, err = apitls.ServerConfig(o.tlsCertFile, o.tlsKeyFile); err != nil {
+			return err
+		}
+	}
 	l, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", o.listen, err)
 	}
-	log.Info("agent serving", "listen", l.Addr().String(), "nbd", advertise, "pool", spec.name)
+	if tlsConfig != nil {
+		l = tls.NewListener(l, tlsConfig)
+	}
+	log.Info("agent serving", "listen", l.Addr().String(), "tls", tlsConfig != nil, "nbd", advertise, "pool", spec.name)
 	if ready != nil {
 		ready(l.Addr().String(), advertise)
 	}
@@ -211,11 +229,15 @@ func registerLoop(ctx context.Context, o agentOptions, pool, api string, log *sl
 }
 
 // agentDialer connects a server to the storage hosts that register, with
-// the one agent token every storage host of the cluster accepts.
-type agentDialer struct{ token string }
+// the one agent token every storage host of the cluster accepts, over TLS
+// when tls is set (--agent-ca-file).
+type agentDialer struct {
+	token string
+	tls   *tls.Config
+}
 
 func (d agentDialer) DialStorageHost(ctx context.Context, pool, address string) (server.StorageHostConn, error) {
-	c, err := agentapi.Dial(ctx, agentapi.ClientConfig{Name: pool, Address: address, Token: d.token})
+	c, err := agentapi.Dial(ctx, agentapi.ClientConfig{Name: pool, Address: address, Token: d.token, TLS: d.tls})
 	if err != nil {
 		return server.StorageHostConn{}, err
 	}
@@ -231,14 +253,14 @@ func (d agentDialer) DialStorageHost(ctx context.Context, pool, address string) 
 }
 
 // agentSpec is one --agent flag of the server.
-type agentSpec struct{ name, address, tokenFile string }
+type agentSpec struct{ name, address, tokenFile, caFile string }
 
 func parseAgentSpec(s string) (agentSpec, error) {
-	kv, err := keyValues("--agent", s, "name", "address", "token-file")
+	kv, err := keyValues("--agent", s, "name", "address", "token-file", "ca-file")
 	if err != nil {
 		return agentSpec{}, err
 	}
-	a := agentSpec{name: kv["name"], address: kv["address"], tokenFile: kv["token-file"]}
+	a := agentSpec{name: kv["name"], address: kv["address"], tokenFile: kv["token-file"], caFile: kv["ca-file"]}
 	if a.name == "" || a.address == "" || a.tokenFile == "" {
 		return a, usageErrorf("--agent %q: name, address and token-file are all required", s)
 	}
@@ -276,8 +298,14 @@ func addAgentPools(ctx context.Context, specs []string, pools map[string]server.
 		if err != nil {
 			return closeAll, fmt.Errorf("--agent %s: %w", a.name, err)
 		}
+		cc := agentapi.ClientConfig{Name: a.name, Address: a.address, Token: token}
+		if a.caFile != "" {
+			if cc.TLS, err = apitls.ClientConfig(a.caFile); err != nil {
+				return closeAll, fmt.Errorf("--agent %s: %w", a.name, err)
+			}
+		}
 		dctx, cancel := context.WithTimeout(ctx, agentDialTimeout)
-		c, err := agentapi.Dial(dctx, agentapi.ClientConfig{Name: a.name, Address: a.address, Token: token})
+		c, err := agentapi.Dial(dctx, cc)
 		cancel()
 		if err != nil {
 			return closeAll, fmt.Errorf("%w (is stowage agent running there, with the token of %s?)", err, a.tokenFile)

@@ -26,8 +26,9 @@ func TestParseAgentSpec(t *testing.T) {
 		want    agentSpec
 		wantErr string
 	}{
-		{"name=pool-b,address=10.0.0.5:7100,token-file=/etc/t", agentSpec{"pool-b", "10.0.0.5:7100", "/etc/t"}, ""},
-		{" name=b , address=h:1 , token-file=f ", agentSpec{"b", "h:1", "f"}, ""},
+		{"name=pool-b,address=10.0.0.5:7100,token-file=/etc/t", agentSpec{"pool-b", "10.0.0.5:7100", "/etc/t", ""}, ""},
+		{" name=b , address=h:1 , token-file=f ", agentSpec{"b", "h:1", "f", ""}, ""},
+		{"name=b,address=h:1,token-file=f,ca-file=/etc/ca.crt", agentSpec{"b", "h:1", "f", "/etc/ca.crt"}, ""},
 		{"name=b,address=h:1", agentSpec{}, "token-file are all required"},
 		{"name=b,address=h:1,token=x", agentSpec{}, `unknown key "token"`},
 		{"name=b,h:1", agentSpec{}, "is not key=value"},

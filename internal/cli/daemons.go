@@ -105,7 +105,7 @@ func newServerCmd() *cobra.Command {
 	var listens []string
 	var pools, filePools, agents []string
 	var apLimit int
-	var nfsListen, nbdListen, httpListen, localHandoff, agentTokenFile, tlsCert, tlsKey string
+	var nfsListen, nbdListen, httpListen, localHandoff, agentTokenFile, agentCAFile, tlsCert, tlsKey string
 	var rotationCheck time.Duration
 	var a authOptions
 	var so storeOptions
@@ -136,7 +136,7 @@ func newServerCmd() *cobra.Command {
 			}
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listens[0], alsoListen: listens[1:], zone: zone, node: node, metricsAddr: metricsAddr,
 				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, httpListen: httpListen, localHandoff: localHandoff, auth: a,
-				rotationCheck: rotationCheck, store: so, agentTokenFile: agentTokenFile, tlsCertFile: tlsCert, tlsKeyFile: tlsKey})
+				rotationCheck: rotationCheck, store: so, agentTokenFile: agentTokenFile, agentCAFile: agentCAFile, tlsCertFile: tlsCert, tlsKeyFile: tlsKey})
 		},
 	}
 	f := cmd.Flags()
@@ -157,6 +157,7 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&metricsAddr, "metrics-address", "", metricsAddressUsage)
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
 	f.StringArrayVar(&agents, "agent", nil, "storage pool on a storage host of its own (stowage agent): name=N,address=host:port,token-file=F, F holding the agent's token (repeatable)")
+	f.StringVar(&agentCAFile, "agent-ca-file", "", "the registering storage hosts serve the agent API with TLS (stowage agent --tls-cert-file): trust the certificates this PEM CA signs, for the addresses they register (empty: in clear)")
 	f.StringVar(&agentTokenFile, "agent-token-file", "", "take registrations of storage hosts (stowage agent --server): connect to each with the token in this file (mode 0600), which every registering agent's --token-file holds (empty: registrations are refused)")
 	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
@@ -183,6 +184,7 @@ type serverOptions struct {
 	pools, filePools                         []string
 	agents                                   []string // --agent name=N,address=A,token-file=F
 	agentTokenFile                           string   // registrations of storage hosts
+	agentCAFile                              string   // their agent API's TLS CA
 	accessPointLimit                         int
 	nfsListen                                string
 	nbdListen                                string
@@ -332,7 +334,13 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if err != nil {
 			return fmt.Errorf("--agent-token-file: %w", err)
 		}
-		hosts = agentDialer{token: token}
+		d := agentDialer{token: token}
+		if o.agentCAFile != "" {
+			if d.tls, err = apitls.ClientConfig(o.agentCAFile); err != nil {
+				return fmt.Errorf("--agent-ca-file: %w", err)
+			}
+		}
+		hosts = d
 	}
 	srv, err := server.New(server.Config{Store: st, Pools: pools, Logger: log, KMS: keys, StorageHosts: hosts,
 		FilePools: filePools, Exporters: exporters, AccessPointLimit: o.accessPointLimit, NFSAddress: nfsAddress, Auth: authz,

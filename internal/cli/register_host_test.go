@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/server"
+	"github.com/stowage-io/stowage/internal/testutil/testcerts"
 )
 
 // startAgent runs stowage agent until the test ends and returns its API
@@ -268,5 +270,47 @@ func TestDeregisterStorageHost_RefusedWhileInUse_ThenForgotten_AfterARestartToo(
 	waitPool(t, pools, "pool-a")
 	if listed() {
 		t.Fatal("a restarted server serves pool-r again from a record deregistration removed")
+	}
+}
+
+// A storage host serving the agent API with TLS (--tls-cert-file) is
+// reached by servers that trust its CA: the registering one
+// (--agent-ca-file) and one naming it (--agent ...,ca-file=); a server
+// that does not trust it does not reach it.
+func TestStorageHostOverTLS_ServersTrustItsCA(t *testing.T) {
+	dir := t.TempDir()
+	ca := testcerts.NewCA(t, dir, "ca")
+	cert, key := filepath.Join(dir, "agent.crt"), filepath.Join(dir, "agent.key")
+	ca.Issue(t, cert, key, 1, []string{"127.0.0.1"})
+	tokens := filepath.Join(dir, "tokens")
+	agentToken := writeToken(t, "the-clusters-agent-token")
+	sock := filepath.Join(dir, "api.sock")
+	startServer(t, serverOptions{dataDir: dir, listen: "unix://" + sock, zone: "zone-a", node: "node-a", agentTokenFile: agentToken, agentCAFile: ca.File,
+		pools: []string{"name=pool-a,zone=zone-a,node=node-a"}, auth: authOptions{bootstrapTokensDir: tokens, bootstrapStorageHosts: []string{"pool-t"}}})
+	hostToken := filepath.Join(tokens, "storage-host@pool-t")
+	waitFile(t, hostToken)
+	api := startAgent(t, agentOptions{listen: "127.0.0.1:0", nbdListen: "127.0.0.1:0", tokenFile: agentToken, tlsCertFile: cert, tlsKeyFile: key,
+		pool: "name=pool-t,dir=" + filepath.Join(dir, "host") + ",zone=zone-b,node=storage-1", server: "unix://" + sock, serverTokenFile: hostToken,
+		registerInterval: time.Hour})
+	admin, err := dial("unix://"+sock, filepath.Join(tokens, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	waitPool(t, pb.NewPoolServiceClient(admin), "pool-t")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pools := map[string]server.Pool{}
+	closeAll, err := addAgentPools(ctx, []string{"name=named,address=" + api + ",token-file=" + agentToken + ",ca-file=" + ca.File}, pools, map[string]server.BlockExporter{}, quietLog())
+	if err != nil {
+		t.Fatalf("--agent with ca-file: %v", err)
+	}
+	closeAll()
+	defer func(d time.Duration) { agentDialTimeout = d }(agentDialTimeout)
+	agentDialTimeout = 2 * time.Second
+	if closeAll, err := addAgentPools(ctx, []string{"name=clear,address=" + api + ",token-file=" + agentToken}, map[string]server.Pool{}, map[string]server.BlockExporter{}, quietLog()); err == nil {
+		closeAll()
+		t.Fatal("a server without the agent's CA reached its TLS agent API")
 	}
 }
