@@ -177,10 +177,25 @@ func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T)
 	agent := strings.Join(comps["stowage-agent@vm-storage-1"].Cmd.Args, " ")
 	for _, w := range []string{"--net=/run/netns/stowage-vm-storage-1", "agent --listen=198.51.100.43:7100", "--nbd-listen=198.51.100.43:10809", "name=pool-vm-storage-1,dir=/var/lib/stowage/storage-hosts/vm-storage-1/pool,zone=zone-b,node=vm-storage-1",
 		"--token-file=/var/lib/stowage/stowage/agent.token", "--server=unix:///var/lib/stowage/run/stowage-api.sock,unix:///var/lib/stowage/run/stowage-api-2.sock",
-		"--server-token-file=/var/lib/stowage/stowage/tokens/storage-host@pool-vm-storage-1"} {
+		"--server-token-file=/var/lib/stowage/stowage/tokens/storage-host@pool-vm-storage-1",
+		// The agent API over TLS, with a certificate for its address,
+		// which both servers trust by the cluster's CA.
+		"--tls-cert-file=/var/lib/stowage/pki/agent@vm-storage-1.crt", "--tls-key-file=/var/lib/stowage/pki/agent@vm-storage-1.key"} {
 		if !strings.Contains(agent, w) {
 			t.Errorf("agent of vm-storage-1: %q lacks %q", agent, w)
 		}
+	}
+	for _, s := range []Component{srv, srv2} {
+		if !slices.Contains(s.Cmd.Args, "--agent-ca-file=/var/lib/stowage/pki/ca.crt") {
+			t.Errorf("%s does not trust the storage hosts' certificates: %v", s.Name, s.Cmd.Args)
+		}
+	}
+	certs := map[string]CertSpec{}
+	for _, cs := range c.CertSpecs() {
+		certs[cs.Name] = cs
+	}
+	if cs := certs["agent@vm-storage-2"]; !cs.Server || len(cs.IPs) != 1 || cs.IPs[0].String() != "198.51.100.44" || cs.Issuer != CA {
+		t.Errorf("the certificate of vm-storage-2's agent: %+v, want a serving one for 198.51.100.44 from the CA", cs)
 	}
 	if err := c.SetStorageHosts(0); err == nil {
 		t.Error("--storage-hosts-per-zone 0 accepted")

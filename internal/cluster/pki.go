@@ -107,6 +107,11 @@ func (c *Config) CertSpecs() []CertSpec {
 	// deploy/local/07-secrets-store.yaml gives the Secrets Store CSI driver
 	// its rights (SecretProviderClasses, their pod statuses, synced Secrets).
 	specs = append(specs, CertSpec{Name: "secrets-store-csi-driver", Issuer: CA, CN: "stowage:secrets-store-csi-driver", Client: true})
+	// Each storage host serves the agent API with TLS at its address.
+	for _, h := range c.StorageHosts {
+		specs = append(specs, CertSpec{Name: storageHostCert(h.Name), Issuer: CA, CN: "stowage-agent:" + h.Name, Server: true,
+			IPs: []net.IP{net.ParseIP(h.IP)}})
+	}
 	if c.chartInstall() {
 		// The chart's pods reach the Stowage API over TCP, with TLS.
 		specs = append(specs, CertSpec{Name: StowageAPICert, Issuer: CA, CN: "stowage-api", Server: true,

@@ -106,6 +106,7 @@ func (n nodeView) agentAddress() string { return net.JoinHostPort(n.IP, AgentPor
 
 // storageHostComponents is a storage host's one process: its agent.
 func (c *Config) storageHostComponents(n nodeView) []Component {
+	pki := PKI{Dir: c.Layout().PKI()}
 	return []Component{{Name: "stowage-agent" + n.suffix(), Needs: []string{"network" + n.suffix(), "stowage-server"}, Cmd: n.in(Command{Path: c.Stowage, Args: []string{
 		"agent",
 		"--listen=" + n.agentAddress(),
@@ -113,6 +114,8 @@ func (c *Config) storageHostComponents(n nodeView) []Component {
 		"--token-file=" + c.Layout().AgentTokenFile(),
 		"--data-dir=" + string(n.L),
 		fmt.Sprintf("--pool=name=%s,dir=%s,zone=%s,node=%s,size=%s", storageHostPool(n.Name), filepath.Join(string(n.L), "pool"), n.Zone, n.Name, c.PoolSize),
+		"--tls-cert-file=" + pki.Cert(storageHostCert(n.Name)),
+		"--tls-key-file=" + pki.Key(storageHostCert(n.Name)),
 		"--server=" + c.StowageEndpoints(),
 		"--server-token-file=" + c.Layout().StowageToken(storageHostTokenName(n.Name)),
 	}}), Ready: func(ctx context.Context) error { return c.poolRegistered(ctx, storageHostPool(n.Name)) }}}
@@ -123,6 +126,10 @@ func (c *Config) storageHostComponents(n nodeView) []Component {
 // storage host: the multi-node cluster's storage hosts, or the chart's
 // agent pods.
 func (c *Config) takesRegistrations() bool { return len(c.StorageHosts) > 0 || c.chartInstall() }
+
+// storageHostCert is the agent API's serving certificate of storage host
+// name, for its address.
+func storageHostCert(name string) string { return "agent@" + name }
 
 // storageHostTokenName is the token file (in the servers' tokens
 // directory) of a storage host's principal stowage:storage-host:<pool>.
@@ -170,7 +177,12 @@ func (c *Config) serverStorageHostArgs() []string {
 		// node is labelled a storage host.
 		pools = append(pools, storageHostPool(c.NodeName))
 	}
-	return []string{"--agent-token-file=" + c.Layout().AgentTokenFile(), "--bootstrap-storage-host-tokens=" + strings.Join(pools, ",")}
+	args := []string{"--agent-token-file=" + c.Layout().AgentTokenFile(), "--bootstrap-storage-host-tokens=" + strings.Join(pools, ",")}
+	if len(c.StorageHosts) > 0 {
+		// They serve the agent API with TLS (storageHostCert).
+		args = append(args, "--agent-ca-file="+PKI{Dir: c.Layout().PKI()}.Cert(CA))
+	}
+	return args
 }
 
 // setupStorageHost makes a storage host's namespace and link, and its
