@@ -144,14 +144,9 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 			advertise = l.Addr().String()
 		}
 	}
-	var tlsConfig *tls.Config
-	if o.tlsCertFile != "" || o.tlsKeyFile != "" {
-		if o.tlsCertFile == "" || o.tlsKeyFile == "" {
-			return usageErrorf("--tls-cert-file and --tls-key-file go together")
-		}
-		if tlsConfig, err = apitls.ServerConfig(o.tlsCertFile, o.tlsKeyFile); err != nil {
-			return err
-		}
+	tlsConfig, err := serverTLS(o.tlsCertFile, o.tlsKeyFile)
+	if err != nil {
+		return err
 	}
 	l, err := net.Listen("tcp", o.listen)
 	if err != nil {

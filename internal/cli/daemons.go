@@ -445,14 +445,9 @@ func runServer(ctx context.Context, o serverOptions) error {
 	}
 	// Before the resignation above: a loop's last write still lands.
 	defer func() { stopLoops() }()
-	var tlsConfig *tls.Config
-	if o.tlsCertFile != "" || o.tlsKeyFile != "" {
-		if o.tlsCertFile == "" || o.tlsKeyFile == "" {
-			return usageErrorf("--tls-cert-file and --tls-key-file go together")
-		}
-		if tlsConfig, err = apitls.ServerConfig(o.tlsCertFile, o.tlsKeyFile); err != nil {
-			return err
-		}
+	tlsConfig, err := serverTLS(o.tlsCertFile, o.tlsKeyFile)
+	if err != nil {
+		return err
 	}
 	var listeners []net.Listener
 	for _, a := range append([]string{listen}, o.alsoListen...) {
@@ -849,4 +844,16 @@ func nodeZone(ctx context.Context, node, zoneLabel, dir string) (string, error) 
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// serverTLS is the TLS of --tls-cert-file and --tls-key-file, nil when
+// neither is given.
+func serverTLS(certFile, keyFile string) (*tls.Config, error) {
+	if certFile == "" && keyFile == "" {
+		return nil, nil
+	}
+	if certFile == "" || keyFile == "" {
+		return nil, usageErrorf("--tls-cert-file and --tls-key-file go together")
+	}
+	return apitls.ServerConfig(certFile, keyFile)
 }
