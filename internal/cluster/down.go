@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/stowage-io/stowage/internal/attach"
+	"github.com/stowage-io/stowage/pkg/loopdev"
 )
 
 // DownOptions tune `stowage down`.
@@ -63,6 +64,18 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 			keep(err)
 			if stopped {
 				p.line("✓", "stopped "+n, "", time.Since(t))
+			}
+		}
+	}
+
+	// The loop devices of the cluster, by their backing files' identity:
+	// one whose file is on a FUSE mount (a network attachment's) that goes
+	// away below no longer shows a path under the data directory.
+	var ours []loopdev.Backing
+	if loops, err := loopdev.Under(c.DataDir); err == nil {
+		for _, d := range loops {
+			if b, err := loopdev.BackingOfDevice(d.Number); err == nil {
+				ours = append(ours, b)
 			}
 		}
 	}
@@ -162,6 +175,13 @@ func Down(ctx context.Context, dataDir string, o DownOptions) error {
 	keep(err)
 	k, err := detachLoops(c.DataDir)
 	keep(err)
+	for _, b := range ours {
+		if dev, found, _ := loopdev.FindFile(b); found {
+			keep(loopdev.DetachFile(ctx, b))
+			report("detached %s, whose backing file (%s) is no longer under %s", dev, b, c.DataDir)
+			k++
+		}
+	}
 	if n+k > 0 {
 		p.line("✓", fmt.Sprintf("unmounted %d, detached %d loop devices", n, k), "", time.Since(t))
 	}

@@ -218,6 +218,11 @@ func devicesOf(b Backing, withDeleted bool) ([]Device, error) {
 	return out, nil
 }
 
+// BackingOfDevice is what LOOP_GET_STATUS64 says loop device n's backing
+// file is: its identity stays known when its path no longer names it (a
+// file on a FUSE mount that went away).
+func BackingOfDevice(n int) (Backing, error) { return backingOfDevice(n) }
+
 // backingOfDevice is what LOOP_GET_STATUS64 says loop device n's backing
 // file is.
 func backingOfDevice(n int) (Backing, error) {

@@ -550,3 +550,52 @@ func bytesOf(c byte, n int) []byte {
 	}
 	return b
 }
+
+// A device whose backing file's mount went away (lazily unmounted, as a
+// FUSE mount whose server died) no longer shows a path under its old
+// directory, but its identity (BackingOfDevice, taken while it did) still
+// finds and detaches it: what `stowage down` relies on.
+func TestBackingOfDevice_FindsItAfterItsMountWentAway(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=16m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
+	})
+	path := filepath.Join(dir, "disk")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev := mustAttach(t, path)
+	under, err := Under(dir)
+	if err != nil || len(under) != 1 {
+		t.Fatalf("Under(%s) = %v, %v; want %s", dir, under, err, dev)
+	}
+	b, err := BackingOfDevice(under[0].Number)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { DetachFile(context.Background(), b) })
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	mounted = false
+	if under, _ := Under(dir); len(under) != 0 {
+		t.Fatalf("after the lazy unmount, Under still finds %v", under)
+	}
+	got, found, err := FindFile(b)
+	if err != nil || !found || got != dev {
+		t.Fatalf("FindFile(%s) = %q, %v, %v; want %s", b, got, found, err, dev)
+	}
+	if err := DetachFile(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, _ := FindFile(b); found {
+		t.Fatalf("%s is still attached after DetachFile", dev)
+	}
+}
