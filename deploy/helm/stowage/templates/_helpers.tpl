@@ -39,6 +39,18 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- end -}}
 
+{{/* The pod's own service-account token and the cluster's CA, mode 0400:
+     Stowage refuses a token file others can read (the automounted one is
+     0644). */}}
+{{- define "stowage.kubeTokenVolume" -}}
+- name: kube-api-access
+  projected:
+    defaultMode: 256 # 0400
+    sources:
+      - serviceAccountToken: {path: token, expirationSeconds: 3607}
+      - configMap: {name: kube-root-ca.crt, items: [{key: ca.crt, path: ca.crt}]}
+{{- end -}}
+
 {{- define "stowage.tokensVolume" -}}
 - name: tokens
   secret:
