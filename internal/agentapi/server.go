@@ -32,6 +32,7 @@ type Server struct {
 	name  string
 	pool  *agent.Pool
 	local *server.LocalBlockExporter // nil: this agent exports nothing
+	files *FileTreeServer            // nil: this agent has no file-tree pool
 }
 
 // NewServer serves pool, called name, and, when exporter is not nil, its
@@ -44,6 +45,12 @@ func NewServer(name string, pool *agent.Pool, exporter *blockexport.Exporter, nb
 	return s
 }
 
+// WithFileTree serves ft (FileTreeService) beside the pool.
+func (s *Server) WithFileTree(ft *FileTreeServer) *Server {
+	s.files = ft
+	return s
+}
+
 // Serve serves s on l until ctx ends, then stops gracefully. Every call
 // must carry token.
 func Serve(ctx context.Context, l net.Listener, s *Server, token string, log *slog.Logger) error {
@@ -53,6 +60,9 @@ func Serve(ctx context.Context, l net.Listener, s *Server, token string, log *sl
 	}
 	g := grpc.NewServer(opts...)
 	pb.RegisterAgentServiceServer(g, s)
+	if s.files != nil {
+		pb.RegisterFileTreeServiceServer(g, s.files)
+	}
 	done := make(chan error, 1)
 	go func() { done <- g.Serve(l) }()
 	select {
@@ -128,6 +138,9 @@ func (s *Server) GetPoolInfo(context.Context, *pb.GetPoolInfoRequest) (*pb.PoolI
 		TotalBytes: c.TotalBytes, FreeBytes: c.FreeBytes, UsedBytes: c.UsedBytes}
 	if s.local != nil {
 		info.NbdAddress = s.local.Address()
+	}
+	if s.files != nil {
+		info.FileTree = s.files.Info()
 	}
 	return info, nil
 }

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 	"github.com/stowage-io/stowage/internal/apitls"
 	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/blockexport"
+	"github.com/stowage-io/stowage/internal/files"
 	"github.com/stowage-io/stowage/internal/kubeapi"
 	"github.com/stowage-io/stowage/internal/server"
 )
@@ -31,6 +34,11 @@ type agentOptions struct {
 	zoneLabel, kubeDir string
 	// tlsCertFile, tlsKeyFile: the agent API over TLS.
 	tlsCertFile, tlsKeyFile string
+	// filePool, nfsListen, nfsAdvertise: the file-tree pool and its NFS.
+	filePool, nfsListen, nfsAdvertise string
+	// nfsGraceless skips NFSv4's grace period after ganesha starts (no
+	// flag: for tests, which cannot wait the 90 s clients get to reclaim).
+	nfsGraceless bool
 	// server, serverTokenFile, advertise: registration with the servers.
 	server, serverTokenFile, advertise string
 	registerInterval                   time.Duration
@@ -72,6 +80,9 @@ Without --server a server names it instead: --agent name=N,address=<--listen>,to
 	f.StringVar(&o.kubeDir, "kube-token-dir", kubeapi.ServiceAccountDir, "with --zone-label: the directory of the pod's service-account token and ca.crt (mode 0400; a projected volume)")
 	f.StringVar(&o.tlsCertFile, "tls-cert-file", "", "serve the agent API with TLS with this PEM certificate (read again when renewed); the servers then need its CA (--agent-ca-file, or ca-file= of --agent)")
 	f.StringVar(&o.tlsKeyFile, "tls-key-file", "", "the PEM key of --tls-cert-file")
+	f.StringVar(&o.filePool, "file-pool", "", "also serve a file-tree pool for file systems, under the pool's name, in its zone: dir=D[,size=100G] (size makes dir a btrfs image, whose quota groups give access points quotas; default dir <data-dir>/files/<pool>)")
+	f.StringVar(&o.nfsListen, "nfs-listen", "", "with --file-pool: serve its access points over NFSv4 with nfs-ganesha at host:port")
+	f.StringVar(&o.nfsAdvertise, "nfs-advertise", "", "the host:port NFS clients reach --nfs-listen at (default: --nfs-listen)")
 	f.StringVar(&o.node, "node", "", "node of the pool when --pool names none (default: hostname)")
 	f.StringVar(&o.server, "server", "", "register the pool with the Stowage servers at this endpoint (host:port, several separated by commas)")
 	f.StringVar(&o.serverTokenFile, "server-token-file", "", "token of this storage host's principal stowage:storage-host:<pool> for --server")
@@ -120,12 +131,26 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 			return err
 		}
 	}
+	if o.nfsListen != "" && o.filePool == "" {
+		return usageErrorf("--nfs-listen serves the access points of a file-tree pool: give --file-pool too")
+	}
 	pool, mounted, err := openBlockPool(ctx, spec, false, log)
 	if mounted {
 		defer unmountPools(log, []poolSpec{spec})
 	}
 	if err != nil {
 		return err
+	}
+	var fileTree *agentapi.FileTreeServer
+	if o.filePool != "" {
+		ft, stop, err := openAgentFileTree(ctx, o, spec, log)
+		// stop unmounts the tree's file system (after ganesha stopped);
+		// deferred here, it runs after the API and the exports are done.
+		defer stop()
+		if err != nil {
+			return err
+		}
+		fileTree = ft
 	}
 	var exporter *blockexport.Exporter
 	advertise := ""
@@ -172,9 +197,75 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 		}()
 		defer func() { stop(); <-stopped }()
 	}
-	err = agentapi.Serve(ctx, l, agentapi.NewServer(spec.name, pool, exporter, advertise), token, log)
+	err = agentapi.Serve(ctx, l, agentapi.NewServer(spec.name, pool, exporter, advertise).WithFileTree(fileTree), token, log)
 	log.Info("agent stopped")
 	return err
+}
+
+// openAgentFileTree opens the agent's file-tree pool (--file-pool), in the
+// block pool's zone and node and under its name, and with --nfs-listen
+// starts nfs-ganesha with the exports the agent kept from its last run.
+// stop stops ganesha and unmounts what was mounted; it is never nil.
+func openAgentFileTree(ctx context.Context, o agentOptions, block poolSpec, log *slog.Logger) (ft *agentapi.FileTreeServer, stop func(), err error) {
+	var cleanups []func()
+	stop = func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}
+	kv, err := keyValues("--file-pool", o.filePool, "dir", "size")
+	if err != nil {
+		return nil, stop, err
+	}
+	spec := poolSpec{name: block.name, zone: block.zone, node: block.node, dir: kv["dir"]}
+	if spec.dir == "" {
+		spec.dir = filepath.Join(o.dataDir, "files", spec.name)
+	}
+	if v, ok := kv["size"]; ok {
+		if spec.size, err = parseSize(v); err != nil {
+			return nil, stop, usageErrorf("--file-pool %q: size: %v", o.filePool, err)
+		}
+	}
+	tree, mounted, err := openFilePool(ctx, spec, log)
+	if mounted {
+		cleanups = append(cleanups, func() { unmountPools(log, []poolSpec{spec}) })
+	}
+	if err != nil {
+		return nil, stop, err
+	}
+	if o.nfsListen == "" {
+		return agentapi.NewFileTreeServer(tree, nil, "", ""), stop, nil
+	}
+	host, port, err := net.SplitHostPort(o.nfsListen)
+	if err != nil {
+		return nil, stop, usageErrorf("--nfs-listen %q: %v", o.nfsListen, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, stop, usageErrorf("--nfs-listen %q: port %q is not a number", o.nfsListen, port)
+	}
+	stateDir := filepath.Join(o.dataDir, "ganesha", spec.name)
+	g, err := files.NewGanesha(files.GaneshaConfig{StateDir: stateDir, Address: host, Port: p, Graceless: o.nfsGraceless, Logger: log})
+	if err != nil {
+		return nil, stop, err
+	}
+	cleanups = append(cleanups, g.Stop)
+	advertise := o.nfsAdvertise
+	if advertise == "" {
+		advertise = o.nfsListen
+	}
+	ft = agentapi.NewFileTreeServer(tree, g, advertise, stateDir)
+	// The kept exports first, so a client that held a handle before the
+	// agent restarted finds its export from ganesha's first request on.
+	n, err := ft.Restore(ctx)
+	if err != nil {
+		return nil, stop, err
+	}
+	if err := g.Start(ctx); err != nil {
+		return nil, stop, err
+	}
+	log.Info("NFS serving the file-tree pool's access points", "pool", spec.name, "listen", g.Address(), "advertise", advertise, "exports", n)
+	return ft, stop, nil
 }
 
 // registerLoop registers the pool with the servers until ctx ends: at
@@ -243,6 +334,12 @@ func (d agentDialer) DialStorageHost(ctx context.Context, pool, address string) 
 	out := server.StorageHostConn{Pool: c, Close: c.Close}
 	if c.Address() != "" {
 		out.Exporter = c
+	}
+	if ft := c.FileTree(); ft != nil {
+		out.Files = ft
+		if ft.NFSAddress() != "" {
+			out.FileExporter, out.NFSAddress = ft, ft.NFSAddress()
+		}
 	}
 	return out, nil
 }

@@ -257,20 +257,13 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if spec.dir == filepath.Join(dataDir, "pools", spec.name) {
 			spec.dir = filepath.Join(dataDir, "files", spec.name)
 		}
-		if spec.size > 0 {
-			wasMounted, err := agent.MountBtrfsImageFS(ctx, spec.dir, spec.dir+".img", spec.size)
-			if err != nil {
-				return fmt.Errorf("file-tree pool %s: %w", spec.name, err)
-			}
-			if wasMounted {
-				mounted = append(mounted, spec)
-			}
+		t, wasMounted, err := openFilePool(ctx, spec, log)
+		if wasMounted {
+			mounted = append(mounted, spec)
 		}
-		t, err := files.Open(files.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node})
 		if err != nil {
-			return fmt.Errorf("file-tree pool %s: %w", spec.name, err)
+			return err
 		}
-		log.Info("file-tree pool ready", "pool", spec.name, "dir", spec.dir, "zone", spec.zone, "node", spec.node, "quotas", t.Quotas())
 		filePools[spec.name] = t
 	}
 	exporters := map[string]server.Exporter{}
@@ -295,8 +288,8 @@ func runServer(ctx context.Context, o serverOptions) error {
 		}
 		ganesha = g
 		defer g.Stop()
-		for name := range filePools {
-			exporters[name] = g
+		for name, t := range filePools {
+			exporters[name] = files.TreeExporter{Tree: t.(*files.Tree), NFS: g}
 		}
 		nfsAddress = g.Address()
 	}

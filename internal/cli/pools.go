@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stowage-io/stowage/internal/agent"
+	"github.com/stowage-io/stowage/internal/files"
 )
 
 // openBlockPool opens the block pool of spec, for the server's in-process
@@ -28,6 +29,23 @@ func openBlockPool(ctx context.Context, spec poolSpec, keepTmp bool, log *slog.L
 	}
 	log.Info("storage pool ready", "pool", spec.name, "dir", spec.dir, "zone", spec.zone, "node", spec.node, "cloneMode", p.CloneMode())
 	return p, mounted, nil
+}
+
+// openFilePool opens (making and mounting it first when spec has a size:
+// a btrfs image, whose quota groups give access points quotas) the
+// file-tree pool of spec. mounted says whether this call mounted it.
+func openFilePool(ctx context.Context, spec poolSpec, log *slog.Logger) (t *files.Tree, mounted bool, err error) {
+	if spec.size > 0 {
+		if mounted, err = agent.MountBtrfsImageFS(ctx, spec.dir, spec.dir+".img", spec.size); err != nil {
+			return nil, false, fmt.Errorf("file-tree pool %s: %w", spec.name, err)
+		}
+	}
+	t, err = files.Open(files.Config{Dir: spec.dir, Zone: spec.zone, Node: spec.node})
+	if err != nil {
+		return nil, mounted, fmt.Errorf("file-tree pool %s: %w", spec.name, err)
+	}
+	log.Info("file-tree pool ready", "pool", spec.name, "dir", spec.dir, "zone", spec.zone, "node", spec.node, "quotas", t.Quotas())
+	return t, mounted, nil
 }
 
 // unmountPools unmounts the pool file systems a process mounted, so that a

@@ -71,8 +71,8 @@ func (a *accessPointRecord) toProto() *pb.AccessPoint {
 // apProto adds where the access point is served over NFS.
 func (s *Server) apProto(a *accessPointRecord) *pb.AccessPoint {
 	out := a.toProto()
-	if _, ok := s.exporters[a.Pool]; ok {
-		out.NfsAddress, out.NfsExportPath = s.nfsAddress, a.pseudo()
+	if _, ok := s.files.exporter(a.Pool); ok {
+		out.NfsAddress, out.NfsExportPath = s.files.address(a.Pool), a.pseudo()
 	}
 	return out
 }
@@ -80,9 +80,9 @@ func (s *Server) apProto(a *accessPointRecord) *pb.AccessPoint {
 // pseudo is the access point's NFSv4 pseudo path.
 func (a *accessPointRecord) pseudo() string { return "/" + a.ID }
 
-func (a *accessPointRecord) export(p FilePool) files.Export {
+func (a *accessPointRecord) export() files.Export {
 	return files.Export{
-		ID: a.ExportID, AccessPointID: a.ID, Path: p.HostPath(a.FileSystemID, a.Path), Pseudo: a.pseudo(),
+		ID: a.ExportID, AccessPointID: a.ID, FileSystemID: a.FileSystemID, Dir: a.Path, Pseudo: a.pseudo(),
 		Squash: a.HasUser, AnonUID: a.UID, AnonGID: a.GID,
 	}
 }
@@ -218,7 +218,7 @@ func (s *Server) CreateAccessPoint(ctx context.Context, req *pb.CreateAccessPoin
 		if err := store.PutJSON(tx, bucketFileSystems, f.ID, &cur); err != nil {
 			return err
 		}
-		if _, ok := s.exporters[f.Pool]; ok {
+		if _, ok := s.files.exporter(f.Pool); ok {
 			eid, err := allocateExportID(tx, exportNamespace, a.ID)
 			if err != nil {
 				return err
@@ -244,8 +244,8 @@ func (s *Server) CreateAccessPoint(ctx context.Context, req *pb.CreateAccessPoin
 		return nil, filesError(fmt.Errorf("access point %s in %s: %w", a.ID, f.ID, err))
 	}
 	faults.Point("create-ap:root-made")
-	if ex, ok := s.exporters[f.Pool]; ok {
-		if err := ex.Export(ctx, a.export(p)); err != nil {
+	if ex, ok := s.files.exporter(f.Pool); ok {
+		if err := ex.Export(ctx, a.export()); err != nil {
 			s.rollbackAccessPoint(a)
 			return nil, internal(err, "export access point %s", a.ID)
 		}
@@ -330,7 +330,7 @@ func (s *Server) putAccessPoint(ctx context.Context, a *accessPointRecord) error
 }
 
 func (s *Server) filePool(name string) (FilePool, error) {
-	p, ok := s.filePools[name]
+	p, ok := s.files.pool(name)
 	if !ok {
 		return nil, status.Errorf(codes.FailedPrecondition, "file-tree pool %q is not configured on this server (was it removed from --file-pool?)", name)
 	}
@@ -346,7 +346,7 @@ func (s *Server) DescribeAccessPoint(ctx context.Context, req *pb.DescribeAccess
 		return nil, err
 	}
 	out := s.apProto(a)
-	if p, ok := s.filePools[a.Pool]; ok && a.State == apAvailable {
+	if p, ok := s.files.pool(a.Pool); ok && a.State == apAvailable {
 		// Best effort: a tree being changed while walked still gives a
 		// number; a failure leaves the fields 0 and is logged.
 		if b, n, err := p.RootUsage(a.FileSystemID, a.Path); err == nil {
@@ -482,8 +482,8 @@ func (s *Server) removeAccessPoint(ctx context.Context, a *accessPointRecord, ro
 		}
 		faults.Point("delete-ap:marked")
 	}
-	if p, ok := s.filePools[a.Pool]; ok {
-		if ex, ok := s.exporters[a.Pool]; ok {
+	if p, ok := s.files.pool(a.Pool); ok {
+		if ex, ok := s.files.exporter(a.Pool); ok {
 			if err := ex.Unexport(ctx, a.ID); err != nil {
 				return internal(err, "unexport access point %s", a.ID)
 			}
@@ -571,17 +571,17 @@ func (s *Server) reconcileFiles(ctx context.Context) error {
 				return fmt.Errorf("reconcile: access point %s: %w", a.ID, err)
 			}
 		case apAvailable:
-			p, pok := s.filePools[a.Pool]
-			ex, eok := s.exporters[a.Pool]
+			_, pok := s.files.pool(a.Pool)
+			ex, eok := s.files.exporter(a.Pool)
 			if pok && eok {
-				if err := ex.Export(ctx, a.export(p)); err != nil {
+				if err := ex.Export(ctx, a.export()); err != nil {
 					return fmt.Errorf("reconcile: export access point %s: %w", a.ID, err)
 				}
 			}
 		}
 	}
 	known := map[string]map[string]bool{}
-	for name := range s.filePools {
+	for _, name := range s.files.list() {
 		known[name] = map[string]bool{}
 	}
 	for i := range fss {
@@ -600,7 +600,11 @@ func (s *Server) reconcileFiles(ctx context.Context) error {
 			return fmt.Errorf("reconcile: export file system %s: %w", f.ID, err)
 		}
 	}
-	for name, p := range s.filePools {
+	for _, name := range s.files.list() {
+		p, ok := s.files.pool(name)
+		if !ok {
+			continue
+		}
 		ids, err := p.ListFileSystems()
 		if err != nil {
 			return fmt.Errorf("reconcile: list file systems of pool %s: %w", name, err)
@@ -621,7 +625,7 @@ func (s *Server) reconcileFiles(ctx context.Context) error {
 // start; one made before file systems had exports of their own gets an
 // export id first.
 func (s *Server) reexportFileSystem(ctx context.Context, f *fileSystemRecord) error {
-	if _, exported := s.exporters[f.Pool]; !exported {
+	if _, exported := s.files.exporter(f.Pool); !exported {
 		return nil
 	}
 	if f.ExportID == 0 {

@@ -73,7 +73,7 @@ func TestAccessPoint_ServedByGanesha_ForcesItsUser_ReexportedAfterRestart(t *tes
 			t.Fatal(err)
 		}
 		srv, err := New(Config{Store: st, Pools: map[string]Pool{}, FilePools: map[string]FilePool{"files-a": tree},
-			Exporters: map[string]Exporter{"files-a": g}, Logger: logger})
+			Exporters: map[string]Exporter{"files-a": files.TreeExporter{Tree: tree, NFS: g}}, Logger: logger})
 		if err != nil {
 			g.Stop()
 			t.Fatal(err)

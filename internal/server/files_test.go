@@ -193,7 +193,7 @@ func TestCreateAccessPoint_MakesRootWithOwner_ExportsAsItsUser_Idempotent(t *tes
 	// The whole file system has an export of its own, unsquashed, with
 	// another export id.
 	fx, ok := e.ex.exports[f.Id]
-	if !ok || fx.Squash || fx.ID == 0 || fx.Pseudo != "/"+f.Id || fx.Path != e.tree.HostPath(f.Id, "/") {
+	if !ok || fx.Squash || fx.ID == 0 || fx.Pseudo != "/"+f.Id || fx.FileSystemID != f.Id || fx.Dir != "/" || fx.Path != "" {
 		t.Fatalf("file system export %+v (present %t)", fx, ok)
 	}
 	if d, _ := e.srv.DescribeFileSystem(ctx, &pb.DescribeFileSystemRequest{FileSystemId: f.Id}); d.GetNfsExportPath() != "/"+f.Id {
@@ -201,7 +201,7 @@ func TestCreateAccessPoint_MakesRootWithOwner_ExportsAsItsUser_Idempotent(t *tes
 	}
 	x, ok := e.ex.exports[a.Id]
 	if !ok || x.ID == fx.ID || !x.Squash || x.AnonUID != 1000 || x.AnonGID != 1000 || x.ID == 0 || x.Pseudo != "/"+a.Id ||
-		x.Path != e.tree.HostPath(f.Id, "/dynamic_provisioning/pvc-1") {
+		x.FileSystemID != f.Id || x.Dir != "/dynamic_provisioning/pvc-1" || x.Path != "" {
 		t.Fatalf("export %+v (present %t)", x, ok)
 	}
 	// Describe tells what the root directory's tree takes.

@@ -20,7 +20,9 @@ import (
 )
 
 // FilePool is a file-tree pool as the server uses it: *files.Tree
-// in-process, a remote agent later.
+// in-process, or a storage host's tree through the agent API
+// (agentapi.FileTree). File systems are named by id and directories by
+// their path inside the file system, never by a path of the storage host.
 type FilePool interface {
 	Zone() string
 	Node() string
@@ -35,7 +37,6 @@ type FilePool interface {
 	SetQuota(id, path string, quotaBytes int64) error
 	RemoveDirs(id string, dirs []string) error
 	RemoveRoot(id, path string) error
-	HostPath(id, path string) string
 }
 
 // DefaultAccessPointLimit is how many access points a file system may have
@@ -80,18 +81,18 @@ func (f *fileSystemRecord) pseudo() string { return "/" + f.ID }
 
 // export is the whole file system, without squashing: as an EFS file
 // system mounted without an access point, every client user is itself.
-func (f *fileSystemRecord) export(p FilePool) files.Export {
-	return files.Export{ID: f.ExportID, AccessPointID: f.ID, Path: p.HostPath(f.ID, "/"), Pseudo: f.pseudo()}
+func (f *fileSystemRecord) export() files.Export {
+	return files.Export{ID: f.ExportID, AccessPointID: f.ID, FileSystemID: f.ID, Dir: "/", Pseudo: f.pseudo()}
 }
 
 // exportFileSystem serves f's tree over NFS when its pool is exported.
 func (s *Server) exportFileSystem(ctx context.Context, f *fileSystemRecord) error {
-	p, pok := s.filePools[f.Pool]
-	ex, eok := s.exporters[f.Pool]
+	_, pok := s.files.pool(f.Pool)
+	ex, eok := s.files.exporter(f.Pool)
 	if !pok || !eok || f.ExportID == 0 {
 		return nil
 	}
-	return ex.Export(ctx, f.export(p))
+	return ex.Export(ctx, f.export())
 }
 
 // File system and access point states.
@@ -123,8 +124,8 @@ func (f *fileSystemRecord) toProto(usedBytes int64) *pb.FileSystem {
 // fsProto adds where the file system and its access points are served
 // over NFS (the whole file system at /<fs id>).
 func (s *Server) fsProto(f *pb.FileSystem) *pb.FileSystem {
-	if _, ok := s.exporters[f.Pool]; ok {
-		f.NfsAddress = s.nfsAddress
+	if _, ok := s.files.exporter(f.Pool); ok {
+		f.NfsAddress = s.files.address(f.Pool)
 		f.NfsExportPath = "/" + f.Id
 	}
 	return f
@@ -156,7 +157,7 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 		return nil, status.Error(codes.Unimplemented,
 			"encryption at rest is not implemented for file systems yet (the file-tree pool is btrfs, which has no per-directory encryption here); create the file system without encrypted/kmsKeyId")
 	}
-	if len(s.filePools) == 0 {
+	if len(s.files.list()) == 0 {
 		return nil, status.Error(codes.FailedPrecondition, "this server has no file-tree pool (give --file-pool), so it cannot make file systems")
 	}
 	if req.Name != "" {
@@ -181,7 +182,7 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 	if err != nil {
 		return nil, err
 	}
-	p := s.filePools[poolName]
+	p, _ := s.files.pool(poolName)
 	id := newID("fs")
 	unlockID, err := s.lock(ctx, "file system "+id, id)
 	if err != nil {
@@ -215,7 +216,7 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 	faults.Point("create-fs:tree-created")
 	f.State = fsAvailable
 	err = s.store.Update(ctx, func(tx store.Tx) error {
-		if _, exported := s.exporters[f.Pool]; exported {
+		if _, exported := s.files.exporter(f.Pool); exported {
 			eid, err := allocateExportID(tx, exportNamespace, f.ID)
 			if err != nil {
 				return err
@@ -242,8 +243,11 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 // the first by name: file systems are few and long-lived.
 func (s *Server) placeFileSystem(zone string) (string, error) {
 	var have []string
-	for _, name := range s.filePoolNames {
-		p := s.filePools[name]
+	for _, name := range s.files.list() {
+		p, ok := s.files.pool(name)
+		if !ok {
+			continue
+		}
 		if zone == "" || p.Zone() == zone {
 			return name, nil
 		}
@@ -281,7 +285,7 @@ func (s *Server) putFileSystem(ctx context.Context, f *fileSystemRecord) error {
 }
 
 func (s *Server) fileSystemUsage(f *fileSystemRecord) int64 {
-	p, ok := s.filePools[f.Pool]
+	p, ok := s.files.pool(f.Pool)
 	if !ok || f.State != fsAvailable {
 		return 0
 	}
@@ -395,12 +399,12 @@ func (s *Server) deleteFileSystem(ctx context.Context, f *fileSystemRecord) erro
 		return err
 	}
 	faults.Point("delete-fs:marked")
-	if ex, ok := s.exporters[f.Pool]; ok {
+	if ex, ok := s.files.exporter(f.Pool); ok {
 		if err := ex.Unexport(ctx, f.ID); err != nil {
 			return internal(err, "unexport file system %s", f.ID)
 		}
 	}
-	if p, ok := s.filePools[f.Pool]; ok {
+	if p, ok := s.files.pool(f.Pool); ok {
 		if err := p.DeleteFileSystem(ctx, f.ID); err != nil {
 			return internal(err, "delete tree of file system %s", f.ID)
 		}

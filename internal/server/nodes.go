@@ -126,6 +126,8 @@ func (s *Server) ListPools(ctx context.Context, req *pb.ListPoolsRequest) (*pb.L
 type poolUse struct {
 	provisioned        int64
 	volumes, snapshots []string
+	// fileSystems are those in the file-tree pool of that name.
+	fileSystems []string
 }
 
 // poolUses is every pool's use, by pool name (a pool without volumes or
@@ -146,7 +148,7 @@ func (s *Server) poolUses(ctx context.Context) (map[string]poolUse, error) {
 		}); err != nil {
 			return err
 		}
-		return tx.Scan(bucketSnapshots, "", "", func(_ string, value []byte) error {
+		if err := tx.Scan(bucketSnapshots, "", "", func(_ string, value []byte) error {
 			var sn snapshotRecord
 			if err := json.Unmarshal(value, &sn); err != nil {
 				return err
@@ -154,6 +156,18 @@ func (s *Server) poolUses(ctx context.Context) (map[string]poolUse, error) {
 			u := uses[sn.Pool]
 			u.snapshots = append(u.snapshots, sn.ID)
 			uses[sn.Pool] = u
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Scan(bucketFileSystems, "", "", func(_ string, value []byte) error {
+			var f fileSystemRecord
+			if err := json.Unmarshal(value, &f); err != nil {
+				return err
+			}
+			u := uses[f.Pool]
+			u.fileSystems = append(u.fileSystems, f.ID)
+			uses[f.Pool] = u
 			return nil
 		})
 	})

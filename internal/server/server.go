@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sort"
 	"time"
 
 	"google.golang.org/grpc"
@@ -120,15 +119,12 @@ type Server struct {
 	secrets *secrets.Service
 	params  *params.Service
 
-	filePools     map[string]FilePool
-	filePoolNames []string
-	exporters     map[string]Exporter
-	apLimit       int
-	storageHosts  StorageHostDialer
+	files        *fileSet
+	apLimit      int
+	storageHosts StorageHostDialer
 	// hosts are the registered storage hosts' connections (storagehosts.go).
-	hosts      hostConns
-	nfsAddress string
-	auth       *auth.Authorizer
+	hosts hostConns
+	auth  *auth.Authorizer
 	// now is the clock of scheduled rotations (tests move it).
 	now func() time.Time
 }
@@ -151,14 +147,8 @@ func New(cfg Config) (*Server, error) {
 		cfg.AccessPointLimit = DefaultAccessPointLimit
 	}
 	s := &Server{store: cfg.Store, pools: newPoolSet(cfg.Pools, cfg.BlockExports), locks: keylock.New(cfg.LockWait), log: cfg.Logger, kms: cfg.KMS,
-		filePools: cfg.FilePools, exporters: cfg.Exporters, apLimit: cfg.AccessPointLimit, nfsAddress: cfg.NFSAddress, auth: cfg.Auth,
+		files: newFileSet(cfg.FilePools, cfg.Exporters, cfg.NFSAddress), apLimit: cfg.AccessPointLimit, auth: cfg.Auth,
 		storageHosts: cfg.StorageHosts, now: time.Now}
-	if s.filePools == nil {
-		s.filePools = map[string]FilePool{}
-	}
-	if s.exporters == nil {
-		s.exporters = map[string]Exporter{}
-	}
 	for name := range cfg.BlockExports {
 		if _, ok := cfg.Pools[name]; !ok {
 			return nil, fmt.Errorf("server: a block exporter is given for pool %q, which is not configured", name)
@@ -169,10 +159,6 @@ func New(cfg Config) (*Server, error) {
 		s.secrets = secrets.New(cfg.Store, cfg.KMS, secrets.Options{Now: func() time.Time { return s.now() }})
 		s.params = params.New(cfg.Store, cfg.KMS, params.Options{})
 	}
-	for name := range s.filePools {
-		s.filePoolNames = append(s.filePoolNames, name)
-	}
-	sort.Strings(s.filePoolNames)
 	return s, nil
 }
 

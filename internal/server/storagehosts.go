@@ -31,11 +31,17 @@ type StorageHostDialer interface {
 
 // StorageHostConn is a connection to a storage host: its pool, the
 // exporter of its volumes when it exports over NBD (nil when it does not),
-// and how to close it.
+// its file-tree pool when it has one (served under the pool's name) with
+// the NFS exporter of its access points and the address clients mount
+// them at, and how to close it.
 type StorageHostConn struct {
 	Pool     Pool
 	Exporter BlockExporter
-	Close    func() error
+	Files    FilePool
+	// FileExporter is nil when the storage host serves no NFS.
+	FileExporter Exporter
+	NFSAddress   string
+	Close        func() error
 }
 
 type storageHostRecord struct {
@@ -160,13 +166,20 @@ func (s *Server) DeregisterStorageHost(ctx context.Context, req *pb.DeregisterSt
 	s.hosts.mu.Lock()
 	pool, served := s.pools.lookup(req.Pool)
 	exporter, _ := s.pools.exporter(req.Pool)
+	tree, hasTree := s.files.pool(req.Pool)
+	treeExporter, _ := s.files.exporter(req.Pool)
+	nfsAddress := s.files.address(req.Pool)
 	s.pools.remove(req.Pool)
+	s.files.remove(req.Pool)
 	s.hosts.mu.Unlock()
 	restore := func() {
+		s.hosts.mu.Lock()
+		defer s.hosts.mu.Unlock()
 		if served {
-			s.hosts.mu.Lock()
 			s.pools.put(req.Pool, pool, exporter)
-			s.hosts.mu.Unlock()
+		}
+		if hasTree {
+			s.files.put(req.Pool, tree, treeExporter, nfsAddress)
 		}
 	}
 	if err := s.poolUnused(ctx, req.Pool); err != nil {
@@ -197,18 +210,18 @@ func (s *Server) poolUnused(ctx context.Context, pool string) error {
 		return err
 	}
 	u := uses[pool]
-	if len(u.volumes)+len(u.snapshots) == 0 {
+	if len(u.volumes)+len(u.snapshots)+len(u.fileSystems) == 0 {
 		return nil
 	}
-	users := append(u.volumes, u.snapshots...)
+	users := append(append(u.volumes, u.snapshots...), u.fileSystems...)
 	shown := users[:min(len(users), 5)]
 	more := ""
 	if len(users) > len(shown) {
 		more = fmt.Sprintf(" and %d more", len(users)-len(shown))
 	}
 	return status.Errorf(codes.FailedPrecondition,
-		"pool %s still holds %d volumes and %d snapshots (%s%s): delete them first; its storage host stays registered",
-		pool, len(u.volumes), len(u.snapshots), strings.Join(shown, ", "), more)
+		"pool %s still holds %d volumes, %d snapshots and %d file systems (%s%s): delete them first; its storage host stays registered",
+		pool, len(u.volumes), len(u.snapshots), len(u.fileSystems), strings.Join(shown, ", "), more)
 }
 
 // connectStorageHost dials a storage host, records it and serves its pool
@@ -218,6 +231,10 @@ func (s *Server) connectStorageHost(ctx context.Context, pool, address string) e
 	if _, ok := s.pools.lookup(pool); ok && !registered {
 		return status.Errorf(codes.AlreadyExists,
 			"pool %s is configured on this server's command line (--pool or --agent); a storage host may not register it too: rename its pool", pool)
+	}
+	if _, ok := s.files.pool(pool); ok && !registered {
+		return status.Errorf(codes.AlreadyExists,
+			"file-tree pool %s is configured on this server's command line (--file-pool); a storage host may not register a pool of that name: rename its pool", pool)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	c, err := s.storageHosts.DialStorageHost(dctx, pool, address)
@@ -242,13 +259,21 @@ func (s *Server) connectStorageHost(ctx context.Context, pool, address string) e
 	s.hosts.conns[pool] = hostConn{address: address, close: c.Close}
 	delete(s.hosts.pending, pool)
 	s.pools.put(pool, c.Pool, c.Exporter)
+	if c.Files != nil {
+		s.files.put(pool, c.Files, c.FileExporter, c.NFSAddress)
+	} else {
+		s.files.remove(pool)
+	}
 	s.hosts.mu.Unlock()
 	if had {
 		old.close()
 	}
 	s.log.Info("storage host registered: serving its pool", "pool", pool, "agent", address, "zone", rec.Zone, "node", rec.Node,
-		"nbd", s.exportAddress(pool), "replaced", had && old.address != address)
+		"nbd", s.exportAddress(pool), "fileTree", c.Files != nil, "nfs", c.NFSAddress, "replaced", had && old.address != address)
 	s.adoptPool(ctx, pool)
+	if c.Files != nil {
+		s.adoptFileTree(ctx, pool)
+	}
 	return nil
 }
 
@@ -381,4 +406,66 @@ func (s *Server) errNotServed(pool string) error {
 		return err
 	}
 	return status.Errorf(codes.FailedPrecondition, "storage pool %q is not configured on this server (was it removed from --pool or --agent, or has its storage host not registered?)", pool)
+}
+
+// adoptFileTree exports again, on a storage host's file tree that
+// (re)joined, every available file system and access point of its pool:
+// the agent keeps its exports, but the records are what is served. Trees
+// the records do not know are logged, never removed.
+func (s *Server) adoptFileTree(ctx context.Context, pool string) {
+	var fss []fileSystemRecord
+	var aps []accessPointRecord
+	known := map[string]bool{}
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		if err := tx.Scan(bucketFileSystems, "", "", func(_ string, value []byte) error {
+			var f fileSystemRecord
+			if err := json.Unmarshal(value, &f); err != nil {
+				return err
+			}
+			if f.Pool == pool {
+				known[f.ID] = true
+				if f.State == fsAvailable {
+					fss = append(fss, f)
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Scan(bucketAccessPoints, "", "", func(_ string, value []byte) error {
+			var a accessPointRecord
+			if err := json.Unmarshal(value, &a); err != nil {
+				return err
+			}
+			if a.Pool == pool && a.State == apAvailable {
+				aps = append(aps, a)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		s.log.Error("read the file systems of a storage host's file tree", "pool", pool, "err", err)
+		return
+	}
+	for i := range fss {
+		if err := s.reexportFileSystem(ctx, &fss[i]); err != nil {
+			s.log.Error("export a file system on its storage host again", "fileSystem", fss[i].ID, "pool", pool, "err", err)
+		}
+	}
+	if ex, ok := s.files.exporter(pool); ok {
+		for i := range aps {
+			if err := ex.Export(ctx, aps[i].export()); err != nil {
+				s.log.Error("export an access point on its storage host again", "accessPoint", aps[i].ID, "pool", pool, "err", err)
+			}
+		}
+	}
+	if p, ok := s.files.pool(pool); ok {
+		if ids, err := p.ListFileSystems(); err == nil {
+			for _, id := range ids {
+				if !known[id] {
+					s.log.Warn("storage host holds a file system tree no record of this server names (left in place)", "pool", pool, "fileSystem", id)
+				}
+			}
+		}
+	}
 }

@@ -156,7 +156,7 @@ func Start(t testing.TB, o Options) *Stack {
 			t.Fatal(err)
 		}
 		t.Cleanup(g.Stop)
-		exporters = map[string]server.Exporter{"files-a": g}
+		exporters = map[string]server.Exporter{"files-a": files.TreeExporter{Tree: filePool, NFS: g}}
 		s.NFSAddress = g.Address()
 	}
 	var blockExports map[string]server.BlockExporter
