@@ -126,7 +126,9 @@ func newServerCmd() *cobra.Command {
 			if len(pools) == 0 && len(agents) == 0 && agentTokenFile == "" {
 				pools = []string{"name=default"}
 			}
-			if len(filePools) == 0 {
+			if len(filePools) == 0 && agentTokenFile == "" {
+				// A server that takes registrations gets its file trees
+				// from the storage hosts (stowage agent --file-pool).
 				filePools = []string{"name=files"}
 			}
 			ctx, cancel := signalContext(cmd.Context())
@@ -159,7 +161,7 @@ func newServerCmd() *cobra.Command {
 	f.StringArrayVar(&agents, "agent", nil, "storage pool on a storage host of its own (stowage agent): name=N,address=host:port,token-file=F, F holding the agent's token (repeatable)")
 	f.StringVar(&agentCAFile, "agent-ca-file", "", "the registering storage hosts serve the agent API with TLS (stowage agent --tls-cert-file): trust the certificates this PEM CA signs, for the addresses they register (empty: in clear)")
 	f.StringVar(&agentTokenFile, "agent-token-file", "", "take registrations of storage hosts (stowage agent --server): connect to each with the token in this file (mode 0600), which every registering agent's --token-file holds (empty: registrations are refused)")
-	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas)")
+	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas; default name=files unless --agent-token-file is given, when the storage hosts' file trees serve)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
 	f.StringVar(&localHandoff, "local-handoff", DefaultLocalHandoff, "unix socket where the node plugin of this machine gets the images of the volumes attached to it locally (its pools' node), as open descriptors; none: serve none")
 	f.StringVar(&nbdListen, "nbd-listen", "", "export the block pools' volumes over NBD at host:port to the other nodes of their zones (empty: a volume attaches only on its pool's node)")

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -69,9 +70,10 @@ func TestStorageHostFileTree_ServedByItsOwnNFS_KeptAcrossAgentRestart(t *testing
 	sock := filepath.Join(dir, "api.sock")
 	// The server has no file-tree pool of its own: every file system is on
 	// the storage host.
-	startServer(t, serverOptions{dataDir: dir, listen: "unix://" + sock, zone: "zone-a", node: "node-a", agentTokenFile: agentToken,
+	so := serverOptions{dataDir: dir, listen: "unix://" + sock, zone: "zone-a", node: "node-a", agentTokenFile: agentToken,
 		pools: []string{"name=pool-a,zone=zone-a,node=node-a"},
-		auth:  authOptions{bootstrapTokensDir: tokens, bootstrapStorageHosts: []string{"pool-r"}}})
+		auth:  authOptions{bootstrapTokensDir: tokens, bootstrapStorageHosts: []string{"pool-r"}}}
+	stopServer := startServer(t, so)
 	hostToken := filepath.Join(tokens, "storage-host@pool-r")
 	waitFile(t, hostToken)
 
@@ -183,15 +185,51 @@ func TestStorageHostFileTree_ServedByItsOwnNFS_KeptAcrossAgentRestart(t *testing
 	if exec.Command("nfs-cat", url(a.Id, "f.txt", 1)).Run() == nil {
 		t.Fatal("the access point is still served with the agent stopped")
 	}
-	startHost()
+	stopHost = startHost()
 	if out := nfsTool(t, "nfs-cat", url(a.Id, "f.txt", 1)); !strings.Contains(out, "through the storage host") {
 		t.Errorf("after the agent's restart the access point reads %q", out)
 	}
 
+	// The server restarts while the storage host is away: it starts, its
+	// records stay, and a change to the tree is refused as UNAVAILABLE
+	// naming the host (not done on the records alone, with the tree left
+	// behind); once the host is back the server reconnects by itself.
+	stopHost()
+	stopServer()
+	startServer(t, so)
+	admin.Close()
+	if admin, err = dial("unix://"+sock, filepath.Join(tokens, "admin")); err != nil {
+		t.Fatal(err)
+	}
+	fsc, apc = pb.NewFileSystemServiceClient(admin), pb.NewAccessPointServiceClient(admin)
+	var away error
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, away = apc.DeleteAccessPoint(ctx, &pb.DeleteAccessPointRequest{AccessPointId: a.Id}, grpc.WaitForReady(true))
+		if status.Code(away) != codes.Unavailable || strings.Contains(away.Error(), "storage host storage-1") || time.Now().After(deadline) {
+			break // (UNAVAILABLE without the host's name: the server's socket is not up yet)
+		}
+	}
+	if status.Code(away) != codes.Unavailable || !strings.Contains(away.Error(), "storage host storage-1") {
+		t.Fatalf("delete an access point while its storage host is away: %v; want UNAVAILABLE naming storage-1", away)
+	}
+	if d, err := fsc.DescribeFileSystem(ctx, &pb.DescribeFileSystemRequest{FileSystemId: f.Id}); err != nil || d.State != pb.FileSystemState_FILE_SYSTEM_STATE_AVAILABLE {
+		t.Fatalf("the file system's record while its host is away: %v %v; want it kept, available", d, err)
+	}
+	startHost()
+	if out := nfsTool(t, "nfs-cat", url(a.Id, "f.txt", 1)); !strings.Contains(out, "through the storage host") {
+		t.Errorf("after both restarted the access point reads %q", out)
+	}
+
 	// Deleting the access point ends its export on the storage host; the
 	// file system's delete removes its tree there.
-	if _, err := apc.DeleteAccessPoint(ctx, &pb.DeleteAccessPointRequest{AccessPointId: a.Id}); err != nil {
-		t.Fatal(err)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		_, err := apc.DeleteAccessPoint(ctx, &pb.DeleteAccessPointRequest{AccessPointId: a.Id})
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			t.Fatalf("delete the access point once its storage host is back: %v", err)
+		}
 	}
 	for deadline := time.Now().Add(15 * time.Second); exec.Command("nfs-cat", url(a.Id, "f.txt", 1)).Run() == nil; time.Sleep(200 * time.Millisecond) {
 		if time.Now().After(deadline) {

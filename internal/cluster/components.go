@@ -483,6 +483,10 @@ func (c *Config) Components() []Component {
 				if len(c.StorageHosts) > 0 {
 					// The network step writes the agent token it reads.
 					comps[i].Needs = append(comps[i].Needs, "network")
+					// File systems are on the storage hosts' file trees,
+					// each served by its own nfs-ganesha, so that they stay
+					// served whichever server leads (or none).
+					comps[i].Cmd.Args = withoutArgs(comps[i].Cmd.Args, "--file-pool=", "--nfs-listen=")
 				}
 			}
 		}

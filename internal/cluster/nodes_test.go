@@ -156,6 +156,9 @@ func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T)
 		!strings.Contains(args, "--bootstrap-storage-host-tokens=pool-vm-storage-1,pool-vm-storage-2") || strings.Contains(args, "--agent=") {
 		t.Errorf("server pools %v, args %q: want pool-a in the server, and the storage hosts' pools registered by them with a token each", pools, args)
 	}
+	if strings.Contains(args, "--file-pool=") || strings.Contains(args, "--nfs-listen=") {
+		t.Errorf("server args %q: want no file tree and no nfs-ganesha in the server (the storage hosts have them)", args)
+	}
 	srv2 := comps["stowage-server-2"]
 	if !slices.Contains(srv.Cmd.Args, "--listen=unix:///var/lib/stowage/run/stowage-api.sock") || !slices.Contains(srv2.Cmd.Args, "--listen=unix:///var/lib/stowage/run/stowage-api-2.sock") ||
 		!slices.Contains(srv2.Cmd.Args, "--advertise-address=unix:///var/lib/stowage/run/stowage-api-2.sock") || !slices.Contains(srv2.Needs, "stowage-server") ||
@@ -180,7 +183,9 @@ func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T)
 		"--server-token-file=/var/lib/stowage/stowage/tokens/storage-host@pool-vm-storage-1",
 		// The agent API over TLS, with a certificate for its address,
 		// which both servers trust by the cluster's CA.
-		"--tls-cert-file=/var/lib/stowage/pki/agent@vm-storage-1.crt", "--tls-key-file=/var/lib/stowage/pki/agent@vm-storage-1.key"} {
+		"--tls-cert-file=/var/lib/stowage/pki/agent@vm-storage-1.crt", "--tls-key-file=/var/lib/stowage/pki/agent@vm-storage-1.key",
+		// Its own file tree, served by its own nfs-ganesha at its address.
+		"--file-pool=dir=/var/lib/stowage/storage-hosts/vm-storage-1/files,size=100G", "--nfs-listen=198.51.100.43:12049"} {
 		if !strings.Contains(agent, w) {
 			t.Errorf("agent of vm-storage-1: %q lacks %q", agent, w)
 		}

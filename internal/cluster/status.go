@@ -113,11 +113,15 @@ func (s *Status) Print(out io.Writer) {
 	if len(c.Workers) == 0 {
 		fmt.Fprintf(out, "Storage host    %s (block pool pool-a, file pool files-a, zone %s; in the Stowage server)\n", c.NodeName, c.Zone)
 	} else {
-		fmt.Fprintf(out, "Storage host    %s (block pool pool-a, file pool files-a, zone %s; in the Stowage server, NBD at %s)\n", c.NodeName, c.Zone, c.nbdListen())
+		files := "file pool files-a, "
+		if len(c.StorageHosts) > 0 {
+			files = "" // the file trees are on the storage hosts
+		}
+		fmt.Fprintf(out, "Storage host    %s (block pool pool-a, %szone %s; in the Stowage server, NBD at %s)\n", c.NodeName, files, c.Zone, c.nbdListen())
 	}
 	for _, n := range c.storageHostNodes() {
-		fmt.Fprintf(out, "Storage host    %s (%s, zone %s, network namespace %s; block pool %s, agent API %s, NBD at %s:%s)\n",
-			n.Name, n.IP, n.Zone, n.Netns, storageHostPool(n.Name), n.agentAddress(), n.IP, NBDPort)
+		fmt.Fprintf(out, "Storage host    %s (%s, zone %s, network namespace %s; block and file pool %s, agent API %s, NBD at %s:%s, NFS at %s)\n",
+			n.Name, n.IP, n.Zone, n.Netns, storageHostPool(n.Name), n.agentAddress(), n.IP, NBDPort, n.nfsAddress())
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

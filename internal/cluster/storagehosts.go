@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -104,6 +105,23 @@ func (l Layout) AgentTokenFile() string { return l.path("stowage", "agent.token"
 
 func (n nodeView) agentAddress() string { return net.JoinHostPort(n.IP, AgentPort) }
 
+// nfsAddress is where a storage host's nfs-ganesha serves its file tree.
+func (n nodeView) nfsAddress() string {
+	_, port, _ := net.SplitHostPort(NFSAddress)
+	return net.JoinHostPort(n.IP, port)
+}
+
+// withoutArgs is args without those that start with one of prefixes.
+func withoutArgs(args []string, prefixes ...string) []string {
+	var out []string
+	for _, a := range args {
+		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(a, p) }) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // storageHostComponents is a storage host's one process: its agent.
 func (c *Config) storageHostComponents(n nodeView) []Component {
 	pki := PKI{Dir: c.Layout().PKI()}
@@ -114,11 +132,26 @@ func (c *Config) storageHostComponents(n nodeView) []Component {
 		"--token-file=" + c.Layout().AgentTokenFile(),
 		"--data-dir=" + string(n.L),
 		fmt.Sprintf("--pool=name=%s,dir=%s,zone=%s,node=%s,size=%s", storageHostPool(n.Name), filepath.Join(string(n.L), "pool"), n.Zone, n.Name, c.PoolSize),
+		// Its file-tree pool (btrfs, for access-point quotas) under the
+		// same name, served by its own nfs-ganesha at its address.
+		fmt.Sprintf("--file-pool=dir=%s,size=%s", filepath.Join(string(n.L), "files"), FilePoolSize),
+		"--nfs-listen=" + n.nfsAddress(),
 		"--tls-cert-file=" + pki.Cert(storageHostCert(n.Name)),
 		"--tls-key-file=" + pki.Key(storageHostCert(n.Name)),
 		"--server=" + c.StowageEndpoints(),
 		"--server-token-file=" + c.Layout().StowageToken(storageHostTokenName(n.Name)),
 	}}), Ready: func(ctx context.Context) error { return c.poolRegistered(ctx, storageHostPool(n.Name)) }}}
+}
+
+// fileSystemNeeds is what the default file system waits for: the server
+// and the manifests, and the storage hosts' agents when the file trees
+// are theirs.
+func (c *Config) fileSystemNeeds() []string {
+	needs := []string{"stowage-server", "manifests"}
+	for _, n := range c.storageHostNodes() {
+		needs = append(needs, "stowage-agent"+n.suffix())
+	}
+	return needs
 }
 
 // takesRegistrations: storage hosts register with the servers, which

@@ -314,7 +314,7 @@ func (c *Config) upSteps(o UpOptions) []step {
 		}},
 		step{name: "images", needs: []string{"containerd"}, run: func(ctx context.Context) (string, error) { return c.importImages(ctx, c.hostNode()) }},
 		step{name: "manifests", needs: []string{"kube-apiserver"}, run: c.applyManifests},
-		step{name: "file system", needs: []string{"stowage-server", "manifests"}, run: c.defaultFileSystem},
+		step{name: "file system", needs: c.fileSystemNeeds(), run: c.defaultFileSystem},
 		step{name: "kms key", needs: []string{"stowage-server"}, run: c.kubernetesKey},
 		step{name: "node ready", needs: c.nodeReadyNeeds(), run: func(ctx context.Context) (string, error) {
 			return c.waitNode(ctx, o.Timeout)

@@ -239,3 +239,52 @@ func TestGanesha_QuotaSubvolumeMadeAfterStart_ExportedAndEnforced(t *testing.T) 
 		t.Errorf("after Stop, %s mounted = %t (%v); want its own mount gone", path, m, err)
 	}
 }
+
+// TreeExporter is what stands between the agent API and a storage host's
+// paths: an export names a file system by id and a directory inside it;
+// anything that is not a file system id or a canonical path inside it is
+// refused before ganesha sees it, and a good one is served from the tree.
+func TestTreeExporter_ResolvesInsideTheTree_RefusesWhatWouldLeaveIt(t *testing.T) {
+	if _, err := exec.LookPath("ganesha.nfsd"); err != nil {
+		t.Skipf("nfs-ganesha is not installed (hack/setup.sh installs it): %v", err)
+	}
+	tree, err := Open(Config{Dir: t.TempDir(), Zone: "zone-a", Node: "node-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := NewGanesha(GaneshaConfig{StateDir: t.TempDir()}) // not started: exports go to its configuration
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := TreeExporter{Tree: tree, NFS: g}
+	ctx := context.Background()
+	const fs = "fs-0123456789abcdef"
+	for _, e := range []Export{
+		{ID: 2, AccessPointID: "fsap-1", FileSystemID: "../../etc", Dir: "/", Pseudo: "/fsap-1"},
+		{ID: 2, AccessPointID: "fsap-2", FileSystemID: fs, Dir: "/a/../../..", Pseudo: "/fsap-2"},
+		{ID: 2, AccessPointID: "fsap-3", FileSystemID: fs, Dir: "a/b", Pseudo: "/fsap-3"},
+		{ID: 2, AccessPointID: "fsap-4", FileSystemID: fs, Dir: "/a//b/", Pseudo: "/fsap-4"},
+	} {
+		if err := x.Export(ctx, e); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Export(%+v) = %v, want ErrInvalid", e, err)
+		}
+	}
+	if len(g.exports) != 0 {
+		t.Fatalf("refused exports reached ganesha: %v", g.exports)
+	}
+	if err := tree.CreateFileSystem(ctx, fs); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.MakeRoot(ctx, fs, RootDirectory{Path: "/dynamic_provisioning/pvc-1", Creation: &CreationInfo{Mode: 0o750}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Export(ctx, Export{ID: 3, AccessPointID: "fsap-5", FileSystemID: fs, Dir: "/dynamic_provisioning/pvc-1", Path: "/etc", Pseudo: "/fsap-5"}); err != nil { // a Path given is not trusted: Dir wins
+		t.Fatal(err)
+	}
+	if got, want := g.exports["fsap-5"].Path, tree.HostPath(fs, "/dynamic_provisioning/pvc-1"); got != want || !strings.HasPrefix(got, tree.Dir()+"/") {
+		t.Errorf("exported path %q, want %q inside the tree %s", got, want, tree.Dir())
+	}
+	if err := x.Unexport(ctx, "fsap-5"); err != nil || len(g.exports) != 0 {
+		t.Errorf("unexport: %v, left %v", err, g.exports)
+	}
+}

@@ -475,6 +475,9 @@ func (s *Server) SetAccessPointQuota(ctx context.Context, req *pb.SetAccessPoint
 // removes the directories the create made when rolling one back, then
 // forgets the record; Reconcile repeats it after a crash.
 func (s *Server) removeAccessPoint(ctx context.Context, a *accessPointRecord, rollback bool) error {
+	if err := s.fileTreeAway(ctx, a.Pool); err != nil {
+		return err
+	}
 	if !rollback {
 		a.State = apDeleting
 		if err := s.putAccessPoint(ctx, a); err != nil {
@@ -566,6 +569,10 @@ func (s *Server) reconcileFiles(ctx context.Context) error {
 		a := &aps[i]
 		switch a.State {
 		case apCreating, apDeleting:
+			if err := s.fileTreeAway(ctx, a.Pool); err != nil {
+				s.log.Warn("reconcile: an access point's create or delete did not finish; finished when its storage host connects", "accessPoint", a.ID, "pool", a.Pool)
+				continue
+			}
 			s.log.Warn("reconcile: removing an access point whose create or delete did not finish", "accessPoint", a.ID, "state", a.State)
 			if err := s.removeAccessPoint(ctx, a, a.State == apCreating); err != nil {
 				return fmt.Errorf("reconcile: access point %s: %w", a.ID, err)
@@ -587,6 +594,10 @@ func (s *Server) reconcileFiles(ctx context.Context) error {
 	for i := range fss {
 		f := &fss[i]
 		if f.State == fsCreating || f.State == fsDeleting {
+			if err := s.fileTreeAway(ctx, f.Pool); err != nil {
+				s.log.Warn("reconcile: a file system's create or delete did not finish; finished when its storage host connects", "fileSystem", f.ID, "pool", f.Pool)
+				continue
+			}
 			s.log.Warn("reconcile: removing a file system whose create or delete did not finish", "fileSystem", f.ID, "state", f.State)
 			if err := s.deleteFileSystem(ctx, f); err != nil {
 				return fmt.Errorf("reconcile: file system %s: %w", f.ID, err)

@@ -158,7 +158,7 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 			"encryption at rest is not implemented for file systems yet (the file-tree pool is btrfs, which has no per-directory encryption here); create the file system without encrypted/kmsKeyId")
 	}
 	if len(s.files.list()) == 0 {
-		return nil, status.Error(codes.FailedPrecondition, "this server has no file-tree pool (give --file-pool), so it cannot make file systems")
+		return nil, status.Error(codes.FailedPrecondition, "this server has no file-tree pool (give it --file-pool, or run a storage host with stowage agent --file-pool), so it cannot make file systems")
 	}
 	if req.Name != "" {
 		unlock, err := s.lock(ctx, "file system name "+req.Name, "fs-name/"+req.Name)
@@ -394,6 +394,9 @@ func (s *Server) DeleteFileSystem(ctx context.Context, req *pb.DeleteFileSystemR
 // deleteFileSystem marks the record deleting, removes the tree, then the
 // record; Reconcile finishes it after a crash.
 func (s *Server) deleteFileSystem(ctx context.Context, f *fileSystemRecord) error {
+	if err := s.fileTreeAway(ctx, f.Pool); err != nil {
+		return err
+	}
 	f.State = fsDeleting
 	if err := s.putFileSystem(ctx, f); err != nil {
 		return err

@@ -424,9 +424,7 @@ func (s *Server) adoptFileTree(ctx context.Context, pool string) {
 			}
 			if f.Pool == pool {
 				known[f.ID] = true
-				if f.State == fsAvailable {
-					fss = append(fss, f)
-				}
+				fss = append(fss, f)
 			}
 			return nil
 		}); err != nil {
@@ -437,7 +435,7 @@ func (s *Server) adoptFileTree(ctx context.Context, pool string) {
 			if err := json.Unmarshal(value, &a); err != nil {
 				return err
 			}
-			if a.Pool == pool && a.State == apAvailable {
+			if a.Pool == pool {
 				aps = append(aps, a)
 			}
 			return nil
@@ -447,15 +445,35 @@ func (s *Server) adoptFileTree(ctx context.Context, pool string) {
 		s.log.Error("read the file systems of a storage host's file tree", "pool", pool, "err", err)
 		return
 	}
-	for i := range fss {
-		if err := s.reexportFileSystem(ctx, &fss[i]); err != nil {
-			s.log.Error("export a file system on its storage host again", "fileSystem", fss[i].ID, "pool", pool, "err", err)
+	// What did not finish while the host was away first, as Reconcile
+	// does at a start: access points, then file systems.
+	for i := range aps {
+		a := &aps[i]
+		switch a.State {
+		case apCreating, apDeleting:
+			s.log.Warn("removing an access point whose create or delete did not finish while its storage host was away", "accessPoint", a.ID, "pool", pool)
+			if err := s.removeAccessPoint(ctx, a, a.State == apCreating); err != nil {
+				s.log.Error("remove an unfinished access point on its storage host", "accessPoint", a.ID, "pool", pool, "err", err)
+			}
+		case apAvailable:
+			if ex, ok := s.files.exporter(pool); ok {
+				if err := ex.Export(ctx, a.export()); err != nil {
+					s.log.Error("export an access point on its storage host again", "accessPoint", a.ID, "pool", pool, "err", err)
+				}
+			}
 		}
 	}
-	if ex, ok := s.files.exporter(pool); ok {
-		for i := range aps {
-			if err := ex.Export(ctx, aps[i].export()); err != nil {
-				s.log.Error("export an access point on its storage host again", "accessPoint", aps[i].ID, "pool", pool, "err", err)
+	for i := range fss {
+		f := &fss[i]
+		switch f.State {
+		case fsCreating, fsDeleting:
+			s.log.Warn("removing a file system whose create or delete did not finish while its storage host was away", "fileSystem", f.ID, "pool", pool)
+			if err := s.deleteFileSystem(ctx, f); err != nil {
+				s.log.Error("remove an unfinished file system on its storage host", "fileSystem", f.ID, "pool", pool, "err", err)
+			}
+		case fsAvailable:
+			if err := s.reexportFileSystem(ctx, f); err != nil {
+				s.log.Error("export a file system on its storage host again", "fileSystem", f.ID, "pool", pool, "err", err)
 			}
 		}
 	}
@@ -468,4 +486,22 @@ func (s *Server) adoptFileTree(ctx context.Context, pool string) {
 			}
 		}
 	}
+}
+
+// fileTreeAway is UNAVAILABLE when pool is the file tree of a registered
+// storage host that is not connected: its tree cannot be changed now, so
+// records of it are left for when it connects (adoptFileTree), never
+// forgotten with the tree left behind. nil for a served pool and for a
+// pool that is no storage host's (a --file-pool removed from the command
+// line: its records go, as they always did).
+func (s *Server) fileTreeAway(ctx context.Context, pool string) error {
+	if _, ok := s.files.pool(pool); ok {
+		return nil
+	}
+	var rec storageHostRecord
+	if err := s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketStorageHosts, pool, &rec) }); err != nil {
+		return nil
+	}
+	return status.Errorf(codes.Unavailable,
+		"the file tree of pool %s is on storage host %s (agent %s), which is not connected to this server: try again once it is", pool, rec.Node, rec.Address)
 }
