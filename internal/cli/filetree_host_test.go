@@ -81,7 +81,7 @@ func TestStorageHostFileTree_ServedByItsOwnNFS_KeptAcrossAgentRestart(t *testing
 	nfsAddr := freeAddr(t)
 	_, nfsPort, _ := net.SplitHostPort(nfsAddr)
 	ao := agentOptions{listen: freeAddr(t), nbdListen: "127.0.0.1:0", tokenFile: agentToken, dataDir: hostDir,
-		pool: "name=pool-r,dir=" + filepath.Join(hostDir, "pool") + ",zone=zone-b,node=storage-1",
+		pool:     "name=pool-r,dir=" + filepath.Join(hostDir, "pool") + ",zone=zone-b,node=storage-1",
 		filePool: "dir=" + filepath.Join(hostDir, "files"), nfsListen: nfsAddr, nfsGraceless: true,
 		server: "unix://" + sock, serverTokenFile: hostToken, registerInterval: time.Hour}
 	startHost := func() (stop func()) {
