@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/testutil/libnfs"
 )
 
 // freeAddr is a loopback host:port nothing listens on.
@@ -28,24 +29,6 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-// nfsTool runs a libnfs tool until it succeeds (an export appears a
-// moment after the reload that adds it), or fails the test.
-func nfsTool(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	var out []byte
-	var err error
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		out, err = exec.CommandContext(ctx, name, args...).CombinedOutput()
-		cancel()
-		if err == nil {
-			return string(out)
-		}
-	}
-	t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	return ""
 }
 
 // A storage host owns a file-tree pool as it owns its block pool: the
@@ -160,7 +143,7 @@ func TestStorageHostFileTree_ServedByItsOwnNFS_KeptAcrossAgentRestart(t *testing
 	url := func(export, name string, uid int) string {
 		return fmt.Sprintf("nfs://127.0.0.1/%s/%s?version=4&nfsport=%s&uid=%d&gid=%d", export, name, nfsPort, uid, uid)
 	}
-	nfsTool(t, "nfs-cp", src, url(a.Id, "f.txt", 4321))
+	libnfs.Run(t, "nfs-cp", src, url(a.Id, "f.txt", 4321))
 	var sb syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(root, "f.txt"), &sb); err != nil {
 		t.Fatalf("written through the access point, not in the storage host's tree: %v", err)
@@ -169,7 +152,7 @@ func TestStorageHostFileTree_ServedByItsOwnNFS_KeptAcrossAgentRestart(t *testing
 		t.Errorf("written as uid 4321, stored as %d:%d; the access point forces 1000:1000", sb.Uid, sb.Gid)
 	}
 	// The whole file system's export sees the same file, unsquashed.
-	if out := nfsTool(t, "nfs-cat", url(f.Id, "dynamic_provisioning/pvc-1/f.txt", 0)); !strings.Contains(out, "through the storage host") {
+	if out := libnfs.Run(t, "nfs-cat", url(f.Id, "dynamic_provisioning/pvc-1/f.txt", 0)); !strings.Contains(out, "through the storage host") {
 		t.Errorf("the file system's own export reads %q", out)
 	}
 
@@ -186,7 +169,7 @@ func TestStorageHostFileTree_ServedByItsOwnNFS_KeptAcrossAgentRestart(t *testing
 		t.Fatal("the access point is still served with the agent stopped")
 	}
 	stopHost = startHost()
-	if out := nfsTool(t, "nfs-cat", url(a.Id, "f.txt", 1)); !strings.Contains(out, "through the storage host") {
+	if out := libnfs.Run(t, "nfs-cat", url(a.Id, "f.txt", 1)); !strings.Contains(out, "through the storage host") {
 		t.Errorf("after the agent's restart the access point reads %q", out)
 	}
 
@@ -216,7 +199,7 @@ func TestStorageHostFileTree_ServedByItsOwnNFS_KeptAcrossAgentRestart(t *testing
 		t.Fatalf("the file system's record while its host is away: %v %v; want it kept, available", d, err)
 	}
 	startHost()
-	if out := nfsTool(t, "nfs-cat", url(a.Id, "f.txt", 1)); !strings.Contains(out, "through the storage host") {
+	if out := libnfs.Run(t, "nfs-cat", url(a.Id, "f.txt", 1)); !strings.Contains(out, "through the storage host") {
 		t.Errorf("after both restarted the access point reads %q", out)
 	}
 

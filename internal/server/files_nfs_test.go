@@ -15,26 +15,9 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/files"
+	"github.com/stowage-io/stowage/internal/testutil/libnfs"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
 )
-
-// libnfs runs the independent user-space NFS client until it succeeds (an
-// export appears a moment after the reload that adds it).
-func libnfs(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	var out []byte
-	var err error
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		out, err = exec.CommandContext(ctx, name, args...).CombinedOutput()
-		cancel()
-		if err == nil {
-			return string(out)
-		}
-	}
-	t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	return ""
-}
 
 func TestAccessPoint_ServedByGanesha_ForcesItsUser_ReexportedAfterRestart(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -102,7 +85,7 @@ func TestAccessPoint_ServedByGanesha_ForcesItsUser_ReexportedAfterRestart(t *tes
 	url := func(name string, uid int) string {
 		return fmt.Sprintf("nfs://127.0.0.1/%s/%s?version=4&nfsport=%d&uid=%d&gid=%d", a.Id, name, port, uid, uid)
 	}
-	libnfs(t, "nfs-cp", src, url("f.txt", 4321))
+	libnfs.Run(t, "nfs-cp", src, url("f.txt", 4321))
 	var sb syscall.Stat_t
 	host := filepath.Join(dir, "files", "filesystems", f.Id, "dynamic_provisioning", "pvc-1", "f.txt")
 	if err := syscall.Stat(host, &sb); err != nil {
@@ -116,7 +99,7 @@ func TestAccessPoint_ServedByGanesha_ForcesItsUser_ReexportedAfterRestart(t *tes
 	// reconcile exports the access point again.
 	g.Stop()
 	srv, g = start()
-	if out := libnfs(t, "nfs-cat", url("f.txt", 1)); !strings.Contains(out, "through the access point") {
+	if out := libnfs.Run(t, "nfs-cat", url("f.txt", 1)); !strings.Contains(out, "through the access point") {
 		t.Errorf("after restart read %q", out)
 	}
 	if _, err := srv.DeleteAccessPoint(ctx, &pb.DeleteAccessPointRequest{AccessPointId: a.Id}); err != nil {
