@@ -15,8 +15,8 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/files"
-	"github.com/stowage-io/stowage/internal/testutil/libnfs"
 	"github.com/stowage-io/stowage/internal/store/boltstore"
+	"github.com/stowage-io/stowage/internal/testutil/libnfs"
 )
 
 func TestAccessPoint_ServedByGanesha_ForcesItsUser_ReexportedAfterRestart(t *testing.T) {
