@@ -42,6 +42,9 @@ const (
 	// own, so that the node's volumes stay in the server's pool (zone
 	// c.Zone) and only a volume asked for in it goes to an agent.
 	ChartAgentZone = "zone-agents"
+	// ChartAgentNFSPort is where the chart's agent pod serves its file
+	// tree's access points, on the node's address (host network).
+	ChartAgentNFSPort = 12059
 	// ChartStorageHostLabel marks a node whose agent pod runs (the
 	// chart's agents.nodeSelector).
 	ChartStorageHostLabel = "stowage.io/storage-host"
@@ -155,6 +158,8 @@ func (c *Config) ChartValues(imgs []Image) (map[string]any, error) {
 		// listeners.
 		"agents": map[string]any{"enabled": true, "zone": ChartAgentZone, "port": 7109, "nbdPort": 10819,
 			"poolSize": "10G", "dataDir": l.path("agent-pods"), "tokenSecret": chartAgentTokenSecret,
+			// Its file tree, NFS apart from the host server's ganesha.
+			"fileTree": map[string]any{"enabled": true, "size": "10G", "nfsPort": ChartAgentNFSPort},
 			"nodeSelector": map[string]any{ChartStorageHostLabel: "true"}},
 		"blockStorageClasses": []any{
 			block("stowage-gp3", "gp3", map[string]any{}, true),

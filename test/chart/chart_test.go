@@ -90,6 +90,7 @@ var valueSets = map[string][]string{
 	"node runner off":          {"node.runner.enabled=false"},
 	"zone from node labels":    {"nodeZoneLabel=topology.kubernetes.io/zone", "agents.enabled=true"},
 	"api TLS":                  {"apiTLS.enabled=true", "apiTLS.serverSecret=stowage-api-tls", "agents.enabled=true"},
+	"agents with file trees":   {"agents.enabled=true", "agents.fileTree.enabled=true", "agents.fileTree.nfsPort=12059"},
 	"hostPath server, file class": {"server.inCluster.storage.type=hostPath", `server.inCluster.filePools[0]=name=files-a\,zone=zone-a\,size=10G`,
 		"fileStorageClasses[0].name=stowage-efs", "fileStorageClasses[0].parameters.provisioningMode=efs-ap",
 		"fileStorageClasses[0].parameters.fileSystemId=fs-1234", "fileStorageClasses[0].parameters.directoryPerms=700"},
@@ -253,7 +254,7 @@ func checkInvariants(t *testing.T, o objects, set []string) {
 		t.Errorf("ClusterRole stowage-node-reader rendered: %v, want %v (only to read the node's zone label)", clusterRoles["stowage-node-reader"], want)
 	}
 	checkNodeRunner(t, nodePlugin, nodeRunner, !hasSet(set, "node.runner.enabled=false"))
-	checkAgents(t, agents, server, hasSet(set, "agents.enabled=true"), setValue(set, "nodeZoneLabel="))
+	checkAgents(t, agents, server, hasSet(set, "agents.enabled=true"), setValue(set, "nodeZoneLabel="), setValue(set, "agents.fileTree.nfsPort="))
 	external := hasSet(set, "server.external.address=")
 	if got := kinds["StatefulSet"]; external && got != 0 || !external && got != 1 {
 		t.Errorf("%d StatefulSets (the in-cluster server) with external server %v", got, external)
@@ -494,7 +495,7 @@ func checkNodePlugin(t *testing.T, ds *appsv1.DaemonSet) {
 // (--server, with the token of their own principal from the tokens
 // Secret), and the in-cluster server takes registrations with the agents'
 // token (--agent-token-file from the Secret the agents read theirs from).
-func checkAgents(t *testing.T, agents *appsv1.DaemonSet, server *appsv1.StatefulSet, enabled bool, zoneLabel string) {
+func checkAgents(t *testing.T, agents *appsv1.DaemonSet, server *appsv1.StatefulSet, enabled bool, zoneLabel, nfsPort string) {
 	t.Helper()
 	if !enabled {
 		if agents != nil {
@@ -526,6 +527,15 @@ func checkAgents(t *testing.T, agents *appsv1.DaemonSet, server *appsv1.Stateful
 		}
 	} else if !strings.Contains(args, ",zone=") || strings.Contains(args, "--zone-label") {
 		t.Errorf("agents without nodeZoneLabel: args %q, want a zone in --pool", args)
+	}
+	// With agents.fileTree each agent owns a file tree served by its own
+	// nfs-ganesha on the node's address; without, neither.
+	if nfsPort != "" {
+		if !strings.Contains(args, "--file-pool=size=500G") || !strings.Contains(args, "--nfs-listen=$(HOST_IP):"+nfsPort) {
+			t.Errorf("agents with fileTree: args %q, want --file-pool=size=500G and --nfs-listen=$(HOST_IP):%s", args, nfsPort)
+		}
+	} else if strings.Contains(args, "--file-pool") || strings.Contains(args, "--nfs-listen") {
+		t.Errorf("agents without fileTree: args %q, want no file tree", args)
 	}
 	if server == nil {
 		return

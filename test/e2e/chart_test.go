@@ -512,6 +512,49 @@ func TestChart_AgentPodRegistersItsPool(t *testing.T) {
 		t.Errorf("the agent pod's %s does not hold volume %s: %s", dir, vol.ID, got)
 	}
 
+	// A One Zone file system of its zone is on the pod's file tree, served
+	// by the pod's own nfs-ganesha on the node's address: a claim of a
+	// class for it is mounted by the file node plugin from there, and what
+	// the pod writes lands in the agent pod's tree.
+	step("a file system in " + zone + " on the agent pod's file tree; a pod writes through its NFS")
+	out, code = stowage("fs", "create", "--name", "on-agent-pod", "--zone", zone, "-o", "json")
+	if code != 0 {
+		t.Fatalf("fs create in %s: exit %d: %s", zone, code, out)
+	}
+	var fs struct {
+		ID         string `json:"id"`
+		Pool       string `json:"pool"`
+		NfsAddress string `json:"nfsAddress"`
+	}
+	if err := json.Unmarshal([]byte(out), &fs); err != nil || fs.ID == "" {
+		t.Fatalf("fs create printed %q (%v)", out, err)
+	}
+	t.Cleanup(func() {
+		waitFor(t, "file system "+fs.ID+" deleted (its access points gone first)", 2*time.Minute, func() (bool, error) {
+			out, code := stowage("fs", "delete", fs.ID)
+			return code == 0 || strings.Contains(out, "not found"), nil
+		})
+	})
+	if fs.Pool != pool || !strings.HasSuffix(fs.NfsAddress, ":12059") {
+		t.Fatalf("file system %s: pool %q, NFS at %q; want the agent pod's %s, served at <node IP>:12059", fs.ID, fs.Pool, fs.NfsAddress, pool)
+	}
+	fileClass(t, "e2e-agent-pod-files", map[string]string{"provisioningMode": "efs-ap", "fileSystemId": fs.ID, "directoryPerms": "700"})
+	ns := namespace(t)
+	createPVC(t, ns, claim("shared", "e2e-agent-pod-files", "1Gi", corev1.ReadWriteMany))
+	createPod(t, ns, pod("writer", "echo through-the-agent-pod > /shared/f.txt && sync && sleep 3600", "shared"))
+	waitPodPhase(t, ns, "writer", corev1.PodRunning)
+	waitFor(t, "the writer's file in the agent pod's tree", time.Minute, func() (bool, error) {
+		out, err := kubectlErr("", "-n", chartNamespace, "exec", p.Name, "--", "sh", "-c",
+			"find "+filepath.Join(dataDir, "agent-pods", "files", pool, "filesystems", fs.ID)+" -name f.txt -exec cat {} +")
+		return strings.Contains(out, "through-the-agent-pod"), err
+	})
+	if err := kube.CoreV1().Pods(ns).Delete(context.Background(), "writer", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.CoreV1().PersistentVolumeClaims(ns).Delete(context.Background(), "shared", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	step("delete the agent pod " + p.Name + "; its DaemonSet recreates it and the server reconnects")
 	kubectl(t, "", "-n", chartNamespace, "delete", "pod", p.Name, "--wait=true")
 	p = waitReady(t, agentSel, true, podTimeout)
