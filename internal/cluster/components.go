@@ -473,6 +473,16 @@ func (c *Config) Components() []Component {
 			if comps[i].Name == "stowage-server" {
 				comps[i].Cmd.Args = append(comps[i].Cmd.Args, c.serverStoreArgs(l.StowageSocket())...)
 				comps[i].Needs = append(comps[i].Needs, "etcd")
+				// On etcd a server listens before it leads, and only the
+				// leader issues the component tokens: ready once they are
+				// there too (the drivers and agents started next read them).
+				listening := comps[i].Ready
+				comps[i].Ready = func(ctx context.Context) error {
+					if err := listening(ctx); err != nil {
+						return err
+					}
+					return c.tokensIssued()
+				}
 				comps[i].Cmd.Args = append(comps[i].Cmd.Args, "--bootstrap-node-tokens="+strings.Join(c.workerNames(), ","),
 					// Volumes attach over NBD to the other nodes of their zone.
 					"--nbd-listen="+c.nbdListen())

@@ -143,6 +143,24 @@ func (c *Config) storageHostComponents(n nodeView) []Component {
 	}}), Ready: func(ctx context.Context) error { return c.poolRegistered(ctx, storageHostPool(n.Name)) }}}
 }
 
+// tokensIssued is nil once the leading server has written every token
+// file of the cluster's components, nodes and storage hosts.
+func (c *Config) tokensIssued() error {
+	names := []string{"admin", "csi-controller", "csi-node", "csi-file", "secrets-provider", "kms-plugin"}
+	for _, w := range c.workerNames() {
+		names = append(names, "csi-node@"+w)
+	}
+	for _, h := range c.StorageHosts {
+		names = append(names, storageHostTokenName(h.Name))
+	}
+	for _, n := range names {
+		if _, err := os.Stat(c.Layout().StowageToken(n)); err != nil {
+			return fmt.Errorf("the leading server has not issued the token of %s yet: %w", n, err)
+		}
+	}
+	return nil
+}
+
 // fileSystemNeeds is what the default file system waits for: the server
 // and the manifests, and the storage hosts' agents when the file trees
 // are theirs.
