@@ -109,7 +109,8 @@ func ServerOptions(token string, log *slog.Logger) ([]grpc.ServerOption, error) 
 }
 
 const howToAuthenticate = "send the agent's token as gRPC metadata `authorization: Bearer <token>` " +
-	"(stowage server --agent name=N,address=A,token-file=F, F holding what the agent's --token-file holds)"
+	"(stowage server --agent name=N,address=A,token-file=F, F holding what the agent's --token-file holds; " +
+	"a server with --agent-token-per-host presents the token `stowage token agent <pool>` derives for this agent's pool)"
 
 func checkToken(ctx context.Context, want [32]byte) error {
 	md, _ := metadata.FromIncomingContext(ctx)

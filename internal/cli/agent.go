@@ -315,15 +315,21 @@ func registerLoop(ctx context.Context, o agentOptions, pool, api string, log *sl
 }
 
 // agentDialer connects a server to the storage hosts that register, with
-// the one agent token every storage host of the cluster accepts, over TLS
-// when tls is set (--agent-ca-file).
+// the one agent token every storage host of the cluster accepts or, with
+// perHost, the token derived from it for the host's pool
+// (auth.StorageHostAgentToken), over TLS when tls is set (--agent-ca-file).
 type agentDialer struct {
-	token string
-	tls   *tls.Config
+	token   string
+	perHost bool
+	tls     *tls.Config
 }
 
 func (d agentDialer) DialStorageHost(ctx context.Context, pool, address string) (server.StorageHostConn, error) {
-	c, err := agentapi.Dial(ctx, agentapi.ClientConfig{Name: pool, Address: address, Token: d.token, TLS: d.tls})
+	token := d.token
+	if d.perHost {
+		token = auth.StorageHostAgentToken(d.token, pool)
+	}
+	c, err := agentapi.Dial(ctx, agentapi.ClientConfig{Name: pool, Address: address, Token: token, TLS: d.tls})
 	if err != nil {
 		return server.StorageHostConn{}, err
 	}

@@ -106,6 +106,7 @@ func newServerCmd() *cobra.Command {
 	var pools, filePools, agents []string
 	var apLimit int
 	var nfsListen, nbdListen, httpListen, localHandoff, agentTokenFile, agentCAFile, tlsCert, tlsKey string
+	var agentTokenPerHost bool
 	var rotationCheck time.Duration
 	var a authOptions
 	var so storeOptions
@@ -138,7 +139,7 @@ func newServerCmd() *cobra.Command {
 			}
 			return runServer(ctx, serverOptions{dataDir: dataDir, listen: listens[0], alsoListen: listens[1:], zone: zone, node: node, metricsAddr: metricsAddr,
 				pools: pools, agents: agents, filePools: filePools, accessPointLimit: apLimit, nfsListen: nfsListen, nbdListen: nbdListen, httpListen: httpListen, localHandoff: localHandoff, auth: a,
-				rotationCheck: rotationCheck, store: so, agentTokenFile: agentTokenFile, agentCAFile: agentCAFile, tlsCertFile: tlsCert, tlsKeyFile: tlsKey})
+				rotationCheck: rotationCheck, store: so, agentTokenFile: agentTokenFile, agentTokenPerHost: agentTokenPerHost, agentCAFile: agentCAFile, tlsCertFile: tlsCert, tlsKeyFile: tlsKey})
 		},
 	}
 	f := cmd.Flags()
@@ -160,6 +161,7 @@ func newServerCmd() *cobra.Command {
 	f.StringArrayVar(&pools, "pool", nil, "storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir an xfs-with-reflink image)")
 	f.StringArrayVar(&agents, "agent", nil, "storage pool on a storage host of its own (stowage agent): name=N,address=host:port,token-file=F, F holding the agent's token (repeatable)")
 	f.StringVar(&agentCAFile, "agent-ca-file", "", "the registering storage hosts serve the agent API with TLS (stowage agent --tls-cert-file): trust the certificates this PEM CA signs, for the addresses they register (empty: in clear)")
+	f.BoolVar(&agentTokenPerHost, "agent-token-per-host", false, "present each registering storage host the token derived from --agent-token-file for its pool (`stowage token agent POOL` prints it; its agent's --token-file holds it), so that no storage host holds a token that opens another's agent API")
 	f.StringVar(&agentTokenFile, "agent-token-file", "", "take registrations of storage hosts (stowage agent --server): connect to each with the token in this file (mode 0600), which every registering agent's --token-file holds (empty: registrations are refused)")
 	f.StringArrayVar(&filePools, "file-pool", nil, "file-tree pool for file systems name=N,dir=D,zone=Z,node=H[,size=100G] (repeatable; size makes dir a btrfs image, whose quota groups give access points quotas; default name=files unless --agent-token-file is given, when the storage hosts' file trees serve)")
 	f.IntVar(&apLimit, "access-point-limit", server.DefaultAccessPointLimit, "most access points a new file system may have")
@@ -186,6 +188,7 @@ type serverOptions struct {
 	pools, filePools                         []string
 	agents                                   []string // --agent name=N,address=A,token-file=F
 	agentTokenFile                           string   // registrations of storage hosts
+	agentTokenPerHost                        bool     // derive each host's token from it
 	agentCAFile                              string   // their agent API's TLS CA
 	accessPointLimit                         int
 	nfsListen                                string
@@ -329,7 +332,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 		if err != nil {
 			return fmt.Errorf("--agent-token-file: %w", err)
 		}
-		d := agentDialer{token: token}
+		d := agentDialer{token: token, perHost: o.agentTokenPerHost}
 		if o.agentCAFile != "" {
 			if d.tls, err = apitls.ClientConfig(o.agentCAFile); err != nil {
 				return fmt.Errorf("--agent-ca-file: %w", err)

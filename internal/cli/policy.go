@@ -274,6 +274,38 @@ chart's components trust with apiTLS.enabled.`,
 			})
 		},
 	}
-	cmd.AddCommand(create, secret, list, revoke)
+	var clusterTokenFile, agentOut string
+	agentTok := &cobra.Command{
+		Use:   "agent POOL --agent-token-file F",
+		Short: "Print the agent token of the storage host of POOL, derived from the servers' agent token (for stowage server --agent-token-per-host); calls no server",
+		Long: `The servers started with --agent-token-per-host present each storage host a
+token of its own, derived from their --agent-token-file for the host's pool;
+the host's stowage agent --token-file must hold it. It opens that host's agent
+API only: a storage host holds no token that opens another's.`,
+		Example: `  stowage token agent pool-b --agent-token-file /etc/stowage/agent.token --out-file /srv/storage-b/agent.token`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if clusterTokenFile == "" {
+				return usageErrorf("--agent-token-file is required: the servers' --agent-token-file")
+			}
+			token, err := auth.ReadTokenFile(clusterTokenFile)
+			if err != nil {
+				return err
+			}
+			derived := auth.StorageHostAgentToken(token, args[0])
+			if agentOut == "" {
+				_, err := fmt.Fprintln(cmd.OutOrStdout(), derived)
+				return err
+			}
+			if err := auth.WriteTokenFile(agentOut, derived); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.ErrOrStderr(), "agent token of the storage host of %s written to %s\n", args[0], agentOut)
+			return err
+		},
+	}
+	agentTok.Flags().StringVar(&clusterTokenFile, "agent-token-file", "", "the servers' --agent-token-file (required)")
+	agentTok.Flags().StringVar(&agentOut, "out-file", "", "write the token to this file (mode 0600) instead of stdout")
+	cmd.AddCommand(create, secret, list, revoke, agentTok)
 	return cmd
 }

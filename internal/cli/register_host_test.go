@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +16,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
+	"github.com/stowage-io/stowage/internal/agentapi"
+	"github.com/stowage-io/stowage/internal/auth"
 	"github.com/stowage-io/stowage/internal/server"
 	"github.com/stowage-io/stowage/internal/testutil/testcerts"
 )
@@ -312,5 +317,56 @@ func TestStorageHostOverTLS_ServersTrustItsCA(t *testing.T) {
 	if closeAll, err := addAgentPools(ctx, []string{"name=clear,address=" + api + ",token-file=" + agentToken}, map[string]server.Pool{}, map[string]server.BlockExporter{}, quietLog()); err == nil {
 		closeAll()
 		t.Fatal("a server without the agent's CA reached its TLS agent API")
+	}
+}
+
+// With --agent-token-per-host the server presents each registering storage
+// host the token derived for its pool: two hosts each hold only their own
+// (`stowage token agent POOL` prints it), both are served, and one host's
+// token is refused by the other's agent API.
+func TestAgentTokenPerHost_EachHostItsOwn_OneOpensNoOther(t *testing.T) {
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	cluster := writeToken(t, "the-clusters-agent-token")
+	sock := filepath.Join(dir, "api.sock")
+	startServer(t, serverOptions{dataDir: dir, listen: "unix://" + sock, zone: "zone-a", node: "node-a",
+		agentTokenFile: cluster, agentTokenPerHost: true, pools: []string{"name=pool-a,zone=zone-a,node=node-a"},
+		auth: authOptions{bootstrapTokensDir: tokens, bootstrapStorageHosts: []string{"pool-r", "pool-s"}}})
+	waitFile(t, filepath.Join(tokens, "admin"))
+	admin, err := dial("unix://"+sock, filepath.Join(tokens, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	hostToken := map[string]string{}
+	api := map[string]string{}
+	for _, pool := range []string{"pool-r", "pool-s"} {
+		serverToken := filepath.Join(tokens, "storage-host@"+pool)
+		waitFile(t, serverToken)
+		own := filepath.Join(dir, pool+".agent-token")
+		var out bytes.Buffer
+		root := NewRoot(&out, &out)
+		root.SetArgs([]string{"token", "agent", pool, "--agent-token-file", cluster, "--out-file", own})
+		if err := root.Execute(); err != nil {
+			t.Fatalf("stowage token agent %s: %v: %s", pool, err, out.String())
+		}
+		tok, err := auth.ReadTokenFile(own)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hostToken[pool] = tok
+		api[pool] = startAgent(t, agentOptions{listen: "127.0.0.1:0", tokenFile: own, dataDir: filepath.Join(dir, pool),
+			pool: "name=" + pool + ",dir=" + filepath.Join(dir, pool, "pool") + ",zone=zone-b,node=" + pool, server: "unix://" + sock,
+			serverTokenFile: serverToken, registerInterval: time.Hour})
+		waitPool(t, pb.NewPoolServiceClient(admin), pool)
+	}
+	if hostToken["pool-r"] == hostToken["pool-s"] || hostToken["pool-r"] == "the-clusters-agent-token" {
+		t.Fatalf("the hosts' tokens are not their own: %q, %q", hostToken["pool-r"], hostToken["pool-s"])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = agentapi.Dial(ctx, agentapi.ClientConfig{Name: "pool-s", Address: api["pool-s"], Token: hostToken["pool-r"], CallTimeout: 5 * time.Second})
+	if status.Code(errors.Unwrap(err)) != codes.Unauthenticated && !strings.Contains(fmt.Sprint(err), "Unauthenticated") {
+		t.Fatalf("pool-r's token against pool-s's agent API: %v; want it refused (UNAUTHENTICATED)", err)
 	}
 }

@@ -159,7 +159,7 @@ func (c *Config) ChartValues(imgs []Image) (map[string]any, error) {
 		"agents": map[string]any{"enabled": true, "zone": ChartAgentZone, "port": 7109, "nbdPort": 10819,
 			"poolSize": "10G", "dataDir": l.path("agent-pods"), "tokenSecret": chartAgentTokenSecret,
 			// Its file tree, NFS apart from the host server's ganesha.
-			"fileTree": map[string]any{"enabled": true, "size": "10G", "nfsPort": ChartAgentNFSPort},
+			"fileTree":     map[string]any{"enabled": true, "size": "10G", "nfsPort": ChartAgentNFSPort},
 			"nodeSelector": map[string]any{ChartStorageHostLabel: "true"}},
 		"blockStorageClasses": []any{
 			block("stowage-gp3", "gp3", map[string]any{}, true),

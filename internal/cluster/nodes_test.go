@@ -1,6 +1,9 @@
 package cluster
 
 import (
+	"github.com/stowage-io/stowage/internal/auth"
+	"os"
+
 	"fmt"
 	"runtime"
 	"slices"
@@ -156,6 +159,9 @@ func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T)
 		!strings.Contains(args, "--bootstrap-storage-host-tokens=pool-vm-storage-1,pool-vm-storage-2") || strings.Contains(args, "--agent=") {
 		t.Errorf("server pools %v, args %q: want pool-a in the server, and the storage hosts' pools registered by them with a token each", pools, args)
 	}
+	if !strings.Contains(args, "--agent-token-per-host") {
+		t.Errorf("server args %q: want --agent-token-per-host (each storage host has a token of its own)", args)
+	}
 	if strings.Contains(args, "--file-pool=") || strings.Contains(args, "--nfs-listen=") {
 		t.Errorf("server args %q: want no file tree and no nfs-ganesha in the server (the storage hosts have them)", args)
 	}
@@ -179,7 +185,8 @@ func TestComponents_FourNodesThreeZones_StorageHostsApartFromNodes(t *testing.T)
 	}
 	agent := strings.Join(comps["stowage-agent@vm-storage-1"].Cmd.Args, " ")
 	for _, w := range []string{"--net=/run/netns/stowage-vm-storage-1", "agent --listen=198.51.100.43:7100", "--nbd-listen=198.51.100.43:10809", "name=pool-vm-storage-1,dir=/var/lib/stowage/storage-hosts/vm-storage-1/pool,zone=zone-b,node=vm-storage-1",
-		"--token-file=/var/lib/stowage/stowage/agent.token", "--server=unix:///var/lib/stowage/run/stowage-api.sock,unix:///var/lib/stowage/run/stowage-api-2.sock",
+		// Its own agent token, derived from the cluster's for its pool.
+		"--token-file=/var/lib/stowage/storage-hosts/vm-storage-1/agent.token", "--server=unix:///var/lib/stowage/run/stowage-api.sock,unix:///var/lib/stowage/run/stowage-api-2.sock",
 		"--server-token-file=/var/lib/stowage/stowage/tokens/storage-host@pool-vm-storage-1",
 		// The agent API over TLS, with a certificate for its address,
 		// which both servers trust by the cluster's CA.
@@ -222,5 +229,53 @@ func TestContainerdSockets_EveryNode_TheMachinesFirst(t *testing.T) {
 	}
 	if got := c.ContainerdSockets(); !slices.Equal(got, want[:1]) {
 		t.Errorf("one node: %v, want %v", got, want[:1])
+	}
+}
+
+// Every storage host gets a token of its own, derived from the cluster's
+// agent token for its pool (what the servers, with --agent-token-per-host,
+// present to it): no host's token is another's or the cluster's.
+func TestWriteStorageHostTokens_OnePerHostDerivedFromTheClusters(t *testing.T) {
+	dir, err := os.MkdirTemp("", "stw") // short: the CSI socket paths under it must fit
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	c := &Config{DataDir: dir, NodeName: "vm", BinDir: "/bin", Stowage: "/usr/bin/stowage"}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetNodes(4, []string{"zone-a", "zone-b", "zone-c"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetStorageHosts(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeAgentToken(c.Layout().AgentTokenFile()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.writeStorageHostTokens(); err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := auth.ReadTokenFile(c.Layout().AgentTokenFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{cluster: "the cluster"}
+	for _, n := range c.storageHostNodes() {
+		got, err := auth.ReadTokenFile(n.agentTokenFile())
+		if err != nil {
+			t.Fatalf("storage host %s: %v", n.Name, err)
+		}
+		if want := auth.StorageHostAgentToken(cluster, storageHostPool(n.Name)); got != want {
+			t.Errorf("storage host %s holds %q, want the token derived for %s", n.Name, got, storageHostPool(n.Name))
+		}
+		if who, dup := seen[got]; dup {
+			t.Errorf("storage host %s holds the token of %s", n.Name, who)
+		}
+		seen[got] = n.Name
+	}
+	if len(seen) != 3 {
+		t.Errorf("want the cluster's token and two hosts' own, got %d", len(seen))
 	}
 }

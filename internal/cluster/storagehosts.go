@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/stowage-io/stowage/internal/auth"
 )
 
 // StorageHost is a storage host of a multi-node cluster, apart from every
@@ -105,6 +107,28 @@ func (l Layout) AgentTokenFile() string { return l.path("stowage", "agent.token"
 
 func (n nodeView) agentAddress() string { return net.JoinHostPort(n.IP, AgentPort) }
 
+// agentTokenFile is a storage host's own agent token, derived from the
+// cluster's for its pool (the servers run with --agent-token-per-host).
+func (n nodeView) agentTokenFile() string { return filepath.Join(string(n.L), "agent.token") }
+
+// writeStorageHostTokens writes every storage host's own agent token,
+// derived from the cluster's (which must exist).
+func (c *Config) writeStorageHostTokens() error {
+	cluster, err := auth.ReadTokenFile(c.Layout().AgentTokenFile())
+	if err != nil {
+		return err
+	}
+	for _, n := range c.storageHostNodes() {
+		if err := os.MkdirAll(string(n.L), 0o700); err != nil {
+			return err
+		}
+		if err := auth.WriteTokenFile(n.agentTokenFile(), auth.StorageHostAgentToken(cluster, storageHostPool(n.Name))); err != nil {
+			return fmt.Errorf("agent token of storage host %s: %w", n.Name, err)
+		}
+	}
+	return nil
+}
+
 // nfsAddress is where a storage host's nfs-ganesha serves its file tree.
 func (n nodeView) nfsAddress() string {
 	_, port, _ := net.SplitHostPort(NFSAddress)
@@ -129,7 +153,7 @@ func (c *Config) storageHostComponents(n nodeView) []Component {
 		"agent",
 		"--listen=" + n.agentAddress(),
 		"--nbd-listen=" + net.JoinHostPort(n.IP, NBDPort),
-		"--token-file=" + c.Layout().AgentTokenFile(),
+		"--token-file=" + n.agentTokenFile(),
 		"--data-dir=" + string(n.L),
 		fmt.Sprintf("--pool=name=%s,dir=%s,zone=%s,node=%s,size=%s", storageHostPool(n.Name), filepath.Join(string(n.L), "pool"), n.Zone, n.Name, c.PoolSize),
 		// Its file-tree pool (btrfs, for access-point quotas) under the
@@ -230,8 +254,9 @@ func (c *Config) serverStorageHostArgs() []string {
 	}
 	args := []string{"--agent-token-file=" + c.Layout().AgentTokenFile(), "--bootstrap-storage-host-tokens=" + strings.Join(pools, ",")}
 	if len(c.StorageHosts) > 0 {
-		// They serve the agent API with TLS (storageHostCert).
-		args = append(args, "--agent-ca-file="+PKI{Dir: c.Layout().PKI()}.Cert(CA))
+		// They serve the agent API with TLS (storageHostCert), each with
+		// a token of its own (writeStorageHostTokens).
+		args = append(args, "--agent-ca-file="+PKI{Dir: c.Layout().PKI()}.Cert(CA), "--agent-token-per-host")
 	}
 	return args
 }

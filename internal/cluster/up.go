@@ -309,6 +309,9 @@ func (c *Config) upSteps(o UpOptions) []step {
 				if err := writeAgentToken(c.Layout().AgentTokenFile()); err != nil {
 					return "", fmt.Errorf("agent token: %w", err)
 				}
+				if err := c.writeStorageHostTokens(); err != nil {
+					return "", err
+				}
 			}
 			return c.NodeIP + " on " + NodeInterface + ", pods " + c.PodCIDR, nil
 		}},
