@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -538,21 +539,36 @@ func TestChart_AgentPodRegistersItsPool(t *testing.T) {
 	if fs.Pool != pool || !strings.HasSuffix(fs.NfsAddress, ":12059") {
 		t.Fatalf("file system %s: pool %q, NFS at %q; want the agent pod's %s, served at <node IP>:12059", fs.ID, fs.Pool, fs.NfsAddress, pool)
 	}
-	fileClass(t, "e2e-agent-pod-files", map[string]string{"provisioningMode": "efs-ap", "fileSystemId": fs.ID, "directoryPerms": "700"})
-	ns := namespace(t)
-	createPVC(t, ns, claim("shared", "e2e-agent-pod-files", "1Gi", corev1.ReadWriteMany))
-	createPod(t, ns, pod("writer", "echo through-the-agent-pod > /shared/f.txt && sync && sleep 3600", "shared"))
-	waitPodPhase(t, ns, "writer", corev1.PodRunning)
-	waitFor(t, "the writer's file in the agent pod's tree", time.Minute, func() (bool, error) {
-		out, err := kubectlErr("", "-n", chartNamespace, "exec", p.Name, "--", "sh", "-c",
-			"find "+filepath.Join(dataDir, "agent-pods", "files", pool, "filesystems", fs.ID)+" -name f.txt -exec cat {} +")
-		return strings.Contains(out, "through-the-agent-pod"), err
-	})
-	if err := kube.CoreV1().Pods(ns).Delete(context.Background(), "writer", metav1.DeleteOptions{}); err != nil {
+	// Its volumes (One Zone: zone-agents, where no node is) are not
+	// mounted by a pod here; an NFS client on the host reaches the pod's
+	// nfs-ganesha, as a node of that zone would.
+	out, code = stowage("ap", "create", "--fs", fs.ID, "--path", "/shared", "--uid", "1000", "--gid", "1000", "--permissions", "0750", "-o", "json")
+	if code != 0 {
+		t.Fatalf("ap create on %s: exit %d: %s", fs.ID, code, out)
+	}
+	var ap struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(out), &ap); err != nil || ap.ID == "" {
+		t.Fatalf("ap create printed %q (%v)", out, err)
+	}
+	t.Cleanup(func() { stowage("ap", "delete", ap.ID) })
+	src := filepath.Join(t.TempDir(), "f.txt")
+	if err := os.WriteFile(src, []byte("through-the-agent-pod\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := kube.CoreV1().PersistentVolumeClaims(ns).Delete(context.Background(), "shared", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
+	host, port, _ := net.SplitHostPort(fs.NfsAddress)
+	url := fmt.Sprintf("nfs://%s/%s/f.txt?version=4&nfsport=%s&uid=4321&gid=4321", host, ap.ID, port)
+	waitFor(t, "nfs-cp through the agent pod's nfs-ganesha at "+fs.NfsAddress, time.Minute, func() (bool, error) {
+		out, err := exec.Command("nfs-cp", src, url).CombinedOutput()
+		if err != nil {
+			t.Logf("nfs-cp: %v: %s", err, out)
+		}
+		return err == nil, nil
+	})
+	tree := filepath.Join(dataDir, "agent-pods", "files", pool, "filesystems", fs.ID, "shared", "f.txt")
+	if got := strings.TrimSpace(must(kubectlErr("", "-n", chartNamespace, "exec", p.Name, "--", "stat", "-c", "%u:%g", tree))); got != "1000:1000" {
+		t.Errorf("the file written as 4321 through the access point is %q in the agent pod's tree (%s); want 1000:1000", got, tree)
 	}
 
 	step("delete the agent pod " + p.Name + "; its DaemonSet recreates it and the server reconnects")
