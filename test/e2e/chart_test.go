@@ -566,9 +566,22 @@ func TestChart_AgentPodRegistersItsPool(t *testing.T) {
 		}
 		return err == nil, nil
 	})
-	tree := filepath.Join(dataDir, "agent-pods", "files", pool, "filesystems", fs.ID, "shared", "f.txt")
-	if got := strings.TrimSpace(must(kubectlErr("", "-n", chartNamespace, "exec", p.Name, "--", "stat", "-c", "%u:%g", tree))); got != "1000:1000" {
-		t.Errorf("the file written as 4321 through the access point is %q in the agent pod's tree (%s); want 1000:1000", got, tree)
+	// It is in the pod's tree (the stowage image has a shell, no stat)...
+	tree := filepath.Join(dataDir, "agent-pods", "files", pool, "filesystems", fs.ID, "shared")
+	if got := must(kubectlErr("", "-n", chartNamespace, "exec", p.Name, "--", "sh", "-c", "echo "+tree+"/*")); !strings.Contains(got, tree+"/f.txt") {
+		t.Errorf("the agent pod's tree %s holds %q, want f.txt", tree, got)
+	}
+	// ...owned by the access point's user, as the file system's own
+	// (unsquashed) export shows.
+	ls, err := exec.Command("nfs-ls", fmt.Sprintf("nfs://%s/%s/shared?version=4&nfsport=%s&uid=0&gid=0", host, fs.ID, port)).CombinedOutput()
+	var line string
+	for _, l := range strings.Split(string(ls), "\n") {
+		if strings.Contains(l, "f.txt") {
+			line = l
+		}
+	}
+	if err != nil || strings.Count(" "+strings.Join(strings.Fields(line), "  ")+" ", " 1000 ") < 2 || strings.Contains(line, "4321") {
+		t.Errorf("nfs-ls of the file system's export: %v: %q; want f.txt owned by 1000:1000 (written as 4321 through the access point)", err, ls)
 	}
 
 	step("delete the agent pod " + p.Name + "; its DaemonSet recreates it and the server reconnects")
