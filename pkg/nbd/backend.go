@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"io"
 	"os"
 	"unsafe"
 
@@ -44,7 +45,20 @@ func (b FileBackend) ReadAt(p []byte, off int64) (int, error) {
 		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%DirectAlign != 0 {
 		return b.F.ReadAt(p, off)
 	}
-	n, err := b.Direct.ReadAt(p, off)
+	var n int
+	var err error
+	if a := sharedAIO(); a != nil {
+		var ok bool
+		if n, ok, err = a.readAt(b.Direct, p, off); ok && err == nil && n == len(p) {
+			return n, nil
+		} else if !ok {
+			n, err = b.Direct.ReadAt(p, off)
+		} else if err == nil {
+			err = io.EOF // short: the image ends inside p
+		}
+	} else {
+		n, err = b.Direct.ReadAt(p, off)
+	}
 	if err == nil {
 		return n, nil
 	}
