@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -53,5 +54,62 @@ func TestFileBackend_DirectReads_SeeBufferedWritesAndTheUnalignedEnd(t *testing.
 				t.Fatal("read back other bytes than written")
 			}
 		})
+	}
+}
+
+// Many aligned reads at once go through Linux AIO (not a thread each) and
+// every one returns its own block's bytes.
+func TestFileBackend_ConcurrentDirectReads_ThroughAIO_EqualTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	const blocks = 256
+	data := make([]byte, blocks*DirectAlign)
+	for i := range blocks {
+		copy(data[i*DirectAlign:], bytes.Repeat([]byte{byte(i), byte(i >> 8), 0xa5, 0x5a}, DirectAlign/4))
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Skipf("no O_DIRECT on %s: %v", filepath.Dir(path), err)
+	}
+	defer d.Close()
+	if sharedAIO() == nil {
+		_, err := newAIOReads()
+		t.Fatalf("Linux AIO is not available, so direct reads block a thread each: %v", err)
+	}
+	b := FileBackend{F: f, Direct: d}
+	before := aioCompleted.Load()
+	const readers, each = 64, 32
+	errs := make(chan error, readers)
+	for g := range readers {
+		go func() {
+			buf := alignedBuf(DirectAlign)
+			for k := range each {
+				i := (g*each + k*7) % blocks
+				if n, err := b.ReadAt(buf, int64(i*DirectAlign)); n != DirectAlign || err != nil {
+					errs <- fmt.Errorf("block %d: read %d bytes, %v", i, n, err)
+					return
+				}
+				if !bytes.Equal(buf, data[i*DirectAlign:(i+1)*DirectAlign]) {
+					errs <- fmt.Errorf("block %d: other bytes than the file's", i)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range readers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := aioCompleted.Load() - before; got < readers*each {
+		t.Fatalf("%d of %d reads completed through AIO", got, readers*each)
 	}
 }
