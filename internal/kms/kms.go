@@ -684,3 +684,22 @@ func (s *Service) Decrypt(ctx context.Context, blob []byte, encCtx map[string]st
 	}
 	return plaintext, keyID, nil
 }
+
+// SealInternal seals data the server keeps for itself, not under a
+// customer's key: no key state, policy or rotation applies, so disabling a
+// KMS key cannot lock the server out of its own records. It is sealed by
+// the master key; purpose and aad are bound to it (OpenInternal must be
+// given the same) and keep it apart from key material, whose binding is a
+// key id.
+func (s *Service) SealInternal(purpose string, plaintext, aad []byte) ([]byte, error) {
+	return seal(s.master, plaintext, internalAAD(purpose, aad))
+}
+
+// OpenInternal opens what SealInternal sealed with the same purpose and aad.
+func (s *Service) OpenInternal(purpose string, sealed, aad []byte) ([]byte, error) {
+	return open(s.master, sealed, internalAAD(purpose, aad))
+}
+
+func internalAAD(purpose string, aad []byte) []byte {
+	return append([]byte("stowage-internal\x00"+purpose+"\x00"), aad...)
+}

@@ -101,7 +101,7 @@ func (s *Server) attachmentProto(v *volumeRecord, a attachmentRecord) *pb.Attach
 // generation: one more than the volume's last, so that the storage host
 // fences every attachment before it, or the same as the attachments it
 // shares a multi-attach volume with.
-func (s *Server) newNetworkAttachment(v *volumeRecord, a *attachmentRecord) {
+func (s *Server) newNetworkAttachment(v *volumeRecord, a *attachmentRecord) error {
 	shared := false
 	for _, o := range v.Attachments {
 		if o.network() && o.Generation == v.AttachGeneration {
@@ -113,7 +113,51 @@ func (s *Server) newNetworkAttachment(v *volumeRecord, a *attachmentRecord) {
 	}
 	a.Generation = v.AttachGeneration
 	a.ExportName = fmt.Sprintf("%s.g%d.%s", v.ID, a.Generation, a.NodeID)
-	a.Secret = blockexport.NewSecret()
+	return s.setAttachmentSecret(v.ID, a)
+}
+
+// attachmentSecretPurpose binds sealed attachment secrets (kms.SealInternal).
+const attachmentSecretPurpose = "attachment-secret"
+
+// attachmentAAD binds a sealed secret to its attachment: a sealed secret
+// copied into another attachment's record does not open.
+func attachmentAAD(volumeID string, a attachmentRecord) []byte {
+	return fmt.Appendf(nil, "volume=%s node=%s export=%s target=%s generation=%d", volumeID, a.NodeID, a.ExportName, a.LocalTarget, a.Generation)
+}
+
+// setAttachmentSecret gives a a new secret, stored sealed by the KMS
+// master key, so that a copy of the metadata store (an etcd backup) does
+// not hold what opens the volume's export. A server without a KMS keeps
+// it in the clear.
+func (s *Server) setAttachmentSecret(volumeID string, a *attachmentRecord) error {
+	secret := blockexport.NewSecret()
+	if s.kms == nil {
+		a.Secret, a.SealedSecret = secret, nil
+		return nil
+	}
+	sealed, err := s.kms.SealInternal(attachmentSecretPurpose, []byte(secret), attachmentAAD(volumeID, *a))
+	if err != nil {
+		return status.Errorf(codes.Internal, "seal the attachment secret of volume %s for node %s: %v", volumeID, a.NodeID, err)
+	}
+	a.Secret, a.SealedSecret = "", sealed
+	return nil
+}
+
+// attachmentSecret is a's secret in the clear.
+func (s *Server) attachmentSecret(volumeID string, a attachmentRecord) (string, error) {
+	if len(a.SealedSecret) == 0 {
+		return a.Secret, nil
+	}
+	if s.kms == nil {
+		return "", status.Errorf(codes.FailedPrecondition,
+			"the attachment secret of volume %s for node %s is sealed by a KMS master key, and this server runs without a KMS", volumeID, a.NodeID)
+	}
+	p, err := s.kms.OpenInternal(attachmentSecretPurpose, a.SealedSecret, attachmentAAD(volumeID, a))
+	if err != nil {
+		return "", status.Errorf(codes.FailedPrecondition,
+			"the attachment secret of volume %s for node %s does not open with this server's KMS master key (%v): is its <data-dir>/kms/master.key the one the other servers use? Detaching and attaching the volume again gives the attachment a new secret", volumeID, a.NodeID, err)
+	}
+	return string(p), nil
 }
 
 // export declares a network attachment's export with the volume's limits;
@@ -130,7 +174,11 @@ func (s *Server) export(ctx context.Context, v *volumeRecord, a attachmentRecord
 		return status.Errorf(codes.FailedPrecondition,
 			"volume %s is attached to node %s over the network, but its pool %s has no exporter on this server (was it started without --nbd-listen?)", v.ID, a.NodeID, v.Pool)
 	}
-	err := e.Export(ctx, BlockExport{AttachmentID: a.ExportName, VolumeID: v.ID, Generation: a.Generation, Secret: a.Secret,
+	secret, err := s.attachmentSecret(v.ID, a)
+	if err != nil {
+		return err
+	}
+	err = e.Export(ctx, BlockExport{AttachmentID: a.ExportName, VolumeID: v.ID, Generation: a.Generation, Secret: secret,
 		ReadOnly: a.ReadOnly, IOPS: v.IOPS, BytesPerSecond: v.Throughput << 20})
 	switch {
 	case err == nil:
@@ -209,14 +257,18 @@ func (s *Server) GetAttachmentSecret(ctx context.Context, req *pb.GetAttachmentS
 	if !a.network() && a.LocalTarget == "" {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is attached to node %s locally by a server older than the local handoff, without a secret; ControllerPublishVolume again (the attacher retries it) gives it one", v.ID, node)
 	}
-	return &pb.AttachmentSecret{VolumeId: v.ID, NodeId: node, ExportName: a.ExportName, Generation: a.Generation, LocalTarget: a.LocalTarget, Secret: a.Secret}, nil
+	secret, err := s.attachmentSecret(v.ID, a)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.AttachmentSecret{VolumeId: v.ID, NodeId: node, ExportName: a.ExportName, Generation: a.Generation, LocalTarget: a.LocalTarget, Secret: secret}, nil
 }
 
-// newLocalAttachment gives a local attachment its opaque target and the
-// secret its node presents to the local handoff.
-func newLocalAttachment(a *attachmentRecord) {
+// newLocalAttachment gives a local attachment of volume volumeID its
+// opaque target and the secret its node presents to the local handoff.
+func (s *Server) newLocalAttachment(volumeID string, a *attachmentRecord) error {
 	a.LocalTarget = newID("lat")
-	a.Secret = blockexport.NewSecret()
+	return s.setAttachmentSecret(volumeID, a)
 }
 
 // OpenLocalImage is the local handoff's authorization (handoff.Opener):
@@ -250,7 +302,11 @@ func (s *Server) OpenLocalImage(ctx context.Context, r handoff.Request) (*os.Fil
 	if p.Node() != r.NodeID {
 		return nil, false, status.Errorf(codes.PermissionDenied, "local handoff: volume %s is stored on node %s, not on node %s: only the node of its pool gets its image", v.ID, p.Node(), r.NodeID)
 	}
-	if subtle.ConstantTimeCompare([]byte(r.Secret), []byte(a.Secret)) != 1 {
+	secret, err := s.attachmentSecret(v.ID, a)
+	if err != nil {
+		return nil, false, err
+	}
+	if subtle.ConstantTimeCompare([]byte(r.Secret), []byte(secret)) != 1 {
 		return nil, false, status.Errorf(codes.PermissionDenied, "local handoff: the secret given for volume %s on node %s is not its attachment's", v.ID, r.NodeID)
 	}
 	f, err := p.OpenImage(v.ID, a.ReadOnly)

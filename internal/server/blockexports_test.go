@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
@@ -13,6 +14,8 @@ import (
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
 	"github.com/stowage-io/stowage/internal/blockexport"
+	"github.com/stowage-io/stowage/internal/handoff"
+	"github.com/stowage-io/stowage/internal/store"
 	"github.com/stowage-io/stowage/pkg/nbd"
 )
 
@@ -356,4 +359,78 @@ func TestRegisterNode_NodeLocalPools(t *testing.T) {
 			}
 		}
 	}
+}
+
+// With a KMS, attachment secrets are stored sealed by its master key: the
+// metadata store (an etcd backup of it) holds no secret that opens an
+// export, the node still gets its secret and the export takes it, and a
+// sealed secret moved to another attachment does not open.
+func TestAttachmentSecret_SealedInTheStore_ExportStillTakesIt(t *testing.T) {
+	e := newEnv(t, envOptions{networked: []string{"pool-a"}, withKMS: true})
+	ctx := testCtx(t)
+	e.registerNode(t, "node-b", "zone-a", 0)
+	v := e.create(t, &pb.CreateVolumeRequest{Name: "net", SizeGib: 1, Zone: "zone-a"})
+	w := e.create(t, &pb.CreateVolumeRequest{Name: "local", SizeGib: 1, Zone: "zone-a"})
+	a, err := e.volumes.AttachVolume(ctx, &pb.AttachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: v.Id, NodeId: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lreq := e.attachLocal(t, w, false)
+
+	raw := func(id string) []byte {
+		var b []byte
+		if err := e.store.View(ctx, func(tx store.Tx) error {
+			var err error
+			b, err = tx.Get(bucketVolumes, id)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for id, secret := range map[string]string{v.Id: sec.Secret, w.Id: lreq.Secret} {
+		b := raw(id)
+		if len(secret) < 32 || bytes.Contains(b, []byte(secret)) {
+			t.Fatalf("the stored record of volume %s holds its attachment secret in the clear: %s", id, b)
+		}
+		if !bytes.Contains(b, []byte(`"sealedSecret"`)) || bytes.Contains(b, []byte(`"secret"`)) {
+			t.Fatalf("the stored record of volume %s has no sealed secret, or a clear one: %s", id, b)
+		}
+	}
+
+	c, err := dialAttachment(t, a, sec.Secret)
+	if err != nil {
+		t.Fatalf("the export refuses the secret its node was given: %v", err)
+	}
+	c.Close()
+	sock := serveHandoff(t, e)
+	f, _, err := handoff.Open(ctx, sock, lreq)
+	if err != nil {
+		t.Fatalf("the local handoff refuses the secret its node was given: %v", err)
+	}
+	f.Close()
+
+	// The network attachment's sealed secret, moved into the local one's
+	// record, does not open there: it is bound to its attachment.
+	var vr, wr volumeRecord
+	if err := json.Unmarshal(raw(v.Id), &vr); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw(w.Id), &wr); err != nil {
+		t.Fatal(err)
+	}
+	wr.Attachments[0].SealedSecret = vr.Attachments[0].SealedSecret
+	b, err := json.Marshal(wr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.Update(ctx, func(tx store.Tx) error { return tx.Put(bucketVolumes, w.Id, b) }); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.volumes.GetAttachmentSecret(ctx, &pb.GetAttachmentSecretRequest{VolumeId: w.Id, NodeId: "node-a"})
+	wantCode(t, err, codes.FailedPrecondition, w.Id, "node-a", "does not open")
 }

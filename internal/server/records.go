@@ -82,7 +82,11 @@ type attachmentRecord struct {
 	ExportName  string `json:"exportName,omitempty"`
 	Generation  uint64 `json:"generation,omitempty"`
 	LocalTarget string `json:"localTarget,omitempty"`
-	Secret      string `json:"secret,omitempty"`
+	// SealedSecret is the secret sealed by the KMS master key
+	// (Server.setAttachmentSecret); Secret holds it in the clear only on
+	// a server without a KMS, and in records written before sealing.
+	SealedSecret []byte `json:"sealedSecret,omitempty"`
+	Secret       string `json:"secret,omitempty"`
 }
 
 func (a attachmentRecord) network() bool { return a.ExportName != "" }

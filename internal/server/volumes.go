@@ -560,9 +560,12 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 	}
 	a := attachmentRecord{NodeID: node.ID, ReadOnly: req.ReadOnly, Attached: time.Now().UTC()}
 	if local {
-		newLocalAttachment(&a)
+		err = s.newLocalAttachment(v.ID, &a)
 	} else {
-		s.newNetworkAttachment(v, &a)
+		err = s.newNetworkAttachment(v, &a)
+	}
+	if err != nil {
+		return nil, err
 	}
 	// The export first: a crash after it leaves an export no record
 	// names, which ends with the exporter; a record whose export failed
@@ -590,7 +593,9 @@ func (s *Server) AttachVolume(ctx context.Context, req *pb.AttachVolumeRequest) 
 func (s *Server) upgradeLocalAttachment(ctx context.Context, v *volumeRecord, node string) (attachmentRecord, error) {
 	for i := range v.Attachments {
 		if v.Attachments[i].NodeID == node {
-			newLocalAttachment(&v.Attachments[i])
+			if err := s.newLocalAttachment(v.ID, &v.Attachments[i]); err != nil {
+				return attachmentRecord{}, err
+			}
 			if err := s.putVolume(ctx, v); err != nil {
 				return attachmentRecord{}, err
 			}
