@@ -132,6 +132,11 @@ func (s *FileTreeServer) RootUsage(_ context.Context, r *pb.RootRequest) (*pb.Us
 	return &pb.UsageResponse{Bytes: b, Inodes: i}, toStatus(err, fileErrors)
 }
 
+func (s *FileTreeServer) TreeCapacity(context.Context, *pb.TreeCapacityRequest) (*pb.CapacityResponse, error) {
+	total, free, err := s.tree.Capacity()
+	return &pb.CapacityResponse{TotalBytes: total, FreeBytes: free}, toStatus(err, fileErrors)
+}
+
 func (s *FileTreeServer) PlanRoot(_ context.Context, r *pb.RootRequest) (*pb.PlanRootResponse, error) {
 	dirs, err := s.tree.PlanRoot(r.FileSystemId, r.Path)
 	return &pb.PlanRootResponse{Dirs: dirs}, toStatus(err, fileErrors)

@@ -70,6 +70,16 @@ func (t *FileTree) Usage(id string) (int64, error) {
 	return r.Bytes, nil
 }
 
+func (t *FileTree) Capacity() (total, free int64, err error) {
+	ctx, cancel := t.c.bounded()
+	defer cancel()
+	r, err := t.api.TreeCapacity(ctx, &pb.TreeCapacityRequest{})
+	if err != nil {
+		return 0, 0, t.err(err)
+	}
+	return r.TotalBytes, r.FreeBytes, nil
+}
+
 func (t *FileTree) RootUsage(id, path string) (bytes, inodes int64, err error) {
 	ctx, cancel := t.c.bounded()
 	defer cancel()

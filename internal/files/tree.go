@@ -202,6 +202,16 @@ func (t *Tree) ListFileSystems() ([]string, error) {
 	return ids, nil
 }
 
+// Capacity is the size and the free space (what an unprivileged writer
+// may still use) of the file system the tree is on.
+func (t *Tree) Capacity() (total, free int64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(t.cfg.Dir, &st); err != nil {
+		return 0, 0, fmt.Errorf("file tree %s: statfs: %w", t.cfg.Dir, err)
+	}
+	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize, nil
+}
+
 // Usage is the space file system id's files take (allocated blocks, each
 // hard-linked inode once).
 func (t *Tree) Usage(id string) (int64, error) {

@@ -267,3 +267,39 @@ func TestOpen_NotBtrfs_QuotaRefused(t *testing.T) {
 		t.Fatalf("err = %v, want ErrQuotaUnsupported", err)
 	}
 }
+
+// Capacity is the tree's file system's size and the space left on it,
+// and the space left shrinks by what a file system's files take.
+func TestTree_Capacity_IsItsFileSystemsAndShrinksAsFilesAreWritten(t *testing.T) {
+	dir := t.TempDir()
+	tr, err := Open(Config{Dir: dir, Zone: "zone-a", Node: "node-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	total, free, err := tr.Capacity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total != int64(st.Blocks)*st.Bsize || free <= 0 || free > total {
+		t.Fatalf("Capacity() = %d total, %d free; statfs of %s says %d total", total, free, dir, int64(st.Blocks)*st.Bsize)
+	}
+	if err := tr.CreateFileSystem(context.Background(), "fs-0123456789abcdef0"); err != nil {
+		t.Fatal(err)
+	}
+	const size = 256 << 20
+	if err := os.WriteFile(filepath.Join(tr.FileSystemDir("fs-0123456789abcdef0"), "data"), bytes.Repeat([]byte{1}, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unix.Sync()
+	_, after, err := tr.Capacity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if free-after < size/2 {
+		t.Fatalf("free space went from %d to %d after writing %d bytes", free, after, size)
+	}
+}

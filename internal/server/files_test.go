@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -487,4 +488,89 @@ func TestSetAccessPointQuota_RefusedWithoutAQuota(t *testing.T) {
 	wantFilesCode(t, err, codes.InvalidArgument, "must be greater than 0")
 	_, err = e.srv.SetAccessPointQuota(ctx, &pb.SetAccessPointQuotaRequest{AccessPointId: "fsap-00000000000000000", QuotaBytes: 1})
 	wantFilesCode(t, err, codes.NotFound)
+}
+
+// capacityTree is a file tree whose free space the test sets.
+type capacityTree struct {
+	*files.Tree
+	mu   sync.Mutex
+	free int64
+	err  error
+}
+
+func (c *capacityTree) Capacity() (int64, int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return 1 << 40, c.free, c.err
+}
+
+func (c *capacityTree) set(free int64, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.free, c.err = free, err
+}
+
+// A new file system goes to the file-tree pool of its zone with the most
+// free space; a pool whose free space cannot be read is passed over, and
+// with none readable the create is refused as unavailable, naming it.
+func TestCreateFileSystem_PlacedOnTheTreeWithTheMostFreeSpace(t *testing.T) {
+	dir := t.TempDir()
+	st, err := boltstore.Open(filepath.Join(dir, "metadata.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	trees := map[string]*capacityTree{}
+	filePools, exporters := map[string]FilePool{}, map[string]Exporter{}
+	for _, p := range []struct{ name, zone string }{{"files-1", "zone-a"}, {"files-2", "zone-a"}, {"files-3", "zone-b"}} {
+		tr, err := files.Open(files.Config{Dir: filepath.Join(dir, p.name), Zone: p.zone, Node: "node-" + p.name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		trees[p.name] = &capacityTree{Tree: tr}
+		filePools[p.name], exporters[p.name] = trees[p.name], &fakeExporter{exports: map[string]files.Export{}}
+	}
+	pool, err := agent.Open(agent.Config{Dir: filepath.Join(dir, "pool-a"), Zone: "zone-a", Node: "node-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Store: st, Pools: map[string]Pool{"pool-a": pool}, FilePools: filePools, Exporters: exporters,
+		Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelError}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	placed := func(name, zone string) string {
+		t.Helper()
+		f, err := srv.CreateFileSystem(ctx, &pb.CreateFileSystemRequest{Name: name, AvailabilityZone: zone})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := srv.getFileSystem(ctx, f.GetId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Pool
+	}
+
+	trees["files-1"].set(10<<30, nil)
+	trees["files-2"].set(20<<30, nil)
+	trees["files-3"].set(90<<30, nil)
+	if got := placed("one", "zone-a"); got != "files-2" {
+		t.Fatalf("zone-a, files-1 10 GiB free, files-2 20 GiB: placed on %s, want files-2", got)
+	}
+	trees["files-2"].set(5<<30, nil)
+	if got := placed("two", "zone-a"); got != "files-1" {
+		t.Fatalf("zone-a, files-1 10 GiB free, files-2 5 GiB: placed on %s, want files-1", got)
+	}
+	if got := placed("regional", ""); got != "files-3" {
+		t.Fatalf("any zone, files-3 has 90 GiB free: placed on %s, want files-3", got)
+	}
+	trees["files-1"].set(0, errors.New("agent not answering"))
+	if got := placed("three", "zone-a"); got != "files-2" {
+		t.Fatalf("zone-a, files-1 unreadable: placed on %s, want files-2", got)
+	}
+	trees["files-2"].set(0, errors.New("agent not answering"))
+	_, err = srv.CreateFileSystem(ctx, &pb.CreateFileSystemRequest{Name: "four", AvailabilityZone: "zone-a"})
+	wantFilesCode(t, err, codes.Unavailable, "files-1", "zone-a", "free space")
 }

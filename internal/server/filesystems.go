@@ -31,6 +31,8 @@ type FilePool interface {
 	DeleteFileSystem(ctx context.Context, id string) error
 	ListFileSystems() ([]string, error)
 	Usage(id string) (int64, error)
+	// Capacity is the size and free space of the pool's file system.
+	Capacity() (total, free int64, err error)
 	RootUsage(id, path string) (bytes, inodes int64, err error)
 	PlanRoot(id, path string) ([]string, error)
 	MakeRoot(ctx context.Context, id string, root files.RootDirectory, quotaBytes int64) error
@@ -239,19 +241,40 @@ func (s *Server) CreateFileSystem(ctx context.Context, req *pb.CreateFileSystemR
 	return s.fsProto(f.toProto(0)), nil
 }
 
-// placeFileSystem picks the file-tree pool of zone (any zone when empty),
-// the first by name: file systems are few and long-lived.
+// placeFileSystem picks the file-tree pool of zone (any zone when empty)
+// with the most free space, as the block pools' placement does; ties go
+// to the first by name. A pool whose free space cannot be read (its
+// storage host is away) is passed over while another can take it.
 func (s *Server) placeFileSystem(zone string) (string, error) {
 	var have []string
+	best, bestFree := "", int64(-1)
+	var unreadable error
 	for _, name := range s.files.list() {
 		p, ok := s.files.pool(name)
 		if !ok {
 			continue
 		}
-		if zone == "" || p.Zone() == zone {
-			return name, nil
+		if zone != "" && p.Zone() != zone {
+			have = append(have, fmt.Sprintf("%s (zone %s)", name, p.Zone()))
+			continue
 		}
-		have = append(have, fmt.Sprintf("%s (zone %s)", name, p.Zone()))
+		_, free, err := p.Capacity()
+		if err != nil {
+			s.log.Warn("file-tree pool passed over in placement: its free space cannot be read", "pool", name, "err", err)
+			if unreadable == nil {
+				unreadable = status.Errorf(codes.Unavailable, "file-tree pool %s of zone %s: its free space cannot be read (%v); try again", name, p.Zone(), err)
+			}
+			continue
+		}
+		if free > bestFree {
+			best, bestFree = name, free
+		}
+	}
+	if best != "" {
+		return best, nil
+	}
+	if unreadable != nil {
+		return "", unreadable
 	}
 	return "", status.Errorf(codes.InvalidArgument, "no file-tree pool is in availability zone %q; pools: %s", zone, strings.Join(have, ", "))
 }

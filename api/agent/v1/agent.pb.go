@@ -1518,6 +1518,94 @@ func (x *UsageResponse) GetInodes() int64 {
 	return 0
 }
 
+type TreeCapacityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TreeCapacityRequest) Reset() {
+	*x = TreeCapacityRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TreeCapacityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TreeCapacityRequest) ProtoMessage() {}
+
+func (x *TreeCapacityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TreeCapacityRequest.ProtoReflect.Descriptor instead.
+func (*TreeCapacityRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+}
+
+type CapacityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TotalBytes    int64                  `protobuf:"varint,1,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	FreeBytes     int64                  `protobuf:"varint,2,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CapacityResponse) Reset() {
+	*x = CapacityResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CapacityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CapacityResponse) ProtoMessage() {}
+
+func (x *CapacityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CapacityResponse.ProtoReflect.Descriptor instead.
+func (*CapacityResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CapacityResponse) GetTotalBytes() int64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *CapacityResponse) GetFreeBytes() int64 {
+	if x != nil {
+		return x.FreeBytes
+	}
+	return 0
+}
+
 type RootRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	FileSystemId string                 `protobuf:"bytes,1,opt,name=file_system_id,json=fileSystemId,proto3" json:"file_system_id,omitempty"`
@@ -1529,7 +1617,7 @@ type RootRequest struct {
 
 func (x *RootRequest) Reset() {
 	*x = RootRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1629,7 @@ func (x *RootRequest) String() string {
 func (*RootRequest) ProtoMessage() {}
 
 func (x *RootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1642,7 @@ func (x *RootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootRequest.ProtoReflect.Descriptor instead.
 func (*RootRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RootRequest) GetFileSystemId() string {
@@ -1580,7 +1668,7 @@ type PlanRootResponse struct {
 
 func (x *PlanRootResponse) Reset() {
 	*x = PlanRootResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1592,7 +1680,7 @@ func (x *PlanRootResponse) String() string {
 func (*PlanRootResponse) ProtoMessage() {}
 
 func (x *PlanRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1605,7 +1693,7 @@ func (x *PlanRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRootResponse.ProtoReflect.Descriptor instead.
 func (*PlanRootResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PlanRootResponse) GetDirs() []string {
@@ -1632,7 +1720,7 @@ type MakeRootRequest struct {
 
 func (x *MakeRootRequest) Reset() {
 	*x = MakeRootRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1732,7 @@ func (x *MakeRootRequest) String() string {
 func (*MakeRootRequest) ProtoMessage() {}
 
 func (x *MakeRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +1745,7 @@ func (x *MakeRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeRootRequest.ProtoReflect.Descriptor instead.
 func (*MakeRootRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MakeRootRequest) GetFileSystemId() string {
@@ -1720,7 +1808,7 @@ type SetQuotaRequest struct {
 
 func (x *SetQuotaRequest) Reset() {
 	*x = SetQuotaRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1732,7 +1820,7 @@ func (x *SetQuotaRequest) String() string {
 func (*SetQuotaRequest) ProtoMessage() {}
 
 func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1745,7 +1833,7 @@ func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SetQuotaRequest) GetFileSystemId() string {
@@ -1779,7 +1867,7 @@ type RemoveDirsRequest struct {
 
 func (x *RemoveDirsRequest) Reset() {
 	*x = RemoveDirsRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +1879,7 @@ func (x *RemoveDirsRequest) String() string {
 func (*RemoveDirsRequest) ProtoMessage() {}
 
 func (x *RemoveDirsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +1892,7 @@ func (x *RemoveDirsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveDirsRequest.ProtoReflect.Descriptor instead.
 func (*RemoveDirsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RemoveDirsRequest) GetFileSystemId() string {
@@ -1842,7 +1930,7 @@ type ExportTreeRequest struct {
 
 func (x *ExportTreeRequest) Reset() {
 	*x = ExportTreeRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +1942,7 @@ func (x *ExportTreeRequest) String() string {
 func (*ExportTreeRequest) ProtoMessage() {}
 
 func (x *ExportTreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +1955,7 @@ func (x *ExportTreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportTreeRequest.ProtoReflect.Descriptor instead.
 func (*ExportTreeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ExportTreeRequest) GetExportId() uint32 {
@@ -1942,7 +2030,7 @@ type UnexportTreeRequest struct {
 
 func (x *UnexportTreeRequest) Reset() {
 	*x = UnexportTreeRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2042,7 @@ func (x *UnexportTreeRequest) String() string {
 func (*UnexportTreeRequest) ProtoMessage() {}
 
 func (x *UnexportTreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2055,7 @@ func (x *UnexportTreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportTreeRequest.ProtoReflect.Descriptor instead.
 func (*UnexportTreeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *UnexportTreeRequest) GetAccessPointId() string {
@@ -2074,7 +2162,13 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x16ListFileSystemsRequest\"=\n" +
 	"\rUsageResponse\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12\x16\n" +
-	"\x06inodes\x18\x02 \x01(\x03R\x06inodes\"G\n" +
+	"\x06inodes\x18\x02 \x01(\x03R\x06inodes\"\x15\n" +
+	"\x13TreeCapacityRequest\"R\n" +
+	"\x10CapacityResponse\x12\x1f\n" +
+	"\vtotal_bytes\x18\x01 \x01(\x03R\n" +
+	"totalBytes\x12\x1d\n" +
+	"\n" +
+	"free_bytes\x18\x02 \x01(\x03R\tfreeBytes\"G\n" +
 	"\vRootRequest\x12$\n" +
 	"\x0efile_system_id\x18\x01 \x01(\tR\ffileSystemId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\"&\n" +
@@ -2127,13 +2221,14 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\rListSnapshots\x12&.stowage.agent.v1.ListSnapshotsRequest\x1a\x1e.stowage.agent.v1.ListResponse\x12K\n" +
 	"\x06Export\x12\x1f.stowage.agent.v1.ExportRequest\x1a .stowage.agent.v1.ExportResponse\x12Q\n" +
 	"\bUnexport\x12!.stowage.agent.v1.UnexportRequest\x1a\".stowage.agent.v1.UnexportResponse\x12c\n" +
-	"\x0eRefreshExports\x12'.stowage.agent.v1.RefreshExportsRequest\x1a(.stowage.agent.v1.RefreshExportsResponse2\x9d\b\n" +
+	"\x0eRefreshExports\x12'.stowage.agent.v1.RefreshExportsRequest\x1a(.stowage.agent.v1.RefreshExportsResponse2\xf8\b\n" +
 	"\x0fFileTreeService\x12[\n" +
 	"\x10CreateFileSystem\x12#.stowage.agent.v1.FileSystemRequest\x1a\".stowage.agent.v1.FileTreeResponse\x12[\n" +
 	"\x10DeleteFileSystem\x12#.stowage.agent.v1.FileSystemRequest\x1a\".stowage.agent.v1.FileTreeResponse\x12[\n" +
 	"\x0fListFileSystems\x12(.stowage.agent.v1.ListFileSystemsRequest\x1a\x1e.stowage.agent.v1.ListResponse\x12W\n" +
 	"\x0fFileSystemUsage\x12#.stowage.agent.v1.FileSystemRequest\x1a\x1f.stowage.agent.v1.UsageResponse\x12K\n" +
-	"\tRootUsage\x12\x1d.stowage.agent.v1.RootRequest\x1a\x1f.stowage.agent.v1.UsageResponse\x12M\n" +
+	"\tRootUsage\x12\x1d.stowage.agent.v1.RootRequest\x1a\x1f.stowage.agent.v1.UsageResponse\x12Y\n" +
+	"\fTreeCapacity\x12%.stowage.agent.v1.TreeCapacityRequest\x1a\".stowage.agent.v1.CapacityResponse\x12M\n" +
 	"\bPlanRoot\x12\x1d.stowage.agent.v1.RootRequest\x1a\".stowage.agent.v1.PlanRootResponse\x12Q\n" +
 	"\bMakeRoot\x12!.stowage.agent.v1.MakeRootRequest\x1a\".stowage.agent.v1.FileTreeResponse\x12Q\n" +
 	"\bSetQuota\x12!.stowage.agent.v1.SetQuotaRequest\x1a\".stowage.agent.v1.FileTreeResponse\x12U\n" +
@@ -2157,7 +2252,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(*GetPoolInfoRequest)(nil),             // 0: stowage.agent.v1.GetPoolInfoRequest
 	(*PoolInfo)(nil),                       // 1: stowage.agent.v1.PoolInfo
@@ -2190,13 +2285,15 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*FileTreeResponse)(nil),               // 28: stowage.agent.v1.FileTreeResponse
 	(*ListFileSystemsRequest)(nil),         // 29: stowage.agent.v1.ListFileSystemsRequest
 	(*UsageResponse)(nil),                  // 30: stowage.agent.v1.UsageResponse
-	(*RootRequest)(nil),                    // 31: stowage.agent.v1.RootRequest
-	(*PlanRootResponse)(nil),               // 32: stowage.agent.v1.PlanRootResponse
-	(*MakeRootRequest)(nil),                // 33: stowage.agent.v1.MakeRootRequest
-	(*SetQuotaRequest)(nil),                // 34: stowage.agent.v1.SetQuotaRequest
-	(*RemoveDirsRequest)(nil),              // 35: stowage.agent.v1.RemoveDirsRequest
-	(*ExportTreeRequest)(nil),              // 36: stowage.agent.v1.ExportTreeRequest
-	(*UnexportTreeRequest)(nil),            // 37: stowage.agent.v1.UnexportTreeRequest
+	(*TreeCapacityRequest)(nil),            // 31: stowage.agent.v1.TreeCapacityRequest
+	(*CapacityResponse)(nil),               // 32: stowage.agent.v1.CapacityResponse
+	(*RootRequest)(nil),                    // 33: stowage.agent.v1.RootRequest
+	(*PlanRootResponse)(nil),               // 34: stowage.agent.v1.PlanRootResponse
+	(*MakeRootRequest)(nil),                // 35: stowage.agent.v1.MakeRootRequest
+	(*SetQuotaRequest)(nil),                // 36: stowage.agent.v1.SetQuotaRequest
+	(*RemoveDirsRequest)(nil),              // 37: stowage.agent.v1.RemoveDirsRequest
+	(*ExportTreeRequest)(nil),              // 38: stowage.agent.v1.ExportTreeRequest
+	(*UnexportTreeRequest)(nil),            // 39: stowage.agent.v1.UnexportTreeRequest
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	2,  // 0: stowage.agent.v1.PoolInfo.file_tree:type_name -> stowage.agent.v1.FileTreeInfo
@@ -2219,43 +2316,45 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	27, // 17: stowage.agent.v1.FileTreeService.DeleteFileSystem:input_type -> stowage.agent.v1.FileSystemRequest
 	29, // 18: stowage.agent.v1.FileTreeService.ListFileSystems:input_type -> stowage.agent.v1.ListFileSystemsRequest
 	27, // 19: stowage.agent.v1.FileTreeService.FileSystemUsage:input_type -> stowage.agent.v1.FileSystemRequest
-	31, // 20: stowage.agent.v1.FileTreeService.RootUsage:input_type -> stowage.agent.v1.RootRequest
-	31, // 21: stowage.agent.v1.FileTreeService.PlanRoot:input_type -> stowage.agent.v1.RootRequest
-	33, // 22: stowage.agent.v1.FileTreeService.MakeRoot:input_type -> stowage.agent.v1.MakeRootRequest
-	34, // 23: stowage.agent.v1.FileTreeService.SetQuota:input_type -> stowage.agent.v1.SetQuotaRequest
-	35, // 24: stowage.agent.v1.FileTreeService.RemoveDirs:input_type -> stowage.agent.v1.RemoveDirsRequest
-	31, // 25: stowage.agent.v1.FileTreeService.RemoveRoot:input_type -> stowage.agent.v1.RootRequest
-	36, // 26: stowage.agent.v1.FileTreeService.ExportTree:input_type -> stowage.agent.v1.ExportTreeRequest
-	37, // 27: stowage.agent.v1.FileTreeService.UnexportTree:input_type -> stowage.agent.v1.UnexportTreeRequest
-	1,  // 28: stowage.agent.v1.AgentService.GetPoolInfo:output_type -> stowage.agent.v1.PoolInfo
-	6,  // 29: stowage.agent.v1.AgentService.CreateImage:output_type -> stowage.agent.v1.CreateImageResponse
-	6,  // 30: stowage.agent.v1.AgentService.CreateImageFromSnapshot:output_type -> stowage.agent.v1.CreateImageResponse
-	6,  // 31: stowage.agent.v1.AgentService.CloneImage:output_type -> stowage.agent.v1.CreateImageResponse
-	8,  // 32: stowage.agent.v1.AgentService.ResizeImage:output_type -> stowage.agent.v1.ResizeImageResponse
-	10, // 33: stowage.agent.v1.AgentService.DeleteImage:output_type -> stowage.agent.v1.DeleteImageResponse
-	12, // 34: stowage.agent.v1.AgentService.SnapshotImage:output_type -> stowage.agent.v1.SnapshotImageResponse
-	14, // 35: stowage.agent.v1.AgentService.DeleteSnapshot:output_type -> stowage.agent.v1.DeleteSnapshotResponse
-	17, // 36: stowage.agent.v1.AgentService.ImageSize:output_type -> stowage.agent.v1.SizeResponse
-	17, // 37: stowage.agent.v1.AgentService.SnapshotSize:output_type -> stowage.agent.v1.SizeResponse
-	20, // 38: stowage.agent.v1.AgentService.ListImages:output_type -> stowage.agent.v1.ListResponse
-	20, // 39: stowage.agent.v1.AgentService.ListSnapshots:output_type -> stowage.agent.v1.ListResponse
-	22, // 40: stowage.agent.v1.AgentService.Export:output_type -> stowage.agent.v1.ExportResponse
-	24, // 41: stowage.agent.v1.AgentService.Unexport:output_type -> stowage.agent.v1.UnexportResponse
-	26, // 42: stowage.agent.v1.AgentService.RefreshExports:output_type -> stowage.agent.v1.RefreshExportsResponse
-	28, // 43: stowage.agent.v1.FileTreeService.CreateFileSystem:output_type -> stowage.agent.v1.FileTreeResponse
-	28, // 44: stowage.agent.v1.FileTreeService.DeleteFileSystem:output_type -> stowage.agent.v1.FileTreeResponse
-	20, // 45: stowage.agent.v1.FileTreeService.ListFileSystems:output_type -> stowage.agent.v1.ListResponse
-	30, // 46: stowage.agent.v1.FileTreeService.FileSystemUsage:output_type -> stowage.agent.v1.UsageResponse
-	30, // 47: stowage.agent.v1.FileTreeService.RootUsage:output_type -> stowage.agent.v1.UsageResponse
-	32, // 48: stowage.agent.v1.FileTreeService.PlanRoot:output_type -> stowage.agent.v1.PlanRootResponse
-	28, // 49: stowage.agent.v1.FileTreeService.MakeRoot:output_type -> stowage.agent.v1.FileTreeResponse
-	28, // 50: stowage.agent.v1.FileTreeService.SetQuota:output_type -> stowage.agent.v1.FileTreeResponse
-	28, // 51: stowage.agent.v1.FileTreeService.RemoveDirs:output_type -> stowage.agent.v1.FileTreeResponse
-	28, // 52: stowage.agent.v1.FileTreeService.RemoveRoot:output_type -> stowage.agent.v1.FileTreeResponse
-	28, // 53: stowage.agent.v1.FileTreeService.ExportTree:output_type -> stowage.agent.v1.FileTreeResponse
-	28, // 54: stowage.agent.v1.FileTreeService.UnexportTree:output_type -> stowage.agent.v1.FileTreeResponse
-	28, // [28:55] is the sub-list for method output_type
-	1,  // [1:28] is the sub-list for method input_type
+	33, // 20: stowage.agent.v1.FileTreeService.RootUsage:input_type -> stowage.agent.v1.RootRequest
+	31, // 21: stowage.agent.v1.FileTreeService.TreeCapacity:input_type -> stowage.agent.v1.TreeCapacityRequest
+	33, // 22: stowage.agent.v1.FileTreeService.PlanRoot:input_type -> stowage.agent.v1.RootRequest
+	35, // 23: stowage.agent.v1.FileTreeService.MakeRoot:input_type -> stowage.agent.v1.MakeRootRequest
+	36, // 24: stowage.agent.v1.FileTreeService.SetQuota:input_type -> stowage.agent.v1.SetQuotaRequest
+	37, // 25: stowage.agent.v1.FileTreeService.RemoveDirs:input_type -> stowage.agent.v1.RemoveDirsRequest
+	33, // 26: stowage.agent.v1.FileTreeService.RemoveRoot:input_type -> stowage.agent.v1.RootRequest
+	38, // 27: stowage.agent.v1.FileTreeService.ExportTree:input_type -> stowage.agent.v1.ExportTreeRequest
+	39, // 28: stowage.agent.v1.FileTreeService.UnexportTree:input_type -> stowage.agent.v1.UnexportTreeRequest
+	1,  // 29: stowage.agent.v1.AgentService.GetPoolInfo:output_type -> stowage.agent.v1.PoolInfo
+	6,  // 30: stowage.agent.v1.AgentService.CreateImage:output_type -> stowage.agent.v1.CreateImageResponse
+	6,  // 31: stowage.agent.v1.AgentService.CreateImageFromSnapshot:output_type -> stowage.agent.v1.CreateImageResponse
+	6,  // 32: stowage.agent.v1.AgentService.CloneImage:output_type -> stowage.agent.v1.CreateImageResponse
+	8,  // 33: stowage.agent.v1.AgentService.ResizeImage:output_type -> stowage.agent.v1.ResizeImageResponse
+	10, // 34: stowage.agent.v1.AgentService.DeleteImage:output_type -> stowage.agent.v1.DeleteImageResponse
+	12, // 35: stowage.agent.v1.AgentService.SnapshotImage:output_type -> stowage.agent.v1.SnapshotImageResponse
+	14, // 36: stowage.agent.v1.AgentService.DeleteSnapshot:output_type -> stowage.agent.v1.DeleteSnapshotResponse
+	17, // 37: stowage.agent.v1.AgentService.ImageSize:output_type -> stowage.agent.v1.SizeResponse
+	17, // 38: stowage.agent.v1.AgentService.SnapshotSize:output_type -> stowage.agent.v1.SizeResponse
+	20, // 39: stowage.agent.v1.AgentService.ListImages:output_type -> stowage.agent.v1.ListResponse
+	20, // 40: stowage.agent.v1.AgentService.ListSnapshots:output_type -> stowage.agent.v1.ListResponse
+	22, // 41: stowage.agent.v1.AgentService.Export:output_type -> stowage.agent.v1.ExportResponse
+	24, // 42: stowage.agent.v1.AgentService.Unexport:output_type -> stowage.agent.v1.UnexportResponse
+	26, // 43: stowage.agent.v1.AgentService.RefreshExports:output_type -> stowage.agent.v1.RefreshExportsResponse
+	28, // 44: stowage.agent.v1.FileTreeService.CreateFileSystem:output_type -> stowage.agent.v1.FileTreeResponse
+	28, // 45: stowage.agent.v1.FileTreeService.DeleteFileSystem:output_type -> stowage.agent.v1.FileTreeResponse
+	20, // 46: stowage.agent.v1.FileTreeService.ListFileSystems:output_type -> stowage.agent.v1.ListResponse
+	30, // 47: stowage.agent.v1.FileTreeService.FileSystemUsage:output_type -> stowage.agent.v1.UsageResponse
+	30, // 48: stowage.agent.v1.FileTreeService.RootUsage:output_type -> stowage.agent.v1.UsageResponse
+	32, // 49: stowage.agent.v1.FileTreeService.TreeCapacity:output_type -> stowage.agent.v1.CapacityResponse
+	34, // 50: stowage.agent.v1.FileTreeService.PlanRoot:output_type -> stowage.agent.v1.PlanRootResponse
+	28, // 51: stowage.agent.v1.FileTreeService.MakeRoot:output_type -> stowage.agent.v1.FileTreeResponse
+	28, // 52: stowage.agent.v1.FileTreeService.SetQuota:output_type -> stowage.agent.v1.FileTreeResponse
+	28, // 53: stowage.agent.v1.FileTreeService.RemoveDirs:output_type -> stowage.agent.v1.FileTreeResponse
+	28, // 54: stowage.agent.v1.FileTreeService.RemoveRoot:output_type -> stowage.agent.v1.FileTreeResponse
+	28, // 55: stowage.agent.v1.FileTreeService.ExportTree:output_type -> stowage.agent.v1.FileTreeResponse
+	28, // 56: stowage.agent.v1.FileTreeService.UnexportTree:output_type -> stowage.agent.v1.FileTreeResponse
+	29, // [29:57] is the sub-list for method output_type
+	1,  // [1:29] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -2272,7 +2371,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -703,6 +703,7 @@ const (
 	FileTreeService_ListFileSystems_FullMethodName  = "/stowage.agent.v1.FileTreeService/ListFileSystems"
 	FileTreeService_FileSystemUsage_FullMethodName  = "/stowage.agent.v1.FileTreeService/FileSystemUsage"
 	FileTreeService_RootUsage_FullMethodName        = "/stowage.agent.v1.FileTreeService/RootUsage"
+	FileTreeService_TreeCapacity_FullMethodName     = "/stowage.agent.v1.FileTreeService/TreeCapacity"
 	FileTreeService_PlanRoot_FullMethodName         = "/stowage.agent.v1.FileTreeService/PlanRoot"
 	FileTreeService_MakeRoot_FullMethodName         = "/stowage.agent.v1.FileTreeService/MakeRoot"
 	FileTreeService_SetQuota_FullMethodName         = "/stowage.agent.v1.FileTreeService/SetQuota"
@@ -722,6 +723,9 @@ type FileTreeServiceClient interface {
 	ListFileSystems(ctx context.Context, in *ListFileSystemsRequest, opts ...grpc.CallOption) (*ListResponse, error)
 	FileSystemUsage(ctx context.Context, in *FileSystemRequest, opts ...grpc.CallOption) (*UsageResponse, error)
 	RootUsage(ctx context.Context, in *RootRequest, opts ...grpc.CallOption) (*UsageResponse, error)
+	// TreeCapacity is the size and the free space of the tree's file system,
+	// for placing new file systems.
+	TreeCapacity(ctx context.Context, in *TreeCapacityRequest, opts ...grpc.CallOption) (*CapacityResponse, error)
 	// PlanRoot says which directories MakeRoot would create for the path.
 	PlanRoot(ctx context.Context, in *RootRequest, opts ...grpc.CallOption) (*PlanRootResponse, error)
 	MakeRoot(ctx context.Context, in *MakeRootRequest, opts ...grpc.CallOption) (*FileTreeResponse, error)
@@ -788,6 +792,16 @@ func (c *fileTreeServiceClient) RootUsage(ctx context.Context, in *RootRequest, 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(UsageResponse)
 	err := c.cc.Invoke(ctx, FileTreeService_RootUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *fileTreeServiceClient) TreeCapacity(ctx context.Context, in *TreeCapacityRequest, opts ...grpc.CallOption) (*CapacityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CapacityResponse)
+	err := c.cc.Invoke(ctx, FileTreeService_TreeCapacity_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -874,6 +888,9 @@ type FileTreeServiceServer interface {
 	ListFileSystems(context.Context, *ListFileSystemsRequest) (*ListResponse, error)
 	FileSystemUsage(context.Context, *FileSystemRequest) (*UsageResponse, error)
 	RootUsage(context.Context, *RootRequest) (*UsageResponse, error)
+	// TreeCapacity is the size and the free space of the tree's file system,
+	// for placing new file systems.
+	TreeCapacity(context.Context, *TreeCapacityRequest) (*CapacityResponse, error)
 	// PlanRoot says which directories MakeRoot would create for the path.
 	PlanRoot(context.Context, *RootRequest) (*PlanRootResponse, error)
 	MakeRoot(context.Context, *MakeRootRequest) (*FileTreeResponse, error)
@@ -910,6 +927,9 @@ func (UnimplementedFileTreeServiceServer) FileSystemUsage(context.Context, *File
 }
 func (UnimplementedFileTreeServiceServer) RootUsage(context.Context, *RootRequest) (*UsageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RootUsage not implemented")
+}
+func (UnimplementedFileTreeServiceServer) TreeCapacity(context.Context, *TreeCapacityRequest) (*CapacityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TreeCapacity not implemented")
 }
 func (UnimplementedFileTreeServiceServer) PlanRoot(context.Context, *RootRequest) (*PlanRootResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PlanRoot not implemented")
@@ -1039,6 +1059,24 @@ func _FileTreeService_RootUsage_Handler(srv interface{}, ctx context.Context, de
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(FileTreeServiceServer).RootUsage(ctx, req.(*RootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FileTreeService_TreeCapacity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TreeCapacityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FileTreeServiceServer).TreeCapacity(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FileTreeService_TreeCapacity_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FileTreeServiceServer).TreeCapacity(ctx, req.(*TreeCapacityRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1195,6 +1233,10 @@ var FileTreeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RootUsage",
 			Handler:    _FileTreeService_RootUsage_Handler,
+		},
+		{
+			MethodName: "TreeCapacity",
+			Handler:    _FileTreeService_TreeCapacity_Handler,
 		},
 		{
 			MethodName: "PlanRoot",
