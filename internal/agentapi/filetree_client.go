@@ -3,6 +3,9 @@ package agentapi
 import (
 	"context"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "github.com/stowage-io/stowage/api/agent/v1"
 	"github.com/stowage-io/stowage/internal/files"
 	"github.com/stowage-io/stowage/internal/server"
@@ -74,6 +77,11 @@ func (t *FileTree) Capacity() (total, free int64, err error) {
 	ctx, cancel := t.c.bounded()
 	defer cancel()
 	r, err := t.api.TreeCapacity(ctx, &pb.TreeCapacityRequest{})
+	if status.Code(err) == codes.Unimplemented {
+		// An agent older than TreeCapacity: its free space is unknown, so
+		// it is placed on last, but still placed on.
+		return 0, 0, nil
+	}
 	if err != nil {
 		return 0, 0, t.err(err)
 	}
