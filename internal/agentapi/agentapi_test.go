@@ -42,6 +42,7 @@ type env struct {
 	apiAddr string
 	nbdAddr string
 	logs    *logbuf.Buffer
+	ex      *blockexport.Exporter
 }
 
 func newEnv(t *testing.T) *env {
@@ -78,7 +79,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return &env{pool: pool, client: c, apiAddr: al.Addr().String(), nbdAddr: nl.Addr().String(), logs: logs}
+	return &env{pool: pool, client: c, apiAddr: al.Addr().String(), nbdAddr: nl.Addr().String(), logs: logs, ex: ex}
 }
 
 func testCtx(t *testing.T) context.Context {

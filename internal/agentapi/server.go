@@ -163,7 +163,11 @@ func (s *Server) ResizeImage(ctx context.Context, r *pb.ResizeImageRequest) (*pb
 }
 
 func (s *Server) DeleteImage(ctx context.Context, r *pb.DeleteImageRequest) (*pb.DeleteImageResponse, error) {
-	return &pb.DeleteImageResponse{}, toStatus(s.pool.DeleteImage(ctx, r.VolumeId), poolErrors)
+	err := s.pool.DeleteImage(ctx, r.VolumeId)
+	if err == nil && s.local != nil {
+		s.local.Forget(r.VolumeId)
+	}
+	return &pb.DeleteImageResponse{}, toStatus(err, poolErrors)
 }
 
 func (s *Server) SnapshotImage(ctx context.Context, r *pb.SnapshotImageRequest) (*pb.SnapshotImageResponse, error) {

@@ -163,4 +163,15 @@ func TestServer_NetworkAttachment_ExportedByTheAgent(t *testing.T) {
 	if local.LocalTarget != "" || local.ExportAddress != e.nbdAddr || local.ExportName == "" {
 		t.Fatalf("attachment on the storage host's node %v: want an NBD export at %s, no local target", local, e.nbdAddr)
 	}
+	// Deleted through the agent API, the volume leaves nothing in the
+	// agent's exporter.
+	if _, err := srv.DetachVolume(ctx, &spb.DetachVolumeRequest{VolumeId: v.Id, NodeId: "storage-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.DeleteVolume(ctx, &spb.DeleteVolumeRequest{VolumeId: v.Id}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.ex.VolumesKnown(); n != 0 {
+		t.Fatalf("after the volume's delete the agent's exporter keeps %d volume records, want 0", n)
+	}
 }

@@ -254,6 +254,29 @@ func (e *Exporter) end(x *export) {
 	}
 }
 
+// Forget drops the generation record of a volume whose image is gone
+// (deleted), so that the exporter does not keep one for every volume it
+// ever exported. A volume with an export still is kept. Volume ids are
+// never reused, and a client of an ended attachment is refused by its
+// attachment's record (ended), not by the volume's generation.
+func (e *Exporter) Forget(volumeID string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, x := range e.exports {
+		if x.a.VolumeID == volumeID {
+			return
+		}
+	}
+	delete(e.volumes, volumeID)
+}
+
+// VolumesKnown is how many volumes the exporter keeps a generation record of.
+func (e *Exporter) VolumesKnown() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.volumes)
+}
+
 // Unexport removes an attachment's export (detach); its connections end.
 // A missing one is success.
 func (e *Exporter) Unexport(ctx context.Context, attachmentID string) error {

@@ -318,3 +318,36 @@ func TestResize_ImageGrew_ClientsRefreshAndWriteAtTheNewEnd(t *testing.T) {
 		t.Fatalf("Resize after the image shrank: %v, want ErrInvalid", err)
 	}
 }
+
+// A deleted volume's generation record goes with Forget, so the exporter
+// does not keep one per volume it ever exported; a volume still exported
+// keeps it, and its ended attachments stay refused either way.
+func TestForget_DeletedVolumesRecordGoes_ExportedOneKept(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.ex.Export(ctx, e.attachment("vol-1.g1.node-a", 1, "s1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ex.Export(ctx, e.attachment("vol-1.g2.node-b", 2, "s2")); err != nil {
+		t.Fatal(err)
+	}
+	e.ex.Forget("vol-1")
+	if n := e.ex.VolumesKnown(); n != 1 {
+		t.Fatalf("after Forget of an exported volume the exporter knows %d volumes, want 1 (kept)", n)
+	}
+	if err := e.ex.Export(ctx, e.attachment("vol-1.g1.again", 1, "s3")); !errors.Is(err, ErrStaleGeneration) {
+		t.Fatalf("export at generation 1 after generation 2, the volume still exported: %v, want ErrStaleGeneration", err)
+	}
+	if err := e.ex.Unexport(ctx, "vol-1.g2.node-b"); err != nil {
+		t.Fatal(err)
+	}
+	e.ex.Forget("vol-1")
+	if n := e.ex.VolumesKnown(); n != 0 {
+		t.Fatalf("after the last export went and Forget, the exporter knows %d volumes, want 0", n)
+	}
+	for _, id := range []string{"vol-1.g1.node-a", "vol-1.g2.node-b"} {
+		if _, err := e.dial(t, id, 1, "s1"); !errors.Is(err, nbd.ErrRefused) {
+			t.Fatalf("dial ended attachment %s after Forget: %v, want refused", id, err)
+		}
+	}
+}

@@ -61,6 +61,14 @@ type LocalBlockExporter struct {
 
 func (l LocalBlockExporter) Address() string { return l.Addr }
 
+// Forget drops what the exporter keeps of a deleted volume.
+func (l LocalBlockExporter) Forget(volumeID string) { l.Exporter.Forget(volumeID) }
+
+// volumeForgetter is an exporter in this process, which keeps a record
+// per volume until told the volume is gone (an agent's forgets when its
+// image is deleted through the agent API).
+type volumeForgetter interface{ Forget(volumeID string) }
+
 func (l LocalBlockExporter) Export(ctx context.Context, e BlockExport) error {
 	if e.VolumeID == "" {
 		return fmt.Errorf("export attachment %s: no volume", e.AttachmentID)

@@ -139,6 +139,17 @@ func TestAttachVolume_OtherNodeOfZone_OverNBDWithSecretAndFencing(t *testing.T) 
 	if next.Generation != 2 || next.ExportName == a.ExportName {
 		t.Fatalf("attach after detach: %v; want generation 2 and a new export", next)
 	}
+
+	// Deleted, the volume leaves nothing in the exporter.
+	if _, err := e.volumes.DetachVolume(ctx, &pb.DetachVolumeRequest{VolumeId: v.Id, NodeId: "node-b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.volumes.DeleteVolume(ctx, &pb.DeleteVolumeRequest{VolumeId: v.Id}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.exports["pool-a"].Exporter.VolumesKnown(); n != 0 {
+		t.Fatalf("after the volume's delete its exporter keeps %d volume records, want 0", n)
+	}
 }
 
 func TestAttachVolume_PoolWithoutExporter_OnlyOnItsNode(t *testing.T) {

@@ -477,6 +477,11 @@ func (s *Server) deleteVolume(ctx context.Context, v *volumeRecord) error {
 				"volume", v.ID, "pool", v.Pool, "err", err)
 		}
 	}
+	if e, ok := s.pools.exporter(v.Pool); ok {
+		if f, ok := e.(volumeForgetter); ok {
+			f.Forget(v.ID)
+		}
+	}
 	return nil
 }
 
