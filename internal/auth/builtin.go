@@ -25,9 +25,9 @@ var (
 		allow("filesystem:*", "pool:ListPools", "node:RegisterNode", "node:ListNodes"),
 		{Effect: "Deny", Action: []string{"secretsmanager:*", "ssm:*", "kms:Decrypt", "kms:GetVolumeDataKey", "volume:GetAttachmentSecret"}, Resource: []string{"*"}},
 	}}
-	// A storage host registers its own pool (the handler checks the pool
-	// is the principal's).
-	storageHostPolicy = Document{Version: PolicyVersion, Statement: []Statement{allow("pool:RegisterStorageHost", "pool:DeregisterStorageHost")}}
+	// A storage host registers its own pool and gets its own agent token
+	// (the handlers check the pool is the principal's).
+	storageHostPolicy = Document{Version: PolicyVersion, Statement: []Statement{allow("pool:RegisterStorageHost", "pool:DeregisterStorageHost", "pool:GetStorageHostAgentToken")}}
 	// The provider reads nothing for itself: BatchGetValues authorises each
 	// object for the pod whose token it forwards.
 	providerPolicy = Document{Version: PolicyVersion, Statement: []Statement{allow("secretsmanager:BatchGetValues")}}

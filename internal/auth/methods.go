@@ -76,6 +76,8 @@ var Methods = map[string]Rule{
 	pb.PoolService_ListPools_FullMethodName: {Action: "pool:ListPools", Resources: all},
 	pb.PoolService_RegisterStorageHost_FullMethodName: {Action: "pool:RegisterStorageHost",
 		Resources: res(func(r *pb.RegisterStorageHostRequest) string { return r.Pool })},
+	pb.PoolService_GetStorageHostAgentToken_FullMethodName: {Action: "pool:GetStorageHostAgentToken",
+		Resources: res(func(r *pb.GetStorageHostAgentTokenRequest) string { return r.Pool })},
 	pb.PoolService_DeregisterStorageHost_FullMethodName: {Action: "pool:DeregisterStorageHost",
 		Resources: res(func(r *pb.DeregisterStorageHostRequest) string { return r.Pool })},
 

@@ -41,7 +41,10 @@ type agentOptions struct {
 	nfsGraceless bool
 	// server, serverTokenFile, advertise: registration with the servers.
 	server, serverTokenFile, advertise string
-	registerInterval                   time.Duration
+	// tokenFromServer: the agent API's token is the one the servers give
+	// (GetStorageHostAgentToken), not --token-file.
+	tokenFromServer  bool
+	registerInterval time.Duration
 }
 
 func newAgentCmd() *cobra.Command {
@@ -73,7 +76,7 @@ Without --server a server names it instead: --agent name=N,address=<--listen>,to
 	f.StringVar(&o.nbdListen, "nbd-listen", "", "serve the exports over NBD at host:port (empty: this agent exports nothing)")
 	f.StringVar(&o.nbdAdvertise, "nbd-advertise", "", "the host:port nodes reach the NBD exports at (default: --nbd-listen)")
 	f.StringVar(&o.pool, "pool", "", "the storage pool name=N,dir=D,zone=Z,node=H[,size=100G] (size makes dir an xfs-with-reflink image)")
-	f.StringVar(&o.tokenFile, "token-file", "", "file (mode 0600) holding the token every caller of the agent API must present (required)")
+	f.StringVar(&o.tokenFile, "token-file", "", "file (mode 0600) holding the token every caller of the agent API must present (or --token-from-server)")
 	f.StringVar(&o.dataDir, "data-dir", "/var/lib/stowage", "where the pool lives when --pool names no dir")
 	f.StringVar(&o.zone, "zone", "zone-a", "zone of the pool when --pool names none")
 	f.StringVar(&o.zoneLabel, "zone-label", "", "in a pod: the pool's zone is its node's label of this key (topology.kubernetes.io/zone), read through the Kubernetes API with the pod's service account (get on nodes); --pool then names no zone")
@@ -85,6 +88,7 @@ Without --server a server names it instead: --agent name=N,address=<--listen>,to
 	f.StringVar(&o.nfsAdvertise, "nfs-advertise", "", "the host:port NFS clients reach --nfs-listen at (default: --nfs-listen)")
 	f.StringVar(&o.node, "node", "", "node of the pool when --pool names none (default: hostname)")
 	f.StringVar(&o.server, "server", "", "register the pool with the Stowage servers at this endpoint (host:port, several separated by commas)")
+	f.BoolVar(&o.tokenFromServer, "token-from-server", false, "instead of --token-file: the agent API's token is the one the --server servers derive for this pool (they run with --agent-token-per-host), asked with --server-token-file and kept in <data-dir>/agent-tokens/<pool>; this host then holds no token that opens another host's agent API")
 	f.StringVar(&o.serverTokenFile, "server-token-file", "", "token of this storage host's principal stowage:storage-host:<pool> for --server")
 	f.StringVar(&o.advertise, "advertise", "", "the agent API's host:port the servers connect to (default: --listen)")
 	f.DurationVar(&o.registerInterval, "register-interval", 30*time.Second, "how often the agent registers again with --server")
@@ -98,8 +102,13 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 	if o.listen == "" {
 		return usageErrorf("--listen host:port is required: where servers reach the agent API")
 	}
-	if o.tokenFile == "" {
-		return usageErrorf("--token-file is required: the agent API is always authenticated")
+	switch {
+	case o.tokenFile != "" && o.tokenFromServer:
+		return usageErrorf("give --token-file or --token-from-server, not both")
+	case o.tokenFromServer && o.server == "":
+		return usageErrorf("--token-from-server needs --server (and --server-token-file): the servers give the token")
+	case o.tokenFile == "" && !o.tokenFromServer:
+		return usageErrorf("--token-file (or --token-from-server) is required: the agent API is always authenticated")
 	}
 	if o.node == "" {
 		h, err := os.Hostname()
@@ -115,11 +124,16 @@ func runAgent(ctx context.Context, o agentOptions, ready func(api, nbd string)) 
 		return usageErrorf("--server needs --server-token-file: the token of this storage host's principal stowage:storage-host:<pool>")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	token, err := auth.ReadTokenFile(o.tokenFile)
+	spec, err := parsePoolSpec(o.pool, o.zone, o.node, o.dataDir)
 	if err != nil {
 		return err
 	}
-	spec, err := parsePoolSpec(o.pool, o.zone, o.node, o.dataDir)
+	var token string
+	if o.tokenFromServer {
+		token, err = agentTokenFromServer(ctx, o, spec.name, log)
+	} else {
+		token, err = auth.ReadTokenFile(o.tokenFile)
+	}
 	if err != nil {
 		return err
 	}
@@ -322,6 +336,14 @@ type agentDialer struct {
 	token   string
 	perHost bool
 	tls     *tls.Config
+}
+
+// AgentToken is the token derived for pool's agent (server.AgentTokenIssuer).
+func (d agentDialer) AgentToken(pool string) (string, bool) {
+	if !d.perHost {
+		return "", false
+	}
+	return auth.StorageHostAgentToken(d.token, pool), true
 }
 
 func (d agentDialer) DialStorageHost(ctx context.Context, pool, address string) (server.StorageHostConn, error) {

@@ -343,22 +343,47 @@ func TestAgentTokenPerHost_EachHostItsOwn_OneOpensNoOther(t *testing.T) {
 	for _, pool := range []string{"pool-r", "pool-s"} {
 		serverToken := filepath.Join(tokens, "storage-host@"+pool)
 		waitFile(t, serverToken)
-		own := filepath.Join(dir, pool+".agent-token")
-		var out bytes.Buffer
-		root := NewRoot(&out, &out)
-		root.SetArgs([]string{"token", "agent", pool, "--agent-token-file", cluster, "--out-file", own})
-		if err := root.Execute(); err != nil {
-			t.Fatalf("stowage token agent %s: %v: %s", pool, err, out.String())
+		ao := agentOptions{listen: "127.0.0.1:0", dataDir: filepath.Join(dir, pool),
+			pool: "name=" + pool + ",dir=" + filepath.Join(dir, pool, "pool") + ",zone=zone-b,node=" + pool, server: "unix://" + sock,
+			serverTokenFile: serverToken, registerInterval: time.Hour}
+		if pool == "pool-r" {
+			// pool-r's token is given to it in a file (`stowage token agent`);
+			// pool-s asks the server for its own (--token-from-server).
+			own := filepath.Join(dir, pool+".agent-token")
+			var out bytes.Buffer
+			root := NewRoot(&out, &out)
+			root.SetArgs([]string{"token", "agent", pool, "--agent-token-file", cluster, "--out-file", own})
+			if err := root.Execute(); err != nil {
+				t.Fatalf("stowage token agent %s: %v: %s", pool, err, out.String())
+			}
+			ao.tokenFile = own
+		} else {
+			ao.tokenFromServer = true
 		}
-		tok, err := auth.ReadTokenFile(own)
+		api[pool] = startAgent(t, ao)
+		waitPool(t, pb.NewPoolServiceClient(admin), pool)
+		own := ao.tokenFile
+		if ao.tokenFromServer {
+			own = agentTokenCacheFile(ao.dataDir, pool)
+		}
+		tok, err := auth.ReadTokenFile(own) // refuses a file others can read
 		if err != nil {
 			t.Fatal(err)
 		}
 		hostToken[pool] = tok
-		api[pool] = startAgent(t, agentOptions{listen: "127.0.0.1:0", tokenFile: own, dataDir: filepath.Join(dir, pool),
-			pool: "name=" + pool + ",dir=" + filepath.Join(dir, pool, "pool") + ",zone=zone-b,node=" + pool, server: "unix://" + sock,
-			serverTokenFile: serverToken, registerInterval: time.Hour})
-		waitPool(t, pb.NewPoolServiceClient(admin), pool)
+	}
+	if hostToken["pool-s"] != auth.StorageHostAgentToken("the-clusters-agent-token", "pool-s") {
+		t.Fatal("the token pool-s was given by the server is not the one derived for it")
+	}
+	// A host's principal gets its own pool's token, not another's.
+	rconn, err := dial("unix://"+sock, filepath.Join(tokens, "storage-host@pool-r"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rconn.Close()
+	_, err = pb.NewPoolServiceClient(rconn).GetStorageHostAgentToken(context.Background(), &pb.GetStorageHostAgentTokenRequest{Pool: "pool-s"})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "pool-s") {
+		t.Fatalf("pool-r's principal asks for pool-s's agent token: %v; want PERMISSION_DENIED", err)
 	}
 	if hostToken["pool-r"] == hostToken["pool-s"] || hostToken["pool-r"] == "the-clusters-agent-token" {
 		t.Fatalf("the hosts' tokens are not their own: %q, %q", hostToken["pool-r"], hostToken["pool-s"])
@@ -368,5 +393,29 @@ func TestAgentTokenPerHost_EachHostItsOwn_OneOpensNoOther(t *testing.T) {
 	_, err = agentapi.Dial(ctx, agentapi.ClientConfig{Name: "pool-s", Address: api["pool-s"], Token: hostToken["pool-r"], CallTimeout: 5 * time.Second})
 	if status.Code(errors.Unwrap(err)) != codes.Unauthenticated && !strings.Contains(fmt.Sprint(err), "Unauthenticated") {
 		t.Fatalf("pool-r's token against pool-s's agent API: %v; want it refused (UNAUTHENTICATED)", err)
+	}
+}
+
+// An agent told to take its token from a server that presents one token to
+// every host (no --agent-token-per-host) does not start, and says why.
+func TestAgentTokenFromServer_ServerWithoutPerHostTokens_RefusedWithTheReason(t *testing.T) {
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	sock := filepath.Join(dir, "api.sock")
+	startServer(t, serverOptions{dataDir: dir, listen: "unix://" + sock, zone: "zone-a", node: "node-a",
+		agentTokenFile: writeToken(t, "the-clusters-agent-token"), pools: []string{"name=pool-a,zone=zone-a,node=node-a"},
+		auth: authOptions{bootstrapTokensDir: tokens, bootstrapStorageHosts: []string{"pool-r"}}})
+	serverToken := filepath.Join(tokens, "storage-host@pool-r")
+	waitFile(t, serverToken)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := runAgent(ctx, agentOptions{listen: "127.0.0.1:0", tokenFromServer: true, dataDir: filepath.Join(dir, "host"),
+		pool: "name=pool-r,dir=" + filepath.Join(dir, "host", "pool") + ",zone=zone-b,node=storage-1", server: "unix://" + sock,
+		serverTokenFile: serverToken, registerInterval: time.Hour}, nil)
+	if err == nil || !strings.Contains(err.Error(), "--agent-token-per-host") || !strings.Contains(err.Error(), "pool-r") {
+		t.Fatalf("agent --token-from-server against a server with one token for all: %v; want an error naming pool-r and --agent-token-per-host", err)
+	}
+	if _, serr := os.Stat(agentTokenCacheFile(filepath.Join(dir, "host"), "pool-r")); !os.IsNotExist(serr) {
+		t.Fatalf("a token file was kept though none was given: %v", serr)
 	}
 }

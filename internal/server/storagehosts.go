@@ -29,6 +29,15 @@ type StorageHostDialer interface {
 	DialStorageHost(ctx context.Context, pool, address string) (StorageHostConn, error)
 }
 
+// AgentTokenIssuer is a StorageHostDialer that presents each storage host
+// a token of its own (stowage server --agent-token-per-host): it can tell
+// a host its token (GetStorageHostAgentToken).
+type AgentTokenIssuer interface {
+	// AgentToken is the token presented to pool's agent; false when one
+	// token is presented to every host.
+	AgentToken(pool string) (string, bool)
+}
+
 // StorageHostConn is a connection to a storage host: its pool, the
 // exporter of its volumes when it exports over NBD (nil when it does not),
 // its file-tree pool when it has one (served under the pool's name) with
@@ -129,6 +138,29 @@ func (s *Server) RegisterStorageHost(ctx context.Context, req *pb.RegisterStorag
 	}
 	p := s.pools.get(req.Pool)
 	return &pb.Pool{Name: req.Pool, Zone: p.Zone(), Node: p.Node(), CloneMode: string(p.CloneMode()), Zonal: s.exportAddress(req.Pool) != ""}, nil
+}
+
+// GetStorageHostAgentToken tells a storage host the token the servers
+// present to its agent API, so that it need not hold the secret it is
+// derived from. Never logged.
+func (s *Server) GetStorageHostAgentToken(ctx context.Context, req *pb.GetStorageHostAgentTokenRequest) (*pb.StorageHostAgentToken, error) {
+	if req.Pool == "" {
+		return nil, status.Error(codes.InvalidArgument, "name the pool whose agent token to get")
+	}
+	if p, ok := auth.FromContext(ctx); ok && p.StorageHost() != "" && p.StorageHost() != req.Pool {
+		return nil, status.Errorf(codes.PermissionDenied, "%s may not pool:GetStorageHostAgentToken on %s: a storage host gets its own pool's agent token only", p, req.Pool)
+	}
+	issuer, ok := s.storageHosts.(AgentTokenIssuer)
+	if s.storageHosts == nil || !ok {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"this Stowage server takes no storage host registrations (start it with --agent-token-file and --agent-token-per-host); no agent token for pool %s", req.Pool)
+	}
+	token, ok := issuer.AgentToken(req.Pool)
+	if !ok {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"this Stowage server presents one agent token to every storage host (it runs without --agent-token-per-host), so it gives none out: give the agent of pool %s that token with --token-file", req.Pool)
+	}
+	return &pb.StorageHostAgentToken{Pool: req.Pool, Token: token}, nil
 }
 
 // DeregisterStorageHost forgets the storage host of req.Pool: its record,

@@ -3065,6 +3065,103 @@ func (x *RegisterStorageHostRequest) GetAddress() string {
 	return ""
 }
 
+type GetStorageHostAgentTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pool          string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStorageHostAgentTokenRequest) Reset() {
+	*x = GetStorageHostAgentTokenRequest{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStorageHostAgentTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStorageHostAgentTokenRequest) ProtoMessage() {}
+
+func (x *GetStorageHostAgentTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStorageHostAgentTokenRequest.ProtoReflect.Descriptor instead.
+func (*GetStorageHostAgentTokenRequest) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *GetStorageHostAgentTokenRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+type StorageHostAgentToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pool  string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// token is what the agent of the pool requires of every agent API call.
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StorageHostAgentToken) Reset() {
+	*x = StorageHostAgentToken{}
+	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StorageHostAgentToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StorageHostAgentToken) ProtoMessage() {}
+
+func (x *StorageHostAgentToken) ProtoReflect() protoreflect.Message {
+	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StorageHostAgentToken.ProtoReflect.Descriptor instead.
+func (*StorageHostAgentToken) Descriptor() ([]byte, []int) {
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *StorageHostAgentToken) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *StorageHostAgentToken) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 type DeregisterStorageHostRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pool          string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
@@ -3074,7 +3171,7 @@ type DeregisterStorageHostRequest struct {
 
 func (x *DeregisterStorageHostRequest) Reset() {
 	*x = DeregisterStorageHostRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3086,7 +3183,7 @@ func (x *DeregisterStorageHostRequest) String() string {
 func (*DeregisterStorageHostRequest) ProtoMessage() {}
 
 func (x *DeregisterStorageHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[43]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3099,7 +3196,7 @@ func (x *DeregisterStorageHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterStorageHostRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterStorageHostRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{43}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeregisterStorageHostRequest) GetPool() string {
@@ -3121,7 +3218,7 @@ type DeregisterStorageHostResponse struct {
 
 func (x *DeregisterStorageHostResponse) Reset() {
 	*x = DeregisterStorageHostResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3133,7 +3230,7 @@ func (x *DeregisterStorageHostResponse) String() string {
 func (*DeregisterStorageHostResponse) ProtoMessage() {}
 
 func (x *DeregisterStorageHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[44]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3146,7 +3243,7 @@ func (x *DeregisterStorageHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterStorageHostResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterStorageHostResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{44}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeregisterStorageHostResponse) GetDeregistered() bool {
@@ -3175,7 +3272,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3187,7 +3284,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[45]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3200,7 +3297,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{45}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListPoolsRequest) GetZone() string {
@@ -3226,7 +3323,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[46]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3238,7 +3335,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[46]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3251,7 +3348,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{46}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListPoolsResponse) GetPools() []*Pool {
@@ -3279,7 +3376,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[47]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3291,7 +3388,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[47]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3304,7 +3401,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{47}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *Node) GetId() string {
@@ -3360,7 +3457,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[48]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3372,7 +3469,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[48]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3385,7 +3482,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{48}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RegisterNodeRequest) GetId() string {
@@ -3417,7 +3514,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[49]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3429,7 +3526,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[49]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3442,7 +3539,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{49}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{51}
 }
 
 type ListNodesResponse struct {
@@ -3454,7 +3551,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_stowage_v1_stowage_proto_msgTypes[50]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3466,7 +3563,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stowage_v1_stowage_proto_msgTypes[50]
+	mi := &file_stowage_v1_stowage_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3479,7 +3576,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{50}
+	return file_stowage_v1_stowage_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -3764,7 +3861,12 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x05zonal\x18\f \x01(\bR\x05zonalJ\x04\b\x04\x10\x05R\x03dir\"J\n" +
 	"\x1aRegisterStorageHostRequest\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"2\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"5\n" +
+	"\x1fGetStorageHostAgentTokenRequest\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\"A\n" +
+	"\x15StorageHostAgentToken\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"2\n" +
 	"\x1cDeregisterStorageHostRequest\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\"]\n" +
 	"\x1dDeregisterStorageHostResponse\x12\"\n" +
@@ -3837,10 +3939,11 @@ const file_stowage_v1_stowage_proto_rawDesc = "" +
 	"\x0eCreateSnapshot\x12!.stowage.v1.CreateSnapshotRequest\x1a\x14.stowage.v1.Snapshot\x12M\n" +
 	"\x10DescribeSnapshot\x12#.stowage.v1.DescribeSnapshotRequest\x1a\x14.stowage.v1.Snapshot\x12T\n" +
 	"\rListSnapshots\x12 .stowage.v1.ListSnapshotsRequest\x1a!.stowage.v1.ListSnapshotsResponse\x12W\n" +
-	"\x0eDeleteSnapshot\x12!.stowage.v1.DeleteSnapshotRequest\x1a\".stowage.v1.DeleteSnapshotResponse2\x96\x02\n" +
+	"\x0eDeleteSnapshot\x12!.stowage.v1.DeleteSnapshotRequest\x1a\".stowage.v1.DeleteSnapshotResponse2\x82\x03\n" +
 	"\vPoolService\x12H\n" +
 	"\tListPools\x12\x1c.stowage.v1.ListPoolsRequest\x1a\x1d.stowage.v1.ListPoolsResponse\x12O\n" +
-	"\x13RegisterStorageHost\x12&.stowage.v1.RegisterStorageHostRequest\x1a\x10.stowage.v1.Pool\x12l\n" +
+	"\x13RegisterStorageHost\x12&.stowage.v1.RegisterStorageHostRequest\x1a\x10.stowage.v1.Pool\x12j\n" +
+	"\x18GetStorageHostAgentToken\x12+.stowage.v1.GetStorageHostAgentTokenRequest\x1a!.stowage.v1.StorageHostAgentToken\x12l\n" +
 	"\x15DeregisterStorageHost\x12(.stowage.v1.DeregisterStorageHostRequest\x1a).stowage.v1.DeregisterStorageHostResponse2\x9a\x01\n" +
 	"\vNodeService\x12A\n" +
 	"\fRegisterNode\x12\x1f.stowage.v1.RegisterNodeRequest\x1a\x10.stowage.v1.Node\x12H\n" +
@@ -3859,102 +3962,104 @@ func file_stowage_v1_stowage_proto_rawDescGZIP() []byte {
 }
 
 var file_stowage_v1_stowage_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_stowage_v1_stowage_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_stowage_v1_stowage_proto_goTypes = []any{
-	(VolumeState)(0),                      // 0: stowage.v1.VolumeState
-	(SnapshotState)(0),                    // 1: stowage.v1.SnapshotState
-	(AttachmentState)(0),                  // 2: stowage.v1.AttachmentState
-	(*Key)(nil),                           // 3: stowage.v1.Key
-	(*CreateKeyRequest)(nil),              // 4: stowage.v1.CreateKeyRequest
-	(*DescribeKeyRequest)(nil),            // 5: stowage.v1.DescribeKeyRequest
-	(*ListKeysRequest)(nil),               // 6: stowage.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),              // 7: stowage.v1.ListKeysResponse
-	(*KeyRequest)(nil),                    // 8: stowage.v1.KeyRequest
-	(*ScheduleKeyDeletionRequest)(nil),    // 9: stowage.v1.ScheduleKeyDeletionRequest
-	(*CreateAliasRequest)(nil),            // 10: stowage.v1.CreateAliasRequest
-	(*DeleteAliasRequest)(nil),            // 11: stowage.v1.DeleteAliasRequest
-	(*DeleteAliasResponse)(nil),           // 12: stowage.v1.DeleteAliasResponse
-	(*EncryptRequest)(nil),                // 13: stowage.v1.EncryptRequest
-	(*EncryptResponse)(nil),               // 14: stowage.v1.EncryptResponse
-	(*DecryptRequest)(nil),                // 15: stowage.v1.DecryptRequest
-	(*DecryptResponse)(nil),               // 16: stowage.v1.DecryptResponse
-	(*GenerateDataKeyRequest)(nil),        // 17: stowage.v1.GenerateDataKeyRequest
-	(*GenerateDataKeyResponse)(nil),       // 18: stowage.v1.GenerateDataKeyResponse
-	(*GetVolumeDataKeyRequest)(nil),       // 19: stowage.v1.GetVolumeDataKeyRequest
-	(*VolumeDataKey)(nil),                 // 20: stowage.v1.VolumeDataKey
-	(*Volume)(nil),                        // 21: stowage.v1.Volume
-	(*Attachment)(nil),                    // 22: stowage.v1.Attachment
-	(*GetAttachmentSecretRequest)(nil),    // 23: stowage.v1.GetAttachmentSecretRequest
-	(*AttachmentSecret)(nil),              // 24: stowage.v1.AttachmentSecret
-	(*CreateVolumeRequest)(nil),           // 25: stowage.v1.CreateVolumeRequest
-	(*Placement)(nil),                     // 26: stowage.v1.Placement
-	(*DescribeVolumeRequest)(nil),         // 27: stowage.v1.DescribeVolumeRequest
-	(*ListVolumesRequest)(nil),            // 28: stowage.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),           // 29: stowage.v1.ListVolumesResponse
-	(*DeleteVolumeRequest)(nil),           // 30: stowage.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),          // 31: stowage.v1.DeleteVolumeResponse
-	(*AttachVolumeRequest)(nil),           // 32: stowage.v1.AttachVolumeRequest
-	(*DetachVolumeRequest)(nil),           // 33: stowage.v1.DetachVolumeRequest
-	(*DetachVolumeResponse)(nil),          // 34: stowage.v1.DetachVolumeResponse
-	(*ResizeVolumeRequest)(nil),           // 35: stowage.v1.ResizeVolumeRequest
-	(*ModifyVolumeRequest)(nil),           // 36: stowage.v1.ModifyVolumeRequest
-	(*Snapshot)(nil),                      // 37: stowage.v1.Snapshot
-	(*CreateSnapshotRequest)(nil),         // 38: stowage.v1.CreateSnapshotRequest
-	(*DescribeSnapshotRequest)(nil),       // 39: stowage.v1.DescribeSnapshotRequest
-	(*ListSnapshotsRequest)(nil),          // 40: stowage.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),         // 41: stowage.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),         // 42: stowage.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),        // 43: stowage.v1.DeleteSnapshotResponse
-	(*Pool)(nil),                          // 44: stowage.v1.Pool
-	(*RegisterStorageHostRequest)(nil),    // 45: stowage.v1.RegisterStorageHostRequest
-	(*DeregisterStorageHostRequest)(nil),  // 46: stowage.v1.DeregisterStorageHostRequest
-	(*DeregisterStorageHostResponse)(nil), // 47: stowage.v1.DeregisterStorageHostResponse
-	(*ListPoolsRequest)(nil),              // 48: stowage.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),             // 49: stowage.v1.ListPoolsResponse
-	(*Node)(nil),                          // 50: stowage.v1.Node
-	(*RegisterNodeRequest)(nil),           // 51: stowage.v1.RegisterNodeRequest
-	(*ListNodesRequest)(nil),              // 52: stowage.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 53: stowage.v1.ListNodesResponse
-	nil,                                   // 54: stowage.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                   // 55: stowage.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                   // 56: stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                   // 57: stowage.v1.Volume.TagsEntry
-	nil,                                   // 58: stowage.v1.CreateVolumeRequest.TagsEntry
-	nil,                                   // 59: stowage.v1.ListVolumesRequest.TagsEntry
-	nil,                                   // 60: stowage.v1.ModifyVolumeRequest.AddTagsEntry
-	nil,                                   // 61: stowage.v1.Snapshot.TagsEntry
-	nil,                                   // 62: stowage.v1.CreateSnapshotRequest.TagsEntry
-	(*timestamppb.Timestamp)(nil),         // 63: google.protobuf.Timestamp
+	(VolumeState)(0),                        // 0: stowage.v1.VolumeState
+	(SnapshotState)(0),                      // 1: stowage.v1.SnapshotState
+	(AttachmentState)(0),                    // 2: stowage.v1.AttachmentState
+	(*Key)(nil),                             // 3: stowage.v1.Key
+	(*CreateKeyRequest)(nil),                // 4: stowage.v1.CreateKeyRequest
+	(*DescribeKeyRequest)(nil),              // 5: stowage.v1.DescribeKeyRequest
+	(*ListKeysRequest)(nil),                 // 6: stowage.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),                // 7: stowage.v1.ListKeysResponse
+	(*KeyRequest)(nil),                      // 8: stowage.v1.KeyRequest
+	(*ScheduleKeyDeletionRequest)(nil),      // 9: stowage.v1.ScheduleKeyDeletionRequest
+	(*CreateAliasRequest)(nil),              // 10: stowage.v1.CreateAliasRequest
+	(*DeleteAliasRequest)(nil),              // 11: stowage.v1.DeleteAliasRequest
+	(*DeleteAliasResponse)(nil),             // 12: stowage.v1.DeleteAliasResponse
+	(*EncryptRequest)(nil),                  // 13: stowage.v1.EncryptRequest
+	(*EncryptResponse)(nil),                 // 14: stowage.v1.EncryptResponse
+	(*DecryptRequest)(nil),                  // 15: stowage.v1.DecryptRequest
+	(*DecryptResponse)(nil),                 // 16: stowage.v1.DecryptResponse
+	(*GenerateDataKeyRequest)(nil),          // 17: stowage.v1.GenerateDataKeyRequest
+	(*GenerateDataKeyResponse)(nil),         // 18: stowage.v1.GenerateDataKeyResponse
+	(*GetVolumeDataKeyRequest)(nil),         // 19: stowage.v1.GetVolumeDataKeyRequest
+	(*VolumeDataKey)(nil),                   // 20: stowage.v1.VolumeDataKey
+	(*Volume)(nil),                          // 21: stowage.v1.Volume
+	(*Attachment)(nil),                      // 22: stowage.v1.Attachment
+	(*GetAttachmentSecretRequest)(nil),      // 23: stowage.v1.GetAttachmentSecretRequest
+	(*AttachmentSecret)(nil),                // 24: stowage.v1.AttachmentSecret
+	(*CreateVolumeRequest)(nil),             // 25: stowage.v1.CreateVolumeRequest
+	(*Placement)(nil),                       // 26: stowage.v1.Placement
+	(*DescribeVolumeRequest)(nil),           // 27: stowage.v1.DescribeVolumeRequest
+	(*ListVolumesRequest)(nil),              // 28: stowage.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),             // 29: stowage.v1.ListVolumesResponse
+	(*DeleteVolumeRequest)(nil),             // 30: stowage.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),            // 31: stowage.v1.DeleteVolumeResponse
+	(*AttachVolumeRequest)(nil),             // 32: stowage.v1.AttachVolumeRequest
+	(*DetachVolumeRequest)(nil),             // 33: stowage.v1.DetachVolumeRequest
+	(*DetachVolumeResponse)(nil),            // 34: stowage.v1.DetachVolumeResponse
+	(*ResizeVolumeRequest)(nil),             // 35: stowage.v1.ResizeVolumeRequest
+	(*ModifyVolumeRequest)(nil),             // 36: stowage.v1.ModifyVolumeRequest
+	(*Snapshot)(nil),                        // 37: stowage.v1.Snapshot
+	(*CreateSnapshotRequest)(nil),           // 38: stowage.v1.CreateSnapshotRequest
+	(*DescribeSnapshotRequest)(nil),         // 39: stowage.v1.DescribeSnapshotRequest
+	(*ListSnapshotsRequest)(nil),            // 40: stowage.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),           // 41: stowage.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),           // 42: stowage.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),          // 43: stowage.v1.DeleteSnapshotResponse
+	(*Pool)(nil),                            // 44: stowage.v1.Pool
+	(*RegisterStorageHostRequest)(nil),      // 45: stowage.v1.RegisterStorageHostRequest
+	(*GetStorageHostAgentTokenRequest)(nil), // 46: stowage.v1.GetStorageHostAgentTokenRequest
+	(*StorageHostAgentToken)(nil),           // 47: stowage.v1.StorageHostAgentToken
+	(*DeregisterStorageHostRequest)(nil),    // 48: stowage.v1.DeregisterStorageHostRequest
+	(*DeregisterStorageHostResponse)(nil),   // 49: stowage.v1.DeregisterStorageHostResponse
+	(*ListPoolsRequest)(nil),                // 50: stowage.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),               // 51: stowage.v1.ListPoolsResponse
+	(*Node)(nil),                            // 52: stowage.v1.Node
+	(*RegisterNodeRequest)(nil),             // 53: stowage.v1.RegisterNodeRequest
+	(*ListNodesRequest)(nil),                // 54: stowage.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),               // 55: stowage.v1.ListNodesResponse
+	nil,                                     // 56: stowage.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                     // 57: stowage.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                     // 58: stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                     // 59: stowage.v1.Volume.TagsEntry
+	nil,                                     // 60: stowage.v1.CreateVolumeRequest.TagsEntry
+	nil,                                     // 61: stowage.v1.ListVolumesRequest.TagsEntry
+	nil,                                     // 62: stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	nil,                                     // 63: stowage.v1.Snapshot.TagsEntry
+	nil,                                     // 64: stowage.v1.CreateSnapshotRequest.TagsEntry
+	(*timestamppb.Timestamp)(nil),           // 65: google.protobuf.Timestamp
 }
 var file_stowage_v1_stowage_proto_depIdxs = []int32{
-	63, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	63, // 1: stowage.v1.Key.deletion_time:type_name -> google.protobuf.Timestamp
-	63, // 2: stowage.v1.Key.current_version_create_time:type_name -> google.protobuf.Timestamp
+	65, // 0: stowage.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	65, // 1: stowage.v1.Key.deletion_time:type_name -> google.protobuf.Timestamp
+	65, // 2: stowage.v1.Key.current_version_create_time:type_name -> google.protobuf.Timestamp
 	3,  // 3: stowage.v1.ListKeysResponse.keys:type_name -> stowage.v1.Key
-	54, // 4: stowage.v1.EncryptRequest.encryption_context:type_name -> stowage.v1.EncryptRequest.EncryptionContextEntry
-	55, // 5: stowage.v1.DecryptRequest.encryption_context:type_name -> stowage.v1.DecryptRequest.EncryptionContextEntry
-	56, // 6: stowage.v1.GenerateDataKeyRequest.encryption_context:type_name -> stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	56, // 4: stowage.v1.EncryptRequest.encryption_context:type_name -> stowage.v1.EncryptRequest.EncryptionContextEntry
+	57, // 5: stowage.v1.DecryptRequest.encryption_context:type_name -> stowage.v1.DecryptRequest.EncryptionContextEntry
+	58, // 6: stowage.v1.GenerateDataKeyRequest.encryption_context:type_name -> stowage.v1.GenerateDataKeyRequest.EncryptionContextEntry
 	0,  // 7: stowage.v1.Volume.state:type_name -> stowage.v1.VolumeState
-	57, // 8: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
+	59, // 8: stowage.v1.Volume.tags:type_name -> stowage.v1.Volume.TagsEntry
 	22, // 9: stowage.v1.Volume.attachments:type_name -> stowage.v1.Attachment
-	63, // 10: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
+	65, // 10: stowage.v1.Volume.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 11: stowage.v1.Attachment.state:type_name -> stowage.v1.AttachmentState
-	63, // 12: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
-	58, // 13: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
+	65, // 12: stowage.v1.Attachment.attach_time:type_name -> google.protobuf.Timestamp
+	60, // 13: stowage.v1.CreateVolumeRequest.tags:type_name -> stowage.v1.CreateVolumeRequest.TagsEntry
 	26, // 14: stowage.v1.CreateVolumeRequest.preferred:type_name -> stowage.v1.Placement
 	26, // 15: stowage.v1.CreateVolumeRequest.requisite:type_name -> stowage.v1.Placement
 	0,  // 16: stowage.v1.ListVolumesRequest.state:type_name -> stowage.v1.VolumeState
-	59, // 17: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
+	61, // 17: stowage.v1.ListVolumesRequest.tags:type_name -> stowage.v1.ListVolumesRequest.TagsEntry
 	21, // 18: stowage.v1.ListVolumesResponse.volumes:type_name -> stowage.v1.Volume
-	60, // 19: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
+	62, // 19: stowage.v1.ModifyVolumeRequest.add_tags:type_name -> stowage.v1.ModifyVolumeRequest.AddTagsEntry
 	1,  // 20: stowage.v1.Snapshot.state:type_name -> stowage.v1.SnapshotState
-	63, // 21: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
-	61, // 22: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
-	62, // 23: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
+	65, // 21: stowage.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	63, // 22: stowage.v1.Snapshot.tags:type_name -> stowage.v1.Snapshot.TagsEntry
+	64, // 23: stowage.v1.CreateSnapshotRequest.tags:type_name -> stowage.v1.CreateSnapshotRequest.TagsEntry
 	37, // 24: stowage.v1.ListSnapshotsResponse.snapshots:type_name -> stowage.v1.Snapshot
 	44, // 25: stowage.v1.ListPoolsResponse.pools:type_name -> stowage.v1.Pool
-	63, // 26: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
-	50, // 27: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
+	65, // 26: stowage.v1.Node.register_time:type_name -> google.protobuf.Timestamp
+	52, // 27: stowage.v1.ListNodesResponse.nodes:type_name -> stowage.v1.Node
 	25, // 28: stowage.v1.VolumeService.CreateVolume:input_type -> stowage.v1.CreateVolumeRequest
 	27, // 29: stowage.v1.VolumeService.DescribeVolume:input_type -> stowage.v1.DescribeVolumeRequest
 	28, // 30: stowage.v1.VolumeService.ListVolumes:input_type -> stowage.v1.ListVolumesRequest
@@ -3982,45 +4087,47 @@ var file_stowage_v1_stowage_proto_depIdxs = []int32{
 	39, // 52: stowage.v1.SnapshotService.DescribeSnapshot:input_type -> stowage.v1.DescribeSnapshotRequest
 	40, // 53: stowage.v1.SnapshotService.ListSnapshots:input_type -> stowage.v1.ListSnapshotsRequest
 	42, // 54: stowage.v1.SnapshotService.DeleteSnapshot:input_type -> stowage.v1.DeleteSnapshotRequest
-	48, // 55: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
+	50, // 55: stowage.v1.PoolService.ListPools:input_type -> stowage.v1.ListPoolsRequest
 	45, // 56: stowage.v1.PoolService.RegisterStorageHost:input_type -> stowage.v1.RegisterStorageHostRequest
-	46, // 57: stowage.v1.PoolService.DeregisterStorageHost:input_type -> stowage.v1.DeregisterStorageHostRequest
-	51, // 58: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
-	52, // 59: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
-	21, // 60: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
-	21, // 61: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
-	29, // 62: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
-	31, // 63: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
-	22, // 64: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
-	34, // 65: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
-	21, // 66: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
-	21, // 67: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
-	20, // 68: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
-	24, // 69: stowage.v1.VolumeService.GetAttachmentSecret:output_type -> stowage.v1.AttachmentSecret
-	3,  // 70: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
-	3,  // 71: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
-	7,  // 72: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
-	3,  // 73: stowage.v1.KeyService.EnableKey:output_type -> stowage.v1.Key
-	3,  // 74: stowage.v1.KeyService.DisableKey:output_type -> stowage.v1.Key
-	3,  // 75: stowage.v1.KeyService.ScheduleKeyDeletion:output_type -> stowage.v1.Key
-	3,  // 76: stowage.v1.KeyService.CancelKeyDeletion:output_type -> stowage.v1.Key
-	3,  // 77: stowage.v1.KeyService.RotateKey:output_type -> stowage.v1.Key
-	3,  // 78: stowage.v1.KeyService.CreateAlias:output_type -> stowage.v1.Key
-	12, // 79: stowage.v1.KeyService.DeleteAlias:output_type -> stowage.v1.DeleteAliasResponse
-	14, // 80: stowage.v1.KeyService.Encrypt:output_type -> stowage.v1.EncryptResponse
-	16, // 81: stowage.v1.KeyService.Decrypt:output_type -> stowage.v1.DecryptResponse
-	18, // 82: stowage.v1.KeyService.GenerateDataKey:output_type -> stowage.v1.GenerateDataKeyResponse
-	37, // 83: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
-	37, // 84: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
-	41, // 85: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
-	43, // 86: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
-	49, // 87: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
-	44, // 88: stowage.v1.PoolService.RegisterStorageHost:output_type -> stowage.v1.Pool
-	47, // 89: stowage.v1.PoolService.DeregisterStorageHost:output_type -> stowage.v1.DeregisterStorageHostResponse
-	50, // 90: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
-	53, // 91: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
-	60, // [60:92] is the sub-list for method output_type
-	28, // [28:60] is the sub-list for method input_type
+	46, // 57: stowage.v1.PoolService.GetStorageHostAgentToken:input_type -> stowage.v1.GetStorageHostAgentTokenRequest
+	48, // 58: stowage.v1.PoolService.DeregisterStorageHost:input_type -> stowage.v1.DeregisterStorageHostRequest
+	53, // 59: stowage.v1.NodeService.RegisterNode:input_type -> stowage.v1.RegisterNodeRequest
+	54, // 60: stowage.v1.NodeService.ListNodes:input_type -> stowage.v1.ListNodesRequest
+	21, // 61: stowage.v1.VolumeService.CreateVolume:output_type -> stowage.v1.Volume
+	21, // 62: stowage.v1.VolumeService.DescribeVolume:output_type -> stowage.v1.Volume
+	29, // 63: stowage.v1.VolumeService.ListVolumes:output_type -> stowage.v1.ListVolumesResponse
+	31, // 64: stowage.v1.VolumeService.DeleteVolume:output_type -> stowage.v1.DeleteVolumeResponse
+	22, // 65: stowage.v1.VolumeService.AttachVolume:output_type -> stowage.v1.Attachment
+	34, // 66: stowage.v1.VolumeService.DetachVolume:output_type -> stowage.v1.DetachVolumeResponse
+	21, // 67: stowage.v1.VolumeService.ResizeVolume:output_type -> stowage.v1.Volume
+	21, // 68: stowage.v1.VolumeService.ModifyVolume:output_type -> stowage.v1.Volume
+	20, // 69: stowage.v1.VolumeService.GetVolumeDataKey:output_type -> stowage.v1.VolumeDataKey
+	24, // 70: stowage.v1.VolumeService.GetAttachmentSecret:output_type -> stowage.v1.AttachmentSecret
+	3,  // 71: stowage.v1.KeyService.CreateKey:output_type -> stowage.v1.Key
+	3,  // 72: stowage.v1.KeyService.DescribeKey:output_type -> stowage.v1.Key
+	7,  // 73: stowage.v1.KeyService.ListKeys:output_type -> stowage.v1.ListKeysResponse
+	3,  // 74: stowage.v1.KeyService.EnableKey:output_type -> stowage.v1.Key
+	3,  // 75: stowage.v1.KeyService.DisableKey:output_type -> stowage.v1.Key
+	3,  // 76: stowage.v1.KeyService.ScheduleKeyDeletion:output_type -> stowage.v1.Key
+	3,  // 77: stowage.v1.KeyService.CancelKeyDeletion:output_type -> stowage.v1.Key
+	3,  // 78: stowage.v1.KeyService.RotateKey:output_type -> stowage.v1.Key
+	3,  // 79: stowage.v1.KeyService.CreateAlias:output_type -> stowage.v1.Key
+	12, // 80: stowage.v1.KeyService.DeleteAlias:output_type -> stowage.v1.DeleteAliasResponse
+	14, // 81: stowage.v1.KeyService.Encrypt:output_type -> stowage.v1.EncryptResponse
+	16, // 82: stowage.v1.KeyService.Decrypt:output_type -> stowage.v1.DecryptResponse
+	18, // 83: stowage.v1.KeyService.GenerateDataKey:output_type -> stowage.v1.GenerateDataKeyResponse
+	37, // 84: stowage.v1.SnapshotService.CreateSnapshot:output_type -> stowage.v1.Snapshot
+	37, // 85: stowage.v1.SnapshotService.DescribeSnapshot:output_type -> stowage.v1.Snapshot
+	41, // 86: stowage.v1.SnapshotService.ListSnapshots:output_type -> stowage.v1.ListSnapshotsResponse
+	43, // 87: stowage.v1.SnapshotService.DeleteSnapshot:output_type -> stowage.v1.DeleteSnapshotResponse
+	51, // 88: stowage.v1.PoolService.ListPools:output_type -> stowage.v1.ListPoolsResponse
+	44, // 89: stowage.v1.PoolService.RegisterStorageHost:output_type -> stowage.v1.Pool
+	47, // 90: stowage.v1.PoolService.GetStorageHostAgentToken:output_type -> stowage.v1.StorageHostAgentToken
+	49, // 91: stowage.v1.PoolService.DeregisterStorageHost:output_type -> stowage.v1.DeregisterStorageHostResponse
+	52, // 92: stowage.v1.NodeService.RegisterNode:output_type -> stowage.v1.Node
+	55, // 93: stowage.v1.NodeService.ListNodes:output_type -> stowage.v1.ListNodesResponse
+	61, // [61:94] is the sub-list for method output_type
+	28, // [28:61] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
 	28, // [28:28] is the sub-list for extension extendee
 	0,  // [0:28] is the sub-list for field type_name
@@ -4037,7 +4144,7 @@ func file_stowage_v1_stowage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stowage_v1_stowage_proto_rawDesc), len(file_stowage_v1_stowage_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   60,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

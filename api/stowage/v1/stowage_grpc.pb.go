@@ -1304,9 +1304,10 @@ var SnapshotService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	PoolService_ListPools_FullMethodName             = "/stowage.v1.PoolService/ListPools"
-	PoolService_RegisterStorageHost_FullMethodName   = "/stowage.v1.PoolService/RegisterStorageHost"
-	PoolService_DeregisterStorageHost_FullMethodName = "/stowage.v1.PoolService/DeregisterStorageHost"
+	PoolService_ListPools_FullMethodName                = "/stowage.v1.PoolService/ListPools"
+	PoolService_RegisterStorageHost_FullMethodName      = "/stowage.v1.PoolService/RegisterStorageHost"
+	PoolService_GetStorageHostAgentToken_FullMethodName = "/stowage.v1.PoolService/GetStorageHostAgentToken"
+	PoolService_DeregisterStorageHost_FullMethodName    = "/stowage.v1.PoolService/DeregisterStorageHost"
 )
 
 // PoolServiceClient is the client API for PoolService service.
@@ -1321,6 +1322,13 @@ type PoolServiceClient interface {
 	// from then on, after restarts too. Idempotent: agents call it again
 	// periodically, and when their address changes.
 	RegisterStorageHost(ctx context.Context, in *RegisterStorageHostRequest, opts ...grpc.CallOption) (*Pool, error)
+	// GetStorageHostAgentToken gives a storage host the token the servers
+	// present to its agent API (stowage agent --token-from-server), when the
+	// servers derive one per host (stowage server --agent-token-per-host):
+	// so a host never holds the secret, nor a token that opens another
+	// host's agent API. A storage host's own principal gets its own pool's
+	// only.
+	GetStorageHostAgentToken(ctx context.Context, in *GetStorageHostAgentTokenRequest, opts ...grpc.CallOption) (*StorageHostAgentToken, error)
 	// DeregisterStorageHost forgets a registered storage host: the server
 	// closes its connection, stops serving and listing its pool and no
 	// longer reconnects after restarts. Refused while a volume or snapshot
@@ -1358,6 +1366,16 @@ func (c *poolServiceClient) RegisterStorageHost(ctx context.Context, in *Registe
 	return out, nil
 }
 
+func (c *poolServiceClient) GetStorageHostAgentToken(ctx context.Context, in *GetStorageHostAgentTokenRequest, opts ...grpc.CallOption) (*StorageHostAgentToken, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StorageHostAgentToken)
+	err := c.cc.Invoke(ctx, PoolService_GetStorageHostAgentToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *poolServiceClient) DeregisterStorageHost(ctx context.Context, in *DeregisterStorageHostRequest, opts ...grpc.CallOption) (*DeregisterStorageHostResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeregisterStorageHostResponse)
@@ -1380,6 +1398,13 @@ type PoolServiceServer interface {
 	// from then on, after restarts too. Idempotent: agents call it again
 	// periodically, and when their address changes.
 	RegisterStorageHost(context.Context, *RegisterStorageHostRequest) (*Pool, error)
+	// GetStorageHostAgentToken gives a storage host the token the servers
+	// present to its agent API (stowage agent --token-from-server), when the
+	// servers derive one per host (stowage server --agent-token-per-host):
+	// so a host never holds the secret, nor a token that opens another
+	// host's agent API. A storage host's own principal gets its own pool's
+	// only.
+	GetStorageHostAgentToken(context.Context, *GetStorageHostAgentTokenRequest) (*StorageHostAgentToken, error)
 	// DeregisterStorageHost forgets a registered storage host: the server
 	// closes its connection, stops serving and listing its pool and no
 	// longer reconnects after restarts. Refused while a volume or snapshot
@@ -1402,6 +1427,9 @@ func (UnimplementedPoolServiceServer) ListPools(context.Context, *ListPoolsReque
 }
 func (UnimplementedPoolServiceServer) RegisterStorageHost(context.Context, *RegisterStorageHostRequest) (*Pool, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterStorageHost not implemented")
+}
+func (UnimplementedPoolServiceServer) GetStorageHostAgentToken(context.Context, *GetStorageHostAgentTokenRequest) (*StorageHostAgentToken, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetStorageHostAgentToken not implemented")
 }
 func (UnimplementedPoolServiceServer) DeregisterStorageHost(context.Context, *DeregisterStorageHostRequest) (*DeregisterStorageHostResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeregisterStorageHost not implemented")
@@ -1463,6 +1491,24 @@ func _PoolService_RegisterStorageHost_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PoolService_GetStorageHostAgentToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStorageHostAgentTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolServiceServer).GetStorageHostAgentToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolService_GetStorageHostAgentToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolServiceServer).GetStorageHostAgentToken(ctx, req.(*GetStorageHostAgentTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _PoolService_DeregisterStorageHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DeregisterStorageHostRequest)
 	if err := dec(in); err != nil {
@@ -1495,6 +1541,10 @@ var PoolService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RegisterStorageHost",
 			Handler:    _PoolService_RegisterStorageHost_Handler,
+		},
+		{
+			MethodName: "GetStorageHostAgentToken",
+			Handler:    _PoolService_GetStorageHostAgentToken_Handler,
 		},
 		{
 			MethodName: "DeregisterStorageHost",
