@@ -14,10 +14,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/stowage-io/stowage/pkg/fusefile"
 	"github.com/stowage-io/stowage/pkg/loopdev"
 	"github.com/stowage-io/stowage/pkg/nbd"
 )
@@ -33,7 +32,10 @@ type NBDFileOptions struct {
 	// (sizeFile) at attach and after each refresh (SIGHUP) and reads the
 	// refresh's request (refreshFile). Empty: SIGHUP refreshes unreported.
 	StateDir string
-	Logger   *slog.Logger
+	// NoURing keeps FUSE requests on /dev/fuse even where the kernel
+	// offers FUSE over io_uring (the fuse module's enable_uring).
+	NoURing bool
+	Logger  *slog.Logger
 }
 
 // diskName is the one file of the FUSE mount.
@@ -42,9 +44,7 @@ const diskName = "disk"
 // NBDFile is a mounted FUSE file system whose one file is an NBD export.
 type NBDFile struct {
 	client *nbd.Client
-	disk   *diskNode
-	server *fuse.Server
-	path   string
+	server *fusefile.Server
 	log    *slog.Logger
 }
 
@@ -61,40 +61,45 @@ func MountNBDFile(ctx context.Context, o NBDFileOptions) (*NBDFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s from %s: %w", o.AttachmentID, o.Address, err)
 	}
-	disk := &diskNode{c: c}
-	// The file's size changes only through Refresh, which invalidates it.
-	timeout := time.Hour
-	server, err := fs.Mount(o.Mountpoint, &diskRoot{disk: disk}, &fs.Options{
-		MountOptions: fuse.MountOptions{
-			AllowOther: true,
-			FsName:     "stowage-nbd:" + o.AttachmentID,
-			Name:       "stowage-nbd",
-			MaxWrite:   1 << 20,
-			// Loop's direct I/O sends asynchronous kiocbs; without
-			// ASYNC_DIO the kernel turns each into a synchronous request and
-			// the loop device runs at queue depth 1.
-			ExtraCapabilities: fuse.CAP_ASYNC_DIO,
-			MaxBackground:     256,
-			// Replies carry bytes already in memory; with splice on, go-fuse
-			// first writes each read's reply header into a pipe, finds it
-			// cannot splice a memory buffer, and drains the pipe again:
-			// three wasted system calls per read.
-			DisableSplice:     true,
-			DirectMount:       true,
-			DirectMountStrict: true,
-		},
-		EntryTimeout: &timeout,
-		AttrTimeout:  &timeout,
-	})
+	// One file, with direct I/O (no page cache under the loop device's,
+	// whose writeback under memory pressure is how the deadlock nbdfuse
+	// warns about happens) and asynchronous direct I/O (without it the
+	// kernel turns each of loop's kiocbs into a synchronous request, and
+	// the loop device runs at queue depth 1).
+	server, err := fusefile.Mount(fusefile.Options{
+		Mountpoint: o.Mountpoint,
+		Name:       diskName,
+		FsName:     "stowage-nbd:" + o.AttachmentID,
+		Subtype:    "stowage-nbd",
+		MaxWrite:   1 << 20,
+		URing:      !o.NoURing,
+		Logger:     log,
+	}, nbdBackend{c})
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("attach %s: fuse mount at %s: %w", o.AttachmentID, o.Mountpoint, err)
 	}
-	return &NBDFile{client: c, disk: disk, server: server, path: filepath.Join(o.Mountpoint, diskName), log: log}, nil
+	if st := server.Stats(); st.URing {
+		log.Info("FUSE requests over io_uring", "mountpoint", o.Mountpoint)
+	} else if st.URingError != "" {
+		log.Info("FUSE requests over /dev/fuse", "mountpoint", o.Mountpoint, "why", st.URingError)
+	}
+	return &NBDFile{client: c, server: server, log: log}, nil
 }
 
+// nbdBackend is the NBD client as the FUSE file's content.
+type nbdBackend struct{ c *nbd.Client }
+
+func (b nbdBackend) ReadAt(p []byte, off int64) (int, error)  { return b.c.ReadAt(p, off) }
+func (b nbdBackend) WriteAt(p []byte, off int64) (int, error) { return b.c.WriteAt(p, off) }
+func (b nbdBackend) Sync() error                              { return b.c.Flush() }
+func (b nbdBackend) Size() int64                              { return b.c.Size() }
+
 // Path is the file to put a loop device on.
-func (m *NBDFile) Path() string { return m.path }
+func (m *NBDFile) Path() string { return m.server.Path() }
+
+// Stats says how the file's requests were served.
+func (m *NBDFile) Stats() fusefile.Stats { return m.server.Stats() }
 
 // Refresh learns the export's size now (after it grew) and makes the
 // kernel see it: the file's attributes are cached for an hour, so they
@@ -104,15 +109,15 @@ func (m *NBDFile) Refresh(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if errno := m.disk.NotifyContent(-1, 0); errno != 0 {
-		return 0, fmt.Errorf("invalidate the attributes of %s: %w", m.path, errno)
+	if err := m.server.Invalidate(); err != nil {
+		return 0, err
 	}
-	st, err := os.Stat(m.path)
+	st, err := os.Stat(m.Path())
 	if err != nil {
 		return 0, err
 	}
 	if st.Size() != size {
-		return 0, fmt.Errorf("%s is %d bytes after the refresh, the export %d", m.path, st.Size(), size)
+		return 0, fmt.Errorf("%s is %d bytes after the refresh, the export %d", m.Path(), st.Size(), size)
 	}
 	return size, nil
 }
@@ -122,91 +127,9 @@ func (m *NBDFile) Wait() { m.server.Wait() }
 
 // Close unmounts (lazily if busy) and disconnects.
 func (m *NBDFile) Close() error {
-	err := m.server.Unmount()
-	if err != nil {
-		unix.Unmount(filepath.Dir(m.path), unix.MNT_DETACH)
-	}
+	m.server.Unmount()
 	m.client.Close()
 	return nil
-}
-
-type diskRoot struct {
-	fs.Inode
-	disk *diskNode
-}
-
-var _ fs.NodeOnAdder = (*diskRoot)(nil)
-
-func (r *diskRoot) OnAdd(ctx context.Context) {
-	ch := r.NewPersistentInode(ctx, r.disk, fs.StableAttr{Mode: syscall.S_IFREG, Ino: 2})
-	r.AddChild(diskName, ch, false)
-}
-
-type diskNode struct {
-	fs.Inode
-	c *nbd.Client
-}
-
-var (
-	_ fs.NodeOpener    = (*diskNode)(nil)
-	_ fs.NodeReader    = (*diskNode)(nil)
-	_ fs.NodeWriter    = (*diskNode)(nil)
-	_ fs.NodeFsyncer   = (*diskNode)(nil)
-	_ fs.NodeGetattrer = (*diskNode)(nil)
-	_ fs.NodeSetattrer = (*diskNode)(nil)
-)
-
-func (d *diskNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFREG | 0o600
-	out.Size = uint64(d.c.Size())
-	out.Blksize = 4096
-	out.Blocks = (out.Size + 511) / 512
-	return 0
-}
-
-// Setattr accepts only what changes nothing (an open with O_TRUNC of the
-// same size is not one: the size is the export's).
-func (d *diskNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if sz, ok := in.GetSize(); ok && int64(sz) != d.c.Size() {
-		return syscall.EPERM
-	}
-	return d.Getattr(ctx, fh, out)
-}
-
-// Open bypasses the page cache (FOPEN_DIRECT_IO): the loop device above
-// has its own, and a FUSE-backed page cache under memory pressure is how
-// the deadlock nbdfuse warns about happens.
-func (d *diskNode) Open(_ context.Context, _ uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	return nil, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES, 0
-}
-
-func (d *diskNode) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	size := d.c.Size()
-	if off >= size {
-		return fuse.ReadResultData(nil), 0
-	}
-	dest = dest[:min(int64(len(dest)), size-off)]
-	if _, err := d.c.ReadAt(dest, off); err != nil {
-		return nil, syscall.EIO
-	}
-	return fuse.ReadResultData(dest), 0
-}
-
-func (d *diskNode) Write(_ context.Context, _ fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	if off+int64(len(data)) > d.c.Size() {
-		return 0, syscall.ENOSPC
-	}
-	if _, err := d.c.WriteAt(data, off); err != nil {
-		return 0, syscall.EIO
-	}
-	return uint32(len(data)), 0
-}
-
-func (d *diskNode) Fsync(_ context.Context, _ fs.FileHandle, _ uint32) syscall.Errno {
-	if err := d.c.Flush(); err != nil {
-		return syscall.EIO
-	}
-	return 0
 }
 
 // RunNBDAttach is the `stowage nbd-attach` process: it hardens itself

@@ -21,6 +21,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 
 	"github.com/stowage-io/stowage/internal/blockexport"
+	"github.com/stowage-io/stowage/internal/testutil/fuseuring"
 	"github.com/stowage-io/stowage/internal/testutil/logbuf"
 	"github.com/stowage-io/stowage/pkg/loopdev"
 )
@@ -122,8 +123,24 @@ func alignedBuf(t *testing.T, n int) []byte {
 // the loop device and find the data in the image; kill the storage host
 // mid-I/O and restart it (the I/O waits, nothing fsynced is lost); a
 // wrong secret is refused; a newer generation fences the device.
+//
+// It runs twice: with the FUSE file's requests over /dev/fuse, and over
+// io_uring (the fuse module's enable_uring set for the test).
 func TestFUSELoop_RealDevices(t *testing.T) {
 	needRealDevices(t)
+	t.Run("over /dev/fuse", func(t *testing.T) {
+		if _, err := os.Stat(fuseuring.Param); err == nil {
+			fuseuring.Set(t, false)
+		}
+		testFUSELoopRealDevices(t, "FUSE requests over /dev/fuse")
+	})
+	t.Run("over io_uring", func(t *testing.T) {
+		fuseuring.Set(t, true)
+		testFUSELoopRealDevices(t, "FUSE requests over io_uring")
+	})
+}
+
+func testFUSELoopRealDevices(t *testing.T, transportLog string) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	image := filepath.Join(dir, "vol-1.img")
@@ -158,8 +175,15 @@ func TestFUSELoop_RealDevices(t *testing.T) {
 	if again, err := at.Attach(ctx, target); err != nil || again != dev {
 		t.Fatalf("second attach: %q, %v; want %q", again, err, dev)
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, "state", "att-1", "log")); err == nil && bytes.Contains(b, []byte(secret)) {
+	attachLog, err := os.ReadFile(filepath.Join(dir, "state", "att-1", "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(attachLog, []byte(secret)) {
 		t.Fatal("the attach process logged the secret")
+	}
+	if _, err := os.Stat(fuseuring.Param); err == nil && !bytes.Contains(attachLog, []byte(transportLog)) {
+		t.Fatalf("the attach process did not log %q:\n%s", transportLog, attachLog)
 	}
 	if dio, err := os.ReadFile("/sys/block/" + filepath.Base(dev) + "/loop/dio"); err == nil {
 		t.Logf("%s direct I/O: %s", dev, strings.TrimSpace(string(dio)))

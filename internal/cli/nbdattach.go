@@ -28,6 +28,9 @@ volume grew): the FUSE file's and then the loop device's; with --state-dir it
 reads the request's token from <state-dir>/refresh first and answers
 "<token> <bytes>" in <state-dir>/size. While the storage host is unreachable I/O waits and is
 sent again on reconnect; once the attachment is fenced, I/O fails with EIO.
+Where the kernel offers FUSE over io_uring (Linux 6.14 and later, with the fuse
+module parameter enable_uring=Y) the FUSE file's requests come over io_uring;
+the log says which transport serves.
 The secret is read from stdin (--secret-stdin), never from the arguments.
 
 With --kernel it uses the kernel's NBD client instead (/dev/nbdN; needs the
@@ -66,6 +69,7 @@ connections until SIGTERM or SIGINT and then disconnects the device.`,
 	f.Uint64Var(&o.Generation, "generation", 0, "the attachment's generation")
 	f.StringVar(&o.Mountpoint, "mountpoint", "", "empty directory for the FUSE file")
 	f.IntVar(&o.Connections, "connections", 4, "NBD connections")
+	f.BoolVar(&o.NoURing, "no-fuse-uring", false, "serve the FUSE file over /dev/fuse even where the kernel offers FUSE over io_uring (fuse module parameter enable_uring=Y)")
 	f.BoolVar(&kernel, "kernel", false, "use the kernel's NBD client (/dev/nbdN) instead of FUSE and a loop device")
 	f.StringVar(&stateDir, "state-dir", "", "the attachment's state directory: its device record with --kernel; the size file and refresh requests (SIGHUP) without")
 	f.BoolVar(&secretStdin, "secret-stdin", false, "read the attachment secret from the first line of stdin")
