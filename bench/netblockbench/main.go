@@ -50,6 +50,9 @@ var jobs = []job{
 	{"write", "1m", 8, true, "1 MiB sequential write QD8"},
 }
 
+// uringParam offers FUSE over io_uring to FUSE servers while it is Y.
+const uringParam = "/sys/module/fuse/parameters/enable_uring"
+
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "netblockbench:", err)
@@ -68,6 +71,7 @@ func run() error {
 		prof    = flag.String("cpuprofile", "", "write a CPU profile of this process (the NBD server) to this file")
 		warm    = flag.Bool("warm", false, "read the image into the host's page cache before the jobs (the NBD server reads through it)")
 		fuse    = flag.Bool("fuse-file", false, "also run fio on the network path's FUSE file itself (below its loop device)")
+		uring   = flag.Bool("fuse-uring", true, "serve the FUSE file over io_uring: set the fuse module's enable_uring to Y for the run (false: N), and put it back after")
 	)
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -111,12 +115,30 @@ func run() error {
 	if err := ex.Export(ctx, blockexport.Attachment{ID: "bench-att", VolumeID: "bench-vol", ImagePath: image, Generation: 1, Secret: secret}); err != nil {
 		return err
 	}
+	if old, err := os.ReadFile(uringParam); err == nil {
+		v := "N"
+		if *uring {
+			v = "Y"
+		}
+		if err := os.WriteFile(uringParam, []byte(v), 0); err != nil {
+			return fmt.Errorf("set %s: %w", uringParam, err)
+		}
+		u.Push("put "+uringParam+" back", func() error { return os.WriteFile(uringParam, bytes.TrimSpace(old), 0) })
+	} else if *uring {
+		benchkit.Progress("this kernel has no FUSE over io_uring (%v): the FUSE file is served over /dev/fuse", err)
+	}
 	fl := attach.FUSELoop{Command: []string{bin, "nbd-attach", "--connections", strconv.Itoa(*conns)}, StateDir: filepath.Join(work, "state")}
 	target := attach.Target{AttachmentID: "bench-att", Address: l.Addr().String(), Generation: 1, Secret: secret}
 	netDev, err := fl.Attach(ctx, target)
 	if err != nil {
 		return err
 	}
+	// Which transport serves the FUSE file, as nbd-attach logged it.
+	transport := "/dev/fuse"
+	if b, err := os.ReadFile(filepath.Join(fl.StateDir, target.AttachmentID, "log")); err == nil && bytes.Contains(b, []byte("FUSE requests over io_uring")) {
+		transport = "io_uring"
+	}
+	benchkit.Progress("the FUSE file is served over %s", transport)
 	u.Push("detach the network path", func() error { return fl.Detach(context.Background(), target) })
 	localDev, err := loopdev.Attach(ctx, image)
 	if err != nil {
@@ -185,8 +207,8 @@ func run() error {
 	rep.Heading("Network block path vs local loop vs pool file system")
 	rep.Table([]string{"", ""}, benchkit.Machine([]string{"fio", benchkit.Out("fio", "--version")}))
 	rep.Para("Image %d MiB on `%s` (%s), prefilled. fio libaio, direct, %s per job, one run; jobs rotate the order of the targets. "+
-		"Network path: blockexport NBD server on 127.0.0.1 in this process → `stowage nbd-attach` (%d NBD connections, FUSE file with FOPEN_DIRECT_IO and ASYNC_DIO, loop device with direct I/O). "+
-		"Load average at start %s, at end %s.", *size, *dir, benchkit.Out("findmnt", "-no", "FSTYPE", "-T", *dir), *runtime, *conns, load0, benchkit.LoadAvg())
+		"Network path: blockexport NBD server on 127.0.0.1 in this process → `stowage nbd-attach` (%d NBD connections, FUSE file with FOPEN_DIRECT_IO and ASYNC_DIO served over %s, loop device with direct I/O). "+
+		"Load average at start %s, at end %s.", *size, *dir, benchkit.Out("findmnt", "-no", "FSTYPE", "-T", *dir), *runtime, *conns, transport, load0, benchkit.LoadAvg())
 	var rows [][]string
 	for _, j := range run {
 		n, lo, fs := res["network"][j.summary], res["local loop"][j.summary], res["pool file system"][j.summary]

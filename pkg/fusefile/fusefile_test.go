@@ -181,7 +181,10 @@ func exercise(t *testing.T, s *Server, b *memBackend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got, b.b) {
+	b.mu.Lock()
+	want := append([]byte(nil), b.b...)
+	b.mu.Unlock()
+	if !bytes.Equal(got, want) {
 		t.Fatal("the file read through the mount differs from the backend")
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|unix.O_DIRECT, 0)
@@ -191,7 +194,6 @@ func exercise(t *testing.T, s *Server, b *memBackend) {
 	defer f.Close()
 	// Concurrent writes of different sizes, then read back.
 	var wg sync.WaitGroup
-	want := append([]byte(nil), b.b...)
 	for i, n := range []int{4096, 64 << 10, 1 << 20, 8192} {
 		off := int64(i) * (2 << 20)
 		data := make([]byte, n)
@@ -256,6 +258,8 @@ func TestMount_URingAskedButOffInTheKernel_ServesOverDevFuseAndSaysWhy(t *testin
 		t.Fatalf("stats %+v: want no ring, and why", st)
 	}
 	got, err := os.ReadFile(s.Path())
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if err != nil || !bytes.Equal(got, b.b) {
 		t.Fatalf("read over /dev/fuse: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -69,12 +70,13 @@ type Server struct {
 	readers sync.WaitGroup
 	done    chan struct{} // closed when the readers have ended
 
-	initOnce  sync.Once
-	initDone  chan struct{}
-	initErr   error
-	kernelURg bool // the kernel offered FUSE_OVER_IO_URING
+	initOnce   sync.Once
+	initDone   chan struct{}
+	initErr    error
+	uringAsked bool // INIT asked for FUSE_OVER_IO_URING
 
-	ring *ring
+	rings  []*ring
+	connID int // the connection's number in /sys/fs/fuse/connections, or -1
 
 	devReqs, ringReqs atomic.Uint64
 	uringErr          atomic.Value // string
@@ -83,6 +85,9 @@ type Server struct {
 }
 
 const rootID, fileID = 1, 2
+
+// uringParamFile offers FUSE over io_uring to FUSE servers while it is Y.
+const uringParamFile = "/sys/module/fuse/parameters/enable_uring"
 
 // Mount mounts the file system and returns once the kernel has finished
 // its handshake (and the ring, if asked for, is running or has failed).
@@ -99,8 +104,21 @@ func Mount(o Options, b Backend) (*Server, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	var rings []*ring
+	var uringErr string
+	if o.URing {
+		// Only where the kernel would offer it: the rings' memory is
+		// locked in a process that has called mlockall.
+		if v, err := os.ReadFile(uringParamFile); err != nil || strings.TrimSpace(string(v)) != "Y" {
+			uringErr = "the kernel does not offer FUSE over io_uring (fuse module parameter enable_uring is N, or the kernel is older than 6.14)"
+		} else if rings, err = prepareRings(&Server{o: o}); err != nil {
+			uringErr = "FUSE over io_uring could not be set up: " + err.Error()
+			o.Logger.Warn("FUSE over io_uring could not be set up; serving over /dev/fuse", "mountpoint", o.Mountpoint, "err", err)
+		}
+	}
 	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
+		closeRings(rings)
 		return nil, fmt.Errorf("open /dev/fuse: %w", err)
 	}
 	fstype := "fuse"
@@ -114,9 +132,16 @@ func Mount(o Options, b Backend) (*Server, error) {
 	}
 	if err := unix.Mount(source, o.Mountpoint, fstype, unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 		unix.Close(fd)
+		closeRings(rings)
 		return nil, fmt.Errorf("mount %s on %s: %w", fstype, o.Mountpoint, err)
 	}
-	s := &Server{o: o, b: b, fd: fd, log: o.Logger, done: make(chan struct{}), initDone: make(chan struct{})}
+	s := &Server{o: o, b: b, fd: fd, log: o.Logger, done: make(chan struct{}), initDone: make(chan struct{}), connID: -1, rings: rings}
+	for _, r := range rings {
+		r.s = s
+	}
+	if uringErr != "" {
+		s.uringErr.Store(uringErr)
+	}
 	// Two readers: each hands a request to its own goroutine and reads on.
 	for range 2 {
 		s.readers.Add(1)
@@ -139,15 +164,31 @@ func Mount(o Options, b Backend) (*Server, error) {
 		return nil, fmt.Errorf("mount on %s: ended during the handshake", o.Mountpoint)
 	default:
 	}
-	if o.URing {
-		if !s.kernelURg {
-			s.uringErr.Store("the kernel does not offer FUSE over io_uring (fuse module parameter enable_uring is N, or the kernel is older than 6.14)")
-		} else if r, err := startRing(s); err != nil {
+	// The connection's number in fusectl is the mount's device number
+	// (major 0: its minor), learnt now: later a stat might wait on the
+	// very connection that has to be ended. DONT_SYNC: no GETATTR.
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, o.Mountpoint, unix.AT_STATX_DONT_SYNC, 0, &stx); err == nil {
+		s.connID = int(stx.Dev_minor)
+	}
+	switch {
+	case len(s.rings) > 0 && s.uringAsked:
+		if err := registerRings(s.rings); err != nil {
+			closeRings(s.rings)
+			s.rings = nil
+			var refused errRefused
+			if !errors.As(err, &refused) {
+				// The kernel holds every request for the ring still.
+				s.Unmount()
+				return nil, fmt.Errorf("mount on %s: FUSE over io_uring did not start (%w); set the fuse module's enable_uring to N, or serve without it (nbd-attach --no-fuse-uring)", o.Mountpoint, err)
+			}
 			s.uringErr.Store(err.Error())
-			s.log.Warn("FUSE over io_uring did not start; serving over /dev/fuse", "mountpoint", o.Mountpoint, "err", err)
-		} else {
-			s.ring = r
+			s.log.Warn("FUSE over io_uring refused by the kernel; serving over /dev/fuse", "mountpoint", o.Mountpoint, "err", err)
 		}
+	case len(s.rings) > 0:
+		closeRings(s.rings)
+		s.rings = nil
+		s.uringErr.Store("the kernel did not offer FUSE over io_uring at INIT")
 	}
 	return s, nil
 }
@@ -157,7 +198,7 @@ func (s *Server) Path() string { return filepath.Join(s.o.Mountpoint, s.o.Name) 
 
 // Stats says how requests were served so far.
 func (s *Server) Stats() Stats {
-	st := Stats{DevRequests: s.devReqs.Load(), RingRequests: s.ringReqs.Load(), URing: s.ring != nil}
+	st := Stats{DevRequests: s.devReqs.Load(), RingRequests: s.ringReqs.Load(), URing: len(s.rings) > 0}
 	if e, ok := s.uringErr.Load().(string); ok {
 		st.URingError = e
 	}
@@ -193,24 +234,29 @@ func (s *Server) Unmount() error {
 			s.abortConn()
 			<-s.done
 		}
-		if s.ring != nil {
-			s.ring.close()
+		for _, r := range s.rings {
+			r.close()
 		}
 		unix.Close(s.fd)
 	})
 	return err
 }
 
-// abortConn writes the connection's abort file in fusectl, if mounted.
+// abortConn ends the connection through its abort file in fusectl
+// (mounting fusectl first if nothing has): every request waiting, and
+// every one after, fails with ENOTCONN.
 func (s *Server) abortConn() {
-	var st unix.Stat_t
-	if unix.Fstat(s.fd, &st) != nil {
+	if s.connID < 0 {
+		s.log.Error("cannot end the FUSE connection: its number is not known", "mountpoint", s.o.Mountpoint)
 		return
 	}
-	// The connection's number is the device number of the mount.
-	var mst unix.Stat_t
-	if unix.Stat(s.o.Mountpoint, &mst) == nil {
-		os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(mst.Dev)), []byte("1"), 0)
+	const ctl = "/sys/fs/fuse/connections"
+	abort := fmt.Sprintf("%s/%d/abort", ctl, s.connID)
+	if _, err := os.Stat(abort); err != nil {
+		unix.Mount("fusectl", ctl, "fusectl", 0, "")
+	}
+	if err := os.WriteFile(abort, []byte("1"), 0); err != nil {
+		s.log.Error("cannot end the FUSE connection", "mountpoint", s.o.Mountpoint, "err", err)
 	}
 }
 
@@ -366,11 +412,11 @@ func (s *Server) doInit(h inHeader, body []byte) {
 			s.replyDev(h, syscall.EPROTO, nil)
 			return
 		}
-		s.kernelURg = kflags&initOverIOURing != 0
 		flags := kflags & initWanted
-		if !s.o.URing {
+		if len(s.rings) == 0 {
 			flags &^= initOverIOURing
 		}
+		s.uringAsked = flags&initOverIOURing != 0
 		b := make([]byte, outHeaderSize+initOutSize)
 		o := b[outHeaderSize:]
 		le.PutUint32(o, kernelMajor)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -73,11 +74,11 @@ type ringEnt struct {
 }
 
 type ring struct {
-	s       *Server
-	fd      int
-	efd     int
-	nQueues int
-	ents    []*ringEnt
+	s      *Server
+	fd     int
+	efd    int
+	queues []int // the kernel's queues whose entries this ring holds
+	ents   []*ringEnt
 
 	sqMem, cqMem, sqeMem, bufMem, hdrMem []byte
 	sqHead, sqTail, sqArray              *uint32
@@ -90,12 +91,16 @@ type ring struct {
 
 	unsubmitted uint32 // entries put in the ring since the last enter
 
-	mu       sync.Mutex
-	commits  []commit
-	sleeping bool
-	stopping atomic.Bool
-	work     chan *ringEnt // to idle workers
-	done     chan struct{}
+	mu         sync.Mutex
+	commits    []commit
+	sleeping   bool
+	stopping   atomic.Bool
+	work       chan *ringEnt // to idle workers
+	start      chan struct{} // closed: register
+	stop       chan struct{} // closed: go without registering
+	stopOnce   sync.Once
+	registered chan error
+	done       chan struct{}
 }
 
 type commit struct {
@@ -127,22 +132,68 @@ func possibleCPUs() (int, error) {
 	return n, nil
 }
 
-// startRing sets the ring up on its own thread and registers its entries;
-// it returns once the kernel has taken them all (or refused one).
-func startRing(s *Server) (*ring, error) {
+// prepareRings sets the rings up, each on its own locked thread, with
+// their memory, before the mount: INIT asks for FUSE over io_uring only
+// if they exist, since once it is asked for the kernel holds every
+// request until all queues have an entry. Queue q is served by ring q mod
+// the number of rings: one ring per CPU this process may use (at most
+// 8), so that the copies of requests into their entries, which each
+// ring's thread does, run on several CPUs. Each ring waits for
+// register.
+func prepareRings(s *Server) ([]*ring, error) {
 	nq, err := possibleCPUs()
 	if err != nil {
 		return nil, err
 	}
 	perQueue := max(2, s.o.URingEntries/nq)
-	r := &ring{s: s, nQueues: nq, work: make(chan *ringEnt), done: make(chan struct{})}
-	started := make(chan error, 1)
-	go r.run(perQueue, started)
-	if err := <-started; err != nil {
-		return nil, err
+	nr := max(1, min(nq, runtime.GOMAXPROCS(0), 8))
+	var rings []*ring
+	errs := make(chan error, nr)
+	for i := range nr {
+		r := &ring{s: s, work: make(chan *ringEnt), done: make(chan struct{}), start: make(chan struct{}), stop: make(chan struct{}), registered: make(chan error, 1)}
+		for q := i; q < nq; q += nr {
+			r.queues = append(r.queues, q)
+		}
+		rings = append(rings, r)
+		go r.run(perQueue, errs)
 	}
-	return r, nil
+	var first error
+	for range nr {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		closeRings(rings)
+		return nil, first
+	}
+	return rings, nil
 }
+
+// registerRings registers every ring's entries with the kernel (after
+// INIT) and starts serving.
+func registerRings(rings []*ring) error {
+	for _, r := range rings {
+		close(r.start)
+	}
+	var first error
+	for _, r := range rings {
+		if err := <-r.registered; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func closeRings(rings []*ring) {
+	for _, r := range rings {
+		r.close()
+	}
+}
+
+// errRefused marks a REGISTER the kernel refused: it then stops holding
+// requests for the ring, and they come over /dev/fuse.
+type errRefused struct{ error }
 
 func (r *ring) setup(entries int) error {
 	var p [120]byte
@@ -261,14 +312,14 @@ func (r *ring) enter(n, wait uint32, getEvents bool) (int, error) {
 	}
 }
 
-func (r *ring) run(perQueue int, started chan<- error) {
+func (r *ring) run(perQueue int, prepared chan<- error) {
 	runtime.LockOSThread() // single issuer: every submission from this thread
 	defer close(r.done)
 	fail := func(err error) {
 		r.free()
-		started <- err
+		prepared <- err
 	}
-	total := perQueue * r.nQueues
+	total := perQueue * len(r.queues)
 	if err := r.setup(total + 8); err != nil {
 		fail(err)
 		return
@@ -291,7 +342,7 @@ func (r *ring) run(perQueue int, started chan<- error) {
 		return
 	}
 	r.efdBuf = unsafe.Pointer(&r.hdrMem[total*512])
-	for q := range r.nQueues {
+	for _, q := range r.queues {
 		for range perQueue {
 			i := len(r.ents)
 			h := r.hdrMem[i*512 : i*512+512]
@@ -304,7 +355,18 @@ func (r *ring) run(perQueue int, started chan<- error) {
 			r.ents = append(r.ents, e)
 		}
 	}
-	// Register one entry first: a kernel that refuses says so here, while
+	prepared <- nil
+	select {
+	case <-r.start:
+	case <-r.stop:
+		r.free()
+		return
+	}
+	fail = func(err error) {
+		r.free()
+		r.registered <- err
+	}
+	// One entry at a time: a kernel that refuses says so at once, while
 	// requests still come over /dev/fuse.
 	register := func(e *ringEnt) error {
 		b := r.sqe()
@@ -330,7 +392,7 @@ func (r *ring) run(perQueue int, started chan<- error) {
 		fail(errors.New("io_uring submission ring full"))
 		return
 	}
-	started <- nil
+	r.registered <- nil
 	r.loop()
 }
 
@@ -342,7 +404,7 @@ func (r *ring) earlyError() error {
 		c := unsafe.Add(r.cqes, uintptr(head&r.cqMask)*cqeSize)
 		if res := *(*int32)(unsafe.Add(c, 8)); res < 0 {
 			atomic.StoreUint32(r.cqHead, head+1)
-			return fmt.Errorf("the kernel refused a FUSE ring entry: %w", syscall.Errno(-res))
+			return errRefused{fmt.Errorf("the kernel refused a FUSE ring entry: %w", syscall.Errno(-res))}
 		}
 		// A request already: leave it for the loop.
 		return nil
@@ -376,10 +438,17 @@ func (r *ring) loop() {
 		if n > 0 {
 			wait = 0 // commits went out: take what is there, then look again
 		}
-		if _, err := r.enter(r.unsubmitted, wait, true); err != nil && !errors.Is(err, syscall.EBUSY) {
-			r.s.log.Error("io_uring_enter", "mountpoint", r.s.o.Mountpoint, "err", err)
-			r.s.abortConn()
-			break
+		if _, err := r.enter(r.unsubmitted, wait, true); err != nil {
+			if errors.Is(err, syscall.EBUSY) || errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.ENOMEM) {
+				time.Sleep(time.Millisecond) // the completion ring is full, or memory is short: again
+			} else {
+				// The ring cannot go on, and the kernel sends every
+				// request to it: end the connection, so that I/O fails
+				// (EIO) rather than waits for ever.
+				r.s.log.Error("io_uring_enter failed; ending the FUSE connection", "mountpoint", r.s.o.Mountpoint, "err", err)
+				r.s.abortConn()
+				break
+			}
 		}
 		r.mu.Lock()
 		r.sleeping = false
@@ -462,6 +531,7 @@ func (r *ring) close() {
 		return
 	default:
 	}
+	r.stopOnce.Do(func() { close(r.stop) })
 	r.mu.Lock()
 	r.stopping.Store(true)
 	r.mu.Unlock()
