@@ -6,10 +6,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -225,6 +227,47 @@ func exercise(t *testing.T, s *Server, b *memBackend) {
 	}
 }
 
+// The process that serves the file opens it too (loopdev.Attach does):
+// an os.Open registers it with the runtime's epoll, whose FUSE_POLL must
+// not wait on a stopped world. Many opens, each with a collection.
+func TestMount_OpenedByItsOwnProcessDuringGC_NoDeadlock(t *testing.T) {
+	needRoot(t)
+	for _, uring := range []bool{false, true} {
+		if uring {
+			fuseuring.Set(t, true)
+		}
+		s, _ := mountMem(t, 8192, uring)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for range 200 {
+				f, err := os.Open(s.Path())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				f.Close()
+			}
+		}()
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+					runtime.GC()
+				}
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			s.abortConn()
+			t.Fatalf("uring=%v: 200 opens of the file by its own process did not end in 20 s", uring)
+		}
+	}
+}
+
 func TestMount_OverDevFuse_ReadsWritesAndSyncsReachTheBackend(t *testing.T) {
 	needRoot(t)
 	s, b := mountMem(t, 16<<20, false)
@@ -284,5 +327,48 @@ func TestInvalidate_TheNewSizeIsSeen(t *testing.T) {
 		if st, _ := os.Stat(s.Path()); st.Size() != 12288 {
 			t.Fatalf("uring=%v: size %d after Invalidate, want 12288", uring, st.Size())
 		}
+	}
+}
+
+// A ring that cannot be set up (io_uring_setup refused, as by a seccomp
+// profile) leaves the mount on /dev/fuse: INIT did not ask for io_uring,
+// so the kernel does not wait for a ring.
+func TestMount_RingSetupFails_ServesOverDevFuseAndSaysWhy(t *testing.T) {
+	needRoot(t)
+	fuseuring.Set(t, true)
+	faults.prepare = syscall.EPERM
+	t.Cleanup(func() { faults.prepare = nil })
+	s, b := mountMem(t, 1<<20, true)
+	st := s.Stats()
+	if st.URing || !strings.Contains(st.URingError, "could not be set up") {
+		t.Fatalf("stats %+v: want no ring, and why", st)
+	}
+	got, err := os.ReadFile(s.Path())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err != nil || !bytes.Equal(got, b.b) {
+		t.Fatalf("read over /dev/fuse: %v", err)
+	}
+}
+
+// A ring failing on its own after INIT asked for io_uring would leave
+// every request waiting: the mount fails instead, saying what to do, and
+// nothing stays mounted.
+func TestMount_RingFailsAfterINIT_MountFailsWithTheWayOut(t *testing.T) {
+	needRoot(t)
+	fuseuring.Set(t, true)
+	faults.register = syscall.ENOMEM
+	t.Cleanup(func() { faults.register = nil })
+	dir := t.TempDir()
+	s, err := Mount(Options{Mountpoint: dir, Subtype: "fusefile-test", URing: true}, &memBackend{b: make([]byte, 8192)})
+	if err == nil {
+		s.Unmount()
+		t.Fatal("the mount succeeded with a ring that failed after INIT")
+	}
+	if !strings.Contains(err.Error(), "enable_uring") || !strings.Contains(err.Error(), "--no-fuse-uring") {
+		t.Fatalf("error %q does not say the way out", err)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), dir) {
+		t.Fatalf("%s is still mounted", dir)
 	}
 }

@@ -190,7 +190,36 @@ func Mount(o Options, b Backend) (*Server, error) {
 		s.rings = nil
 		s.uringErr.Store("the kernel did not offer FUSE over io_uring at INIT")
 	}
+	if err := s.pollOnce(); err != nil {
+		s.Unmount()
+		return nil, fmt.Errorf("mount on %s: %w", o.Mountpoint, err)
+	}
 	return s, nil
+}
+
+// pollOnce has the kernel send its first FUSE_POLL now, which is
+// answered ENOSYS, so it never sends another. Otherwise the first
+// os.Open of the file in this process (loopdev.Attach does one) would:
+// the Go runtime adds every file it opens to its epoll set, in a system
+// call during which the runtime cannot stop the world, and a garbage
+// collection starting then would wait for that call while the call waits
+// for this process to answer the poll — a deadlock. Here the poll comes
+// from an ordinary system call, which a collection does not wait for.
+func (s *Server) pollOnce() error {
+	fd, err := unix.Open(s.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", s.Path(), err)
+	}
+	defer unix.Close(fd)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll_create1: %w", err)
+	}
+	defer unix.Close(ep)
+	// Its result does not matter (EPERM where the kernel does not poll
+	// FUSE files), only that the kernel asked.
+	unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)})
+	return nil
 }
 
 // Path is the file's path.

@@ -191,6 +191,11 @@ func closeRings(rings []*ring) {
 	}
 }
 
+// faults, set by tests only, make a ring fail where the kernel or the
+// machine could: at its setup (a seccomp profile refusing io_uring_setup,
+// no memory) or on its own after INIT.
+var faults struct{ prepare, register error }
+
 // errRefused marks a REGISTER the kernel refused: it then stops holding
 // requests for the ring, and they come over /dev/fuse.
 type errRefused struct{ error }
@@ -320,6 +325,10 @@ func (r *ring) run(perQueue int, prepared chan<- error) {
 		prepared <- err
 	}
 	total := perQueue * len(r.queues)
+	if err := faults.prepare; err != nil {
+		fail(err)
+		return
+	}
 	if err := r.setup(total + 8); err != nil {
 		fail(err)
 		return
@@ -365,6 +374,10 @@ func (r *ring) run(perQueue int, prepared chan<- error) {
 	fail = func(err error) {
 		r.free()
 		r.registered <- err
+	}
+	if err := faults.register; err != nil {
+		fail(err)
+		return
 	}
 	// One entry at a time: a kernel that refuses says so at once, while
 	// requests still come over /dev/fuse.
