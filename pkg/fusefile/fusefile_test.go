@@ -237,6 +237,18 @@ func TestMount_OpenedByItsOwnProcessDuringGC_NoDeadlock(t *testing.T) {
 			fuseuring.Set(t, true)
 		}
 		s, _ := mountMem(t, 8192, uring)
+		// The one poll came at mount; an open by the process sends none.
+		if n := s.polls.Load(); n != 1 {
+			t.Fatalf("uring=%v: %d FUSE_POLL requests at mount, want 1", uring, n)
+		}
+		f, err := os.Open(s.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if n := s.polls.Load(); n != 1 {
+			t.Fatalf("uring=%v: an os.Open of the file sent a FUSE_POLL (%d in all): its epoll registration can deadlock with a collection", uring, n)
+		}
 		done := make(chan struct{})
 		go func() {
 			defer close(done)

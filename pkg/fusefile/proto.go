@@ -37,6 +37,7 @@ const (
 	opFsyncdir    = 30
 	opInterrupt   = 36
 	opDestroy     = 38
+	opPoll        = 40
 	opBatchForget = 42
 )
 

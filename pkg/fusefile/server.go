@@ -79,7 +79,8 @@ type Server struct {
 	connID int // the connection's number in /sys/fs/fuse/connections, or -1
 
 	devReqs, ringReqs atomic.Uint64
-	uringErr          atomic.Value // string
+	polls             atomic.Uint64 // FUSE_POLL requests answered
+	uringErr          atomic.Value  // string
 
 	closeOnce sync.Once
 }
@@ -204,22 +205,24 @@ func Mount(o Options, b Backend) (*Server, error) {
 // call during which the runtime cannot stop the world, and a garbage
 // collection starting then would wait for that call while the call waits
 // for this process to answer the poll — a deadlock. Here the poll comes
-// from an ordinary system call, which a collection does not wait for.
+// from an ordinary system call (ppoll), which a collection does not wait
+// for.
 func (s *Server) pollOnce() error {
 	fd, err := unix.Open(s.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", s.Path(), err)
 	}
 	defer unix.Close(fd)
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("epoll_create1: %w", err)
+	// ppoll, not epoll_ctl: golang.org/x/sys makes epoll_ctl a raw system
+	// call (one the runtime does not step aside for), which would be the
+	// very deadlock this avoids. Its result does not matter, only that
+	// the kernel asked.
+	for {
+		_, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		if !errors.Is(err, unix.EINTR) {
+			return nil
+		}
 	}
-	defer unix.Close(ep)
-	// Its result does not matter (EPERM where the kernel does not poll
-	// FUSE files), only that the kernel asked.
-	unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)})
-	return nil
 }
 
 // Path is the file's path.
@@ -546,6 +549,10 @@ func (s *Server) handle(h inHeader, op, data, out []byte) (int, syscall.Errno) {
 		le.PutUint32(out[44:], 255)  // namelen
 		le.PutUint32(out[48:], 4096) // frsize
 		return statfsOutSize, 0
+	case opPoll:
+		// ENOSYS: the kernel polls no more (see pollOnce).
+		s.polls.Add(1)
+		return 0, syscall.ENOSYS
 	}
 	// Everything else (xattrs, access, locks, fallocate, ...) is not
 	// there; the kernel stops asking for most after the first ENOSYS.
