@@ -84,7 +84,7 @@ type export struct {
 	hash   [32]byte
 	vol    *volume
 	file   *os.File
-	direct *os.File     // O_DIRECT, for reads; nil if the file system refused
+	direct *os.File     // O_DIRECT, for reads and large writes; nil if the file system refused
 	size   atomic.Int64 // the image's, as of Export or the last Resize
 	nbd    *nbd.Export
 	gone   chan struct{}
@@ -180,11 +180,12 @@ func (e *Exporter) Export(ctx context.Context, a Attachment) error {
 		f.Close()
 		return fmt.Errorf("export attachment %s of volume %s: %w", a.ID, a.VolumeID, err)
 	}
-	// Reads go around the page cache where the file system allows it
-	// (nbd.FileBackend.Direct); writes stay buffered (FLUSH and FUA sync them).
-	direct, err := os.OpenFile(a.ImagePath, os.O_RDONLY|syscall.O_DIRECT, 0)
+	// Reads and large writes go around the page cache where the file system
+	// allows it (nbd.FileBackend.Direct); small writes stay buffered. FLUSH
+	// and FUA sync both.
+	direct, err := os.OpenFile(a.ImagePath, flag|syscall.O_DIRECT, 0)
 	if err != nil {
-		e.log.Info("image opened without direct reads", "attachment", a.ID, "volume", a.VolumeID, "err", err)
+		e.log.Info("image opened without direct I/O", "attachment", a.ID, "volume", a.VolumeID, "err", err)
 		direct = nil
 	}
 	x := &export{a: a, hash: hash, vol: v, file: f, direct: direct, gone: make(chan struct{})}

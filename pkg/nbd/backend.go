@@ -3,6 +3,7 @@ package nbd
 import (
 	"io"
 	"os"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -25,14 +26,18 @@ type Backend interface {
 // FileBackend is a Backend on a file, typically a volume's sparse image.
 type FileBackend struct {
 	F *os.File
-	// Direct, if set, is the same file opened O_RDONLY|O_DIRECT. Reads
-	// whose offset, length and buffer are aligned to DirectAlign go
-	// through it, as a local loop device's do: a block device's random
-	// reads through the page cache cost a page-cache insertion per miss
-	// (about twice the CPU of a direct read here) for a cache the node's
-	// own page cache above the device already is. The kernel writes back
-	// dirty pages of the range first, so the buffered writes through F are
-	// read back.
+	// Direct, if set, is the same file opened O_DIRECT (O_RDWR for a
+	// writable export). Reads whose offset, length and buffer are aligned
+	// to DirectAlign go through it, as a local loop device's do: a block
+	// device's random reads through the page cache cost a page-cache
+	// insertion per miss (about twice the CPU of a direct read here) for a
+	// cache the node's own page cache above the device already is. So do
+	// aligned writes of at least DirectWriteMin: copying them into the page
+	// cache and writing them back later costs more CPU than the disk's own
+	// DMA, and a cache of them helps nobody. Smaller writes stay buffered,
+	// where the page cache merges them until a FLUSH. The kernel writes
+	// back dirty pages of a range before direct I/O on it and drops them
+	// after a direct write, so the two kinds of I/O see each other.
 	Direct *os.File
 }
 
@@ -40,9 +45,21 @@ type FileBackend struct {
 // logical block size of any file system the images live on).
 const DirectAlign = 4096
 
+// DirectWriteMin is the smallest write FileBackend sends around the page
+// cache.
+const DirectWriteMin = 128 << 10
+
+// directWrites counts writes that went around the page cache, for tests.
+var directWrites atomic.Int64
+
+// aligned reports whether p at off can go through an O_DIRECT descriptor.
+func aligned(p []byte, off int64) bool {
+	return len(p) > 0 && off%DirectAlign == 0 && len(p)%DirectAlign == 0 &&
+		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%DirectAlign == 0
+}
+
 func (b FileBackend) ReadAt(p []byte, off int64) (int, error) {
-	if b.Direct == nil || len(p) == 0 || off%DirectAlign != 0 || len(p)%DirectAlign != 0 ||
-		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%DirectAlign != 0 {
+	if b.Direct == nil || !aligned(p, off) {
 		return b.F.ReadAt(p, off)
 	}
 	var n int
@@ -68,7 +85,22 @@ func (b FileBackend) ReadAt(p []byte, off int64) (int, error) {
 	return n + m, err
 }
 
-func (b FileBackend) WriteAt(p []byte, off int64) (int, error) { return b.F.WriteAt(p, off) }
+func (b FileBackend) WriteAt(p []byte, off int64) (int, error) {
+	if b.Direct == nil || len(p) < DirectWriteMin || !aligned(p, off) {
+		return b.F.WriteAt(p, off)
+	}
+	n, err := b.Direct.WriteAt(p, off)
+	if err == nil {
+		directWrites.Add(1)
+		return n, nil
+	}
+	// What direct I/O refused (a descriptor opened read-only, a file
+	// system that takes O_DIRECT at open but not for this range) goes
+	// through the page cache; so does a short write's rest, whose error
+	// (ENOSPC) the buffered write then reports.
+	m, err := b.F.WriteAt(p[n:], off+int64(n))
+	return n + m, err
+}
 
 // Sync is fdatasync: the image's size never changes through NBD, so its
 // metadata need not be written.

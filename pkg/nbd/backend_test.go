@@ -113,3 +113,82 @@ func TestFileBackend_ConcurrentDirectReads_ThroughAIO_EqualTheFile(t *testing.T)
 		t.Fatalf("%d of %d reads completed through AIO", got, readers*each)
 	}
 }
+
+// Aligned writes of DirectWriteMin or more go around the page cache, and
+// buffered and direct I/O on the same blocks see each other both ways:
+// a direct write replaces what a buffered write left dirty in the cache,
+// and a direct read returns a buffered write not yet written back.
+// Unaligned or small writes stay buffered, and a direct descriptor opened
+// read-only makes a large write fall back to the page cache.
+func TestFileBackend_LargeAlignedWrites_GoDirect_AndSeeBufferedIO(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const size = 4 << 20
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	d, err := os.OpenFile(path, os.O_RDWR|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Skipf("no O_DIRECT on %s: %v", filepath.Dir(path), err)
+	}
+	defer d.Close()
+	b := FileBackend{F: f, Direct: d}
+	fill := func(c byte, n int) []byte {
+		p := alignedBuf(n)
+		for i := range p {
+			p[i] = c ^ byte(i/DirectAlign)
+		}
+		return p
+	}
+	want := make([]byte, size)
+	write := func(p []byte, off int, direct bool) {
+		t.Helper()
+		before := directWrites.Load()
+		if n, err := b.WriteAt(p, int64(off)); n != len(p) || err != nil {
+			t.Fatalf("WriteAt(%d bytes at %d) = %d, %v", len(p), off, n, err)
+		}
+		if got := directWrites.Load() - before; got != map[bool]int64{false: 0, true: 1}[direct] {
+			t.Fatalf("WriteAt(%d bytes at %d): %d direct writes; want direct %v", len(p), off, got, direct)
+		}
+		copy(want[off:], p)
+	}
+	check := func(what string) {
+		t.Helper()
+		got := alignedBuf(size)
+		if _, err := b.ReadAt(got, 0); err != nil { // aligned: through Direct
+			t.Fatalf("%s: direct read: %v", what, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: a direct read returned other bytes than written", what)
+		}
+		if _, err := f.ReadAt(got, 0); err != nil {
+			t.Fatalf("%s: buffered read: %v", what, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: a buffered read returned other bytes than written", what)
+		}
+	}
+
+	write(fill('a', DirectAlign), 2*DirectAlign, false) // small: dirty in the page cache
+	write(fill('b', 1<<20), 0, true)                     // covers it
+	check("direct write over a dirty buffered block")
+	write(fill('c', DirectAlign), 3*DirectAlign, false)
+	check("buffered write inside a direct one")
+	write(fill('d', DirectWriteMin)[:DirectWriteMin-512], 1<<20, false) // length not aligned
+	write(fill('e', DirectWriteMin), 2<<20+512, false)                  // offset not aligned
+	write(fill('f', DirectWriteMin), 3<<20, true)
+	check("unaligned large writes beside direct ones")
+
+	ro, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	b.Direct = ro
+	write(fill('g', 1<<20), 1<<20, false) // EBADF from the direct descriptor: written buffered
+	check("large write with a read-only direct descriptor")
+}
