@@ -14,22 +14,8 @@ import (
 // written back, and a read over an image's unaligned end is completed
 // through the page cache.
 func TestFileBackend_DirectReads_SeeBufferedWritesAndTheUnalignedEnd(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "img")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	const size = 3*DirectAlign + 100
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	d, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
-	if err != nil {
-		t.Skipf("no O_DIRECT on %s: %v", filepath.Dir(path), err)
-	}
-	defer d.Close()
-	b := FileBackend{F: f, Direct: d}
+	_, b := sparseImage(t, size, os.O_RDONLY)
 	data := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
 	if _, err := b.WriteAt(data, 0); err != nil {
 		t.Fatal(err)
@@ -121,22 +107,8 @@ func TestFileBackend_ConcurrentDirectReads_ThroughAIO_EqualTheFile(t *testing.T)
 // Unaligned or small writes stay buffered, and a direct descriptor opened
 // read-only makes a large write fall back to the page cache.
 func TestFileBackend_LargeAlignedWrites_GoDirect_AndSeeBufferedIO(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "img")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	const size = 4 << 20
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	d, err := os.OpenFile(path, os.O_RDWR|syscall.O_DIRECT, 0)
-	if err != nil {
-		t.Skipf("no O_DIRECT on %s: %v", filepath.Dir(path), err)
-	}
-	defer d.Close()
-	b := FileBackend{F: f, Direct: d}
+	path, b := sparseImage(t, size, os.O_RDWR)
 	fill := func(c byte, n int) []byte {
 		p := alignedBuf(n)
 		for i := range p {
@@ -165,7 +137,7 @@ func TestFileBackend_LargeAlignedWrites_GoDirect_AndSeeBufferedIO(t *testing.T) 
 		if !bytes.Equal(got, want) {
 			t.Fatalf("%s: a direct read returned other bytes than written", what)
 		}
-		if _, err := f.ReadAt(got, 0); err != nil {
+		if _, err := b.F.ReadAt(got, 0); err != nil {
 			t.Fatalf("%s: buffered read: %v", what, err)
 		}
 		if !bytes.Equal(got, want) {
@@ -174,7 +146,7 @@ func TestFileBackend_LargeAlignedWrites_GoDirect_AndSeeBufferedIO(t *testing.T) 
 	}
 
 	write(fill('a', DirectAlign), 2*DirectAlign, false) // small: dirty in the page cache
-	write(fill('b', 1<<20), 0, true)                     // covers it
+	write(fill('b', 1<<20), 0, true)                    // covers it
 	check("direct write over a dirty buffered block")
 	write(fill('c', DirectAlign), 3*DirectAlign, false)
 	check("buffered write inside a direct one")
@@ -191,4 +163,26 @@ func TestFileBackend_LargeAlignedWrites_GoDirect_AndSeeBufferedIO(t *testing.T) 
 	b.Direct = ro
 	write(fill('g', 1<<20), 1<<20, false) // EBADF from the direct descriptor: written buffered
 	check("large write with a read-only direct descriptor")
+}
+
+// sparseImage makes an image file of size bytes and returns a FileBackend
+// on it, its direct descriptor opened with directFlag|O_DIRECT. It skips
+// the test where the temporary directory's file system refuses O_DIRECT.
+func sparseImage(t *testing.T, size int64, directFlag int) (path string, b FileBackend) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "img")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	d, err := os.OpenFile(path, directFlag|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Skipf("no O_DIRECT on %s: %v", filepath.Dir(path), err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return path, FileBackend{F: f, Direct: d}
 }
