@@ -55,7 +55,8 @@ func Listen(path string) (*net.UnixListener, error) {
 // started run on; Wait waits for them.
 func (s *Server) Serve(l *net.UnixListener) error { return auth.ServeUnix(l, s.serve) }
 
-// Wait waits for every process the server started to end.
+// Wait waits for every process the server started to end and for its
+// exit to be logged.
 func (s *Server) Wait() { s.wg.Wait() }
 
 func (s *Server) serve(c *net.UnixConn) {
@@ -140,12 +141,13 @@ func (s *Server) serve(c *net.UnixConn) {
 	case <-linesSent:
 	case <-hungUp:
 	}
-	s.wg.Done()
 	if err != nil {
 		log.Warn("node runner: client exited", "err", err)
 	} else {
 		log.Info("node runner: client exited")
 	}
+	// Wait returns only once the exit is logged.
+	s.wg.Done()
 	select {
 	case <-hungUp:
 	default:
