@@ -8,6 +8,7 @@
 package fusefile
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -471,7 +472,7 @@ func (s *Server) handle(h inHeader, op, data, out []byte) (int, syscall.Errno) {
 	switch h.Opcode {
 	case opLookup:
 		name := data
-		if i := indexByte(name, 0); i >= 0 {
+		if i := bytes.IndexByte(name, 0); i >= 0 {
 			name = name[:i]
 		}
 		if h.NodeID != rootID || string(name) != s.o.Name {
@@ -594,13 +595,4 @@ func (s *Server) readdir(op, out []byte) (int, syscall.Errno) {
 		}
 	}
 	return copy(out, b), 0
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
 }
