@@ -109,25 +109,10 @@ func fsListCmd(g *globals) *cobra.Command {
 }
 
 func fsDeleteCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use: "delete FILE_SYSTEM_ID...", Short: "Delete file systems and all their files (refused while access points exist)", Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
-				for _, id := range args {
-					resp, err := c.fs.DeleteFileSystem(ctx, &pb.DeleteFileSystemRequest{FileSystemId: id})
-					if err != nil {
-						return err
-					}
-					if resp.Deleted {
-						fmt.Fprintf(p.out, "deleted %s\n", id)
-					} else {
-						fmt.Fprintf(p.out, "%s does not exist; nothing to delete\n", id)
-					}
-				}
-				return nil
-			})
-		},
-	}
+	return deleteCmd(g, "delete FILE_SYSTEM_ID...", "Delete file systems and all their files (refused while access points exist)", func(ctx context.Context, c *client, id string) (bool, error) {
+		resp, err := c.fs.DeleteFileSystem(ctx, &pb.DeleteFileSystemRequest{FileSystemId: id})
+		return resp.GetDeleted(), err
+	})
 }
 
 func newAccessPointCmd(g *globals) *cobra.Command {
@@ -326,23 +311,8 @@ func apListCmd(g *globals) *cobra.Command {
 }
 
 func apDeleteCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use: "delete ACCESS_POINT_ID...", Short: "Delete access points (their directories and files stay)", Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
-				for _, id := range args {
-					resp, err := c.aps.DeleteAccessPoint(ctx, &pb.DeleteAccessPointRequest{AccessPointId: id})
-					if err != nil {
-						return err
-					}
-					if resp.Deleted {
-						fmt.Fprintf(p.out, "deleted %s\n", id)
-					} else {
-						fmt.Fprintf(p.out, "%s does not exist; nothing to delete\n", id)
-					}
-				}
-				return nil
-			})
-		},
-	}
+	return deleteCmd(g, "delete ACCESS_POINT_ID...", "Delete access points (their directories and files stay)", func(ctx context.Context, c *client, id string) (bool, error) {
+		resp, err := c.aps.DeleteAccessPoint(ctx, &pb.DeleteAccessPointRequest{AccessPointId: id})
+		return resp.GetDeleted(), err
+	})
 }

@@ -290,3 +290,28 @@ func parseTags(kvs []string) (map[string]string, error) {
 	}
 	return tags, nil
 }
+
+// deleteCmd is a `delete ID...` command: it deletes each object in turn
+// with del, which says whether there was one, and stops at the first
+// error. A missing object is not an error, so deleting twice is safe.
+func deleteCmd(g *globals, use, short string, del func(ctx context.Context, c *client, id string) (bool, error)) *cobra.Command {
+	return &cobra.Command{
+		Use: use, Short: short, Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
+				for _, id := range args {
+					deleted, err := del(ctx, c, id)
+					if err != nil {
+						return err
+					}
+					if deleted {
+						fmt.Fprintf(p.out, "deleted %s\n", id)
+					} else {
+						fmt.Fprintf(p.out, "%s does not exist; nothing to delete\n", id)
+					}
+				}
+				return nil
+			})
+		},
+	}
+}

@@ -96,25 +96,10 @@ func snapshotListCmd(g *globals) *cobra.Command {
 }
 
 func snapshotDeleteCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use: "delete SNAPSHOT_ID...", Short: "Delete snapshots (a missing snapshot is not an error)", Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
-				for _, id := range args {
-					resp, err := c.snapshots.DeleteSnapshot(ctx, &pb.DeleteSnapshotRequest{SnapshotId: id})
-					if err != nil {
-						return err
-					}
-					if resp.Deleted {
-						fmt.Fprintf(p.out, "deleted %s\n", id)
-					} else {
-						fmt.Fprintf(p.out, "%s does not exist; nothing to delete\n", id)
-					}
-				}
-				return nil
-			})
-		},
-	}
+	return deleteCmd(g, "delete SNAPSHOT_ID...", "Delete snapshots (a missing snapshot is not an error)", func(ctx context.Context, c *client, id string) (bool, error) {
+		resp, err := c.snapshots.DeleteSnapshot(ctx, &pb.DeleteSnapshotRequest{SnapshotId: id})
+		return resp.GetDeleted(), err
+	})
 }
 
 func newPoolCmd(g *globals) *cobra.Command {

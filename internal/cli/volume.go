@@ -158,25 +158,10 @@ func volumeListCmd(g *globals) *cobra.Command {
 }
 
 func volumeDeleteCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use: "delete VOLUME_ID...", Short: "Delete volumes (a missing volume is not an error)", Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.run(cmd, func(ctx context.Context, c *client, p printer) error {
-				for _, id := range args {
-					resp, err := c.volumes.DeleteVolume(ctx, &pb.DeleteVolumeRequest{VolumeId: id})
-					if err != nil {
-						return err
-					}
-					if resp.Deleted {
-						fmt.Fprintf(p.out, "deleted %s\n", id)
-					} else {
-						fmt.Fprintf(p.out, "%s does not exist; nothing to delete\n", id)
-					}
-				}
-				return nil
-			})
-		},
-	}
+	return deleteCmd(g, "delete VOLUME_ID...", "Delete volumes (a missing volume is not an error)", func(ctx context.Context, c *client, id string) (bool, error) {
+		resp, err := c.volumes.DeleteVolume(ctx, &pb.DeleteVolumeRequest{VolumeId: id})
+		return resp.GetDeleted(), err
+	})
 }
 
 func volumeAttachCmd(g *globals) *cobra.Command {
