@@ -310,23 +310,11 @@ func (s *Server) rollbackAccessPoint(a *accessPointRecord) {
 }
 
 func (s *Server) getAccessPoint(ctx context.Context, id string) (*accessPointRecord, error) {
-	var a accessPointRecord
-	err := s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketAccessPoints, id, &a) })
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, status.Errorf(codes.NotFound, "access point %s does not exist", id)
-	}
-	if err != nil {
-		return nil, internal(err, "read access point %s", id)
-	}
-	return &a, nil
+	return getRecord[accessPointRecord](ctx, s.store, bucketAccessPoints, "access point", id)
 }
 
 func (s *Server) putAccessPoint(ctx context.Context, a *accessPointRecord) error {
-	err := s.store.Update(ctx, func(tx store.Tx) error { return store.PutJSON(tx, bucketAccessPoints, a.ID, a) })
-	if err != nil {
-		return internal(err, "save access point %s", a.ID)
-	}
-	return nil
+	return putRecord(ctx, s.store, bucketAccessPoints, "access point", a.ID, a)
 }
 
 func (s *Server) filePool(name string) (FilePool, error) {

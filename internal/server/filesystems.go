@@ -288,23 +288,11 @@ func (s *Server) rollbackFileSystem(f *fileSystemRecord) {
 }
 
 func (s *Server) getFileSystem(ctx context.Context, id string) (*fileSystemRecord, error) {
-	var f fileSystemRecord
-	err := s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketFileSystems, id, &f) })
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, status.Errorf(codes.NotFound, "file system %s does not exist", id)
-	}
-	if err != nil {
-		return nil, internal(err, "read file system %s", id)
-	}
-	return &f, nil
+	return getRecord[fileSystemRecord](ctx, s.store, bucketFileSystems, "file system", id)
 }
 
 func (s *Server) putFileSystem(ctx context.Context, f *fileSystemRecord) error {
-	err := s.store.Update(ctx, func(tx store.Tx) error { return store.PutJSON(tx, bucketFileSystems, f.ID, f) })
-	if err != nil {
-		return internal(err, "save file system %s", f.ID)
-	}
-	return nil
+	return putRecord(ctx, s.store, bucketFileSystems, "file system", f.ID, f)
 }
 
 func (s *Server) fileSystemUsage(f *fileSystemRecord) int64 {

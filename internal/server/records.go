@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/stowage-io/stowage/api/stowage/v1"
@@ -252,4 +254,26 @@ func normalType(t string) string {
 		return string(block.DefaultType)
 	}
 	return strings.ToLower(t)
+}
+
+// getRecord reads the kind record id (a volume, a snapshot, …) from
+// bucket; a missing one is NotFound, naming it.
+func getRecord[T any](ctx context.Context, st store.Store, bucket, kind, id string) (*T, error) {
+	var r T
+	err := st.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucket, id, &r) })
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "%s %s does not exist", kind, id)
+	}
+	if err != nil {
+		return nil, internal(err, "read %s %s", kind, id)
+	}
+	return &r, nil
+}
+
+// putRecord saves the kind record r under id in bucket.
+func putRecord(ctx context.Context, st store.Store, bucket, kind, id string, r any) error {
+	if err := st.Update(ctx, func(tx store.Tx) error { return store.PutJSON(tx, bucket, id, r) }); err != nil {
+		return internal(err, "save %s %s", kind, id)
+	}
+	return nil
 }

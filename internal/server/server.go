@@ -241,35 +241,15 @@ func invalid(err error) error {
 }
 
 func (s *Server) getVolume(ctx context.Context, id string) (*volumeRecord, error) {
-	var v volumeRecord
-	err := s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketVolumes, id, &v) })
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, status.Errorf(codes.NotFound, "volume %s does not exist", id)
-	}
-	if err != nil {
-		return nil, internal(err, "read volume %s", id)
-	}
-	return &v, nil
+	return getRecord[volumeRecord](ctx, s.store, bucketVolumes, "volume", id)
 }
 
 func (s *Server) putVolume(ctx context.Context, v *volumeRecord) error {
-	err := s.store.Update(ctx, func(tx store.Tx) error { return store.PutJSON(tx, bucketVolumes, v.ID, v) })
-	if err != nil {
-		return internal(err, "save volume %s", v.ID)
-	}
-	return nil
+	return putRecord(ctx, s.store, bucketVolumes, "volume", v.ID, v)
 }
 
 func (s *Server) getSnapshot(ctx context.Context, id string) (*snapshotRecord, error) {
-	var sn snapshotRecord
-	err := s.store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketSnapshots, id, &sn) })
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, status.Errorf(codes.NotFound, "snapshot %s does not exist", id)
-	}
-	if err != nil {
-		return nil, internal(err, "read snapshot %s", id)
-	}
-	return &sn, nil
+	return getRecord[snapshotRecord](ctx, s.store, bucketSnapshots, "snapshot", id)
 }
 
 func (s *Server) pool(name string) (Pool, error) {

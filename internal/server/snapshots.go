@@ -101,10 +101,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *pb.CreateSnapshotReque
 }
 
 func (s *Server) putSnapshot(ctx context.Context, sn *snapshotRecord) error {
-	if err := s.store.Update(ctx, func(tx store.Tx) error { return store.PutJSON(tx, bucketSnapshots, sn.ID, sn) }); err != nil {
-		return internal(err, "save snapshot %s", sn.ID)
-	}
-	return nil
+	return putRecord(ctx, s.store, bucketSnapshots, "snapshot", sn.ID, sn)
 }
 
 func (s *Server) rollbackSnapshot(sn *snapshotRecord) {
