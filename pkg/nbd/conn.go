@@ -194,7 +194,7 @@ func (cn *Conn) readReplies() {
 			continue
 		}
 		if cl.dst != nil {
-			if _, err = io.ReadFull(br, cl.dst); err != nil {
+			if err = readPayload(br, cn.c, cl.dst); err != nil {
 				cl.done <- ErrDisconnected
 				break
 			}
@@ -271,5 +271,29 @@ func (cn *Conn) Do(cmd, flags uint16, off uint64, length uint32, data, dst []byt
 	err = <-cl.done
 	cl.dst = nil
 	callPool.Put(cl)
+	return err
+}
+
+// readDirectMin is the size from which readPayload reads a payload's
+// remainder straight from the connection instead of through its buffer.
+const readDirectMin = 64 << 10
+
+// readPayload fills p with the next bytes of a connection that br reads:
+// what br holds already is copied out of it, and a remainder of
+// readDirectMin or more is read from c straight into p. bufio would read
+// a payload smaller than its buffer into the buffer first and copy it
+// out again, which for a 1 MiB write is a second copy of up to half of
+// it; small payloads still go through br, which reads the frames
+// behind them in the same system call.
+func readPayload(br *bufio.Reader, c io.Reader, p []byte) error {
+	n := br.Buffered()
+	if len(p)-n < readDirectMin {
+		_, err := io.ReadFull(br, p)
+		return err
+	}
+	if n > 0 {
+		br.Read(p[:n]) // n bytes are buffered: no read from c
+	}
+	_, err := io.ReadFull(c, p[n:])
 	return err
 }

@@ -508,7 +508,7 @@ func (s *Server) transmit(c net.Conn, br *bufio.Reader, exp *Export) {
 			}
 			pooled, buf = getBuf(int(r.Length))
 			if r.Command == CmdWrite {
-				if _, err := io.ReadFull(br, buf); err != nil {
+				if err := readPayload(br, c, buf); err != nil {
 					putBuf(pooled)
 					break
 				}
