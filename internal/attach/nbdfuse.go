@@ -135,7 +135,8 @@ func (m *NBDFile) Close() error {
 // RunNBDAttach is the `stowage nbd-attach` process: it hardens itself
 // for serving a block device's I/O (PR_SET_IO_FLUSHER so its own memory
 // allocations do not recurse into writeback of the device it serves;
-// mlockall so it is never paged out while the kernel waits on it), mounts
+// mlockall so what it has touched is never paged out while the kernel
+// waits on it), mounts
 // the export as a file, puts a loop device with direct I/O on it, writes
 // "attached <device>" to ready and serves until ctx ends; then it
 // detaches the loop device and unmounts. SIGHUP makes it take the
@@ -152,7 +153,12 @@ func RunNBDAttach(ctx context.Context, o NBDFileOptions, ready io.Writer) error 
 	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
 		log.Warn("PR_SET_IO_FLUSHER not set", "err", err)
 	}
-	if err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE); err != nil {
+	// MCL_ONFAULT: a page is locked once touched, not when mapped. Without
+	// it every thread's 8 MiB stack and every buffer was resident in full
+	// from the start (268 MB per attachment, measured); a page touched
+	// later is faulted in under PR_SET_IO_FLUSHER, so that allocation does
+	// not wait on this device's writeback either.
+	if err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT); err != nil {
 		log.Warn("mlockall failed; the process may be paged out", "err", err)
 	}
 	if path := os.Getenv(cpuProfileEnv); path != "" {
